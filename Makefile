@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup demo test bench lock clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --constraint requirements.lock --editable '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(BIN)/flywheel demo
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+bench: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/bench_banking77.py
+
+# Refresh the lock after changing pyproject.toml: resolves in a scratch venv, writes exact versions.
+lock:
+	rm -rf /tmp/flywheel-lock && $(PYTHON) -m venv /tmp/flywheel-lock
+	/tmp/flywheel-lock/bin/python -m pip install --quiet '.[dev]'
+	/tmp/flywheel-lock/bin/python -m pip freeze --exclude flywheel | sed 's/+cpu$$//' > requirements.lock
+
+clean:
+	rm -rf $(VENV) work

@@ -1,0 +1,1 @@
+"""Flywheel's model package: data loading, training, evaluation, gate, registry and serving."""

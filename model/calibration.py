@@ -1,0 +1,43 @@
+"""Pick the confidence below which the bot hands off to a human, and measure calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def pick_threshold(confidence: np.ndarray, correct: np.ndarray, target_precision: float) -> float:
+    """Lowest threshold whose answered messages are right at least ``target_precision`` of the time.
+
+    ``correct`` is False for out-of-scope examples (answering them is always wrong), so with
+    out-of-scope data in validation the threshold also learns to catch them. The lowest such
+    threshold answers as many messages as possible. If no threshold reaches the target, the one with
+    the best precision is returned (the model is then weak, and the gate will say so).
+    """
+    confidence = np.asarray(confidence, dtype=float)
+    correct = np.asarray(correct, dtype=bool)
+    if confidence.size == 0:
+        return 0.0
+    order = np.argsort(-confidence)
+    conf_sorted, correct_sorted = confidence[order], correct[order]
+    # precision when answering the k most confident messages, k = 1..n
+    precision = np.cumsum(correct_sorted) / np.arange(1, len(order) + 1)
+    ok = np.flatnonzero(precision >= target_precision)
+    k = ok[-1] if ok.size else int(np.argmax(precision))
+    # answer everything at least as confident as the k-th message; ties at that confidence are answered too
+    return 0.0 if k == len(order) - 1 else float(conf_sorted[k])
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """Weighted mean gap between confidence and accuracy over equal-width confidence bins."""
+    confidence = np.asarray(confidence, dtype=float)
+    correct = np.asarray(correct, dtype=float)
+    if confidence.size == 0:
+        return 0.0
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            ece += mask.mean() * abs(confidence[mask].mean() - correct[mask].mean())
+    return float(ece)

@@ -1,0 +1,111 @@
+"""Typed configuration for every pipeline step.
+
+Each step reads one dataclass. Values come from, in increasing priority: the defaults below,
+the step's section of a YAML file (``--config``), and command-line flags. Every field's ``help``
+says why the default is what it is; the CLI shows it under ``--help``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from model.errors import FlywheelError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "model" / "configs" / "default.yaml"
+SAMPLE_DATA = PROJECT_ROOT / "model" / "sample_data" / "support.csv"
+PACKAGED_ENCODER = "packaged:all-MiniLM-L6-v2"
+
+
+def work_dir() -> Path:
+    """Where runs, artifacts and the local MLflow store live (``FLYWHEEL_WORK_DIR``, else ./work)."""
+    return Path(os.environ.get("FLYWHEEL_WORK_DIR", PROJECT_ROOT / "work")).resolve()
+
+
+def _f(default: Any, why: str) -> Any:
+    """A dataclass field whose help text is the one-line reason for its default."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": why})
+    return field(default=default, metadata={"help": why})
+
+
+@dataclass
+class DataConfig:
+    oos_label: str = _f("oos", "label of out-of-scope examples: never a class, used to calibrate the fallback")
+    val_fraction: float = _f(0.1, "share held out to pick the fallback threshold and watch overfitting")
+    test_fraction: float = _f(0.15, "share frozen for the gate when the data has no split of its own")
+    min_examples_per_intent: int = _f(8, "fewer cannot be split into train/validation/test meaningfully")
+    max_text_chars: int = _f(1000, "longer texts are pasted logs, not chat messages; refuse rather than truncate silently")
+
+
+@dataclass
+class TrainConfig:
+    base_model: str = _f(PACKAGED_ENCODER, "pretrained encoder: the packaged MiniLM works offline; any local or hub path also works")
+    max_length: int = _f(64, "chat messages are short (Banking77: p95 27 tokens); longer costs time for nothing")
+    epochs: int = _f(5, "MiniLM needs a few passes to move from similarity to classification")
+    batch_size: int = _f(32, "fits a laptop CPU and gives stable gradients on short texts")
+    learning_rate: float = _f(1e-4, "small encoders like MiniLM want a higher rate than BERT-base's 2e-5")
+    head_learning_rate: float = _f(2e-3, "the new head starts from class centroids and needs bigger steps")
+    weight_decay: float = _f(0.01, "standard AdamW regularisation for fine-tuning")
+    warmup_ratio: float = _f(0.06, "a short warm-up keeps early large gradients from wrecking pretrained weights")
+    label_smoothing: float = _f(0.1, "softer targets give better-calibrated confidences for the fallback")
+    freeze_embeddings: bool = _f(True, "word embeddings are half the weights; freezing them saves time and overfits less")
+    fallback_precision: float = _f(0.9, "answered messages must be right this often; below it the bot hands off")
+    seed: int = _f(42, "fixed seed: CPU training is bit-for-bit repeatable")
+    device: str = _f("auto", "auto picks CUDA (with mixed precision) when present, else CPU")
+    max_steps: int = _f(-1, "stop after this many optimiser steps (-1: run all epochs); for smoke tests")
+
+
+@dataclass
+class GateConfig:
+    alpha: float = _f(0.05, "significance level for 'challenger is worse' (one-sided McNemar exact test)")
+    min_support: int = _f(10, "per-intent F1 on fewer test examples is noise; such intents are not gated")
+    max_f1_drop: float = _f(0.05, "an intent may lose at most this much F1 against the champion")
+    latency_budget_ms: float = _f(50.0, "p95 single-query latency budget on CPU; users notice above ~100 ms end to end")
+    min_accuracy: float = _f(0.80, "floor when there is no champion yet: below it the bot does more harm than good")
+    min_macro_f1: float = _f(0.75, "floor when there is no champion yet, so small intents are not ignored")
+
+
+@dataclass
+class RegistryConfig:
+    model_name: str = _f("flywheel-intent", "registered model name in MLflow; aliases challenger/champion live on it")
+    experiment: str = _f("flywheel", "MLflow experiment holding training runs")
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "train": TrainConfig,
+    "gate": GateConfig,
+    "registry": RegistryConfig,
+}
+
+
+def read_yaml_config(path: Path) -> dict[str, dict[str, Any]]:
+    """Read a config YAML: one mapping per section, keys checked against the dataclasses."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise FlywheelError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise FlywheelError(f"config {path}: expected a mapping of sections, got {type(raw).__name__}")
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise FlywheelError(f"config {path}: unknown section '{section}' (known: {', '.join(SECTIONS)})")
+        known = {f.name for f in dataclasses.fields(SECTIONS[section])}
+        unknown = set(values or {}) - known
+        if unknown:
+            raise FlywheelError(f"config {path}: unknown keys in '{section}': {', '.join(sorted(unknown))}")
+    return {k: dict(v or {}) for k, v in raw.items()}
+
+
+def load_config(section: str, path: Path | None = None, **overrides: Any):
+    """One section's dataclass: defaults, then the YAML file, then explicit overrides."""
+    values = read_yaml_config(path or DEFAULT_CONFIG).get(section, {})
+    values.update(overrides)
+    return SECTIONS[section](**values)

@@ -1,0 +1,126 @@
+"""Registry round trip against a real ``mlflow server`` on loopback, and the local SQLite default."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from model.config import DataConfig, GateConfig, RegistryConfig
+from model.errors import FlywheelError
+from model.pipeline import gate_step, promote_step, register_step, train_step
+from model.registry import CHAMPION, alias_version
+from model.reports import write_reports
+
+# the tiny random model is weak by design: floors at zero let it through the first-model gate
+OPEN_GATE = GateConfig(min_accuracy=0.0, min_macro_f1=0.0, latency_budget_ms=1000)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path, monkeypatch):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if requests.get(f"{url}/health", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            if proc.poll() is not None:
+                pytest.fail("mlflow server exited during start-up")
+            time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not become healthy in 60 s")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _load_champion_in_fresh_process(name: str, env_uri: str | None) -> list[dict]:
+    code = (
+        "import json, mlflow, pandas as pd;"
+        f"m = mlflow.pyfunc.load_model('models:/{name}@champion');"
+        "out = m.predict(pd.DataFrame({'text': ['where is my order', 'what is the weather on mars']}));"
+        "print(json.dumps(out.to_dict(orient='records')))"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MLFLOW_TRACKING_URI"}
+    if env_uri:
+        env["MLFLOW_TRACKING_URI"] = env_uri
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _train_gate_register(tmp_path, small_csv, cfg, reg):
+    trained, _ = train_step(small_csv, DataConfig(), cfg, reg, tmp_path / "artifact")
+    gated, md, passed = gate_step(trained["artifact"], "auto", small_csv, "test", DataConfig(), OPEN_GATE, reg)
+    assert passed, gated["reasons"]
+    gate_file = write_reports(tmp_path / "reports", "gate", gated, md)
+    return trained, gate_file
+
+
+def test_round_trip_on_a_real_mlflow_server(tmp_path, small_csv, tiny_train_cfg, mlflow_server):
+    reg = RegistryConfig(model_name="intent-server-test")
+    trained, gate_file = _train_gate_register(tmp_path, small_csv, tiny_train_cfg, reg)
+
+    first, _ = register_step(Path(trained["artifact"]), gate_file, reg)
+    again, md = register_step(Path(trained["artifact"]), gate_file, reg)
+    assert first["created"] and first["version"] == 1
+    assert not again["created"] and again["version"] == 1, "same git SHA + dataset digest must not add a version"
+    assert "already registered" in md
+
+    promote_step(None, reg)
+    assert alias_version(reg, CHAMPION) == 1
+
+    import mlflow
+
+    run = mlflow.get_run(trained["mlflow_run_id"])
+    assert run.data.tags["dataset_digest"] == trained["dataset_digest"] and run.data.tags["git_sha"]
+    assert run.data.params["train.seed"] == str(tiny_train_cfg.seed)
+    assert run.inputs.dataset_inputs, "the dataset must be logged as the run's input"
+
+    rows = _load_champion_in_fresh_process(reg.model_name, mlflow_server)
+    assert len(rows) == 2 and set(rows[0]) == {"intent", "confidence", "fallback"}
+    assert all(0.0 < r["confidence"] <= 1.0 for r in rows)
+
+
+def test_sqlite_default_and_refusals(tmp_path, small_csv, tiny_train_cfg, isolated_work_dir):
+    reg = RegistryConfig()
+    trained, gate_file = _train_gate_register(tmp_path, small_csv, tiny_train_cfg, reg)
+    assert (isolated_work_dir / "mlflow.db").exists()
+
+    rejected = json.loads(gate_file.read_text()) | {"passed": False, "reasons": ["accuracy floor: too low"]}
+    bad = write_reports(tmp_path / "rejected", "gate", rejected, "")
+    with pytest.raises(FlywheelError, match="gate rejected"):
+        register_step(Path(trained["artifact"]), bad, reg)
+    other = write_reports(tmp_path / "other", "gate", rejected | {"passed": True, "challenger_digest": "0" * 64}, "")
+    with pytest.raises(FlywheelError, match="not .*artifact"):
+        register_step(Path(trained["artifact"]), other, reg)
+    with pytest.raises(FlywheelError, match="no 'challenger'"):
+        promote_step(None, reg)
+
+    registered, _ = register_step(Path(trained["artifact"]), gate_file, reg)
+    promote_step(registered["version"], reg)
+    rows = _load_champion_in_fresh_process(reg.model_name, f"sqlite:///{isolated_work_dir / 'mlflow.db'}")
+    assert len(rows) == 2

@@ -1,0 +1,24 @@
+"""Data tests: the bundled sample set is fit to be the embedded default."""
+
+from model.config import SAMPLE_DATA, DataConfig
+from model.data import assign_splits, load_examples
+
+
+def test_sample_set_shape():
+    df = load_examples(SAMPLE_DATA)
+    counts = df[df["intent"] != "oos"]["intent"].value_counts()
+    assert len(counts) >= 15
+    assert counts.min() >= 30
+    assert (df["intent"] == "oos").sum() >= 20
+    assert not df["text"].str.casefold().duplicated().any()
+
+
+def test_sample_set_has_no_personal_data():
+    df = load_examples(SAMPLE_DATA)
+    assert not df["text"].str.contains(r"@|\d{7,}", regex=True).any()
+
+
+def test_sample_split_gives_every_intent_test_examples():
+    df = assign_splits(load_examples(SAMPLE_DATA), DataConfig())
+    test = df[df["split"] == "test"]
+    assert set(test["intent"]) == set(df["intent"])
