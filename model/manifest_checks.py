@@ -73,8 +73,37 @@ def kserve_errors(value, type_name: str = "V1beta1InferenceService", where: str 
     return errors
 
 
+def kserve_build(value, type_name: str = "V1beta1InferenceService", where: str = ""):
+    """Deserialise ``value`` into the SDK's model objects (after ``kserve_errors`` found nothing).
+
+    Constructing the objects runs the models' own validation: required fields (a probe's
+    ``httpGet.port``, a container's ``name``) and value checks the field walk does not know.
+    """
+    if value is None:
+        return None
+    if type_name.lower().startswith("list["):
+        return [kserve_build(v, type_name[5:-1], f"{where}[{i}]") for i, v in enumerate(value)]
+    if type_name.lower().startswith(("dict(", "dict[")):
+        inner = type_name[5:-1].split(", ", 1)[1]
+        return {k: kserve_build(v, inner, f"{where}[{k!r}]") for k, v in value.items()}
+    klass = _model_class(type_name)
+    if klass is None:
+        return value
+    by_json = {json_name: py for py, json_name in klass.attribute_map.items()}
+    kwargs = {by_json[k]: kserve_build(v, klass.openapi_types[by_json[k]], f"{where}.{k}") for k, v in value.items()}
+    try:
+        return klass(**kwargs)
+    except (TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        raise FlywheelError(f"{where or '.'}: invalid {type_name}: {str(exc).splitlines()[0:3]}") from exc
+
+
 def check_inferenceservice(doc: dict, path: Path, env: str) -> list[str]:
     errors = [f"{path}: {e}" for e in kserve_errors(doc)]
+    if not errors:
+        try:
+            kserve_build(doc)
+        except FlywheelError as exc:
+            errors.append(f"{path}: {exc}")
     if doc.get("apiVersion") != "serving.kserve.io/v1beta1":
         errors.append(f"{path}: apiVersion must be serving.kserve.io/v1beta1")
     ann = (doc.get("metadata") or {}).get("annotations") or {}
