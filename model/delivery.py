@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
@@ -206,18 +207,32 @@ def read_arm_metrics(path: Path) -> dict[str, ArmMetrics]:
             for arm, values in raw.items()}
 
 
-def canary_analysis_step(env: str, metrics: Path, repo: Path, cfg: CanaryConfig,
+def canary_analysis_step(env: str, metrics: Path | None, prometheus_url: str, repo: Path, cfg: CanaryConfig,
                          dcfg: DeliveryConfig) -> tuple[dict, str]:
+    """Decide from a metrics JSON file or, with ``prometheus_url``, from Prometheus since the canary started."""
+    from model.canary_metrics import canary_started, prometheus_arm_metrics, seconds_since
+
     path = manifests.isvc_path(repo, env, dcfg.manifests_dir)
     rollout = manifests.read_rollout(path)
-    if rollout.canary is None:
-        raise FlywheelError(f"{path}: no canary is running in {env}; nothing to analyse")
-    arms = read_arm_metrics(metrics)
-    for arm, ref in (("stable", rollout.stable), ("canary", rollout.canary)):
+    if rollout.canary is None:  # the hourly workflow runs anyway; nothing to decide is not an error
+        return {"env": env, "decision": "none", "reasons": [f"no canary is running in {env}"]}, \
+            f"## Canary analysis ({env})\n\nNo canary is running.\n"
+    if bool(metrics) == bool(prometheus_url):
+        raise FlywheelError("give exactly one of --metrics (a JSON file) or --prometheus-url")
+    versions = {"stable": rollout.stable.version, "canary": rollout.canary.version}
+    if prometheus_url:
+        started = canary_started(Path(repo), path)
+        arms = prometheus_arm_metrics(prometheus_url, f"flywheel-{env}", versions, seconds_since(started))
+        source = f"Prometheus {prometheus_url}, since {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}"
+    else:
+        arms = read_arm_metrics(metrics)
+        source = str(metrics)
+    for arm, version in versions.items():
         seen = arms[arm].model_version
-        if seen is not None and seen != ref.version:
-            raise FlywheelError(f"{metrics}: {arm} metrics are for v{seen}, but {path} has {arm} {ref.label()}")
+        if seen is not None and seen != version:
+            raise FlywheelError(f"{source}: {arm} metrics are for v{seen}, but {path} has {arm} v{version}")
     verdict = analyse(arms["stable"], arms["canary"], cfg)
-    md = render_markdown(verdict, env, rollout.stable.label(), rollout.canary.label())
+    md = render_markdown(verdict, env, rollout.stable.label(), rollout.canary.label()) + f"\nMetrics: {source}.\n"
     return {"env": env, "stable_version": rollout.stable.version, "canary_version": rollout.canary.version,
-            "canary_percent": rollout.canary_percent, **verdict.to_dict()}, md
+            "canary_percent": rollout.canary_percent, "metrics_source": source,
+            "arms": {a: asdict(m) for a, m in arms.items()}, **verdict.to_dict()}, md

@@ -91,6 +91,7 @@ class CanaryAnalysisArgs:
     env: str = _arg("", "staging or production")
     metrics: str = _arg("", 'per-arm metrics JSON: {"stable": {...}, "canary": {...}} (requests, errors, fallbacks, '
                             "escalations, thumbs_up, thumbs_down, latency_p99_ms, model_version)")
+    prometheus_url: str = _arg("", "instead of --metrics: Prometheus to query for counts since the canary's merge")
     repo: str = _arg(".", "Git repository holding the manifests")
 
 
@@ -218,8 +219,8 @@ def run_delivery(step: str, c: dict) -> tuple[dict, str, int]:
     if step == "canary-analysis":
         a = c[CanaryAnalysisArgs]
         _require(a.env, "--env")
-        _require(a.metrics, "--metrics")
-        result, md = delivery.canary_analysis_step(a.env, Path(a.metrics), Path(a.repo), c[CanaryConfig], dcfg)
+        result, md = delivery.canary_analysis_step(a.env, Path(a.metrics) if a.metrics else None, a.prometheus_url,
+                                                   Path(a.repo), c[CanaryConfig], dcfg)
         return result, md, EXIT_OK
     raise FlywheelError(f"unknown step {step}")
 

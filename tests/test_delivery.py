@@ -18,7 +18,7 @@ import pytest
 from mlflow import MlflowClient
 
 from model import manifests, registry
-from model.config import PROJECT_ROOT, DeliveryConfig, RegistryConfig
+from model.config import PROJECT_ROOT, CanaryConfig, DeliveryConfig, RegistryConfig
 from model.delivery import canary_analysis_step, promote_env_step, release_step, rollback_step
 from model.errors import FlywheelError
 from model.predictor import IntentPredictor
@@ -230,7 +230,7 @@ def test_canary_analysis_reads_the_manifest_and_metrics(repo, store, tmp_path):
                "thumbs_down": 900, "latency_p99_ms": 40.0}
     metrics.write_text(json.dumps({"stable": {**healthy, "model_version": 1},
                                    "canary": {**healthy, "thumbs_down": 2500, "model_version": 2}}))
-    result, md = canary_analysis_step("production", metrics, repo, __import__("model.config").config.CanaryConfig(), DCFG)
+    result, md = canary_analysis_step("production", metrics, "", repo, CanaryConfig(), DCFG)
     assert result["decision"] == "rollback" and result["canary_version"] == 2
     assert "thumbs-down rate is higher" in md
     # the analysis goes into the rollback pull request, and must be for this canary
@@ -241,7 +241,74 @@ def test_canary_analysis_reads_the_manifest_and_metrics(repo, store, tmp_path):
     assert "Canary analysis (production): **ROLLBACK**" in body
     metrics.write_text(json.dumps({"stable": {**healthy, "model_version": 7}, "canary": healthy}))
     with pytest.raises(FlywheelError, match="stable metrics are for v7"):
-        canary_analysis_step("production", metrics, repo, __import__("model.config").config.CanaryConfig(), DCFG)
+        canary_analysis_step("production", metrics, "", repo, CanaryConfig(), DCFG)
+
+
+def test_canary_analysis_without_a_canary_says_so(repo, store):
+    result, md = canary_analysis_step("staging", None, "", repo, CanaryConfig(), DCFG)
+    assert result["decision"] == "none" and "No canary is running" in md
+
+
+class FakePrometheus(BaseHTTPRequestHandler):
+    """Answers /api/v1/query like Prometheus, from a table of (arm, metric) → value."""
+
+    values: dict
+    queries: list
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        url = urlparse(self.path)
+        query = parse_qs(url.query)["query"][0]
+        self.queries.append(query)
+        arm = "canary" if 'arm="canary"' in query else "stable"
+        if "histogram_quantile" in query:
+            metric = "p99"
+        elif "flywheel_feedback_total" in query:
+            metric = query.split('kind="')[1].split('"')[0]
+        elif "flywheel_fallbacks_total" in query:
+            metric = "fallbacks"
+        else:
+            metric = "errors" if 'code=~"5.."' in query else "requests"
+        value = self.values.get((arm, metric))
+        result = [] if value is None else [{"metric": {}, "value": [1700000000, str(value)]}]
+        data = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_canary_analysis_from_prometheus(repo, store):
+    merge(repo, release_step("staging", 1, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    merge(repo, release_step("staging", 2, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    values = {("stable", "requests"): 30000.4, ("stable", "errors"): 12, ("stable", "fallbacks"): 3000,
+              ("stable", "escalated"): 900, ("stable", "thumbs_up"): 8000, ("stable", "thumbs_down"): 1400,
+              ("stable", "p99"): 0.041, ("canary", "requests"): 3000, ("canary", "errors"): 240,
+              ("canary", "fallbacks"): 300, ("canary", "thumbs_up"): 800, ("canary", "thumbs_down"): 140,
+              ("canary", "p99"): 0.045}  # no escalation series on the canary yet: counts as 0
+    queries: list = []
+    handler = type("Handler", (FakePrometheus,), {"values": values, "queries": queries})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        result, md = canary_analysis_step("staging", None, url, repo, CanaryConfig(), DCFG)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    assert result["arms"]["stable"]["requests"] == 30000 and result["arms"]["canary"]["escalations"] == 0
+    assert result["arms"]["canary"]["latency_p99_ms"] == pytest.approx(45.0)
+    assert result["decision"] == "rollback" and "error rate is higher" in md
+    assert all('namespace="flywheel-staging"' in q for q in queries)
+    assert any('arm="canary", model_version="2"' in q for q in queries)
+    assert any('arm="stable", model_version="1"' in q for q in queries)
+    # the window starts at the merge that started the canary: seconds ago, so the one-minute floor applies
+    assert all("[60s]" in q for q in queries)
 
 
 # ------------------------------------------------------------------ GitHub REST stand-in
