@@ -8,6 +8,7 @@ before anything is created, so bad input leaves no branch and no commit.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -236,3 +237,43 @@ def canary_analysis_step(env: str, metrics: Path | None, prometheus_url: str, re
     return {"env": env, "stable_version": rollout.stable.version, "canary_version": rollout.canary.version,
             "canary_percent": rollout.canary_percent, "metrics_source": source,
             "arms": {a: asdict(m) for a, m in arms.items()}, **verdict.to_dict()}, md
+
+
+RETRAIN_REQUESTS = "retrain/requests"  # a merged file here triggers retrain.yml
+
+
+def request_retrain_step(drift_report: Path, repo: Path, dcfg: DeliveryConfig) -> tuple[dict, str]:
+    """On drift, propose a retrain request (the data window and the drift verdict) as a pull request.
+
+    ``drift_report`` is ``flywheel drift``'s JSON: ``drift`` (true/false), ``reasons`` and ``window``
+    (``start``/``end`` of the logged data compared). Its ``.md`` sibling becomes the body.
+    """
+    path = Path(drift_report)
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise FlywheelError(f"{path}: cannot read drift report: {exc}") from exc
+    if not isinstance(report, dict) or not isinstance(report.get("drift"), bool):
+        raise FlywheelError(f"{path}: expected a drift report with a true/false 'drift' verdict")
+    if not report["drift"]:
+        return {"requested": False, "drift": False}, "## Drift check\n\nNo drift found: no retrain requested.\n"
+    window = report.get("window") or {}
+    if not isinstance(window, dict):
+        raise FlywheelError(f"{path}: 'window' must be an object with start and end")
+    now = time.gmtime()
+    stamp = time.strftime("%Y%m%d-%H%M%S", now)
+    request = {"requested_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", now), "reason": "drift", "window": window,
+               "drift_reasons": report.get("reasons", []),
+               "drift_report_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    rel = f"{RETRAIN_REQUESTS}/{stamp}.json"
+    span = f"{window.get('start', '?')} to {window.get('end', '?')}" if window else "the latest window"
+    title = f"Retrain: drift in logged conversations ({span})"
+    md = path.with_suffix(".md")
+    drift_md = md.read_text() if md.is_file() else "\n".join(f"- {r}" for r in request["drift_reasons"])
+    body = "\n\n".join([f"## {title}", f"Merging this adds `{rel}`; `retrain.yml` then prepares data from the window, "
+                        "trains, evaluates, gates, registers and opens a release pull request.", drift_md,
+                        "_Opened by `flywheel request-retrain`._"]) + "\n"
+    forge = forge_from_env(Path(repo), dcfg.base_branch if _on_github() else "HEAD")
+    pr = forge.propose(Proposal(branch=f"flywheel/retrain-{stamp}", path=rel, text=json.dumps(request, indent=2) + "\n",
+                                title=title, body=body, new_file=True))
+    return {"requested": True, "drift": True, "request_file": rel, "window": window, "pull_request": pr}, body

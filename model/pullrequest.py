@@ -33,6 +33,7 @@ class Proposal:
     text: str
     title: str
     body: str
+    new_file: bool = False  # the path must not exist on the base branch yet
 
 
 class LocalForge:
@@ -58,6 +59,8 @@ class LocalForge:
         return done.stdout
 
     def propose(self, p: Proposal) -> dict:
+        if p.new_file and self._git("cat-file", "-e", f"{self.base}:{p.path}", check=False).returncode == 0:
+            raise FlywheelError(f"{self.repo / p.path}: already exists in {self.base}")
         if self._git("rev-parse", "--verify", "--quiet", f"refs/heads/{p.branch}", check=False).returncode == 0:
             raise FlywheelError(f"{self.repo}: branch {p.branch} already exists (an open pull request?); "
                                 "merge or delete it first")
@@ -66,7 +69,7 @@ class LocalForge:
         with tempfile.TemporaryDirectory() as tmp:
             index = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
             self._git("read-tree", base_sha, env=index)
-            self._git("update-index", "--cacheinfo", f"100644,{blob},{p.path}", env=index)
+            self._git("update-index", "--add", "--cacheinfo", f"100644,{blob},{p.path}", env=index)
             tree = self._git("write-tree", env=index).stdout.strip()
         commit = self._git("commit-tree", tree, "-p", base_sha, "-F", "-", input=f"{p.title}\n\n{p.body}").stdout.strip()
         # the ref appears last and only if it does not exist yet: nothing half-made is left behind
@@ -107,14 +110,18 @@ class GitHubForge:
         return base64.b64decode(got["content"]).decode()
 
     def propose(self, p: Proposal) -> dict:
-        if not hasattr(self, "_blob_sha"):
+        if p.new_file:
+            self._blob_sha = None
+        elif not hasattr(self, "_blob_sha"):
             self.read(p.path)
         base_sha = self._call("GET", f"/git/ref/heads/{self.base}")["object"]["sha"]
         self._call("POST", "/git/refs", ok=(201,), json={"ref": f"refs/heads/{p.branch}", "sha": base_sha})
         try:
-            put = self._call("PUT", f"/contents/{p.path}", ok=(200, 201), json={
-                "message": f"{p.title}\n\n{p.body}", "content": base64.b64encode(p.text.encode()).decode(),
-                "sha": self._blob_sha, "branch": p.branch})
+            change = {"message": f"{p.title}\n\n{p.body}", "content": base64.b64encode(p.text.encode()).decode(),
+                      "branch": p.branch}
+            if self._blob_sha:
+                change["sha"] = self._blob_sha  # GitHub refuses to overwrite a file without its blob sha
+            put = self._call("PUT", f"/contents/{p.path}", ok=(200, 201), json=change)
             pr = self._call("POST", "/pulls", ok=(201,), json={
                 "title": p.title, "head": p.branch, "base": self.base, "body": p.body, "maintainer_can_modify": True})
         except FlywheelError:

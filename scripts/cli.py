@@ -96,6 +96,12 @@ class CanaryAnalysisArgs:
 
 
 @dataclass
+class RequestRetrainArgs:
+    drift_report: str = _arg("", "flywheel drift's JSON report (drift verdict, reasons, data window); its .md is the body")
+    repo: str = _arg(".", "Git repository the retrain request is proposed in")
+
+
+@dataclass
 class CheckManifestsArgs:
     repo: str = _arg(".", "repository whose manifests to check")
 
@@ -116,6 +122,8 @@ STEPS = {
     "rollback": ("end the canary, or return to the previous stable model, by pull request",
                  [RollbackArgs, RegistryConfig, DeliveryConfig]),
     "canary-analysis": ("decide promote, hold or rollback from per-arm metrics", [CanaryAnalysisArgs, CanaryConfig, DeliveryConfig]),
+    "request-retrain": ("on drift, propose a retrain request (data window + drift summary) by pull request",
+                        [RequestRetrainArgs, DeliveryConfig]),
     "check-manifests": ("validate the manifests Argo CD syncs (KServe, Kubernetes, promtool, Argo CD)",
                         [CheckManifestsArgs, DeliveryConfig]),
     "demo": ("train, evaluate, gate, register and promote on the sample data", [DemoArgs, DataConfig, TrainConfig, GateConfig, RegistryConfig]),
@@ -187,7 +195,7 @@ def run(step: str, c: dict) -> tuple[dict, str, int]:
     raise FlywheelError(f"unknown step {step}")
 
 
-DELIVERY_STEPS = ("release", "rollback", "canary-analysis", "check-manifests")  # promote --env too
+DELIVERY_STEPS = ("release", "rollback", "canary-analysis", "check-manifests", "request-retrain")  # promote --env too
 
 
 def run_delivery(step: str, c: dict) -> tuple[dict, str, int]:
@@ -215,6 +223,11 @@ def run_delivery(step: str, c: dict) -> tuple[dict, str, int]:
         a = c[RollbackArgs]
         _require(a.env, "--env")
         result, md = delivery.rollback_step(a.env, Path(a.repo), reg_cfg, dcfg, a.analysis)
+        return result, md, EXIT_OK
+    if step == "request-retrain":
+        a = c[RequestRetrainArgs]
+        _require(a.drift_report, "--drift-report")
+        result, md = delivery.request_retrain_step(Path(a.drift_report), Path(a.repo), dcfg)
         return result, md, EXIT_OK
     if step == "canary-analysis":
         a = c[CanaryAnalysisArgs]

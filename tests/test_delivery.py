@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 
 from model import manifests, registry
 from model.config import PROJECT_ROOT, CanaryConfig, DeliveryConfig, RegistryConfig
-from model.delivery import canary_analysis_step, promote_env_step, release_step, rollback_step
+from model.delivery import canary_analysis_step, promote_env_step, release_step, request_retrain_step, rollback_step
 from model.errors import FlywheelError
 from model.predictor import IntentPredictor
 from scripts.cli import main
@@ -371,7 +371,8 @@ class FakeGitHub(BaseHTTPRequestHandler):
         s, prefix = self.state, f"/repos/{self.state['repo']}"
         path = url.path[len(prefix) + len("/contents/"):]
         old = s["files"].get(("main", path))
-        if f"refs/heads/{body['branch']}" not in s["refs"] or body.get("sha") != hashlib.sha1(old.encode()).hexdigest():
+        expected = None if old is None else hashlib.sha1(old.encode()).hexdigest()  # new files come without a sha
+        if f"refs/heads/{body['branch']}" not in s["refs"] or body.get("sha") != expected:
             return self._send(409, {"message": "sha does not match"})
         s["files"][(body["branch"], path)] = base64.b64decode(body["content"]).decode()
         return self._send(201, {"commit": {"sha": "c0ffee" * 6 + "beef"}})
@@ -431,3 +432,35 @@ def test_github_bad_input_makes_no_call_that_writes(github, tmp_path):
     with pytest.raises(FlywheelError, match="has not passed the gate"):
         release_step("staging", 3, 10, tmp_path, REG, DCFG)
     assert [m for m, *_ in github["calls"]] == ["GET"]
+
+
+def _drift_report(tmp_path: Path, drift: bool) -> Path:
+    report = tmp_path / "drift.json"
+    report.write_text(json.dumps({"drift": drift, "reasons": ["fallback rate 9% -> 21%"],
+                                  "window": {"start": "2026-11-20T00:00:00Z", "end": "2026-11-27T00:00:00Z"}}))
+    report.with_suffix(".md").write_text("## Drift report\n\nfallback rate 9% -> 21%\n")
+    return report
+
+
+def test_retrain_request_locally(repo, tmp_path):
+    result, body = request_retrain_step(_drift_report(tmp_path, True), repo, DCFG)
+    pr = result["pull_request"]
+    assert result["requested"] and result["request_file"].startswith("retrain/requests/")
+    assert git(repo, "diff", "--name-only", "main", pr["branch"]) == result["request_file"]
+    request = json.loads(git(repo, "show", f"{pr['branch']}:{result['request_file']}"))
+    assert request["window"]["start"] == "2026-11-20T00:00:00Z" and request["reason"] == "drift"
+    assert "## Drift report" in body and "2026-11-20T00:00:00Z to 2026-11-27T00:00:00Z" in body
+    head, before = git(repo, "rev-parse", "HEAD"), branches(repo)
+    result, _ = request_retrain_step(_drift_report(tmp_path, False), repo, DCFG)
+    assert result == {"requested": False, "drift": False}
+    (tmp_path / "bad.json").write_text('{"drift": "maybe"}')
+    with pytest.raises(FlywheelError, match="true/false 'drift' verdict"):
+        request_retrain_step(tmp_path / "bad.json", repo, DCFG)
+    _assert_nothing_made(repo, head, before)
+
+
+def test_retrain_request_on_github_creates_a_new_file(github, tmp_path):
+    result, body = request_retrain_step(_drift_report(tmp_path, True), tmp_path, DCFG)
+    put = next(c for c in github["calls"] if c[0] == "PUT")
+    assert "sha" not in put[3] and put[1].endswith(result["request_file"])
+    assert github["pulls"][0]["body"] == body and result["pull_request"]["number"] == 1
