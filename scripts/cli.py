@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,7 +259,20 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     print(json.dumps(result, indent=2, default=str))
     print(markdown, file=sys.stderr)
+    _github_outputs(result)
     return code
+
+
+def _github_outputs(result: dict) -> None:
+    """In GitHub Actions, expose the result's top-level scalars (decision, version, passed, ...) as step
+    outputs, so a workflow branches on them without parsing JSON in shell."""
+    target = os.environ.get("GITHUB_OUTPUT")
+    if not target:
+        return
+    lines = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in result.items()
+             if isinstance(v, (str, int, float, bool)) and "\n" not in str(v) and k.replace("_", "").isalnum()]
+    with open(target, "a") as out:
+        out.write("".join(line + "\n" for line in lines))
 
 
 if __name__ == "__main__":
