@@ -89,7 +89,7 @@ class CanaryConfig:
     escalation_rate_margin: float = _f(0.02, "at most 2 points more escalations")
     thumbs_down_margin: float = _f(0.03, "at most 3 points more thumbs-down among rated answers")
     latency_budget_ms: float = _f(100.0, "canary p99 above this and above stable's p99 + tolerance rolls back; users notice ~100 ms")
-    latency_tolerance: float = _f(0.2, "canary p99 may exceed stable's by 20% (noise between pods) before it counts")
+    latency_tolerance: float = _f(0.2, "canary p99 may exceed stable's by a fifth (noise between pods) before it counts")
 
 
 @dataclass
