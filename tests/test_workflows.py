@@ -17,7 +17,7 @@ from model.config import PROJECT_ROOT
 from scripts.cli import STEPS
 
 WORKFLOWS = sorted((PROJECT_ROOT / ".github" / "workflows").glob("*.yml"))
-PIPELINES = ("retrain.yml", "drift.yml", "canary.yml")  # each step a flywheel call
+PIPELINES = ("retrain.yml", "drift.yml", "canary.yml", "release.yml")  # each step a flywheel call
 PINNED = re.compile(r"^[\w.-]+/[\w.-]+(/[\w./-]+)?@[0-9a-f]{40}$")
 READ_ONLY = {"contents": "read"}
 
@@ -34,8 +34,8 @@ def _steps(doc: dict):
             yield name, job, step
 
 
-def test_the_four_workflows_exist():
-    assert {p.name for p in WORKFLOWS} == {"ci.yml", "retrain.yml", "drift.yml", "canary.yml"}
+def test_the_workflows_exist():
+    assert {p.name for p in WORKFLOWS} == {"ci.yml", "retrain.yml", "drift.yml", "canary.yml", "release.yml"}
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
