@@ -62,7 +62,11 @@ class LocalForge:
         if p.new_file and self._git("cat-file", "-e", f"{self.base}:{p.path}", check=False).returncode == 0:
             raise FlywheelError(f"{self.repo / p.path}: already exists in {self.base}")
         if self._git("rev-parse", "--verify", "--quiet", f"refs/heads/{p.branch}", check=False).returncode == 0:
-            raise FlywheelError(f"{self.repo}: branch {p.branch} already exists (an open pull request?); "
+            proposed = self._git("show", f"refs/heads/{p.branch}:{p.path}", check=False)
+            if proposed.returncode == 0 and proposed.stdout == p.text:  # a scheduled re-run: already proposed
+                return {"mode": "local", "repository": str(self.repo), "branch": p.branch, "base": self.base,
+                        "existing": True, "commit": self._git("rev-parse", f"refs/heads/{p.branch}").stdout.strip()}
+            raise FlywheelError(f"{self.repo}: branch {p.branch} already exists with a different change; "
                                 "merge or delete it first")
         base_sha = self._git("rev-parse", "--verify", f"{self.base}^{{commit}}").stdout.strip()
         blob = self._git("hash-object", "-w", "--stdin", input=p.text).stdout.strip()
@@ -115,6 +119,8 @@ class GitHubForge:
         elif not hasattr(self, "_blob_sha"):
             self.read(p.path)
         base_sha = self._call("GET", f"/git/ref/heads/{self.base}")["object"]["sha"]
+        if self._call("GET", f"/git/ref/heads/{p.branch}", ok=(200, 404)).get("object"):
+            return self._already_proposed(p)
         self._call("POST", "/git/refs", ok=(201,), json={"ref": f"refs/heads/{p.branch}", "sha": base_sha})
         try:
             change = {"message": f"{p.title}\n\n{p.body}", "content": base64.b64encode(p.text.encode()).decode(),
@@ -132,6 +138,20 @@ class GitHubForge:
             raise
         return {"mode": "github", "repository": self.repository, "branch": p.branch, "base": self.base,
                 "base_sha": base_sha, "commit": put["commit"]["sha"], "number": pr["number"], "url": pr["html_url"]}
+
+
+    def _already_proposed(self, p: Proposal) -> dict:
+        """The branch exists: fine if it holds this very change with an open pull request (a re-run)."""
+        owner = self.repository.split("/")[0]
+        pulls = self._call("GET", "/pulls", params={"head": f"{owner}:{p.branch}", "state": "open"})
+        got = self._call("GET", f"/contents/{p.path}", ok=(200, 404), params={"ref": p.branch})
+        same = "content" in got and base64.b64decode(got["content"]).decode() == p.text
+        if not (pulls and same):
+            raise FlywheelError(f"GitHub {self.repository}: branch {p.branch} already exists "
+                                f"{'with a different change' if pulls else 'without an open pull request'}; "
+                                "merge, close or delete it first")
+        return {"mode": "github", "repository": self.repository, "branch": p.branch, "base": self.base,
+                "existing": True, "number": pulls[0]["number"], "url": pulls[0]["html_url"]}
 
 
 def forge_from_env(repo: Path, base: str):

@@ -177,11 +177,15 @@ def test_second_release_while_a_canary_runs_is_refused(repo, store):
     _assert_nothing_made(repo, head, before)
 
 
-def test_same_pull_request_twice_is_refused(repo, store):
-    release_step("staging", 1, 10, repo, REG, DCFG)
+def test_rerun_finds_its_open_proposal_and_a_different_change_is_refused(repo, store):
+    first = release_step("staging", 1, 10, repo, REG, DCFG)[0]["pull_request"]
+    merge(repo, first["branch"])
+    proposed = release_step("staging", 2, 10, repo, REG, DCFG)[0]["pull_request"]
     head, before = git(repo, "rev-parse", "HEAD"), branches(repo)
-    with pytest.raises(FlywheelError, match="already exists"):
-        release_step("staging", 1, 10, repo, REG, DCFG)
+    again = release_step("staging", 2, 10, repo, REG, DCFG)[0]["pull_request"]  # e.g. the hourly workflow again
+    assert again["existing"] and again["commit"] == proposed["commit"]
+    with pytest.raises(FlywheelError, match="already exists with a different change"):
+        release_step("staging", 2, 20, repo, REG, DCFG)
     _assert_nothing_made(repo, head, before)
 
 
@@ -321,8 +325,8 @@ class FakeGitHub(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def _send(self, code: int, payload: dict | None = None):
-        data = json.dumps(payload or {}).encode() if code != 204 else b""
+    def _send(self, code: int, payload: dict | list | None = None):
+        data = json.dumps(payload if payload is not None else {}).encode() if code != 204 else b""
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -339,8 +343,15 @@ class FakeGitHub(BaseHTTPRequestHandler):
     def do_GET(self):
         url, _ = self._record()
         s, prefix = self.state, f"/repos/{self.state['repo']}"
-        if url.path == f"{prefix}/git/ref/heads/main":
-            return self._send(200, {"ref": "refs/heads/main", "object": {"sha": s["main_sha"], "type": "commit"}})
+        if url.path.startswith(f"{prefix}/git/ref/heads/"):
+            ref = "refs/heads/" + url.path.split("/git/ref/heads/", 1)[1]
+            if ref not in s["refs"]:
+                return self._send(404, {"message": "Not Found"})
+            return self._send(200, {"ref": ref, "object": {"sha": s["main_sha"], "type": "commit"}})
+        if url.path == f"{prefix}/pulls":
+            head = parse_qs(url.query)["head"][0].split(":", 1)[1]
+            return self._send(200, [{"number": i + 1, "html_url": f"https://github.com/{s['repo']}/pull/{i + 1}"}
+                                    for i, pr in enumerate(s["pulls"]) if pr["head"] == head])
         if url.path.startswith(f"{prefix}/contents/"):
             path = url.path[len(prefix) + len("/contents/"):]
             ref = parse_qs(url.query).get("ref", ["main"])[0]
@@ -410,14 +421,20 @@ def test_github_pull_request_through_the_rest_api(github, store, tmp_path):
     assert pr["mode"] == "github" and pr["number"] == 1 and pr["url"].endswith("/acme/flywheel/pull/1")
     methods = [(m, p.split("/acme/flywheel")[1]) for m, p, _, _ in github["calls"]]
     assert methods == [("GET", f"/contents/{ISVC.format(env='staging')}"), ("GET", "/git/ref/heads/main"),
-                       ("POST", "/git/refs"), ("PUT", f"/contents/{ISVC.format(env='staging')}"), ("POST", "/pulls")]
+                       ("GET", "/git/ref/heads/flywheel/release-staging-v1"), ("POST", "/git/refs"),
+                       ("PUT", f"/contents/{ISVC.format(env='staging')}"), ("POST", "/pulls")]
     assert all(auth == "Bearer ghs_test_token" for _, _, auth, _ in github["calls"])
-    assert github["calls"][2][3] == {"ref": "refs/heads/flywheel/release-staging-v1", "sha": "a" * 40}
+    assert github["calls"][3][3] == {"ref": "refs/heads/flywheel/release-staging-v1", "sha": "a" * 40}
     pull = github["pulls"][0]
     assert pull["head"] == "flywheel/release-staging-v1" and pull["base"] == "main" and pull["body"] == body
     new_text = github["files"][("flywheel/release-staging-v1", ISVC.format(env="staging"))]
     state = manifests.read_rollout(Path("staging.yaml"), manifests.load(Path("staging.yaml"), new_text))
     assert state.stable.version == 1 and state.stable.sha256 == store
+    # the hourly re-run finds the open pull request and writes nothing
+    calls = len(github["calls"])
+    again = release_step("staging", 1, 10, tmp_path, REG, DCFG)[0]["pull_request"]
+    assert again["existing"] and again["number"] == 1
+    assert [m for m, *_ in github["calls"][calls:]] == ["GET"] * 5
 
 
 def test_github_failure_deletes_the_branch_it_made(github, tmp_path):
