@@ -25,4 +25,4 @@ RUN pip install --constraint requirements.lock --extra-index-url https://downloa
 USER 10001:10001
 EXPOSE 8080
 ENTRYPOINT ["flywheel"]
-CMD ["serve", "--model-dir", "/mnt/models", "--host", "0.0.0.0", "--http-port", "8080"]
+CMD ["serve", "--stable", "/mnt/models", "--host", "0.0.0.0", "--http-port", "8080"]
