@@ -84,11 +84,44 @@ class RegistryConfig:
     experiment: str = _f("flywheel", "MLflow experiment holding training runs")
 
 
+@dataclass
+class CanaryConfig:
+    alpha: float = _f(
+        0.05, "error rate of each decision (rollback, promote) over the whole canary, however often it is analysed"
+    )
+    min_requests_per_arm: int = _f(300, "below this an arm's rates are noise: hold")
+    min_ratings_per_arm: int = _f(
+        50, "thumbs-down rate is compared only once each arm has this many rated answers; promotion waits for it"
+    )
+    mixture_sd: float = _f(
+        0.05, "spread of rate differences the sequential test is most sensitive to (a few percentage points)"
+    )
+    error_rate_margin: float = _f(0.005, "the canary may fail at most 0.5 points more often than stable")
+    fallback_rate_margin: float = _f(0.03, "at most 3 points more hand-offs to humans")
+    escalation_rate_margin: float = _f(0.02, "at most 2 points more escalations")
+    thumbs_down_margin: float = _f(0.03, "at most 3 points more thumbs-down among rated answers")
+    latency_budget_ms: float = _f(
+        100.0, "canary p99 above this and above stable's p99 + tolerance rolls back; users notice ~100 ms"
+    )
+    latency_tolerance: float = _f(
+        0.2, "canary p99 may exceed stable's by a fifth (noise between pods) before it counts"
+    )
+
+
+@dataclass
+class DeliveryConfig:
+    manifests_dir: str = _f("manifests", "folder Argo CD syncs, one subfolder per environment")
+    base_branch: str = _f("main", "branch pull requests target and Argo CD follows")
+    champion_env: str = _f("production", "the environment whose stable model is the registry's 'champion'")
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "train": TrainConfig,
     "gate": GateConfig,
     "registry": RegistryConfig,
+    "canary": CanaryConfig,
+    "delivery": DeliveryConfig,
 }
 
 

@@ -20,6 +20,7 @@ from model.errors import FlywheelError
 from model.pyfunc_model import ARTIFACT_KEY
 
 CHALLENGER, CHAMPION = "challenger", "champion"
+GATE_TAG = "gate"
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "text")]),
     outputs=Schema([ColSpec("string", "intent"), ColSpec("double", "confidence"), ColSpec("boolean", "fallback")]),
@@ -118,6 +119,7 @@ def register(cfg: RegistryConfig, artifact_dir: Path, meta: dict, artifact_diges
             signature=SIGNATURE,
             pip_requirements=requirements,
         )
+    # only gated artifacts reach here (register_step refuses others); `flywheel release` checks the tag
     mv = mlflow.register_model(
         info.model_uri,
         cfg.model_name,
@@ -125,6 +127,7 @@ def register(cfg: RegistryConfig, artifact_dir: Path, meta: dict, artifact_diges
             "git_sha": sha,
             "dataset_digest": digest,
             "artifact_digest": artifact_digest,
+            GATE_TAG: "passed",
         },
     )
     client.set_registered_model_alias(cfg.model_name, CHALLENGER, mv.version)
@@ -197,3 +200,46 @@ def _artifact_name(local: Path) -> str:
     mlmodel = yaml.safe_load((local / "MLmodel").read_text())
     path = mlmodel["flavors"]["python_function"]["artifacts"][ARTIFACT_KEY]["path"]
     return Path(path).name
+
+
+def resolve_version(cfg: RegistryConfig, version: int) -> dict:
+    """Where version N's sealed artifact lives (an immutable URI in the artifact store) and its digest.
+
+    Refuses a version that is not registered or did not pass the gate.
+    """
+    client = connect(cfg)
+    try:
+        mv = client.get_model_version(cfg.model_name, str(version))
+    except MlflowException as exc:
+        raise FlywheelError(
+            f"model '{cfg.model_name}' has no version {version} in the registry at {tracking_uri()}"
+        ) from exc
+    if mv.tags.get(GATE_TAG) != "passed":
+        raise FlywheelError(
+            f"{cfg.model_name} v{version} has not passed the gate (tag '{GATE_TAG}' is "
+            f"{mv.tags.get(GATE_TAG)!r}); only gated versions may be released"
+        )
+    digest = mv.tags.get("artifact_digest", "")
+    if len(digest) != 64:
+        raise FlywheelError(f"{cfg.model_name} v{version} has no artifact_digest tag; cannot pin what would be served")
+    base = client.get_model_version_download_uri(cfg.model_name, str(version)).rstrip("/")
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/MLmodel"))
+    except MlflowException as exc:
+        raise FlywheelError(f"{cfg.model_name} v{version}: cannot read its MLmodel at {base}: {exc.message}") from exc
+    storage_uri = f"{base}/artifacts/{_artifact_name(local.parent)}"
+    metrics = {}
+    if mv.run_id:
+        try:
+            metrics = dict(client.get_run(mv.run_id).data.metrics)
+        except MlflowException:
+            pass
+    return {
+        "version": int(version),
+        "storage_uri": storage_uri,
+        "sha256": digest,
+        "run_id": mv.run_id,
+        "git_sha": mv.tags.get("git_sha"),
+        "dataset_digest": mv.tags.get("dataset_digest"),
+        "metrics": metrics,
+    }

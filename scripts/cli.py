@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,9 @@ from transformers import HfArgumentParser
 from model.config import (
     DEFAULT_CONFIG,
     SAMPLE_DATA,
+    CanaryConfig,
     DataConfig,
+    DeliveryConfig,
     GateConfig,
     RegistryConfig,
     TrainConfig,
@@ -71,7 +74,58 @@ class RegisterArgs:
 
 @dataclass
 class PromoteArgs:
-    version: int = _arg(-1, "model version to make champion (-1: the current challenger)")
+    version: int = _arg(
+        -1,
+        "without --env: model version to make champion (-1: the current challenger); "
+        "with --env: must equal the canary's version if given",
+    )
+    env: str = _arg(
+        "",
+        "staging or production: promote that environment's canary by pull request "
+        "(empty: only move the registry's champion alias)",
+    )
+    repo: str = _arg(".", "Git repository holding the manifests (the pull request is made there or on GitHub)")
+    analysis: str = _arg("", "canary-analysis JSON to quote in the pull request (its .md sibling is the text)")
+
+
+@dataclass
+class ReleaseArgs:
+    env: str = _arg("", "staging or production")
+    model_version: int = _arg(-1, "registered, gate-passed model version to release")
+    canary: int = _arg(10, "share of traffic (0-100) the new version gets while the stable model keeps the rest")
+    repo: str = _arg(".", "Git repository holding the manifests")
+
+
+@dataclass
+class RollbackArgs:
+    env: str = _arg("", "staging or production")
+    repo: str = _arg(".", "Git repository holding the manifests")
+    analysis: str = _arg("", "canary-analysis JSON to quote in the pull request")
+
+
+@dataclass
+class CanaryAnalysisArgs:
+    env: str = _arg("", "staging or production")
+    metrics: str = _arg(
+        "",
+        'per-arm metrics JSON: {"stable": {...}, "canary": {...}} (requests, errors, fallbacks, '
+        "escalations, thumbs_up, thumbs_down, latency_p99_ms, model_version)",
+    )
+    prometheus_url: str = _arg("", "instead of --metrics: Prometheus to query for counts since the canary's merge")
+    repo: str = _arg(".", "Git repository holding the manifests")
+
+
+@dataclass
+class RequestRetrainArgs:
+    drift_report: str = _arg(
+        "", "flywheel drift's JSON report (drift verdict, reasons, data window); its .md is the body"
+    )
+    repo: str = _arg(".", "Git repository the retrain request is proposed in")
+
+
+@dataclass
+class CheckManifestsArgs:
+    repo: str = _arg(".", "repository whose manifests to check")
 
 
 @dataclass
@@ -90,13 +144,43 @@ STEPS = {
         [GateArgs, DataConfig, GateConfig, RegistryConfig],
     ),
     "register": ("register a gated artifact in MLflow as 'challenger'", [RegisterArgs, RegistryConfig]),
-    "promote": ("move the 'champion' alias to a model version", [PromoteArgs, RegistryConfig]),
+    "promote": (
+        "promote an environment's canary by pull request (--env), or only move the 'champion' alias",
+        [PromoteArgs, RegistryConfig, DeliveryConfig],
+    ),
+    "release": (
+        "put a registered model version on a canary by pull request",
+        [ReleaseArgs, RegistryConfig, DeliveryConfig],
+    ),
+    "rollback": (
+        "end the canary, or return to the previous stable model, by pull request",
+        [RollbackArgs, RegistryConfig, DeliveryConfig],
+    ),
+    "canary-analysis": (
+        "decide promote, hold or rollback from per-arm metrics",
+        [CanaryAnalysisArgs, CanaryConfig, DeliveryConfig],
+    ),
+    "request-retrain": (
+        "on drift, propose a retrain request (data window + drift summary) by pull request",
+        [RequestRetrainArgs, DeliveryConfig],
+    ),
+    "check-manifests": (
+        "validate the manifests Argo CD syncs (KServe, Kubernetes, promtool, Argo CD)",
+        [CheckManifestsArgs, DeliveryConfig],
+    ),
     "demo": (
         "train, evaluate, gate, register and promote on the sample data",
         [DemoArgs, DataConfig, TrainConfig, GateConfig, RegistryConfig],
     ),
 }
-SECTION_OF = {DataConfig: "data", TrainConfig: "train", GateConfig: "gate", RegistryConfig: "registry"}
+SECTION_OF = {
+    DataConfig: "data",
+    TrainConfig: "train",
+    GateConfig: "gate",
+    RegistryConfig: "registry",
+    CanaryConfig: "canary",
+    DeliveryConfig: "delivery",
+}
 
 
 def build_parser() -> tuple[HfArgumentParser, dict[str, HfArgumentParser]]:
@@ -127,6 +211,8 @@ def parse(argv: list[str]) -> tuple[str, dict]:
 
 
 def run(step: str, c: dict) -> tuple[dict, str, int]:
+    if step in DELIVERY_STEPS or (step == "promote" and c[PromoteArgs].env):
+        return run_delivery(step, c)
     from model import pipeline  # heavy imports (torch, mlflow) only once a step runs
 
     data_cfg, train_cfg, gate_cfg, reg_cfg = (c.get(t) for t in (DataConfig, TrainConfig, GateConfig, RegistryConfig))
@@ -152,7 +238,7 @@ def run(step: str, c: dict) -> tuple[dict, str, int]:
         _require(a.gate, "--gate")
         result, md = pipeline.register_step(Path(a.model), Path(a.gate), reg_cfg)
         return result, md, EXIT_OK
-    if step == "promote":
+    if step == "promote":  # registry only; with --env, run_delivery handles it
         a = c[PromoteArgs]
         result, md = pipeline.promote_step(None if a.version < 0 else a.version, reg_cfg)
         return result, md, EXIT_OK
@@ -161,6 +247,51 @@ def run(step: str, c: dict) -> tuple[dict, str, int]:
             Path(c[DemoArgs].data), data_cfg, train_cfg, gate_cfg, reg_cfg, _report_dir(c)
         )
         return result, md, EXIT_OK if passed else EXIT_REJECTED
+    raise FlywheelError(f"unknown step {step}")
+
+
+DELIVERY_STEPS = ("release", "rollback", "canary-analysis", "check-manifests", "request-retrain")  # promote --env too
+
+
+def run_delivery(step: str, c: dict) -> tuple[dict, str, int]:
+    """Steps that edit or check manifests (no torch import: they run in seconds on a CI runner)."""
+    from model import delivery
+    from model.manifest_checks import check_manifests_step
+
+    reg_cfg, dcfg = c.get(RegistryConfig), c[DeliveryConfig]
+    if step == "check-manifests":
+        result, md, passed = check_manifests_step(Path(c[CheckManifestsArgs].repo), dcfg.manifests_dir)
+        return result, md, EXIT_OK if passed else EXIT_REJECTED
+    if step == "release":
+        a = c[ReleaseArgs]
+        _require(a.env, "--env")
+        if a.model_version < 0:
+            raise FlywheelError("--model-version is required")
+        result, md = delivery.release_step(a.env, a.model_version, a.canary, Path(a.repo), reg_cfg, dcfg)
+        return result, md, EXIT_OK
+    if step == "promote":
+        a = c[PromoteArgs]
+        result, md = delivery.promote_env_step(
+            a.env, None if a.version < 0 else a.version, Path(a.repo), reg_cfg, dcfg, a.analysis
+        )
+        return result, md, EXIT_OK
+    if step == "rollback":
+        a = c[RollbackArgs]
+        _require(a.env, "--env")
+        result, md = delivery.rollback_step(a.env, Path(a.repo), reg_cfg, dcfg, a.analysis)
+        return result, md, EXIT_OK
+    if step == "request-retrain":
+        a = c[RequestRetrainArgs]
+        _require(a.drift_report, "--drift-report")
+        result, md = delivery.request_retrain_step(Path(a.drift_report), Path(a.repo), dcfg)
+        return result, md, EXIT_OK
+    if step == "canary-analysis":
+        a = c[CanaryAnalysisArgs]
+        _require(a.env, "--env")
+        result, md = delivery.canary_analysis_step(
+            a.env, Path(a.metrics) if a.metrics else None, a.prometheus_url, Path(a.repo), c[CanaryConfig], dcfg
+        )
+        return result, md, EXIT_OK
     raise FlywheelError(f"unknown step {step}")
 
 
@@ -184,7 +315,23 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     print(json.dumps(result, indent=2, default=str))
     print(markdown, file=sys.stderr)
+    _github_outputs(result)
     return code
+
+
+def _github_outputs(result: dict) -> None:
+    """In GitHub Actions, expose the result's top-level scalars (decision, version, passed, ...) as step
+    outputs, so a workflow branches on them without parsing JSON in shell."""
+    target = os.environ.get("GITHUB_OUTPUT")
+    if not target:
+        return
+    lines = [
+        f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+        for k, v in result.items()
+        if isinstance(v, (str, int, float, bool)) and "\n" not in str(v) and k.replace("_", "").isalnum()
+    ]
+    with open(target, "a") as out:
+        out.write("".join(line + "\n" for line in lines))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,28 @@
+# One image for the predictor (`flywheel serve`) and the collector (`flywheel collect`);
+# the manifests pick the subcommand with `args`.
+# Base pinned by digest: python:3.11.13-slim-bookworm as published on Docker Hub (the digest was
+# taken from public repositories that pin the same tag, not pulled here; `docker pull` verifies it).
+FROM python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HUB_OFFLINE=1 \
+    HOME=/tmp
+
+WORKDIR /app
+# dependencies first (the lock changes less often than the code), CPU-only torch
+COPY pyproject.toml requirements.lock README.md ./
+COPY model ./model
+COPY data_checks ./data_checks
+COPY scripts ./scripts
+RUN pip install --constraint requirements.lock --extra-index-url https://download.pytorch.org/whl/cpu . \
+    && groupadd --gid 10001 flywheel \
+    && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin flywheel
+
+# numeric user so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd
+USER 10001:10001
+EXPOSE 8080
+ENTRYPOINT ["flywheel"]
+CMD ["serve", "--stable", "/mnt/models", "--host", "0.0.0.0", "--http-port", "8080"]

@@ -1,0 +1,82 @@
+"""Per-arm counts for canary analysis from Prometheus (its HTTP query API).
+
+The metric names are the ones the alert rules and the dashboard use (README, "Monitoring"): the
+predictor exports requests, latency and fallbacks labelled ``arm`` and ``model_version``; the
+collector exports feedback labelled the same way. Counts are ``increase`` over the time since the
+canary started, which Git knows: the commit that last changed the environment's InferenceService.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import requests
+
+from model.canary import ArmMetrics
+from model.errors import FlywheelError
+
+COUNTS = {
+    "requests": "flywheel_requests_total{%s}",
+    "errors": 'flywheel_requests_total{%s, code=~"5.."}',
+    "fallbacks": "flywheel_fallbacks_total{%s}",
+    "escalations": 'flywheel_feedback_total{%s, kind="escalated"}',
+    "thumbs_up": 'flywheel_feedback_total{%s, kind="thumbs_up"}',
+    "thumbs_down": 'flywheel_feedback_total{%s, kind="thumbs_down"}',
+}
+P99 = "histogram_quantile(0.99, sum by (le) (increase(flywheel_request_duration_seconds_bucket{%s}[%ds])))"
+
+
+def canary_started(repo: Path, manifest: Path) -> float:
+    """Unix time of the last commit that changed ``manifest`` (the merge that started the canary)."""
+    done = subprocess.run(
+        ["git", "log", "-1", "--format=%ct", "--", str(manifest)], cwd=repo, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0 or not done.stdout.strip():
+        raise FlywheelError(
+            f"{manifest}: cannot tell from Git when the canary started (needs full history: "
+            f"fetch-depth 0): {done.stderr.strip()}"
+        )
+    return float(done.stdout.strip())
+
+
+def _query(session: requests.Session, url: str, promql: str) -> float:
+    try:
+        resp = session.get(f"{url.rstrip('/')}/api/v1/query", params={"query": promql}, timeout=30)
+        payload = resp.json()
+    except (requests.RequestException, ValueError) as exc:
+        raise FlywheelError(f"Prometheus at {url}: {exc}") from exc
+    if resp.status_code != 200 or payload.get("status") != "success":
+        raise FlywheelError(f"Prometheus at {url}: query {promql!r} failed: {payload.get('error', resp.status_code)}")
+    result = payload["data"]["result"]
+    if not result:
+        return 0.0  # no series yet: nothing happened on that arm
+    value = float(result[0]["value"][1])
+    return 0.0 if value != value else value  # NaN (no traffic in a histogram) counts as nothing
+
+
+def prometheus_arm_metrics(
+    url: str, namespace: str, versions: dict[str, int], seconds: int, session: requests.Session | None = None
+) -> dict[str, ArmMetrics]:
+    """Counts per arm over the last ``seconds`` (at least a minute), for the model versions the manifest names."""
+    session = session or requests.Session()
+    window = max(60, int(seconds))
+    arms = {}
+    for arm, version in versions.items():
+        selector = f'namespace="{namespace}", arm="{arm}", model_version="{version}"'
+        counts = {
+            name: round(_query(session, url, f"sum(increase({template % selector}[{window}s]))"))
+            for name, template in COUNTS.items()
+        }
+        for name in ("errors", "fallbacks", "escalations"):  # increase() extrapolates; keep counts consistent
+            counts[name] = min(counts[name], counts["requests"])
+        p99 = _query(session, url, P99 % (selector, window)) * 1000
+        arms[arm] = ArmMetrics.from_dict(
+            {**counts, "latency_p99_ms": p99, "model_version": version}, f"Prometheus at {url} [{arm}]"
+        )
+    return arms
+
+
+def seconds_since(started: float) -> int:
+    return int(time.time() - started)

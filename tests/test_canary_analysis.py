@@ -1,0 +1,128 @@
+"""Canary analysis: a table of cases for the pure decision, and the repeated-looks property of its test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.canary import HOLD, PROMOTE, ROLLBACK, ArmMetrics, analyse, msprt_p_value
+from model.config import CanaryConfig
+from model.errors import FlywheelError
+
+CFG = CanaryConfig()
+
+
+def arm(n, errors=0.001, fallbacks=0.10, escalations=0.03, rated=0.3, down=0.15, p99=40.0):
+    """An arm with n requests and the given rates (ratings: share of requests rated; down: share of ratings)."""
+    ratings = int(n * rated)
+    return ArmMetrics(
+        requests=n,
+        errors=int(n * errors),
+        fallbacks=int(n * fallbacks),
+        escalations=int(n * escalations),
+        thumbs_down=int(ratings * down),
+        thumbs_up=ratings - int(ratings * down),
+        latency_p99_ms=p99,
+    )
+
+
+CASES = [
+    # (name, stable, canary, decision, words in the reasons)
+    ("too little traffic on the canary", arm(20000), arm(120), HOLD, "too little traffic"),
+    ("too little traffic on both", arm(50), arm(40), HOLD, "too little traffic"),
+    ("same rates, plenty of traffic", arm(20000), arm(20000), PROMOTE, "at most its margin"),
+    (
+        "same rates, too few ratings to judge thumbs-down",
+        arm(5000, rated=0.005),
+        arm(5000, rated=0.005),
+        HOLD,
+        "too little feedback",
+    ),
+    ("same rates, not enough traffic to show non-inferiority", arm(400), arm(400), HOLD, "not yet shown"),
+    ("canary is better everywhere", arm(20000), arm(20000, fallbacks=0.07, down=0.10), PROMOTE, "at most its margin"),
+    ("thumbs-down much worse", arm(20000), arm(3000, down=0.30), ROLLBACK, "thumbs-down rate is higher"),
+    ("errors spike on the canary", arm(20000), arm(2000, errors=0.02), ROLLBACK, "error rate is higher"),
+    ("fallbacks much worse", arm(20000), arm(3000, fallbacks=0.18), ROLLBACK, "fallback rate is higher"),
+    ("escalations much worse", arm(20000), arm(3000, escalations=0.07), ROLLBACK, "escalation rate is higher"),
+    ("p99 latency over budget and stable", arm(20000, p99=40), arm(20000, p99=180), ROLLBACK, "p99 latency"),
+    ("p99 higher than stable but within budget", arm(20000, p99=40), arm(20000, p99=90), PROMOTE, "at most its margin"),
+    ("slightly worse thumbs-down, within noise: wait", arm(20000), arm(600, down=0.17), HOLD, "not yet shown"),
+]
+
+
+@pytest.mark.parametrize(("name", "stable", "canary", "decision", "reason"), CASES, ids=[c[0] for c in CASES])
+def test_decision_table(name, stable, canary, decision, reason):
+    verdict = analyse(stable, canary, CFG)
+    assert verdict.decision == decision, verdict.reasons
+    assert any(reason in r for r in verdict.reasons), verdict.reasons
+
+
+def test_rollback_wins_over_anything_else():
+    verdict = analyse(arm(20000), arm(20000, errors=0.03, fallbacks=0.05), CFG)
+    assert verdict.decision == ROLLBACK and len(verdict.reasons) == 1
+
+
+def test_thresholds_come_from_config():
+    stable, canary = arm(1000), arm(1000)
+    assert analyse(stable, canary, CanaryConfig(min_requests_per_arm=5000)).decision == HOLD
+    # a huge margin makes non-inferiority easy to show even with little traffic
+    loose = CanaryConfig(
+        min_requests_per_arm=100,
+        min_ratings_per_arm=10,
+        error_rate_margin=0.2,
+        fallback_rate_margin=0.2,
+        escalation_rate_margin=0.2,
+        thumbs_down_margin=0.2,
+    )
+    assert analyse(stable, canary, loose).decision == PROMOTE
+
+
+@pytest.mark.parametrize(
+    "values", [{"requests": -1}, {"requests": 10, "errors": 11}, {"requests": 10, "latency": 3}, {"requests": 1.5}]
+)
+def test_bad_metrics_are_named(values):
+    with pytest.raises(FlywheelError, match="stable"):
+        ArmMetrics.from_dict(values, "stable")
+
+
+def _looks(rng, p_stable, p_canary, looks, batch):
+    """Cumulative counts after each of ``looks`` analyses, ``batch`` requests per arm between looks."""
+    xs = np.cumsum(rng.binomial(batch, p_stable, size=looks))
+    xc = np.cumsum(rng.binomial(batch, p_canary, size=looks))
+    ns = batch * np.arange(1, looks + 1)
+    return xs, xc, ns
+
+
+def test_repeated_looks_keep_false_rollbacks_under_alpha():
+    """A/A canaries analysed 48 times each: the always-valid test rolls back at most alpha of them,
+    while re-running a fixed-sample z-test at every look would roll back far more (the reason to use it)."""
+    rng = np.random.default_rng(7)
+    alpha, runs, looks, batch, p = 0.05, 400, 48, 200, 0.15
+    msprt_alarms = naive_alarms = 0
+    for _ in range(runs):
+        xs, xc, ns = _looks(rng, p, p, looks, batch)
+        msprt_hit = naive_hit = False
+        for a, b, n in zip(xs, xc, ns):
+            pv, d = msprt_p_value(int(a), int(n), int(b), int(n), 0.0, CFG.mixture_sd)
+            msprt_hit |= d > 0 and pv <= alpha
+            pooled = (a + b) / (2 * n)
+            z = (b - a) / n / np.sqrt(2 * pooled * (1 - pooled) / n)
+            naive_hit |= z > 1.645  # one-sided 5% at each look
+        msprt_alarms += msprt_hit
+        naive_alarms += naive_hit
+    assert msprt_alarms / runs <= alpha
+    assert naive_alarms / runs > 2 * alpha
+
+
+def test_real_harm_is_found_within_the_looks():
+    rng = np.random.default_rng(11)
+    found = 0
+    for _ in range(100):
+        xs, xc, ns = _looks(rng, 0.15, 0.22, 48, 200)
+        found += any(
+            d > 0 and pv <= 0.05
+            for pv, d in (
+                msprt_p_value(int(a), int(n), int(b), int(n), 0.0, CFG.mixture_sd) for a, b, n in zip(xs, xc, ns)
+            )
+        )
+    assert found >= 95

@@ -1,0 +1,561 @@
+"""Release, promote and rollback as pull requests: on a temporary copy of the manifests in its own Git
+repository (never this project's Git), with a real MLflow registry holding gated tiny models, and
+against a local stand-in for the GitHub REST endpoints the client uses."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from mlflow import MlflowClient
+
+from model import manifests, registry
+from model.config import PROJECT_ROOT, CanaryConfig, DeliveryConfig, RegistryConfig
+from model.delivery import canary_analysis_step, promote_env_step, release_step, request_retrain_step, rollback_step
+from model.errors import FlywheelError
+from model.predictor import IntentPredictor
+from scripts.cli import main
+
+REG = RegistryConfig()
+DCFG = DeliveryConfig()
+ISVC = "manifests/{env}/inferenceservice.yaml"
+
+
+@pytest.fixture(scope="module")
+def registry_dir(tmp_path_factory, tiny_artifact):
+    """An MLflow store with v1 and v2 gated, and v3 registered without passing the gate."""
+    work = tmp_path_factory.mktemp("delivery-work")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FLYWHEEL_WORK_DIR", str(work))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        predictor = IntentPredictor.load(tiny_artifact["artifact"])
+        for i in (1, 2, 3):  # one artifact, three "datasets": registration is idempotent per dataset digest
+            meta = {**predictor.meta, "dataset_digest": f"dataset-{i}", "mlflow_run_id": None}
+            assert registry.register(REG, Path(tiny_artifact["artifact"]), meta, predictor.digest)["version"] == i
+        MlflowClient(registry.tracking_uri()).delete_model_version_tag(REG.model_name, "3", registry.GATE_TAG)
+    return work, predictor.digest
+
+
+@pytest.fixture
+def store(registry_dir, monkeypatch):
+    work, digest = registry_dir
+    monkeypatch.setenv("FLYWHEEL_WORK_DIR", str(work))
+    monkeypatch.delenv("GITHUB_TOKEN", raising=False)
+    monkeypatch.delenv("GITHUB_REPOSITORY", raising=False)
+    return digest
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch) -> Path:
+    """A Git repository holding a copy of this project's manifests, on branch main."""
+    for var, value in (
+        ("GIT_AUTHOR_NAME", "Flywheel Test"),
+        ("GIT_AUTHOR_EMAIL", "test@example.invalid"),
+        ("GIT_COMMITTER_NAME", "Flywheel Test"),
+        ("GIT_COMMITTER_EMAIL", "test@example.invalid"),
+    ):
+        monkeypatch.setenv(var, value)
+    root = tmp_path / "gitops"
+    shutil.copytree(PROJECT_ROOT / "manifests", root / "manifests")
+    git(root.parent, "init", "-q", "-b", "main", str(root))
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "initial manifests")
+    return root
+
+
+def merge(repo: Path, branch: str) -> None:
+    git(repo, "merge", "-q", "--ff-only", branch)
+
+
+def branches(repo: Path) -> list[str]:
+    return git(repo, "branch", "--format=%(refname:short)").splitlines()
+
+
+def rollout(repo: Path, env: str) -> manifests.Rollout:
+    return manifests.read_rollout(repo / ISVC.format(env=env))
+
+
+def test_release_promote_rollback_cycle(repo, store):
+    digest = store
+    # first release: no stable model yet, so v1 takes all traffic
+    result, body = release_step("production", 1, 10, repo, REG, DCFG)
+    pr = result["pull_request"]
+    assert pr["mode"] == "local" and pr["branch"] == "flywheel/release-production-v1"
+    assert git(repo, "rev-parse", "HEAD") == pr["base_sha"]  # the checked-out branch did not move
+    assert git(repo, "status", "--porcelain") == ""  # the working tree was not touched
+    assert git(repo, "rev-list", "--count", f"main..{pr['branch']}") == "1"
+    assert git(repo, "diff", "--name-only", "main", pr["branch"]) == ISVC.format(env="production")
+    assert git(repo, "log", "-1", "--format=%s", pr["branch"]) == "Release flywheel-intent v1 to production"
+    assert "no canary phase" in git(repo, "log", "-1", "--format=%b", pr["branch"])
+    assert "| stable | none | v1 " in body and digest in body
+    merge(repo, pr["branch"])
+    state = rollout(repo, "production")
+    assert state.stable.version == 1 and state.stable.sha256 == digest and state.canary is None
+    assert state.stable.storage_uri.endswith("/artifacts/" + Path(state.stable.storage_uri).name)
+    assert Path(urlparse(state.stable.storage_uri).path, "MANIFEST.sha256").is_file()  # the URI is the sealed artifact
+    assert (
+        hashlib.sha256(Path(urlparse(state.stable.storage_uri).path, "MANIFEST.sha256").read_bytes()).hexdigest()
+        == digest
+    )
+
+    # v2 on a 10% canary
+    result, body = release_step("production", 2, 10, repo, REG, DCFG)
+    merge(repo, result["pull_request"]["branch"])
+    state = rollout(repo, "production")
+    assert (state.stable.version, state.canary.version, state.canary_percent) == (1, 2, 10)
+    assert "Puts v2 on 10% of production traffic" in body
+
+    # promote: v2 stable, canary gone, champion moved (production is the champion environment)
+    result, body = promote_env_step("production", None, repo, REG, DCFG)
+    merge(repo, result["pull_request"]["branch"])
+    state = rollout(repo, "production")
+    assert (state.stable.version, state.canary, state.canary_percent, state.previous.version) == (2, None, None, 1)
+    assert "    canaryTrafficPercent:" not in (repo / ISVC.format(env="production")).read_text()
+    assert registry.alias_version(REG, registry.CHAMPION) == 2
+    assert result["registry"]["champion"] == 2
+
+    # rollback with no canary running: back to v1, champion follows
+    result, body = rollback_step("production", repo, REG, DCFG)
+    merge(repo, result["pull_request"]["branch"])
+    assert rollout(repo, "production") == manifests.Rollout(stable=rollout(repo, "production").stable)
+    assert rollout(repo, "production").stable.version == 1
+    assert registry.alias_version(REG, registry.CHAMPION) == 1
+    # one commit per pull request on main, each naming what it did
+    subjects = git(repo, "log", "--format=%s").splitlines()
+    assert subjects[:4] == [
+        "Roll back production from v2 to v1",
+        "Promote flywheel-intent v2 to stable in production",
+        "Release flywheel-intent v2 to production on a 10% canary",
+        "Release flywheel-intent v1 to production",
+    ]
+
+
+def test_rollback_of_a_running_canary_restores_the_file_exactly(repo, store):
+    merge(repo, release_step("staging", 1, 25, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    before = (repo / ISVC.format(env="staging")).read_text()
+    merge(repo, release_step("staging", 2, 25, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    champion = registry.alias_version(REG, registry.CHAMPION)
+    result, body = rollback_step("staging", repo, REG, DCFG)
+    assert result["ended_version"] == 2 and result["stable"] == 1
+    assert "Git keeps saying what serves users" in body
+    merge(repo, result["pull_request"]["branch"])
+    assert (repo / ISVC.format(env="staging")).read_text() == before
+    assert registry.alias_version(REG, registry.CHAMPION) == champion  # staging never moves the champion
+
+
+def _assert_nothing_made(repo: Path, head: str, before: list[str]) -> None:
+    assert git(repo, "rev-parse", "HEAD") == head
+    assert branches(repo) == before
+    assert git(repo, "status", "--porcelain") == ""
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda r: release_step("qa", 1, 10, r, REG, DCFG), "unknown environment 'qa'"),
+        (lambda r: release_step("staging", 99, 10, r, REG, DCFG), "has no version 99"),
+        (lambda r: release_step("staging", 3, 10, r, REG, DCFG), "has not passed the gate"),
+        (lambda r: release_step("staging", 1, 101, r, REG, DCFG), "from 0 to 100"),
+        (lambda r: release_step("staging", 1, -5, r, REG, DCFG), "from 0 to 100"),
+        (lambda r: promote_env_step("staging", None, r, REG, DCFG), "no canary is running, nothing to promote"),
+        (lambda r: rollback_step("staging", r, REG, DCFG), "nothing to roll back to"),
+    ],
+)
+def test_bad_input_makes_no_branch_and_no_commit(repo, store, call, message):
+    head, before = git(repo, "rev-parse", "HEAD"), branches(repo)
+    with pytest.raises(FlywheelError, match=message):
+        call(repo)
+    _assert_nothing_made(repo, head, before)
+
+
+def test_second_release_while_a_canary_runs_is_refused(repo, store):
+    merge(repo, release_step("staging", 1, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    merge(repo, release_step("staging", 2, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    head, before = git(repo, "rev-parse", "HEAD"), branches(repo)
+    with pytest.raises(FlywheelError, match="canary v2 is still running"):
+        release_step("staging", 1, 10, repo, REG, DCFG)
+    with pytest.raises(FlywheelError, match="the canary is v2, not v1"):
+        promote_env_step("staging", 1, repo, REG, DCFG)
+    _assert_nothing_made(repo, head, before)
+
+
+def test_rerun_finds_its_open_proposal_and_a_different_change_is_refused(repo, store):
+    first = release_step("staging", 1, 10, repo, REG, DCFG)[0]["pull_request"]
+    merge(repo, first["branch"])
+    proposed = release_step("staging", 2, 10, repo, REG, DCFG)[0]["pull_request"]
+    head, before = git(repo, "rev-parse", "HEAD"), branches(repo)
+    again = release_step("staging", 2, 10, repo, REG, DCFG)[0]["pull_request"]  # e.g. the hourly workflow again
+    assert again["existing"] and again["commit"] == proposed["commit"]
+    with pytest.raises(FlywheelError, match="already exists with a different change"):
+        release_step("staging", 2, 20, repo, REG, DCFG)
+    _assert_nothing_made(repo, head, before)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda t: t.replace("    maxReplicas: 3\n", "    maxReplicas: 3\n    canaryTrafficPercent: 30\n"),
+            "canaryTrafficPercent is set",
+        ),
+        (
+            lambda t: t.replace("    maxReplicas: 3\n", "    maxReplicas: 3\n    maxReplica: 4\n"),
+            "maxReplica: unknown field",
+        ),
+        (lambda t: t.replace("            port: 8080\n", "", 1), "V1HTTPGetAction"),
+    ],
+)
+def test_hand_edited_invalid_manifest_is_refused(repo, store, edit, message):
+    path = repo / ISVC.format(env="staging")
+    path.write_text(edit(path.read_text()))
+    git(repo, "commit", "-q", "-am", "edit by hand")
+    head, before = git(repo, "rev-parse", "HEAD"), branches(repo)
+    with pytest.raises(FlywheelError, match=message) as err:
+        release_step("staging", 1, 10, repo, REG, DCFG)
+    assert str(path) in str(err.value)
+    _assert_nothing_made(repo, head, before)
+
+
+def test_cli_exit_codes_and_reports(repo, store, tmp_path, capsys):
+    reports = tmp_path / "reports"
+    common = ["--repo", str(repo), "--report-dir", str(reports)]
+    assert main(["release", "--env", "staging", "--model-version", "1", "--canary", "10", *common]) == 0
+    assert json.loads((reports / "release.json").read_text())["pull_request"]["branch"] == "flywheel/release-staging-v1"
+    assert (reports / "release.md").read_text().startswith("## Release flywheel-intent v1 to staging")
+    capsys.readouterr()
+    assert main(["release", "--env", "staging", "--model-version", "1", "--canary", "150", *common]) == 2
+    assert "--canary must be a whole number from 0 to 100, got 150" in capsys.readouterr().err
+    assert main(["promote", "--env", "nowhere", *common]) == 2
+    assert "unknown environment 'nowhere'" in capsys.readouterr().err
+    assert main(["check-manifests", "--repo", str(repo), "--report-dir", str(reports)]) == 0
+
+
+def test_promote_without_env_still_moves_only_the_alias(repo, store, tmp_path):
+    head = git(repo, "rev-parse", "HEAD")
+    assert main(["promote", "--version", "2", "--report-dir", str(tmp_path)]) == 0
+    assert registry.alias_version(REG, registry.CHAMPION) == 2
+    assert git(repo, "rev-parse", "HEAD") == head and branches(repo) == ["main"]
+
+
+def test_canary_analysis_reads_the_manifest_and_metrics(repo, store, tmp_path):
+    merge(repo, release_step("production", 1, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    merge(repo, release_step("production", 2, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    metrics = tmp_path / "metrics.json"
+    healthy = {
+        "requests": 20000,
+        "errors": 10,
+        "fallbacks": 2000,
+        "escalations": 600,
+        "thumbs_up": 5000,
+        "thumbs_down": 900,
+        "latency_p99_ms": 40.0,
+    }
+    metrics.write_text(
+        json.dumps(
+            {"stable": {**healthy, "model_version": 1}, "canary": {**healthy, "thumbs_down": 2500, "model_version": 2}}
+        )
+    )
+    result, md = canary_analysis_step("production", metrics, "", repo, CanaryConfig(), DCFG)
+    assert result["decision"] == "rollback" and result["canary_version"] == 2
+    assert "thumbs-down rate is higher" in md
+    # the analysis goes into the rollback pull request, and must be for this canary
+    analysis = tmp_path / "canary-analysis.json"
+    analysis.write_text(json.dumps(result))
+    analysis.with_suffix(".md").write_text(md)
+    _, body = rollback_step("production", repo, REG, DCFG, str(analysis))
+    assert "Canary analysis (production): **ROLLBACK**" in body
+    metrics.write_text(json.dumps({"stable": {**healthy, "model_version": 7}, "canary": healthy}))
+    with pytest.raises(FlywheelError, match="stable metrics are for v7"):
+        canary_analysis_step("production", metrics, "", repo, CanaryConfig(), DCFG)
+
+
+def test_canary_analysis_without_a_canary_says_so(repo, store):
+    result, md = canary_analysis_step("staging", None, "", repo, CanaryConfig(), DCFG)
+    assert result["decision"] == "none" and "No canary is running" in md
+
+
+class FakePrometheus(BaseHTTPRequestHandler):
+    """Answers /api/v1/query like Prometheus, from a table of (arm, metric) → value."""
+
+    values: dict
+    queries: list
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        url = urlparse(self.path)
+        query = parse_qs(url.query)["query"][0]
+        self.queries.append(query)
+        arm = "canary" if 'arm="canary"' in query else "stable"
+        if "histogram_quantile" in query:
+            metric = "p99"
+        elif "flywheel_feedback_total" in query:
+            metric = query.split('kind="')[1].split('"')[0]
+        elif "flywheel_fallbacks_total" in query:
+            metric = "fallbacks"
+        else:
+            metric = "errors" if 'code=~"5.."' in query else "requests"
+        value = self.values.get((arm, metric))
+        result = [] if value is None else [{"metric": {}, "value": [1700000000, str(value)]}]
+        data = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_canary_analysis_from_prometheus(repo, store):
+    merge(repo, release_step("staging", 1, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    merge(repo, release_step("staging", 2, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    values = {
+        ("stable", "requests"): 30000.4,
+        ("stable", "errors"): 12,
+        ("stable", "fallbacks"): 3000,
+        ("stable", "escalated"): 900,
+        ("stable", "thumbs_up"): 8000,
+        ("stable", "thumbs_down"): 1400,
+        ("stable", "p99"): 0.041,
+        ("canary", "requests"): 3000,
+        ("canary", "errors"): 240,
+        ("canary", "fallbacks"): 300,
+        ("canary", "thumbs_up"): 800,
+        ("canary", "thumbs_down"): 140,
+        ("canary", "p99"): 0.045,
+    }  # no escalation series on the canary yet: counts as 0
+    queries: list = []
+    handler = type("Handler", (FakePrometheus,), {"values": values, "queries": queries})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        result, md = canary_analysis_step("staging", None, url, repo, CanaryConfig(), DCFG)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    assert result["arms"]["stable"]["requests"] == 30000 and result["arms"]["canary"]["escalations"] == 0
+    assert result["arms"]["canary"]["latency_p99_ms"] == pytest.approx(45.0)
+    assert result["decision"] == "rollback" and "error rate is higher" in md
+    assert all('namespace="flywheel-staging"' in q for q in queries)
+    assert any('arm="canary", model_version="2"' in q for q in queries)
+    assert any('arm="stable", model_version="1"' in q for q in queries)
+    # the window starts at the merge that started the canary: seconds ago, so the one-minute floor applies
+    assert all("[60s]" in q for q in queries)
+
+
+# ------------------------------------------------------------------ GitHub REST stand-in
+
+
+class FakeGitHub(BaseHTTPRequestHandler):
+    """Answers the endpoints ``GitHubForge`` uses, as documented for GitHub's REST API."""
+
+    state: dict
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, code: int, payload: dict | list | None = None):
+        data = json.dumps(payload if payload is not None else {}).encode() if code != 204 else b""
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _record(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        url = urlparse(self.path)
+        self.state["calls"].append((self.command, url.path, self.headers.get("Authorization"), body))
+        return url, body
+
+    def do_GET(self):
+        url, _ = self._record()
+        s, prefix = self.state, f"/repos/{self.state['repo']}"
+        if url.path.startswith(f"{prefix}/git/ref/heads/"):
+            ref = "refs/heads/" + url.path.split("/git/ref/heads/", 1)[1]
+            if ref not in s["refs"]:
+                return self._send(404, {"message": "Not Found"})
+            return self._send(200, {"ref": ref, "object": {"sha": s["main_sha"], "type": "commit"}})
+        if url.path == f"{prefix}/pulls":
+            head = parse_qs(url.query)["head"][0].split(":", 1)[1]
+            return self._send(
+                200,
+                [
+                    {"number": i + 1, "html_url": f"https://github.com/{s['repo']}/pull/{i + 1}"}
+                    for i, pr in enumerate(s["pulls"])
+                    if pr["head"] == head
+                ],
+            )
+        if url.path.startswith(f"{prefix}/contents/"):
+            path = url.path[len(prefix) + len("/contents/") :]
+            ref = parse_qs(url.query).get("ref", ["main"])[0]
+            text = s["files"].get((ref, path))
+            if text is None:
+                return self._send(404, {"message": "Not Found"})
+            return self._send(
+                200,
+                {
+                    "sha": hashlib.sha1(text.encode()).hexdigest(),
+                    "encoding": "base64",
+                    "content": base64.b64encode(text.encode()).decode(),
+                },
+            )
+        return self._send(404, {"message": "Not Found"})
+
+    def do_POST(self):
+        url, body = self._record()
+        s, prefix = self.state, f"/repos/{self.state['repo']}"
+        if url.path == f"{prefix}/git/refs":
+            if body["ref"] in s["refs"]:
+                return self._send(422, {"message": "Reference already exists"})
+            s["refs"].add(body["ref"])
+            return self._send(201, {"ref": body["ref"], "object": {"sha": body["sha"]}})
+        if url.path == f"{prefix}/pulls":
+            if s.get("fail_pulls"):
+                return self._send(422, {"message": "Validation Failed"})
+            s["pulls"].append(body)
+            return self._send(
+                201, {"number": len(s["pulls"]), "html_url": f"https://github.com/{s['repo']}/pull/{len(s['pulls'])}"}
+            )
+        return self._send(404, {"message": "Not Found"})
+
+    def do_PUT(self):
+        url, body = self._record()
+        s, prefix = self.state, f"/repos/{self.state['repo']}"
+        path = url.path[len(prefix) + len("/contents/") :]
+        old = s["files"].get(("main", path))
+        expected = None if old is None else hashlib.sha1(old.encode()).hexdigest()  # new files come without a sha
+        if f"refs/heads/{body['branch']}" not in s["refs"] or body.get("sha") != expected:
+            return self._send(409, {"message": "sha does not match"})
+        s["files"][(body["branch"], path)] = base64.b64decode(body["content"]).decode()
+        return self._send(201, {"commit": {"sha": "c0ffee" * 6 + "beef"}})
+
+    def do_DELETE(self):
+        url, _ = self._record()
+        ref = "refs/" + url.path.split("/git/refs/", 1)[1]
+        self.state["refs"].discard(ref)
+        return self._send(204)
+
+
+@pytest.fixture
+def github(monkeypatch, store):
+    state = {
+        "repo": "acme/flywheel",
+        "main_sha": "a" * 40,
+        "refs": {"refs/heads/main"},
+        "pulls": [],
+        "calls": [],
+        "files": {
+            ("main", ISVC.format(env=env)): (PROJECT_ROOT / ISVC.format(env=env)).read_text()
+            for env in manifests.ENVIRONMENTS
+        },
+    }
+    handler = type("Handler", (FakeGitHub,), {"state": state})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("GITHUB_TOKEN", "ghs_test_token")
+    monkeypatch.setenv("GITHUB_REPOSITORY", state["repo"])
+    monkeypatch.setenv("GITHUB_API_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_github_pull_request_through_the_rest_api(github, store, tmp_path):
+    result, body = release_step("staging", 1, 10, tmp_path, REG, DCFG)  # tmp_path: no local Git needed
+    pr = result["pull_request"]
+    assert pr["mode"] == "github" and pr["number"] == 1 and pr["url"].endswith("/acme/flywheel/pull/1")
+    methods = [(m, p.split("/acme/flywheel")[1]) for m, p, _, _ in github["calls"]]
+    assert methods == [
+        ("GET", f"/contents/{ISVC.format(env='staging')}"),
+        ("GET", "/git/ref/heads/main"),
+        ("GET", "/git/ref/heads/flywheel/release-staging-v1"),
+        ("POST", "/git/refs"),
+        ("PUT", f"/contents/{ISVC.format(env='staging')}"),
+        ("POST", "/pulls"),
+    ]
+    assert all(auth == "Bearer ghs_test_token" for _, _, auth, _ in github["calls"])
+    assert github["calls"][3][3] == {"ref": "refs/heads/flywheel/release-staging-v1", "sha": "a" * 40}
+    pull = github["pulls"][0]
+    assert pull["head"] == "flywheel/release-staging-v1" and pull["base"] == "main" and pull["body"] == body
+    new_text = github["files"][("flywheel/release-staging-v1", ISVC.format(env="staging"))]
+    state = manifests.read_rollout(Path("staging.yaml"), manifests.load(Path("staging.yaml"), new_text))
+    assert state.stable.version == 1 and state.stable.sha256 == store
+    # the hourly re-run finds the open pull request and writes nothing
+    calls = len(github["calls"])
+    again = release_step("staging", 1, 10, tmp_path, REG, DCFG)[0]["pull_request"]
+    assert again["existing"] and again["number"] == 1
+    assert [m for m, *_ in github["calls"][calls:]] == ["GET"] * 5
+
+
+def test_github_failure_deletes_the_branch_it_made(github, tmp_path):
+    github["fail_pulls"] = True
+    with pytest.raises(FlywheelError, match="HTTP 422: Validation Failed"):
+        release_step("staging", 1, 10, tmp_path, REG, DCFG)
+    assert github["refs"] == {"refs/heads/main"}
+    assert github["calls"][-1][0] == "DELETE"
+
+
+def test_github_bad_input_makes_no_call_that_writes(github, tmp_path):
+    with pytest.raises(FlywheelError, match="has not passed the gate"):
+        release_step("staging", 3, 10, tmp_path, REG, DCFG)
+    assert [m for m, *_ in github["calls"]] == ["GET"]
+
+
+def _drift_report(tmp_path: Path, drift: bool) -> Path:
+    report = tmp_path / "drift.json"
+    report.write_text(
+        json.dumps(
+            {
+                "drift": drift,
+                "reasons": ["fallback rate 9% -> 21%"],
+                "window": {"start": "2026-11-20T00:00:00Z", "end": "2026-11-27T00:00:00Z"},
+            }
+        )
+    )
+    report.with_suffix(".md").write_text("## Drift report\n\nfallback rate 9% -> 21%\n")
+    return report
+
+
+def test_retrain_request_locally(repo, tmp_path):
+    result, body = request_retrain_step(_drift_report(tmp_path, True), repo, DCFG)
+    pr = result["pull_request"]
+    assert result["requested"] and result["request_file"].startswith("retrain/requests/")
+    assert git(repo, "diff", "--name-only", "main", pr["branch"]) == result["request_file"]
+    request = json.loads(git(repo, "show", f"{pr['branch']}:{result['request_file']}"))
+    assert request["window"]["start"] == "2026-11-20T00:00:00Z" and request["reason"] == "drift"
+    assert "## Drift report" in body and "2026-11-20T00:00:00Z to 2026-11-27T00:00:00Z" in body
+    head, before = git(repo, "rev-parse", "HEAD"), branches(repo)
+    result, _ = request_retrain_step(_drift_report(tmp_path, False), repo, DCFG)
+    assert result == {"requested": False, "drift": False}
+    (tmp_path / "bad.json").write_text('{"drift": "maybe"}')
+    with pytest.raises(FlywheelError, match="true/false 'drift' verdict"):
+        request_retrain_step(tmp_path / "bad.json", repo, DCFG)
+    _assert_nothing_made(repo, head, before)
+
+
+def test_retrain_request_on_github_creates_a_new_file(github, tmp_path):
+    result, body = request_retrain_step(_drift_report(tmp_path, True), tmp_path, DCFG)
+    put = next(c for c in github["calls"] if c[0] == "PUT")
+    assert "sha" not in put[3] and put[1].endswith(result["request_file"])
+    assert github["pulls"][0]["body"] == body and result["pull_request"]["number"] == 1
