@@ -78,11 +78,19 @@ class RegistryConfig:
     experiment: str = _f("flywheel", "MLflow experiment holding training runs")
 
 
+@dataclass
+class PiiConfig:
+    phone_regions: list[str] = _f(["US", "GB", "DE", "FR", "NL", "ES", "IT", "IE", "CA", "AU", "IN"],
+                             "where numbers without a +country code are read as phone numbers; each region costs a pass")
+    min_score: float = _f(0.3, "drops Presidio's 'very weak' patterns (any 9-digit number as an SSN) that flag order numbers")
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "train": TrainConfig,
     "gate": GateConfig,
     "registry": RegistryConfig,
+    "pii": PiiConfig,
 }
 
 
