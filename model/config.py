@@ -85,12 +85,27 @@ class PiiConfig:
     min_score: float = _f(0.3, "drops Presidio's 'very weak' patterns (any 9-digit number as an SSN) that flag order numbers")
 
 
+@dataclass
+class PrepareConfig:
+    min_chars: int = _f(3, "shorter messages ('ok', 'hi') carry no intent to learn")
+    max_chars: int = _f(300, "longer messages are pasted emails or logs mixing several requests")
+    min_letters: int = _f(3, "fewer letters (outside placeholders) is noise: '???', '1234', '<EMAIL>'")
+    auto_label_min_confidence: float = _f(0.9, "auto-labels only where the model was sure, not a fallback, and the user said thumbs up")
+    intent_floor: int = _f(20, "an intent with fewer examples has unreliable F1; reported so someone labels more")
+    intent_cap: int = _f(1000, "more examples of one intent than this skews the model; extra auto-labels are left out")
+    grow_test: bool = _f(False, "new examples join train/validation only, so the gate's test set stays frozen; set to grow it on purpose")
+    new_intents: list[str] = _f([], "intents that human labels may introduce; any other unknown label is refused as a typo")
+    review_limit: int = _f(1000, "most tasks exported to the review queue per run (most informative first)")
+    log_to_mlflow: bool = _f(True, "record the prepared snapshot as an MLflow run input, traceable by its digest")
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "train": TrainConfig,
     "gate": GateConfig,
     "registry": RegistryConfig,
     "pii": PiiConfig,
+    "prepare": PrepareConfig,
 }
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from model.config import DEFAULT_CONFIG, SAMPLE_DATA, DataConfig, GateConfig, RegistryConfig, TrainConfig, read_yaml_config, work_dir
+from model.config import (DEFAULT_CONFIG, SAMPLE_DATA, DataConfig, GateConfig, PiiConfig, PrepareConfig, RegistryConfig,
+                          TrainConfig, read_yaml_config, work_dir)
 from model.errors import FlywheelError
 from model.reports import write_reports
 
@@ -70,15 +71,26 @@ class DemoArgs:
     data: str = _arg(str(SAMPLE_DATA), "dataset to run the demo on")
 
 
+@dataclass
+class PrepareArgs:
+    snapshot: str = _arg("", "conversation snapshot (Parquet, the collector's export; schema in model/conversations.py)")
+    data: str = _arg(str(SAMPLE_DATA), "current training set (any format `train` reads)")
+    labels: str = _arg("", "human labels to merge: Label Studio JSON export or the review CSV with 'intent' filled in")
+    out: str = _arg("", "folder to create for the prepared snapshot (default: <work dir>/datasets/<time>-<digest>)")
+
+
 STEPS = {
     "train": ("fine-tune an intent model and write a verified artifact", [TrainArgs, DataConfig, TrainConfig, RegistryConfig]),
     "evaluate": ("measure a model on a labelled test set", [EvaluateArgs, DataConfig, RegistryConfig]),
     "gate": ("decide whether a challenger may replace the champion", [GateArgs, DataConfig, GateConfig, RegistryConfig]),
     "register": ("register a gated artifact in MLflow as 'challenger'", [RegisterArgs, RegistryConfig]),
     "promote": ("move the 'champion' alias to a model version", [PromoteArgs, RegistryConfig]),
+    "prepare": ("turn logged conversations into the next training set (redact, clean, label, balance, split)",
+                [PrepareArgs, DataConfig, PrepareConfig, PiiConfig, RegistryConfig]),
     "demo": ("train, evaluate, gate, register and promote on the sample data", [DemoArgs, DataConfig, TrainConfig, GateConfig, RegistryConfig]),
 }
-SECTION_OF = {DataConfig: "data", TrainConfig: "train", GateConfig: "gate", RegistryConfig: "registry"}
+SECTION_OF = {DataConfig: "data", TrainConfig: "train", GateConfig: "gate", RegistryConfig: "registry",
+              PiiConfig: "pii", PrepareConfig: "prepare"}
 
 
 def build_parser() -> tuple[HfArgumentParser, dict[str, HfArgumentParser]]:
@@ -135,6 +147,14 @@ def run(step: str, c: dict) -> tuple[dict, str, int]:
     if step == "promote":
         a = c[PromoteArgs]
         result, md = pipeline.promote_step(None if a.version < 0 else a.version, reg_cfg)
+        return result, md, EXIT_OK
+    if step == "prepare":
+        from model.prepare import prepare_step
+
+        a = c[PrepareArgs]
+        _require(a.snapshot, "--snapshot")
+        result, md = prepare_step(Path(a.snapshot), Path(a.data), Path(a.labels) if a.labels else None,
+                                  Path(a.out) if a.out else None, data_cfg, c[PrepareConfig], c[PiiConfig], reg_cfg)
         return result, md, EXIT_OK
     if step == "demo":
         result, md, passed = pipeline.demo_step(Path(c[DemoArgs].data), data_cfg, train_cfg, gate_cfg, reg_cfg, _report_dir(c))
