@@ -99,6 +99,14 @@ class PrepareConfig:
     log_to_mlflow: bool = _f(True, "record the prepared snapshot as an MLflow run input, traceable by its digest")
 
 
+@dataclass
+class CheckConfig:
+    min_events: int = _f(1, "an empty window means the collector is down or the export is wrong, not that all is well")
+    max_event_age_days: int = _f(90, "older events are from a stale export or a wrong clock")
+    clock_skew_minutes: int = _f(10, "events from the future beyond this are a wrong clock, not skew")
+    shown_rows: int = _f(5, "offending rows quoted per failed expectation in the message")
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "train": TrainConfig,
@@ -106,6 +114,7 @@ SECTIONS: dict[str, type] = {
     "registry": RegistryConfig,
     "pii": PiiConfig,
     "prepare": PrepareConfig,
+    "checks": CheckConfig,
 }
 
 

@@ -58,11 +58,10 @@ FEEDBACK_FLAGS = ("abandoned", "escalated", "resolved")
 
 
 def read_snapshot(path: str | Path, *, strict: bool = True) -> pd.DataFrame:
-    """Read a snapshot, checking that every column is there with a type that converts.
+    """Read a snapshot, checking that every column is there, without nulls, with a type that converts.
 
-    ``strict=False`` only checks the columns are present and leaves values as they are (for
-    ``check-data``, whose expectations then say which rows are wrong); ``strict=True`` also
-    casts to ``SNAPSHOT_SCHEMA`` and refuses nulls, for the steps that consume the data.
+    ``strict=False`` only reads the file and leaves columns and values as they are, for
+    ``check-data``, whose expectations then say which column or rows are wrong.
     """
     path = Path(path)
     if not path.is_file():
@@ -71,12 +70,12 @@ def read_snapshot(path: str | Path, *, strict: bool = True) -> pd.DataFrame:
         table = pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - any parser failure means the file is unreadable
         raise FlywheelError(f"{path}: cannot read as Parquet: {exc}") from exc
+    if not strict:
+        return table
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise FlywheelError(f"{path}: snapshot is missing column(s) {', '.join(missing)} "
                             f"(see model/conversations.py for the schema)")
-    if not strict:
-        return table
     for name in COLUMNS:
         nulls = table[name].isna().to_numpy()
         if nulls.any():

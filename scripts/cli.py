@@ -16,8 +16,8 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from model.config import (DEFAULT_CONFIG, SAMPLE_DATA, DataConfig, GateConfig, PiiConfig, PrepareConfig, RegistryConfig,
-                          TrainConfig, read_yaml_config, work_dir)
+from model.config import (DEFAULT_CONFIG, SAMPLE_DATA, CheckConfig, DataConfig, GateConfig, PiiConfig, PrepareConfig,
+                          RegistryConfig, TrainConfig, read_yaml_config, work_dir)
 from model.errors import FlywheelError
 from model.reports import write_reports
 
@@ -79,6 +79,13 @@ class PrepareArgs:
     out: str = _arg("", "folder to create for the prepared snapshot (default: <work dir>/datasets/<time>-<digest>)")
 
 
+@dataclass
+class CheckDataArgs:
+    events: str = _arg("", "conversation snapshot (Parquet) to check with the 'logged_events' suite")
+    training: str = _arg("", "training snapshot (Parquet/CSV/JSONL, e.g. prepare's examples.parquet) for the 'training_snapshot' suite")
+    reference: str = _arg(str(SAMPLE_DATA), "dataset whose intents are the known labels (new ones must be declared with --new-intents)")
+
+
 STEPS = {
     "train": ("fine-tune an intent model and write a verified artifact", [TrainArgs, DataConfig, TrainConfig, RegistryConfig]),
     "evaluate": ("measure a model on a labelled test set", [EvaluateArgs, DataConfig, RegistryConfig]),
@@ -87,10 +94,12 @@ STEPS = {
     "promote": ("move the 'champion' alias to a model version", [PromoteArgs, RegistryConfig]),
     "prepare": ("turn logged conversations into the next training set (redact, clean, label, balance, split)",
                 [PrepareArgs, DataConfig, PrepareConfig, PiiConfig, RegistryConfig]),
+    "check-data": ("validate logged events and/or a training snapshot with Great Expectations; exit 1 on any failure",
+                   [CheckDataArgs, DataConfig, PrepareConfig, CheckConfig]),
     "demo": ("train, evaluate, gate, register and promote on the sample data", [DemoArgs, DataConfig, TrainConfig, GateConfig, RegistryConfig]),
 }
 SECTION_OF = {DataConfig: "data", TrainConfig: "train", GateConfig: "gate", RegistryConfig: "registry",
-              PiiConfig: "pii", PrepareConfig: "prepare"}
+              PiiConfig: "pii", PrepareConfig: "prepare", CheckConfig: "checks"}
 
 
 def build_parser() -> tuple[HfArgumentParser, dict[str, HfArgumentParser]]:
@@ -156,6 +165,16 @@ def run(step: str, c: dict) -> tuple[dict, str, int]:
         result, md = prepare_step(Path(a.snapshot), Path(a.data), Path(a.labels) if a.labels else None,
                                   Path(a.out) if a.out else None, data_cfg, c[PrepareConfig], c[PiiConfig], reg_cfg)
         return result, md, EXIT_OK
+    if step == "check-data":
+        from data_checks.validate import check_data
+
+        a = c[CheckDataArgs]
+        result, md, passed = check_data(Path(a.events) if a.events else None, Path(a.training) if a.training else None,
+                                        Path(a.reference) if a.reference else None, data_cfg, c[PrepareConfig],
+                                        c[CheckConfig], _report_dir(c) / "data_docs")
+        if not passed:
+            print("flywheel: check-data failed:\n  " + "\n  ".join(result["failures"]), file=sys.stderr)
+        return result, md, EXIT_OK if passed else EXIT_REJECTED
     if step == "demo":
         result, md, passed = pipeline.demo_step(Path(c[DemoArgs].data), data_cfg, train_cfg, gate_cfg, reg_cfg, _report_dir(c))
         return result, md, EXIT_OK if passed else EXIT_REJECTED
