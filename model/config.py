@@ -107,6 +107,14 @@ class CheckConfig:
     shown_rows: int = _f(5, "offending rows quoted per failed expectation in the message")
 
 
+@dataclass
+class DriftConfig:
+    alpha: float = _f(0.01, "false-alarm rate of the whole verdict, split over the signals; a needless retrain PR costs review time")
+    min_rate_change: float = _f(0.02, "fallback/thumbs-down/escalation rates must move this much (absolute) to count, however significant")
+    encoder: str = _f(PACKAGED_ENCODER, "sentence encoder for text drift: the packaged MiniLM works offline")
+    batch_size: int = _f(128, "encoder batch size: fits CPU memory, keeps a GPU busy")
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "train": TrainConfig,
@@ -115,6 +123,7 @@ SECTIONS: dict[str, type] = {
     "pii": PiiConfig,
     "prepare": PrepareConfig,
     "checks": CheckConfig,
+    "drift": DriftConfig,
 }
 
 

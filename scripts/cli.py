@@ -16,8 +16,8 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from model.config import (DEFAULT_CONFIG, SAMPLE_DATA, CheckConfig, DataConfig, GateConfig, PiiConfig, PrepareConfig,
-                          RegistryConfig, TrainConfig, read_yaml_config, work_dir)
+from model.config import (DEFAULT_CONFIG, SAMPLE_DATA, CheckConfig, DataConfig, DriftConfig, GateConfig, PiiConfig,
+                          PrepareConfig, RegistryConfig, TrainConfig, read_yaml_config, work_dir)
 from model.errors import FlywheelError
 from model.reports import write_reports
 
@@ -86,6 +86,14 @@ class CheckDataArgs:
     reference: str = _arg(str(SAMPLE_DATA), "dataset whose intents are the known labels (new ones must be declared with --new-intents)")
 
 
+@dataclass
+class DriftArgs:
+    reference: str = _arg(str(SAMPLE_DATA), "training snapshot the model learned from (any format `train` reads)")
+    current: str = _arg("", "conversation snapshot (Parquet) of the recent window")
+    model: str = _arg("", "artifact folder or models:/ URI: its predictions on the reference texts are the baseline for intent/confidence/fallback")
+    reference_events: str = _arg("", "an earlier window of logs as the baseline for predictions and feedback rates (instead of --model)")
+
+
 STEPS = {
     "train": ("fine-tune an intent model and write a verified artifact", [TrainArgs, DataConfig, TrainConfig, RegistryConfig]),
     "evaluate": ("measure a model on a labelled test set", [EvaluateArgs, DataConfig, RegistryConfig]),
@@ -96,10 +104,13 @@ STEPS = {
                 [PrepareArgs, DataConfig, PrepareConfig, PiiConfig, RegistryConfig]),
     "check-data": ("validate logged events and/or a training snapshot with Great Expectations; exit 1 on any failure",
                    [CheckDataArgs, DataConfig, PrepareConfig, CheckConfig]),
+    "drift": ("compare recent logs with the training data (Evidently); one verdict with reasons",
+              [DriftArgs, DataConfig, DriftConfig, RegistryConfig]),
     "demo": ("train, evaluate, gate, register and promote on the sample data", [DemoArgs, DataConfig, TrainConfig, GateConfig, RegistryConfig]),
 }
 SECTION_OF = {DataConfig: "data", TrainConfig: "train", GateConfig: "gate", RegistryConfig: "registry",
-              PiiConfig: "pii", PrepareConfig: "prepare", CheckConfig: "checks"}
+              PiiConfig: "pii", PrepareConfig: "prepare", CheckConfig: "checks",
+              DriftConfig: "drift"}
 
 
 def build_parser() -> tuple[HfArgumentParser, dict[str, HfArgumentParser]]:
@@ -175,6 +186,15 @@ def run(step: str, c: dict) -> tuple[dict, str, int]:
         if not passed:
             print("flywheel: check-data failed:\n  " + "\n  ".join(result["failures"]), file=sys.stderr)
         return result, md, EXIT_OK if passed else EXIT_REJECTED
+    if step == "drift":
+        from data_checks.drift import drift_step
+
+        a = c[DriftArgs]
+        _require(a.current, "--current")
+        result, md = drift_step(Path(a.reference), Path(a.current), a.model or None,
+                                Path(a.reference_events) if a.reference_events else None,
+                                c[DriftConfig], data_cfg, reg_cfg, _report_dir(c))
+        return result, md, EXIT_OK
     if step == "demo":
         result, md, passed = pipeline.demo_step(Path(c[DemoArgs].data), data_cfg, train_cfg, gate_cfg, reg_cfg, _report_dir(c))
         return result, md, EXIT_OK if passed else EXIT_REJECTED
