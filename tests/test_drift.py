@@ -100,3 +100,19 @@ def test_cli_drift_writes_report_and_verdict(tmp_path, sample_df, tiny_bert):
     assert md.startswith("## Drift check:") and "| signal | method |" in md
     empty = write_snapshot(make_snapshot(sample_df, n=6).iloc[:0], tmp_path / "empty.parquet")
     assert main(["drift", "--reference", str(ref), "--current", str(empty), "--encoder", str(tiny_bert)]) == 2
+
+
+def test_intent_test_is_a_two_sample_test():
+    """Same distribution, many sparse intents: the homogeneity test rejects about alpha of the time."""
+    from data_checks.drift import _chi2_homogeneity
+
+    rng = np.random.default_rng(3)
+    p = rng.dirichlet(np.ones(60))
+    intents = np.array([f"i{k}" for k in range(60)])
+    rejections = sum(_chi2_homogeneity(pd.Series(rng.choice(intents, 3000, p=p)), pd.Series(rng.choice(intents, 1000, p=p)),
+                                       None, 0.01)[1] for _ in range(300))
+    assert rejections <= 9  # 1% of 300 is 3
+    shifted = p.copy()
+    shifted[:6] = 0
+    shifted /= shifted.sum()
+    assert _chi2_homogeneity(pd.Series(rng.choice(intents, 3000, p=p)), pd.Series(rng.choice(intents, 1000, p=shifted)), None, 0.01)[1]
