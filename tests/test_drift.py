@@ -116,3 +116,16 @@ def test_intent_test_is_a_two_sample_test():
     shifted[:6] = 0
     shifted /= shifted.sum()
     assert _chi2_homogeneity(pd.Series(rng.choice(intents, 3000, p=p)), pd.Series(rng.choice(intents, 1000, p=shifted)), None, 0.01)[1]
+
+
+def test_cli_drift_with_model_baseline(tmp_path, sample_df, tiny_artifact, tiny_bert):
+    from scripts.cli import main
+
+    current = write_snapshot(make_snapshot(sample_df, n=40), tmp_path / "current.parquet")
+    rd = tmp_path / "reports"
+    code = main(["drift", "--reference", tiny_artifact["data"], "--current", str(current),
+                 "--model", tiny_artifact["artifact"], "--encoder", str(tiny_bert), "--report-dir", str(rd)])
+    assert code == 0
+    result = json.loads((rd / "drift.json").read_text())
+    assert {s["name"] for s in result["signals"]} == {"text", "predicted_intent", "confidence", "fallback_rate"}
+    assert set(result["skipped"]) == {"thumbs_down_rate", "escalation_rate"}
