@@ -115,6 +115,56 @@ class DeliveryConfig:
     champion_env: str = _f("production", "the environment whose stable model is the registry's 'champion'")
 
 
+class PiiConfig:
+    phone_regions: list[str] = _f(
+        ["US", "GB", "DE", "FR", "NL", "ES", "IT", "IE", "CA", "AU", "IN"],
+        "where numbers without a +country code are read as phone numbers; each region costs a pass",
+    )
+    min_score: float = _f(
+        0.3, "drops Presidio's 'very weak' patterns (any 9-digit number as an SSN) that flag order numbers"
+    )
+
+
+@dataclass
+class PrepareConfig:
+    min_chars: int = _f(3, "shorter messages ('ok', 'hi') carry no intent to learn")
+    max_chars: int = _f(300, "longer messages are pasted emails or logs mixing several requests")
+    min_letters: int = _f(3, "fewer letters (outside placeholders) is noise: '???', '1234', '<EMAIL>'")
+    auto_label_min_confidence: float = _f(
+        0.9, "auto-labels only where the model was sure, not a fallback, and the user said thumbs up"
+    )
+    intent_floor: int = _f(20, "an intent with fewer examples has unreliable F1; reported so someone labels more")
+    intent_cap: int = _f(1000, "more examples of one intent than this skews the model; extra auto-labels are left out")
+    grow_test: bool = _f(
+        False, "new examples join train/validation only, so the gate's test set stays frozen; set to grow it on purpose"
+    )
+    new_intents: list[str] = _f(
+        [], "intents that human labels may introduce; any other unknown label is refused as a typo"
+    )
+    review_limit: int = _f(1000, "most tasks exported to the review queue per run (most informative first)")
+    log_to_mlflow: bool = _f(True, "record the prepared snapshot as an MLflow run input, traceable by its digest")
+
+
+@dataclass
+class CheckConfig:
+    min_events: int = _f(1, "an empty window means the collector is down or the export is wrong, not that all is well")
+    max_event_age_days: int = _f(90, "older events are from a stale export or a wrong clock")
+    clock_skew_minutes: int = _f(10, "events from the future beyond this are a wrong clock, not skew")
+    shown_rows: int = _f(5, "offending rows quoted per failed expectation in the message")
+
+
+@dataclass
+class DriftConfig:
+    alpha: float = _f(
+        0.01, "false-alarm rate of the whole verdict, split over the signals; a needless retrain PR costs review time"
+    )
+    min_rate_change: float = _f(
+        0.02, "fallback/thumbs-down/escalation rates must move this much (absolute) to count, however significant"
+    )
+    encoder: str = _f(PACKAGED_ENCODER, "sentence encoder for text drift: the packaged MiniLM works offline")
+    batch_size: int = _f(128, "encoder batch size: fits CPU memory, keeps a GPU busy")
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "train": TrainConfig,
@@ -122,6 +172,10 @@ SECTIONS: dict[str, type] = {
     "registry": RegistryConfig,
     "canary": CanaryConfig,
     "delivery": DeliveryConfig,
+    "pii": PiiConfig,
+    "prepare": PrepareConfig,
+    "checks": CheckConfig,
+    "drift": DriftConfig,
 }
 
 

@@ -21,9 +21,13 @@ from model.config import (
     DEFAULT_CONFIG,
     SAMPLE_DATA,
     CanaryConfig,
+    CheckConfig,
     DataConfig,
     DeliveryConfig,
+    DriftConfig,
     GateConfig,
+    PiiConfig,
+    PrepareConfig,
     RegistryConfig,
     TrainConfig,
     read_yaml_config,
@@ -133,6 +137,41 @@ class DemoArgs:
     data: str = _arg(str(SAMPLE_DATA), "dataset to run the demo on")
 
 
+@dataclass
+class PrepareArgs:
+    snapshot: str = _arg(
+        "", "conversation snapshot (Parquet, the collector's export; schema in model/conversations.py)"
+    )
+    data: str = _arg(str(SAMPLE_DATA), "current training set (any format `train` reads)")
+    labels: str = _arg("", "human labels to merge: Label Studio JSON export or the review CSV with 'intent' filled in")
+    out: str = _arg("", "folder to create for the prepared snapshot (default: <work dir>/datasets/<time>-<digest>)")
+
+
+@dataclass
+class CheckDataArgs:
+    events: str = _arg("", "conversation snapshot (Parquet) to check with the 'logged_events' suite")
+    training: str = _arg(
+        "", "training snapshot (Parquet/CSV/JSONL, e.g. prepare's examples.parquet) for the 'training_snapshot' suite"
+    )
+    reference: str = _arg(
+        str(SAMPLE_DATA), "dataset whose intents are the known labels (new ones must be declared with --new-intents)"
+    )
+
+
+@dataclass
+class DriftArgs:
+    reference: str = _arg(str(SAMPLE_DATA), "training snapshot the model learned from (any format `train` reads)")
+    current: str = _arg("", "conversation snapshot (Parquet) of the recent window")
+    model: str = _arg(
+        "",
+        "artifact folder or models:/ URI: its predictions on the reference texts are the baseline "
+        "for intent/confidence/fallback",
+    )
+    reference_events: str = _arg(
+        "", "an earlier window of logs as the baseline for predictions and feedback rates (instead of --model)"
+    )
+
+
 STEPS = {
     "train": (
         "fine-tune an intent model and write a verified artifact",
@@ -168,6 +207,18 @@ STEPS = {
         "validate the manifests Argo CD syncs (KServe, Kubernetes, promtool, Argo CD)",
         [CheckManifestsArgs, DeliveryConfig],
     ),
+    "prepare": (
+        "turn logged conversations into the next training set (redact, clean, label, balance, split)",
+        [PrepareArgs, DataConfig, PrepareConfig, PiiConfig, RegistryConfig],
+    ),
+    "check-data": (
+        "validate logged events and/or a training snapshot with Great Expectations; exit 1 on any failure",
+        [CheckDataArgs, DataConfig, PrepareConfig, CheckConfig],
+    ),
+    "drift": (
+        "compare recent logs with the training data (Evidently); one verdict with reasons",
+        [DriftArgs, DataConfig, DriftConfig, RegistryConfig],
+    ),
     "demo": (
         "train, evaluate, gate, register and promote on the sample data",
         [DemoArgs, DataConfig, TrainConfig, GateConfig, RegistryConfig],
@@ -180,6 +231,10 @@ SECTION_OF = {
     RegistryConfig: "registry",
     CanaryConfig: "canary",
     DeliveryConfig: "delivery",
+    PiiConfig: "pii",
+    PrepareConfig: "prepare",
+    CheckConfig: "checks",
+    DriftConfig: "drift",
 }
 
 
@@ -241,6 +296,54 @@ def run(step: str, c: dict) -> tuple[dict, str, int]:
     if step == "promote":  # registry only; with --env, run_delivery handles it
         a = c[PromoteArgs]
         result, md = pipeline.promote_step(None if a.version < 0 else a.version, reg_cfg)
+        return result, md, EXIT_OK
+    if step == "prepare":
+        from model.prepare import prepare_step
+
+        a = c[PrepareArgs]
+        _require(a.snapshot, "--snapshot")
+        result, md = prepare_step(
+            Path(a.snapshot),
+            Path(a.data),
+            Path(a.labels) if a.labels else None,
+            Path(a.out) if a.out else None,
+            data_cfg,
+            c[PrepareConfig],
+            c[PiiConfig],
+            reg_cfg,
+        )
+        return result, md, EXIT_OK
+    if step == "check-data":
+        from data_checks.validate import check_data
+
+        a = c[CheckDataArgs]
+        result, md, passed = check_data(
+            Path(a.events) if a.events else None,
+            Path(a.training) if a.training else None,
+            Path(a.reference) if a.reference else None,
+            data_cfg,
+            c[PrepareConfig],
+            c[CheckConfig],
+            _report_dir(c) / "data_docs",
+        )
+        if not passed:
+            print("flywheel: check-data failed:\n  " + "\n  ".join(result["failures"]), file=sys.stderr)
+        return result, md, EXIT_OK if passed else EXIT_REJECTED
+    if step == "drift":
+        from data_checks.drift import drift_step
+
+        a = c[DriftArgs]
+        _require(a.current, "--current")
+        result, md = drift_step(
+            Path(a.reference),
+            Path(a.current),
+            a.model or None,
+            Path(a.reference_events) if a.reference_events else None,
+            c[DriftConfig],
+            data_cfg,
+            reg_cfg,
+            _report_dir(c),
+        )
         return result, md, EXIT_OK
     if step == "demo":
         result, md, passed = pipeline.demo_step(

@@ -1,0 +1,383 @@
+"""Drift between the training data and a window of recent logs, measured with Evidently 0.7.
+
+Signals (each an Evidently metric in one report, so the HTML shows all of them):
+
+- ``text``: drift of sentence embeddings (the packaged MiniLM, mean pooling) by Evidently's
+  domain-classifier method (``ModelDriftMethod``, what its ``EmbeddingsDrift`` metric runs): a
+  classifier learns to tell reference from current embeddings; its ROC AUC on held-out rows is the
+  score. It is called directly rather than through ``EmbeddingsDrift`` because that metric also
+  draws a t-SNE picture, about 80 s on two CPU cores whatever the data size.
+- ``predicted_intent``: chi-square test of homogeneity (two samples) on the predicted intents,
+  registered with Evidently as ``chi2_homogeneity``. Evidently's own ``chisquare`` treats the
+  reference frequencies as exact (a goodness-of-fit test), which flagged 6 of 20 random splits of
+  Banking77; intents with fewer than 5 pooled examples are merged so the approximation holds.
+- ``confidence``: Kolmogorov-Smirnov test on the model's confidence.
+- ``fallback_rate``, ``thumbs_down_rate``, ``escalation_rate``: two-proportion z-tests, counted only
+  when the change is also at least ``min_rate_change`` (a significant 0.1-point change on a huge
+  window is not worth a retrain).
+
+``decide`` is a pure function of the signals: drift if any signal crossed its threshold. The
+p-value thresholds split ``alpha`` over the signals that ran (Bonferroni) and the AUC threshold is
+the one-sided ``1 - alpha/k`` quantile of the AUC under "no drift" (Mann-Whitney normal
+approximation for the held-out sizes), so the whole verdict has a false-alarm rate of at most
+``alpha``. ``scripts/bench_drift.py`` measures that rate and the detection rate on Banking77.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+
+from model.config import DriftConfig
+from model.errors import FlywheelError
+
+RATES = {"fallback_rate": "fallback", "thumbs_down_rate": "thumbs_down", "escalation_rate": "escalated"}
+PREDICTION_COLUMNS = ("predicted_intent", "confidence", "fallback")
+
+
+@dataclass
+class Signal:
+    name: str
+    method: str
+    score: float  # p-value, or ROC AUC for text
+    threshold: float
+    drifted: bool
+    reference: float | None = None  # for rates: the two rates being compared
+    current: float | None = None
+
+    def describe(self) -> str:
+        if self.name == "text":
+            return f"text embeddings: domain classifier ROC AUC {self.score:.3f} > {self.threshold:.3f}"
+        if self.reference is not None:
+            return (
+                f"{self.name.replace('_', ' ')}: {self.reference:.1%} -> {self.current:.1%} "
+                f"(p={self.score:.2g} < {self.threshold:.2g})"
+            )
+        return f"{self.name.replace('_', ' ')}: {self.method} p={self.score:.2g} < {self.threshold:.2g}"
+
+
+@dataclass
+class DriftDecision:
+    drift: bool
+    reasons: list[str]
+    signals: list[Signal]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "drift": self.drift,
+            "reasons": self.reasons,
+            "signals": [asdict(s) for s in self.signals],
+            "skipped": self.skipped,
+        }
+
+
+def auc_threshold(n_reference: int, n_current: int, alpha: float) -> float:
+    """ROC AUC a random classifier exceeds with probability ``alpha`` on these held-out sizes."""
+    n1, n2 = max(n_reference, 1), max(n_current, 1)
+    sigma = math.sqrt((n1 + n2 + 1) / (12.0 * n1 * n2))
+    return 0.5 + norm.ppf(1 - alpha) * sigma
+
+
+def decide(scores: dict[str, dict], cfg: DriftConfig) -> DriftDecision:
+    """The verdict from raw scores (pure): ``scores[name] = {"method", "score", ...}``.
+
+    ``text`` carries ``n_reference``/``n_current`` (held-out sizes); rates carry ``reference`` and
+    ``current``; a signal whose inputs were missing is passed as ``{"skipped": "why"}``.
+    """
+    ran = {k: v for k, v in scores.items() if "skipped" not in v}
+    skipped = {k: v["skipped"] for k, v in scores.items() if "skipped" in v}
+    per_test = cfg.alpha / max(len(ran), 1)
+    signals = []
+    for name, s in ran.items():
+        if name == "text":
+            threshold = auc_threshold(s["n_reference"], s["n_current"], per_test)
+            signals.append(Signal(name, s["method"], s["score"], threshold, s["score"] > threshold))
+        elif name in RATES:
+            material = abs(s["current"] - s["reference"]) >= cfg.min_rate_change
+            signals.append(
+                Signal(
+                    name,
+                    s["method"],
+                    s["score"],
+                    per_test,
+                    s["score"] < per_test and material,
+                    s["reference"],
+                    s["current"],
+                )
+            )
+        else:
+            signals.append(Signal(name, s["method"], s["score"], per_test, s["score"] < per_test))
+    reasons = [s.describe() for s in signals if s.drifted]
+    return DriftDecision(bool(reasons), reasons, signals, skipped)
+
+
+# ---- embeddings -------------------------------------------------------------------------------
+
+
+class Embedder:
+    """Sentence embeddings with the packaged MiniLM, cached on disk per text (texts repeat in logs)."""
+
+    def __init__(self, encoder: str, cache_dir: Path | None, batch_size: int = 128):
+        self.encoder, self.cache_dir, self.batch_size = encoder, cache_dir, batch_size
+        self._model = self._tokenizer = None
+
+    def _load(self):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        from model.network import resolve_base_model
+
+        path = resolve_base_model(self.encoder)
+        self._tokenizer = AutoTokenizer.from_pretrained(path)
+        self._model = AutoModel.from_pretrained(path).eval()
+        self._device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._model.to(self._device)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        if self._model is None:
+            self._load()
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), self.batch_size):
+                batch = self._tokenizer(
+                    texts[i : i + self.batch_size], padding=True, truncation=True, max_length=64, return_tensors="pt"
+                ).to(self._device)
+                hidden = self._model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+                out.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 384), dtype=np.float32)
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        keys = [hashlib.sha256(t.encode()).hexdigest()[:32] for t in texts]
+        cache = self._read_cache()
+        missing = sorted({k: t for k, t in zip(keys, texts) if k not in cache}.items())
+        if missing:
+            vectors = self._encode([t for _, t in missing])
+            cache.update({k: v for (k, _), v in zip(missing, vectors)})
+            self._write_cache(cache)
+        return np.stack([cache[k] for k in keys]) if keys else np.zeros((0, 384), dtype=np.float32)
+
+    def _cache_file(self) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"{hashlib.sha256(self.encoder.encode()).hexdigest()[:12]}.npz"
+
+    def _read_cache(self) -> dict:
+        if not hasattr(self, "_cache"):
+            self._cache = {}
+            path = self._cache_file()
+            if path and path.exists():
+                data = np.load(path)
+                self._cache = dict(zip(data["keys"].tolist(), data["vectors"]))
+        return self._cache
+
+    def _write_cache(self, cache: dict) -> None:
+        path = self._cache_file()
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp.npz")
+        np.savez(tmp, keys=np.array(list(cache)), vectors=np.stack(list(cache.values())))
+        tmp.replace(path)
+
+
+# ---- the Evidently report ------------------------------------------------------------------------
+
+HOMOGENEITY_TEST = "chi2_homogeneity"
+
+
+def _chi2_homogeneity(reference_data: pd.Series, current_data: pd.Series, feature_type, threshold: float):
+    """Two-sample chi-square test that both samples come from one categorical distribution."""
+    from scipy.stats import chi2_contingency
+
+    ref, cur = reference_data.value_counts(), current_data.value_counts()
+    table = pd.concat([ref, cur], axis=1).fillna(0)
+    rare = table.sum(axis=1) < 5
+    if rare.any():
+        table = pd.concat([table[~rare], table[rare].sum().to_frame("(rare)").T])
+    if len(table) < 2:
+        return 1.0, False
+    p_value = float(chi2_contingency(table.to_numpy().T)[1])
+    return p_value, p_value < threshold
+
+
+def _register_homogeneity_test() -> None:
+    from evidently.legacy.calculations.stattests.registry import StatTest, _registered_stat_tests, register_stattest
+    from evidently.legacy.core import ColumnType
+
+    if HOMOGENEITY_TEST not in _registered_stat_tests:
+        register_stattest(
+            StatTest(
+                name=HOMOGENEITY_TEST,
+                display_name="chi-square homogeneity p_value",
+                allowed_feature_types=[ColumnType.Categorical],
+            ),
+            default_impl=_chi2_homogeneity,
+        )
+
+
+def measure(reference: pd.DataFrame, current: pd.DataFrame, ref_emb: np.ndarray, cur_emb: np.ndarray, cfg: DriftConfig):
+    """Run one Evidently report over every signal the inputs allow; return (snapshot, raw scores)."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import RowCount, ValueDrift
+    from evidently.metrics.embeddings import ModelDriftMethod
+
+    if len(current) == 0 or len(cur_emb) == 0:
+        raise FlywheelError("current window is empty: no logged events to compare")
+    if len(reference) == 0 or len(ref_emb) == 0:
+        raise FlywheelError("reference is empty: nothing to compare with")
+    auc, _, _ = ModelDriftMethod(threshold=0.5)(pd.DataFrame(cur_emb), pd.DataFrame(ref_emb))
+    # The domain classifier is scored on a random half of the rows (Evidently's split).
+    scores: dict[str, dict] = {
+        "text": {
+            "method": "domain classifier ROC AUC",
+            "score": float(auc),
+            "n_reference": len(ref_emb) // 2,
+            "n_current": len(cur_emb) // 2,
+        }
+    }
+    ref, cur = reference.reset_index(drop=True).copy(), current.reset_index(drop=True).copy()
+    metrics = [RowCount()]
+    has_predictions = all(c in ref.columns and c in cur.columns for c in PREDICTION_COLUMNS)
+    if has_predictions:
+        _register_homogeneity_test()
+        metrics += [
+            ValueDrift(column="predicted_intent", method=HOMOGENEITY_TEST),
+            ValueDrift(column="confidence", method="ks"),
+        ]
+    else:
+        for name in ("predicted_intent", "confidence", "fallback_rate"):
+            scores[name] = {"skipped": "reference has no predictions (pass --model or --reference-events)"}
+    rate_cols = {}
+    for name, col in RATES.items():
+        if name == "fallback_rate" and not has_predictions:
+            continue
+        if col == "thumbs_down":
+            for df in (ref, cur):
+                if "thumbs" in df.columns:
+                    df["thumbs_down"] = (df["thumbs"] == "down").astype(int)
+        if col in ref.columns and col in cur.columns:
+            ref[col], cur[col] = ref[col].astype(int), cur[col].astype(int)
+            rate_cols[name] = col
+            metrics.append(ValueDrift(column=col, method="z"))
+        else:
+            scores[name] = {"skipped": "reference has no feedback (pass --reference-events)"}
+    categorical = ["predicted_intent"] * has_predictions + list(rate_cols.values())
+    numerical = ["confidence"] * has_predictions
+    definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
+    snapshot = Report(metrics).run(
+        current_data=Dataset.from_pandas(cur[numerical + categorical], data_definition=definition),
+        reference_data=Dataset.from_pandas(ref[numerical + categorical], data_definition=definition),
+    )
+    values = _metric_values(snapshot)
+    if has_predictions:
+        scores["predicted_intent"] = {"method": "chi-square homogeneity", "score": values["predicted_intent"]}
+        scores["confidence"] = {"method": "Kolmogorov-Smirnov", "score": values["confidence"]}
+    for name, col in rate_cols.items():
+        scores[name] = {
+            "method": "two-proportion z-test",
+            "score": values[col],
+            "reference": float(ref[col].mean()),
+            "current": float(cur[col].mean()),
+        }
+    return snapshot, scores
+
+
+def _metric_values(snapshot) -> dict[str, float]:
+    """ValueDrift scores by column, from the snapshot's dict."""
+    values = {}
+    for m in snapshot.dict()["metrics"]:
+        key, value = m.get("config", {}).get("column"), m["value"]
+        if key is None:
+            continue
+        values[key] = float(value if not isinstance(value, dict) else next(iter(value.values())))
+    return values
+
+
+def drift_step(
+    reference: Path,
+    current: Path,
+    model: str | None,
+    reference_events: Path | None,
+    cfg: DriftConfig,
+    data_cfg,
+    reg_cfg,
+    report_dir: Path,
+) -> tuple[dict, str]:
+    """Training snapshot (reference) vs a window of logs (current): Evidently report, JSON, markdown verdict.
+
+    Prediction and feedback signals need a reference for them: ``reference_events`` (an earlier
+    window of logs) if given, else ``model``'s predictions on the training texts (no feedback then).
+    """
+    from model.config import work_dir
+    from model.conversations import read_snapshot
+    from model.data import load_examples
+
+    train = load_examples(reference, data_cfg)
+    logs = read_snapshot(current)
+    if logs.empty:
+        raise FlywheelError(f"{current}: snapshot holds no events (empty window); nothing to compare")
+    embed = Embedder(cfg.encoder, work_dir() / "embeddings", cfg.batch_size)
+    ref_emb, cur_emb = embed(train["text"].tolist()), embed(logs["text"].tolist())
+    if reference_events is not None:
+        ref_frame = read_snapshot(reference_events)
+        if ref_frame.empty:
+            raise FlywheelError(f"{reference_events}: reference window holds no events")
+    elif model:
+        from model.pipeline import open_model
+
+        predictions = open_model(model, reg_cfg).predict(train["text"].tolist())
+        ref_frame = pd.DataFrame(
+            {
+                "predicted_intent": [p.intent for p in predictions],
+                "confidence": [p.confidence for p in predictions],
+                "fallback": [p.fallback for p in predictions],
+            }
+        )
+    else:
+        ref_frame = pd.DataFrame(index=range(len(train)))
+    snapshot, scores = measure(ref_frame, logs, ref_emb, cur_emb, cfg)
+    decision = decide(scores, cfg)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    html = report_dir / "drift_evidently.html"
+    snapshot.save_html(str(html))
+    window = (
+        f"Reference: `{reference}` ({len(train)} examples). Current: `{current}` ({len(logs)} events, "
+        f"{logs['timestamp'].min()} to {logs['timestamp'].max()}, model versions "
+        f"{', '.join(sorted(map(str, logs['model_version'].unique())))})."
+    )
+    result = {
+        **decision.to_dict(),
+        "reference": str(reference),
+        "current": str(current),
+        "events": len(logs),
+        "reference_rows": len(train),
+        "evidently_html": str(html),
+    }
+    return result, render_markdown(decision, window) + f"\nEvidently report: `{html}`\n"
+
+
+def render_markdown(decision: DriftDecision, window: str) -> str:
+    verdict = "**Drift detected**" if decision.drift else "No drift"
+    lines = [f"## Drift check: {verdict}", "", window, ""]
+    if decision.reasons:
+        lines += ["Reasons:", "", *[f"- {r}" for r in decision.reasons], ""]
+    lines += ["| signal | method | score | threshold | drift |", "|---|---|---:|---:|---|"]
+    for s in decision.signals:
+        extra = f" ({s.reference:.1%} -> {s.current:.1%})" if s.reference is not None else ""
+        lines.append(
+            f"| {s.name}{extra} | {s.method} | {s.score:.4g} | {s.threshold:.4g} | {'yes' if s.drifted else 'no'} |"
+        )
+    for name, why in decision.skipped.items():
+        lines.append(f"| {name} | skipped: {why} | | | |")
+    return "\n".join(lines) + "\n"

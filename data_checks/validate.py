@@ -1,0 +1,320 @@
+"""``flywheel check-data``: Great Expectations suites for logged events and training snapshots.
+
+Two suites, built in code so they change with the contracts they check:
+
+- ``logged_events``: the conversation snapshot (schema in ``model/conversations.py``): columns and
+  types, unique request ids, sane timestamps, known arms and feedback values, model version
+  present, confidence in [0, 1], at least ``min_events`` rows, no personal data in ``text``.
+- ``training_snapshot``: a prepared training set: labels known or declared new, at least
+  ``min_examples_per_intent`` per intent, text lengths within bounds, no duplicate texts, no text
+  in both train and test, no personal data.
+
+The check fails when any expectation fails *or* did not run (raised an error), or when fewer ran
+than the suite defines. Data Docs (HTML) go to ``<report dir>/data_docs``; the step's JSON result
+is the machine-readable summary.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+
+from model.config import CheckConfig, DataConfig, PrepareConfig
+from model.conversations import ARMS, THUMBS, read_snapshot
+from model.conversations import COLUMNS as EVENT_COLUMNS
+from model.data import COLUMNS as EXAMPLE_COLUMNS
+from model.errors import FlywheelError
+
+EVENTS_SUITE, TRAINING_SUITE = "logged_events", "training_snapshot"
+SOURCES = ("seed", "human", "auto")
+SPLITS = ("train", "val", "test")
+
+
+def _gx():
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no usage statistics leave the machine
+    import great_expectations as gx
+
+    import data_checks.expectations  # noqa: F401 - registers the custom expectations
+
+    return gx
+
+
+class _Suite:
+    """A suite's name and expectations, built before there is a context to attach them to."""
+
+    def __init__(self, name: str):
+        self.name, self.expectations = name, []
+
+    def add_expectation(self, expectation) -> None:
+        self.expectations.append(expectation)
+
+
+def events_suite(cfg: CheckConfig, now: datetime):
+    gx = _gx()
+    from data_checks.expectations import ExpectColumnValuesToContainNoPersonalData
+
+    E = gx.expectations
+    suite = _Suite(EVENTS_SUITE)
+    for column in EVENT_COLUMNS:
+        suite.add_expectation(E.ExpectColumnToExist(column=column))
+    for column in EVENT_COLUMNS:
+        suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column=column))
+    suite.add_expectation(E.ExpectTableRowCountToBeBetween(min_value=cfg.min_events))
+    suite.add_expectation(E.ExpectColumnValuesToBeUnique(column="request_id"))
+    for column in ("request_id", "conversation_id", "text", "predicted_intent", "model_version"):
+        suite.add_expectation(E.ExpectColumnValueLengthsToBeBetween(column=column, min_value=1))
+    suite.add_expectation(E.ExpectColumnValuesToBeOfType(column="timestamp", type_="Timestamp"))
+    suite.add_expectation(
+        E.ExpectColumnValuesToBeBetween(
+            column="timestamp",
+            min_value=now - timedelta(days=cfg.max_event_age_days),
+            max_value=now + timedelta(minutes=cfg.clock_skew_minutes),
+        )
+    )
+    for column in ("confidence", "latency_ms"):
+        suite.add_expectation(E.ExpectColumnValuesToBeInTypeList(column=column, type_list=["float64", "float32"]))
+    suite.add_expectation(E.ExpectColumnValuesToBeBetween(column="confidence", min_value=0.0, max_value=1.0))
+    suite.add_expectation(E.ExpectColumnValuesToBeBetween(column="latency_ms", min_value=0.0))
+    for column in ("fallback", "abandoned", "escalated", "resolved"):
+        suite.add_expectation(E.ExpectColumnValuesToBeOfType(column=column, type_="bool"))
+    suite.add_expectation(E.ExpectColumnValuesToBeInSet(column="arm", value_set=list(ARMS)))
+    suite.add_expectation(E.ExpectColumnValuesToBeInSet(column="thumbs", value_set=list(THUMBS)))
+    suite.add_expectation(ExpectColumnValuesToContainNoPersonalData(column="text"))
+    return suite
+
+
+def training_suite(intents: set[str], data_cfg: DataConfig, prep_cfg: PrepareConfig):
+    gx = _gx()
+    from data_checks.expectations import (
+        ExpectColumnValueCountsToBeAtLeast,
+        ExpectColumnValuesToContainNoPersonalData,
+        ExpectNoTextInBothTrainAndTest,
+    )
+
+    E = gx.expectations
+    suite = _Suite(TRAINING_SUITE)
+    for column in EXAMPLE_COLUMNS:
+        suite.add_expectation(E.ExpectColumnToExist(column=column))
+    for column in ("text", "intent", "source", "split"):
+        suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column=column))
+    suite.add_expectation(E.ExpectTableRowCountToBeBetween(min_value=1))
+    allowed = sorted(intents | set(prep_cfg.new_intents) | {data_cfg.oos_label})
+    suite.add_expectation(E.ExpectColumnValuesToBeInSet(column="intent", value_set=allowed))
+    suite.add_expectation(
+        ExpectColumnValueCountsToBeAtLeast(
+            column="intent", min_count=data_cfg.min_examples_per_intent, ignore=[data_cfg.oos_label]
+        )
+    )
+    suite.add_expectation(E.ExpectColumnValuesToBeInSet(column="source", value_set=list(SOURCES)))
+    suite.add_expectation(E.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)))
+    suite.add_expectation(
+        E.ExpectColumnValueLengthsToBeBetween(
+            column="text", min_value=prep_cfg.min_chars, max_value=data_cfg.max_text_chars
+        )
+    )
+    suite.add_expectation(E.ExpectColumnValuesToBeUnique(column="text_casefolded"))
+    suite.add_expectation(ExpectNoTextInBothTrainAndTest())
+    suite.add_expectation(ExpectColumnValuesToContainNoPersonalData(column="text"))
+    return suite
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A file as it is (no schema fixes): the expectations are what judge it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FlywheelError(f"{path}: no such file")
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        if path.suffix == ".csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=True)
+        if path.suffix == ".jsonl":
+            return pd.read_json(path, lines=True, dtype=False)
+    except Exception as exc:  # noqa: BLE001 - any parser failure means the file is unreadable
+        raise FlywheelError(f"{path}: cannot read: {exc}") from exc
+    raise FlywheelError(f"{path}: unsupported format '{path.suffix}' (use Parquet, CSV or JSONL)")
+
+
+def check_data(
+    events: Path | None,
+    training: Path | None,
+    reference: Path | None,
+    data_cfg: DataConfig,
+    prep_cfg: PrepareConfig,
+    cfg: CheckConfig,
+    docs_dir: Path,
+    now: datetime | None = None,
+) -> tuple[dict, str, bool]:
+    """Validate the given files; return the summary, a markdown report and whether everything passed."""
+    if events is None and training is None:
+        raise FlywheelError("nothing to check: give --events and/or --training")
+    now = now or datetime.now(UTC)
+    targets = []
+    if events is not None:
+        targets.append((events_suite(cfg, now), read_snapshot(events, strict=False), events))
+    if training is not None:
+        df = read_table(training)
+        if "text" in df.columns:  # case-blind duplicates; a derived column the built-in expectation can check
+            df = df.assign(text_casefolded=df["text"].astype("string").str.casefold())
+        intents = set()
+        if reference is not None:
+            from model.data import load_examples
+
+            intents = set(load_examples(reference, data_cfg)["intent"])
+        targets.append((training_suite(intents, data_cfg, prep_cfg), df, training))
+    results = _validate(targets, docs_dir)
+    return _summarise(results, targets, cfg, docs_dir)
+
+
+def _validate(targets, docs_dir: Path):
+    gx = _gx()
+    docs_dir = docs_dir.resolve()
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)  # CI logs, not a terminal
+    context.add_data_docs_site(
+        site_name="flywheel",
+        site_config={
+            "class_name": "SiteBuilder",
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+        },
+    )
+    source = context.data_sources.add_pandas("flywheel")
+    results = []
+    for suite, df, path in targets:
+        suite = context.suites.add(gx.ExpectationSuite(name=suite.name, expectations=suite.expectations))
+        batch_def = source.add_dataframe_asset(suite.name).add_batch_definition_whole_dataframe(Path(path).name)
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=suite.name, data=batch_def, suite=suite)
+        )
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(
+                name=f"check-{suite.name}",
+                validation_definitions=[definition],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+                result_format={"result_format": "COMPLETE", "partial_unexpected_count": 20},
+            )
+        )
+        run = checkpoint.run(batch_parameters={"dataframe": df.reset_index(drop=True)})
+        results.extend(run.run_results.values())
+    return results
+
+
+def _summarise(results, targets, cfg: CheckConfig, docs_dir: Path) -> tuple[dict, str, bool]:
+    suites, failures = [], []
+    for result, (suite, df, path) in zip(results, targets):
+        defined = len(suite.expectations)
+        ran = 0
+        checks = []
+        for r in result.results:
+            conf = r.expectation_config
+            error = _raised(r.exception_info)
+            raised = error is not None
+            ran += not raised
+            item = {
+                "expectation": conf.type,
+                "column": conf.kwargs.get("column"),
+                "success": bool(r.success) and not raised,
+                "ran": not raised,
+                "observed": _offending(r.result, df.reset_index(drop=True), cfg.shown_rows),
+            }
+            if raised:
+                item["error"] = error
+            checks.append(item)
+            if not item["success"]:
+                failures.append(_message(suite.name, path, item))
+        if ran < defined:
+            failures.append(f"suite '{suite.name}' ({path}): only {ran} of {defined} expectations ran")
+        suites.append(
+            {
+                "suite": suite.name,
+                "file": str(path),
+                "rows": len(df),
+                "defined": defined,
+                "ran": ran,
+                "passed": sum(c["success"] for c in checks),
+                "failed": sum(not c["success"] for c in checks),
+                "success": ran == defined and all(c["success"] for c in checks),
+                "expectations": checks,
+            }
+        )
+    passed = not failures
+    docs_index = docs_dir / "index.html"
+    summary = {"passed": passed, "suites": suites, "failures": failures, "data_docs": str(docs_index)}
+    lines = [f"## Data checks: {'passed' if passed else 'FAILED'}", ""]
+    lines += [
+        f"- `{s['suite']}` on `{s['file']}` ({s['rows']} rows): {s['passed']}/{s['defined']} expectations passed"
+        + ("" if s["ran"] == s["defined"] else f", only {s['ran']} ran")
+        for s in suites
+    ]
+    if failures:
+        lines += ["", "### Failures", "", *[f"- {f}" for f in failures]]
+    lines += ["", f"Data Docs: `{docs_index}`", ""]
+    return summary, "\n".join(lines), passed
+
+
+def _raised(info) -> str | None:
+    """The error message if the expectation could not be computed (GX keys errors by metric when it can)."""
+    if not info:
+        return None
+    entries = [info] if "raised_exception" in info else [v for v in info.values() if isinstance(v, dict)]
+    for entry in entries:
+        if entry.get("raised_exception"):
+            return (str(entry.get("exception_message") or "error").splitlines() or ["error"])[0][:300]
+    return None
+
+
+def _offending(result: dict, df: pd.DataFrame, shown: int) -> dict:
+    """Counts and a few offending rows (row index and value; row and entity types for personal data)."""
+    out: dict = {}
+    if not result:
+        return out
+    for key in ("observed_value", "element_count", "unexpected_count", "unexpected_percent"):
+        if result.get(key) is not None:
+            out[key] = result[key] if not hasattr(result[key], "isoformat") else str(result[key])
+    index = result.get("partial_unexpected_index_list")
+    if index:
+        values = result.get("partial_unexpected_list") or [None] * len(index)
+        out["rows"] = [{"row": int(i), "value": _short(v)} for i, v in list(zip(index, values))[:shown]]
+    details = result.get("details") or {}
+    if "rows" in details:
+        out["rows"] = details["rows"][:shown]
+    if "request_id" in df.columns:  # the id an operator can look up in the conversation store
+        for row in out.get("rows", []):
+            if 0 <= row["row"] < len(df):
+                row["request_id"] = str(df["request_id"].iloc[row["row"]])
+    if "below_min_count" in details:
+        out["below_min_count"] = details["below_min_count"]
+    if isinstance(out.get("observed_value"), (list, dict)):
+        out["observed_value"] = _short(out["observed_value"])
+    return out
+
+
+def _short(value) -> str:
+    text = str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _message(suite: str, path: Path, item: dict) -> str:
+    where = f"column '{item['column']}'" if item["column"] else "the table"
+    head = f"suite '{suite}' ({path}): {item['expectation']} on {where}"
+    if not item["ran"]:
+        return f"{head} could not run: {item.get('error', 'error')}"
+    obs = item["observed"]
+    parts = []
+    if obs.get("unexpected_count"):
+        parts.append(f"{obs['unexpected_count']} row(s) unexpected")
+    elif "observed_value" in obs:
+        parts.append(f"observed {obs['observed_value']}")
+    if obs.get("below_min_count"):
+        parts.append("below minimum: " + ", ".join(f"{k} ({v})" for k, v in obs["below_min_count"].items()))
+    if obs.get("rows"):
+        parts.append("e.g. " + "; ".join(", ".join(f"{k} {v}" for k, v in r.items()) for r in obs["rows"]))
+    if not parts:
+        parts.append("column not found" if item["expectation"] == "expect_column_to_exist" else "see Data Docs")
+    return f"{head} failed: " + "; ".join(parts)

@@ -1,0 +1,194 @@
+"""flywheel drift: the verdict (a pure function), the Evidently measurements, the step and its CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data_checks.drift import Embedder, auc_threshold, decide, measure
+from model.config import DriftConfig
+from model.conversations import write_snapshot
+from tests.conftest import write_subset
+from tests.snapshot_fixtures import make_snapshot
+
+CFG = DriftConfig(alpha=0.01, min_rate_change=0.02)
+TEXT_OK = {"method": "auc", "score": 0.505, "n_reference": 5000, "n_current": 1000}
+
+
+@pytest.mark.parametrize(
+    "scores, drift, reason",
+    [
+        ({"text": TEXT_OK}, False, None),
+        ({"text": {**TEXT_OK, "score": 0.56}}, True, "text embeddings"),
+        (
+            {"text": TEXT_OK, "confidence": {"method": "ks", "score": 0.006}},
+            False,
+            None,
+        ),  # 0.006 > 0.01/2 (two signals)
+        ({"text": TEXT_OK, "confidence": {"method": "ks", "score": 0.001}}, True, "confidence"),
+        (
+            {"text": TEXT_OK, "fallback_rate": {"method": "z", "score": 1e-9, "reference": 0.100, "current": 0.110}},
+            False,
+            None,
+        ),
+        (
+            {"text": TEXT_OK, "fallback_rate": {"method": "z", "score": 1e-9, "reference": 0.10, "current": 0.14}},
+            True,
+            "10.0% -> 14.0%",
+        ),
+        ({"text": TEXT_OK, "escalation_rate": {"skipped": "no feedback"}}, False, None),
+    ],
+)
+def test_decide(scores, drift, reason):
+    decision = decide(scores, CFG)
+    assert decision.drift is drift
+    if reason:
+        assert any(reason in r for r in decision.reasons)
+    assert decision.skipped == {k: v["skipped"] for k, v in scores.items() if "skipped" in v}
+    ran = len(scores) - len(decision.skipped)
+    assert all(s.threshold == pytest.approx(CFG.alpha / ran) for s in decision.signals if s.name != "text")
+
+
+def test_auc_threshold_shrinks_with_more_data():
+    small, large = auc_threshold(500, 500, 0.01), auc_threshold(50_000, 50_000, 0.01)
+    assert 0.5 < large < small < 0.6
+    # about 1% of random classifiers' AUCs exceed it
+    rng = np.random.default_rng(0)
+    from sklearn.metrics import roc_auc_score
+
+    y = np.r_[np.ones(500), np.zeros(500)]
+    over = np.mean([roc_auc_score(y, rng.random(1000)) > small for _ in range(2000)])
+    assert over < 0.025
+
+
+def _logs(n, rng, conf_shift=0.0, fallback=0.1):
+    return pd.DataFrame(
+        {
+            "predicted_intent": rng.choice(list("abcdef"), n),
+            "confidence": np.clip(rng.beta(8, 2, n) - conf_shift, 0, 1),
+            "fallback": rng.random(n) < fallback,
+            "thumbs": rng.choice(["up", "down", ""], n, p=[0.3, 0.1, 0.6]),
+            "escalated": rng.random(n) < 0.05,
+        }
+    )
+
+
+def test_measure_same_distribution_no_drift_and_shift_detected():
+    rng = np.random.default_rng(1)
+    ref_emb, cur_emb = rng.normal(size=(3000, 32)), rng.normal(size=(1500, 32))
+    _, scores = measure(_logs(3000, rng), _logs(1500, rng), ref_emb, cur_emb, CFG)
+    assert set(scores) == {
+        "text",
+        "predicted_intent",
+        "confidence",
+        "fallback_rate",
+        "thumbs_down_rate",
+        "escalation_rate",
+    }
+    assert not decide(scores, CFG).drift
+    novel = cur_emb.copy()
+    novel[:150] += 3.0  # 10% of the window from somewhere new
+    _, scores = measure(_logs(3000, rng), _logs(1500, rng, conf_shift=0.2, fallback=0.2), ref_emb, novel, CFG)
+    decision = decide(scores, CFG)
+    assert decision.drift and {"text", "confidence", "fallback_rate"} <= {s.name for s in decision.signals if s.drifted}
+
+
+def test_measure_without_predictions_skips_those_signals():
+    rng = np.random.default_rng(2)
+    _, scores = measure(
+        pd.DataFrame(index=range(200)), _logs(200, rng), rng.normal(size=(200, 8)), rng.normal(size=(200, 8)), CFG
+    )
+    assert "skipped" in scores["predicted_intent"] and "skipped" in scores["thumbs_down_rate"]
+    assert "score" in scores["text"]
+
+
+def test_embedder_caches_on_disk(tmp_path, tiny_bert):
+    texts = ["where is my parcel", "reset my password", "where is my parcel"]
+    first = Embedder(str(tiny_bert), tmp_path)(texts)
+    assert first.shape == (3, 32) and np.allclose(first[0], first[2])
+    again = Embedder(str(tiny_bert), tmp_path)
+    again._encode = lambda texts: (_ for _ in ()).throw(AssertionError("re-encoded a cached text"))
+    assert np.allclose(again(texts[:2]), first[:2])
+
+
+def test_cli_drift_writes_report_and_verdict(tmp_path, sample_df, tiny_bert):
+    from scripts.cli import main
+
+    ref = write_subset(sample_df, tmp_path / "ref.csv", n_intents=5)
+    current = write_snapshot(make_snapshot(sample_df, n=60), tmp_path / "current.parquet")
+    earlier = write_snapshot(make_snapshot(sample_df, n=60, seed=1), tmp_path / "earlier.parquet")
+    rd = tmp_path / "reports"
+    code = main(
+        [
+            "drift",
+            "--reference",
+            str(ref),
+            "--current",
+            str(current),
+            "--reference-events",
+            str(earlier),
+            "--encoder",
+            str(tiny_bert),
+            "--report-dir",
+            str(rd),
+        ]
+    )
+    assert code == 0
+    result = json.loads((rd / "drift.json").read_text())
+    assert isinstance(result["drift"], bool) and len(result["signals"]) == 6
+    assert (rd / "drift_evidently.html").stat().st_size > 10_000
+    md = (rd / "drift.md").read_text()
+    assert md.startswith("## Drift check:") and "| signal | method |" in md
+    empty = write_snapshot(make_snapshot(sample_df, n=6).iloc[:0], tmp_path / "empty.parquet")
+    assert main(["drift", "--reference", str(ref), "--current", str(empty), "--encoder", str(tiny_bert)]) == 2
+
+
+def test_intent_test_is_a_two_sample_test():
+    """Same distribution, many sparse intents: the homogeneity test rejects about alpha of the time."""
+    from data_checks.drift import _chi2_homogeneity
+
+    rng = np.random.default_rng(3)
+    p = rng.dirichlet(np.ones(60))
+    intents = np.array([f"i{k}" for k in range(60)])
+    rejections = sum(
+        _chi2_homogeneity(
+            pd.Series(rng.choice(intents, 3000, p=p)), pd.Series(rng.choice(intents, 1000, p=p)), None, 0.01
+        )[1]
+        for _ in range(300)
+    )
+    assert rejections <= 9  # 1% of 300 is 3
+    shifted = p.copy()
+    shifted[:6] = 0
+    shifted /= shifted.sum()
+    assert _chi2_homogeneity(
+        pd.Series(rng.choice(intents, 3000, p=p)), pd.Series(rng.choice(intents, 1000, p=shifted)), None, 0.01
+    )[1]
+
+
+def test_cli_drift_with_model_baseline(tmp_path, sample_df, tiny_artifact, tiny_bert):
+    from scripts.cli import main
+
+    current = write_snapshot(make_snapshot(sample_df, n=40), tmp_path / "current.parquet")
+    rd = tmp_path / "reports"
+    code = main(
+        [
+            "drift",
+            "--reference",
+            tiny_artifact["data"],
+            "--current",
+            str(current),
+            "--model",
+            tiny_artifact["artifact"],
+            "--encoder",
+            str(tiny_bert),
+            "--report-dir",
+            str(rd),
+        ]
+    )
+    assert code == 0
+    result = json.loads((rd / "drift.json").read_text())
+    assert {s["name"] for s in result["signals"]} == {"text", "predicted_intent", "confidence", "fallback_rate"}
+    assert set(result["skipped"]) == {"thumbs_down_rate", "escalation_rate"}

@@ -1,0 +1,316 @@
+"""flywheel prepare: redaction before storage, cleaning counts, labelling rules, review queue, balance,
+split, output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from data_checks.pii import Scanner
+from model.cleaning import clean, near_key, normalise
+from model.config import DataConfig, PiiConfig, PrepareConfig, RegistryConfig
+from model.conversations import COLUMNS, read_snapshot, write_snapshot
+from model.data import assign_splits, dataset_digest, load_examples
+from model.errors import FlywheelError
+from model.prepare import order_queue, prepare_step
+from tests.conftest import write_subset
+from tests.snapshot_fixtures import event, make_snapshot
+
+NO_MLFLOW = PrepareConfig(log_to_mlflow=False)
+
+
+@pytest.fixture
+def base_csv(tmp_path, sample_df) -> Path:
+    return write_subset(sample_df, tmp_path / "base.csv", n_intents=5)
+
+
+@pytest.fixture
+def base_df(base_csv) -> pd.DataFrame:
+    return pd.read_csv(base_csv, dtype=str, keep_default_na=False)
+
+
+def _snapshot(tmp_path, base_df, extra: list[dict] = (), n: int = 60) -> Path:
+    df = pd.concat([make_snapshot(base_df, n=n), pd.DataFrame(list(extra), columns=COLUMNS)], ignore_index=True)
+    return write_snapshot(df, tmp_path / "snapshot.parquet")
+
+
+def _run(tmp_path, snapshot, base_csv, labels=None, cfg=NO_MLFLOW, out="prepared"):
+    return prepare_step(snapshot, base_csv, labels, tmp_path / out, DataConfig(), cfg, PiiConfig(), RegistryConfig())
+
+
+def test_cleaning_rules_count_what_they_remove():
+    rows = pd.DataFrame(
+        {
+            "text": [
+                "Where is my order 123??",
+                "where is my order 456",
+                "WHERE IS MY ORDER 123??",  # near, exact dup
+                "",
+                "   ",
+                "???",
+                "ok",
+                "x" * 400,
+                "cancel   my\u200b order",
+                "cancel my order",
+                "i want to reset my password",  # in the training set already
+            ]
+        }
+    )
+    kept, removed = clean(
+        rows, min_letters=3, min_chars=3, max_chars=300, known_texts={"i want to reset my password"}, known_near=set()
+    )
+    assert removed == {
+        "empty": 2,
+        "noise": 2,
+        "too_short": 0,
+        "too_long": 1,
+        "duplicate_of_training_set": 1,
+        "near_duplicate_of_training_set": 0,
+        "exact_duplicate": 2,
+        "near_duplicate": 1,
+    }
+    assert list(kept["text"]) == ["Where is my order 123??", "cancel my order"]
+    assert list(kept["traffic"]) == [3, 2]  # duplicates become traffic of the kept copy
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("ｗｈｅｒｅ　is my\u00a0parcel", "where is my parcel"),  # full-width, ideographic and no-break spaces
+        ("  two\n\nlines\t here ", "two lines here"),
+        ("zero\u200bwidth\ufeff", "zerowidth"),
+        ("ﬁne", "fine"),  # ligature
+    ],
+)
+def test_normalise(raw, expected):
+    assert normalise(raw) == expected
+
+
+def test_near_key_ignores_case_punctuation_numbers_not_word_order():
+    assert near_key("Where is order #123?!") == near_key("where is ORDER 98765")
+    assert near_key("return, not exchange") != near_key("exchange, not return")
+
+
+@pytest.mark.parametrize(
+    "rows, expected",
+    [
+        # (text, confidence, traffic): least confident first, ties (to the hundredth) by traffic
+        ([("a", 0.9, 1), ("b", 0.2, 1), ("c", 0.5, 1)], ["b", "c", "a"]),
+        ([("a", 0.501, 1), ("b", 0.499, 5), ("c", 0.5, 3)], ["b", "c", "a"]),
+        ([("a", 0.3, 2), ("b", 0.3, 2), ("c", 0.1, 1)], ["c", "a", "b"]),
+    ],
+)
+def test_review_queue_order(rows, expected):
+    queue = pd.DataFrame(rows, columns=["text", "confidence", "traffic"])
+    assert list(order_queue(queue)["text"]) == expected
+
+
+def test_prepare_end_to_end(tmp_path, base_csv, base_df):
+    train_text = base_df["text"].iloc[0]
+    intent = sorted(set(base_df["intent"]) - {"oos"})[0]
+    extra = [
+        event("my email is jane.doe@example.org, where is my order", intent, thumbs="up", i=500),
+        event("call me on +44 7911 123456 about my refund", intent, thumbs="down", confidence=0.6, i=501),
+        event("???", "oos", i=502),
+        event("  ", "oos", i=503),
+        event(train_text.upper(), base_df["intent"].iloc[0], thumbs="up", i=504),  # already in the training set
+        event("Wherever is my parcel 123", intent, thumbs="up", i=505),
+        event("wherever is my parcel 456!!", intent, thumbs="up", i=506),  # near duplicate
+        event("is this thing on " * 30, "oos", i=507),  # too long
+        event("i'd like to know where my parcel went", intent, confidence=0.5, thumbs="up", i=508),  # unsure
+    ]
+    snapshot = _snapshot(tmp_path, base_df, extra)
+    result, md = _run(tmp_path, snapshot, base_csv, cfg=PrepareConfig(log_to_mlflow=True))
+    out = tmp_path / "prepared"
+    sheet = json.loads((out / "datasheet.json").read_text())
+    removed = sheet["removed"]
+    assert (
+        removed["empty"],
+        removed["noise"],
+        removed["too_long"],
+        removed["duplicate_of_training_set"],
+        removed["near_duplicate"],
+    ) == (1, 1, 1, 1, 1)
+    assert sheet["pii_found"]["snapshot"] == {"EMAIL": 1, "PHONE": 1}
+
+    df = pd.read_parquet(out / "examples.parquet")
+    scanner = Scanner()
+    assert not any(scanner.scan(t) for t in df["text"]), "personal data left in the prepared snapshot"
+    assert "my email is <EMAIL>, where is my order" in set(df["text"])
+    # auto-labels: confident, not fallback, thumbs up; nothing else
+    auto = df[df["source"] == "auto"]
+    logs = read_snapshot(snapshot)
+    ok = logs[(logs["thumbs"] == "up") & (logs["confidence"] >= 0.9) & ~logs["fallback"]]
+    assert set(auto["conversation_id"]) <= set(ok["conversation_id"])
+    assert "i'd like to know where my parcel went" not in set(df["text"])
+    assert len(auto) == result["labelling"]["auto_labelled"] > 10
+    # the frozen test set is exactly the old one; nothing new went into it; no text on both sides
+    base_split = assign_splits(load_examples(base_csv, DataConfig()), DataConfig())
+    assert set(df.loc[df["split"] == "test", "text"]) == set(base_split.loc[base_split["split"] == "test", "text"])
+    assert not set(df.loc[df["split"] == "test", "text"].str.casefold()) & set(
+        df.loc[df["split"] != "test", "text"].str.casefold()
+    )
+    # digest: what training will compute from the same file
+    assert sheet["dataset_digest"] == dataset_digest(
+        assign_splits(load_examples(out / "examples.parquet"), DataConfig())
+    )
+    # review queue: thumbs-down/escalated/fallback answers, least confident first, in both formats
+    tasks = json.loads((out / "review" / "review_tasks.json").read_text())
+    confs = [t["data"]["confidence"] for t in tasks]
+    assert confs == sorted(confs) and len(tasks) == sheet["labelling"]["review_candidates"] > 5
+    assert tasks[0]["predictions"][0]["result"][0]["value"]["choices"] == [tasks[0]["data"]["predicted_intent"]]
+    assert "call me on <PHONE> about my refund" in {t["data"]["text"] for t in tasks}
+    csv = pd.read_csv(out / "review" / "review_queue.csv", dtype=str, keep_default_na=False)
+    assert list(csv["text"]) == [t["data"]["text"] for t in tasks] and set(csv["intent"]) == {""}
+    assert 'name="intent"' in (out / "review" / "review_config.xml").read_text()
+    # MLflow: a prepare run with the snapshot as input, digest tag, and the conversation ids
+    import mlflow
+
+    run = mlflow.get_run(result["mlflow_run_id"])
+    assert run.data.tags["dataset_digest"] == sheet["dataset_digest"]
+    assert run.inputs.dataset_inputs[0].dataset.digest == sheet["dataset_digest"][:32]
+    ids = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/conversation_ids.txt").split()
+    assert set(ids) == set(df["conversation_id"]) - {""} and ids
+    assert "| cleaning rule | removed |" in md
+
+
+def test_human_labels_win_and_are_never_overwritten(tmp_path, base_csv, base_df):
+    base_df = base_df.copy()
+    base_df["source"] = "seed"
+    base_df.loc[0, "source"] = "human"
+    base_df.to_csv(base_csv, index=False)
+    human_text, seed_text = base_df["text"].iloc[0], base_df["text"].iloc[1]
+    other = sorted(set(base_df["intent"]) - {"oos", base_df["intent"].iloc[0], base_df["intent"].iloc[1]})[0]
+    new_text = "the thingy i got doesnt work and i want my money"
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame(
+        {"text": [human_text, seed_text, new_text, "skipped row"], "intent": [other, other, other, ""]}
+    ).to_csv(labels, index=False)
+    # the model answered the new text confidently with thumbs up, as another intent: the human label wins
+    snapshot = _snapshot(tmp_path, base_df, [event(new_text, base_df["intent"].iloc[0], thumbs="up", i=600)])
+    result, _ = _run(tmp_path, snapshot, base_csv, labels=labels)
+    df = pd.read_parquet(tmp_path / "prepared" / "examples.parquet").set_index("text")
+    assert df.loc[human_text, "intent"] == base_df["intent"].iloc[0] and df.loc[human_text, "source"] == "human"
+    assert df.loc[seed_text, "intent"] == other and df.loc[seed_text, "source"] == "human"
+    assert df.loc[new_text, "intent"] == other and df.loc[new_text, "source"] == "human"
+    assert df.loc[new_text, "conversation_id"] == "conv-00200"
+    assert result["labelling"]["human_conflicts_kept"] == 1 and result["labelling"]["human_relabelled"] == 1
+
+
+def test_label_studio_round_trip(tmp_path, base_csv, base_df):
+    snapshot = _snapshot(tmp_path, base_df)
+    _run(tmp_path, snapshot, base_csv, out="first")
+    tasks = json.loads((tmp_path / "first" / "review" / "review_tasks.json").read_text())
+    intents = sorted(set(base_df["intent"]) - {"oos"})
+    for n, task in enumerate(tasks[:4]):  # what Label Studio's JSON export adds once someone labelled a task
+        task["id"] = 100 + n
+        task["annotations"] = [
+            {
+                "was_cancelled": False,
+                "result": [
+                    {"from_name": "intent", "to_name": "text", "type": "choices", "value": {"choices": [intents[0]]}}
+                ],
+            },
+            {
+                "was_cancelled": n == 3,
+                "result": [
+                    {"from_name": "intent", "to_name": "text", "type": "choices", "value": {"choices": [intents[1]]}}
+                ],
+            },
+        ]
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(tasks))
+    result, _ = _run(tmp_path, snapshot, base_csv, labels=export, out="second")
+    df = pd.read_parquet(tmp_path / "second" / "examples.parquet").set_index("text")
+    for n, task in enumerate(tasks[:4]):
+        assert df.loc[task["data"]["text"], "source"] == "human"
+        assert df.loc[task["data"]["text"], "intent"] == (intents[0] if n == 3 else intents[1])
+    queued = {t["data"]["text"] for t in json.loads((tmp_path / "second" / "review" / "review_tasks.json").read_text())}
+    assert not queued & {t["data"]["text"] for t in tasks[:4]} and len(queued) == len(tasks) - 4
+
+
+def test_unknown_label_refused_unless_declared_new(tmp_path, base_csv, base_df):
+    labels = tmp_path / "labels.csv"
+    texts = ["can i gift wrap this", "do you do gift wrapping", "gift wrap option please"]
+    pd.DataFrame({"text": texts, "intent": ["gift_wrap"] * 3}).to_csv(labels, index=False)
+    snapshot = _snapshot(tmp_path, base_df)
+    with pytest.raises(FlywheelError, match=r"labels.csv: unknown intent\(s\) 'gift_wrap' \(line 2\)"):
+        _run(tmp_path, snapshot, base_csv, labels=labels)
+    assert not (tmp_path / "prepared").exists()
+    result, md = _run(
+        tmp_path,
+        snapshot,
+        base_csv,
+        labels=labels,
+        cfg=PrepareConfig(log_to_mlflow=False, new_intents=["gift_wrap"], intent_floor=5),
+    )
+    assert result["below_floor"] == {"gift_wrap": 3} and "gift_wrap (3)" in md
+    assert "gift_wrap" in json.loads((tmp_path / "prepared" / "datasheet.json").read_text())["labelling"]["new_intents"]
+
+
+def test_cap_leaves_out_auto_labels_only(tmp_path, base_csv, base_df):
+    snapshot = _snapshot(tmp_path, base_df, n=90)
+    cap = int(base_df.loc[base_df["intent"] != "oos", "intent"].value_counts().max()) + 2
+    result, _ = _run(tmp_path, snapshot, base_csv, cfg=PrepareConfig(log_to_mlflow=False, intent_cap=cap))
+    df = pd.read_parquet(tmp_path / "prepared" / "examples.parquet")
+    counts = df[df["intent"] != "oos"]["intent"].value_counts()
+    assert result["capped"] and counts.max() <= cap
+    assert (df["source"] == "seed").sum() == len(base_df)  # no seed example was dropped
+
+
+def test_grow_test_lets_new_examples_into_test(tmp_path, base_csv, base_df):
+    snapshot = _snapshot(tmp_path, base_df, n=90)
+    _run(tmp_path, snapshot, base_csv, cfg=PrepareConfig(log_to_mlflow=False, grow_test=True))
+    df = pd.read_parquet(tmp_path / "prepared" / "examples.parquet")
+    assert ((df["source"] == "auto") & (df["split"] == "test")).any()
+
+
+def test_bad_snapshots_fail_clearly_and_write_nothing(tmp_path, base_csv, base_df):
+    good = make_snapshot(base_df, n=12)
+    cases = {
+        "missing column": (good.drop(columns=["thumbs"]), r"missing column\(s\) thumbs"),
+        "nulls": (
+            good.assign(confidence=[None] + [0.9] * 11),
+            r"column 'confidence' has 1 null value\(s\), first in row 0",
+        ),
+        "empty": (good.iloc[:0], r"no events \(empty window\)"),
+    }
+    for name, (df, message) in cases.items():
+        path = tmp_path / f"{name}.parquet"
+        df.to_parquet(path, index=False)
+        with pytest.raises(FlywheelError, match=f"{name}.parquet: .*{message}"):
+            _run(tmp_path, path, base_csv)
+    assert not (tmp_path / "prepared").exists()
+    with pytest.raises(FlywheelError, match="nope.parquet: no such snapshot"):
+        _run(tmp_path, tmp_path / "nope.parquet", base_csv)
+
+
+def test_refuses_to_overwrite(tmp_path, base_csv, base_df):
+    (tmp_path / "prepared").mkdir()
+    with pytest.raises(FlywheelError, match="already exists"):
+        _run(tmp_path, _snapshot(tmp_path, base_df), base_csv)
+
+
+def test_cli_prepare(tmp_path, base_csv, base_df):
+    from scripts.cli import main
+
+    snapshot = _snapshot(tmp_path, base_df)
+    code = main(
+        [
+            "prepare",
+            "--snapshot",
+            str(snapshot),
+            "--data",
+            str(base_csv),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-log-to-mlflow",
+            "--report-dir",
+            str(tmp_path / "r"),
+        ]
+    )
+    assert code == 0 and json.loads((tmp_path / "r" / "prepare.json").read_text())["rows"] > len(base_df)
+    assert main(["prepare", "--snapshot", str(tmp_path / "missing.parquet"), "--data", str(base_csv)]) == 2
