@@ -52,7 +52,7 @@ class TrainConfig:
         PACKAGED_ENCODER, "pretrained encoder: the packaged MiniLM works offline; any local or hub path also works"
     )
     max_length: int = _f(64, "chat messages are short (Banking77: p95 27 tokens); longer costs time for nothing")
-    epochs: int = _f(5, "MiniLM needs a few passes to move from similarity to classification")
+    epochs: int = _f(4, "MiniLM needs a few passes; on Banking77 validation accuracy stops rising after 4")
     batch_size: int = _f(32, "fits a laptop CPU and gives stable gradients on short texts")
     learning_rate: float = _f(1e-4, "small encoders like MiniLM want a higher rate than BERT-base's 2e-5")
     head_learning_rate: float = _f(2e-3, "the new head starts from class centroids and needs bigger steps")
@@ -115,6 +115,7 @@ class DeliveryConfig:
     champion_env: str = _f("production", "the environment whose stable model is the registry's 'champion'")
 
 
+@dataclass
 class PiiConfig:
     phone_regions: list[str] = _f(
         ["US", "GB", "DE", "FR", "NL", "ES", "IT", "IE", "CA", "AU", "IN"],
