@@ -16,7 +16,8 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from model.config import DEFAULT_CONFIG, SAMPLE_DATA, DataConfig, GateConfig, RegistryConfig, TrainConfig, read_yaml_config, work_dir
+from model.config import (DEFAULT_CONFIG, SAMPLE_DATA, CollectorConfig, DataConfig, GateConfig, RegistryConfig, ServeConfig,
+                          TrainConfig, read_yaml_config, work_dir)
 from model.errors import FlywheelError
 from model.reports import write_reports
 
@@ -70,15 +71,24 @@ class DemoArgs:
     data: str = _arg(str(SAMPLE_DATA), "dataset to run the demo on")
 
 
+@dataclass
+class ServeArgs:
+    stable: str = _arg("", "stable model: artifact folder (as KServe mounts it, /mnt/models) or models:/<name>@<alias> URI")
+    canary: str = _arg("", "optional canary model, served as <endpoint>-canary (the caller picks the arm)")
+    shadow: str = _arg("", "optional shadow model: predicts on every request, logged and measured, never answers")
+
+
 STEPS = {
     "train": ("fine-tune an intent model and write a verified artifact", [TrainArgs, DataConfig, TrainConfig, RegistryConfig]),
     "evaluate": ("measure a model on a labelled test set", [EvaluateArgs, DataConfig, RegistryConfig]),
     "gate": ("decide whether a challenger may replace the champion", [GateArgs, DataConfig, GateConfig, RegistryConfig]),
     "register": ("register a gated artifact in MLflow as 'challenger'", [RegisterArgs, RegistryConfig]),
     "promote": ("move the 'champion' alias to a model version", [PromoteArgs, RegistryConfig]),
+    "serve": ("serve stable/canary/shadow models with the KServe ModelServer (V1 and V2 REST)", [ServeArgs, ServeConfig, RegistryConfig]),
     "demo": ("train, evaluate, gate, register and promote on the sample data", [DemoArgs, DataConfig, TrainConfig, GateConfig, RegistryConfig]),
 }
-SECTION_OF = {DataConfig: "data", TrainConfig: "train", GateConfig: "gate", RegistryConfig: "registry"}
+SECTION_OF = {DataConfig: "data", TrainConfig: "train", GateConfig: "gate", RegistryConfig: "registry",
+              ServeConfig: "serve", CollectorConfig: "collect"}
 
 
 def build_parser() -> tuple[HfArgumentParser, dict[str, HfArgumentParser]]:
@@ -135,6 +145,13 @@ def run(step: str, c: dict) -> tuple[dict, str, int]:
     if step == "promote":
         a = c[PromoteArgs]
         result, md = pipeline.promote_step(None if a.version < 0 else a.version, reg_cfg)
+        return result, md, EXIT_OK
+    if step == "serve":
+        from model.serving import serve_step
+
+        a = c[ServeArgs]
+        _require(a.stable, "--stable")
+        result, md = serve_step(a.stable, a.canary, a.shadow, c[ServeConfig], reg_cfg)
         return result, md, EXIT_OK
     if step == "demo":
         result, md, passed = pipeline.demo_step(Path(c[DemoArgs].data), data_cfg, train_cfg, gate_cfg, reg_cfg, _report_dir(c))

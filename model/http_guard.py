@@ -1,0 +1,64 @@
+"""An ASGI middleware that refuses over-size bodies before any handler reads them.
+
+It reads the body once (up to the limit) and replays it to the application, so neither the
+predictor nor the collector ever parses, logs or stores a body above the limit. It also reports
+every response status to a callback, which the servers use for their error counters.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Awaitable, Callable
+
+StatusCallback = Callable[[str, int], None]
+
+
+class BodyLimit:
+    def __init__(self, app, max_body_bytes: int, on_status: StatusCallback | None = None):
+        self.app = app
+        self.max_body_bytes = int(max_body_bytes)
+        self.on_status = on_status
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+            await self._refuse(path, send, declared.decode("latin-1"))
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_body_bytes:
+                await self._refuse(path, send, f"more than {len(body)}")
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        async def observe(message):
+            if message["type"] == "http.response.start" and self.on_status:
+                self.on_status(path, int(message["status"]))
+            await send(message)
+
+        await self.app(scope, replay, observe)
+
+    async def _refuse(self, path: str, send: Callable[[dict], Awaitable[None]], size: str) -> None:
+        if self.on_status:
+            self.on_status(path, 413)
+        payload = json.dumps({"error": f"request body too large: {size} bytes, the limit is {self.max_body_bytes}"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
