@@ -78,6 +78,12 @@ class ServeArgs:
     shadow: str = _arg("", "optional shadow model: predicts on every request, logged and measured, never answers")
 
 
+@dataclass
+class ExportEventsArgs:
+    start: str = _arg("", "window start, ISO 8601 (e.g. 2026-11-01T00:00:00Z); events before it are left out")
+    end: str = _arg("", "window end, ISO 8601, exclusive (default: now)")
+
+
 STEPS = {
     "train": ("fine-tune an intent model and write a verified artifact", [TrainArgs, DataConfig, TrainConfig, RegistryConfig]),
     "evaluate": ("measure a model on a labelled test set", [EvaluateArgs, DataConfig, RegistryConfig]),
@@ -85,6 +91,8 @@ STEPS = {
     "register": ("register a gated artifact in MLflow as 'challenger'", [RegisterArgs, RegistryConfig]),
     "promote": ("move the 'champion' alias to a model version", [PromoteArgs, RegistryConfig]),
     "serve": ("serve stable/canary/shadow models with the KServe ModelServer (V1 and V2 REST)", [ServeArgs, ServeConfig, RegistryConfig]),
+    "collect": ("store KServe logger CloudEvents and user feedback (HTTP, idempotent, durable on 200)", [CollectorConfig]),
+    "export-events": ("export a time window of logged events to Parquet with a content digest", [ExportEventsArgs, CollectorConfig]),
     "demo": ("train, evaluate, gate, register and promote on the sample data", [DemoArgs, DataConfig, TrainConfig, GateConfig, RegistryConfig]),
 }
 SECTION_OF = {DataConfig: "data", TrainConfig: "train", GateConfig: "gate", RegistryConfig: "registry",
@@ -119,6 +127,25 @@ def parse(argv: list[str]) -> tuple[str, dict]:
 
 
 def run(step: str, c: dict) -> tuple[dict, str, int]:
+    reg_cfg = c.get(RegistryConfig)
+    if step == "serve":
+        from model.serving import serve_step
+
+        a = c[ServeArgs]
+        _require(a.stable, "--stable")
+        result, md = serve_step(a.stable, a.canary, a.shadow, c[ServeConfig], reg_cfg)
+        return result, md, EXIT_OK
+    if step == "collect":
+        from model.collector import collect_step
+
+        result, md = collect_step(c[CollectorConfig])
+        return result, md, EXIT_OK
+    if step == "export-events":
+        from model.event_export import export_step
+
+        a = c[ExportEventsArgs]
+        result, md = export_step(a.start, a.end, c[CollectorConfig])
+        return result, md, EXIT_OK
     from model import pipeline  # heavy imports (torch, mlflow) only once a step runs
 
     data_cfg, train_cfg, gate_cfg, reg_cfg = (c.get(t) for t in (DataConfig, TrainConfig, GateConfig, RegistryConfig))
@@ -145,13 +172,6 @@ def run(step: str, c: dict) -> tuple[dict, str, int]:
     if step == "promote":
         a = c[PromoteArgs]
         result, md = pipeline.promote_step(None if a.version < 0 else a.version, reg_cfg)
-        return result, md, EXIT_OK
-    if step == "serve":
-        from model.serving import serve_step
-
-        a = c[ServeArgs]
-        _require(a.stable, "--stable")
-        result, md = serve_step(a.stable, a.canary, a.shadow, c[ServeConfig], reg_cfg)
         return result, md, EXIT_OK
     if step == "demo":
         result, md, passed = pipeline.demo_step(Path(c[DemoArgs].data), data_cfg, train_cfg, gate_cfg, reg_cfg, _report_dir(c))
