@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test bench lock clean
+.PHONY: setup demo test bench lint lock clean
 
 setup: $(STAMP)
 
@@ -30,3 +30,7 @@ lock:
 
 clean:
 	rm -rf $(VENV) work
+
+lint: setup
+	$(BIN)/ruff check model scripts tests data_checks
+	$(BIN)/ruff format --check model scripts tests data_checks

@@ -42,12 +42,16 @@ class DataConfig:
     val_fraction: float = _f(0.1, "share held out to pick the fallback threshold and watch overfitting")
     test_fraction: float = _f(0.15, "share frozen for the gate when the data has no split of its own")
     min_examples_per_intent: int = _f(8, "fewer cannot be split into train/validation/test meaningfully")
-    max_text_chars: int = _f(1000, "longer texts are pasted logs, not chat messages; refuse rather than truncate silently")
+    max_text_chars: int = _f(
+        1000, "longer texts are pasted logs, not chat messages; refuse rather than truncate silently"
+    )
 
 
 @dataclass
 class TrainConfig:
-    base_model: str = _f(PACKAGED_ENCODER, "pretrained encoder: the packaged MiniLM works offline; any local or hub path also works")
+    base_model: str = _f(
+        PACKAGED_ENCODER, "pretrained encoder: the packaged MiniLM works offline; any local or hub path also works"
+    )
     max_length: int = _f(64, "chat messages are short (Banking77: p95 27 tokens); longer costs time for nothing")
     epochs: int = _f(5, "MiniLM needs a few passes to move from similarity to classification")
     batch_size: int = _f(32, "fits a laptop CPU and gives stable gradients on short texts")
@@ -56,7 +60,9 @@ class TrainConfig:
     weight_decay: float = _f(0.01, "standard AdamW regularisation for fine-tuning")
     warmup_ratio: float = _f(0.06, "a short warm-up keeps early large gradients from wrecking pretrained weights")
     label_smoothing: float = _f(0.1, "softer targets give better-calibrated confidences for the fallback")
-    freeze_embeddings: bool = _f(True, "word embeddings are half the weights; freezing them saves time and overfits less")
+    freeze_embeddings: bool = _f(
+        True, "word embeddings are half the weights; freezing them saves time and overfits less"
+    )
     fallback_precision: float = _f(0.9, "answered messages must be right this often; below it the bot hands off")
     seed: int = _f(42, "fixed seed: CPU training is bit-for-bit repeatable")
     device: str = _f("auto", "auto picks CUDA (with mixed precision) when present, else CPU")

@@ -127,9 +127,7 @@ def validate_examples(df: pd.DataFrame, origin: Path, cfg: DataConfig) -> pd.Dat
     rare = counts[counts < cfg.min_examples_per_intent]
     if not rare.empty:
         listed = ", ".join(f"{k} ({v})" for k, v in rare.items())
-        raise FlywheelError(
-            f"{origin}: intent(s) with fewer than {cfg.min_examples_per_intent} examples: {listed}"
-        )
+        raise FlywheelError(f"{origin}: intent(s) with fewer than {cfg.min_examples_per_intent} examples: {listed}")
     return df.reset_index(drop=True)
 
 

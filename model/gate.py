@@ -44,15 +44,26 @@ def decide(challenger: dict, champion: dict | None, cfg: GateConfig) -> GateDeci
     checks = [_latency(challenger, cfg)]
     if champion is None:
         checks += [
-            Check("accuracy floor", challenger["accuracy"] >= cfg.min_accuracy,
-                  f"{challenger['accuracy']:.4f} (floor {cfg.min_accuracy:.2f}; no champion yet)"),
-            Check("macro-F1 floor", challenger["macro_f1"] >= cfg.min_macro_f1,
-                  f"{challenger['macro_f1']:.4f} (floor {cfg.min_macro_f1:.2f}; no champion yet)"),
+            Check(
+                "accuracy floor",
+                challenger["accuracy"] >= cfg.min_accuracy,
+                f"{challenger['accuracy']:.4f} (floor {cfg.min_accuracy:.2f}; no champion yet)",
+            ),
+            Check(
+                "macro-F1 floor",
+                challenger["macro_f1"] >= cfg.min_macro_f1,
+                f"{challenger['macro_f1']:.4f} (floor {cfg.min_macro_f1:.2f}; no champion yet)",
+            ),
         ]
     elif challenger["test_digest"] != champion["test_digest"]:
-        checks.append(Check("same test set", False,
-                            f"evaluations used different test sets ({challenger['test_digest'][:12]} vs "
-                            f"{champion['test_digest'][:12]}); they cannot be compared"))
+        checks.append(
+            Check(
+                "same test set",
+                False,
+                f"evaluations used different test sets ({challenger['test_digest'][:12]} vs "
+                f"{champion['test_digest'][:12]}); they cannot be compared",
+            )
+        )
     else:
         checks += [_mcnemar(challenger, champion, cfg), _per_intent(challenger, champion, cfg)]
     summary = {
@@ -99,8 +110,11 @@ def _per_intent(challenger: dict, champion: dict, cfg: GateConfig) -> Check:
         if old["support"] >= cfg.min_support and old["f1"] - new["f1"] > cfg.max_f1_drop:
             losses.append(f"{name} {old['f1']:.3f}→{new['f1']:.3f}")
     gated = sum(1 for m in champion["per_intent"].values() if m["support"] >= cfg.min_support)
-    detail = (f"lost more than {cfg.max_f1_drop:.2f} F1: " + ", ".join(losses)) if losses else (
-        f"no intent lost more than {cfg.max_f1_drop:.2f} F1 ({gated} intents with support ≥ {cfg.min_support})")
+    detail = (
+        (f"lost more than {cfg.max_f1_drop:.2f} F1: " + ", ".join(losses))
+        if losses
+        else (f"no intent lost more than {cfg.max_f1_drop:.2f} F1 ({gated} intents with support ≥ {cfg.min_support})")
+    )
     return Check("per-intent F1", not losses, detail)
 
 

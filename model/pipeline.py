@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from model import registry
 from model.artifact import read_json
-from model.calibration import pick_threshold
+from model.calibration import fit_temperature, pick_threshold
 from model.config import DataConfig, GateConfig, RegistryConfig, TrainConfig, work_dir
 from model.data import assign_splits, dataset_digest, load_examples
 from model.errors import FlywheelError
@@ -31,8 +31,9 @@ def load_split(data: Path, cfg: DataConfig) -> pd.DataFrame:
     return assign_splits(load_examples(data, cfg), cfg)
 
 
-def train_step(data: Path, data_cfg: DataConfig, train_cfg: TrainConfig, reg_cfg: RegistryConfig,
-               out: Path | None = None) -> tuple[dict, str]:
+def train_step(
+    data: Path, data_cfg: DataConfig, train_cfg: TrainConfig, reg_cfg: RegistryConfig, out: Path | None = None
+) -> tuple[dict, str]:
     """Fine-tune, calibrate the fallback, evaluate on the test split, write the artifact, log the run."""
     df = load_split(data, data_cfg)
     digest = dataset_digest(df)
@@ -45,32 +46,63 @@ def train_step(data: Path, data_cfg: DataConfig, train_cfg: TrainConfig, reg_cfg
     config = {"data": dataclasses.asdict(data_cfg), "train": dataclasses.asdict(train_cfg)}
     started = time.perf_counter()
     with registry.training_run(reg_cfg, run_name=name) as run_id:
-        result = fit(train["text"].tolist(), train["intent"].tolist(), train_cfg,
-                     val["text"].tolist(), val["intent"].tolist())
+        result = fit(
+            train["text"].tolist(), train["intent"].tolist(), train_cfg, val["text"].tolist(), val["intent"].tolist()
+        )
         train_seconds = time.perf_counter() - started
         predictor = IntentPredictor(result.model, result.tokenizer, result.labels, 0.0, train_cfg.max_length)
-        val_preds = predictor.predict(val["text"].tolist())
-        val_correct = [p.intent == y for p, y in zip(val_preds, val["intent"])]
-        predictor.threshold = pick_threshold([p.confidence for p in val_preds], val_correct, train_cfg.fallback_precision)
+        predictor.temperature, predictor.threshold = calibrate(predictor, val, train_cfg.fallback_precision)
         report = evaluate(predictor, test if len(test) else val, data_cfg.oos_label)
         md = render_markdown(report, "Held-out test split" if len(test) else "Validation split (no test rows)")
         meta = {
-            "dataset_digest": digest, "git_sha": sha, "mlflow_run_id": run_id, "config": config,
-            "max_length": train_cfg.max_length, "train_seconds": train_seconds, "history": result.history,
-            "metrics": _headline(report), "counts": df.groupby("split").size().to_dict(),
+            "dataset_digest": digest,
+            "git_sha": sha,
+            "mlflow_run_id": run_id,
+            "config": config,
+            "max_length": train_cfg.max_length,
+            "temperature": predictor.temperature,
+            "train_seconds": train_seconds,
+            "history": result.history,
+            "metrics": _headline(report),
+            "counts": df.groupby("split").size().to_dict(),
         }
         artifact_digest = write_artifact(result, target, threshold=predictor.threshold, meta=meta, metrics_markdown=md)
         registry.log_training(
-            config=config, dataset=df, dataset_source=str(data), dataset_digest=digest, sha=sha,
-            history=result.history, metrics={**_headline(report), "train_seconds": train_seconds},
+            config=config,
+            dataset=df,
+            dataset_source=str(data),
+            dataset_digest=digest,
+            sha=sha,
+            history=result.history,
+            metrics={**_headline(report), "train_seconds": train_seconds},
             artifact_digest=artifact_digest,
         )
     summary = {
-        "artifact": str(target), "artifact_digest": artifact_digest, "mlflow_run_id": run_id,
-        "dataset_digest": digest, "git_sha": sha, "device": result.device, "train_seconds": round(train_seconds, 1),
-        "fallback_threshold": predictor.threshold, "metrics": _headline(report), "counts": meta["counts"],
+        "artifact": str(target),
+        "artifact_digest": artifact_digest,
+        "mlflow_run_id": run_id,
+        "dataset_digest": digest,
+        "git_sha": sha,
+        "device": result.device,
+        "train_seconds": round(train_seconds, 1),
+        "fallback_threshold": predictor.threshold,
+        "metrics": _headline(report),
+        "counts": meta["counts"],
     }
     return summary, f"## Training run `{name}`\n\nArtifact: `{target}`\n\n{md}"
+
+
+def calibrate(predictor: IntentPredictor, val: pd.DataFrame, target_precision: float) -> tuple[float, float]:
+    """Fit the temperature on in-scope validation examples, then pick the fallback threshold."""
+    probs = predictor.probabilities(val["text"].tolist())
+    index = {name: i for i, name in enumerate(predictor.labels)}
+    known = val["intent"].map(index).notna().to_numpy()
+    temperature = fit_temperature(probs[known], val["intent"][known].map(index).to_numpy(dtype=int))
+    predictor.temperature = temperature
+    probs = predictor.probabilities(val["text"].tolist())
+    best = probs.argmax(axis=1)
+    correct = [predictor.labels[j] == y for j, y in zip(best, val["intent"])]
+    return temperature, pick_threshold(probs.max(axis=1), correct, target_precision)
 
 
 def _headline(report: dict) -> dict:
@@ -95,13 +127,22 @@ def evaluation_set(data: Path, data_cfg: DataConfig, split: str) -> pd.DataFrame
     return df
 
 
-def evaluate_step(model: str, data: Path, split: str, data_cfg: DataConfig, reg_cfg: RegistryConfig) -> tuple[dict, str]:
+def evaluate_step(
+    model: str, data: Path, split: str, data_cfg: DataConfig, reg_cfg: RegistryConfig
+) -> tuple[dict, str]:
     report = evaluate(open_model(model, reg_cfg), evaluation_set(data, data_cfg, split), data_cfg.oos_label)
     return report, render_markdown(report, f"Evaluation of `{model}` on `{data}` ({split})")
 
 
-def gate_step(challenger: str, champion: str, data: Path, split: str, data_cfg: DataConfig,
-              gate_cfg: GateConfig, reg_cfg: RegistryConfig) -> tuple[dict, str, bool]:
+def gate_step(
+    challenger: str,
+    champion: str,
+    data: Path,
+    split: str,
+    data_cfg: DataConfig,
+    gate_cfg: GateConfig,
+    reg_cfg: RegistryConfig,
+) -> tuple[dict, str, bool]:
     """Evaluate both models on the same frozen test set, in the same process, then decide."""
     test = evaluation_set(data, data_cfg, split)
     if champion == "auto":
@@ -126,8 +167,10 @@ def register_step(model: Path, gate_file: Path, reg_cfg: RegistryConfig) -> tupl
     except (OSError, ValueError) as exc:
         raise FlywheelError(f"{gate_file}: cannot read gate decision: {exc}") from exc
     if decision.get("challenger_digest") != predictor.digest:
-        raise FlywheelError(f"{gate_file}: gate decision is for artifact {str(decision.get('challenger_digest'))[:12]}, "
-                            f"not {model} ({predictor.digest[:12]})")
+        raise FlywheelError(
+            f"{gate_file}: gate decision is for artifact {str(decision.get('challenger_digest'))[:12]}, "
+            f"not {model} ({predictor.digest[:12]})"
+        )
     if not decision.get("passed"):
         raise FlywheelError(f"{gate_file}: the gate rejected this model: {'; '.join(decision.get('reasons', []))}")
     result = registry.register(reg_cfg, model, predictor.meta, predictor.digest)
@@ -138,13 +181,21 @@ def register_step(model: Path, gate_file: Path, reg_cfg: RegistryConfig) -> tupl
 
 def promote_step(version: int | None, reg_cfg: RegistryConfig) -> tuple[dict, str]:
     result = registry.promote(reg_cfg, version)
-    md = (f"**{result['name']} v{result['champion']}** is now `champion` "
-          f"(was: {('v' + str(result['previous_champion'])) if result['previous_champion'] else 'none'}).\n")
+    md = (
+        f"**{result['name']} v{result['champion']}** is now `champion` "
+        f"(was: {('v' + str(result['previous_champion'])) if result['previous_champion'] else 'none'}).\n"
+    )
     return result, md
 
 
-def demo_step(data: Path, data_cfg: DataConfig, train_cfg: TrainConfig, gate_cfg: GateConfig,
-              reg_cfg: RegistryConfig, report_dir: Path) -> tuple[dict, str, bool]:
+def demo_step(
+    data: Path,
+    data_cfg: DataConfig,
+    train_cfg: TrainConfig,
+    gate_cfg: GateConfig,
+    reg_cfg: RegistryConfig,
+    report_dir: Path,
+) -> tuple[dict, str, bool]:
     """The main job on one machine: train → gate → register → promote (first model only)."""
     steps: dict[str, dict] = {}
     trained, md = train_step(data, data_cfg, train_cfg, reg_cfg)
@@ -169,6 +220,7 @@ def demo_step(data: Path, data_cfg: DataConfig, train_cfg: TrainConfig, gate_cfg
         f"- Reports: `{report_dir}`\n"
         f"- MLflow store: `{uri}`; open the UI with `.venv/bin/mlflow ui --backend-store-uri {uri}` "
         "and browse http://127.0.0.1:5000\n"
-        f"- Load the champion: `mlflow.pyfunc.load_model(\"models:/{reg_cfg.model_name}@champion\")`\n"
+        f"- Load the champion (with `MLFLOW_TRACKING_URI={uri}`): "
+        f'`mlflow.pyfunc.load_model("models:/{reg_cfg.model_name}@champion")`\n'
     )
     return {"steps": steps, "tracking_uri": uri, "report_dir": str(report_dir)}, "\n".join(body), passed

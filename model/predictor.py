@@ -23,10 +23,20 @@ class Prediction:
 class IntentPredictor:
     """A classifier plus what is needed to use it: tokenizer, intent names, fallback threshold."""
 
-    def __init__(self, model, tokenizer, labels: list[str], threshold: float, max_length: int, meta: dict | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        labels: list[str],
+        threshold: float,
+        max_length: int,
+        meta: dict | None = None,
+        temperature: float = 1.0,
+    ):
         self.model, self.tokenizer = model, tokenizer
         self.labels = list(labels)
         self.threshold = float(threshold)
+        self.temperature = float(temperature)  # divides the logits: fitted on validation data
         self.max_length = int(max_length)
         self.meta = meta or {}
         self.digest = ""
@@ -34,7 +44,7 @@ class IntentPredictor:
         self.model.eval()
 
     @classmethod
-    def load(cls, folder: str | Path, device: str = "cpu") -> "IntentPredictor":
+    def load(cls, folder: str | Path, device: str = "cpu") -> IntentPredictor:
         """Load an artifact only after its sha256 manifest verifies."""
         folder = Path(folder)
         digest = verify(folder)
@@ -42,7 +52,15 @@ class IntentPredictor:
         meta = read_json(folder, "meta.json")
         model, tokenizer = build_from_artifact(folder, len(labels))
         model.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
-        predictor = cls(model.to(device), tokenizer, labels, meta["fallback_threshold"], meta["max_length"], meta)
+        predictor = cls(
+            model.to(device),
+            tokenizer,
+            labels,
+            meta["fallback_threshold"],
+            meta["max_length"],
+            meta,
+            meta.get("temperature", 1.0),
+        )
         predictor.digest = digest
         return predictor
 
@@ -57,7 +75,7 @@ class IntentPredictor:
                 [texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
             ).to(self.device)
             logits = self.model(enc["input_ids"], enc["attention_mask"])
-            out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            out[idx] = torch.softmax(logits.float() / self.temperature, dim=-1).cpu().numpy()
         return out
 
     def predict(self, texts: list[str], batch_size: int = 64) -> list[Prediction]:

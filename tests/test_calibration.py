@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from model.calibration import expected_calibration_error, pick_threshold
+from model.calibration import expected_calibration_error, fit_temperature, pick_threshold
 
 
 def test_threshold_answers_everything_when_the_model_is_always_right():
@@ -28,3 +28,19 @@ def test_out_of_scope_examples_raise_the_threshold():
 def test_ece_is_zero_when_confidence_matches_accuracy_and_large_when_overconfident():
     assert expected_calibration_error(np.array([1.0, 1.0]), np.array([True, True])) == 0.0
     assert expected_calibration_error(np.array([0.99] * 10), np.array([False] * 10)) > 0.9
+
+
+def _probs(logits):
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_temperature_cools_an_overconfident_model_and_warms_an_underconfident_one():
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 5, size=400)
+    logits = rng.normal(size=(400, 5))
+    logits[np.arange(400), targets] += 1.5  # right about 70% of the time
+    sharp, honest, timid = (fit_temperature(_probs(logits * k), targets) for k in (5.0, 1.0, 0.2))
+    assert sharp > honest > timid
+    # scaling the logits by k scales the fitted temperature by k: the calibrated output is the same
+    assert abs(sharp / honest - 5.0) < 0.1 and abs(honest / timid - 5.0) < 0.1

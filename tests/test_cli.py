@@ -27,7 +27,11 @@ def test_installed_entry_point_runs():
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("", "file is empty"), ("text,label\nhi,a\n", "missing column(s) intent"), ("text,intent\n" + "hi,a\n" * 3, "fewer than")],
+    [
+        ("", "file is empty"),
+        ("text,label\nhi,a\n", "missing column(s) intent"),
+        ("text,intent\n" + "hi,a\n" * 3, "fewer than"),
+    ],
 )
 def test_bad_training_data_exits_2_and_writes_nothing(tmp_path, isolated_work_dir, capsys, content, message):
     data = tmp_path / "bad.csv"
@@ -69,8 +73,19 @@ def test_corrupted_artifact_is_named_by_evaluate(tmp_path, tiny_artifact, capsys
 
 def test_gate_rejection_exits_1_with_a_markdown_body(tmp_path, tiny_artifact, capsys):
     reports = tmp_path / "reports"
-    code = main(["gate", "--challenger", tiny_artifact["artifact"], "--data", tiny_artifact["data"],
-                 "--min_accuracy", "0.999", "--report_dir", str(reports)])
+    code = main(
+        [
+            "gate",
+            "--challenger",
+            tiny_artifact["artifact"],
+            "--data",
+            tiny_artifact["data"],
+            "--min_accuracy",
+            "0.999",
+            "--report_dir",
+            str(reports),
+        ]
+    )
     assert code == 1
     decision = json.loads((reports / "gate.json").read_text())
     assert decision["passed"] is False and any(r.startswith("accuracy floor") for r in decision["reasons"])

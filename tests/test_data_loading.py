@@ -22,8 +22,11 @@ def _rows(n_per_intent=4, intents=("a", "b")):
 def test_project_formats_load_the_same_examples(tmp_path, suffix):
     df = pd.DataFrame(_rows())
     path = tmp_path / f"data{suffix}"
-    {".csv": lambda: df.to_csv(path, index=False), ".parquet": lambda: df.to_parquet(path),
-     ".jsonl": lambda: df.to_json(path, orient="records", lines=True)}[suffix]()
+    {
+        ".csv": lambda: df.to_csv(path, index=False),
+        ".parquet": lambda: df.to_parquet(path),
+        ".jsonl": lambda: df.to_json(path, orient="records", lines=True),
+    }[suffix]()
     loaded = load_examples(path, CFG)
     assert sorted(loaded["text"]) == sorted(df["text"])
     assert set(loaded["source"]) == {"seed"}
@@ -32,17 +35,25 @@ def test_project_formats_load_the_same_examples(tmp_path, suffix):
 
 def test_banking77_folder_keeps_its_train_test_split(tmp_path):
     pd.DataFrame(_rows()).rename(columns={"intent": "category"}).to_csv(tmp_path / "train.csv", index=False)
-    pd.DataFrame(_rows(2)).rename(columns={"intent": "category"}).assign(
-        text=lambda d: d["text"] + " (test)").to_csv(tmp_path / "test.csv", index=False)
+    pd.DataFrame(_rows(2)).rename(columns={"intent": "category"}).assign(text=lambda d: d["text"] + " (test)").to_csv(
+        tmp_path / "test.csv", index=False
+    )
     df = load_examples(tmp_path, CFG)
     assert df.groupby("split").size().to_dict() == {"test": 4, "train": 8}
     assert set(df["intent"]) == {"a", "b"}
 
 
 def test_clinc150_json_with_oos(tmp_path):
-    raw = {"train": [["hi there a", "a"]] * 0 + [[f"t{i} a", "a"] for i in range(3)] + [[f"t{i} b", "b"] for i in range(3)],
-           "val": [["v a", "a"], ["v b", "b"]], "test": [["x a", "a"], ["x b", "b"]],
-           "oos_train": [["weather today", "oos"]], "oos_val": [["tell a joke", "oos"]], "oos_test": [["who won", "oos"]]}
+    raw = {
+        "train": [["hi there a", "a"]] * 0
+        + [[f"t{i} a", "a"] for i in range(3)]
+        + [[f"t{i} b", "b"] for i in range(3)],
+        "val": [["v a", "a"], ["v b", "b"]],
+        "test": [["x a", "a"], ["x b", "b"]],
+        "oos_train": [["weather today", "oos"]],
+        "oos_val": [["tell a joke", "oos"]],
+        "oos_test": [["who won", "oos"]],
+    }
     path = tmp_path / "data_full.json"
     path.write_text(json.dumps(raw))
     df = load_examples(path, CFG)
@@ -94,12 +105,24 @@ def test_unknown_format_and_missing_file(tmp_path):
 def test_splits_are_stable_when_data_grows_and_never_leak(sample_df):
     cfg = DataConfig()
     base = assign_splits(load_frame(sample_df), cfg)
-    grown = assign_splits(load_frame(pd.concat([sample_df, pd.DataFrame(
-        [{"text": f"new example number {i}", "intent": "order_status"} for i in range(50)])])), cfg)
+    grown = assign_splits(
+        load_frame(
+            pd.concat(
+                [
+                    sample_df,
+                    pd.DataFrame([{"text": f"new example number {i}", "intent": "order_status"} for i in range(50)]),
+                ]
+            )
+        ),
+        cfg,
+    )
     merged = base.merge(grown, on="text", suffixes=("_base", "_grown"))
     assert len(merged) == len(base)
     assert (merged["split_base"] == merged["split_grown"]).all(), "a text changed split when data was added"
-    train, test = set(base.loc[base.split == "train", "text"].str.casefold()), set(base.loc[base.split == "test", "text"].str.casefold())
+    train, test = (
+        set(base.loc[base.split == "train", "text"].str.casefold()),
+        set(base.loc[base.split == "test", "text"].str.casefold()),
+    )
     assert not train & test
     assert 0.08 < (base["split"] == "test").mean() < 0.25
 

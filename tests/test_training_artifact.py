@@ -67,7 +67,9 @@ def test_missing_or_extra_file_is_refused(trained):
 
 
 def test_training_is_deterministic_on_cpu(tmp_path, tiny_artifact):
-    again, _ = train_step(Path(tiny_artifact["data"]), DataConfig(), tiny_artifact["train_cfg"], RegistryConfig(), tmp_path / "b")
+    again, _ = train_step(
+        Path(tiny_artifact["data"]), DataConfig(), tiny_artifact["train_cfg"], RegistryConfig(), tmp_path / "b"
+    )
     wa = load_file(Path(tiny_artifact["artifact"]) / "model.safetensors")
     wb = load_file(Path(again["artifact"]) / "model.safetensors")
     assert wa.keys() == wb.keys()
@@ -77,5 +79,7 @@ def test_training_is_deterministic_on_cpu(tmp_path, tiny_artifact):
 def test_existing_artifact_is_never_overwritten(trained):
     before = verify(trained["artifact"])
     with pytest.raises(FlywheelError, match="already exists"):
-        train_step(Path(trained["data"]), DataConfig(), trained["train_cfg"], RegistryConfig(), Path(trained["artifact"]))
+        train_step(
+            Path(trained["data"]), DataConfig(), trained["train_cfg"], RegistryConfig(), Path(trained["artifact"])
+        )
     assert verify(trained["artifact"]) == before
