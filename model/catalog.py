@@ -16,7 +16,7 @@ class ResponseCatalog:
     fallback: str
 
     @classmethod
-    def load(cls, path: str | Path) -> "ResponseCatalog":
+    def load(cls, path: str | Path) -> ResponseCatalog:
         path = Path(path)
         try:
             raw = yaml.safe_load(path.read_text())

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from cloudevents.exceptions import GenericException
 from cloudevents.http import from_http
@@ -55,7 +55,7 @@ def _parse_time(value, what: str) -> datetime:
             moment = datetime.fromisoformat(str(value))
         except ValueError as exc:
             raise BadEvent(400, f"{what} {value!r} is not an RFC 3339 timestamp") from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _text_id(value, what: str, required: bool) -> str:
@@ -75,8 +75,11 @@ def parse_event(headers: dict[str, str], body: bytes, now: datetime) -> tuple[st
     content_type = headers.get("content-type", "").split(";")[0].strip().lower()
     structured = content_type == "application/cloudevents+json"
     if not structured and not _JSON_TYPE.match(content_type):
-        raise BadEvent(415, f"content type {content_type or '(none)'!r} not accepted: events carry JSON "
-                            "(application/json in binary mode, application/cloudevents+json in structured mode)")
+        raise BadEvent(
+            415,
+            f"content type {content_type or '(none)'!r} not accepted: events carry JSON "
+            "(application/json in binary mode, application/cloudevents+json in structured mode)",
+        )
     if not structured:
         missing = [h for h in ("ce-specversion", "ce-id", "ce-type", "ce-source") if h not in headers]
         if missing:
@@ -153,9 +156,15 @@ def _feedback_fields(payload) -> dict:
 class CollectorMetrics:
     def __init__(self, registry: CollectorRegistry):
         self.registry = registry
-        self.events = Counter("flywheel_collector_events", "events by type and outcome", ["type", "outcome"], registry=registry)
-        self.latency = Histogram("flywheel_collector_ack_seconds", "time from request to commit and answer",
-                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=registry)
+        self.events = Counter(
+            "flywheel_collector_events", "events by type and outcome", ["type", "outcome"], registry=registry
+        )
+        self.latency = Histogram(
+            "flywheel_collector_ack_seconds",
+            "time from request to commit and answer",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=registry,
+        )
 
 
 def build_app(cfg: CollectorConfig, registry: CollectorRegistry | None = None) -> Starlette:
@@ -165,7 +174,7 @@ def build_app(cfg: CollectorConfig, registry: CollectorRegistry | None = None) -
     metrics = CollectorMetrics(registry or CollectorRegistry())
 
     async def receive(request: Request) -> Response:
-        started = datetime.now(timezone.utc)
+        started = datetime.now(UTC)
         try:
             table, row = parse_event({k.lower(): v for k, v in request.headers.items()}, await request.body(), started)
         except BadEvent as bad:
@@ -178,7 +187,7 @@ def build_app(cfg: CollectorConfig, registry: CollectorRegistry | None = None) -
             metrics.events.labels(event_type, "store_error").inc()
             return JSONResponse({"error": f"store unavailable: {type(exc).__name__}: {exc}"}, status_code=503)
         metrics.events.labels(event_type, "stored" if new else "duplicate").inc()
-        metrics.latency.observe((datetime.now(timezone.utc) - started).total_seconds())
+        metrics.latency.observe((datetime.now(UTC) - started).total_seconds())
         return JSONResponse({"id": row["event_id"], "stored": new, "duplicate": not new})
 
     async def health(_request: Request) -> Response:
@@ -195,8 +204,12 @@ def build_app(cfg: CollectorConfig, registry: CollectorRegistry | None = None) -
         engine.dispose()
 
     app = Starlette(
-        routes=[Route("/", receive, methods=["POST"]), Route("/events", receive, methods=["POST"]),
-                Route("/healthz", health, methods=["GET"]), Route("/metrics", prometheus, methods=["GET"])],
+        routes=[
+            Route("/", receive, methods=["POST"]),
+            Route("/events", receive, methods=["POST"]),
+            Route("/healthz", health, methods=["GET"]),
+            Route("/metrics", prometheus, methods=["GET"]),
+        ],
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimit, max_body_bytes=cfg.max_body_bytes)
@@ -211,11 +224,21 @@ def collect_step(cfg: CollectorConfig) -> tuple[dict, str]:
     from model.store import count_rows
 
     app = build_app(cfg)
-    started = datetime.now(timezone.utc)
-    uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.http_port, log_level="warning", access_log=False,
-                                  timeout_graceful_shutdown=10)).run()
+    started = datetime.now(UTC)
+    uvicorn.Server(
+        uvicorn.Config(
+            app, host=cfg.host, port=cfg.http_port, log_level="warning", access_log=False, timeout_graceful_shutdown=10
+        )
+    ).run()
     counts = count_rows(app.state.engine)
-    result = {"address": f"http://{cfg.host}:{cfg.http_port}", "store": app.state.engine.url.render_as_string(hide_password=True),
-              "started": started.isoformat(), "stored_rows": counts}
-    md = f"## Collector on {result['address']}\n\nStore `{result['store']}`: {counts['inference']} inference events, {counts['feedback']} feedback events.\n"
+    result = {
+        "address": f"http://{cfg.host}:{cfg.http_port}",
+        "store": app.state.engine.url.render_as_string(hide_password=True),
+        "started": started.isoformat(),
+        "stored_rows": counts,
+    }
+    md = (
+        f"## Collector on {result['address']}\n\nStore `{result['store']}`: "
+        f"{counts['inference']} inference events, {counts['feedback']} feedback events.\n"
+    )
     return result, md

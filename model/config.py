@@ -87,16 +87,26 @@ class RegistryConfig:
 
 @dataclass
 class ServeConfig:
-    host: str = _f("127.0.0.1", "loopback only: expose the predictor on purpose (a pod sets 0.0.0.0), never by accident")
+    host: str = _f(
+        "127.0.0.1", "loopback only: expose the predictor on purpose (a pod sets 0.0.0.0), never by accident"
+    )
     http_port: int = _f(8080, "KServe's default predictor port, so the same container runs locally and in a cluster")
     endpoint: str = _f("flywheel-intent", "model name in the URL: /v1/models/NAME:predict; the canary is NAME-canary")
     catalog: str = _f(str(RESPONSE_CATALOG), "YAML mapping intent -> reply text, plus 'fallback' for the hand-off")
     max_batch_size: int = _f(32, "MiniLM on CPU doubles its throughput from 1 to 32 texts per forward pass")
-    max_batch_wait_ms: float = _f(2.0, "how long a lone request waits for company; small, as batches also form while the model is busy")
+    max_batch_wait_ms: float = _f(
+        2.0, "how long a lone request waits for company; small, as batches also form while the model is busy"
+    )
     max_instances: int = _f(64, "texts per request; a chat front end sends one, replays send a few dozen")
-    max_text_chars: int = _f(1000, "longer texts are pasted logs, not chat messages; refuse rather than truncate silently")
-    max_body_bytes: int = _f(262144, "64 texts of 1000 characters fit with room for JSON; anything larger is refused unread")
-    prediction_log: str = _f("", "JSON-lines log of every prediction, shadow ones included (default: <work dir>/serving/predictions.jsonl)")
+    max_text_chars: int = _f(
+        1000, "longer texts are pasted logs, not chat messages; refuse rather than truncate silently"
+    )
+    max_body_bytes: int = _f(
+        262144, "64 texts of 1000 characters fit with room for JSON; anything larger is refused unread"
+    )
+    prediction_log: str = _f(
+        "", "JSON-lines log of every prediction, shadow ones included (default: <work dir>/serving/predictions.jsonl)"
+    )
 
 
 @dataclass
@@ -104,8 +114,12 @@ class CollectorConfig:
     host: str = _f("127.0.0.1", "loopback only unless deployed behind a Service on purpose")
     http_port: int = _f(8090, "next to the predictor's 8080, so both run on one machine")
     store_url: str = _f("", "SQLAlchemy URL of the conversation store (default: sqlite:///<work dir>/conversations.db)")
-    max_body_bytes: int = _f(262144, "the logger forwards whole requests; the predictor itself refuses bodies above this")
-    export_out: str = _f("", "Parquet file an export writes (default: <work dir>/snapshots/events-<start>-<end>.parquet)")
+    max_body_bytes: int = _f(
+        262144, "the logger forwards whole requests; the predictor itself refuses bodies above this"
+    )
+    export_out: str = _f(
+        "", "Parquet file an export writes (default: <work dir>/snapshots/events-<start>-<end>.parquet)"
+    )
 
 
 SECTIONS: dict[str, type] = {

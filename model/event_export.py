@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,21 +26,23 @@ from model.config import CollectorConfig, work_dir
 from model.errors import FlywheelError
 from model.store import open_store, read_feedback, read_inference
 
-SCHEMA = pa.schema([
-    ("request_id", pa.string()),
-    ("index", pa.int32()),
-    ("conversation_id", pa.string()),
-    ("timestamp", pa.timestamp("us", tz="UTC")),
-    ("text", pa.string()),
-    ("predicted_intent", pa.string()),
-    ("confidence", pa.float64()),
-    ("fallback", pa.bool_()),
-    ("model_version", pa.string()),
-    ("arm", pa.string()),
-    ("latency_ms", pa.float64()),
-    ("inference_service", pa.string()),
-    ("feedback", pa.list_(pa.string())),
-])
+SCHEMA = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("index", pa.int32()),
+        ("conversation_id", pa.string()),
+        ("timestamp", pa.timestamp("us", tz="UTC")),
+        ("text", pa.string()),
+        ("predicted_intent", pa.string()),
+        ("confidence", pa.float64()),
+        ("fallback", pa.bool_()),
+        ("model_version", pa.string()),
+        ("arm", pa.string()),
+        ("latency_ms", pa.float64()),
+        ("inference_service", pa.string()),
+        ("feedback", pa.list_(pa.string())),
+    ]
+)
 ARM_OF_ENDPOINT = {"default": "stable", "canary": "canary"}
 DIGEST_KEY = b"flywheel.content_digest"
 
@@ -63,11 +65,13 @@ def _predictions(body: dict) -> list[dict]:
     params = body.get("parameters") or {}
     n = len(outputs.get("intent", []))
     return [
-        {"intent": outputs["intent"][i],
-         "confidence": (outputs.get("confidence") or [None] * n)[i],
-         "fallback": (outputs.get("fallback") or [None] * n)[i],
-         "model_version": params.get("model_version") or body.get("model_version"),
-         "arm": params.get("arm")}
+        {
+            "intent": outputs["intent"][i],
+            "confidence": (outputs.get("confidence") or [None] * n)[i],
+            "fallback": (outputs.get("fallback") or [None] * n)[i],
+            "model_version": params.get("model_version") or body.get("model_version"),
+            "arm": params.get("arm"),
+        }
         for i in range(n)
     ]
 
@@ -98,7 +102,7 @@ def _body(event: dict | None) -> dict:
 
 
 def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)  # SQLite returns naive datetimes
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite returns naive datetimes
 
 
 def logged_events(events: list[dict], feedback: list[dict]) -> list[dict]:
@@ -121,16 +125,24 @@ def logged_events(events: list[dict], feedback: list[dict]) -> list[dict]:
         for i in range(max(len(texts), len(preds), 1)):
             text = texts[i] if i < len(texts) else None
             pred = preds[i] if i < len(preds) else {}
-            rows.append({
-                "request_id": request_id, "index": i, "conversation_id": conversation,
-                "timestamp": _utc(first["event_time"]), "text": _string(text),
-                "predicted_intent": _string(pred.get("intent")), "confidence": _number(pred.get("confidence")),
-                "fallback": pred.get("fallback") if isinstance(pred.get("fallback"), bool) else None,
-                "model_version": None if pred.get("model_version") is None else str(pred["model_version"]),
-                "arm": _string(pred.get("arm")) or ARM_OF_ENDPOINT.get(first["endpoint"], first["endpoint"] or None),
-                "latency_ms": latency, "inference_service": first["inference_service"],
-                "feedback": by_request.get(request_id, []) + by_conversation.get(conversation, []),
-            })
+            rows.append(
+                {
+                    "request_id": request_id,
+                    "index": i,
+                    "conversation_id": conversation,
+                    "timestamp": _utc(first["event_time"]),
+                    "text": _string(text),
+                    "predicted_intent": _string(pred.get("intent")),
+                    "confidence": _number(pred.get("confidence")),
+                    "fallback": pred.get("fallback") if isinstance(pred.get("fallback"), bool) else None,
+                    "model_version": None if pred.get("model_version") is None else str(pred["model_version"]),
+                    "arm": _string(pred.get("arm"))
+                    or ARM_OF_ENDPOINT.get(first["endpoint"], first["endpoint"] or None),
+                    "latency_ms": latency,
+                    "inference_service": first["inference_service"],
+                    "feedback": by_request.get(request_id, []) + by_conversation.get(conversation, []),
+                }
+            )
     rows.sort(key=lambda r: (r["timestamp"], r["request_id"], r["index"]))
     return rows
 
@@ -153,32 +165,46 @@ def export_window(engine: sa.Engine, start: datetime, end: datetime, out: Path) 
     conversations = {_conversation_id(e["metadata_json"]) for e in events}
     rows = logged_events(events, read_feedback(engine, request_ids, conversations))
     digest = content_digest(rows)
-    table = pa.Table.from_pylist(rows, schema=SCHEMA).replace_schema_metadata({
-        DIGEST_KEY: digest.encode(), b"flywheel.window_start": start.isoformat().encode(),
-        b"flywheel.window_end": end.isoformat().encode(),
-    })
+    table = pa.Table.from_pylist(rows, schema=SCHEMA).replace_schema_metadata(
+        {
+            DIGEST_KEY: digest.encode(),
+            b"flywheel.window_start": start.isoformat().encode(),
+            b"flywheel.window_end": end.isoformat().encode(),
+        }
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, out)
-    return {"path": str(out), "rows": len(rows), "requests": len(request_ids), "content_digest": digest,
-            "window_start": start.isoformat(), "window_end": end.isoformat(),
-            "feedback_rows": sum(1 for r in rows if r["feedback"])}
+    return {
+        "path": str(out),
+        "rows": len(rows),
+        "requests": len(request_ids),
+        "content_digest": digest,
+        "window_start": start.isoformat(),
+        "window_end": end.isoformat(),
+        "feedback_rows": sum(1 for r in rows if r["feedback"]),
+    }
 
 
 def export_step(start: str, end: str, cfg: CollectorConfig) -> tuple[dict, str]:
     try:
         t0 = datetime.fromisoformat(start) if start else None
-        t1 = datetime.fromisoformat(end) if end else datetime.now(timezone.utc)
+        t1 = datetime.fromisoformat(end) if end else datetime.now(UTC)
     except ValueError as exc:
         raise FlywheelError(f"--start/--end must be ISO 8601 timestamps: {exc}") from exc
     if t0 is None:
         raise FlywheelError("--start is required (ISO 8601, e.g. 2026-11-01T00:00:00Z)")
     t0, t1 = _utc(t0), _utc(t1)
-    out = Path(cfg.export_out) if cfg.export_out else (
-        work_dir() / "snapshots" / f"events-{t0:%Y%m%dT%H%M%S}-{t1:%Y%m%dT%H%M%S}.parquet")
+    out = (
+        Path(cfg.export_out)
+        if cfg.export_out
+        else (work_dir() / "snapshots" / f"events-{t0:%Y%m%dT%H%M%S}-{t1:%Y%m%dT%H%M%S}.parquet")
+    )
     result = export_window(open_store(cfg.store_url), t0, t1, out)
-    md = (f"## Logged events {result['window_start']} to {result['window_end']}\n\n"
-          f"{result['rows']} rows from {result['requests']} requests ({result['feedback_rows']} with feedback) in "
-          f"`{result['path']}`, content digest `{result['content_digest']}`.\n")
+    md = (
+        f"## Logged events {result['window_start']} to {result['window_end']}\n\n"
+        f"{result['rows']} rows from {result['requests']} requests ({result['feedback_rows']} with feedback) in "
+        f"`{result['path']}`, content digest `{result['content_digest']}`.\n"
+    )
     return result, md

@@ -8,7 +8,7 @@ every response status to a callback, which the servers use for their error count
 from __future__ import annotations
 
 import json
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 StatusCallback = Callable[[str, int], None]
 
@@ -58,7 +58,14 @@ class BodyLimit:
     async def _refuse(self, path: str, send: Callable[[dict], Awaitable[None]], size: str) -> None:
         if self.on_status:
             self.on_status(path, 413)
-        payload = json.dumps({"error": f"request body too large: {size} bytes, the limit is {self.max_body_bytes}"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+        payload = json.dumps(
+            {"error": f"request body too large: {size} bytes, the limit is {self.max_body_bytes}"}
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": payload})

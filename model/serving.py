@@ -32,7 +32,7 @@ import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -66,17 +66,40 @@ class ServingMetrics:
 
     def __init__(self, registry: CollectorRegistry = REGISTRY):
         labels = ["model_version", "arm"]
-        self.latency = Histogram("flywheel_request_latency_seconds", "time from request parsed to prediction ready",
-                                 labels, buckets=LATENCY_BUCKETS, registry=registry)
-        self.predictions = Counter("flywheel_predictions", "predictions per intent", labels + ["intent"], registry=registry)
-        self.confidence = Histogram("flywheel_prediction_confidence", "confidence of the predicted intent",
-                                    labels, buckets=CONFIDENCE_BUCKETS, registry=registry)
+        self.latency = Histogram(
+            "flywheel_request_latency_seconds",
+            "time from request parsed to prediction ready",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.predictions = Counter(
+            "flywheel_predictions", "predictions per intent", labels + ["intent"], registry=registry
+        )
+        self.confidence = Histogram(
+            "flywheel_prediction_confidence",
+            "confidence of the predicted intent",
+            labels,
+            buckets=CONFIDENCE_BUCKETS,
+            registry=registry,
+        )
         self.fallbacks = Counter("flywheel_fallbacks", "predictions handed off to a human", labels, registry=registry)
-        self.errors = Counter("flywheel_errors", "requests answered with an error status", labels + ["status"], registry=registry)
-        self.batch_size = Histogram("flywheel_batch_texts", "texts per forward pass", labels,
-                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=registry)
-        self.shadow_agreement = Counter("flywheel_shadow_agreement", "shadow predictions, by agreement with the primary",
-                                        ["model_version", "primary_version", "agree"], registry=registry)
+        self.errors = Counter(
+            "flywheel_errors", "requests answered with an error status", labels + ["status"], registry=registry
+        )
+        self.batch_size = Histogram(
+            "flywheel_batch_texts",
+            "texts per forward pass",
+            labels,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=registry,
+        )
+        self.shadow_agreement = Counter(
+            "flywheel_shadow_agreement",
+            "shadow predictions, by agreement with the primary",
+            ["model_version", "primary_version", "agree"],
+            registry=registry,
+        )
         self._arms: dict[str, tuple[str, str]] = {}
 
     def add_endpoint(self, name: str, version: str, arm: str) -> None:
@@ -217,8 +240,18 @@ def model_version(source: str, predictor: IntentPredictor, reg_cfg: RegistryConf
 class IntentModel(kserve.Model):
     """One served model (one arm): parses V1/V2 requests, predicts in micro-batches, replies from the catalog."""
 
-    def __init__(self, name: str, arm: str, source: str, cfg: ServeConfig, reg_cfg: RegistryConfig,
-                 catalog: ResponseCatalog, metrics: ServingMetrics, log: PredictionLog, shadow: "IntentModel | None" = None):
+    def __init__(
+        self,
+        name: str,
+        arm: str,
+        source: str,
+        cfg: ServeConfig,
+        reg_cfg: RegistryConfig,
+        catalog: ResponseCatalog,
+        metrics: ServingMetrics,
+        log: PredictionLog,
+        shadow: IntentModel | None = None,
+    ):
         super().__init__(name)
         self.arm, self.source, self.cfg, self.reg_cfg = arm, source, cfg, reg_cfg
         self.catalog, self.metrics, self.log, self.shadow = catalog, metrics, log, shadow
@@ -234,8 +267,12 @@ class IntentModel(kserve.Model):
         self.predictor = open_model(self.source, self.reg_cfg)
         self.catalog.check_covers(self.predictor.labels, f"{self.arm} model {self.source}")
         self.version = model_version(self.source, self.predictor, self.reg_cfg)
-        self._batcher = MicroBatcher(self.predictor.predict, self.cfg.max_batch_size, self.cfg.max_batch_wait_ms / 1000,
-                                     on_batch=lambda n: self.metrics.batch_size.labels(self.version, self.arm).observe(n))
+        self._batcher = MicroBatcher(
+            self.predictor.predict,
+            self.cfg.max_batch_size,
+            self.cfg.max_batch_wait_ms / 1000,
+            on_batch=lambda n: self.metrics.batch_size.labels(self.version, self.arm).observe(n),
+        )
         self.metrics.add_endpoint(self.name, self.version, self.arm)
         self.ready = True
         return self.ready
@@ -267,7 +304,7 @@ class IntentModel(kserve.Model):
         if not isinstance(payload, dict):
             raise InvalidInput(f"expected a JSON object with 'instances', got a JSON {type(payload).__name__}")
         if "instances" not in payload:
-            raise InvalidInput("missing 'instances': send {\"instances\": [\"text\", ...]}")
+            raise InvalidInput('missing \'instances\': send {"instances": ["text", ...]}')
         instances = payload["instances"]
         if not isinstance(instances, list):
             raise InvalidInput(f"'instances' must be a list of texts, got {type(instances).__name__}")
@@ -275,7 +312,7 @@ class IntentModel(kserve.Model):
         for i, item in enumerate(instances):
             text = item.get("text") if isinstance(item, dict) else item
             if not isinstance(text, str):
-                raise InvalidInput(f"instances[{i}]: expected a text or {{\"text\": ...}}, got {type(text).__name__}")
+                raise InvalidInput(f'instances[{i}]: expected a text or {{"text": ...}}, got {type(text).__name__}')
             texts.append(text)
         return texts
 
@@ -328,11 +365,20 @@ class IntentModel(kserve.Model):
         replies = [self.catalog.reply(p.intent, p.fallback) for p in preds]
         if request.protocol == "v2":
             return self._v2_response(request, preds, replies)
-        return {"predictions": [
-            {"intent": p.intent, "confidence": round(p.confidence, 6), "fallback": p.fallback, "reply": reply,
-             "model_version": self.version, "arm": self.arm, "request_id": request.request_id}
-            for p, reply in zip(preds, replies)
-        ]}
+        return {
+            "predictions": [
+                {
+                    "intent": p.intent,
+                    "confidence": round(p.confidence, 6),
+                    "fallback": p.fallback,
+                    "reply": reply,
+                    "model_version": self.version,
+                    "arm": self.arm,
+                    "request_id": request.request_id,
+                }
+                for p, reply in zip(preds, replies)
+            ]
+        }
 
     def _v2_response(self, request: ParsedRequest, preds: list[Prediction], replies: list[str]) -> InferResponse:
         n = [len(preds)]
@@ -342,8 +388,13 @@ class IntentModel(kserve.Model):
             InferOutput("fallback", n, "BOOL", [p.fallback for p in preds]),
             InferOutput("reply", n, "BYTES", replies),
         ]
-        return InferResponse(request.request_id, self.name, outputs, model_version=self.version,
-                             parameters={"model_version": self.version, "arm": self.arm})
+        return InferResponse(
+            request.request_id,
+            self.name,
+            outputs,
+            model_version=self.version,
+            parameters={"model_version": self.version, "arm": self.arm},
+        )
 
     async def shadow_predict(self, request: ParsedRequest, primary: list[Prediction], primary_version: str) -> None:
         """Predict the same texts; log and count, never answer. A failing shadow never hurts the user."""
@@ -364,11 +415,21 @@ class IntentModel(kserve.Model):
         self.log.write(records)
 
     def _records(self, request: ParsedRequest, preds: list[Prediction], seconds: float) -> list[dict]:
-        now = datetime.now(timezone.utc).isoformat()
+        now = datetime.now(UTC).isoformat()
         return [
-            {"request_id": request.request_id, "index": i, "conversation_id": request.conversation_id, "timestamp": now,
-             "predicted_intent": p.intent, "confidence": round(p.confidence, 6), "fallback": p.fallback,
-             "model_version": self.version, "arm": self.arm, "endpoint": self.name, "latency_ms": round(seconds * 1000, 3)}
+            {
+                "request_id": request.request_id,
+                "index": i,
+                "conversation_id": request.conversation_id,
+                "timestamp": now,
+                "predicted_intent": p.intent,
+                "confidence": round(p.confidence, 6),
+                "fallback": p.fallback,
+                "model_version": self.version,
+                "arm": self.arm,
+                "endpoint": self.name,
+                "latency_ms": round(seconds * 1000, 3),
+            }
             for i, p in enumerate(preds)
         ]
 
@@ -386,8 +447,15 @@ class LoopbackModelServer(kserve.ModelServer):
         await super()._serve()
 
 
-def build_models(stable: str, canary: str, shadow: str, cfg: ServeConfig, reg_cfg: RegistryConfig,
-                 metrics: ServingMetrics, log: PredictionLog) -> list[IntentModel]:
+def build_models(
+    stable: str,
+    canary: str,
+    shadow: str,
+    cfg: ServeConfig,
+    reg_cfg: RegistryConfig,
+    metrics: ServingMetrics,
+    log: PredictionLog,
+) -> list[IntentModel]:
     """Load and verify every model before anything listens; a bad artifact stops the start."""
     if not stable:
         raise FlywheelError("--stable is required: an artifact folder or a models:/ URI")
@@ -398,7 +466,9 @@ def build_models(stable: str, canary: str, shadow: str, cfg: ServeConfig, reg_cf
         shadow_model.load()
     models = [IntentModel(cfg.endpoint, STABLE, stable, cfg, reg_cfg, catalog, metrics, log, shadow_model)]
     if canary:
-        models.append(IntentModel(f"{cfg.endpoint}-canary", CANARY, canary, cfg, reg_cfg, catalog, metrics, log, shadow_model))
+        models.append(
+            IntentModel(f"{cfg.endpoint}-canary", CANARY, canary, cfg, reg_cfg, catalog, metrics, log, shadow_model)
+        )
     for model in models:
         model.load()
     return models
@@ -411,8 +481,14 @@ def serve_step(stable: str, canary: str, shadow: str, cfg: ServeConfig, reg_cfg:
     log = PredictionLog(log_path)
     models = build_models(stable, canary, shadow, cfg, reg_cfg, metrics, log)
     kserve_server.app.add_middleware(BodyLimit, max_body_bytes=cfg.max_body_bytes, on_status=metrics.observe_status)
-    server = LoopbackModelServer(cfg.host, http_port=cfg.http_port, enable_grpc=False, workers=1,
-                                 enable_latency_logging=False, enable_docs_url=False)
+    server = LoopbackModelServer(
+        cfg.host,
+        http_port=cfg.http_port,
+        enable_grpc=False,
+        workers=1,
+        enable_latency_logging=False,
+        enable_docs_url=False,
+    )
     started = time.time()
     try:
         server.start(models)
@@ -422,8 +498,12 @@ def serve_step(stable: str, canary: str, shadow: str, cfg: ServeConfig, reg_cfg:
     if models[0].shadow is not None:
         s = models[0].shadow
         served[s.name] = {"arm": s.arm, "model_version": s.version, "source": s.source}
-    result = {"endpoints": served, "address": f"http://{cfg.host}:{cfg.http_port}", "prediction_log": str(log_path),
-              "uptime_s": round(time.time() - started, 1)}
+    result = {
+        "endpoints": served,
+        "address": f"http://{cfg.host}:{cfg.http_port}",
+        "prediction_log": str(log_path),
+        "uptime_s": round(time.time() - started, 1),
+    }
     rows = "\n".join(f"| `{n}` | {v['arm']} | {v['model_version']} | `{v['source']}` |" for n, v in served.items())
     md = f"## Predictor on {result['address']}\n\n| endpoint | arm | version | source |\n|---|---|---|---|\n{rows}\n"
     return result, md

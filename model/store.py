@@ -175,7 +175,9 @@ class GroupCommitWriter:
 
 def count_rows(engine: Engine) -> dict[str, int]:
     with engine.connect() as conn:
-        return {name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one() for name, t in TABLES.items()}
+        return {
+            name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one() for name, t in TABLES.items()
+        }
 
 
 def read_inference(engine: Engine, start: datetime, end: datetime) -> list[dict]:
@@ -190,7 +192,10 @@ def read_feedback(engine: Engine, request_ids: set[str], conversation_ids: set[s
     """Feedback that refers to any of these requests or conversations."""
     fe, found = feedback_events, {}
     with engine.connect() as conn:
-        for column, values in ((fe.c.request_id, sorted(request_ids - {""})), (fe.c.conversation_id, sorted(conversation_ids - {""}))):
+        for column, values in (
+            (fe.c.request_id, sorted(request_ids - {""})),
+            (fe.c.conversation_id, sorted(conversation_ids - {""})),
+        ):
             for i in range(0, len(values), chunk):
                 for r in conn.execute(sa.select(fe).where(column.in_(values[i : i + chunk]))):
                     found[r.event_id] = dict(r._mapping)

@@ -83,7 +83,9 @@ class DemoArgs:
 
 @dataclass
 class ServeArgs:
-    stable: str = _arg("", "stable model: artifact folder (as KServe mounts it, /mnt/models) or models:/<name>@<alias> URI")
+    stable: str = _arg(
+        "", "stable model: artifact folder (as KServe mounts it, /mnt/models) or models:/<name>@<alias> URI"
+    )
     canary: str = _arg("", "optional canary model, served as <endpoint>-canary (the caller picks the arm)")
     shadow: str = _arg("", "optional shadow model: predicts on every request, logged and measured, never answers")
 
@@ -120,8 +122,14 @@ STEPS = {
         [DemoArgs, DataConfig, TrainConfig, GateConfig, RegistryConfig],
     ),
 }
-SECTION_OF = {DataConfig: "data", TrainConfig: "train", GateConfig: "gate", RegistryConfig: "registry",
-              ServeConfig: "serve", CollectorConfig: "collect"}
+SECTION_OF = {
+    DataConfig: "data",
+    TrainConfig: "train",
+    GateConfig: "gate",
+    RegistryConfig: "registry",
+    ServeConfig: "serve",
+    CollectorConfig: "collect",
+}
 
 
 def build_parser() -> tuple[HfArgumentParser, dict[str, HfArgumentParser]]:

@@ -13,8 +13,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pyarrow.parquet as pq
@@ -29,16 +28,25 @@ from model.config import PROJECT_ROOT, CollectorConfig
 from model.event_export import DIGEST_KEY, SCHEMA, export_window
 from model.store import count_rows, open_store
 
-T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 SOURCE = "http://localhost:9081/"
 
 
-def inference_event(kind: str, request_id: str, body: dict, at: datetime, endpoint: str = "default",
-                    conversation: str = "") -> tuple[dict, bytes]:
+def inference_event(
+    kind: str, request_id: str, body: dict, at: datetime, endpoint: str = "default", conversation: str = ""
+) -> tuple[dict, bytes]:
     """Headers and body of one logger event, as KServe's logger posts it."""
-    attrs = {"type": REQUEST_TYPE if kind == "request" else RESPONSE_TYPE, "source": SOURCE, "id": request_id,
-             "time": at.isoformat(), "inferenceservicename": "support-bot", "namespace": "chat",
-             "component": "predictor", "endpoint": endpoint, "datacontenttype": "application/json"}
+    attrs = {
+        "type": REQUEST_TYPE if kind == "request" else RESPONSE_TYPE,
+        "source": SOURCE,
+        "id": request_id,
+        "time": at.isoformat(),
+        "inferenceservicename": "support-bot",
+        "namespace": "chat",
+        "component": "predictor",
+        "endpoint": endpoint,
+        "datacontenttype": "application/json",
+    }
     if conversation:
         attrs["metadata"] = json.dumps({"X-Conversation-Id": [conversation]})
     headers, data = to_binary(CloudEvent(attrs, json.dumps(body).encode()), data_marshaller=lambda d: d)
@@ -53,13 +61,37 @@ def feedback_event(event_id: str, at: datetime, **payload) -> tuple[dict, bytes]
     return headers, data
 
 
-def v1_call(request_id: str, texts: list[str], intents: list[str], at: datetime, arm: str = "stable", conversation: str = ""):
-    req = inference_event("request", request_id, {"instances": texts}, at, conversation=conversation,
-                          endpoint="canary" if arm == "canary" else "default")
-    preds = [{"intent": i, "confidence": 0.9, "fallback": False, "reply": "...", "model_version": "7", "arm": arm,
-              "request_id": request_id} for i in intents]
-    resp = inference_event("response", request_id, {"predictions": preds}, at + timedelta(milliseconds=12),
-                           conversation=conversation, endpoint="canary" if arm == "canary" else "default")
+def v1_call(
+    request_id: str, texts: list[str], intents: list[str], at: datetime, arm: str = "stable", conversation: str = ""
+):
+    req = inference_event(
+        "request",
+        request_id,
+        {"instances": texts},
+        at,
+        conversation=conversation,
+        endpoint="canary" if arm == "canary" else "default",
+    )
+    preds = [
+        {
+            "intent": i,
+            "confidence": 0.9,
+            "fallback": False,
+            "reply": "...",
+            "model_version": "7",
+            "arm": arm,
+            "request_id": request_id,
+        }
+        for i in intents
+    ]
+    resp = inference_event(
+        "response",
+        request_id,
+        {"predictions": preds},
+        at + timedelta(milliseconds=12),
+        conversation=conversation,
+        endpoint="canary" if arm == "canary" else "default",
+    )
     return req, resp
 
 
@@ -78,8 +110,10 @@ def post(client, event) -> httpx.Response:
 def snapshot(url: str) -> dict:
     engine = open_store(url)
     with engine.connect() as conn:
-        out = {t: sorted(tuple(map(str, r)) for r in conn.execute(sa.text(f"SELECT * FROM {t}")))
-               for t in ("inference_events", "feedback_events")}
+        out = {
+            t: sorted(tuple(map(str, r)) for r in conn.execute(sa.text(f"SELECT * FROM {t}")))
+            for t in ("inference_events", "feedback_events")
+        }
     engine.dispose()
     return out
 
@@ -87,7 +121,13 @@ def snapshot(url: str) -> dict:
 def test_request_and_response_join_in_either_order(collector, tmp_path):
     client, cfg = collector
     req_a, resp_a = v1_call("req-a", ["where is my order"], ["order_status"], T0, conversation="conv-1")
-    req_b, resp_b = v1_call("req-b", ["cancel it", "and refund me"], ["cancel_order", "refund_status"], T0 + timedelta(seconds=1), arm="canary")
+    req_b, resp_b = v1_call(
+        "req-b",
+        ["cancel it", "and refund me"],
+        ["cancel_order", "refund_status"],
+        T0 + timedelta(seconds=1),
+        arm="canary",
+    )
     for event in (req_a, resp_a, resp_b, req_b):  # b's response arrives before its request
         resp = post(client, event)
         assert resp.status_code == 200 and resp.json()["stored"] is True
@@ -96,7 +136,12 @@ def test_request_and_response_join_in_either_order(collector, tmp_path):
     rows = {(r["request_id"], r["index"]): r for r in pq.read_table(tmp_path / "out.parquet").to_pylist()}
     a = rows[("req-a", 0)]
     assert (a["text"], a["predicted_intent"], a["conversation_id"], a["arm"], a["model_version"]) == (
-        "where is my order", "order_status", "conv-1", "stable", "7")
+        "where is my order",
+        "order_status",
+        "conv-1",
+        "stable",
+        "7",
+    )
     assert a["latency_ms"] == pytest.approx(12.0)
     assert a["confidence"] == pytest.approx(0.9) and a["fallback"] is False
     assert [rows[("req-b", i)]["text"] for i in (0, 1)] == ["cancel it", "and refund me"]
@@ -131,9 +176,14 @@ def test_feedback_by_request_and_by_conversation_reaches_the_export(collector, t
     client, cfg = collector
     req, resp = v1_call("req-f", ["my parcel is late"], ["order_status"], T0, conversation="conv-9")
     other_req, other_resp = v1_call("req-g", ["thanks"], ["talk_to_human"], T0, conversation="conv-other")
-    for event in (req, resp, other_req, other_resp,
-                  feedback_event("fb-a", T0 + timedelta(minutes=1), kind="thumbs_down", request_id="req-f"),
-                  feedback_event("fb-b", T0 + timedelta(minutes=2), kind="escalated", conversation_id="conv-9")):
+    for event in (
+        req,
+        resp,
+        other_req,
+        other_resp,
+        feedback_event("fb-a", T0 + timedelta(minutes=1), kind="thumbs_down", request_id="req-f"),
+        feedback_event("fb-b", T0 + timedelta(minutes=2), kind="escalated", conversation_id="conv-9"),
+    ):
         assert post(client, event).status_code == 200
     export_window(open_store(cfg.store_url), T0, T0 + timedelta(hours=1), tmp_path / "f.parquet")
     rows = {r["request_id"]: r for r in pq.read_table(tmp_path / "f.parquet").to_pylist()}
@@ -143,23 +193,45 @@ def test_feedback_by_request_and_by_conversation_reaches_the_export(collector, t
 
 def test_v2_bodies_are_understood(collector, tmp_path):
     client, cfg = collector
-    req = inference_event("request", "req-v2", {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["reset my password"]}]}, T0)
-    resp = inference_event("response", "req-v2", {
-        "id": "req-v2", "model_name": "m", "model_version": "3",
-        "outputs": [{"name": "intent", "shape": [1], "datatype": "BYTES", "data": ["reset_password"]},
-                    {"name": "confidence", "shape": [1], "datatype": "FP32", "data": [0.42]},
-                    {"name": "fallback", "shape": [1], "datatype": "BOOL", "data": [True]}],
-        "parameters": {"model_version": "3", "arm": "stable"}}, T0 + timedelta(milliseconds=5))
+    req = inference_event(
+        "request",
+        "req-v2",
+        {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["reset my password"]}]},
+        T0,
+    )
+    resp = inference_event(
+        "response",
+        "req-v2",
+        {
+            "id": "req-v2",
+            "model_name": "m",
+            "model_version": "3",
+            "outputs": [
+                {"name": "intent", "shape": [1], "datatype": "BYTES", "data": ["reset_password"]},
+                {"name": "confidence", "shape": [1], "datatype": "FP32", "data": [0.42]},
+                {"name": "fallback", "shape": [1], "datatype": "BOOL", "data": [True]},
+            ],
+            "parameters": {"model_version": "3", "arm": "stable"},
+        },
+        T0 + timedelta(milliseconds=5),
+    )
     assert post(client, req).status_code == 200 and post(client, resp).status_code == 200
     export_window(open_store(cfg.store_url), T0, T0 + timedelta(hours=1), tmp_path / "v2.parquet")
     (row,) = pq.read_table(tmp_path / "v2.parquet").to_pylist()
-    assert (row["text"], row["predicted_intent"], row["fallback"], row["model_version"]) == ("reset my password", "reset_password", True, "3")
+    assert (row["text"], row["predicted_intent"], row["fallback"], row["model_version"]) == (
+        "reset my password",
+        "reset_password",
+        True,
+        "3",
+    )
     assert row["confidence"] == pytest.approx(0.42)
 
 
 def test_structured_mode_is_accepted(collector):
     client, cfg = collector
-    event = CloudEvent({"type": FEEDBACK_TYPE, "source": "chat", "id": "fb-structured"}, {"kind": "resolved", "conversation_id": "c"})
+    event = CloudEvent(
+        {"type": FEEDBACK_TYPE, "source": "chat", "id": "fb-structured"}, {"kind": "resolved", "conversation_id": "c"}
+    )
     headers, body = to_structured(event)
     assert client.post("/events", content=body, headers=headers).json()["stored"] is True
 
@@ -186,7 +258,12 @@ BAD_EVENTS = [
     ("over-size body", _bad(body=json.dumps({"instances": ["x" * 5000]}).encode()), 413, "too large"),
     ("feedback unknown kind", feedback_event("fb-x", T0, kind="meh", request_id="r"), 400, "feedback kind 'meh'"),
     ("feedback names nothing", feedback_event("fb-y", T0, kind="thumbs_up"), 400, "request_id or a conversation_id"),
-    ("feedback id not text", feedback_event("fb-z", T0, kind="thumbs_up", request_id=5), 400, "request_id must be a string"),
+    (
+        "feedback id not text",
+        feedback_event("fb-z", T0, kind="thumbs_up", request_id=5),
+        400,
+        "request_id must be a string",
+    ),
     ("feedback not an object", (feedback_event("fb-w", T0, kind="x")[0], b"[1, 2]"), 400, "must be a JSON object"),
 ]
 
@@ -242,8 +319,13 @@ def test_acknowledged_events_survive_sigkill(tmp_path):
     port, db = _free_port(), tmp_path / "store.db"
     env = {**os.environ, "FLYWHEEL_WORK_DIR": str(tmp_path / "work")}
     log = open(tmp_path / "collector.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "scripts.cli", "collect", "--http_port", str(port),
-                             "--store_url", f"sqlite:///{db}"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.cli", "collect", "--http_port", str(port), "--store_url", f"sqlite:///{db}"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 60

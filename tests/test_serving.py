@@ -38,9 +38,24 @@ def start_server(args: list[str], work: Path, port: int) -> subprocess.Popen:
     work.mkdir(parents=True, exist_ok=True)
     output = open(work / "server.log", "w")  # a file, not a pipe: a full pipe would block the server's logging
     return subprocess.Popen(
-        [sys.executable, "-m", "scripts.cli", "serve", "--http_port", str(port), "--endpoint", NAME,
-         "--report_dir", str(work / "reports"), *args],
-        cwd=PROJECT_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "scripts.cli",
+            "serve",
+            "--http_port",
+            str(port),
+            "--endpoint",
+            NAME,
+            "--report_dir",
+            str(work / "reports"),
+            *args,
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -70,8 +85,26 @@ def server(tiny_artifact, tmp_path_factory):
     port = free_port()
     log = work / "predictions.jsonl"
     art = tiny_artifact["artifact"]
-    proc = start_server(["--stable", art, "--canary", art, "--shadow", art, "--prediction_log", str(log),
-                         "--max_instances", "8", "--max_text_chars", "200", "--max_body_bytes", "4096"], work, port)
+    proc = start_server(
+        [
+            "--stable",
+            art,
+            "--canary",
+            art,
+            "--shadow",
+            art,
+            "--prediction_log",
+            str(log),
+            "--max_instances",
+            "8",
+            "--max_text_chars",
+            "200",
+            "--max_body_bytes",
+            "4096",
+        ],
+        work,
+        port,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, base, work)
@@ -105,8 +138,12 @@ def kserve_client(protocol: str):
 def test_v1_predict_with_kserve_client(server, tiny_artifact, catalog):
     async def call():
         client = kserve_client("v1")
-        return await client.infer(server["base"], {"instances": ["where is my order", {"text": "I want a refund"}]},
-                                  model_name=NAME, headers={"ce-id": CE_ID, "x-conversation-id": "conv-1"})
+        return await client.infer(
+            server["base"],
+            {"instances": ["where is my order", {"text": "I want a refund"}]},
+            model_name=NAME,
+            headers={"ce-id": CE_ID, "x-conversation-id": "conv-1"},
+        )
 
     out = asyncio.run(call())
     preds = out["predictions"]
@@ -153,8 +190,10 @@ def test_v2_infer_with_kserve_client(server, tiny_artifact):
 def test_v1_and_v2_agree_and_canary_is_its_own_arm(server):
     text = "is the blue kettle back in stock"
     v1 = httpx.post(f"{server['base']}/v1/models/{NAME}:predict", json={"instances": [text]}).json()["predictions"][0]
-    v2 = httpx.post(f"{server['base']}/v2/models/{NAME}/infer",
-                    json={"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}]}).json()
+    v2 = httpx.post(
+        f"{server['base']}/v2/models/{NAME}/infer",
+        json={"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}]},
+    ).json()
     assert v2["outputs"][0]["data"][0] == v1["intent"]
     assert v2["model_version"] == v1["model_version"]
     assert v2["outputs"][1]["data"][0] == pytest.approx(v1["confidence"], abs=1e-5)
@@ -176,8 +215,11 @@ def _log_lines(path: Path, request_id: str, want: int, timeout: float = 10) -> l
 
 def test_shadow_predicts_too_and_both_are_logged(server):
     rid = "shadow-check-1"
-    resp = httpx.post(f"{server['base']}/v1/models/{NAME}:predict", json={"instances": ["my parcel never arrived"]},
-                      headers={"x-request-id": rid})
+    resp = httpx.post(
+        f"{server['base']}/v1/models/{NAME}:predict",
+        json={"instances": ["my parcel never arrived"]},
+        headers={"x-request-id": rid},
+    )
     assert resp.status_code == 200
     assert [p["arm"] for p in resp.json()["predictions"]] == ["stable"]  # the user only gets the primary's answer
     records = _log_lines(server["log"], rid, want=2)
@@ -190,39 +232,131 @@ def test_shadow_predicts_too_and_both_are_logged(server):
 
 BAD_INPUTS = [
     # (what, path suffix, body, headers, status, message fragment)
-    ("malformed JSON v1", ":predict", b'{"instances": ["hi"', {"content-type": "application/json"}, 400, "Unrecognized request format"),
+    (
+        "malformed JSON v1",
+        ":predict",
+        b'{"instances": ["hi"',
+        {"content-type": "application/json"},
+        400,
+        "Unrecognized request format",
+    ),
     ("malformed JSON v2", "/infer", b'{"inputs": [', {"content-type": "application/json"}, 422, "json"),
     ("not JSON at all", ":predict", b"hello", {"content-type": "text/plain"}, 400, "expected a JSON body"),
     ("JSON list", ":predict", b'["hi"]', {"content-type": "application/json"}, 400, "got a JSON list"),
-    ("missing instances", ":predict", b'{"texts": ["hi"]}', {"content-type": "application/json"}, 400, "missing 'instances'"),
-    ("instances not a list", ":predict", b'{"instances": "hi"}', {"content-type": "application/json"}, 400, "must be a list"),
+    (
+        "missing instances",
+        ":predict",
+        b'{"texts": ["hi"]}',
+        {"content-type": "application/json"},
+        400,
+        "missing 'instances'",
+    ),
+    (
+        "instances not a list",
+        ":predict",
+        b'{"instances": "hi"}',
+        {"content-type": "application/json"},
+        400,
+        "must be a list",
+    ),
     ("number instance", ":predict", b'{"instances": [42]}', {"content-type": "application/json"}, 400, "instances[0]"),
-    ("null text", ":predict", b'{"instances": [{"text": null}]}', {"content-type": "application/json"}, 400, "instances[0]"),
+    (
+        "null text",
+        ":predict",
+        b'{"instances": [{"text": null}]}',
+        {"content-type": "application/json"},
+        400,
+        "instances[0]",
+    ),
     ("no instances", ":predict", b'{"instances": []}', {"content-type": "application/json"}, 400, "no texts"),
     ("empty text", ":predict", b'{"instances": ["   "]}', {"content-type": "application/json"}, 400, "text 0 is empty"),
-    ("over-long text", ":predict", json.dumps({"instances": ["x" * 201]}).encode(), {"content-type": "application/json"}, 400, "201 characters"),
-    ("too many instances", ":predict", json.dumps({"instances": ["hi"] * 9}).encode(), {"content-type": "application/json"}, 400, "too many instances: 9"),
-    ("over-size body", ":predict", json.dumps({"instances": ["hi " * 60] * 30}).encode(), {"content-type": "application/json"}, 413, "too large"),
-    ("v2 wrong input name", "/infer", json.dumps({"inputs": [{"name": "query", "shape": [1], "datatype": "BYTES", "data": ["hi"]}]}).encode(),
-     {"content-type": "application/json"}, 400, "named 'text'"),
-    ("v2 wrong datatype", "/infer", json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "INT32", "data": [1]}]}).encode(),
-     {"content-type": "application/json"}, 400, "datatype BYTES"),
-    ("v2 shape mismatch", "/infer", json.dumps({"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["hi"]}]}).encode(),
-     {"content-type": "application/json"}, 400, "says 2 texts"),
-    ("v2 2-D shape", "/infer", json.dumps({"inputs": [{"name": "text", "shape": [1, 2], "datatype": "BYTES", "data": ["a", "b"]}]}).encode(),
-     {"content-type": "application/json"}, 400, "shape [N] or [N, 1]"),
-    ("v2 non-text element", "/infer", json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [7]}]}).encode(),
-     {"content-type": "application/json"}, 400, "expected a text"),
+    (
+        "over-long text",
+        ":predict",
+        json.dumps({"instances": ["x" * 201]}).encode(),
+        {"content-type": "application/json"},
+        400,
+        "201 characters",
+    ),
+    (
+        "too many instances",
+        ":predict",
+        json.dumps({"instances": ["hi"] * 9}).encode(),
+        {"content-type": "application/json"},
+        400,
+        "too many instances: 9",
+    ),
+    (
+        "over-size body",
+        ":predict",
+        json.dumps({"instances": ["hi " * 60] * 30}).encode(),
+        {"content-type": "application/json"},
+        413,
+        "too large",
+    ),
+    (
+        "v2 wrong input name",
+        "/infer",
+        json.dumps({"inputs": [{"name": "query", "shape": [1], "datatype": "BYTES", "data": ["hi"]}]}).encode(),
+        {"content-type": "application/json"},
+        400,
+        "named 'text'",
+    ),
+    (
+        "v2 wrong datatype",
+        "/infer",
+        json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "INT32", "data": [1]}]}).encode(),
+        {"content-type": "application/json"},
+        400,
+        "datatype BYTES",
+    ),
+    (
+        "v2 shape mismatch",
+        "/infer",
+        json.dumps({"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["hi"]}]}).encode(),
+        {"content-type": "application/json"},
+        400,
+        "says 2 texts",
+    ),
+    (
+        "v2 2-D shape",
+        "/infer",
+        json.dumps({"inputs": [{"name": "text", "shape": [1, 2], "datatype": "BYTES", "data": ["a", "b"]}]}).encode(),
+        {"content-type": "application/json"},
+        400,
+        "shape [N] or [N, 1]",
+    ),
+    (
+        "v2 non-text element",
+        "/infer",
+        json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [7]}]}).encode(),
+        {"content-type": "application/json"},
+        400,
+        "expected a text",
+    ),
     ("v2 missing inputs", "/infer", b'{"id": "x"}', {"content-type": "application/json"}, 422, "inputs"),
-    ("v2 binary without length header", "/infer", b"\x00\x01", {"content-type": "application/octet-stream"}, 400, "header is missing"),
+    (
+        "v2 binary without length header",
+        "/infer",
+        b"\x00\x01",
+        {"content-type": "application/octet-stream"},
+        400,
+        "header is missing",
+    ),
     ("unknown model", ":predict", b'{"instances": ["hi"]}', {"content-type": "application/json"}, 404, "nope"),
 ]
 
 
-@pytest.mark.parametrize(("what", "suffix", "body", "headers", "status", "fragment"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+@pytest.mark.parametrize(
+    ("what", "suffix", "body", "headers", "status", "fragment"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS]
+)
 def test_bad_input_gets_4xx_naming_the_problem(server, what, suffix, body, headers, status, fragment):
     name = "nope" if what == "unknown model" else NAME
-    url = f"{server['base']}/v1/models/{name}{suffix}" if suffix == ":predict" else f"{server['base']}/v2/models/{name}{suffix}"
+    url = (
+        f"{server['base']}/v1/models/{name}{suffix}"
+        if suffix == ":predict"
+        else f"{server['base']}/v2/models/{name}{suffix}"
+    )
     resp = httpx.post(url, content=body, headers=headers, timeout=30)
     assert resp.status_code == status, resp.text
     assert fragment.lower() in resp.text.lower()
@@ -236,10 +370,16 @@ def test_metrics_are_labelled_by_version_and_arm(server, tiny_artifact):
     httpx.post(f"{server['base']}/v1/models/{NAME}:predict", json={"instances": []})
     text = httpx.get(f"{server['base']}/metrics").text
     version = f"sha-{tiny_artifact['artifact_digest'][:12]}"
-    for series in ("flywheel_request_latency_seconds_bucket", "flywheel_predictions_total", "flywheel_prediction_confidence_bucket",
-                   "flywheel_batch_texts_bucket"):
-        assert any(line.startswith(series) and 'arm="stable"' in line and f'model_version="{version}"' in line
-                   for line in text.splitlines()), series
+    for series in (
+        "flywheel_request_latency_seconds_bucket",
+        "flywheel_predictions_total",
+        "flywheel_prediction_confidence_bucket",
+        "flywheel_batch_texts_bucket",
+    ):
+        assert any(
+            line.startswith(series) and 'arm="stable"' in line and f'model_version="{version}"' in line
+            for line in text.splitlines()
+        ), series
     assert any(line.startswith("flywheel_predictions_total") and 'arm="shadow"' in line for line in text.splitlines())
     assert any(line.startswith("flywheel_fallbacks_total") for line in text.splitlines())
     errors = [line for line in text.splitlines() if line.startswith("flywheel_errors_total") and 'status="400"' in line]
@@ -248,8 +388,12 @@ def test_metrics_are_labelled_by_version_and_arm(server, tiny_artifact):
 
 def test_listens_on_loopback_only(server):
     port_hex = f"{server['port']:04X}"
-    listening = [line.split()[1] for line in Path("/proc/net/tcp").read_text().splitlines()[1:] + Path("/proc/net/tcp6").read_text().splitlines()[1:]
-                 if line.split()[1].endswith(":" + port_hex) and line.split()[3] == "0A"]
+    listening = [
+        line.split()[1]
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+        + Path("/proc/net/tcp6").read_text().splitlines()[1:]
+        if line.split()[1].endswith(":" + port_hex) and line.split()[3] == "0A"
+    ]
     assert listening == [f"0100007F:{port_hex}"]
 
 
