@@ -169,7 +169,7 @@ class CollectorMetrics:
 
 def build_app(cfg: CollectorConfig, registry: CollectorRegistry | None = None) -> Starlette:
     """The collector's ASGI app; the store opens (and its tables are created) right here."""
-    engine = open_store(cfg.store_url)
+    engine = open_store(cfg.store_url, cfg.sqlite_synchronous)
     writer = GroupCommitWriter(engine)
     metrics = CollectorMetrics(registry or CollectorRegistry())
 

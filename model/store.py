@@ -1,9 +1,10 @@
 """The conversation store: logged inference events and user feedback, in any SQLAlchemy database.
 
-A SQLite file by default (WAL journal, ``synchronous=FULL``: a committed event survives a crash and a
-power cut), PostgreSQL in production. Events are stored as they arrive, keyed by their CloudEvent id
-(plus request/response for inference events), so a redelivered event is a no-op; the join of a
-request with its response happens when reading, which makes arrival order irrelevant.
+A SQLite file by default (WAL journal, ``synchronous=FULL`` unless configured otherwise: a committed
+event survives a crash and a power cut), PostgreSQL in production. Events are stored as they arrive,
+keyed by their CloudEvent id (plus request/response for inference events), so a redelivered event
+is a no-op; the join of a request with its response happens when reading, which makes arrival order
+irrelevant.
 
 Writes go through ``GroupCommitWriter``: concurrent events are inserted in one transaction and each
 caller is answered only after that transaction committed, so many events share one fsync.
@@ -65,9 +66,20 @@ def default_url() -> str:
     return f"sqlite:///{work_dir() / 'conversations.db'}"
 
 
-def open_store(url: str = "") -> Engine:
-    """An engine on the store, with the tables created; SQLite gets WAL and full fsync on commit."""
+SQLITE_SYNC_MODES = ("FULL", "NORMAL")
+
+
+def open_store(url: str = "", sqlite_synchronous: str = "FULL") -> Engine:
+    """An engine on the store, with the tables created; SQLite gets WAL and fsync on commit (FULL).
+
+    With NORMAL, SQLite in WAL mode still loses nothing when the process is killed, but a power cut
+    or OS crash can lose the last commits.
+    """
     url = url or default_url()
+    if sqlite_synchronous.upper() not in SQLITE_SYNC_MODES:
+        raise FlywheelError(
+            f"sqlite_synchronous {sqlite_synchronous!r}: expected one of {', '.join(SQLITE_SYNC_MODES)}"
+        )
     try:
         parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError as exc:
@@ -81,7 +93,7 @@ def open_store(url: str = "") -> Engine:
         def _pragmas(dbapi_conn, _record):
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute(f"PRAGMA synchronous={sqlite_synchronous.upper()}")
             cur.close()
     elif parsed.get_backend_name() == "postgresql":
         engine = sa.create_engine(url, pool_pre_ping=True)

@@ -306,6 +306,15 @@ def test_bad_store_url_is_a_clear_error():
         open_store("mysql://localhost/x")
     with pytest.raises(FlywheelError, match="not a SQLAlchemy URL"):
         open_store("not a url")
+    with pytest.raises(FlywheelError, match="expected one of FULL, NORMAL"):
+        open_store("sqlite://", sqlite_synchronous="OFF")
+
+
+def test_sqlite_store_is_wal_with_fsync_on_commit(tmp_path):
+    engine = open_store(f"sqlite:///{tmp_path / 's.db'}")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
 
 
 def _free_port() -> int:
