@@ -455,3 +455,27 @@ def test_micro_batcher_error_reaches_every_waiting_request():
         return out
 
     assert all(isinstance(r, RuntimeError) for r in asyncio.run(run()))
+
+
+def test_serves_an_mlflow_model_uri_with_its_registry_version(tiny_artifact, tmp_path, monkeypatch):
+    from model import registry
+    from model.config import RegistryConfig
+    from model.predictor import IntentPredictor
+
+    work = tmp_path / "work"
+    monkeypatch.setenv("FLYWHEEL_WORK_DIR", str(work))  # the registry and the server share this MLflow store
+    predictor = IntentPredictor.load(tiny_artifact["artifact"])
+    version = registry.register(RegistryConfig(), Path(tiny_artifact["artifact"]), predictor.meta, predictor.digest)
+    registry.promote(RegistryConfig(), version["version"])
+    port = free_port()
+    proc = start_server(["--stable", "models:/flywheel-intent@champion"], work, port)
+    try:
+        wait_ready(proc, f"http://127.0.0.1:{port}", work)
+        resp = httpx.post(
+            f"http://127.0.0.1:{port}/v1/models/{NAME}:predict", json={"instances": ["where is my order"]}
+        )
+        assert resp.status_code == 200
+        assert resp.json()["predictions"][0]["model_version"] == str(version["version"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
