@@ -67,6 +67,8 @@ def _text_id(value, what: str, required: bool) -> str:
         raise BadEvent(400, f"{what} must be a string, got {type(value).__name__}")
     if len(value) > MAX_ID_CHARS:
         raise BadEvent(400, f"{what} is {len(value)} characters long, the limit is {MAX_ID_CHARS}")
+    if "\x00" in value:
+        raise BadEvent(400, f"{what} contains a NUL character")
     return value
 
 
@@ -120,7 +122,9 @@ def parse_event(headers: dict[str, str], body: bytes, now: datetime) -> tuple[st
         "component": str(attrs.get("component", ""))[:100],
         "endpoint": str(attrs.get("endpoint", ""))[:100],
         "metadata_json": _metadata(attrs.get("metadata")),
-        "content_type": content_type if not structured else str(attrs.get("datacontenttype") or "application/json"),
+        "content_type": (content_type if not structured else str(attrs.get("datacontenttype") or "application/json"))[
+            :100
+        ],
         "body": text,
     }
 
@@ -150,7 +154,12 @@ def _feedback_fields(payload) -> dict:
     comment = payload.get("comment", "")
     if not isinstance(comment, str):
         raise BadEvent(400, f"comment must be a string, got {type(comment).__name__}")
-    return {"kind": kind, "request_id": request_id, "conversation_id": conversation_id, "comment": comment[:2000]}
+    return {
+        "kind": kind,
+        "request_id": request_id,
+        "conversation_id": conversation_id,
+        "comment": comment.replace("\x00", "")[:2000],
+    }
 
 
 class CollectorMetrics:
@@ -178,7 +187,8 @@ def build_app(cfg: CollectorConfig, registry: CollectorRegistry | None = None) -
         try:
             table, row = parse_event({k.lower(): v for k, v in request.headers.items()}, await request.body(), started)
         except BadEvent as bad:
-            metrics.events.labels(request.headers.get("ce-type", "unknown")[:100], "rejected").inc()
+            claimed = request.headers.get("ce-type")  # only known types become labels: no unbounded series
+            metrics.events.labels(claimed if claimed in EVENT_TYPES else "other", "rejected").inc()
             return JSONResponse({"error": bad.reason}, status_code=bad.status)
         event_type = request.headers.get("ce-type", FEEDBACK_TYPE if table == "feedback" else "inference")
         try:

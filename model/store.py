@@ -154,14 +154,23 @@ class GroupCommitWriter:
             batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
             try:
                 inserted = await loop.run_in_executor(self._executor, self._commit, batch)
-            except Exception as exc:  # noqa: BLE001 - every caller in the batch answers with the error
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
+            except Exception:  # noqa: BLE001 - retried one by one, so one bad row cannot fail its neighbours
+                await self._commit_each(loop, batch)
                 continue
             for item, new in zip(batch, inserted):
                 if not item.future.done():
                     item.future.set_result(new)
+
+    async def _commit_each(self, loop, batch: list[Pending]) -> None:
+        for item in batch:
+            try:
+                (new,) = await loop.run_in_executor(self._executor, self._commit, [item])
+            except Exception as exc:  # noqa: BLE001 - this caller answers with the error
+                if not item.future.done():
+                    item.future.set_exception(exc)
+                continue
+            if not item.future.done():
+                item.future.set_result(new)
 
     def _commit(self, batch: list[Pending]) -> list[bool]:
         """One transaction for the whole batch; which rows were new comes back from RETURNING."""

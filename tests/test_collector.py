@@ -161,6 +161,44 @@ def test_same_event_twice_is_stored_once(collector):
     assert post(client, fb).json()["stored"] is True
     assert post(client, fb).json()["duplicate"] is True
     assert count_rows(open_store(cfg.store_url)) == {"inference": 2, "feedback": 1}
+    metrics = client.get("/metrics").text
+    assert f'flywheel_collector_events_total{{outcome="duplicate",type="{REQUEST_TYPE}"}} 1.0' in metrics
+    assert f'flywheel_collector_events_total{{outcome="stored",type="{FEEDBACK_TYPE}"}} 1.0' in metrics
+
+
+def test_store_failure_is_503_not_acknowledged(collector):
+    client, cfg = collector
+    engine = open_store(cfg.store_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE feedback_events"))
+    resp = post(client, feedback_event("fb-lost", T0, kind="resolved", conversation_id="c"))
+    assert resp.status_code == 503 and "store unavailable" in resp.json()["error"]
+    req, _ = v1_call("req-after", ["still works"], ["talk_to_human"], T0)
+    assert post(client, req).status_code == 200  # one failing batch does not stop the writer
+
+
+def test_export_events_cli(collector, tmp_path, capsys):
+    from scripts.cli import main
+
+    client, cfg = collector
+    for event in v1_call("req-cli", ["hello"], ["talk_to_human"], T0):
+        post(client, event)
+    out = tmp_path / "snap.parquet"
+    args = [
+        "export-events",
+        "--store_url",
+        cfg.store_url,
+        "--export_out",
+        str(out),
+        "--report_dir",
+        str(tmp_path / "r"),
+    ]
+    assert main([*args, "--start", T0.isoformat(), "--end", (T0 + timedelta(hours=1)).isoformat()]) == 0
+    result = json.loads((tmp_path / "r" / "export-events.json").read_text())
+    assert result["rows"] == 1 and result["content_digest"] in (tmp_path / "r" / "export-events.md").read_text()
+    assert pq.read_table(out).num_rows == 1
+    assert main([*args, "--start", "last tuesday"]) == 2
+    assert "ISO 8601" in capsys.readouterr().err
 
 
 def test_concurrent_duplicates_are_stored_once(collector):
@@ -264,6 +302,7 @@ BAD_EVENTS = [
         400,
         "request_id must be a string",
     ),
+    ("feedback id with NUL", feedback_event("fb-n", T0, kind="resolved", request_id="a\x00b"), 400, "NUL character"),
     ("feedback not an object", (feedback_event("fb-w", T0, kind="x")[0], b"[1, 2]"), 400, "must be a JSON object"),
 ]
 

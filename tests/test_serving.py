@@ -479,3 +479,29 @@ def test_serves_an_mlflow_model_uri_with_its_registry_version(tiny_artifact, tmp
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def _metric(text: str, name: str, **labels) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_concurrent_requests_share_forward_passes(server):
+    base = server["base"]
+    before = _metric(httpx.get(f"{base}/metrics").text, "flywheel_batch_texts_count", arm="stable")
+
+    async def burst():
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(f"{base}/v1/models/{NAME}:predict", json={"instances": [f"where is order {i}"]})
+                    for i in range(32)
+                )
+            )
+
+    answers = asyncio.run(burst())
+    assert all(a.status_code == 200 for a in answers)
+    passes = _metric(httpx.get(f"{base}/metrics").text, "flywheel_batch_texts_count", arm="stable") - before
+    assert 1 <= passes < 32  # 32 requests, fewer forward passes: they were batched
