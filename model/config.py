@@ -107,6 +107,10 @@ class ServeConfig:
     prediction_log: str = _f(
         "", "JSON-lines log of every prediction, shadow ones included (default: <work dir>/serving/predictions.jsonl)"
     )
+    logger_url: str = _f(
+        "",
+        "post each call to this collector URL as KServe's logger would; for local mode (in a cluster KServe does it)",
+    )
 
 
 @dataclass

@@ -221,6 +221,61 @@ class ParsedRequest:
     request_id: str
     conversation_id: str
     started: float = field(default_factory=time.perf_counter)
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+class LocalLogger:
+    """Posts each call as KServe's request/response logger does: two binary-mode CloudEvents sharing ``ce-id``.
+
+    Only for local mode, where no KServe logger proxy runs in front of the model. Like KServe's, its
+    queue is bounded and a full queue makes the request wait; an event the collector does not accept
+    is counted (``flywheel_logger_events_total{outcome}``), not retried.
+    """
+
+    def __init__(self, url: str, registry: CollectorRegistry = REGISTRY, max_pending: int = 100):
+        self.url = url
+        self.max_pending = max_pending
+        self.outcomes = Counter(
+            "flywheel_logger_events", "events posted to the collector", ["outcome"], registry=registry
+        )
+        self._queue: asyncio.Queue | None = None
+        self._worker: asyncio.Task | None = None
+
+    async def log(self, model: IntentModel, request: ParsedRequest, request_body: dict, response_body: dict) -> None:
+        if self._worker is None or self._worker.done():
+            self._queue = self._queue or asyncio.Queue(self.max_pending)
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+        common = {
+            "ce-specversion": "1.0",
+            "ce-id": request.request_id,
+            "ce-source": f"http://flywheel-serve/{model.name}",
+            "ce-inferenceservicename": model.name,
+            "ce-namespace": "local",
+            "ce-component": "predictor",
+            "ce-endpoint": "canary" if model.arm == CANARY else "default",
+            "content-type": "application/json",
+        }
+        if request.conversation_id:
+            common["ce-metadata"] = json.dumps({"X-Conversation-Id": [request.conversation_id]})
+        answered = datetime.now(UTC)
+        for kind, body, moment in (
+            ("request", request_body, request.received_at),
+            ("response", response_body, answered),
+        ):
+            headers = {**common, "ce-type": f"org.kubeflow.serving.inference.{kind}", "ce-time": moment.isoformat()}
+            await self._queue.put((headers, json.dumps(body).encode()))
+
+    async def _run(self) -> None:
+        import httpx
+
+        async with httpx.AsyncClient(timeout=10) as client:
+            while True:
+                headers, body = await self._queue.get()
+                try:
+                    resp = await client.post(self.url, content=body, headers=headers)
+                    self.outcomes.labels("accepted" if resp.status_code == 200 else f"refused_{resp.status_code}").inc()
+                except httpx.HTTPError:
+                    self.outcomes.labels("unreachable").inc()
 
 
 def model_version(source: str, predictor: IntentPredictor, reg_cfg: RegistryConfig) -> str:
@@ -259,6 +314,7 @@ class IntentModel(kserve.Model):
         self.version = ""
         self._batcher: MicroBatcher | None = None
         self._background: set[asyncio.Task] = set()
+        self.logger: LocalLogger | None = None  # set by serve_step in local mode
 
     def load(self) -> bool:
         """Ready only once the artifact's manifest verified and the catalog covers every intent."""
@@ -364,21 +420,48 @@ class IntentModel(kserve.Model):
             task.add_done_callback(self._background.discard)
         replies = [self.catalog.reply(p.intent, p.fallback) for p in preds]
         if request.protocol == "v2":
-            return self._v2_response(request, preds, replies)
-        return {
-            "predictions": [
-                {
-                    "intent": p.intent,
-                    "confidence": round(p.confidence, 6),
-                    "fallback": p.fallback,
-                    "reply": reply,
-                    "model_version": self.version,
-                    "arm": self.arm,
-                    "request_id": request.request_id,
-                }
-                for p, reply in zip(preds, replies)
-            ]
+            response = self._v2_response(request, preds, replies)
+        else:
+            response = {
+                "predictions": [
+                    {
+                        "intent": p.intent,
+                        "confidence": round(p.confidence, 6),
+                        "fallback": p.fallback,
+                        "reply": reply,
+                        "model_version": self.version,
+                        "arm": self.arm,
+                        "request_id": request.request_id,
+                    }
+                    for p, reply in zip(preds, replies)
+                ]
+            }
+        if self.logger is not None:
+            await self.logger.log(self, request, *self._logged_bodies(request, response, preds, replies))
+        return response
+
+    def _logged_bodies(self, request: ParsedRequest, response, preds: list[Prediction], replies: list[str]):
+        """The request and response as JSON, as KServe's logger would have read them off the wire."""
+        if request.protocol == "v1":
+            return {"instances": request.texts}, response
+        n = [len(preds)]
+        request_body = {
+            "id": request.request_id,
+            "inputs": [{"name": "text", "shape": n, "datatype": "BYTES", "data": request.texts}],
         }
+        response_body = {
+            "id": request.request_id,
+            "model_name": self.name,
+            "model_version": self.version,
+            "outputs": [
+                {"name": "intent", "shape": n, "datatype": "BYTES", "data": [p.intent for p in preds]},
+                {"name": "confidence", "shape": n, "datatype": "FP32", "data": [p.confidence for p in preds]},
+                {"name": "fallback", "shape": n, "datatype": "BOOL", "data": [p.fallback for p in preds]},
+                {"name": "reply", "shape": n, "datatype": "BYTES", "data": replies},
+            ],
+            "parameters": {"model_version": self.version, "arm": self.arm},
+        }
+        return request_body, response_body
 
     def _v2_response(self, request: ParsedRequest, preds: list[Prediction], replies: list[str]) -> InferResponse:
         n = [len(preds)]
@@ -480,6 +563,10 @@ def serve_step(stable: str, canary: str, shadow: str, cfg: ServeConfig, reg_cfg:
     metrics = ServingMetrics()
     log = PredictionLog(log_path)
     models = build_models(stable, canary, shadow, cfg, reg_cfg, metrics, log)
+    if cfg.logger_url:
+        logger = LocalLogger(cfg.logger_url)
+        for model in models:
+            model.logger = logger
     kserve_server.app.add_middleware(BodyLimit, max_body_bytes=cfg.max_body_bytes, on_status=metrics.observe_status)
     server = LoopbackModelServer(
         cfg.host,
@@ -502,6 +589,7 @@ def serve_step(stable: str, canary: str, shadow: str, cfg: ServeConfig, reg_cfg:
         "endpoints": served,
         "address": f"http://{cfg.host}:{cfg.http_port}",
         "prediction_log": str(log_path),
+        "logger_url": cfg.logger_url,
         "uptime_s": round(time.time() - started, 1),
     }
     rows = "\n".join(f"| `{n}` | {v['arm']} | {v['model_version']} | `{v['source']}` |" for n, v in served.items())

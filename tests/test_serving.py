@@ -505,3 +505,61 @@ def test_concurrent_requests_share_forward_passes(server):
     assert all(a.status_code == 200 for a in answers)
     passes = _metric(httpx.get(f"{base}/metrics").text, "flywheel_batch_texts_count", arm="stable") - before
     assert 1 <= passes < 32  # 32 requests, fewer forward passes: they were batched
+
+
+def test_local_logger_posts_calls_to_the_collector(tiny_artifact, tmp_path):
+    """Local mode: the predictor posts KServe-logger CloudEvents to `flywheel collect`; the export joins them."""
+    from datetime import UTC, datetime, timedelta
+
+    import pyarrow.parquet as pq
+
+    from model.event_export import export_window
+    from model.store import open_store
+
+    work, store = tmp_path / "work", f"sqlite:///{tmp_path / 'conversations.db'}"
+    work.mkdir()
+    collector_port, port = free_port(), free_port()
+    env = {**os.environ, "FLYWHEEL_WORK_DIR": str(work)}
+    collector = subprocess.Popen(
+        [sys.executable, "-m", "scripts.cli", "collect", "--http_port", str(collector_port), "--store_url", store,
+         "--report_dir", str(work / "reports")],
+        cwd=PROJECT_ROOT, env=env, stdout=open(work / "collector.log", "w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    art = tiny_artifact["artifact"]
+    logger_url = f"http://127.0.0.1:{collector_port}/"
+    proc = start_server(["--stable", art, "--canary", art, "--logger_url", logger_url], work, port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, base, work)
+        v1 = httpx.post(
+            f"{base}/v1/models/{NAME}:predict",
+            json={"instances": ["where is my order"]},
+            headers={"ce-id": "local-1", "x-conversation-id": "conv-local"},
+        ).json()["predictions"][0]
+        v2 = httpx.post(
+            f"{base}/v2/models/{NAME}-canary/infer",
+            json={"id": "local-2", "inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["a", "b"]}]},
+        ).json()
+        deadline = time.time() + 30
+        while time.time() < deadline and 'outcome="accepted"} 4.0' not in httpx.get(f"{base}/metrics").text:
+            time.sleep(0.2)
+        now = datetime.now(UTC)
+        result = export_window(
+            open_store(store), now - timedelta(hours=1), now + timedelta(minutes=1), tmp_path / "x.parquet"
+        )
+    finally:
+        for p in (proc, collector):
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=30)
+    assert result["rows"] == 3, (work / "collector.log").read_text()
+    rows = {(r["request_id"], r["index"]): r for r in pq.read_table(tmp_path / "x.parquet").to_pylist()}
+    first = rows[("local-1", 0)]
+    assert (first["text"], first["predicted_intent"], first["arm"], first["conversation_id"]) == (
+        "where is my order",
+        v1["intent"],
+        "stable",
+        "conv-local",
+    )
+    assert first["model_version"] == v1["model_version"] and first["latency_ms"] >= 0
+    assert [rows[("local-2", i)]["predicted_intent"] for i in (0, 1)] == v2["outputs"][0]["data"]
+    assert rows[("local-2", 1)]["arm"] == "canary" and rows[("local-2", 1)]["text"] == "b"
