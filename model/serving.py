@@ -517,6 +517,23 @@ class IntentModel(kserve.Model):
         ]
 
 
+def check_v2_binary(path: str, headers: dict[bytes, bytes], body: bytes) -> str | None:
+    """Decode a binary-extension V2 request up front: kserve's own decoding answers 500 on a malformed one."""
+    length = headers.get(b"inference-header-content-length")
+    content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+    if length is None or not path.endswith("/infer") or content_type in (b"application/json", b""):
+        return None
+    if not length.isdigit() or int(length) > len(body):
+        return f"inference-header-content-length {length.decode('latin-1')!r} is not a length within the body"
+    try:
+        request = InferRequest.from_bytes(body, int(length), "check")
+        for tensor in request.inputs:
+            tensor.as_numpy()
+    except Exception as exc:  # noqa: BLE001 - any decoding failure is the request's fault
+        return f"malformed binary inference request: {type(exc).__name__}: {exc}"
+    return None
+
+
 class LoopbackModelServer(kserve.ModelServer):
     """kserve's ModelServer with the listen address chosen by us (kserve hard-codes 0.0.0.0)."""
 
@@ -567,7 +584,9 @@ def serve_step(stable: str, canary: str, shadow: str, cfg: ServeConfig, reg_cfg:
         logger = LocalLogger(cfg.logger_url)
         for model in models:
             model.logger = logger
-    kserve_server.app.add_middleware(BodyLimit, max_body_bytes=cfg.max_body_bytes, on_status=metrics.observe_status)
+    kserve_server.app.add_middleware(
+        BodyLimit, max_body_bytes=cfg.max_body_bytes, on_status=metrics.observe_status, check=check_v2_binary
+    )
     server = LoopbackModelServer(
         cfg.host,
         http_port=cfg.http_port,

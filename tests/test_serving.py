@@ -230,6 +230,9 @@ def test_shadow_predicts_too_and_both_are_logged(server):
     assert "text" not in by_arm["stable"]  # texts reach the store redacted, through the collector only
 
 
+BINARY_HEAD = json.dumps(
+    {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 20}}]}
+).encode()
 BAD_INPUTS = [
     # (what, path suffix, body, headers, status, message fragment)
     (
@@ -342,6 +345,30 @@ BAD_INPUTS = [
         {"content-type": "application/octet-stream"},
         400,
         "header is missing",
+    ),
+    (
+        "v2 binary tensor garbage",
+        "/infer",
+        BINARY_HEAD + b"X" * 20,
+        {"content-type": "application/octet-stream", "inference-header-content-length": str(len(BINARY_HEAD))},
+        400,
+        "malformed binary inference request",
+    ),
+    (
+        "v2 binary length past the body",
+        "/infer",
+        BINARY_HEAD,
+        {"content-type": "application/octet-stream", "inference-header-content-length": "99999"},
+        400,
+        "not a length within the body",
+    ),
+    (
+        "v2 binary length not a number",
+        "/infer",
+        BINARY_HEAD,
+        {"content-type": "application/octet-stream", "inference-header-content-length": "abc"},
+        400,
+        "not a length within the body",
     ),
     ("unknown model", ":predict", b'{"instances": ["hi"]}', {"content-type": "application/json"}, 404, "nope"),
 ]
