@@ -106,7 +106,7 @@ class ServingMetrics:
         self._arms[name] = (version, arm)
 
     def observe_status(self, path: str, status: int) -> None:
-        """Count error answers per arm; errors on unknown routes go under the model name asked for."""
+        """Count error answers per arm; errors for models not served count under version and arm "unknown"."""
         if status < 400:
             return
         match = _ROUTE.match(path)
@@ -126,7 +126,7 @@ class ServingMetrics:
 class PredictionLog:
     """Append-only JSON lines, one per prediction (shadow ones included), flushed per request.
 
-    Texts are not written here: the conversation store receives them, redacted, through the collector.
+    Texts are not written here: they reach the conversation store through the collector only.
     """
 
     def __init__(self, path: Path):
@@ -158,6 +158,7 @@ class MicroBatcher:
         self._on_batch = on_batch
         self._pending: deque[_Job] = deque()
         self._pending_texts = 0
+        self._last_jobs = 0
         self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flywheel-infer")
@@ -179,7 +180,10 @@ class MicroBatcher:
             while not self._pending:
                 self._arrived.clear()
                 await self._arrived.wait()
-            deadline = loop.time() + self.max_wait_s
+            # A lone caller (one request waiting, and the last pass served only one) does not wait for
+            # company that is not coming; under concurrency requests also pile up while the model runs.
+            alone = len(self._pending) == 1 and self._last_jobs <= 1
+            deadline = loop.time() + (0.0 if alone else self.max_wait_s)
             while self._pending_texts < self.max_batch_size and (remaining := deadline - loop.time()) > 0:
                 self._arrived.clear()
                 try:
@@ -192,6 +196,7 @@ class MicroBatcher:
                 jobs.append(job)
                 count += len(job.texts)
             self._pending_texts -= count
+            self._last_jobs = len(jobs)
             texts = [t for job in jobs for t in job.texts]
             try:
                 preds = await loop.run_in_executor(self._executor, self._predict, texts)

@@ -590,3 +590,15 @@ def test_local_logger_posts_calls_to_the_collector(tiny_artifact, tmp_path):
     assert first["model_version"] == v1["model_version"] and first["latency_ms"] >= 0
     assert [rows[("local-2", i)]["predicted_intent"] for i in (0, 1)] == v2["outputs"][0]["data"]
     assert rows[("local-2", 1)]["arm"] == "canary" and rows[("local-2", 1)]["text"] == "b"
+
+
+def test_micro_batcher_does_not_make_a_lone_caller_wait():
+    async def run():
+        batcher = MicroBatcher(lambda texts: list(texts), max_batch_size=8, max_wait_s=0.5)
+        started = time.perf_counter()
+        for i in range(3):  # one caller at a time, as a single chat user
+            assert await batcher.predict([f"t{i}"]) == [f"t{i}"]
+        batcher.close()
+        return time.perf_counter() - started
+
+    assert asyncio.run(run()) < 0.5  # three calls, not three waits of 0.5 s
