@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from model.config import CollectorConfig
-from model.http_guard import BodyLimit
+from model.http_guard import BodyLimit, ensure_can_listen
 from model.store import GroupCommitWriter, open_store
 
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
@@ -233,6 +233,7 @@ def collect_step(cfg: CollectorConfig) -> tuple[dict, str]:
 
     from model.store import count_rows
 
+    ensure_can_listen(cfg.host, cfg.http_port)
     app = build_app(cfg)
     started = datetime.now(UTC)
     uvicorn.Server(

@@ -10,7 +10,10 @@ response status to a callback, which the servers use for their error counters.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Awaitable, Callable
+
+from model.errors import FlywheelError
 
 StatusCallback = Callable[[str, int], None]
 BodyCheck = Callable[[str, dict[bytes, bytes], bytes], str | None]
@@ -80,3 +83,14 @@ class BodyLimit:
             }
         )
         await send({"type": "http.response.body", "body": payload})
+
+
+def ensure_can_listen(host: str, port: int) -> None:
+    """Fail with a clear message before loading anything when the address is taken or not ours."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise FlywheelError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc

@@ -41,7 +41,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from model.catalog import ResponseCatalog
 from model.config import RegistryConfig, ServeConfig, work_dir
 from model.errors import FlywheelError
-from model.http_guard import BodyLimit
+from model.http_guard import BodyLimit, ensure_can_listen
 from model.predictor import IntentPredictor, Prediction
 
 # kserve parses sys.argv when its model_server module is imported; keep `flywheel serve`'s own
@@ -581,6 +581,7 @@ def build_models(
 
 def serve_step(stable: str, canary: str, shadow: str, cfg: ServeConfig, reg_cfg: RegistryConfig) -> tuple[dict, str]:
     """Run the predictor until SIGTERM/SIGINT; return what was served."""
+    ensure_can_listen(cfg.host, cfg.http_port)
     log_path = Path(cfg.prediction_log) if cfg.prediction_log else work_dir() / "serving" / "predictions.jsonl"
     metrics = ServingMetrics()
     log = PredictionLog(log_path)

@@ -408,3 +408,16 @@ def test_acknowledged_events_survive_sigkill(tmp_path):
     with engine.connect() as conn:
         stored = {r[0] for r in conn.execute(sa.text("SELECT event_id FROM inference_events"))}
     assert set(acked) <= stored
+
+
+def test_taken_port_is_a_clear_error(tmp_path, capsys):
+    from scripts.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["collect", "--http_port", str(port), "--store_url", f"sqlite:///{tmp_path / 's.db'}"])
+    assert code == 2
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in capsys.readouterr().err
+    assert not (tmp_path / "s.db").exists()  # nothing opened before the check
