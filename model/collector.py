@@ -55,7 +55,8 @@ def _parse_time(value, what: str) -> datetime:
             moment = datetime.fromisoformat(str(value))
         except ValueError as exc:
             raise BadEvent(400, f"{what} {value!r} is not an RFC 3339 timestamp") from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    # stored in UTC: SQLite keeps the wall-clock time only, so an offset would shift the event in time
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _text_id(value, what: str, required: bool) -> str:

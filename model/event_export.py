@@ -102,7 +102,8 @@ def _body(event: dict | None) -> dict:
 
 
 def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite returns naive datetimes
+    """Aware UTC; naive values are UTC already (the store keeps UTC, SQLite returns it without tzinfo)."""
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def logged_events(events: list[dict], feedback: list[dict]) -> list[dict]:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import httpx
 import pyarrow.parquet as pq
@@ -421,3 +421,20 @@ def test_taken_port_is_a_clear_error(tmp_path, capsys):
     assert code == 2
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in capsys.readouterr().err
     assert not (tmp_path / "s.db").exists()  # nothing opened before the check
+
+
+def test_times_with_an_offset_land_in_the_right_utc_window(collector, tmp_path):
+    client, cfg = collector
+    plus_two = timezone(timedelta(hours=2))
+    for event in v1_call("req-tz", ["hallo"], ["talk_to_human"], T0.astimezone(plus_two)):  # same instant as T0
+        assert post(client, event).status_code == 200
+    engine = open_store(cfg.store_url)
+    inside = export_window(engine, T0 - timedelta(minutes=1), T0 + timedelta(minutes=1), tmp_path / "in.parquet")
+    assert inside["rows"] == 1
+    (row,) = pq.read_table(tmp_path / "in.parquet").to_pylist()
+    assert row["timestamp"] == T0 and row["latency_ms"] == pytest.approx(12.0)
+    window_in_plus_two = (T0 + timedelta(minutes=1)).astimezone(plus_two)
+    assert export_window(engine, T0.astimezone(plus_two), window_in_plus_two, tmp_path / "b.parquet")["rows"] == 1
+    assert (
+        export_window(engine, T0 + timedelta(minutes=30), T0 + timedelta(hours=3), tmp_path / "o.parquet")["rows"] == 0
+    )
