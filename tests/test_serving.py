@@ -101,6 +101,8 @@ def server(tiny_artifact, tmp_path_factory):
             "200",
             "--max_body_bytes",
             "4096",
+            "--max_batch_wait_ms",
+            "20",  # generous, so the batching test does not depend on how fast this machine is
         ],
         work,
         port,
