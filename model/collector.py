@@ -20,10 +20,12 @@ import re
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
+import sqlalchemy as sa
 from cloudevents.exceptions import GenericException
 from cloudevents.http import from_http
 from prometheus_client import CollectorRegistry, Counter, Histogram, exposition
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -201,7 +203,16 @@ def build_app(cfg: CollectorConfig, registry: CollectorRegistry | None = None) -
         metrics.latency.observe((datetime.now(UTC) - started).total_seconds())
         return JSONResponse({"id": row["event_id"], "stored": new, "duplicate": not new})
 
+    def store_answers() -> None:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
     async def health(_request: Request) -> Response:
+        """Ready only while the store answers: a collector that cannot commit must not receive events."""
+        try:
+            await run_in_threadpool(store_answers)
+        except sa.exc.SQLAlchemyError as exc:
+            return JSONResponse({"status": "store unavailable", "error": str(exc).splitlines()[0]}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def prometheus(request: Request) -> Response:

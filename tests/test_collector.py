@@ -168,6 +168,7 @@ def test_same_event_twice_is_stored_once(collector):
 
 def test_store_failure_is_503_not_acknowledged(collector):
     client, cfg = collector
+    assert client.get("/healthz").json() == {"status": "ok"}
     engine = open_store(cfg.store_url)
     with engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE feedback_events"))
@@ -438,3 +439,20 @@ def test_times_with_an_offset_land_in_the_right_utc_window(collector, tmp_path):
     assert (
         export_window(engine, T0 + timedelta(minutes=30), T0 + timedelta(hours=3), tmp_path / "o.parquet")["rows"] == 0
     )
+
+
+def test_not_ready_while_the_store_is_unreachable(postgres_server):
+    import uuid as uuid_
+
+    name = f"t_{uuid_.uuid4().hex[:12]}"
+    admin = sa.create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    with TestClient(build_app(CollectorConfig(store_url=f"{postgres_server}/{name}"))) as client:
+        assert client.get("/healthz").status_code == 200
+        client.app.state.engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        resp = client.get("/healthz")
+        assert resp.status_code == 503 and resp.json()["status"] == "store unavailable"
+    admin.dispose()
