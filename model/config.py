@@ -20,6 +20,7 @@ from model.errors import FlywheelError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "model" / "configs" / "default.yaml"
 SAMPLE_DATA = PROJECT_ROOT / "model" / "sample_data" / "support.csv"
+RESPONSE_CATALOG = PROJECT_ROOT / "model" / "configs" / "responses.yaml"
 PACKAGED_ENCODER = "packaged:all-MiniLM-L6-v2"
 
 
@@ -109,6 +110,34 @@ class CanaryConfig:
 
 
 @dataclass
+class ServeConfig:
+    host: str = _f(
+        "127.0.0.1", "loopback only: expose the predictor on purpose (a pod sets 0.0.0.0), never by accident"
+    )
+    http_port: int = _f(8080, "KServe's default predictor port, so the same container runs locally and in a cluster")
+    endpoint: str = _f("flywheel-intent", "model name in the URL: /v1/models/NAME:predict; the canary is NAME-canary")
+    catalog: str = _f(str(RESPONSE_CATALOG), "YAML mapping intent -> reply text, plus 'fallback' for the hand-off")
+    max_batch_size: int = _f(32, "MiniLM on CPU doubles its throughput from 1 to 32 texts per forward pass")
+    max_batch_wait_ms: float = _f(
+        2.0, "how long a lone request waits for company; small, as batches also form while the model is busy"
+    )
+    max_instances: int = _f(64, "texts per request; a chat front end sends one, replays send a few dozen")
+    max_text_chars: int = _f(
+        1000, "longer texts are pasted logs, not chat messages; refuse rather than truncate silently"
+    )
+    max_body_bytes: int = _f(
+        262144, "64 texts of 1000 characters fit with room for JSON; anything larger is refused unread"
+    )
+    prediction_log: str = _f(
+        "", "JSON-lines log of every prediction, shadow ones included (default: <work dir>/serving/predictions.jsonl)"
+    )
+    logger_url: str = _f(
+        "",
+        "post each call to this collector URL as KServe's logger would; for local mode (in a cluster KServe does it)",
+    )
+
+
+@dataclass
 class DeliveryConfig:
     manifests_dir: str = _f("manifests", "folder Argo CD syncs, one subfolder per environment")
     base_branch: str = _f("main", "branch pull requests target and Argo CD follows")
@@ -166,6 +195,22 @@ class DriftConfig:
     batch_size: int = _f(128, "encoder batch size: fits CPU memory, keeps a GPU busy")
 
 
+@dataclass
+class CollectorConfig:
+    host: str = _f("127.0.0.1", "loopback only unless deployed behind a Service on purpose")
+    http_port: int = _f(8090, "next to the predictor's 8080, so both run on one machine")
+    store_url: str = _f("", "SQLAlchemy URL of the conversation store (default: sqlite:///<work dir>/conversations.db)")
+    max_body_bytes: int = _f(
+        262144, "the logger forwards whole requests; the predictor itself refuses bodies above this"
+    )
+    sqlite_synchronous: str = _f(
+        "FULL", "FULL: a 200 survives a power cut (fsync per commit); NORMAL: survives a crash only, ~5x faster"
+    )
+    export_out: str = _f(
+        "", "Parquet file an export writes (default: <work dir>/snapshots/events-<start>-<end>.parquet)"
+    )
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "train": TrainConfig,
@@ -177,6 +222,8 @@ SECTIONS: dict[str, type] = {
     "prepare": PrepareConfig,
     "checks": CheckConfig,
     "drift": DriftConfig,
+    "serve": ServeConfig,
+    "collect": CollectorConfig,
 }
 
 

@@ -22,6 +22,7 @@ from model.config import (
     SAMPLE_DATA,
     CanaryConfig,
     CheckConfig,
+    CollectorConfig,
     DataConfig,
     DeliveryConfig,
     DriftConfig,
@@ -29,6 +30,7 @@ from model.config import (
     PiiConfig,
     PrepareConfig,
     RegistryConfig,
+    ServeConfig,
     TrainConfig,
     read_yaml_config,
     work_dir,
@@ -172,6 +174,21 @@ class DriftArgs:
     )
 
 
+@dataclass
+class ServeArgs:
+    stable: str = _arg(
+        "", "stable model: artifact folder (as KServe mounts it, /mnt/models) or models:/<name>@<alias> URI"
+    )
+    canary: str = _arg("", "optional canary model, served as <endpoint>-canary (the caller picks the arm)")
+    shadow: str = _arg("", "optional shadow model: predicts on every request, logged and measured, never answers")
+
+
+@dataclass
+class ExportEventsArgs:
+    start: str = _arg("", "window start, ISO 8601 (e.g. 2026-11-01T00:00:00Z); events before it are left out")
+    end: str = _arg("", "window end, ISO 8601, exclusive (default: now)")
+
+
 STEPS = {
     "train": (
         "fine-tune an intent model and write a verified artifact",
@@ -219,6 +236,15 @@ STEPS = {
         "compare recent logs with the training data (Evidently); one verdict with reasons",
         [DriftArgs, DataConfig, DriftConfig, RegistryConfig],
     ),
+    "serve": (
+        "serve stable/canary/shadow models with the KServe ModelServer (V1 and V2 REST)",
+        [ServeArgs, ServeConfig, RegistryConfig],
+    ),
+    "collect": ("store KServe logger CloudEvents and user feedback (idempotent, durable on 200)", [CollectorConfig]),
+    "export-events": (
+        "export a time window of logged events to Parquet with a content digest",
+        [ExportEventsArgs, CollectorConfig],
+    ),
     "demo": (
         "train, evaluate, gate, register and promote on the sample data",
         [DemoArgs, DataConfig, TrainConfig, GateConfig, RegistryConfig],
@@ -235,6 +261,8 @@ SECTION_OF = {
     PrepareConfig: "prepare",
     CheckConfig: "checks",
     DriftConfig: "drift",
+    ServeConfig: "serve",
+    CollectorConfig: "collect",
 }
 
 
@@ -268,6 +296,25 @@ def parse(argv: list[str]) -> tuple[str, dict]:
 def run(step: str, c: dict) -> tuple[dict, str, int]:
     if step in DELIVERY_STEPS or (step == "promote" and c[PromoteArgs].env):
         return run_delivery(step, c)
+    reg_cfg = c.get(RegistryConfig)
+    if step == "serve":
+        from model.serving import serve_step
+
+        a = c[ServeArgs]
+        _require(a.stable, "--stable")
+        result, md = serve_step(a.stable, a.canary, a.shadow, c[ServeConfig], reg_cfg)
+        return result, md, EXIT_OK
+    if step == "collect":
+        from model.collector import collect_step
+
+        result, md = collect_step(c[CollectorConfig])
+        return result, md, EXIT_OK
+    if step == "export-events":
+        from model.event_export import export_step
+
+        a = c[ExportEventsArgs]
+        result, md = export_step(a.start, a.end, c[CollectorConfig])
+        return result, md, EXIT_OK
     from model import pipeline  # heavy imports (torch, mlflow) only once a step runs
 
     data_cfg, train_cfg, gate_cfg, reg_cfg = (c.get(t) for t in (DataConfig, TrainConfig, GateConfig, RegistryConfig))

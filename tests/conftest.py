@@ -83,3 +83,99 @@ def tiny_artifact(tmp_path_factory, tiny_train_cfg, sample_df) -> dict:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         summary, _ = train_step(data, DataConfig(), tiny_train_cfg, RegistryConfig(), root / "artifact")
     return {**summary, "data": str(data), "train_cfg": tiny_train_cfg}
+
+
+def _postgres_bindir() -> Path | None:
+    """Debian's PostgreSQL server binaries (newest version), else whatever initdb is on PATH."""
+    import glob
+    import shutil
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL cluster on a free loopback port, for the whole session.
+
+    Skipped only when the server binaries are absent (`.ci/run` installs Debian's postgresql).
+    PostgreSQL refuses to run as root, so as root the cluster belongs to the `postgres` user.
+    """
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    bindir = _postgres_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="flywheel-pg-"))
+    as_owner: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        as_owner = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = root / "data"
+    subprocess.run(
+        [
+            *as_owner,
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "flywheel",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *as_owner,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(root / "server.log"),
+            "-w",
+            "-o",
+            f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql+psycopg://flywheel@127.0.0.1:{port}"
+    finally:
+        subprocess.run(
+            [*as_owner, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> str:
+    """A fresh, empty store: a SQLite file, or a new database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    import uuid
+
+    import sqlalchemy as sa
+
+    server = request.getfixturevalue("postgres_server")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return f"{server}/{name}"

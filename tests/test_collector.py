@@ -1,0 +1,458 @@
+"""The collector and the conversation store, on SQLite and on a real PostgreSQL.
+
+Events are built with the `cloudevents` package exactly as KServe's logger sends them (binary mode).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta, timezone
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import CloudEvent
+from starlette.testclient import TestClient
+
+from model.collector import FEEDBACK_TYPE, REQUEST_TYPE, RESPONSE_TYPE, build_app
+from model.config import PROJECT_ROOT, CollectorConfig
+from model.event_export import DIGEST_KEY, SCHEMA, export_window
+from model.store import count_rows, open_store
+
+T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+SOURCE = "http://localhost:9081/"
+
+
+def inference_event(
+    kind: str, request_id: str, body: dict, at: datetime, endpoint: str = "default", conversation: str = ""
+) -> tuple[dict, bytes]:
+    """Headers and body of one logger event, as KServe's logger posts it."""
+    attrs = {
+        "type": REQUEST_TYPE if kind == "request" else RESPONSE_TYPE,
+        "source": SOURCE,
+        "id": request_id,
+        "time": at.isoformat(),
+        "inferenceservicename": "support-bot",
+        "namespace": "chat",
+        "component": "predictor",
+        "endpoint": endpoint,
+        "datacontenttype": "application/json",
+    }
+    if conversation:
+        attrs["metadata"] = json.dumps({"X-Conversation-Id": [conversation]})
+    headers, data = to_binary(CloudEvent(attrs, json.dumps(body).encode()), data_marshaller=lambda d: d)
+    headers["content-type"] = "application/json"
+    return headers, data
+
+
+def feedback_event(event_id: str, at: datetime, **payload) -> tuple[dict, bytes]:
+    attrs = {"type": FEEDBACK_TYPE, "source": "chat-frontend", "id": event_id, "time": at.isoformat()}
+    headers, data = to_binary(CloudEvent(attrs, json.dumps(payload).encode()), data_marshaller=lambda d: d)
+    headers["content-type"] = "application/json"
+    return headers, data
+
+
+def v1_call(
+    request_id: str, texts: list[str], intents: list[str], at: datetime, arm: str = "stable", conversation: str = ""
+):
+    req = inference_event(
+        "request",
+        request_id,
+        {"instances": texts},
+        at,
+        conversation=conversation,
+        endpoint="canary" if arm == "canary" else "default",
+    )
+    preds = [
+        {
+            "intent": i,
+            "confidence": 0.9,
+            "fallback": False,
+            "reply": "...",
+            "model_version": "7",
+            "arm": arm,
+            "request_id": request_id,
+        }
+        for i in intents
+    ]
+    resp = inference_event(
+        "response",
+        request_id,
+        {"predictions": preds},
+        at + timedelta(milliseconds=12),
+        conversation=conversation,
+        endpoint="canary" if arm == "canary" else "default",
+    )
+    return req, resp
+
+
+@pytest.fixture
+def collector(store_url):
+    cfg = CollectorConfig(store_url=store_url, max_body_bytes=4096)
+    with TestClient(build_app(cfg)) as client:
+        yield client, cfg
+
+
+def post(client, event) -> httpx.Response:
+    headers, body = event
+    return client.post("/", content=body, headers=headers)
+
+
+def snapshot(url: str) -> dict:
+    engine = open_store(url)
+    with engine.connect() as conn:
+        out = {
+            t: sorted(tuple(map(str, r)) for r in conn.execute(sa.text(f"SELECT * FROM {t}")))
+            for t in ("inference_events", "feedback_events")
+        }
+    engine.dispose()
+    return out
+
+
+def test_request_and_response_join_in_either_order(collector, tmp_path):
+    client, cfg = collector
+    req_a, resp_a = v1_call("req-a", ["where is my order"], ["order_status"], T0, conversation="conv-1")
+    req_b, resp_b = v1_call(
+        "req-b",
+        ["cancel it", "and refund me"],
+        ["cancel_order", "refund_status"],
+        T0 + timedelta(seconds=1),
+        arm="canary",
+    )
+    for event in (req_a, resp_a, resp_b, req_b):  # b's response arrives before its request
+        resp = post(client, event)
+        assert resp.status_code == 200 and resp.json()["stored"] is True
+    result = export_window(open_store(cfg.store_url), T0, T0 + timedelta(hours=1), tmp_path / "out.parquet")
+    assert result["rows"] == 3 and result["requests"] == 2
+    rows = {(r["request_id"], r["index"]): r for r in pq.read_table(tmp_path / "out.parquet").to_pylist()}
+    a = rows[("req-a", 0)]
+    assert (a["text"], a["predicted_intent"], a["conversation_id"], a["arm"], a["model_version"]) == (
+        "where is my order",
+        "order_status",
+        "conv-1",
+        "stable",
+        "7",
+    )
+    assert a["latency_ms"] == pytest.approx(12.0)
+    assert a["confidence"] == pytest.approx(0.9) and a["fallback"] is False
+    assert [rows[("req-b", i)]["text"] for i in (0, 1)] == ["cancel it", "and refund me"]
+    assert [rows[("req-b", i)]["predicted_intent"] for i in (0, 1)] == ["cancel_order", "refund_status"]
+    assert rows[("req-b", 1)]["arm"] == "canary"
+
+
+def test_same_event_twice_is_stored_once(collector):
+    client, cfg = collector
+    req, resp = v1_call("req-dup", ["hello"], ["talk_to_human"], T0)
+    first = post(client, req).json()
+    again = post(client, req).json()
+    assert first == {"id": "req-dup", "stored": True, "duplicate": False}
+    assert again == {"id": "req-dup", "stored": False, "duplicate": True}
+    assert post(client, resp).json()["stored"] is True  # the response shares the id but is its own event
+    fb = feedback_event("fb-1", T0, kind="thumbs_up", request_id="req-dup")
+    assert post(client, fb).json()["stored"] is True
+    assert post(client, fb).json()["duplicate"] is True
+    assert count_rows(open_store(cfg.store_url)) == {"inference": 2, "feedback": 1}
+    metrics = client.get("/metrics").text
+    assert f'flywheel_collector_events_total{{outcome="duplicate",type="{REQUEST_TYPE}"}} 1.0' in metrics
+    assert f'flywheel_collector_events_total{{outcome="stored",type="{FEEDBACK_TYPE}"}} 1.0' in metrics
+
+
+def test_store_failure_is_503_not_acknowledged(collector):
+    client, cfg = collector
+    assert client.get("/healthz").json() == {"status": "ok"}
+    engine = open_store(cfg.store_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE feedback_events"))
+    resp = post(client, feedback_event("fb-lost", T0, kind="resolved", conversation_id="c"))
+    assert resp.status_code == 503 and "store unavailable" in resp.json()["error"]
+    req, _ = v1_call("req-after", ["still works"], ["talk_to_human"], T0)
+    assert post(client, req).status_code == 200  # one failing batch does not stop the writer
+
+
+def test_export_events_cli(collector, tmp_path, capsys):
+    from scripts.cli import main
+
+    client, cfg = collector
+    for event in v1_call("req-cli", ["hello"], ["talk_to_human"], T0):
+        post(client, event)
+    out = tmp_path / "snap.parquet"
+    args = [
+        "export-events",
+        "--store_url",
+        cfg.store_url,
+        "--export_out",
+        str(out),
+        "--report_dir",
+        str(tmp_path / "r"),
+    ]
+    assert main([*args, "--start", T0.isoformat(), "--end", (T0 + timedelta(hours=1)).isoformat()]) == 0
+    result = json.loads((tmp_path / "r" / "export-events.json").read_text())
+    assert result["rows"] == 1 and result["content_digest"] in (tmp_path / "r" / "export-events.md").read_text()
+    assert pq.read_table(out).num_rows == 1
+    assert main([*args, "--start", "last tuesday"]) == 2
+    assert "ISO 8601" in capsys.readouterr().err
+
+
+def test_concurrent_duplicates_are_stored_once(collector):
+    client, cfg = collector
+    events = [v1_call(f"req-{i % 10}", ["hi"], ["talk_to_human"], T0)[0] for i in range(40)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = [r.json() for r in pool.map(lambda e: post(client, e), events)]
+    assert sum(a["stored"] for a in answers) == 10 and sum(a["duplicate"] for a in answers) == 30
+    assert count_rows(open_store(cfg.store_url))["inference"] == 10
+
+
+def test_feedback_by_request_and_by_conversation_reaches_the_export(collector, tmp_path):
+    client, cfg = collector
+    req, resp = v1_call("req-f", ["my parcel is late"], ["order_status"], T0, conversation="conv-9")
+    other_req, other_resp = v1_call("req-g", ["thanks"], ["talk_to_human"], T0, conversation="conv-other")
+    for event in (
+        req,
+        resp,
+        other_req,
+        other_resp,
+        feedback_event("fb-a", T0 + timedelta(minutes=1), kind="thumbs_down", request_id="req-f"),
+        feedback_event("fb-b", T0 + timedelta(minutes=2), kind="escalated", conversation_id="conv-9"),
+    ):
+        assert post(client, event).status_code == 200
+    export_window(open_store(cfg.store_url), T0, T0 + timedelta(hours=1), tmp_path / "f.parquet")
+    rows = {r["request_id"]: r for r in pq.read_table(tmp_path / "f.parquet").to_pylist()}
+    assert rows["req-f"]["feedback"] == ["thumbs_down", "escalated"]
+    assert rows["req-g"]["feedback"] == []
+
+
+def test_v2_bodies_are_understood(collector, tmp_path):
+    client, cfg = collector
+    req = inference_event(
+        "request",
+        "req-v2",
+        {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["reset my password"]}]},
+        T0,
+    )
+    resp = inference_event(
+        "response",
+        "req-v2",
+        {
+            "id": "req-v2",
+            "model_name": "m",
+            "model_version": "3",
+            "outputs": [
+                {"name": "intent", "shape": [1], "datatype": "BYTES", "data": ["reset_password"]},
+                {"name": "confidence", "shape": [1], "datatype": "FP32", "data": [0.42]},
+                {"name": "fallback", "shape": [1], "datatype": "BOOL", "data": [True]},
+            ],
+            "parameters": {"model_version": "3", "arm": "stable"},
+        },
+        T0 + timedelta(milliseconds=5),
+    )
+    assert post(client, req).status_code == 200 and post(client, resp).status_code == 200
+    export_window(open_store(cfg.store_url), T0, T0 + timedelta(hours=1), tmp_path / "v2.parquet")
+    (row,) = pq.read_table(tmp_path / "v2.parquet").to_pylist()
+    assert (row["text"], row["predicted_intent"], row["fallback"], row["model_version"]) == (
+        "reset my password",
+        "reset_password",
+        True,
+        "3",
+    )
+    assert row["confidence"] == pytest.approx(0.42)
+
+
+def test_structured_mode_is_accepted(collector):
+    client, cfg = collector
+    event = CloudEvent(
+        {"type": FEEDBACK_TYPE, "source": "chat", "id": "fb-structured"}, {"kind": "resolved", "conversation_id": "c"}
+    )
+    headers, body = to_structured(event)
+    assert client.post("/events", content=body, headers=headers).json()["stored"] is True
+
+
+def _bad(headers_patch: dict | None = None, body: bytes | None = None, drop: str = ""):
+    headers, data = v1_call("req-bad", ["hi"], ["talk_to_human"], T0)[0]
+    headers = {k: v for k, v in headers.items() if k != drop}
+    headers.update(headers_patch or {})
+    return headers, data if body is None else body
+
+
+BAD_EVENTS = [
+    ("unknown event type", _bad({"ce-type": "com.example.other"}), 400, "unknown event type"),
+    ("missing ce-id", _bad(drop="ce-id"), 400, "ce-id"),
+    ("missing ce-source", _bad(drop="ce-source"), 400, "source"),
+    ("empty ce-id", _bad({"ce-id": ""}), 400, "ce-id"),
+    ("over-long ce-id", _bad({"ce-id": "x" * 201}), 400, "201 characters"),
+    ("wrong content type", _bad({"content-type": "text/plain"}), 415, "content type 'text/plain'"),
+    ("no content type", _bad(drop="content-type"), 415, "(none)"),
+    ("body not JSON", _bad(body=b"{not json"), 400, "not valid UTF-8 JSON"),
+    ("body not UTF-8", _bad(body=b'"\xff\xfe"'), 400, "not valid UTF-8 JSON"),
+    ("bad ce-time", _bad({"ce-time": "yesterday"}), 400, "RFC 3339"),
+    ("bad ce-metadata", _bad({"ce-metadata": "[1]"}), 400, "ce-metadata"),
+    ("over-size body", _bad(body=json.dumps({"instances": ["x" * 5000]}).encode()), 413, "too large"),
+    ("feedback unknown kind", feedback_event("fb-x", T0, kind="meh", request_id="r"), 400, "feedback kind 'meh'"),
+    ("feedback names nothing", feedback_event("fb-y", T0, kind="thumbs_up"), 400, "request_id or a conversation_id"),
+    (
+        "feedback id not text",
+        feedback_event("fb-z", T0, kind="thumbs_up", request_id=5),
+        400,
+        "request_id must be a string",
+    ),
+    ("feedback id with NUL", feedback_event("fb-n", T0, kind="resolved", request_id="a\x00b"), 400, "NUL character"),
+    ("feedback not an object", (feedback_event("fb-w", T0, kind="x")[0], b"[1, 2]"), 400, "must be a JSON object"),
+]
+
+
+@pytest.mark.parametrize(("what", "event", "status", "fragment"), BAD_EVENTS, ids=[b[0] for b in BAD_EVENTS])
+def test_bad_input_gets_4xx_and_touches_nothing(collector, what, event, status, fragment):
+    client, cfg = collector
+    for good in v1_call("req-bad", ["stored before"], ["talk_to_human"], T0):  # same id as the bad one
+        assert post(client, good).status_code == 200
+    before = snapshot(cfg.store_url)
+    resp = post(client, event)
+    assert resp.status_code == status, resp.text
+    assert fragment in resp.json()["error"]
+    assert snapshot(cfg.store_url) == before
+
+
+def test_export_window_digest_and_schema(collector, tmp_path):
+    client, cfg = collector
+    for i, offset in enumerate((-10, 0, 30, 59, 60, 90)):  # minutes from T0; the window is [T0, T0+60min)
+        for event in v1_call(f"req-{i}", [f"text {i}"], ["order_status"], T0 + timedelta(minutes=offset)):
+            assert post(client, event).status_code == 200
+    engine = open_store(cfg.store_url)
+    first = export_window(engine, T0, T0 + timedelta(minutes=60), tmp_path / "a.parquet")
+    again = export_window(engine, T0, T0 + timedelta(minutes=60), tmp_path / "b.parquet")
+    table = pq.read_table(tmp_path / "a.parquet")
+    assert sorted(table.column("request_id").to_pylist()) == ["req-1", "req-2", "req-3"]
+    assert table.schema.remove_metadata() == SCHEMA
+    assert table.schema.metadata[DIGEST_KEY].decode() == first["content_digest"] == again["content_digest"]
+    post(client, feedback_event("fb-late", T0 + timedelta(hours=5), kind="thumbs_up", request_id="req-2"))
+    changed = export_window(engine, T0, T0 + timedelta(minutes=60), tmp_path / "c.parquet")
+    assert changed["content_digest"] != first["content_digest"] and changed["rows"] == first["rows"]
+    empty = export_window(engine, T0 + timedelta(days=3), T0 + timedelta(days=4), tmp_path / "empty.parquet")
+    assert empty["rows"] == 0 and pq.read_table(tmp_path / "empty.parquet").schema.remove_metadata() == SCHEMA
+
+
+def test_bad_store_url_is_a_clear_error():
+    from model.errors import FlywheelError
+
+    with pytest.raises(FlywheelError, match="only sqlite and postgresql"):
+        open_store("mysql://localhost/x")
+    with pytest.raises(FlywheelError, match="not a SQLAlchemy URL"):
+        open_store("not a url")
+    with pytest.raises(FlywheelError, match="expected one of FULL, NORMAL"):
+        open_store("sqlite://", sqlite_synchronous="OFF")
+
+
+def test_sqlite_store_is_wal_with_fsync_on_commit(tmp_path):
+    engine = open_store(f"sqlite:///{tmp_path / 's.db'}")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_acknowledged_events_survive_sigkill(tmp_path):
+    """`flywheel collect` on loopback: every event answered 200 is in the store after a SIGKILL."""
+    port, db = _free_port(), tmp_path / "store.db"
+    env = {**os.environ, "FLYWHEEL_WORK_DIR": str(tmp_path / "work")}
+    log = open(tmp_path / "collector.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.cli", "collect", "--http_port", str(port), "--store_url", f"sqlite:///{db}"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        acked: list[str] = []
+
+        def send(i: int):
+            headers, body = inference_event("request", f"kill-{i}", {"instances": [f"text {i}"]}, T0)
+            try:
+                r = httpx.post(base, content=body, headers=headers, timeout=5)
+            except httpx.HTTPError:
+                return
+            if r.status_code == 200:
+                acked.append(f"kill-{i}")
+
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(send, i) for i in range(400)]
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGKILL)
+            for f in futures:
+                f.result()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert acked, (tmp_path / "collector.log").read_text()
+    engine = sa.create_engine(f"sqlite:///{db}")
+    with engine.connect() as conn:
+        stored = {r[0] for r in conn.execute(sa.text("SELECT event_id FROM inference_events"))}
+    assert set(acked) <= stored
+
+
+def test_taken_port_is_a_clear_error(tmp_path, capsys):
+    from scripts.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["collect", "--http_port", str(port), "--store_url", f"sqlite:///{tmp_path / 's.db'}"])
+    assert code == 2
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in capsys.readouterr().err
+    assert not (tmp_path / "s.db").exists()  # nothing opened before the check
+
+
+def test_times_with_an_offset_land_in_the_right_utc_window(collector, tmp_path):
+    client, cfg = collector
+    plus_two = timezone(timedelta(hours=2))
+    for event in v1_call("req-tz", ["hallo"], ["talk_to_human"], T0.astimezone(plus_two)):  # same instant as T0
+        assert post(client, event).status_code == 200
+    engine = open_store(cfg.store_url)
+    inside = export_window(engine, T0 - timedelta(minutes=1), T0 + timedelta(minutes=1), tmp_path / "in.parquet")
+    assert inside["rows"] == 1
+    (row,) = pq.read_table(tmp_path / "in.parquet").to_pylist()
+    assert row["timestamp"] == T0 and row["latency_ms"] == pytest.approx(12.0)
+    window_in_plus_two = (T0 + timedelta(minutes=1)).astimezone(plus_two)
+    assert export_window(engine, T0.astimezone(plus_two), window_in_plus_two, tmp_path / "b.parquet")["rows"] == 1
+    assert (
+        export_window(engine, T0 + timedelta(minutes=30), T0 + timedelta(hours=3), tmp_path / "o.parquet")["rows"] == 0
+    )
+
+
+def test_not_ready_while_the_store_is_unreachable(postgres_server):
+    import uuid as uuid_
+
+    name = f"t_{uuid_.uuid4().hex[:12]}"
+    admin = sa.create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    with TestClient(build_app(CollectorConfig(store_url=f"{postgres_server}/{name}"))) as client:
+        assert client.get("/healthz").status_code == 200
+        client.app.state.engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        resp = client.get("/healthz")
+        assert resp.status_code == 503 and resp.json()["status"] == "store unavailable"
+    admin.dispose()

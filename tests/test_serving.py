@@ -1,0 +1,606 @@
+"""The predictor on the real kserve ModelServer, started by `flywheel serve` on a loopback port.
+
+Callers are the KServe SDK's own REST client (V1 and V2) and plain HTTP for the bad inputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from model.config import PROJECT_ROOT, RESPONSE_CATALOG
+from model.serving import MicroBatcher
+
+NAME = "intent-test"
+CE_ID = "3f1c5b2e-0000-4000-8000-000000000001"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args: list[str], work: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "FLYWHEEL_WORK_DIR": str(work), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    work.mkdir(parents=True, exist_ok=True)
+    output = open(work / "server.log", "w")  # a file, not a pipe: a full pipe would block the server's logging
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "scripts.cli",
+            "serve",
+            "--http_port",
+            str(port),
+            "--endpoint",
+            NAME,
+            "--report_dir",
+            str(work / "reports"),
+            *args,
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def server_output(work: Path) -> str:
+    return (work / "server.log").read_text()
+
+
+def wait_ready(proc: subprocess.Popen, base: str, work: Path, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}:\n{server_output(work)}")
+        try:
+            if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise AssertionError(f"server not ready within {timeout}s:\n{server_output(work)}")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_artifact, tmp_path_factory):
+    """stable + canary + shadow, small limits so every bad input is cheap to send."""
+    work = tmp_path_factory.mktemp("serve-work")
+    port = free_port()
+    log = work / "predictions.jsonl"
+    art = tiny_artifact["artifact"]
+    proc = start_server(
+        [
+            "--stable",
+            art,
+            "--canary",
+            art,
+            "--shadow",
+            art,
+            "--prediction_log",
+            str(log),
+            "--max_instances",
+            "8",
+            "--max_text_chars",
+            "200",
+            "--max_body_bytes",
+            "4096",
+            "--max_batch_wait_ms",
+            "20",  # generous, so the batching test does not depend on how fast this machine is
+        ],
+        work,
+        port,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, base, work)
+        yield {"base": base, "port": port, "log": log, "proc": proc, "work": work}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        assert proc.returncode == 0, server_output(work)  # a clean stop writes the serve report
+        assert json.loads((work / "reports" / "serve.json").read_text())["endpoints"][NAME]["arm"] == "stable"
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return yaml.safe_load(RESPONSE_CATALOG.read_text())
+
+
+def labels_of(artifact: str) -> list[str]:
+    return json.loads((Path(artifact) / "labels.json").read_text())["labels"]
+
+
+def kserve_client(protocol: str):
+    from kserve import InferenceRESTClient, RESTConfig
+
+    return InferenceRESTClient(RESTConfig(protocol=protocol, retries=0, timeout=30))
+
+
+def test_v1_predict_with_kserve_client(server, tiny_artifact, catalog):
+    async def call():
+        client = kserve_client("v1")
+        return await client.infer(
+            server["base"],
+            {"instances": ["where is my order", {"text": "I want a refund"}]},
+            model_name=NAME,
+            headers={"ce-id": CE_ID, "x-conversation-id": "conv-1"},
+        )
+
+    out = asyncio.run(call())
+    preds = out["predictions"]
+    assert len(preds) == 2
+    labels = labels_of(tiny_artifact["artifact"])
+    for p in preds:
+        assert p["intent"] in labels
+        assert 0.0 <= p["confidence"] <= 1.0
+        assert isinstance(p["fallback"], bool)
+        expected = catalog["fallback"] if p["fallback"] else catalog["intents"][p["intent"]]
+        assert p["reply"] == " ".join(expected.split())
+        assert p["request_id"] == CE_ID and p["arm"] == "stable"
+        assert p["model_version"] == f"sha-{tiny_artifact['artifact_digest'][:12]}"
+
+
+def test_v2_infer_with_kserve_client(server, tiny_artifact):
+    from kserve import InferInput, InferRequest
+
+    texts = ["cancel my order please", "my card was declined", "how do I reset my password"]
+
+    async def call(binary: bool):
+        tensor = InferInput("text", [len(texts)], "BYTES")
+        if binary:
+            import numpy as np
+
+            tensor.set_data_from_numpy(np.array(texts, dtype=object), binary_data=True)
+        else:
+            tensor.data = texts
+        request = InferRequest(NAME, [tensor], request_id=f"req-{binary}")
+        return await kserve_client("v2").infer(server["base"], request, model_name=NAME)
+
+    for binary in (False, True):
+        resp = asyncio.run(call(binary))
+        assert resp.id == f"req-{binary}"
+        out = {o.name: o for o in resp.outputs}
+        assert set(out) == {"intent", "confidence", "fallback", "reply"}
+        intents = [v.decode() if isinstance(v, bytes) else v for v in out["intent"].as_numpy().tolist()]
+        assert len(intents) == 3 and set(intents) <= set(labels_of(tiny_artifact["artifact"]))
+        conf = out["confidence"].as_numpy()
+        assert conf.shape == (3,) and ((conf >= 0) & (conf <= 1)).all()
+        assert resp.parameters == {"model_version": f"sha-{tiny_artifact['artifact_digest'][:12]}", "arm": "stable"}
+
+
+def test_v1_and_v2_agree_and_canary_is_its_own_arm(server):
+    text = "is the blue kettle back in stock"
+    v1 = httpx.post(f"{server['base']}/v1/models/{NAME}:predict", json={"instances": [text]}).json()["predictions"][0]
+    v2 = httpx.post(
+        f"{server['base']}/v2/models/{NAME}/infer",
+        json={"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}]},
+    ).json()
+    assert v2["outputs"][0]["data"][0] == v1["intent"]
+    assert v2["model_version"] == v1["model_version"]
+    assert v2["outputs"][1]["data"][0] == pytest.approx(v1["confidence"], abs=1e-5)
+    canary = httpx.post(f"{server['base']}/v1/models/{NAME}-canary:predict", json={"instances": [text]}).json()
+    assert canary["predictions"][0]["arm"] == "canary"
+    assert canary["predictions"][0]["intent"] == v1["intent"]
+
+
+def _log_lines(path: Path, request_id: str, want: int, timeout: float = 10) -> list[dict]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        found = [r for r in lines if r["request_id"] == request_id]
+        if len(found) >= want:
+            return found
+        time.sleep(0.1)
+    return found
+
+
+def test_shadow_predicts_too_and_both_are_logged(server):
+    rid = "shadow-check-1"
+    resp = httpx.post(
+        f"{server['base']}/v1/models/{NAME}:predict",
+        json={"instances": ["my parcel never arrived"]},
+        headers={"x-request-id": rid},
+    )
+    assert resp.status_code == 200
+    assert [p["arm"] for p in resp.json()["predictions"]] == ["stable"]  # the user only gets the primary's answer
+    records = _log_lines(server["log"], rid, want=2)
+    by_arm = {r["arm"]: r for r in records}
+    assert set(by_arm) == {"stable", "shadow"}
+    assert by_arm["shadow"]["primary_intent"] == by_arm["stable"]["predicted_intent"]
+    assert by_arm["shadow"]["agrees_with_primary"] is True  # same artifact on both arms
+    assert "text" not in by_arm["stable"]  # texts reach the store redacted, through the collector only
+
+
+BINARY_HEAD = json.dumps(
+    {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 20}}]}
+).encode()
+BAD_INPUTS = [
+    # (what, path suffix, body, headers, status, message fragment)
+    (
+        "malformed JSON v1",
+        ":predict",
+        b'{"instances": ["hi"',
+        {"content-type": "application/json"},
+        400,
+        "Unrecognized request format",
+    ),
+    ("malformed JSON v2", "/infer", b'{"inputs": [', {"content-type": "application/json"}, 422, "json"),
+    ("not JSON at all", ":predict", b"hello", {"content-type": "text/plain"}, 400, "expected a JSON body"),
+    ("JSON list", ":predict", b'["hi"]', {"content-type": "application/json"}, 400, "got a JSON list"),
+    (
+        "missing instances",
+        ":predict",
+        b'{"texts": ["hi"]}',
+        {"content-type": "application/json"},
+        400,
+        "missing 'instances'",
+    ),
+    (
+        "instances not a list",
+        ":predict",
+        b'{"instances": "hi"}',
+        {"content-type": "application/json"},
+        400,
+        "must be a list",
+    ),
+    ("number instance", ":predict", b'{"instances": [42]}', {"content-type": "application/json"}, 400, "instances[0]"),
+    (
+        "null text",
+        ":predict",
+        b'{"instances": [{"text": null}]}',
+        {"content-type": "application/json"},
+        400,
+        "instances[0]",
+    ),
+    ("no instances", ":predict", b'{"instances": []}', {"content-type": "application/json"}, 400, "no texts"),
+    ("empty text", ":predict", b'{"instances": ["   "]}', {"content-type": "application/json"}, 400, "text 0 is empty"),
+    (
+        "over-long text",
+        ":predict",
+        json.dumps({"instances": ["x" * 201]}).encode(),
+        {"content-type": "application/json"},
+        400,
+        "201 characters",
+    ),
+    (
+        "too many instances",
+        ":predict",
+        json.dumps({"instances": ["hi"] * 9}).encode(),
+        {"content-type": "application/json"},
+        400,
+        "too many instances: 9",
+    ),
+    (
+        "over-size body",
+        ":predict",
+        json.dumps({"instances": ["hi " * 60] * 30}).encode(),
+        {"content-type": "application/json"},
+        413,
+        "too large",
+    ),
+    (
+        "v2 wrong input name",
+        "/infer",
+        json.dumps({"inputs": [{"name": "query", "shape": [1], "datatype": "BYTES", "data": ["hi"]}]}).encode(),
+        {"content-type": "application/json"},
+        400,
+        "named 'text'",
+    ),
+    (
+        "v2 wrong datatype",
+        "/infer",
+        json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "INT32", "data": [1]}]}).encode(),
+        {"content-type": "application/json"},
+        400,
+        "datatype BYTES",
+    ),
+    (
+        "v2 shape mismatch",
+        "/infer",
+        json.dumps({"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["hi"]}]}).encode(),
+        {"content-type": "application/json"},
+        400,
+        "says 2 texts",
+    ),
+    (
+        "v2 2-D shape",
+        "/infer",
+        json.dumps({"inputs": [{"name": "text", "shape": [1, 2], "datatype": "BYTES", "data": ["a", "b"]}]}).encode(),
+        {"content-type": "application/json"},
+        400,
+        "shape [N] or [N, 1]",
+    ),
+    (
+        "v2 non-text element",
+        "/infer",
+        json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [7]}]}).encode(),
+        {"content-type": "application/json"},
+        400,
+        "expected a text",
+    ),
+    ("v2 missing inputs", "/infer", b'{"id": "x"}', {"content-type": "application/json"}, 422, "inputs"),
+    (
+        "v2 binary without length header",
+        "/infer",
+        b"\x00\x01",
+        {"content-type": "application/octet-stream"},
+        400,
+        "header is missing",
+    ),
+    (
+        "v2 binary tensor garbage",
+        "/infer",
+        BINARY_HEAD + b"X" * 20,
+        {"content-type": "application/octet-stream", "inference-header-content-length": str(len(BINARY_HEAD))},
+        400,
+        "malformed binary inference request",
+    ),
+    (
+        "v2 binary length past the body",
+        "/infer",
+        BINARY_HEAD,
+        {"content-type": "application/octet-stream", "inference-header-content-length": "99999"},
+        400,
+        "not a length within the body",
+    ),
+    (
+        "v2 binary length not a number",
+        "/infer",
+        BINARY_HEAD,
+        {"content-type": "application/octet-stream", "inference-header-content-length": "abc"},
+        400,
+        "not a length within the body",
+    ),
+    ("unknown model", ":predict", b'{"instances": ["hi"]}', {"content-type": "application/json"}, 404, "nope"),
+]
+
+
+@pytest.mark.parametrize(
+    ("what", "suffix", "body", "headers", "status", "fragment"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS]
+)
+def test_bad_input_gets_4xx_naming_the_problem(server, what, suffix, body, headers, status, fragment):
+    name = "nope" if what == "unknown model" else NAME
+    url = (
+        f"{server['base']}/v1/models/{name}{suffix}"
+        if suffix == ":predict"
+        else f"{server['base']}/v2/models/{name}{suffix}"
+    )
+    resp = httpx.post(url, content=body, headers=headers, timeout=30)
+    assert resp.status_code == status, resp.text
+    assert fragment.lower() in resp.text.lower()
+    # and the server keeps serving
+    ok = httpx.post(f"{server['base']}/v1/models/{NAME}:predict", json={"instances": ["hello"]}, timeout=30)
+    assert ok.status_code == 200
+
+
+def test_metrics_are_labelled_by_version_and_arm(server, tiny_artifact):
+    httpx.post(f"{server['base']}/v1/models/{NAME}:predict", json={"instances": ["where is my order"]})
+    httpx.post(f"{server['base']}/v1/models/{NAME}:predict", json={"instances": []})
+    text = httpx.get(f"{server['base']}/metrics").text
+    version = f"sha-{tiny_artifact['artifact_digest'][:12]}"
+    for series in (
+        "flywheel_request_latency_seconds_bucket",
+        "flywheel_predictions_total",
+        "flywheel_prediction_confidence_bucket",
+        "flywheel_batch_texts_bucket",
+    ):
+        assert any(
+            line.startswith(series) and 'arm="stable"' in line and f'model_version="{version}"' in line
+            for line in text.splitlines()
+        ), series
+    assert any(line.startswith("flywheel_predictions_total") and 'arm="shadow"' in line for line in text.splitlines())
+    assert any(line.startswith("flywheel_fallbacks_total") for line in text.splitlines())
+    errors = [line for line in text.splitlines() if line.startswith("flywheel_errors_total") and 'status="400"' in line]
+    assert errors and 'arm="stable"' in errors[0] and float(errors[0].rsplit(" ", 1)[1]) >= 1
+
+
+def test_listens_on_loopback_only(server):
+    port_hex = f"{server['port']:04X}"
+    listening = [
+        line.split()[1]
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+        + Path("/proc/net/tcp6").read_text().splitlines()[1:]
+        if line.split()[1].endswith(":" + port_hex) and line.split()[3] == "0A"
+    ]
+    assert listening == [f"0100007F:{port_hex}"]
+
+
+def test_tampered_artifact_is_never_ready(tiny_artifact, tmp_path):
+    art = tmp_path / "artifact"
+    shutil.copytree(tiny_artifact["artifact"], art)
+    with open(art / "labels.json", "a") as fh:
+        fh.write(" ")
+    port = free_port()
+    proc = start_server(["--stable", str(art)], tmp_path / "work", port)
+    proc.wait(timeout=120)
+    out = server_output(tmp_path / "work")
+    assert proc.returncode == 2
+    assert "labels.json" in out and "sha256 does not match" in out
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1)
+
+
+def test_catalog_must_cover_every_intent(tiny_artifact, tmp_path):
+    catalog = yaml.safe_load(RESPONSE_CATALOG.read_text())
+    missing = labels_of(tiny_artifact["artifact"])[0]
+    del catalog["intents"][missing]
+    path = tmp_path / "responses.yaml"
+    path.write_text(yaml.safe_dump(catalog))
+    proc = start_server(["--stable", tiny_artifact["artifact"], "--catalog", str(path)], tmp_path / "work", free_port())
+    proc.wait(timeout=120)
+    out = server_output(tmp_path / "work")
+    assert proc.returncode == 2 and f"no reply for intent(s) {missing}" in out
+
+
+def test_micro_batcher_joins_concurrent_requests_and_routes_answers():
+    calls: list[list[str]] = []
+
+    def slow_echo(texts):
+        calls.append(list(texts))
+        time.sleep(0.05)
+        return [f"answer:{t}" for t in texts]
+
+    async def run():
+        batcher = MicroBatcher(slow_echo, max_batch_size=8, max_wait_s=0.01)
+        results = await asyncio.gather(*(batcher.predict([f"q{i}", f"r{i}"]) for i in range(20)))
+        batcher.close()
+        return results
+
+    results = asyncio.run(run())
+    assert results == [[f"answer:q{i}", f"answer:r{i}"] for i in range(20)]
+    assert len(calls) < 20 and max(len(c) for c in calls) <= 8
+    assert sorted(t for c in calls for t in c) == sorted(t for i in range(20) for t in (f"q{i}", f"r{i}"))
+
+
+def test_micro_batcher_error_reaches_every_waiting_request():
+    def broken(texts):
+        raise RuntimeError("model exploded")
+
+    async def run():
+        batcher = MicroBatcher(broken, max_batch_size=4, max_wait_s=0.0)
+        out = await asyncio.gather(*(batcher.predict(["x"]) for _ in range(3)), return_exceptions=True)
+        batcher.close()
+        return out
+
+    assert all(isinstance(r, RuntimeError) for r in asyncio.run(run()))
+
+
+def test_serves_an_mlflow_model_uri_with_its_registry_version(tiny_artifact, tmp_path, monkeypatch):
+    from model import registry
+    from model.config import RegistryConfig
+    from model.predictor import IntentPredictor
+
+    work = tmp_path / "work"
+    monkeypatch.setenv("FLYWHEEL_WORK_DIR", str(work))  # the registry and the server share this MLflow store
+    predictor = IntentPredictor.load(tiny_artifact["artifact"])
+    version = registry.register(RegistryConfig(), Path(tiny_artifact["artifact"]), predictor.meta, predictor.digest)
+    registry.promote(RegistryConfig(), version["version"])
+    port = free_port()
+    proc = start_server(["--stable", "models:/flywheel-intent@champion"], work, port)
+    try:
+        wait_ready(proc, f"http://127.0.0.1:{port}", work)
+        resp = httpx.post(
+            f"http://127.0.0.1:{port}/v1/models/{NAME}:predict", json={"instances": ["where is my order"]}
+        )
+        assert resp.status_code == 200
+        assert resp.json()["predictions"][0]["model_version"] == str(version["version"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def _metric(text: str, name: str, **labels) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_concurrent_requests_share_forward_passes(server):
+    base = server["base"]
+    before = _metric(httpx.get(f"{base}/metrics").text, "flywheel_batch_texts_count", arm="stable")
+
+    async def burst():
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(f"{base}/v1/models/{NAME}:predict", json={"instances": [f"where is order {i}"]})
+                    for i in range(32)
+                )
+            )
+
+    answers = asyncio.run(burst())
+    assert all(a.status_code == 200 for a in answers)
+    passes = _metric(httpx.get(f"{base}/metrics").text, "flywheel_batch_texts_count", arm="stable") - before
+    assert 1 <= passes < 32  # 32 requests, fewer forward passes: they were batched
+
+
+def test_local_logger_posts_calls_to_the_collector(tiny_artifact, tmp_path):
+    """Local mode: the predictor posts KServe-logger CloudEvents to `flywheel collect`; the export joins them."""
+    from datetime import UTC, datetime, timedelta
+
+    import pyarrow.parquet as pq
+
+    from model.event_export import export_window
+    from model.store import open_store
+
+    work, store = tmp_path / "work", f"sqlite:///{tmp_path / 'conversations.db'}"
+    work.mkdir()
+    collector_port, port = free_port(), free_port()
+    env = {**os.environ, "FLYWHEEL_WORK_DIR": str(work)}
+    collector = subprocess.Popen(
+        [sys.executable, "-m", "scripts.cli", "collect", "--http_port", str(collector_port), "--store_url", store,
+         "--report_dir", str(work / "reports")],
+        cwd=PROJECT_ROOT, env=env, stdout=open(work / "collector.log", "w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    art = tiny_artifact["artifact"]
+    logger_url = f"http://127.0.0.1:{collector_port}/"
+    proc = start_server(["--stable", art, "--canary", art, "--logger_url", logger_url], work, port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, base, work)
+        v1 = httpx.post(
+            f"{base}/v1/models/{NAME}:predict",
+            json={"instances": ["where is my order"]},
+            headers={"ce-id": "local-1", "x-conversation-id": "conv-local"},
+        ).json()["predictions"][0]
+        v2 = httpx.post(
+            f"{base}/v2/models/{NAME}-canary/infer",
+            json={"id": "local-2", "inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["a", "b"]}]},
+        ).json()
+        deadline = time.time() + 30
+        while time.time() < deadline and 'outcome="accepted"} 4.0' not in httpx.get(f"{base}/metrics").text:
+            time.sleep(0.2)
+        now = datetime.now(UTC)
+        result = export_window(
+            open_store(store), now - timedelta(hours=1), now + timedelta(minutes=1), tmp_path / "x.parquet"
+        )
+    finally:
+        for p in (proc, collector):
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=30)
+    assert result["rows"] == 3, (work / "collector.log").read_text()
+    rows = {(r["request_id"], r["index"]): r for r in pq.read_table(tmp_path / "x.parquet").to_pylist()}
+    first = rows[("local-1", 0)]
+    assert (first["text"], first["predicted_intent"], first["arm"], first["conversation_id"]) == (
+        "where is my order",
+        v1["intent"],
+        "stable",
+        "conv-local",
+    )
+    assert first["model_version"] == v1["model_version"] and first["latency_ms"] >= 0
+    assert [rows[("local-2", i)]["predicted_intent"] for i in (0, 1)] == v2["outputs"][0]["data"]
+    assert rows[("local-2", 1)]["arm"] == "canary" and rows[("local-2", 1)]["text"] == "b"
+
+
+def test_micro_batcher_does_not_make_a_lone_caller_wait():
+    async def run():
+        batcher = MicroBatcher(lambda texts: list(texts), max_batch_size=8, max_wait_s=0.5)
+        started = time.perf_counter()
+        for i in range(3):  # one caller at a time, as a single chat user
+            assert await batcher.predict([f"t{i}"]) == [f"t{i}"]
+        batcher.close()
+        return time.perf_counter() - started
+
+    assert asyncio.run(run()) < 0.5  # three calls, not three waits of 0.5 s
