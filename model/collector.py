@@ -14,6 +14,10 @@ redaction as ``flywheel prepare`` (``data_checks.pii``, one scanner per process)
 written. Response bodies hold the model's outputs (intents, scores, catalog replies) and are kept
 as they are.
 
+``/metrics`` counts events by outcome, and ``flywheel_feedback_total{kind, arm, model_version}``:
+feedback on the answer it names, looked up in the store, which the alert rules and canary analysis
+read (``unknown`` when the feedback names only a conversation).
+
 200 means stored and committed (or already stored: redelivery is harmless). Bad input gets a 4xx
 with the reason and touches nothing; only a store failure gives 503. KServe's logger does not
 retry and treats anything but 200 as lost, so the handler is short: validate, redact, commit,
