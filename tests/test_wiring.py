@@ -27,15 +27,16 @@ VARIABLE = re.compile(r"\$\{\{.*\}\}|^\$[({]?[A-Za-z_][A-Za-z0-9_]*[)}]?$")
 def _calls_in_shell(command: str) -> list[list[str]]:
     """The argument lists following each `flywheel` (any path to it) in a shell command line."""
     tokens = shlex.split(command, posix=True)
-    calls = []
+    calls, command_starts = [], True  # only a command word runs a program, not an argument such as "flywheel"
     for i, token in enumerate(tokens):
-        if token == "flywheel" or token.endswith("/flywheel"):
+        if command_starts and (token == "flywheel" or token.endswith("/flywheel")):
             rest = []
             for t in tokens[i + 1 :]:
                 if t in SHELL_OPERATORS:
                     break
                 rest.append(t)
             calls.append(rest)
+        command_starts = token in SHELL_OPERATORS or (command_starts and re.match(r"^[A-Za-z_]\w*=", token) is not None)
     return calls
 
 
