@@ -199,8 +199,10 @@ def export_window(engine: sa.Engine, start: datetime, end: datetime, out: Path) 
         raise FlywheelError(f"export window is empty: end {end.isoformat()} is not after start {start.isoformat()}")
     events = read_inference(engine, start, end)
     request_ids = {e["event_id"] for e in events}
+    # feedback may name one text of a several-text request: <ce-id>/<i>
+    text_ids = {f"{e['event_id']}/{i}" for e in events if e["kind"] == "request" for i in range(len(_texts(_body(e))))}
     conversations = {_conversation_id(e["metadata_json"]) for e in events}
-    rows, skipped = answered_rows(events, read_feedback(engine, request_ids, conversations))
+    rows, skipped = answered_rows(events, read_feedback(engine, request_ids | text_ids, conversations))
     digest = content_digest(rows)
     metadata = {DIGEST_KEY: digest.encode(), **dict(zip(WINDOW_KEYS, (t.isoformat().encode() for t in (start, end))))}
     write_snapshot(pd.DataFrame(rows, columns=COLUMNS), out, metadata)
