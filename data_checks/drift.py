@@ -320,7 +320,7 @@ def drift_step(
     window of logs) if given, else ``model``'s predictions on the training texts (no feedback then).
     """
     from model.config import work_dir
-    from model.conversations import read_snapshot
+    from model.conversations import read_snapshot, snapshot_info
     from model.data import load_examples
 
     train = load_examples(reference, data_cfg)
@@ -356,10 +356,14 @@ def drift_step(
         f"{logs['timestamp'].min()} to {logs['timestamp'].max()}, model versions "
         f"{', '.join(sorted(map(str, logs['model_version'].unique())))})."
     )
+    info = snapshot_info(current, logs)
     result = {
         **decision.to_dict(),
         "reference": str(reference),
         "current": str(current),
+        # the data window (and digest) compared: what `flywheel request-retrain` asks to retrain on
+        "window": info["window"],
+        "current_digest": info["content_digest"],
         "events": len(logs),
         "reference_rows": len(train),
         "evidently_html": str(html),

@@ -31,6 +31,10 @@ from dataclasses import dataclass
 
 from model.config import PiiConfig
 
+# Every entity covered holds a digit (cards, phones, IBANs, IPv4, SSNs), an "@" (emails) or a ":"
+# (IPv6): a text with none of them is skipped without running the analyzer (most chat messages).
+_MAY_HOLD_PII = re.compile(r"[\d@:]")
+
 # Presidio entity type -> placeholder written into the text.
 PLACEHOLDERS = {
     "EMAIL_ADDRESS": "<EMAIL>",
@@ -66,7 +70,7 @@ class Scanner:
 
     def scan(self, text: str) -> list[Finding]:
         """Non-overlapping findings, left to right; where spans overlap the surer one wins."""
-        if not text:
+        if not text or not _MAY_HOLD_PII.search(text):
             return []
         results = self.engine.analyze(text, language="en", score_threshold=self.cfg.min_score)
         # Surest first, then longest: a Luhn-valid card (score 1.0) beats a phone match on its digits.

@@ -64,7 +64,9 @@ def prometheus_arm_metrics(
     window = max(60, int(seconds))
     arms = {}
     for arm, version in versions.items():
-        selector = f'namespace="{namespace}", arm="{arm}", model_version="{version}"'
+        # By version, not by the `arm` label: in a cluster both revisions run `flywheel serve --stable`
+        # (a pod cannot know its traffic share); the manifest says which version is which arm.
+        selector = f'namespace="{namespace}", model_version="{version}"'
         counts = {
             name: round(_query(session, url, f"sum(increase({template % selector}[{window}s]))"))
             for name, template in COUNTS.items()

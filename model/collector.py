@@ -8,15 +8,27 @@ mode (``application/cloudevents+json``), parsed with the ``cloudevents`` package
   "thumbs_down" | "abandoned" | "escalated" | "resolved", "request_id": ..., "conversation_id": ...,
   "comment": ...}`` naming a request or a conversation (or both).
 
+Personal data never reaches the store: every user text (the strings of a request body, V1
+``instances`` and V2 ``inputs`` data alike, and a feedback ``comment``) goes through the same
+redaction as ``flywheel prepare`` (``data_checks.pii``, one scanner per process) before the row is
+written. Response bodies hold the model's outputs (intents, scores, catalog replies) and are kept
+as they are.
+
+``/metrics`` counts events by outcome, and ``flywheel_feedback_total{kind, arm, model_version}``:
+feedback on the answer it names, looked up in the store, which the alert rules and canary analysis
+read (``unknown`` when the feedback names only a conversation).
+
 200 means stored and committed (or already stored: redelivery is harmless). Bad input gets a 4xx
 with the reason and touches nothing; only a store failure gives 503. KServe's logger does not
-retry and treats anything but 200 as lost, so the handler is short: validate, commit, answer.
+retry and treats anything but 200 as lost, so the handler is short: validate, redact, commit,
+answer (parsing and redaction run on a worker thread, so a long text does not stall other events).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
@@ -30,9 +42,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from model.config import CollectorConfig
+from model.config import CollectorConfig, PiiConfig
 from model.http_guard import BodyLimit, ensure_can_listen
-from model.store import GroupCommitWriter, open_store
+from model.store import GroupCommitWriter, open_store, read_response
 
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
 RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
@@ -40,6 +52,8 @@ FEEDBACK_TYPE = "org.flywheel.feedback"
 EVENT_TYPES = (REQUEST_TYPE, RESPONSE_TYPE, FEEDBACK_TYPE)
 FEEDBACK_KINDS = ("thumbs_up", "thumbs_down", "abandoned", "escalated", "resolved")
 MAX_ID_CHARS = 200
+# Keys of the Open Inference Protocol that hold protocol structure, not user text: left as they are.
+STRUCTURAL_KEYS = frozenset({"id", "name", "datatype", "shape"})
 _JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json$")
 
 
@@ -75,8 +89,19 @@ def _text_id(value, what: str, required: bool) -> str:
     return value
 
 
-def parse_event(headers: dict[str, str], body: bytes, now: datetime) -> tuple[str, dict]:
-    """One HTTP request to (table name, row), or BadEvent naming what is wrong."""
+def redact_json(value, redact: Callable[[str], str]):
+    """Every string in a JSON value redacted, except the protocol's structural fields."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [redact_json(v, redact) for v in value]
+    if isinstance(value, dict):
+        return {k: v if k in STRUCTURAL_KEYS else redact_json(v, redact) for k, v in value.items()}
+    return value
+
+
+def parse_event(headers: dict[str, str], body: bytes, now: datetime, redact: Callable[[str], str]) -> tuple[str, dict]:
+    """One HTTP request to (table name, row) with user texts redacted, or BadEvent naming what is wrong."""
     content_type = headers.get("content-type", "").split(";")[0].strip().lower()
     structured = content_type == "application/cloudevents+json"
     if not structured and not _JSON_TYPE.match(content_type):
@@ -116,7 +141,12 @@ def parse_event(headers: dict[str, str], body: bytes, now: datetime) -> tuple[st
         "source": _text_id(attrs.get("source"), "ce-source", required=True)[:500],
     }
     if event_type == FEEDBACK_TYPE:
-        return "feedback", {**common, **_feedback_fields(payload)}
+        fields = _feedback_fields(payload)
+        return "feedback", {**common, **fields, "comment": redact(fields["comment"])}
+    if event_type == REQUEST_TYPE:
+        redacted = redact_json(payload, redact)
+        if redacted != payload:
+            text = json.dumps(redacted, ensure_ascii=False)
     return "inference", {
         **common,
         "kind": "request" if event_type == REQUEST_TYPE else "response",
@@ -171,6 +201,13 @@ class CollectorMetrics:
         self.events = Counter(
             "flywheel_collector_events", "events by type and outcome", ["type", "outcome"], registry=registry
         )
+        # what the alert rules and canary analysis query: feedback on the answers of each model version
+        self.feedback = Counter(
+            "flywheel_feedback",
+            "stored feedback by kind, on answers of this arm and model version ('unknown' if it names no answer)",
+            ["kind", "arm", "model_version"],
+            registry=registry,
+        )
         self.latency = Histogram(
             "flywheel_collector_ack_seconds",
             "time from request to commit and answer",
@@ -179,8 +216,17 @@ class CollectorMetrics:
         )
 
 
-def build_app(cfg: CollectorConfig, registry: CollectorRegistry | None = None) -> Starlette:
-    """The collector's ASGI app; the store opens (and its tables are created) right here."""
+def build_app(
+    cfg: CollectorConfig, registry: CollectorRegistry | None = None, pii_cfg: PiiConfig | None = None
+) -> Starlette:
+    """The collector's ASGI app; the store opens (and its tables are created) and the PII scanner is built here."""
+    from data_checks.pii import Scanner  # Presidio is heavy: loaded when a collector is built, not on import
+
+    scanner = Scanner(pii_cfg or PiiConfig())  # once per process: building the analyzer takes seconds
+
+    def redact(text: str) -> str:
+        return scanner.redact(text)[0]
+
     engine = open_store(cfg.store_url, cfg.sqlite_synchronous)
     writer = GroupCommitWriter(engine)
     metrics = CollectorMetrics(registry or CollectorRegistry())
@@ -188,7 +234,8 @@ def build_app(cfg: CollectorConfig, registry: CollectorRegistry | None = None) -
     async def receive(request: Request) -> Response:
         started = datetime.now(UTC)
         try:
-            table, row = parse_event({k.lower(): v for k, v in request.headers.items()}, await request.body(), started)
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            table, row = await run_in_threadpool(parse_event, headers, await request.body(), started, redact)
         except BadEvent as bad:
             claimed = request.headers.get("ce-type")  # only known types become labels: no unbounded series
             metrics.events.labels(claimed if claimed in EVENT_TYPES else "other", "rejected").inc()
@@ -201,7 +248,20 @@ def build_app(cfg: CollectorConfig, registry: CollectorRegistry | None = None) -
             return JSONResponse({"error": f"store unavailable: {type(exc).__name__}: {exc}"}, status_code=503)
         metrics.events.labels(event_type, "stored" if new else "duplicate").inc()
         metrics.latency.observe((datetime.now(UTC) - started).total_seconds())
+        if new and table == "feedback":
+            arm, version = await run_in_threadpool(answer_of, row["request_id"])
+            metrics.feedback.labels(row["kind"], arm, version).inc()
         return JSONResponse({"id": row["event_id"], "stored": new, "duplicate": not new})
+
+    def answer_of(request_id: str) -> tuple[str, str]:
+        """Arm and model version of the answer a feedback names (its response event), else 'unknown'."""
+        from model.event_export import answer_labels
+
+        try:
+            response = read_response(engine, request_id) if request_id else None
+        except sa.exc.SQLAlchemyError:
+            response = None  # the feedback is stored; only its metric labels are unknown
+        return answer_labels(response) if response else ("unknown", "unknown")
 
     def store_answers() -> None:
         with engine.connect() as conn:
@@ -235,18 +295,18 @@ def build_app(cfg: CollectorConfig, registry: CollectorRegistry | None = None) -
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimit, max_body_bytes=cfg.max_body_bytes)
-    app.state.engine, app.state.writer = engine, writer
+    app.state.engine, app.state.writer, app.state.scanner = engine, writer, scanner
     return app
 
 
-def collect_step(cfg: CollectorConfig) -> tuple[dict, str]:
+def collect_step(cfg: CollectorConfig, pii_cfg: PiiConfig | None = None) -> tuple[dict, str]:
     """Run the collector until SIGTERM/SIGINT."""
     import uvicorn
 
     from model.store import count_rows
 
     ensure_can_listen(cfg.host, cfg.http_port)
-    app = build_app(cfg)
+    app = build_app(cfg, pii_cfg=pii_cfg)
     started = datetime.now(UTC)
     uvicorn.Server(
         uvicorn.Config(

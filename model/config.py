@@ -206,9 +206,6 @@ class CollectorConfig:
     sqlite_synchronous: str = _f(
         "FULL", "FULL: a 200 survives a power cut (fsync per commit); NORMAL: survives a crash only, ~5x faster"
     )
-    export_out: str = _f(
-        "", "Parquet file an export writes (default: <work dir>/snapshots/events-<start>-<end>.parquet)"
-    )
 
 
 SECTIONS: dict[str, type] = {

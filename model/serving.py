@@ -66,8 +66,12 @@ class ServingMetrics:
 
     def __init__(self, registry: CollectorRegistry = REGISTRY):
         labels = ["model_version", "arm"]
+        # names and labels are what the alert rules, the dashboard and canary analysis query
+        self.requests = Counter(
+            "flywheel_requests", "requests to a model, by HTTP status", labels + ["code"], registry=registry
+        )
         self.latency = Histogram(
-            "flywheel_request_latency_seconds",
+            "flywheel_request_duration_seconds",
             "time from request parsed to prediction ready",
             labels,
             buckets=LATENCY_BUCKETS,
@@ -106,13 +110,14 @@ class ServingMetrics:
         self._arms[name] = (version, arm)
 
     def observe_status(self, path: str, status: int) -> None:
-        """Count error answers per arm; errors for models not served count under version and arm "unknown"."""
-        if status < 400:
-            return
+        """Count model requests and error answers per arm; models not served count as version and arm "unknown"."""
         match = _ROUTE.match(path)
         name = match.group(1) if match else ""
         version, arm = self._arms.get(name, ("unknown", "unknown"))
-        self.errors.labels(version, arm, str(status)).inc()
+        if match:
+            self.requests.labels(version, arm, str(status)).inc()
+        if status >= 400:
+            self.errors.labels(version, arm, str(status)).inc()
 
     def observe(self, version: str, arm: str, preds: list[Prediction], seconds: float) -> None:
         self.latency.labels(version, arm).observe(seconds)
@@ -320,14 +325,21 @@ class IntentModel(kserve.Model):
         self._batcher: MicroBatcher | None = None
         self._background: set[asyncio.Task] = set()
         self.logger: LocalLogger | None = None  # set by serve_step in local mode
+        self.expected_sha256 = ""  # set from the manifest: a different artifact never becomes ready
+        self.pinned_version = ""  # the registry version the manifest names (a mounted folder does not know it)
 
     def load(self) -> bool:
         """Ready only once the artifact's manifest verified and the catalog covers every intent."""
         from model.pipeline import open_model
 
         self.predictor = open_model(self.source, self.reg_cfg)
+        if self.expected_sha256 and self.predictor.digest != self.expected_sha256:
+            raise FlywheelError(
+                f"{self.arm} model {self.source}: artifact digest {self.predictor.digest} is not "
+                f"{self.expected_sha256}, the one the manifest records"
+            )
         self.catalog.check_covers(self.predictor.labels, f"{self.arm} model {self.source}")
-        self.version = model_version(self.source, self.predictor, self.reg_cfg)
+        self.version = self.pinned_version or model_version(self.source, self.predictor, self.reg_cfg)
         self._batcher = MicroBatcher(
             self.predictor.predict,
             self.cfg.max_batch_size,
@@ -560,6 +572,8 @@ def build_models(
     reg_cfg: RegistryConfig,
     metrics: ServingMetrics,
     log: PredictionLog,
+    stable_sha256: str = "",
+    stable_version: str = "",
 ) -> list[IntentModel]:
     """Load and verify every model before anything listens; a bad artifact stops the start."""
     if not stable:
@@ -570,6 +584,7 @@ def build_models(
         shadow_model = IntentModel(f"{cfg.endpoint}-shadow", SHADOW, shadow, cfg, reg_cfg, catalog, metrics, log)
         shadow_model.load()
     models = [IntentModel(cfg.endpoint, STABLE, stable, cfg, reg_cfg, catalog, metrics, log, shadow_model)]
+    models[0].expected_sha256, models[0].pinned_version = stable_sha256, stable_version
     if canary:
         models.append(
             IntentModel(f"{cfg.endpoint}-canary", CANARY, canary, cfg, reg_cfg, catalog, metrics, log, shadow_model)
@@ -579,13 +594,21 @@ def build_models(
     return models
 
 
-def serve_step(stable: str, canary: str, shadow: str, cfg: ServeConfig, reg_cfg: RegistryConfig) -> tuple[dict, str]:
+def serve_step(
+    stable: str,
+    canary: str,
+    shadow: str,
+    cfg: ServeConfig,
+    reg_cfg: RegistryConfig,
+    stable_sha256: str = "",
+    stable_version: str = "",
+) -> tuple[dict, str]:
     """Run the predictor until SIGTERM/SIGINT; return what was served."""
     ensure_can_listen(cfg.host, cfg.http_port)
     log_path = Path(cfg.prediction_log) if cfg.prediction_log else work_dir() / "serving" / "predictions.jsonl"
     metrics = ServingMetrics()
     log = PredictionLog(log_path)
-    models = build_models(stable, canary, shadow, cfg, reg_cfg, metrics, log)
+    models = build_models(stable, canary, shadow, cfg, reg_cfg, metrics, log, stable_sha256, stable_version)
     if cfg.logger_url:
         logger = LocalLogger(cfg.logger_url)
         for model in models:

@@ -209,6 +209,18 @@ def read_inference(engine: Engine, start: datetime, end: datetime) -> list[dict]
         return [dict(r._mapping) for r in conn.execute(sa.select(ie).where(ie.c.event_id.in_(ids)))]
 
 
+def read_response(engine: Engine, request_id: str) -> dict | None:
+    """The stored response event of a request id (``<ce-id>/<i>`` names text i of ``<ce-id>``), if any."""
+    ie = inference_events
+    candidates = [request_id] + ([request_id.rsplit("/", 1)[0]] if "/" in request_id else [])
+    with engine.connect() as conn:
+        for event_id in candidates:
+            row = conn.execute(sa.select(ie).where(ie.c.event_id == event_id, ie.c.kind == "response")).first()
+            if row is not None:
+                return dict(row._mapping)
+    return None
+
+
 def read_feedback(engine: Engine, request_ids: set[str], conversation_ids: set[str], chunk: int = 500) -> list[dict]:
     """Feedback that refers to any of these requests or conversations."""
     fe, found = feedback_events, {}

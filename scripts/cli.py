@@ -181,12 +181,24 @@ class ServeArgs:
     )
     canary: str = _arg("", "optional canary model, served as <endpoint>-canary (the caller picks the arm)")
     shadow: str = _arg("", "optional shadow model: predicts on every request, logged and measured, never answers")
+    stable_sha256: str = _arg(
+        "", "refuse to become ready unless the --stable artifact's manifest digest is this (the manifest records it)"
+    )
+    stable_version: str = _arg(
+        "",
+        "registry version of the --stable model for logs and metrics (default: from a models:/ URI, else sha-<digest>)",
+    )
 
 
 @dataclass
 class ExportEventsArgs:
     start: str = _arg("", "window start, ISO 8601 (e.g. 2026-11-01T00:00:00Z); events before it are left out")
     end: str = _arg("", "window end, ISO 8601, exclusive (default: now)")
+    days: float = _arg(0, "instead of --start: the window is the last N days before --end")
+    request: str = _arg(
+        "", "instead of --start: a retrain request (flywheel request-retrain's JSON), or their folder (the newest)"
+    )
+    out: str = _arg("", "snapshot file to write (default: <work dir>/snapshots/events-<start>-<end>.parquet)")
 
 
 STEPS = {
@@ -240,9 +252,12 @@ STEPS = {
         "serve stable/canary/shadow models with the KServe ModelServer (V1 and V2 REST)",
         [ServeArgs, ServeConfig, RegistryConfig],
     ),
-    "collect": ("store KServe logger CloudEvents and user feedback (idempotent, durable on 200)", [CollectorConfig]),
+    "collect": (
+        "store KServe logger CloudEvents and user feedback, personal data redacted (idempotent, durable on 200)",
+        [CollectorConfig, PiiConfig],
+    ),
     "export-events": (
-        "export a time window of logged events to Parquet with a content digest",
+        "export a window of logged conversations as a snapshot (model/conversations.py) with a content digest",
         [ExportEventsArgs, CollectorConfig],
     ),
     "demo": (
@@ -302,18 +317,20 @@ def run(step: str, c: dict) -> tuple[dict, str, int]:
 
         a = c[ServeArgs]
         _require(a.stable, "--stable")
-        result, md = serve_step(a.stable, a.canary, a.shadow, c[ServeConfig], reg_cfg)
+        result, md = serve_step(
+            a.stable, a.canary, a.shadow, c[ServeConfig], reg_cfg, a.stable_sha256, a.stable_version
+        )
         return result, md, EXIT_OK
     if step == "collect":
         from model.collector import collect_step
 
-        result, md = collect_step(c[CollectorConfig])
+        result, md = collect_step(c[CollectorConfig], c[PiiConfig])
         return result, md, EXIT_OK
     if step == "export-events":
         from model.event_export import export_step
 
         a = c[ExportEventsArgs]
-        result, md = export_step(a.start, a.end, c[CollectorConfig])
+        result, md = export_step(a.start, a.end, a.days, a.request, a.out, c[CollectorConfig])
         return result, md, EXIT_OK
     from model import pipeline  # heavy imports (torch, mlflow) only once a step runs
 

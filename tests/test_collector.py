@@ -1,4 +1,5 @@
-"""The collector and the conversation store, on SQLite and on a real PostgreSQL.
+"""The collector and the conversation store, on SQLite and on a real PostgreSQL; the export as a
+conversation snapshot (model/conversations.py).
 
 Events are built with the `cloudevents` package exactly as KServe's logger sends them (binary mode).
 """
@@ -25,7 +26,8 @@ from starlette.testclient import TestClient
 
 from model.collector import FEEDBACK_TYPE, REQUEST_TYPE, RESPONSE_TYPE, build_app
 from model.config import PROJECT_ROOT, CollectorConfig
-from model.event_export import DIGEST_KEY, SCHEMA, export_window
+from model.conversations import SNAPSHOT_SCHEMA, read_snapshot, snapshot_info
+from model.event_export import DIGEST_KEY, export_window
 from model.store import count_rows, open_store
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -133,8 +135,9 @@ def test_request_and_response_join_in_either_order(collector, tmp_path):
         assert resp.status_code == 200 and resp.json()["stored"] is True
     result = export_window(open_store(cfg.store_url), T0, T0 + timedelta(hours=1), tmp_path / "out.parquet")
     assert result["rows"] == 3 and result["requests"] == 2
-    rows = {(r["request_id"], r["index"]): r for r in pq.read_table(tmp_path / "out.parquet").to_pylist()}
-    a = rows[("req-a", 0)]
+    rows = {r["request_id"]: r for r in pq.read_table(tmp_path / "out.parquet").to_pylist()}
+    assert set(rows) == {"req-a", "req-b/0", "req-b/1"}  # several texts in one request: <ce-id>/<i>
+    a = rows["req-a"]
     assert (a["text"], a["predicted_intent"], a["conversation_id"], a["arm"], a["model_version"]) == (
         "where is my order",
         "order_status",
@@ -144,9 +147,10 @@ def test_request_and_response_join_in_either_order(collector, tmp_path):
     )
     assert a["latency_ms"] == pytest.approx(12.0)
     assert a["confidence"] == pytest.approx(0.9) and a["fallback"] is False
-    assert [rows[("req-b", i)]["text"] for i in (0, 1)] == ["cancel it", "and refund me"]
-    assert [rows[("req-b", i)]["predicted_intent"] for i in (0, 1)] == ["cancel_order", "refund_status"]
-    assert rows[("req-b", 1)]["arm"] == "canary"
+    assert [rows[f"req-b/{i}"]["text"] for i in (0, 1)] == ["cancel it", "and refund me"]
+    assert [rows[f"req-b/{i}"]["predicted_intent"] for i in (0, 1)] == ["cancel_order", "refund_status"]
+    assert rows["req-b/1"]["arm"] == "canary"
+    assert rows["req-b/0"]["conversation_id"] == "req-b"  # no conversation header: a conversation of its own
 
 
 def test_same_event_twice_is_stored_once(collector):
@@ -185,21 +189,36 @@ def test_export_events_cli(collector, tmp_path, capsys):
     for event in v1_call("req-cli", ["hello"], ["talk_to_human"], T0):
         post(client, event)
     out = tmp_path / "snap.parquet"
-    args = [
-        "export-events",
-        "--store_url",
-        cfg.store_url,
-        "--export_out",
-        str(out),
-        "--report_dir",
-        str(tmp_path / "r"),
-    ]
-    assert main([*args, "--start", T0.isoformat(), "--end", (T0 + timedelta(hours=1)).isoformat()]) == 0
+    args = ["export-events", "--store-url", cfg.store_url, "--out", str(out), "--report-dir", str(tmp_path / "r")]
+    end = T0 + timedelta(hours=1)
+    assert main([*args, "--start", T0.isoformat(), "--end", end.isoformat()]) == 0
     result = json.loads((tmp_path / "r" / "export-events.json").read_text())
     assert result["rows"] == 1 and result["content_digest"] in (tmp_path / "r" / "export-events.md").read_text()
-    assert pq.read_table(out).num_rows == 1
+    assert len(read_snapshot(out)) == 1
+    assert snapshot_info(out) == {"content_digest": result["content_digest"], "window": result["window"]}
+    # the last N days before --end
+    assert main([*args, "--days", "0.5", "--end", end.isoformat()]) == 0
+    assert (
+        json.loads((tmp_path / "r" / "export-events.json").read_text())["window"]["start"]
+        == (end - timedelta(hours=12)).isoformat()
+    )
+    # the window a retrain request names (the newest file of the folder)
+    requests = tmp_path / "requests"
+    requests.mkdir()
+    older = {"window": {"start": "2020-01-01T00:00:00+00:00", "end": "2020-01-02T00:00:00+00:00"}}
+    (requests / "20261101-000000.json").write_text(json.dumps(older))
+    newest = {"window": {"start": T0.isoformat(), "end": end.isoformat()}}
+    (requests / "20261121-000000.json").write_text(json.dumps(newest))
+    assert main([*args, "--request", str(requests)]) == 0
+    again = json.loads((tmp_path / "r" / "export-events.json").read_text())
+    assert again["rows"] == 1 and again["content_digest"] == result["content_digest"]
+    capsys.readouterr()
     assert main([*args, "--start", "last tuesday"]) == 2
     assert "ISO 8601" in capsys.readouterr().err
+    assert main([*args, "--start", T0.isoformat(), "--days", "7"]) == 2
+    assert "exactly one of --start" in capsys.readouterr().err
+    assert main([*args, "--request", str(tmp_path)]) == 2
+    assert "no retrain request" in capsys.readouterr().err
 
 
 def test_concurrent_duplicates_are_stored_once(collector):
@@ -211,23 +230,49 @@ def test_concurrent_duplicates_are_stored_once(collector):
     assert count_rows(open_store(cfg.store_url))["inference"] == 10
 
 
-def test_feedback_by_request_and_by_conversation_reaches_the_export(collector, tmp_path):
+def test_feedback_is_folded_into_the_answer_it_follows(collector, tmp_path):
+    """Thumbs name a request (the latest verdict counts); conversation feedback goes to the last answer before it."""
     client, cfg = collector
-    req, resp = v1_call("req-f", ["my parcel is late"], ["order_status"], T0, conversation="conv-9")
-    other_req, other_resp = v1_call("req-g", ["thanks"], ["talk_to_human"], T0, conversation="conv-other")
-    for event in (
-        req,
-        resp,
-        other_req,
-        other_resp,
-        feedback_event("fb-a", T0 + timedelta(minutes=1), kind="thumbs_down", request_id="req-f"),
-        feedback_event("fb-b", T0 + timedelta(minutes=2), kind="escalated", conversation_id="conv-9"),
-    ):
+    minute = timedelta(minutes=1)
+    events = [
+        *v1_call("req-f", ["my parcel is late"], ["order_status"], T0, conversation="conv-9"),
+        *v1_call("req-f2", ["still nothing"], ["order_status"], T0 + 5 * minute, conversation="conv-9"),
+        *v1_call("req-g", ["thanks"], ["talk_to_human"], T0, conversation="conv-other"),
+        *v1_call("req-m", ["hi", "bye"], ["greeting", "goodbye"], T0),
+        feedback_event("fb-a", T0 + minute, kind="thumbs_up", request_id="req-f"),
+        feedback_event("fb-b", T0 + 2 * minute, kind="thumbs_down", request_id="req-f"),  # changed their mind
+        feedback_event("fb-c", T0 + 3 * minute, kind="escalated", conversation_id="conv-9"),  # after req-f only
+        feedback_event("fb-d", T0 + 9 * minute, kind="abandoned", conversation_id="conv-9"),  # after req-f2
+        feedback_event("fb-e", T0 + minute, kind="thumbs_up", request_id="req-m/1"),  # one text of a request
+        feedback_event("fb-f", T0 + minute, kind="resolved", request_id="req-m"),  # every text of it
+        feedback_event("fb-g", T0 + minute, kind="thumbs_up", request_id="req-elsewhere"),
+    ]
+    for event in events:
         assert post(client, event).status_code == 200
-    export_window(open_store(cfg.store_url), T0, T0 + timedelta(hours=1), tmp_path / "f.parquet")
-    rows = {r["request_id"]: r for r in pq.read_table(tmp_path / "f.parquet").to_pylist()}
-    assert rows["req-f"]["feedback"] == ["thumbs_down", "escalated"]
-    assert rows["req-g"]["feedback"] == []
+    result = export_window(open_store(cfg.store_url), T0, T0 + timedelta(hours=1), tmp_path / "f.parquet")
+    rows = read_snapshot(tmp_path / "f.parquet").set_index("request_id")
+    flags = ["thumbs", "abandoned", "escalated", "resolved"]
+    assert rows.loc["req-f", flags].tolist() == ["down", False, True, False]
+    assert rows.loc["req-f2", flags].tolist() == ["", True, False, False]
+    assert rows.loc["req-g", flags].tolist() == ["", False, False, False]
+    assert rows.loc["req-m/0", flags].tolist() == ["", False, False, True]
+    assert rows.loc["req-m/1", flags].tolist() == ["up", False, False, True]
+    assert result["rated"] == 2 and result["with_feedback"] == 4
+    assert result["skipped"] == {}  # fb-g names a request no export reads: never fetched
+
+
+def test_only_answered_requests_become_rows(collector, tmp_path):
+    client, cfg = collector
+    req_only, _ = v1_call("req-failed", ["no answer came"], ["x"], T0)
+    _, resp_only = v1_call("req-orphan", ["request lost"], ["x"], T0)
+    req_ok, resp_ok = v1_call("req-ok", ["answered"], ["order_status"], T0)
+    thumbs = feedback_event("fb-failed", T0 + timedelta(minutes=1), kind="thumbs_down", request_id="req-failed")
+    for event in (req_only, resp_only, req_ok, resp_ok, thumbs):
+        assert post(client, event).status_code == 200
+    result = export_window(open_store(cfg.store_url), T0, T0 + timedelta(hours=1), tmp_path / "a.parquet")
+    assert read_snapshot(tmp_path / "a.parquet")["request_id"].tolist() == ["req-ok"]
+    assert result["requests"] == 3
+    assert result["skipped"] == {"feedback_without_answer": 1, "no_request": 1, "no_response": 1}
 
 
 def test_v2_bodies_are_understood(collector, tmp_path):
@@ -330,13 +375,13 @@ def test_export_window_digest_and_schema(collector, tmp_path):
     again = export_window(engine, T0, T0 + timedelta(minutes=60), tmp_path / "b.parquet")
     table = pq.read_table(tmp_path / "a.parquet")
     assert sorted(table.column("request_id").to_pylist()) == ["req-1", "req-2", "req-3"]
-    assert table.schema.remove_metadata() == SCHEMA
+    assert table.schema.remove_metadata() == SNAPSHOT_SCHEMA
     assert table.schema.metadata[DIGEST_KEY].decode() == first["content_digest"] == again["content_digest"]
     post(client, feedback_event("fb-late", T0 + timedelta(hours=5), kind="thumbs_up", request_id="req-2"))
     changed = export_window(engine, T0, T0 + timedelta(minutes=60), tmp_path / "c.parquet")
     assert changed["content_digest"] != first["content_digest"] and changed["rows"] == first["rows"]
     empty = export_window(engine, T0 + timedelta(days=3), T0 + timedelta(days=4), tmp_path / "empty.parquet")
-    assert empty["rows"] == 0 and pq.read_table(tmp_path / "empty.parquet").schema.remove_metadata() == SCHEMA
+    assert empty["rows"] == 0 and pq.read_table(tmp_path / "empty.parquet").schema.remove_metadata() == SNAPSHOT_SCHEMA
 
 
 def test_bad_store_url_is_a_clear_error():
@@ -456,3 +501,63 @@ def test_not_ready_while_the_store_is_unreachable(postgres_server):
         resp = client.get("/healthz")
         assert resp.status_code == 503 and resp.json()["status"] == "store unavailable"
     admin.dispose()
+
+
+PII_TEXT = "I am jane.doe@example.com, card 4111 1111 1111 1111, call me on +44 7911 123456"
+PII_RAW = ("jane.doe@example.com", "4111 1111 1111 1111", "+44 7911 123456", "7911 123456")
+PII_REDACTED = "I am <EMAIL>, card <CARD>, call me on <PHONE>"
+
+
+def test_personal_data_is_redacted_before_it_reaches_the_store(collector, tmp_path):
+    """Request texts (V1 strings and objects, V2 tensors) and feedback comments are stored redacted."""
+    client, cfg = collector
+    v1_req, v1_resp = v1_call("req-pii", [PII_TEXT], ["update_card"], T0, conversation="conv-pii")
+    v1_objects = inference_event("request", "req-pii-obj", {"instances": [{"text": PII_TEXT}]}, T0)
+    v2_body = {"id": "req-pii-v2", "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [PII_TEXT]}]}
+    v2_req = inference_event("request", "req-pii-v2", v2_body, T0)
+    comment = feedback_event(
+        "fb-pii", T0 + timedelta(minutes=1), kind="thumbs_down", request_id="req-pii", comment=f"no! {PII_TEXT}"
+    )
+    for event in (v1_req, v1_resp, v1_objects, v2_req, comment):
+        assert post(client, event).status_code == 200
+    engine = open_store(cfg.store_url)
+    with engine.connect() as conn:  # straight from the database, as anyone with access to it would read it
+        bodies = dict(conn.execute(sa.text("SELECT event_id, body FROM inference_events WHERE kind = 'request'")).all())
+        (stored_comment,) = conn.execute(sa.text("SELECT comment FROM feedback_events")).scalars()
+    everything = " ".join([*bodies.values(), stored_comment])
+    assert not [raw for raw in PII_RAW if raw in everything]
+    assert json.loads(bodies["req-pii"]) == {"instances": [PII_REDACTED]}
+    assert json.loads(bodies["req-pii-obj"]) == {"instances": [{"text": PII_REDACTED}]}
+    assert json.loads(bodies["req-pii-v2"]) == {**v2_body, "inputs": [{**v2_body["inputs"][0], "data": [PII_REDACTED]}]}
+    assert stored_comment == f"no! {PII_REDACTED}"
+    export_window(engine, T0, T0 + timedelta(hours=1), tmp_path / "pii.parquet")
+    (row,) = read_snapshot(tmp_path / "pii.parquet").to_dict("records")
+    assert (row["request_id"], row["text"], row["thumbs"]) == ("req-pii", PII_REDACTED, "down")
+    engine.dispose()
+
+
+def test_texts_without_personal_data_are_stored_as_sent(collector):
+    client, cfg = collector
+    req, _ = v1_call("req-plain", ["where is my order"], ["order_status"], T0)
+    assert post(client, req).status_code == 200
+    engine = open_store(cfg.store_url)
+    with engine.connect() as conn:
+        (body,) = conn.execute(sa.text("SELECT body FROM inference_events")).scalars()
+    assert body == req[1].decode()  # untouched, byte for byte
+    engine.dispose()
+
+
+def test_feedback_is_counted_for_the_arm_and_version_that_answered(collector):
+    """`flywheel_feedback_total{kind, arm, model_version}` is what the alert rules and canary analysis query."""
+    client, cfg = collector
+    for event in v1_call("req-rated", ["hi"], ["talk_to_human"], T0, arm="canary"):
+        assert post(client, event).status_code == 200
+    for event in (
+        feedback_event("fb-r1", T0, kind="thumbs_down", request_id="req-rated"),
+        feedback_event("fb-r1", T0, kind="thumbs_down", request_id="req-rated"),  # redelivered: counted once
+        feedback_event("fb-r2", T0, kind="escalated", conversation_id="conv-x"),  # names no answer
+    ):
+        assert post(client, event).status_code == 200
+    metrics = client.get("/metrics").text
+    assert 'flywheel_feedback_total{arm="canary",kind="thumbs_down",model_version="7"} 1.0' in metrics
+    assert 'flywheel_feedback_total{arm="unknown",kind="escalated",model_version="unknown"} 1.0' in metrics

@@ -139,6 +139,8 @@ def test_cli_drift_writes_report_and_verdict(tmp_path, sample_df, tiny_bert):
     assert code == 0
     result = json.loads((rd / "drift.json").read_text())
     assert isinstance(result["drift"], bool) and len(result["signals"]) == 6
+    # the window compared, for `flywheel request-retrain` (no export metadata here: first to last event)
+    assert result["window"] == {"start": "2026-11-20T00:00:00+00:00", "end": "2026-11-20T00:59:00+00:00"}
     assert (rd / "drift_evidently.html").stat().st_size > 10_000
     md = (rd / "drift.md").read_text()
     assert md.startswith("## Drift check:") and "| signal | method |" in md

@@ -400,7 +400,7 @@ def test_metrics_are_labelled_by_version_and_arm(server, tiny_artifact):
     text = httpx.get(f"{server['base']}/metrics").text
     version = f"sha-{tiny_artifact['artifact_digest'][:12]}"
     for series in (
-        "flywheel_request_latency_seconds_bucket",
+        "flywheel_request_duration_seconds_bucket",
         "flywheel_predictions_total",
         "flywheel_prediction_confidence_bucket",
         "flywheel_batch_texts_bucket",
@@ -413,6 +413,8 @@ def test_metrics_are_labelled_by_version_and_arm(server, tiny_artifact):
     assert any(line.startswith("flywheel_fallbacks_total") for line in text.splitlines())
     errors = [line for line in text.splitlines() if line.startswith("flywheel_errors_total") and 'status="400"' in line]
     assert errors and 'arm="stable"' in errors[0] and float(errors[0].rsplit(" ", 1)[1]) >= 1
+    for code in ("200", "400"):  # every model request by status: the alert rules' error rate
+        assert _metric(text, "flywheel_requests_total", arm="stable", model_version=version, code=code) >= 1
 
 
 def test_listens_on_loopback_only(server):
@@ -581,8 +583,8 @@ def test_local_logger_posts_calls_to_the_collector(tiny_artifact, tmp_path):
             p.send_signal(signal.SIGTERM)
             p.wait(timeout=30)
     assert result["rows"] == 3, (work / "collector.log").read_text()
-    rows = {(r["request_id"], r["index"]): r for r in pq.read_table(tmp_path / "x.parquet").to_pylist()}
-    first = rows[("local-1", 0)]
+    rows = {r["request_id"]: r for r in pq.read_table(tmp_path / "x.parquet").to_pylist()}
+    first = rows["local-1"]
     assert (first["text"], first["predicted_intent"], first["arm"], first["conversation_id"]) == (
         "where is my order",
         v1["intent"],
@@ -590,8 +592,8 @@ def test_local_logger_posts_calls_to_the_collector(tiny_artifact, tmp_path):
         "conv-local",
     )
     assert first["model_version"] == v1["model_version"] and first["latency_ms"] >= 0
-    assert [rows[("local-2", i)]["predicted_intent"] for i in (0, 1)] == v2["outputs"][0]["data"]
-    assert rows[("local-2", 1)]["arm"] == "canary" and rows[("local-2", 1)]["text"] == "b"
+    assert [rows[f"local-2/{i}"]["predicted_intent"] for i in (0, 1)] == v2["outputs"][0]["data"]
+    assert rows["local-2/1"]["arm"] == "canary" and rows["local-2/1"]["text"] == "b"
 
 
 def test_micro_batcher_does_not_make_a_lone_caller_wait():
@@ -604,3 +606,31 @@ def test_micro_batcher_does_not_make_a_lone_caller_wait():
         return time.perf_counter() - started
 
     assert asyncio.run(run()) < 0.5  # three calls, not three waits of 0.5 s
+
+
+def test_the_manifest_pins_the_stable_artifact_and_names_its_version(tiny_artifact, tmp_path):
+    """In a cluster the manifest passes --stable-sha256/--stable-version: another artifact never gets ready."""
+    from prometheus_client import CollectorRegistry
+
+    from model.config import RegistryConfig, ServeConfig
+    from model.errors import FlywheelError
+    from model.predictor import IntentPredictor
+    from model.serving import PredictionLog, ServingMetrics, build_models
+
+    art = tiny_artifact["artifact"]
+    digest = IntentPredictor.load(art).digest
+    log = PredictionLog(tmp_path / "p.jsonl")
+
+    def build(sha: str, version: str = ""):
+        metrics = ServingMetrics(CollectorRegistry())
+        return build_models(art, "", "", ServeConfig(), RegistryConfig(), metrics, log, sha, version)
+
+    (model,) = build(digest, "12")
+    assert model.ready and model.version == "12"
+    with pytest.raises(FlywheelError, match=f"is not {'0' * 64}, the one the manifest records"):
+        build("0" * 64)
+    (unpinned,) = build("")
+    assert unpinned.version == f"sha-{digest[:12]}"
+    for m in (model, unpinned):
+        m.stop()
+    log.close()

@@ -1,0 +1,250 @@
+"""Every `flywheel ...` call written outside Python (workflow `run:` steps, the containers of the
+manifests, the Dockerfile, the Makefile) names a real step and only flags that step knows, checked
+with the CLI's own parser; and the step outputs the workflows branch on are ones the steps write."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from model.config import PROJECT_ROOT
+from scripts.cli import build_parser
+
+WORKFLOWS = sorted((PROJECT_ROOT / ".github" / "workflows").glob("*.yml"))
+MANIFESTS = sorted((PROJECT_ROOT / "manifests").rglob("*.yaml"))
+SHELL_OPERATORS = {"&&", "||", ";", "|"}
+# A value filled in at run time: GitHub expression, shell variable, Kubernetes $(VAR) expansion.
+VARIABLE = re.compile(r"\$\{\{.*\}\}|^\$[({]?[A-Za-z_][A-Za-z0-9_]*[)}]?$")
+
+
+def _calls_in_shell(command: str) -> list[list[str]]:
+    """The argument lists following each `flywheel` (any path to it) in a shell command line."""
+    tokens = shlex.split(command, posix=True)
+    calls, command_starts = [], True  # only a command word runs a program, not an argument such as "flywheel"
+    for i, token in enumerate(tokens):
+        if command_starts and (token == "flywheel" or token.endswith("/flywheel")):
+            rest = []
+            for t in tokens[i + 1 :]:
+                if t in SHELL_OPERATORS:
+                    break
+                rest.append(t)
+            calls.append(rest)
+        command_starts = token in SHELL_OPERATORS or (command_starts and re.match(r"^[A-Za-z_]\w*=", token) is not None)
+    return calls
+
+
+def workflow_calls() -> list[tuple[str, list[str]]]:
+    out = []
+    for path in WORKFLOWS:
+        doc = yaml.safe_load(path.read_text())
+        for job_name, job in doc["jobs"].items():
+            for step in job.get("steps", []):
+                for argv in _calls_in_shell(step.get("run", "")):
+                    out.append((f"{path.name} job {job_name} step {step.get('name', '?')!r}", argv))
+    return out
+
+
+def _dockerfile_instruction(name: str) -> list[str]:
+    lines = [line for line in (PROJECT_ROOT / "Dockerfile").read_text().splitlines() if line.startswith(name + " ")]
+    assert len(lines) == 1, f"Dockerfile: expected one {name}"
+    return json.loads(lines[0][len(name) + 1 :])  # exec form, as a JSON array
+
+
+def _containers(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("containers", "initContainers") and isinstance(value, list):
+                yield from value
+            else:
+                yield from _containers(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _containers(value)
+
+
+def manifest_calls() -> list[tuple[str, list[str], dict]]:
+    """(where, flywheel argv, container) for each container running this repository's image."""
+    entrypoint = _dockerfile_instruction("ENTRYPOINT")
+    out = []
+    for path in MANIFESTS:
+        for doc in yaml.safe_load_all(path.read_text()):
+            for container in _containers(doc):
+                if "/flywheel:" not in str(container.get("image", "")):
+                    continue
+                command = container.get("command", entrypoint)
+                where = f"{path.relative_to(PROJECT_ROOT)} container {container.get('name')}"
+                assert Path(command[0]).name == "flywheel", f"{where}: runs {command}, not flywheel"
+                out.append((where, [*command[1:], *map(str, container.get("args", []))], container))
+    return out
+
+
+def dockerfile_calls() -> list[tuple[str, list[str]]]:
+    assert _dockerfile_instruction("ENTRYPOINT") == ["flywheel"]
+    return [("Dockerfile CMD", _dockerfile_instruction("CMD"))]
+
+
+def makefile_calls() -> list[tuple[str, list[str]]]:
+    out = []
+    for line in (PROJECT_ROOT / "Makefile").read_text().splitlines():
+        if line.startswith("\t") and re.search(r"/flywheel\b", line):
+            calls = _calls_in_shell(line.replace("$(BIN)", ".venv/bin"))
+            out += [(f"Makefile: {line.strip()}", argv) for argv in calls]
+    return out
+
+
+def problems(argv: list[str]) -> list[str]:
+    """What the real parser would refuse in ``flywheel <argv>``; variable values replaced by typed stand-ins."""
+    parser, steps = build_parser()
+    if not argv or argv[0] not in steps:
+        return [f"unknown step {argv[0] if argv else '(none)'!r} (steps: {', '.join(steps)})"]
+    options = steps[argv[0]]._option_string_actions
+    found, concrete, i = [], [argv[0]], 1
+    while i < len(argv):
+        token = argv[i]
+        flag, has_value, value = token.partition("=")
+        if not flag.startswith("--"):
+            found.append(f"{token!r} is not a flag (steps take no positional arguments)")
+            i += 1
+            continue
+        if flag not in options:  # exact names only: argparse would also take a prefix, which hides typos
+            found.append(f"unknown flag {flag} for `flywheel {argv[0]}`")
+            i += 1
+            continue
+        action = options[flag]
+        if not has_value and action.nargs != 0:
+            following = argv[i + 1] if i + 1 < len(argv) else None
+            if action.nargs == "?" and (following is None or following.startswith("--")):
+                value = None  # a bare boolean flag
+            else:
+                value, i = following, i + 1
+        if value is not None and VARIABLE.search(value):
+            value = str(action.choices[0]) if action.choices else {int: "1", float: "1.5"}.get(action.type, "stand-in")
+        concrete += [flag] if value is None else [flag, value]
+        i += 1
+    if not found:
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                parser.parse_args(concrete)
+        except SystemExit:
+            found.append(f"the parser refuses it: {err.getvalue().strip().splitlines()[-1]}")
+    return found
+
+
+ALL_CALLS = [*workflow_calls(), *[(w, a) for w, a, _ in manifest_calls()], *dockerfile_calls(), *makefile_calls()]
+
+
+def test_every_place_that_runs_flywheel_is_found():
+    where = " ".join(w for w, _ in ALL_CALLS)
+    for name in ("canary.yml", "ci.yml", "drift.yml", "release.yml", "retrain.yml", "Dockerfile", "Makefile"):
+        assert name in where
+    runs = {(w.split(" container")[0], a[0]) for w, a, _ in manifest_calls()}
+    for env in ("staging", "production"):
+        assert (f"manifests/{env}/collector.yaml", "collect") in runs
+        assert (f"manifests/{env}/inferenceservice.yaml", "serve") in runs
+
+
+@pytest.mark.parametrize(("where", "argv"), ALL_CALLS, ids=[f"{w} ({a[0] if a else ''})" for w, a in ALL_CALLS])
+def test_flywheel_call_parses_with_the_real_cli(where, argv):
+    assert problems(argv) == [], f"{where}: flywheel {' '.join(argv)}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["collect", "--port", "8080"], "unknown flag --port"),
+        (["collect", "--http", "8080"], "unknown flag --http"),  # a prefix argparse alone would accept
+        (["export", "--days", "7"], "unknown step 'export'"),
+        (["check-data", "--suite", "events"], "unknown flag --suite"),
+        (["release", "--canary", "ten"], "the parser refuses it"),
+        (["serve", "/mnt/models"], "is not a flag"),
+    ],
+)
+def test_the_check_catches_mismatches(argv, fragment):
+    assert any(fragment in p for p in problems(argv)), problems(argv)
+
+
+def test_variables_stand_in_for_values_not_flags():
+    assert problems(["release", "--env", "$ENVIRONMENT", "--model-version", "$MODEL_VERSION"]) == []
+    assert problems(["collect", "--store-url", "$(FLYWHEEL_STORE_URL)"]) == []
+    assert problems(["collect", "--$FLAG", "1"]) != []
+
+
+@pytest.mark.parametrize(("where", "argv", "container"), manifest_calls(), ids=lambda v: str(v)[:60])
+def test_kubernetes_expansions_name_the_containers_env(where, argv, container):
+    """Kubernetes expands $(VAR) in args only for variables the container defines; others stay literal."""
+    defined = {e["name"] for e in container.get("env", [])}
+    used = set(re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", " ".join(argv)))
+    assert used <= defined, f"{where}: {sorted(used - defined)} not in the container's env"
+
+
+def test_collector_listens_where_its_service_and_probes_point():
+    for where, argv, container in manifest_calls():
+        if argv[0] != "collect":
+            continue
+        port = argv[argv.index("--http-port") + 1]
+        assert [p["containerPort"] for p in container["ports"]] == [int(port)], where
+        assert "--store-url" in argv, f"{where}: without --store-url the collector writes a SQLite file in the pod"
+
+
+def test_branching_outputs_are_written_by_the_steps(tmp_path, monkeypatch):
+    """drift.yml branches on `steps.drift.outputs.drift`: the drift result's `drift` verdict, as the CLI writes it."""
+    from data_checks.drift import decide
+    from model.config import DriftConfig
+    from scripts.cli import _github_outputs
+
+    drift = yaml.safe_load((PROJECT_ROOT / ".github" / "workflows" / "drift.yml").read_text())
+    steps = drift["jobs"]["drift"]["steps"]
+    (check,) = [s for s in steps if s.get("id") == "drift"]
+    assert _calls_in_shell(check["run"])[0][0] == "drift"
+    conditions = {s.get("if") for s in steps if "if" in s}
+    assert conditions == {"steps.drift.outputs.drift == 'true'"}
+    outputs = tmp_path / "github_output"
+    monkeypatch.setenv("GITHUB_OUTPUT", str(outputs))
+    scores = {"fallback_rate": {"method": "z", "score": 1e-9, "reference": 0.05, "current": 0.3}}
+    _github_outputs(decide(scores, DriftConfig()).to_dict())
+    assert "drift=true\n" in outputs.read_text()
+
+
+def _exported_series() -> set[str]:
+    """Every series name the predictor and the collector export (counters as *_total, histograms' parts)."""
+    from prometheus_client import CollectorRegistry
+
+    from model.collector import CollectorMetrics
+    from model.serving import ServingMetrics
+
+    names = set()
+    for make in (ServingMetrics, CollectorMetrics):
+        registry = CollectorRegistry()
+        make(registry)
+        for family in registry.collect():
+            if family.type == "counter":
+                names.add(family.name + "_total")
+            elif family.type == "histogram":
+                names |= {family.name + s for s in ("_bucket", "_count", "_sum")}
+            else:
+                names.add(family.name)
+    return names
+
+
+def test_monitoring_queries_name_series_that_exist():
+    """Alert rules, dashboards and canary analysis query series the predictor or the collector exports."""
+    exported = _exported_series()
+    sources = [
+        *(PROJECT_ROOT / "manifests").rglob("prometheusrule.yaml"),
+        *(PROJECT_ROOT / "manifests").rglob("dashboard.yaml"),
+        PROJECT_ROOT / "model" / "canary_metrics.py",
+    ]
+    used = {(path.relative_to(PROJECT_ROOT), name) for path in sources for name in re.findall(
+        r"\bflywheel_[a-z_]+", path.read_text()
+    )}  # fmt: skip
+    assert {name for _, name in used}, "no queries found"
+    missing = sorted(f"{path}: {name}" for path, name in used if name not in exported)
+    assert not missing, f"not exported by the predictor or the collector: {missing}"
