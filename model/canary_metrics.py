@@ -1,4 +1,4 @@
-"""Per-arm counts for canary analysis from Prometheus (its HTTP query API).
+"""Per-arm counts for canary analysis: from the collector's store, or from Prometheus (its HTTP query API).
 
 The metric names are the ones the alert rules and the dashboard use (README, "Monitoring"): the
 predictor exports requests, latency and fallbacks labelled ``arm`` and ``model_version``; the
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import subprocess
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import requests
 
 from model.canary import ArmMetrics
@@ -76,6 +78,56 @@ def prometheus_arm_metrics(
         p99 = _query(session, url, P99 % (selector, window)) * 1000
         arms[arm] = ArmMetrics.from_dict(
             {**counts, "latency_p99_ms": p99, "model_version": version}, f"Prometheus at {url} [{arm}]"
+        )
+    return arms
+
+
+IN_FLIGHT = timedelta(minutes=1)  # far above any answer's latency: an older unanswered request failed
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite returns naive UTC
+
+
+def store_arm_metrics(
+    store_url: str, versions: dict[str, int], since: datetime, until: datetime
+) -> dict[str, ArmMetrics]:
+    """Counts per arm from the collector's store, over calls logged in [since, until).
+
+    Answered calls are attributed by the model version in their prediction (what the manifest says
+    each arm runs). Errors are calls whose request was logged without a response, attributed by the
+    logger's endpoint (``default`` = stable, ``canary``): KServe logs a response only for HTTP 200.
+    A request younger than ``IN_FLIGHT`` may still be answered, so it is not counted yet.
+    """
+    from model.event_export import ARM_OF_ENDPOINT, window_rows
+    from model.store import open_store
+
+    engine = open_store(store_url)
+    try:
+        events, rows, _ = window_rows(engine, since, until)
+    finally:
+        engine.dispose()
+    answered = {e["event_id"] for e in events if e["kind"] == "response"}
+    settled = until - IN_FLIGHT
+    unanswered = [
+        e
+        for e in events
+        if e["kind"] == "request" and e["event_id"] not in answered and _aware(e["event_time"]) < settled
+    ]
+    arms = {}
+    for arm, version in versions.items():
+        mine = [r for r in rows if r["model_version"] == str(version)]
+        errors = sum(1 for e in unanswered if ARM_OF_ENDPOINT.get(e["endpoint"]) == arm)
+        latencies = [r["latency_ms"] for r in mine]
+        arms[arm] = ArmMetrics(
+            requests=len(mine) + errors,
+            errors=errors,
+            fallbacks=sum(r["fallback"] for r in mine),
+            escalations=sum(r["escalated"] for r in mine),
+            thumbs_up=sum(r["thumbs"] == "up" for r in mine),
+            thumbs_down=sum(r["thumbs"] == "down" for r in mine),
+            latency_p99_ms=float(np.percentile(latencies, 99)) if latencies else 0.0,
+            model_version=version,
         )
     return arms
 

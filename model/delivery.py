@@ -13,6 +13,7 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -277,7 +278,7 @@ def rollback_step(
 
 
 def read_arm_metrics(path: Path) -> dict[str, ArmMetrics]:
-    """``{"stable": {...}, "canary": {...}}`` with ArmMetrics' fields (the collector's store exports this)."""
+    """``{"stable": {...}, "canary": {...}}`` with ArmMetrics' fields."""
     try:
         raw = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
@@ -291,10 +292,16 @@ def read_arm_metrics(path: Path) -> dict[str, ArmMetrics]:
 
 
 def canary_analysis_step(
-    env: str, metrics: Path | None, prometheus_url: str, repo: Path, cfg: CanaryConfig, dcfg: DeliveryConfig
+    env: str,
+    metrics: Path | None,
+    prometheus_url: str,
+    repo: Path,
+    cfg: CanaryConfig,
+    dcfg: DeliveryConfig,
+    store_url: str = "",
 ) -> tuple[dict, str]:
-    """Decide from a metrics JSON file or, with ``prometheus_url``, from Prometheus since the canary started."""
-    from model.canary_metrics import canary_started, prometheus_arm_metrics, seconds_since
+    """Decide from a metrics JSON file, or from the collector's store or Prometheus since the canary started."""
+    from model.canary_metrics import canary_started, prometheus_arm_metrics, seconds_since, store_arm_metrics
 
     path = manifests.isvc_path(repo, env, dcfg.manifests_dir)
     rollout = manifests.read_rollout(path)
@@ -304,10 +311,14 @@ def canary_analysis_step(
             "decision": "none",
             "reasons": [f"no canary is running in {env}"],
         }, f"## Canary analysis ({env})\n\nNo canary is running.\n"
-    if bool(metrics) == bool(prometheus_url):
-        raise FlywheelError("give exactly one of --metrics (a JSON file) or --prometheus-url")
+    if sum(map(bool, (metrics, prometheus_url, store_url))) != 1:
+        raise FlywheelError("give exactly one of --metrics (a JSON file), --store-url or --prometheus-url")
     versions = {"stable": rollout.stable.version, "canary": rollout.canary.version}
-    if prometheus_url:
+    if store_url:
+        started = datetime.fromtimestamp(canary_started(Path(repo), path), UTC)
+        arms = store_arm_metrics(store_url, versions, started, datetime.now(UTC))
+        source = f"the collector's store, since {started:%Y-%m-%d %H:%M} UTC"
+    elif prometheus_url:
         started = canary_started(Path(repo), path)
         arms = prometheus_arm_metrics(prometheus_url, f"flywheel-{env}", versions, seconds_since(started))
         source = f"Prometheus {prometheus_url}, since {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}"

@@ -192,17 +192,24 @@ def content_digest(rows: list[dict]) -> str:
     return h.hexdigest()
 
 
-def export_window(engine: sa.Engine, start: datetime, end: datetime, out: Path) -> dict:
-    """Write the window's answered requests to ``out`` as a conversation snapshot (temporary file + rename)."""
-    start, end = _utc(start), _utc(end)
-    if end <= start:
-        raise FlywheelError(f"export window is empty: end {end.isoformat()} is not after start {start.isoformat()}")
+def window_rows(engine: sa.Engine, start: datetime, end: datetime) -> tuple[list[dict], list[dict], dict]:
+    """The window's stored inference events, its snapshot rows (feedback folded in), what was skipped."""
     events = read_inference(engine, start, end)
     request_ids = {e["event_id"] for e in events}
     # feedback may name one text of a several-text request: <ce-id>/<i>
     text_ids = {f"{e['event_id']}/{i}" for e in events if e["kind"] == "request" for i in range(len(_texts(_body(e))))}
     conversations = {_conversation_id(e["metadata_json"]) for e in events}
     rows, skipped = answered_rows(events, read_feedback(engine, request_ids | text_ids, conversations))
+    return events, rows, skipped
+
+
+def export_window(engine: sa.Engine, start: datetime, end: datetime, out: Path) -> dict:
+    """Write the window's answered requests to ``out`` as a conversation snapshot (temporary file + rename)."""
+    start, end = _utc(start), _utc(end)
+    if end <= start:
+        raise FlywheelError(f"export window is empty: end {end.isoformat()} is not after start {start.isoformat()}")
+    events, rows, skipped = window_rows(engine, start, end)
+    request_ids = {e["event_id"] for e in events}
     digest = content_digest(rows)
     metadata = {DIGEST_KEY: digest.encode(), **dict(zip(WINDOW_KEYS, (t.isoformat().encode() for t in (start, end))))}
     write_snapshot(pd.DataFrame(rows, columns=COLUMNS), out, metadata)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from model.artifact import sha256_file
 from model.cleaning import clean, exact_key, near_key, normalise
 from model.config import DataConfig, PiiConfig, PrepareConfig, RegistryConfig, work_dir
 from model.conversations import read_snapshot
@@ -183,7 +184,7 @@ def prepare_step(
         "rows": len(combined),
         "inputs": {
             "snapshot": str(snapshot),
-            "snapshot_sha256": _file_sha256(snapshot),
+            "snapshot_sha256": sha256_file(snapshot),
             "events": events,
             "window": [str(logs["timestamp"].min()), str(logs["timestamp"].max())],
             "model_versions": sorted(map(str, logs["model_version"].unique())),
@@ -257,14 +258,6 @@ def _nested(series: pd.Series) -> dict:
     for (a, b), n in series.items():
         out.setdefault(a, {})[b] = int(n)
     return out
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _log_to_mlflow(

@@ -118,6 +118,9 @@ class CanaryAnalysisArgs:
         "escalations, thumbs_up, thumbs_down, latency_p99_ms, model_version)",
     )
     prometheus_url: str = _arg("", "instead of --metrics: Prometheus to query for counts since the canary's merge")
+    store_url: str = _arg(
+        "", "instead of --metrics: the collector's store (SQLAlchemy URL), counted since the canary's merge"
+    )
     repo: str = _arg(".", "Git repository holding the manifests")
 
 
@@ -456,7 +459,13 @@ def run_delivery(step: str, c: dict) -> tuple[dict, str, int]:
         a = c[CanaryAnalysisArgs]
         _require(a.env, "--env")
         result, md = delivery.canary_analysis_step(
-            a.env, Path(a.metrics) if a.metrics else None, a.prometheus_url, Path(a.repo), c[CanaryConfig], dcfg
+            a.env,
+            Path(a.metrics) if a.metrics else None,
+            a.prometheus_url,
+            Path(a.repo),
+            c[CanaryConfig],
+            dcfg,
+            store_url=a.store_url,
         )
         return result, md, EXIT_OK
     raise FlywheelError(f"unknown step {step}")

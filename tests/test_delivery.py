@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import threading
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -559,3 +560,49 @@ def test_retrain_request_on_github_creates_a_new_file(github, tmp_path):
     put = next(c for c in github["calls"] if c[0] == "PUT")
     assert "sha" not in put[3] and put[1].endswith(result["request_file"])
     assert github["pulls"][0]["body"] == body and result["pull_request"]["number"] == 1
+
+
+def test_canary_analysis_from_the_collectors_store(repo, store, tmp_path, monkeypatch):
+    """Per-arm counts read from what the collector stored: answers by model version, errors by endpoint."""
+    from starlette.testclient import TestClient
+
+    from model.collector import build_app
+    from model.config import CollectorConfig
+    from tests.test_collector import feedback_event, inference_event
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    merge(repo, release_step("staging", 1, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    monkeypatch.setenv("GIT_COMMITTER_DATE", (now - timedelta(minutes=10)).isoformat())
+    merge(repo, release_step("staging", 2, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    store_url = f"sqlite:///{tmp_path / 'conversations.db'}"
+
+    def call(client, rid: str, version: str, endpoint: str, at: datetime, answered: bool = True, fallback=False):
+        events = [inference_event("request", rid, {"instances": ["where is my order"]}, at, endpoint=endpoint)]
+        if answered:
+            pred = {"intent": "order_status", "confidence": 0.9, "fallback": fallback, "model_version": version}
+            body = {"predictions": [pred]}
+            events.append(inference_event("response", rid, body, at + timedelta(milliseconds=20), endpoint=endpoint))
+        for headers, data in events:
+            assert client.post("/", content=data, headers=headers).status_code == 200
+
+    with TestClient(build_app(CollectorConfig(store_url=store_url))) as client:
+        at = now - timedelta(minutes=5)
+        for i in range(40):
+            call(client, f"s{i}", "1", "default", at, fallback=i < 4)
+        for i in range(12):
+            call(client, f"c{i}", "2", "canary", at)
+        for i in range(3):
+            call(client, f"e{i}", "2", "canary", at, answered=False)  # failed: the logger saw no 200
+        call(client, "in-flight", "2", "canary", now, answered=False)  # may still be answered: not an error
+        call(client, "before", "1", "default", now - timedelta(minutes=30))  # before the canary: not counted
+        for i in range(5):
+            headers, data = feedback_event(f"fb{i}", at + timedelta(seconds=5), kind="thumbs_down", request_id=f"c{i}")
+            assert client.post("/", content=data, headers=headers).status_code == 200
+
+    result, md = canary_analysis_step("staging", None, "", repo, CanaryConfig(), DCFG, store_url=store_url)
+    stable, canary = result["arms"]["stable"], result["arms"]["canary"]
+    assert (stable["requests"], stable["errors"], stable["fallbacks"], stable["model_version"]) == (40, 0, 4, 1)
+    assert (canary["requests"], canary["errors"], canary["thumbs_down"], canary["model_version"]) == (15, 3, 5, 2)
+    assert result["decision"] == "hold" and "store" in md  # 15 and 40 requests: too little traffic to decide
+    with pytest.raises(FlywheelError, match="exactly one of"):
+        canary_analysis_step("staging", None, "http://127.0.0.1:9", repo, CanaryConfig(), DCFG, store_url=store_url)
