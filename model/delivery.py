@@ -124,6 +124,11 @@ def _analysis_section(path: str, env: str, canary: ModelRef | None) -> tuple[str
     return (md.read_text() if md.is_file() else f"Canary analysis: **{analysis.get('decision')}**\n"), analysis
 
 
+def pr_body(*sections: str) -> str:
+    """A pull-request body: the non-empty sections, a blank line apart."""
+    return "\n\n".join(filter(None, sections)) + "\n"
+
+
 def _propose(t: Target, branch: str, text: str, title: str, body: str) -> dict:
     return t.forge.propose(Proposal(branch=branch, path=t.rel_path, text=text, title=title, body=body))
 
@@ -158,17 +163,12 @@ def release_step(
             if t.rollout.stable is None
             else f"Rolls v{version} out to 100% of {env} at once (canary 100%)."
         )
-    body = (
-        "\n\n".join(
-            [
-                f"## {title}",
-                intro,
-                _state_table(t.rollout, new),
-                _model_section(info, reg_cfg),
-                "_Opened by `flywheel release`._",
-            ]
-        )
-        + "\n"
+    body = pr_body(
+        f"## {title}",
+        intro,
+        _state_table(t.rollout, new),
+        _model_section(info, reg_cfg),
+        "_Opened by `flywheel release`._",
     )
     pr = _propose(t, f"flywheel/release-{env}-v{version}", text, title, body)
     return {
@@ -196,22 +196,14 @@ def promote_env_step(
         registry.resolve_version(reg_cfg, canary.version)
     text = _render_new(t, new)
     title = f"Promote {reg_cfg.model_name} v{canary.version} to stable in {env}"
-    body = (
-        "\n\n".join(
-            filter(
-                None,
-                [
-                    f"## {title}",
-                    f"The canary takes 100% of {env} traffic and becomes the stable model; "
-                    f"{t.rollout.stable.label()} is kept as previous stable for `flywheel rollback`.",
-                    _state_table(t.rollout, new),
-                    analysis_md,
-                    f"Registry: `champion` moved to v{canary.version}." if moves_champion else "",
-                    "_Opened by `flywheel promote`._",
-                ],
-            )
-        )
-        + "\n"
+    body = pr_body(
+        f"## {title}",
+        f"The canary takes 100% of {env} traffic and becomes the stable model; "
+        f"{t.rollout.stable.label()} is kept as previous stable for `flywheel rollback`.",
+        _state_table(t.rollout, new),
+        analysis_md,
+        f"Registry: `champion` moved to v{canary.version}." if moves_champion else "",
+        "_Opened by `flywheel promote`._",
     )
     pr = _propose(t, f"flywheel/promote-{env}-v{canary.version}", text, title, body)
     result = {
@@ -248,21 +240,13 @@ def rollback_step(
     else:
         title = f"Roll back {env} from v{before.stable.version} to v{new.stable.version}"
         intro = f"Restores the stable model before the last promotion ({new.stable.label()})."
-    body = (
-        "\n\n".join(
-            filter(
-                None,
-                [
-                    f"## {title}",
-                    intro,
-                    _state_table(before, new),
-                    analysis_md,
-                    f"Registry: `champion` moved back to v{new.stable.version}." if moves_champion else "",
-                    "_Opened by `flywheel rollback`._",
-                ],
-            )
-        )
-        + "\n"
+    body = pr_body(
+        f"## {title}",
+        intro,
+        _state_table(before, new),
+        analysis_md,
+        f"Registry: `champion` moved back to v{new.stable.version}." if moves_champion else "",
+        "_Opened by `flywheel rollback`._",
     )
     pr = _propose(t, f"flywheel/rollback-{env}-v{ended.version}", text, title, body)
     result = {
@@ -377,17 +361,12 @@ def request_retrain_step(drift_report: Path, repo: Path, dcfg: DeliveryConfig) -
     title = f"Retrain: drift in logged conversations ({span})"
     md = path.with_suffix(".md")
     drift_md = md.read_text() if md.is_file() else "\n".join(f"- {r}" for r in request["drift_reasons"])
-    body = (
-        "\n\n".join(
-            [
-                f"## {title}",
-                f"Merging this adds `{rel}`; `retrain.yml` then prepares data from the window, "
-                "trains, evaluates, gates, registers and opens a release pull request.",
-                drift_md,
-                "_Opened by `flywheel request-retrain`._",
-            ]
-        )
-        + "\n"
+    body = pr_body(
+        f"## {title}",
+        f"Merging this adds `{rel}`; `retrain.yml` then prepares data from the window, "
+        "trains, evaluates, gates, registers and opens a release pull request.",
+        drift_md,
+        "_Opened by `flywheel request-retrain`._",
     )
     forge = forge_from_env(Path(repo), dcfg.base_branch if _on_github() else "HEAD")
     pr = forge.propose(
