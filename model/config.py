@@ -208,6 +208,37 @@ class CollectorConfig:
     )
 
 
+@dataclass
+class LoopConfig:
+    held_back_intents: list[str] = _f(
+        [], "intents the first model never sees and traffic brings later; empty: pick held_back_fraction of them"
+    )
+    held_back_fraction: float = _f(
+        0.25, "a quarter of the intents arrive only after the shift: enough for drift to show, most stay known"
+    )
+    seed_fraction: float = _f(
+        0.5, "share of the known intents' training texts the first model sees; the rest arrives as user traffic"
+    )
+    requests_before_shift: int = _f(400, "traffic on known intents first: the reference window drift compares to")
+    requests_after_shift: int = _f(600, "traffic once new intents appear: the window that should show drift")
+    new_intent_share: float = _f(
+        0.4, "share of shifted traffic asking for held-back intents: a product launch, not a trickle"
+    )
+    label_budget: int = _f(150, "human labels one turn of the loop may spend: a reviewer's afternoon")
+    label_strategy: str = _f(
+        "queue", "queue: label the review queue's most informative items first; random: a random draw (baseline)"
+    )
+    annotator_error_rate: float = _f(
+        0.05, "share of labels the simulated reviewer gets wrong: people disagree on a few percent of messages"
+    )
+    canary_percent: int = _f(30, "canary share during the demo: enough traffic to decide within a few looks")
+    look_requests: int = _f(600, "requests between two canary analyses, as the hourly canary.yml would see them")
+    max_looks: int = _f(8, "bounded: after this many looks without a verdict the canary keeps running (hold)")
+    requests_after_release: int = _f(300, "traffic on the final stable model, to show where accuracy ends up")
+    env: str = _f("production", "environment whose manifest the stand-in repository and cluster follow")
+    seed: int = _f(7, "picks held-back intents, traffic and reviewer mistakes reproducibly")
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "train": TrainConfig,
@@ -221,6 +252,7 @@ SECTIONS: dict[str, type] = {
     "drift": DriftConfig,
     "serve": ServeConfig,
     "collect": CollectorConfig,
+    "loop": LoopConfig,
 }
 
 

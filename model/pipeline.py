@@ -23,7 +23,6 @@ from model.gate import decide
 from model.gate import render_markdown as render_gate
 from model.package import write_artifact
 from model.predictor import IntentPredictor
-from model.reports import write_reports
 from model.train import fit
 
 
@@ -186,41 +185,3 @@ def promote_step(version: int | None, reg_cfg: RegistryConfig) -> tuple[dict, st
         f"(was: {('v' + str(result['previous_champion'])) if result['previous_champion'] else 'none'}).\n"
     )
     return result, md
-
-
-def demo_step(
-    data: Path,
-    data_cfg: DataConfig,
-    train_cfg: TrainConfig,
-    gate_cfg: GateConfig,
-    reg_cfg: RegistryConfig,
-    report_dir: Path,
-) -> tuple[dict, str, bool]:
-    """The main job on one machine: train → gate → register → promote (first model only)."""
-    steps: dict[str, dict] = {}
-    trained, md = train_step(data, data_cfg, train_cfg, reg_cfg)
-    write_reports(report_dir, "train", trained, md)
-    steps["train"] = trained
-    gated, gate_md, passed = gate_step(trained["artifact"], "auto", data, "test", data_cfg, gate_cfg, reg_cfg)
-    gate_file = write_reports(report_dir, "gate", gated, gate_md)
-    steps["gate"] = {"passed": passed, "reasons": gated["reasons"]}
-    body = [md, gate_md]
-    if passed:
-        registered, reg_md = register_step(Path(trained["artifact"]), gate_file, reg_cfg)
-        steps["register"] = registered
-        body.append(reg_md)
-        if registry.alias_version(reg_cfg, registry.CHAMPION) is None:
-            promoted, promote_md = promote_step(registered["version"], reg_cfg)
-            steps["promote"] = promoted
-            body.append(promote_md)
-    uri = registry.tracking_uri()
-    body.append(
-        "## Where things are\n\n"
-        f"- Model artifact: `{trained['artifact']}`\n"
-        f"- Reports: `{report_dir}`\n"
-        f"- MLflow store: `{uri}`; open the UI with `.venv/bin/mlflow ui --backend-store-uri {uri}` "
-        "and browse http://127.0.0.1:5000\n"
-        f"- Load the champion (with `MLFLOW_TRACKING_URI={uri}`): "
-        f'`mlflow.pyfunc.load_model("models:/{reg_cfg.model_name}@champion")`\n'
-    )
-    return {"steps": steps, "tracking_uri": uri, "report_dir": str(report_dir)}, "\n".join(body), passed

@@ -27,6 +27,7 @@ from model.config import (
     DeliveryConfig,
     DriftConfig,
     GateConfig,
+    LoopConfig,
     PiiConfig,
     PrepareConfig,
     RegistryConfig,
@@ -139,7 +140,10 @@ class CheckManifestsArgs:
 
 @dataclass
 class DemoArgs:
-    data: str = _arg(str(SAMPLE_DATA), "dataset to run the demo on")
+    dataset: str = _arg(
+        str(SAMPLE_DATA), "labelled dataset the loop replays as users (any format `train` reads, e.g. Banking77)"
+    )
+    out: str = _arg("", "new folder for everything the loop makes (default: <work dir>/loop/<time>)")
 
 
 @dataclass
@@ -264,8 +268,8 @@ STEPS = {
         [ExportEventsArgs, CollectorConfig],
     ),
     "demo": (
-        "train, evaluate, gate, register and promote on the sample data",
-        [DemoArgs, DataConfig, TrainConfig, GateConfig, RegistryConfig],
+        "turn the whole loop once on one machine: serve, log, drift, retrain, canary, promote; ends in an HTML report",
+        [DemoArgs, LoopConfig],
     ),
 }
 SECTION_OF = {
@@ -281,6 +285,7 @@ SECTION_OF = {
     DriftConfig: "drift",
     ServeConfig: "serve",
     CollectorConfig: "collect",
+    LoopConfig: "loop",
 }
 
 
@@ -413,11 +418,23 @@ def run(step: str, c: dict) -> tuple[dict, str, int]:
         )
         return result, md, EXIT_OK
     if step == "demo":
-        result, md, passed = pipeline.demo_step(
-            Path(c[DemoArgs].data), data_cfg, train_cfg, gate_cfg, reg_cfg, _report_dir(c)
-        )
-        return result, md, EXIT_OK if passed else EXIT_REJECTED
+        return run_demo(c)
     raise FlywheelError(f"unknown step {step}")
+
+
+def run_demo(c: dict) -> tuple[dict, str, int]:
+    import time
+
+    from model.loop import load_configs, run_loop, summarise
+
+    a = c[DemoArgs]
+    out = Path(a.out) if a.out else work_dir() / "loop" / time.strftime("%Y%m%d-%H%M%S")
+    cfgs = load_configs(Path(c[CommonArgs].config), c[LoopConfig])
+    record, report = run_loop(
+        Path(a.dataset), out, cfgs, progress=lambda line: print(line, file=sys.stderr, flush=True)
+    )
+    result, md = summarise(record, report)
+    return result, md, EXIT_OK
 
 
 DELIVERY_STEPS = ("release", "rollback", "canary-analysis", "check-manifests", "request-retrain")  # promote --env too

@@ -1,0 +1,139 @@
+"""The closed loop's parts that need no server: data plan, traffic draw, reviewer, stand-in repository."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from model import annotator
+from model.config import DataConfig, DeliveryConfig, LoopConfig, RegistryConfig
+from model.data import assign_splits
+from model.delivery import request_retrain_step
+from model.errors import FlywheelError
+from model.loop import draw_traffic, plan_data, response_catalog, split_intents
+from model.review_queue import read_labels
+from model.stand_in import StandInRepo, git
+
+
+@pytest.fixture
+def split_df(sample_df):
+    return assign_splits(sample_df.copy(), DataConfig())
+
+
+def test_split_intents_holds_back_a_seeded_share(split_df):
+    known, held = split_intents(split_df, LoopConfig(held_back_fraction=0.25, seed=3), "oos")
+    intents = set(split_df["intent"]) - {"oos"}
+    assert set(known) | set(held) == intents and not set(known) & set(held)
+    assert len(held) == round(len(intents) * 0.25)
+    assert split_intents(split_df, LoopConfig(held_back_fraction=0.25, seed=3), "oos") == (known, held)
+    named = split_intents(split_df, LoopConfig(held_back_intents=[known[0]]), "oos")[1]
+    assert named == [known[0]]
+
+
+def test_split_intents_refuses_unknown_names_and_bad_fractions(split_df):
+    with pytest.raises(FlywheelError, match="not in the dataset: no_such_intent"):
+        split_intents(split_df, LoopConfig(held_back_intents=["no_such_intent"]), "oos")
+    with pytest.raises(FlywheelError, match="held_back_fraction"):
+        split_intents(split_df, LoopConfig(held_back_fraction=1.0), "oos")
+
+
+def test_plan_data_keeps_held_back_intents_and_test_texts_out_of_the_seed_set(split_df):
+    known, held = split_intents(split_df, LoopConfig(seed=1), "oos")
+    plan = plan_data(split_df, known, LoopConfig(seed_fraction=0.5, seed=1), "oos")
+    seed, pool, test = plan["seed"], plan["pool"], plan["test"]
+    assert not set(seed["intent"]) & set(held)
+    assert set(pool["intent"]) >= set(held) | {"oos"}
+    assert not set(seed.loc[seed["split"] == "train", "text"]) & set(pool["text"])  # users send texts it never saw
+    assert not set(test["text"]) & set(pool["text"])
+    assert set(test["intent"]) == set(split_df["intent"])  # the full test set covers every intent
+    known_train = split_df[(split_df["split"] == "train") & split_df["intent"].isin(known)]
+    assert abs((seed["split"] == "train").sum() - len(known_train) / 2) <= len(known)
+
+
+def test_draw_traffic_honours_the_new_intent_share(split_df):
+    known, held = split_intents(split_df, LoopConfig(seed=1), "oos")
+    pool = plan_data(split_df, known, LoopConfig(seed=1), "oos")["pool"]
+    before = draw_traffic(pool, 200, held, 0.0, seed=5)
+    after = draw_traffic(pool, 200, held, 0.4, seed=5)
+    assert len(before) == len(after) == 200
+    assert not before["intent"].isin(held).any()
+    assert after["intent"].isin(held).sum() == 80
+    assert draw_traffic(pool, 200, held, 0.4, seed=5).equals(after)
+
+
+def test_response_catalog_fills_in_intents_it_lacks(tmp_path):
+    base = tmp_path / "responses.yaml"
+    base.write_text("fallback: Passing you to a person.\nintents:\n  a: Reply A.\n")
+    assert response_catalog(base, ["a"], tmp_path / "out.yaml") == base
+    out = response_catalog(base, ["a", "b"], tmp_path / "out.yaml")
+    from model.catalog import ResponseCatalog
+
+    catalog = ResponseCatalog.load(out)
+    catalog.check_covers(["a", "b"], "test")
+    assert catalog.reply("a", False) == "Reply A." and "b" in catalog.reply("b", False)
+
+
+def _queue(n: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "text": [f"message number {i}" for i in range(n)],
+            "predicted_intent": "x",
+            "confidence": [i / n for i in range(n)],
+            "traffic": 1,
+            "reasons": "fallback",
+            "conversation_id": [f"c{i}" for i in range(n)],
+            "request_id": [f"r{i}" for i in range(n)],
+            "model_version": "1",
+        }
+    )
+
+
+def test_annotator_labels_the_queue_head_from_the_truth_with_the_given_error_rate(tmp_path):
+    queue = _queue(400)
+    truth = {f"r{i}": ("a" if i % 2 else "b") for i in range(400)}
+    items = annotator.pick(queue, queue, 300, "queue", seed=1)
+    assert items["request_id"].tolist() == [f"r{i}" for i in range(300)]
+    exact, stats = annotator.label(items, truth, ["a", "b", "c"], 0.0, seed=1)
+    assert stats["wrong_labels"] == 0 and (exact["intent"] == exact["request_id"].map(truth)).all()
+    noisy, stats = annotator.label(items, truth, ["a", "b", "c"], 0.2, seed=1)
+    wrong = noisy["intent"] != noisy["request_id"].map(truth)
+    assert stats["wrong_labels"] == int(wrong.sum()) and 30 <= wrong.sum() <= 90
+    path = annotator.write_labels(noisy, tmp_path / "labels.csv")
+    back = read_labels(path, {"a", "b", "c"})  # what prepare reads: the reviewer's file is a person's file
+    assert back["intent"].tolist() == noisy["intent"].tolist()
+
+
+def test_annotator_random_strategy_draws_distinct_logged_texts():
+    logged = pd.concat([_queue(100), _queue(100)])  # every text twice
+    items = annotator.pick(_queue(10), logged, 50, "random", seed=2)
+    assert len(items) == 50 and items["text"].is_unique
+    assert annotator.pick(_queue(10), logged, 50, "random", seed=2).equals(items)
+    with pytest.raises(FlywheelError, match="label strategy"):
+        annotator.pick(_queue(10), logged, 5, "smart", seed=2)
+    with pytest.raises(FlywheelError, match="no ground truth"):
+        annotator.label(_queue(3), {}, ["a"], 0.0, seed=1)
+
+
+def test_stand_in_repository_merges_one_commit_per_pull_request(tmp_path, monkeypatch):
+    monkeypatch.delenv("GITHUB_TOKEN", raising=False)
+    repo = StandInRepo.create(tmp_path / "repo")
+    assert (repo.path / "manifests" / "production" / "inferenceservice.yaml").is_file()
+    report = tmp_path / "drift.json"
+    report.write_text(json.dumps({"drift": True, "reasons": ["fallback rate up"], "window": {"start": "a", "end": "b"}}))
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "t")
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "t@localhost")
+    monkeypatch.setenv("GIT_COMMITTER_NAME", "t")
+    monkeypatch.setenv("GIT_COMMITTER_EMAIL", "t@localhost")
+    result, _ = request_retrain_step(report, repo.path, DeliveryConfig())
+    assert not (repo.path / result["request_file"]).exists()  # proposed, not merged
+    commit = repo.merge(result["pull_request"])
+    assert (repo.path / result["request_file"]).is_file()
+    log = repo.log()
+    assert [e["commit"] for e in log][0] == commit and len(log) == 2
+    assert log[0]["subject"].startswith("Retrain: drift")
+    assert git(repo.path, "status", "--porcelain") == ""
+    with pytest.raises(FlywheelError, match="already exists"):
+        StandInRepo.create(repo.path)
+    assert RegistryConfig().model_name  # the loop names models by the registry config
