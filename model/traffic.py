@@ -23,6 +23,7 @@ server is not ready at the start, or once more than ``MAX_FAILED_SHARE`` of the 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 import uuid
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -37,7 +39,7 @@ import requests
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
-from model.config import TrafficConfig
+from model.config import DataConfig, TrafficConfig, work_dir
 from model.errors import FlywheelError
 
 STABLE, CANARY = "stable", "canary"
@@ -310,3 +312,79 @@ def simulate(
             f"{MAX_FAILED_SHARE:.0%}; predictor {predictor_url}, collector {collector_url}): {examples_of}"
         )
     return _frame(rows)
+
+
+def summarize(frame: pd.DataFrame) -> dict:
+    """Per arm: requests, failures, accuracy and fallback rate of the answered ones, feedback by kind."""
+    arms = {}
+    for arm, rows in frame.groupby("arm", sort=True):
+        answered = rows[rows["predicted_intent"] != ""]  # a prediction came back (its feedback may have failed)
+        arms[arm] = {
+            "requests": len(rows),
+            "failed": int((rows["error"] != "").sum()),
+            "model_versions": sorted(set(answered["model_version"])),
+            "accuracy": round(float(answered["correct"].astype(bool).mean()), 4) if len(answered) else None,
+            "fallback_rate": round(float(answered["fallback"].astype(bool).mean()), 4) if len(answered) else None,
+            "feedback": {k: int(n) for k, n in rows.loc[rows["feedback"] != "", "feedback"].value_counts().items()},
+        }
+    return arms
+
+
+def traffic_step(
+    data: Path,
+    limit: int,
+    predictor_url: str,
+    collector_url: str,
+    endpoint: str,
+    canary_percent: int,
+    phase: str,
+    out: Path | None,
+    data_cfg: DataConfig,
+    cfg: TrafficConfig,
+) -> tuple[dict, str]:
+    """Replay a labelled dataset (shuffled with the traffic seed, at most ``limit`` messages) as users."""
+    from model.data import load_examples
+
+    examples = load_examples(data, data_cfg)[["text", "intent"]]
+    examples = examples.sample(frac=1, random_state=cfg.seed).reset_index(drop=True)
+    if limit > 0:
+        examples = examples.head(limit)
+    started = datetime.now(UTC)
+
+    def report(done: int, total: int) -> None:
+        if done == total or done % max(1, total // 10) == 0:
+            print(f"traffic {phase}: {done}/{total}", file=sys.stderr, flush=True)
+
+    frame = simulate(
+        examples, predictor_url, collector_url, endpoint, canary_percent, cfg, phase,
+        data_cfg.oos_label, progress=report,
+    )  # fmt: skip
+    target = out or work_dir() / "traffic" / f"{started:%Y%m%dT%H%M%S}-{phase}.parquet"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    frame.to_parquet(partial, index=False)
+    partial.replace(target)  # a reader never sees half a file
+    arms = summarize(frame)
+    result = {
+        "phase": phase,
+        "data": str(data),
+        "requests": len(frame),
+        "canary_percent": canary_percent,
+        "predictor_url": predictor_url,
+        "collector_url": collector_url,
+        "started": started.isoformat(),
+        "rows": str(target),
+        "arms": arms,
+    }
+    lines = "\n".join(
+        f"| {arm} | {', '.join(a['model_versions'])} | {a['requests']} | {a['failed']} | {a['accuracy']} | "
+        f"{a['fallback_rate']} | {', '.join(f'{k} {n}' for k, n in sorted(a['feedback'].items())) or 'none'} |"
+        for arm, a in arms.items()
+    )
+    md = (
+        f"## Simulated traffic, phase `{phase}`\n\n{len(frame)} messages from `{data}` to {predictor_url} "
+        f"({canary_percent}% to the canary), feedback to {collector_url}; rows in `{target}`.\n\n"
+        "| arm | model version | requests | failed | accuracy | fallback rate | feedback |\n"
+        f"|---|---|---|---|---|---|---|\n{lines}\n"
+    )
+    return result, md

@@ -378,3 +378,31 @@ def test_readiness_is_checked_before_sending(servers):
         simulate(examples.rename(columns={"intent": "label"}), servers["predictor"], down, NAME, None, cfg, "p")
     with pytest.raises(FlywheelError, match="canary_percent is 130"):
         simulate(examples, servers["predictor"], servers["collector"], NAME, 130, cfg, "p")
+
+
+def test_cli_replays_a_dataset_and_reports_per_arm(servers, tmp_path, capsys):
+    from model.config import SAMPLE_DATA
+    from scripts.cli import main
+
+    out, reports = tmp_path / "rows.parquet", tmp_path / "reports"
+    common = ["--predictor_url", servers["predictor"], "--collector_url", servers["collector"], "--endpoint", NAME,
+              "--report_dir", str(reports)]  # fmt: skip
+    args = ["traffic", "--limit", "40", "--canary_percent", "50", "--phase", "cli", "--out", str(out), *common]
+    assert main(args) == 0, capsys.readouterr().err
+    frame = pd.read_parquet(out)
+    assert (
+        len(frame) == 40
+        and set(frame["phase"]) == {"cli"}
+        and set(frame["text"]) <= set(pd.read_csv(SAMPLE_DATA, dtype=str, keep_default_na=False)["text"])
+    )
+    result = json.loads((reports / "traffic.json").read_text())
+    assert sum(a["requests"] for a in result["arms"].values()) == 40
+    for arm, a in result["arms"].items():
+        rows = frame[frame["arm"] == arm]
+        assert a["accuracy"] == round(float(rows["correct"].astype(bool).mean()), 4)
+        assert sum(a["feedback"].values()) == int((rows["feedback"] != "").sum())
+    assert "| canary |" in (reports / "traffic.md").read_text()
+
+    code = main(["traffic", "--p_abandoned_if_wrong", "0.5", "--out", str(tmp_path / "bad.parquet"), *common])
+    assert code == 2 and "p_abandoned_if_wrong (0.5)" in capsys.readouterr().err
+    assert not (tmp_path / "bad.parquet").exists()
