@@ -16,7 +16,9 @@ as they are.
 
 ``/metrics`` counts events by outcome, and ``flywheel_feedback_total{kind, arm, model_version}``:
 feedback on the answer it names, looked up in the store, which the alert rules and canary analysis
-read (``unknown`` when the feedback names only a conversation).
+read (``unknown`` when the feedback names only a conversation). Feedback can arrive before the
+answer it names (KServe's logger posts asynchronously, a user may be quicker): it is then counted
+once that answer is stored, or as ``unknown`` after about five seconds.
 
 200 means stored and committed (or already stored: redelivery is harmless). Bad input gets a 4xx
 with the reason and touches nothing; only a store failure gives 503. KServe's logger does not
@@ -26,6 +28,7 @@ answer (parsing and redaction run on a worker thread, so a long text does not st
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Callable
@@ -54,6 +57,10 @@ FEEDBACK_KINDS = ("thumbs_up", "thumbs_down", "abandoned", "escalated", "resolve
 MAX_ID_CHARS = 200
 # Keys of the Open Inference Protocol that hold protocol structure, not user text: left as they are.
 STRUCTURAL_KEYS = frozenset({"id", "name", "datatype", "shape"})
+UNKNOWN_ANSWER = ("unknown", "unknown")
+# KServe's logger posts the response event after answering, without waiting; feedback naming an
+# answer not stored yet is counted once it is, looked up after each of these pauses (seconds)
+LATE_ANSWER_WAITS_S = (0.1, 0.4, 1.5, 3.0)
 _JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json$")
 
 
@@ -230,6 +237,7 @@ def build_app(
     engine = open_store(cfg.store_url, cfg.sqlite_synchronous)
     writer = GroupCommitWriter(engine)
     metrics = CollectorMetrics(registry or CollectorRegistry())
+    late_counts: set[asyncio.Task] = set()
 
     async def receive(request: Request) -> Response:
         started = datetime.now(UTC)
@@ -249,19 +257,35 @@ def build_app(
         metrics.events.labels(event_type, "stored" if new else "duplicate").inc()
         metrics.latency.observe((datetime.now(UTC) - started).total_seconds())
         if new and table == "feedback":
-            arm, version = await run_in_threadpool(answer_of, row["request_id"])
-            metrics.feedback.labels(row["kind"], arm, version).inc()
+            labels = await run_in_threadpool(answer_of, row["request_id"])
+            if labels is None and row["request_id"]:
+                # the logger posts asynchronously: a quick user can rate an answer before it is logged
+                task = asyncio.get_running_loop().create_task(count_late(row["kind"], row["request_id"]))
+                late_counts.add(task)
+                task.add_done_callback(late_counts.discard)
+            else:
+                metrics.feedback.labels(row["kind"], *(labels or UNKNOWN_ANSWER)).inc()
         return JSONResponse({"id": row["event_id"], "stored": new, "duplicate": not new})
 
-    def answer_of(request_id: str) -> tuple[str, str]:
-        """Arm and model version of the answer a feedback names (its response event), else 'unknown'."""
+    def answer_of(request_id: str) -> tuple[str, str] | None:
+        """Arm and model version of the answer a feedback names (its stored response event), if any."""
         from model.event_export import answer_labels
 
         try:
             response = read_response(engine, request_id) if request_id else None
         except sa.exc.SQLAlchemyError:
             response = None  # the feedback is stored; only its metric labels are unknown
-        return answer_labels(response) if response else ("unknown", "unknown")
+        return answer_labels(response) if response else None
+
+    async def count_late(kind: str, request_id: str) -> None:
+        """Count feedback whose answer was not stored yet once it is, or as 'unknown' after LATE_ANSWER_WAITS_S."""
+        labels = None
+        for wait in LATE_ANSWER_WAITS_S:
+            await asyncio.sleep(wait)
+            labels = await run_in_threadpool(answer_of, request_id)
+            if labels is not None:
+                break
+        metrics.feedback.labels(kind, *(labels or UNKNOWN_ANSWER)).inc()
 
     def store_answers() -> None:
         with engine.connect() as conn:
@@ -282,6 +306,8 @@ def build_app(
     @asynccontextmanager
     async def lifespan(_app):
         yield
+        for task in list(late_counts):
+            task.cancel()
         writer.close()
         engine.dispose()
 

@@ -11,7 +11,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -239,6 +239,53 @@ class LoopConfig:
     seed: int = _f(7, "picks held-back intents, traffic and reviewer mistakes reproducibly")
 
 
+@dataclass
+class TrafficConfig:
+    """Simulated users (``model/traffic.py``): how they react to an answer, from the ground truth."""
+
+    p_thumbs_up_if_right: float = _f(0.5, "about half of satisfied users bother to rate; a right answer is rated up")
+    p_resolved_if_right: float = _f(0.3, "some say the issue is solved instead of rating; the rest say nothing")
+    p_thumbs_down_if_wrong: float = _f(0.45, "an annoyed user rates more often than a satisfied one")
+    p_escalated_if_wrong: float = _f(0.25, "others ask for a human after a wrong answer")
+    p_abandoned_if_wrong: float = _f(0.2, "others leave; the rest say nothing")
+    p_escalated_if_fallback: float = _f(0.7, "the bot handed off; most users take the human")
+    p_abandoned_if_fallback: float = _f(0.2, "some leave rather than wait for a human")
+    concurrency: int = _f(8, "simulated users in parallel: enough to form batches, few enough for a 2-core laptop")
+    timeout_s: float = _f(30.0, "per HTTP call; a CPU predictor under load answers in well under a second")
+    seed: int = _f(7, "routing and reactions are drawn from it per request: reruns send the same traffic")
+
+    # what a user may do after each kind of answer, and the field holding its probability; the rest say nothing
+    REACTIONS: ClassVar[dict[str, tuple[tuple[str, str], ...]]] = {
+        "right": (("thumbs_up", "p_thumbs_up_if_right"), ("resolved", "p_resolved_if_right")),
+        "wrong": (
+            ("thumbs_down", "p_thumbs_down_if_wrong"),
+            ("escalated", "p_escalated_if_wrong"),
+            ("abandoned", "p_abandoned_if_wrong"),
+        ),
+        "fallback": (("escalated", "p_escalated_if_fallback"), ("abandoned", "p_abandoned_if_fallback")),
+    }
+
+    def __post_init__(self):
+        for case, reactions in self.REACTIONS.items():
+            names = [name for _, name in reactions]
+            for name in names:
+                value = getattr(self, name)
+                if not 0.0 <= value <= 1.0:
+                    raise FlywheelError(f"traffic.{name} is {value}: a probability must lie in [0, 1]")
+            total = sum(getattr(self, name) for name in names)
+            if total > 1.0 + 1e-9:
+                terms = " + ".join(f"{n} ({getattr(self, n)})" for n in names)
+                raise FlywheelError(
+                    f"traffic: reactions to a {case} answer are exclusive, so {terms} = {total:g} must be at most 1"
+                )
+        if self.concurrency < 1:
+            raise FlywheelError(f"traffic.concurrency is {self.concurrency}: at least one simulated user is needed")
+        if self.timeout_s <= 0:
+            raise FlywheelError(f"traffic.timeout_s is {self.timeout_s}: it must be positive")
+        if self.seed < 0:
+            raise FlywheelError(f"traffic.seed is {self.seed}: seeds are non-negative integers")
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "train": TrainConfig,
@@ -253,6 +300,7 @@ SECTIONS: dict[str, type] = {
     "serve": ServeConfig,
     "collect": CollectorConfig,
     "loop": LoopConfig,
+    "traffic": TrafficConfig,
 }
 
 

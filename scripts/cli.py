@@ -32,6 +32,7 @@ from model.config import (
     PrepareConfig,
     RegistryConfig,
     ServeConfig,
+    TrafficConfig,
     TrainConfig,
     read_yaml_config,
     work_dir,
@@ -198,6 +199,20 @@ class ServeArgs:
 
 
 @dataclass
+class TrafficArgs:
+    data: str = _arg(str(SAMPLE_DATA), "labelled messages to replay as users (any format `train` reads)")
+    limit: int = _arg(0, "send at most this many messages (0: all), after shuffling with the traffic seed")
+    predictor_url: str = _arg(f"http://{ServeConfig.host}:{ServeConfig.http_port}", "the running `flywheel serve`")
+    collector_url: str = _arg(
+        f"http://{CollectorConfig.host}:{CollectorConfig.http_port}", "the running `flywheel collect`"
+    )
+    endpoint: str = _arg(ServeConfig.endpoint, "the predictor's model name; the canary is <endpoint>-canary")
+    canary_percent: int = _arg(0, "share of messages (0-100) sent to the canary, each drawn independently")
+    phase: str = _arg("traffic", "label stored on every row (e.g. before-shift, canary)")
+    out: str = _arg("", "Parquet file of the rows (default: <work dir>/traffic/<time>-<phase>.parquet)")
+
+
+@dataclass
 class ExportEventsArgs:
     start: str = _arg("", "window start, ISO 8601 (e.g. 2026-11-01T00:00:00Z); events before it are left out")
     end: str = _arg("", "window end, ISO 8601, exclusive (default: now)")
@@ -263,6 +278,10 @@ STEPS = {
         "store KServe logger CloudEvents and user feedback, personal data redacted (idempotent, durable on 200)",
         [CollectorConfig, PiiConfig],
     ),
+    "traffic": (
+        "simulated users: send labelled messages through the predictor, react from the truth to the collector",
+        [TrafficArgs, DataConfig, TrafficConfig],
+    ),
     "export-events": (
         "export a window of logged conversations as a snapshot (model/conversations.py) with a content digest",
         [ExportEventsArgs, CollectorConfig],
@@ -286,6 +305,7 @@ SECTION_OF = {
     ServeConfig: "serve",
     CollectorConfig: "collect",
     LoopConfig: "loop",
+    TrafficConfig: "traffic",
 }
 
 
@@ -333,6 +353,15 @@ def run(step: str, c: dict) -> tuple[dict, str, int]:
         from model.collector import collect_step
 
         result, md = collect_step(c[CollectorConfig], c[PiiConfig])
+        return result, md, EXIT_OK
+    if step == "traffic":
+        from model.traffic import traffic_step
+
+        a = c[TrafficArgs]
+        result, md = traffic_step(
+            Path(a.data), a.limit, a.predictor_url, a.collector_url, a.endpoint, a.canary_percent, a.phase,
+            Path(a.out) if a.out else None, c[DataConfig], c[TrafficConfig],
+        )  # fmt: skip
         return result, md, EXIT_OK
     if step == "export-events":
         from model.event_export import export_step

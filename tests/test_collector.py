@@ -561,3 +561,24 @@ def test_feedback_is_counted_for_the_arm_and_version_that_answered(collector):
     metrics = client.get("/metrics").text
     assert 'flywheel_feedback_total{arm="canary",kind="thumbs_down",model_version="7"} 1.0' in metrics
     assert 'flywheel_feedback_total{arm="unknown",kind="escalated",model_version="unknown"} 1.0' in metrics
+
+
+def test_feedback_before_its_answer_is_counted_once_the_answer_is_stored(collector):
+    """KServe's logger posts after answering, without waiting: a quick user's rating may come first."""
+    client, cfg = collector
+
+    def counted(arm: str, kind: str, version: str) -> float:
+        prefix = f'flywheel_feedback_total{{arm="{arm}",kind="{kind}",model_version="{version}"}} '
+        lines = [line for line in client.get("/metrics").text.splitlines() if line.startswith(prefix)]
+        return float(lines[0][len(prefix) :]) if lines else 0.0
+
+    assert post(client, feedback_event("fb-early", T0, kind="thumbs_up", request_id="req-late")).status_code == 200
+    assert post(client, feedback_event("fb-never", T0, kind="abandoned", request_id="req-never")).status_code == 200
+    for event in v1_call("req-late", ["hi"], ["talk_to_human"], T0, arm="canary"):
+        assert post(client, event).status_code == 200
+    deadline = time.time() + 15
+    while time.time() < deadline and not counted("unknown", "abandoned", "unknown"):
+        time.sleep(0.2)
+    assert counted("canary", "thumbs_up", "7") == 1.0
+    assert counted("unknown", "thumbs_up", "unknown") == 0.0  # not counted twice, nor as unknown
+    assert counted("unknown", "abandoned", "unknown") == 1.0  # its answer never came

@@ -121,7 +121,8 @@ def test_stand_in_repository_merges_one_commit_per_pull_request(tmp_path, monkey
     repo = StandInRepo.create(tmp_path / "repo")
     assert (repo.path / "manifests" / "production" / "inferenceservice.yaml").is_file()
     report = tmp_path / "drift.json"
-    report.write_text(json.dumps({"drift": True, "reasons": ["fallback rate up"], "window": {"start": "a", "end": "b"}}))
+    drift = {"drift": True, "reasons": ["fallback rate up"], "window": {"start": "a", "end": "b"}}
+    report.write_text(json.dumps(drift))
     monkeypatch.setenv("GIT_AUTHOR_NAME", "t")
     monkeypatch.setenv("GIT_AUTHOR_EMAIL", "t@localhost")
     monkeypatch.setenv("GIT_COMMITTER_NAME", "t")
