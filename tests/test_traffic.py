@@ -129,26 +129,23 @@ def test_unreachable_predictor_is_an_error_naming_its_url():
 # --- against the running predictor and collector ----------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def answering_artifact(tiny_artifact, tmp_path_factory) -> str:
-    """The tiny model with its fallback threshold at 0: it answers everything, rightly or wrongly.
-
-    The tiny random BERT is unsure of nearly every message, so with its calibrated threshold it hands
-    almost everything off; this copy gives the simulator right and wrong answers to react to.
-    """
-    folder = tmp_path_factory.mktemp("answering") / "artifact"
+def with_threshold(tiny_artifact: dict, folder, threshold: float) -> str:
+    """A copy of the tiny model with another fallback threshold (and a manifest, hence a digest, of its own)."""
     shutil.copytree(tiny_artifact["artifact"], folder)
     meta = json.loads((folder / "meta.json").read_text())
-    (folder / "meta.json").write_text(json.dumps({**meta, "fallback_threshold": 0.0}))
+    (folder / "meta.json").write_text(json.dumps({**meta, "fallback_threshold": threshold}))
     (folder / MANIFEST).unlink()
     write_manifest(folder)
     return str(folder)
 
 
 @pytest.fixture(scope="module")
-def servers(tiny_artifact, answering_artifact, tmp_path_factory):
-    """`flywheel collect` on a SQLite store, and `flywheel serve` logging to it: the stable model answers
-    everything, the canary (the calibrated tiny model) hands most messages off."""
+def servers(tiny_artifact, tmp_path_factory):
+    """`flywheel collect` on a SQLite store, and `flywheel serve` logging to it.
+
+    The stable model answers everything (threshold 0), rightly or wrongly; the canary hands everything
+    off (threshold 1): every kind of answer is common whatever the tiny random model learned.
+    """
     work = tmp_path_factory.mktemp("traffic-work")
     store = f"sqlite:///{work / 'conversations.db'}"
     collector_port, port = free_port(), free_port()
@@ -159,12 +156,14 @@ def servers(tiny_artifact, answering_artifact, tmp_path_factory):
         cwd=PROJECT_ROOT, env=env, stdout=open(work / "collector.log", "w"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     collector_url = f"http://127.0.0.1:{collector_port}"
+    stable = with_threshold(tiny_artifact, work / "answers-all", 0.0)
+    canary = with_threshold(tiny_artifact, work / "hands-off-all", 1.0)
     proc = start_server(
         [
             "--stable",
-            answering_artifact,
+            stable,
             "--canary",
-            tiny_artifact["artifact"],
+            canary,
             "--logger_url",
             f"{collector_url}/",
             "--max_text_chars",
