@@ -188,7 +188,8 @@ def registry_state(reg_cfg: RegistryConfig) -> dict:
         versions.append(
             {
                 "version": int(mv.version),
-                "aliases": sorted(mv.aliases),
+                # search results leave aliases out; the version itself has them
+                "aliases": sorted(client.get_model_version(reg_cfg.model_name, mv.version).aliases),
                 "run_id": mv.run_id,
                 "dataset_digest": mv.tags.get("dataset_digest", ""),
                 "git_sha": mv.tags.get("git_sha", ""),
@@ -508,7 +509,7 @@ class Loop:
             self._write("prepare", prepared, prep_md)
             examples = Path(prepared["snapshot"])
             _, train_md, ok = check_data(
-                None, examples, self.seed_csv, self.c.data, self.c.prepare, self.c.checks, self.reports / "data-docs"
+                None, examples, self.seed_csv, self.c.data, prep_cfg, self.c.checks, self.reports / "data-docs"
             )
             if not ok:
                 raise FlywheelError(f"check-data refused the prepared training set {examples}:\n{train_md}")
@@ -608,13 +609,14 @@ class Loop:
 
     def finish(self) -> Path:
         from model.loop_report import render_report
+        from model.traffic import COLUMNS as TRAFFIC_COLUMNS
 
         traffic_file = self.work / "traffic.parquet"
-        if self.traffic:
-            pd.concat(self.traffic, ignore_index=True).to_parquet(traffic_file, index=False)
+        sent = pd.concat(self.traffic, ignore_index=True) if self.traffic else pd.DataFrame(columns=TRAFFIC_COLUMNS)
+        sent.to_parquet(traffic_file, index=False)
         self.record["traffic"] = str(traffic_file)
         self.record["registry"] = registry_state(self.c.registry)
-        self.record["git_log"] = self.repo.log() if self.repo else []
+        self.record["git_repo"] = str(self.repo.path) if self.repo else None
         self.record["finished_at"] = datetime.now(UTC).isoformat()
         self.record["seconds"] = round(time.monotonic() - self.started, 1)
         (self.work / "loop.json").write_text(json.dumps(self.record, indent=2, default=str) + "\n")
@@ -665,8 +667,14 @@ def run_loop(dataset: Path, work: Path, cfgs: LoopConfigs, progress=print) -> tu
             if loop.traffic_and_drift() and loop.retrain()["passed"]:
                 loop.canary()
                 loop.after_release()
-        finally:
+        except BaseException:
             loop.close()
-            report = loop.finish()
-            progress(f"[{loop._clock()}] report: {report}")
+            try:  # a failed loop still leaves its record and report; the stage's own error is the one raised
+                progress(f"[{loop._clock()}] report of the failed loop: {loop.finish()}")
+            except Exception as exc:
+                progress(f"[{loop._clock()}] could not write the report: {exc}")
+            raise
+        loop.close()
+        report = loop.finish()
+        progress(f"[{loop._clock()}] report: {report}")
     return loop.record, report

@@ -41,10 +41,11 @@ _PRIMITIVES = {
 
 
 def _model_class(name: str):
-    import kserve.models
     import kubernetes.client.models
 
-    for module in (kserve.models, kubernetes.client.models):
+    from model.kserve_sdk import kserve_models
+
+    for module in (kserve_models, kubernetes.client.models):
         if hasattr(module, name):
             return getattr(module, name)
     return None

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import sys
 import time
 import uuid
 from collections import deque
@@ -42,18 +41,8 @@ from model.catalog import ResponseCatalog
 from model.config import RegistryConfig, ServeConfig, work_dir
 from model.errors import FlywheelError
 from model.http_guard import BodyLimit, ensure_can_listen
+from model.kserve_sdk import InferOutput, InferRequest, InferResponse, InvalidInput, kserve, kserve_server
 from model.predictor import IntentPredictor, Prediction
-
-# kserve parses sys.argv when its model_server module is imported; keep `flywheel serve`'s own
-# flags (e.g. --model...) from being read as kserve's abbreviated options.
-_argv, sys.argv = sys.argv, sys.argv[:1]
-try:
-    import kserve
-    from kserve import model_server as kserve_server
-    from kserve.errors import InvalidInput
-    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
-finally:
-    sys.argv = _argv
 
 STABLE, CANARY, SHADOW = "stable", "canary", "shadow"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from model import annotator
-from model.config import DataConfig, DeliveryConfig, LoopConfig, RegistryConfig
-from model.data import assign_splits
+from model.config import SAMPLE_DATA, DataConfig, DeliveryConfig, LoopConfig, RegistryConfig
+from model.data import assign_splits, load_examples
 from model.delivery import request_retrain_step
 from model.errors import FlywheelError
 from model.loop import draw_traffic, plan_data, response_catalog, split_intents
@@ -18,8 +18,8 @@ from model.stand_in import StandInRepo, git
 
 
 @pytest.fixture
-def split_df(sample_df):
-    return assign_splits(sample_df.copy(), DataConfig())
+def split_df():
+    return assign_splits(load_examples(SAMPLE_DATA, DataConfig()), DataConfig())
 
 
 def test_split_intents_holds_back_a_seeded_share(split_df):
@@ -138,3 +138,21 @@ def test_stand_in_repository_merges_one_commit_per_pull_request(tmp_path, monkey
     with pytest.raises(FlywheelError, match="already exists"):
         StandInRepo.create(repo.path)
     assert RegistryConfig().model_name  # the loop names models by the registry config
+
+
+def test_config_flag_is_not_read_by_kserve_on_import():
+    """kserve parses sys.argv on import; `--config` once matched its `--configure_logging` and exited."""
+    import subprocess
+    import sys
+
+    from model.config import DEFAULT_CONFIG, PROJECT_ROOT
+
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.cli", "check-manifests", "--config", str(DEFAULT_CONFIG), "--repo", "."],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "configure_logging" not in done.stderr
