@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test bench bench-serving bench-collector lint lock clean
+.PHONY: setup demo test bench bench-loop bench-serving bench-collector lint lock clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,9 @@ test: setup
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/bench_banking77.py
+
+bench-loop: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/bench_loop.py
 
 bench-serving: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m scripts.bench_serving

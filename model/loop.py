@@ -519,6 +519,7 @@ class Loop:
                 "queue_length": len(queue),
                 **stats,
                 "new_intent_labels": int(labelled["intent"].isin(self.held_back).sum()),
+                "new_intents_waiting_for_labels": prepared["labelling"]["new_intents_waiting_for_labels"],
             }
             s["summary"] = (
                 f"{len(queue)} messages queued for review; {stats['labelled']} labelled "

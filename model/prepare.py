@@ -90,6 +90,17 @@ def balance(df: pd.DataFrame, cfg: PrepareConfig, oos_label: str) -> tuple[pd.Da
     return df, capped, below
 
 
+def hold_back_thin_new_intents(df: pd.DataFrame, known: set[str], cfg: DataConfig) -> tuple[pd.DataFrame, dict]:
+    """Leave out new intents with fewer than ``min_examples_per_intent`` labels: too few to split and learn.
+
+    Their labels stay in the labels file; a later run with more labels takes them in. Returns the kept
+    rows and ``{intent: labels so far}`` for the datasheet.
+    """
+    counts = df.loc[~df["intent"].isin(known | {cfg.oos_label}), "intent"].value_counts()
+    waiting = {k: int(v) for k, v in counts.items() if v < cfg.min_examples_per_intent}
+    return df[~df["intent"].isin(waiting)].reset_index(drop=True), dict(sorted(waiting.items()))
+
+
 def prepare_step(
     snapshot: Path,
     data: Path,
@@ -142,6 +153,10 @@ def prepare_step(
     )
 
     # 3. Labels. Human labels: replace seed/auto labels, never an earlier human one.
+    # texts that differ only in case are one example: keep the first (they would otherwise straddle splits)
+    case_twins = base["text"].map(exact_key).duplicated()
+    removed_case_twins = int(case_twins.sum())
+    base = base[~case_twins].reset_index(drop=True)
     human_keys = dict(zip(human["text"].map(exact_key), human["intent"]))
     base_keys = base["text"].map(exact_key)
     relabel = base_keys.isin(human_keys) & (base["source"] != "human")
@@ -167,11 +182,14 @@ def prepare_step(
     # 4. Assemble, balance, split.
     combined = pd.concat([base[COLUMNS], new_human[COLUMNS], auto[COLUMNS]], ignore_index=True)
     combined, capped, below_floor = balance(combined, prep_cfg, data_cfg.oos_label)
+    combined, waiting = hold_back_thin_new_intents(combined, known_intents, data_cfg)
+    below_floor = {k: v for k, v in below_floor.items() if k not in waiting}
     split_cfg = data_cfg if prep_cfg.grow_test else dataclasses.replace(data_cfg, test_fraction=0.0)
     combined = assign_splits(combined.reset_index(drop=True), split_cfg)
     test_keys = set(combined.loc[combined["split"] == "test", "text"].map(exact_key))
     overlap = (combined["split"] != "test") & combined["text"].map(exact_key).isin(test_keys)
     removed["overlaps_test_set"] = int(overlap.sum())
+    removed["case_duplicates_in_training_set"] = removed_case_twins
     combined = combined[~overlap].reset_index(drop=True)
     digest = dataset_digest(combined)
 
@@ -204,6 +222,7 @@ def prepare_step(
             "review_exported": len(queue),
             "unused_unrated_or_unsure": int(len(kept) - len(auto) - len(queue_all)),
             "new_intents": sorted(set(combined["intent"]) - known_intents - {data_cfg.oos_label}),
+            "new_intents_waiting_for_labels": waiting,
         },
         "balancing": {
             "floor": prep_cfg.intent_floor,
@@ -324,6 +343,9 @@ def render_datasheet(sheet: dict) -> str:
     ]
     if lab["new_intents"]:
         lines += [f"New intents: {', '.join(lab['new_intents'])}", ""]
+    if lab.get("new_intents_waiting_for_labels"):
+        waiting = ", ".join(f"{k} ({v})" for k, v in lab["new_intents_waiting_for_labels"].items())
+        lines += [f"**New intents left out until they have more labels** (labels so far): {waiting}", ""]
     if bal["below_floor"]:
         lines += [
             f"**Intents below the floor of {bal['floor']} examples** (kept; label more): "

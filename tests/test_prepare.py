@@ -240,15 +240,34 @@ def test_unknown_label_refused_unless_declared_new(tmp_path, base_csv, base_df):
     with pytest.raises(FlywheelError, match=r"labels.csv: unknown intent\(s\) 'gift_wrap' \(line 2\)"):
         _run(tmp_path, snapshot, base_csv, labels=labels)
     assert not (tmp_path / "prepared").exists()
-    result, md = _run(
-        tmp_path,
-        snapshot,
-        base_csv,
-        labels=labels,
-        cfg=PrepareConfig(log_to_mlflow=False, new_intents=["gift_wrap"], intent_floor=5),
-    )
-    assert result["below_floor"] == {"gift_wrap": 3} and "gift_wrap (3)" in md
-    assert "gift_wrap" in json.loads((tmp_path / "prepared" / "datasheet.json").read_text())["labelling"]["new_intents"]
+    declared = PrepareConfig(log_to_mlflow=False, new_intents=["gift_wrap"], intent_floor=20)
+    # three labels are too few to split and learn (min_examples_per_intent 8): left out until there are more
+    result, md = _run(tmp_path, snapshot, base_csv, labels=labels, cfg=declared)
+    assert result["labelling"]["new_intents_waiting_for_labels"] == {"gift_wrap": 3} and "gift_wrap (3)" in md
+    assert "gift_wrap" not in set(pd.read_parquet(tmp_path / "prepared" / "examples.parquet")["intent"])
+    texts += [
+        "gift wrapping available?",
+        "wrap it as a present",
+        "can you wrap my order as a gift",
+        "add gift wrap to order 5",
+        "is there gift packaging",
+        "please gift wrap the mug",
+    ]
+    pd.DataFrame({"text": texts, "intent": ["gift_wrap"] * len(texts)}).to_csv(labels, index=False)
+    result, md = _run(tmp_path, snapshot, base_csv, labels=labels, cfg=declared, out="prepared-9")
+    assert result["below_floor"] == {"gift_wrap": 9} and "gift_wrap (9)" in md
+    sheet = json.loads((tmp_path / "prepared-9" / "datasheet.json").read_text())
+    assert "gift_wrap" in sheet["labelling"]["new_intents"] and not sheet["labelling"]["new_intents_waiting_for_labels"]
+
+
+def test_texts_differing_only_in_case_are_one_example(tmp_path, base_df):
+    twin = base_df.iloc[[0]].assign(text=base_df["text"].iloc[0].upper())
+    base = tmp_path / "twins.csv"
+    pd.concat([base_df, twin]).to_csv(base, index=False)
+    result, _ = _run(tmp_path, _snapshot(tmp_path, base_df), base)
+    assert result["removed"]["case_duplicates_in_training_set"] == 1
+    texts = pd.read_parquet(tmp_path / "prepared" / "examples.parquet")["text"].str.casefold()
+    assert texts.is_unique
 
 
 def test_cap_leaves_out_auto_labels_only(tmp_path, base_csv, base_df):
