@@ -332,7 +332,7 @@ class IntentModel(kserve.Model):
         """Ready only once the artifact's manifest verified and the catalog covers every intent."""
         from model.pipeline import open_model
 
-        self.predictor = open_model(self.source, self.reg_cfg)
+        self.predictor = open_model(self.source, self.reg_cfg, self.cfg.runtime)
         if self.expected_sha256 and self.predictor.digest != self.expected_sha256:
             raise FlywheelError(
                 f"{self.arm} model {self.source}: artifact digest {self.predictor.digest} is not "
@@ -629,10 +629,9 @@ def serve_step(
         server.start(models)
     finally:
         log.close()
-    served = {m.name: {"arm": m.arm, "model_version": m.version, "source": m.source} for m in models}
+    served = {m.name: _served(m) for m in models}
     if models[0].shadow is not None:
-        s = models[0].shadow
-        served[s.name] = {"arm": s.arm, "model_version": s.version, "source": s.source}
+        served[models[0].shadow.name] = _served(models[0].shadow)
     result = {
         "endpoints": served,
         "address": f"http://{cfg.host}:{cfg.http_port}",
@@ -640,6 +639,16 @@ def serve_step(
         "logger_url": cfg.logger_url,
         "uptime_s": round(time.time() - started, 1),
     }
-    rows = "\n".join(f"| `{n}` | {v['arm']} | {v['model_version']} | `{v['source']}` |" for n, v in served.items())
-    md = f"## Predictor on {result['address']}\n\n| endpoint | arm | version | source |\n|---|---|---|---|\n{rows}\n"
+    rows = "\n".join(
+        f"| `{n}` | {v['arm']} | {v['model_version']} | {v['runtime']} | `{v['source']}` |" for n, v in served.items()
+    )
+    md = (
+        f"## Predictor on {result['address']}\n\n| endpoint | arm | version | runtime | source |\n"
+        f"|---|---|---|---|---|\n{rows}\n"
+    )
     return result, md
+
+
+def _served(model: IntentModel) -> dict:
+    runtime = model.predictor.runtime
+    return {"arm": model.arm, "model_version": model.version, "runtime": runtime, "source": model.source}
