@@ -138,6 +138,9 @@ class ServeConfig:
     max_body_bytes: int = _f(
         262144, "64 texts of 1000 characters fit with room for JSON; anything larger is refused unread"
     )
+    access_log: bool = _f(
+        False, "uvicorn's line per request; the prediction log and /metrics cover requests, and it costs CPU under load"
+    )
     prediction_log: str = _f(
         "", "JSON-lines log of every prediction, shadow ones included (default: <work dir>/serving/predictions.jsonl)"
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -34,17 +35,22 @@ def cpu_cores() -> int:
 
 
 class OnnxLogits:
-    """An ONNX Runtime session computing the classifier's logits from token ids and attention mask."""
+    """An ONNX Runtime session computing the classifier's logits from token ids and attention mask.
+
+    Each run is single-threaded and ``threads`` runs (default: one per core) go side by side, one per
+    chunk of a batch: chat messages are short, and splitting their small matrix products across cores
+    cost more CPU per text (measured on MiniLM, 2 cores: 3.9-4.4 ms against 3.8 ms per text).
+    """
 
     def __init__(self, path: Path, threads: int = 0):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or cpu_cores()
-        options.inter_op_num_threads = 1  # the graph is one chain of layers: nothing to run side by side
-        # Idle pool threads would otherwise spin for a while after each run, taking the CPU from the
-        # server's event loop, which parses the next requests meanwhile.
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        # a single-threaded run spins nowhere; stated so a later change of thread count does not make
+        # idle pool threads spin and take the CPU from the server's event loop
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -53,10 +59,18 @@ class OnnxLogits:
         names = [i.name for i in self.session.get_inputs()]
         if sorted(names) != sorted(INPUTS):
             raise FlywheelError(f"{path}: graph inputs are {names}, expected {list(INPUTS)}")
+        # ONNX Runtime sessions may run concurrently; it releases the GIL while it computes
+        self._pool = ThreadPoolExecutor(threads or cpu_cores(), thread_name_prefix="flywheel-onnx")
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         feed = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}
-        return self.session.run(None, feed)[0]
+        return self.session.run(None, feed)[0].astype(np.float32)
+
+    def run_all(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """Logits of each (input_ids, attention_mask) pair, in order; pairs run in parallel."""
+        if len(batches) == 1:
+            return [self(*batches[0])]
+        return list(self._pool.map(lambda pair: self(*pair), batches))
 
 
 def export(model: torch.nn.Module, tokenizer, texts: list[str], max_length: int, path: Path) -> None:

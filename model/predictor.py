@@ -111,20 +111,23 @@ class IntentPredictor:
             return out
         ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            input_ids, mask = _pad([ids[i] for i in idx], self.tokenizer.pad_token_id or 0)
-            logits = self._logits(input_ids, mask) / self.temperature
+        chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        padded = [_pad([ids[i] for i in idx], self.tokenizer.pad_token_id or 0) for idx in chunks]
+        for idx, logits in zip(chunks, self._logits(padded)):
+            logits = logits / self.temperature
             z = np.exp(logits - logits.max(axis=1, keepdims=True))
             out[idx] = z / z.sum(axis=1, keepdims=True)
         return out
 
-    def _logits(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def _logits(self, batches: list[tuple[np.ndarray, np.ndarray]]):
+        """Logits of each (input_ids, attention_mask) pair, in order."""
         if self.onnx is not None:
-            return self.onnx(input_ids, mask).astype(np.float32)
-        with torch.inference_mode():
-            logits = self.model(torch.from_numpy(input_ids).to(self.device), torch.from_numpy(mask).to(self.device))
-            return logits.float().cpu().numpy()
+            yield from self.onnx.run_all(batches)
+            return
+        for input_ids, mask in batches:
+            with torch.inference_mode():
+                ids, mask = torch.from_numpy(input_ids).to(self.device), torch.from_numpy(mask).to(self.device)
+                yield self.model(ids, mask).float().cpu().numpy()
 
     def predict(self, texts: list[str], batch_size: int | None = None) -> list[Prediction]:
         probs = self.probabilities(texts, batch_size)
