@@ -20,9 +20,9 @@ from model.network import build_from_artifact
 from model.onnx_model import ONNX_FILE, OnnxLogits
 
 RUNTIMES = ("onnx", "torch")
-# Texts per forward pass. Texts are sorted by token count first, so a pass pads little; ONNX Runtime
-# runs 8 texts about as fast per text as 64 and small chunks pad less, while PyTorch's per-call
-# overhead wants bigger ones.
+# Texts per forward pass; texts are sorted by token count first, so a pass pads little. ONNX Runtime
+# has little overhead per call, so small chunks win (MiniLM, 32 chat messages: 3.8 ms CPU per text
+# in chunks of 8, 5.4 ms in one pass); PyTorch's per-call overhead wants bigger ones.
 FORWARD_BATCH = {"onnx": 8, "torch": 64}
 
 

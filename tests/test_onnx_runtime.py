@@ -93,6 +93,14 @@ def test_artifact_without_model_onnx_loads_with_torch(artifact, tiny_artifact):
     np.testing.assert_allclose(predictor.probabilities(TEXTS), reference, atol=1e-4, rtol=0)
 
 
+def test_a_sealed_but_unreadable_model_onnx_is_named(artifact):
+    (artifact / "model.onnx").write_bytes(b"not a protobuf")
+    write_manifest(artifact)  # sealed as it is: the manifest says nothing about what is inside
+    with pytest.raises(FlywheelError, match="model.onnx: ONNX Runtime cannot load it"):
+        IntentPredictor.load(artifact)
+    assert IntentPredictor.load(artifact, runtime="torch").runtime == "torch"
+
+
 def test_unknown_runtime_is_refused(tiny_artifact):
     with pytest.raises(FlywheelError, match="unknown runtime 'tensorrt'"):
         IntentPredictor.load(tiny_artifact["artifact"], runtime="tensorrt")
