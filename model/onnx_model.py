@@ -60,7 +60,8 @@ class OnnxLogits:
         if sorted(names) != sorted(INPUTS):
             raise FlywheelError(f"{path}: graph inputs are {names}, expected {list(INPUTS)}")
         # ONNX Runtime sessions may run concurrently; it releases the GIL while it computes
-        self._pool = ThreadPoolExecutor(threads or cpu_cores(), thread_name_prefix="flywheel-onnx")
+        self.threads = threads or cpu_cores()
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="flywheel-onnx")
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         feed = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}

@@ -7,6 +7,7 @@ against PyTorch when the artifact was packaged; faster on CPU) and PyTorch on ``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,7 +106,7 @@ class IntentPredictor:
 
     def probabilities(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         """Softmax over intents, one row per text; passes group texts of similar token count to pad little."""
-        batch_size = batch_size or FORWARD_BATCH[self.runtime]
+        batch_size = batch_size or self._chunk_size(len(texts))
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         if not len(texts):
             return out
@@ -118,6 +119,15 @@ class IntentPredictor:
             z = np.exp(logits - logits.max(axis=1, keepdims=True))
             out[idx] = z / z.sum(axis=1, keepdims=True)
         return out
+
+    def _chunk_size(self, n: int) -> int:
+        """Texts per pass for a batch of ``n``: with ONNX Runtime, chunks of at most 8, as many as a
+        multiple of the cores and of equal size, so a batch of 8 still uses every core (measured at
+        8 clients: 257-271 req/s against 163-165 with one chunk of 8) and no core waits on a longer chunk."""
+        if self.onnx is None:
+            return FORWARD_BATCH[self.runtime]
+        chunks = self.onnx.threads * max(1, math.ceil(n / (self.onnx.threads * FORWARD_BATCH["onnx"])))
+        return max(1, math.ceil(n / chunks))
 
     def _logits(self, batches: list[tuple[np.ndarray, np.ndarray]]):
         """Logits of each (input_ids, attention_mask) pair, in order."""

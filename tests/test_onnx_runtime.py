@@ -72,6 +72,13 @@ def test_onnx_and_torch_give_the_same_predictions_on_padded_batches(tiny_artifac
     assert ort.predict([]) == [] and ort.probabilities([]).shape == (0, len(ort.labels))
 
 
+@pytest.mark.parametrize("texts, chunk", [(0, 1), (1, 1), (2, 1), (8, 4), (12, 6), (20, 5), (32, 8), (33, 6), (64, 8)])
+def test_onnx_chunks_keep_every_core_busy(tiny_artifact, texts, chunk):
+    predictor = IntentPredictor.load(tiny_artifact["artifact"])
+    predictor.onnx = onnx_model.OnnxLogits(Path(tiny_artifact["artifact"]) / "model.onnx", threads=2)
+    assert predictor._chunk_size(texts) == chunk
+
+
 def test_tampered_model_onnx_refuses_to_load(artifact):
     path = artifact / "model.onnx"
     data = bytearray(path.read_bytes())
