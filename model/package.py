@@ -8,6 +8,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from model import artifact
+from model.onnx_model import export_checked
 from model.train import FitResult
 
 MODEL_CARD = """# Intent classifier `{name}`
@@ -27,10 +28,36 @@ about people; not for languages or domains absent from the training data.
 """
 
 
-def write_artifact(result: FitResult, target: Path, *, threshold: float, meta: dict, metrics_markdown: str) -> str:
-    """Save weights, tokenizer, labels, meta and model card; seal with a manifest. Returns the digest."""
+def write_artifact(
+    result: FitResult,
+    target: Path,
+    *,
+    threshold: float,
+    meta: dict,
+    metrics_markdown: str,
+    check_texts: list[str] = (),
+) -> str:
+    """Save weights, tokenizer, labels, meta and model card; seal with a manifest. Returns the digest.
+
+    With ``train.export_onnx`` in ``meta["config"]``, also ``model.onnx``, exported from these weights and
+    checked against PyTorch on ``check_texts`` first: an export that differs stops the artifact.
+    """
+    train_cfg = meta["config"]["train"]
     staging = artifact.staging_dir(target)
     try:
+        if train_cfg.get("export_onnx", False):
+            meta = {
+                **meta,
+                "onnx": export_checked(
+                    result.model,
+                    result.tokenizer,
+                    list(check_texts),
+                    meta["max_length"],
+                    meta.get("temperature", 1.0),
+                    staging,
+                    train_cfg["onnx_tolerance"],
+                ),
+            }
         state = {k: v.detach().contiguous().cpu() for k, v in result.model.state_dict().items()}
         save_file(state, staging / "model.safetensors")
         result.model.encoder.config.save_pretrained(staging)

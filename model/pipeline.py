@@ -65,7 +65,14 @@ def train_step(
             "metrics": _headline(report),
             "counts": df.groupby("split").size().to_dict(),
         }
-        artifact_digest = write_artifact(result, target, threshold=predictor.threshold, meta=meta, metrics_markdown=md)
+        artifact_digest = write_artifact(
+            result,
+            target,
+            threshold=predictor.threshold,
+            meta=meta,
+            metrics_markdown=md,
+            check_texts=(val if len(val) else train)["text"].tolist(),
+        )
         registry.log_training(
             config=config,
             dataset=df,
@@ -111,10 +118,10 @@ def _headline(report: dict) -> dict:
     return out
 
 
-def open_model(model: str, reg_cfg: RegistryConfig) -> IntentPredictor:
-    """A predictor from an artifact folder or an MLflow ``models:/`` URI."""
+def open_model(model: str, reg_cfg: RegistryConfig, runtime: str = "onnx") -> IntentPredictor:
+    """A predictor from an artifact folder or an MLflow ``models:/`` URI (runtime: see IntentPredictor.load)."""
     folder = registry.download_artifact(reg_cfg, model) if model.startswith("models:/") else Path(model)
-    return IntentPredictor.load(folder)
+    return IntentPredictor.load(folder, runtime=runtime)
 
 
 def evaluation_set(data: Path, data_cfg: DataConfig, split: str) -> pd.DataFrame:

@@ -109,7 +109,8 @@ def register(cfg: RegistryConfig, artifact_dir: Path, meta: dict, artifact_diges
         if mv.tags.get("git_sha") == sha and mv.tags.get("dataset_digest") == digest:
             client.set_registered_model_alias(cfg.model_name, CHALLENGER, mv.version)
             return {"name": cfg.model_name, "version": int(mv.version), "created": False, "alias": CHALLENGER}
-    requirements = [f"{p}=={pkg_version(p)}" for p in ("mlflow", "torch", "transformers", "safetensors", "pandas")]
+    packages = ("mlflow", "torch", "transformers", "safetensors", "pandas", "onnxruntime")  # onnxruntime: model.onnx
+    requirements = [f"{p}=={pkg_version(p)}" for p in packages]
     with mlflow.start_run(run_id=_run_in_store(client, meta.get("mlflow_run_id"))):
         info = mlflow.pyfunc.log_model(
             name="intent_model",

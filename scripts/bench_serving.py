@@ -2,13 +2,17 @@
 
 The baseline is the same model behind a plain FastAPI route that runs a transformers
 ``pipeline("feature-extraction")`` (plus the model's pooling and cosine head) for one request at a
-time. Both servers run as separate processes, one after the other, and get the same closed-loop
-load (each client sends its next request when the previous answer arrived). Prints a table and one
-JSON line: throughput, p50/p99 latency per server and client count, the throughput ratio, and the
-accuracy of both on the labelled test split (their predictions must agree).
+time. The predictor runs once per runtime (ONNX Runtime on the artifact's model.onnx, and PyTorch).
+All servers are separate processes started up front; each client count is then sent to each server
+in turn, so a change of load on a shared machine hits all of them alike. The load is closed-loop
+(each client sends its next request when the previous answer arrived). Prints a table and one JSON
+line: throughput, p50/p99 latency and server CPU time per request for each server and client count,
+the throughput ratio, the accuracy of each server on the labelled test split and each predictor's
+agreement with the baseline, and the machine's load average before and after. CPU per request is the
+figure to compare on a shared machine: throughput and latency there depend on what else runs.
 Target: at least 3x the baseline's throughput at 32 clients with p99 under 100 ms.
 
-    .venv/bin/python -m scripts.bench_serving [--model ARTIFACT_DIR] [--requests 800]
+    .venv/bin/python -m scripts.bench_serving [--model ARTIFACT_DIR] [--requests 800] [--runtimes onnx,torch]
 
 Without --model it first fine-tunes MiniLM on the bundled sample data for one epoch (a few minutes).
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -49,7 +54,7 @@ def baseline_server(folder: str, port: int) -> None:
 
     from model.predictor import IntentPredictor
 
-    predictor = IntentPredictor.load(folder)
+    predictor = IntentPredictor.load(folder, runtime="torch")
     model = predictor.model
     extractor = pipeline("feature-extraction", model=model.encoder, tokenizer=predictor.tokenizer, device=-1)
     head = torch.nn.functional.normalize(model.head.weight.detach(), dim=-1).numpy()
@@ -140,18 +145,35 @@ async def load(url: str, make_body, parse, texts: list[str], clients: int, total
     }
 
 
-def measure(name: str, url: str, make_body, parse, texts: list[str], total: int) -> list[dict]:
-    asyncio.run(load(url, make_body, parse, texts, 4, 40))  # warm-up: first calls pay for lazy initialisation
-    rows = []
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def measure(servers: dict[str, tuple], texts: list[str], total: int) -> dict[str, list[dict]]:
+    """Every client count on every server, back to back, so a load change on a shared machine hits all alike.
+
+    Besides throughput and latency, each row has the server's CPU time per request: unlike those, it
+    hardly changes when other work shares the cores, so it compares the servers' efficiency fairly.
+    """
+    for url, make_body, parse, _ in servers.values():
+        asyncio.run(load(url, make_body, parse, texts, 4, 40))  # warm-up: first calls pay for lazy initialisation
+    rows: dict[str, list[dict]] = {name: [] for name in servers}
     for clients in CLIENTS:
-        # every client count sees every text at least once, so the accuracy check covers the whole test split
-        row = asyncio.run(load(url, make_body, parse, texts, clients, max(total, len(texts))))
-        print(
-            f"{name:9s} {clients:3d} clients  {row['req_per_s']:7.1f} req/s  p50 {row['p50_ms']:7.1f} ms  "
-            f"p99 {row['p99_ms']:7.1f} ms",
-            file=sys.stderr,
-        )
-        rows.append(row)
+        for name, (url, make_body, parse, pid) in servers.items():
+            requests = max(total, len(texts))  # every text at least once: the accuracy check covers the test split
+            before = cpu_seconds(pid)
+            row = asyncio.run(load(url, make_body, parse, texts, clients, requests))
+            row["cpu_ms_per_request"] = round((cpu_seconds(pid) - before) * 1000 / requests, 2)
+            print(
+                f"{name:9s} {clients:3d} clients  {row['req_per_s']:7.1f} req/s  p50 {row['p50_ms']:7.1f} ms  "
+                f"p99 {row['p99_ms']:7.1f} ms  server CPU {row['cpu_ms_per_request']:6.2f} ms/request",
+                file=sys.stderr,
+            )
+            rows[name].append(row)
     return rows
 
 
@@ -182,77 +204,95 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="artifact folder (default: fine-tune MiniLM on the sample data first)")
     parser.add_argument("--requests", type=int, default=800, help="requests per client count")
+    parser.add_argument(
+        "--runtimes", default="onnx,torch", help="predictor runtimes to measure, comma-separated (onnx, torch)"
+    )
     parser.add_argument("--baseline-server", nargs=2, metavar=("ARTIFACT", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_server:
         baseline_server(args.baseline_server[0], int(args.baseline_server[1]))
         return 0
 
-    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+    runtimes = [r for r in args.runtimes.split(",") if r]
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp, contextlib.ExitStack() as running:
         root = Path(tmp)
         model = args.model or train_default(root)
         texts, labels = test_texts()
-        results = {}
-
-        port = free_port()
-        proc = start(
-            [sys.executable, "-m", "scripts.cli", "serve", "--stable", model, "--http_port", str(port),
-             "--endpoint", "bench", "--prediction_log", str(root / "predictions.jsonl"), "--report_dir", str(root)],
-            f"http://127.0.0.1:{port}/v1/models/bench", root / "predictor.log",
-        )  # fmt: skip
-        try:
-            results["predictor"] = measure(
-                "predictor", f"http://127.0.0.1:{port}/v1/models/bench:predict",
-                lambda t: {"instances": [t]},
-                lambda b: (b["predictions"][0]["intent"], b["predictions"][0]["fallback"]),
-                texts, args.requests,
+        servers, reports = {}, {}
+        v1 = (lambda t: {"instances": [t]}, lambda b: (b["predictions"][0]["intent"], b["predictions"][0]["fallback"]))
+        for runtime in runtimes:
+            port, reports[runtime] = free_port(), root / f"report-{runtime}"
+            proc = start(
+                [sys.executable, "-m", "scripts.cli", "serve", "--stable", model, "--http_port", str(port),
+                 "--endpoint", "bench", "--runtime", runtime, "--prediction_log", str(root / f"{runtime}.jsonl"),
+                 "--report_dir", str(reports[runtime])],
+                f"http://127.0.0.1:{port}/v1/models/bench", root / f"predictor-{runtime}.log",
             )  # fmt: skip
-        finally:
-            stop(proc)
-
+            running.callback(stop, proc)
+            servers[runtime] = (f"http://127.0.0.1:{port}/v1/models/bench:predict", *v1, proc.pid)
         port = free_port()
         proc = start(
             [sys.executable, "-m", "scripts.bench_serving", "--baseline-server", model, str(port)],
             f"http://127.0.0.1:{port}/docs", root / "baseline.log",
         )  # fmt: skip
-        try:
-            results["baseline"] = measure(
-                "baseline", f"http://127.0.0.1:{port}/predict",
-                lambda t: {"text": t}, lambda b: (b["intent"], b["fallback"]), texts, args.requests,
-            )  # fmt: skip
-        finally:
-            stop(proc)
+        running.callback(stop, proc)
+        servers["baseline"] = (
+            f"http://127.0.0.1:{port}/predict",
+            lambda t: {"text": t},
+            lambda b: (b["intent"], b["fallback"]),
+            proc.pid,
+        )
+        results = measure(servers, texts, args.requests)
+        running.close()  # stops the servers: each predictor writes its serve report, naming the runtime it ran
+        served = {
+            r: json.loads((reports[r] / "serve.json").read_text())["endpoints"]["bench"]["runtime"] for r in runtimes
+        }
+    load_after = os.getloadavg()
 
-    agree = [
-        sum(p["answers"][i] == b["answers"][i] for i in range(len(texts))) / len(texts)
-        for p, b in zip(results["predictor"], results["baseline"])
-    ]
+    base = results["baseline"]
     figures = {
         "model": model if args.model else "MiniLM fine-tuned 1 epoch on the sample data",
         "cpu_count": os.cpu_count(),
+        "load_average_1_5_15_before": [round(x, 2) for x in load_before],
+        "load_average_1_5_15_after": [round(x, 2) for x in load_after],
         "test_texts": len(texts),
-        "accuracy_predictor": accuracy(results["predictor"][-1]["answers"], labels),
-        "accuracy_baseline": accuracy(results["baseline"][-1]["answers"], labels),
-        "prediction_agreement": round(min(agree), 4),
-        "levels": [
-            {
-                "clients": p["clients"],
-                "predictor_req_per_s": p["req_per_s"],
-                "predictor_p50_ms": p["p50_ms"],
-                "predictor_p99_ms": p["p99_ms"],
-                "baseline_req_per_s": b["req_per_s"],
-                "baseline_p50_ms": b["p50_ms"],
-                "baseline_p99_ms": b["p99_ms"],
-                "throughput_ratio": round(p["req_per_s"] / b["req_per_s"], 2),
-            }
-            for p, b in zip(results["predictor"], results["baseline"])
-        ],
+        "accuracy_baseline": accuracy(base[-1]["answers"], labels),
+        "predictors": {},
     }
-    for level in figures["levels"]:
-        print(
-            f"{level['clients']:3d} clients: {level['throughput_ratio']:.2f}x the baseline's throughput",
-            file=sys.stderr,
-        )
+    for runtime in runtimes:
+        rows = results[runtime]
+        agree = [
+            sum(p["answers"][i] == b["answers"][i] for i in range(len(texts))) / len(texts) for p, b in zip(rows, base)
+        ]
+        figures["predictors"][runtime] = {
+            "runtime_served": served[runtime],
+            "accuracy": accuracy(rows[-1]["answers"], labels),
+            "agreement_with_baseline": round(min(agree), 4),
+            "levels": [
+                {
+                    "clients": p["clients"],
+                    "predictor_req_per_s": p["req_per_s"],
+                    "predictor_p50_ms": p["p50_ms"],
+                    "predictor_p99_ms": p["p99_ms"],
+                    "baseline_req_per_s": b["req_per_s"],
+                    "baseline_p50_ms": b["p50_ms"],
+                    "baseline_p99_ms": b["p99_ms"],
+                    "throughput_ratio": round(p["req_per_s"] / b["req_per_s"], 2),
+                    "predictor_cpu_ms_per_request": p["cpu_ms_per_request"],
+                    "baseline_cpu_ms_per_request": b["cpu_ms_per_request"],
+                    "cpu_per_request_ratio": round(b["cpu_ms_per_request"] / p["cpu_ms_per_request"], 2),
+                }
+                for p, b in zip(rows, base)
+            ],
+        }
+        for level in figures["predictors"][runtime]["levels"]:
+            print(
+                f"{runtime:7s} {level['clients']:3d} clients: {level['throughput_ratio']:.2f}x the baseline's "
+                f"throughput, p99 {level['predictor_p99_ms']:.1f} ms, "
+                f"{level['cpu_per_request_ratio']:.2f}x less server CPU per request",
+                file=sys.stderr,
+            )
     print(json.dumps(figures))
     return 0
 
