@@ -68,7 +68,8 @@ class TrainConfig:
     device: str = _f("auto", "auto picks CUDA (with mixed precision) when present, else CPU")
     max_steps: int = _f(-1, "stop after this many optimiser steps (-1: run all epochs); for smoke tests")
     export_onnx: bool = _f(
-        True, "also package model.onnx (checked against PyTorch): served by ONNX Runtime, MiniLM needs ~40 percent less CPU"
+        True,
+        "also package model.onnx (checked against PyTorch): served by ONNX Runtime, MiniLM needs ~40 percent less CPU",
     )
     onnx_tolerance: float = _f(
         1e-4, "largest probability difference ONNX Runtime may show against PyTorch; fp32 export gives ~1e-6"
