@@ -562,6 +562,13 @@ def test_local_logger_posts_calls_to_the_collector(tiny_artifact, tmp_path):
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, base, work)
+        deadline = time.time() + 60  # the logger does not retry: the collector must be up before the first call
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{logger_url}healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
         v1 = httpx.post(
             f"{base}/v1/models/{NAME}:predict",
             json={"instances": ["where is my order"]},
