@@ -294,7 +294,6 @@ class Loop:
                 self.store_url,
                 catalog,
             )
-            self.record["git_repo"] = str(self.repo.path)
             s["summary"] = (
                 f"{len(self.known)} intents known at start, {len(self.held_back)} held back "
                 f"({', '.join(self.held_back[:6])}{', ...' if len(self.held_back) > 6 else ''}); "

@@ -25,6 +25,7 @@ from markupsafe import Markup
 from plotly.subplots import make_subplots
 
 from model.errors import FlywheelError
+from model.stand_in import git
 
 RECORD_KEYS = (
     "dataset",
@@ -178,24 +179,17 @@ def git_history(repo: Path) -> dict:
         return {"log": [], "branches": [], "graph": ""}
     log = [
         dict(zip(("commit", "author", "date", "subject"), line.split("\x1f")))
-        for line in _git(repo, "log", "--first-parent", "--format=%h%x1f%an%x1f%aI%x1f%s", "HEAD").splitlines()
+        for line in git(repo, "log", "--first-parent", "--format=%h%x1f%an%x1f%aI%x1f%s", "HEAD").splitlines()
     ]
-    merged = set(_git(repo, "branch", "--merged", "HEAD", "--format=%(refname:short)").splitlines())
+    merged = set(git(repo, "branch", "--merged", "HEAD", "--format=%(refname:short)").splitlines())
     branches = []
-    for line in _git(
+    for line in git(
         repo, "for-each-ref", "--format=%(refname:short)%1f%(objectname:short)%1f%(subject)", "refs/heads"
     ).splitlines():
         name, commit, subject = line.split("\x1f")
         branches.append({"name": name, "commit": commit, "subject": subject, "merged": name in merged})
-    graph = _git(repo, "log", "--graph", "--all", "--decorate", "--format=%h%d %s")
+    graph = git(repo, "log", "--graph", "--all", "--decorate", "--format=%h%d %s").rstrip("\n")
     return {"log": log, "branches": branches, "graph": graph}
-
-
-def _git(repo: Path, *args: str) -> str:
-    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise FlywheelError(f"git {' '.join(args[:2])} failed in {repo}: {done.stderr.strip()}")
-    return done.stdout.rstrip("\n")
 
 
 def _charts(record: dict, traffic: pd.DataFrame | None, events: list[tuple[pd.Timestamp, str]]) -> dict:

@@ -69,10 +69,6 @@ class StandInRepo:
         git(self.path, "merge", "--quiet", "--ff-only", branch)
         return git(self.path, "rev-parse", "HEAD").strip()
 
-    def log(self) -> list[dict]:
-        out = git(self.path, "log", "--format=%H%x1f%cI%x1f%s", "main")
-        return [dict(zip(("commit", "time", "subject"), line.split("\x1f"))) for line in out.splitlines()]
-
 
 def free_port() -> int:
     with socket.socket() as s:
