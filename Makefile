@@ -1,10 +1,12 @@
-# Two commands on a fresh machine: `make demo` and `make test`. Both set up .venv first.
+# Two commands on a fresh machine: `make demo` and `make test`. Both set up .venv first; `make test`
+# also installs the system tools its tests run for real (scripts/install_test_tools.sh), first, so a
+# machine that lacks them and may not install them stops at once with the command that would.
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test bench bench-loop bench-serving bench-collector lint lock clean
+.PHONY: setup test-tools demo test bench bench-loop bench-serving bench-collector lint lock clean
 
 setup: $(STAMP)
 
@@ -16,7 +18,11 @@ $(STAMP): pyproject.toml requirements.lock
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/flywheel demo
 
-test: setup
+# promtool, PostgreSQL's server binaries, Node.js + npm and actionlint; `make demo` needs none of them
+test-tools:
+	scripts/install_test_tools.sh
+
+test: test-tools setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 bench: setup

@@ -51,6 +51,10 @@ class Signal:
     reference: float | None = None  # for rates: the two rates being compared
     current: float | None = None
 
+    def __post_init__(self):
+        # numpy scalars from the tests would reach the JSON report as strings ("True")
+        self.score, self.threshold, self.drifted = float(self.score), float(self.threshold), bool(self.drifted)
+
     def describe(self) -> str:
         if self.name == "text":
             return f"text embeddings: domain classifier ROC AUC {self.score:.3f} > {self.threshold:.3f}"
@@ -327,6 +331,9 @@ def drift_step(
     logs = read_snapshot(current)
     if logs.empty:
         raise FlywheelError(f"{current}: snapshot holds no events (empty window); nothing to compare")
+    # The domain classifier scores a seeded random half of the rows: in arrival order (which depends
+    # on thread timing) the same window could score differently; in text order it always scores the same.
+    logs = logs.sort_values("text", kind="stable").reset_index(drop=True)
     embed = Embedder(cfg.encoder, work_dir() / "embeddings", cfg.batch_size)
     ref_emb, cur_emb = embed(train["text"].tolist()), embed(logs["text"].tolist())
     if reference_events is not None:

@@ -28,6 +28,9 @@ COUNTS = {
     "thumbs_down": 'flywheel_feedback_total{%s, kind="thumbs_down"}',
 }
 P99 = "histogram_quantile(0.99, sum by (le) (increase(flywheel_request_duration_seconds_bucket{%s}[%ds])))"
+# answers timed, and those within the budget: the slow ones are the difference
+TIMED = "sum(increase(flywheel_request_duration_seconds_count{%s}[%ds]))"
+WITHIN = 'sum(increase(flywheel_request_duration_seconds_bucket{%s, le="%s"}[%ds]))'
 
 
 def canary_started(repo: Path, manifest: Path) -> float:
@@ -43,7 +46,8 @@ def canary_started(repo: Path, manifest: Path) -> float:
     return float(done.stdout.strip())
 
 
-def _query(session: requests.Session, url: str, promql: str) -> float:
+def _query(session: requests.Session, url: str, promql: str, required: bool = False) -> float:
+    """The query's single value; no series means nothing happened, or with ``required`` an error."""
     try:
         resp = session.get(f"{url.rstrip('/')}/api/v1/query", params={"query": promql}, timeout=30)
         payload = resp.json()
@@ -52,6 +56,8 @@ def _query(session: requests.Session, url: str, promql: str) -> float:
     if resp.status_code != 200 or payload.get("status") != "success":
         raise FlywheelError(f"Prometheus at {url}: query {promql!r} failed: {payload.get('error', resp.status_code)}")
     result = payload["data"]["result"]
+    if not result and required:
+        raise FlywheelError(f"Prometheus at {url}: no series for {promql!r}")
     if not result:
         return 0.0  # no series yet: nothing happened on that arm
     value = float(result[0]["value"][1])
@@ -59,11 +65,21 @@ def _query(session: requests.Session, url: str, promql: str) -> float:
 
 
 def prometheus_arm_metrics(
-    url: str, namespace: str, versions: dict[str, int], seconds: int, session: requests.Session | None = None
+    url: str,
+    namespace: str,
+    versions: dict[str, int],
+    seconds: int,
+    slow_ms: float,
+    session: requests.Session | None = None,
 ) -> dict[str, ArmMetrics]:
-    """Counts per arm over the last ``seconds`` (at least a minute), for the model versions the manifest names."""
+    """Counts per arm over the last ``seconds`` (at least a minute), for the model versions the manifest names.
+
+    ``slow`` is answers over ``slow_ms``: timed answers minus the histogram bucket ``le`` = ``slow_ms``,
+    which must be one of the predictor's bucket bounds (a missing bucket is an error, not zero).
+    """
     session = session or requests.Session()
     window = max(60, int(seconds))
+    le = f"{slow_ms / 1000:g}"
     arms = {}
     for arm, version in versions.items():
         # By version, not by the `arm` label: in a cluster both revisions run `flywheel serve --stable`
@@ -73,7 +89,10 @@ def prometheus_arm_metrics(
             name: round(_query(session, url, f"sum(increase({template % selector}[{window}s]))"))
             for name, template in COUNTS.items()
         }
-        for name in ("errors", "fallbacks", "escalations"):  # increase() extrapolates; keep counts consistent
+        timed = _query(session, url, TIMED % (selector, window))
+        within = _query(session, url, WITHIN % (selector, le, window), required=timed > 0)
+        counts["slow"] = max(0, round(timed - within))
+        for name in ("errors", "fallbacks", "escalations", "slow"):  # increase() extrapolates; keep counts consistent
             counts[name] = min(counts[name], counts["requests"])
         p99 = _query(session, url, P99 % (selector, window)) * 1000
         arms[arm] = ArmMetrics.from_dict(
@@ -90,14 +109,15 @@ def _aware(moment: datetime) -> datetime:
 
 
 def store_arm_metrics(
-    store_url: str, versions: dict[str, int], since: datetime, until: datetime
+    store_url: str, versions: dict[str, int], since: datetime, until: datetime, slow_ms: float
 ) -> dict[str, ArmMetrics]:
     """Counts per arm from the collector's store, over calls logged in [since, until).
 
     Answered calls are attributed by the model version in their prediction (what the manifest says
     each arm runs). Errors are calls whose request was logged without a response, attributed by the
     logger's endpoint (``default`` = stable, ``canary``): KServe logs a response only for HTTP 200.
-    A request younger than ``IN_FLIGHT`` may still be answered, so it is not counted yet.
+    A request younger than ``IN_FLIGHT`` may still be answered, so it is not counted yet. ``slow``
+    counts answers whose logged latency exceeds ``slow_ms``.
     """
     from model.event_export import ARM_OF_ENDPOINT, window_rows
     from model.store import open_store
@@ -126,6 +146,7 @@ def store_arm_metrics(
             escalations=sum(r["escalated"] for r in mine),
             thumbs_up=sum(r["thumbs"] == "up" for r in mine),
             thumbs_down=sum(r["thumbs"] == "down" for r in mine),
+            slow=sum(1 for latency in latencies if latency > slow_ms),
             latency_p99_ms=float(np.percentile(latencies, 99)) if latencies else 0.0,
             model_version=version,
         )

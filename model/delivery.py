@@ -300,11 +300,13 @@ def canary_analysis_step(
     versions = {"stable": rollout.stable.version, "canary": rollout.canary.version}
     if store_url:
         started = datetime.fromtimestamp(canary_started(Path(repo), path), UTC)
-        arms = store_arm_metrics(store_url, versions, started, datetime.now(UTC))
+        arms = store_arm_metrics(store_url, versions, started, datetime.now(UTC), cfg.latency_budget_ms)
         source = f"the collector's store, since {started:%Y-%m-%d %H:%M} UTC"
     elif prometheus_url:
         started = canary_started(Path(repo), path)
-        arms = prometheus_arm_metrics(prometheus_url, f"flywheel-{env}", versions, seconds_since(started))
+        arms = prometheus_arm_metrics(
+            prometheus_url, f"flywheel-{env}", versions, seconds_since(started), cfg.latency_budget_ms
+        )
         source = f"Prometheus {prometheus_url}, since {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}"
     else:
         arms = read_arm_metrics(metrics)

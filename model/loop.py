@@ -55,6 +55,7 @@ from model.reports import write_reports
 from model.stand_in import LocalCluster, StandInRepo
 
 PHASE_BEFORE, PHASE_SHIFTED, PHASE_AFTER = "before-shift", "shifted", "after-release"
+LOGGER_DEADLINE_S = 120  # far above the logger's delay on a loaded 2-core machine: past it, something is down
 
 
 @dataclass
@@ -378,25 +379,42 @@ class Loop:
         self.traffic.append(sent)
         return sent
 
+    def _await_logger(self, start: datetime) -> None:
+        """Return once the store holds every call answered since ``start``: the predictor's logger posts
+        in the background, so what a step reads must not depend on how quickly it did (a busy machine)."""
+        from model.event_export import window_rows
+        from model.store import open_store
+
+        expected = sum(int((t["status"] == 200).sum()) for t in self.traffic if t["time"].min() >= start)
+        engine = open_store(self.store_url)
+        try:
+            deadline = time.monotonic() + LOGGER_DEADLINE_S
+            while True:
+                stored = len(window_rows(engine, start, datetime.now(UTC) + timedelta(seconds=1))[1])
+                if stored >= expected:
+                    return
+                if time.monotonic() > deadline:
+                    raise FlywheelError(
+                        f"the collector stored {stored} of {expected} answered calls since {start.isoformat()} "
+                        f"within {LOGGER_DEADLINE_S} s (see {self.work / 'logs'})"
+                    )
+                time.sleep(0.2)
+        finally:
+            engine.dispose()
+
     def _export(self, start: datetime, name: str) -> Path:
         """The window since ``start`` as a snapshot, once the logger has delivered every answered call."""
         from model.event_export import export_window
         from model.store import open_store
 
+        self._await_logger(start)
         engine = open_store(self.store_url)
         try:
-            expected = sum(int((t["status"] == 200).sum()) for t in self.traffic if t["time"].min() >= start)
-            deadline = time.monotonic() + 30
-            while True:  # the predictor's logger posts in the background: wait until all answers are stored
-                end = datetime.now(UTC) + timedelta(seconds=1)
-                info = export_window(engine, start, end, self.work / "snapshots" / f"{name}.parquet")
-                if info["rows"] >= expected or time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
+            info = export_window(
+                engine, start, datetime.now(UTC) + timedelta(seconds=1), self.work / "snapshots" / f"{name}.parquet"
+            )
         finally:
             engine.dispose()
-        if info["rows"] < expected:
-            raise FlywheelError(f"the collector stored {info['rows']} of {expected} answered calls of window {name}")
         return Path(info["path"])
 
     def traffic_and_drift(self) -> bool:
@@ -553,13 +571,14 @@ class Loop:
             self._pull_request("release", result, body)
             self.cluster.sync()
             self.mark(f"canary v{self.challenger} starts")
+            canary_start = datetime.now(UTC)
             looks, decision = [], "hold"
             for look in range(1, L.max_looks + 1):
                 examples = draw_traffic(
                     self.data["pool"], L.look_requests, self.held_back, L.new_intent_share, L.seed + 10 + look
                 )
                 self._send(examples, f"canary-look-{look}", 10 + look)
-                time.sleep(0.5)  # let the logger deliver the last answers before counting
+                self._await_logger(canary_start)  # count every answer, however busy the machine
                 analysis, md = delivery.canary_analysis_step(
                     L.env, None, "", self.repo.path, self.c.canary, self.c.delivery, store_url=self.store_url
                 )

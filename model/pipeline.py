@@ -115,6 +115,7 @@ def _headline(report: dict) -> dict:
     keys = ("accuracy", "macro_f1", "answered_accuracy", "fallback_rate", "ece", "oos_recall")
     out = {k: report[k] for k in keys if k in report}
     out["latency_p95_ms"] = report["latency"]["single_p95_ms"]
+    out["cpu_p95_ms"] = report["latency"]["cpu_p95_ms"]
     return out
 
 

