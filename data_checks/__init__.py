@@ -1,2 +1,7 @@
-"""What data must satisfy before it is trained on or trusted: Great Expectations suites, the PII
-scanner/redactor, and drift checks (Evidently). Training-file schema checks live in model.data."""
+"""What data must satisfy before it is trained on or trusted: Great Expectations suites on logged
+events and training snapshots, the PII scanner/redactor, and drift checks (Evidently).
+
+Imports: ``model.core``, ``model.data``, ``model.artifact`` (the drift encoder) and
+``model.registry`` (a ``models:/`` baseline); the stages that need these checks (``model.prepare``,
+``model.collect``, ``model.loop``) import them, never the other way round.
+"""

@@ -34,8 +34,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from model.config import DriftConfig
-from model.errors import FlywheelError
+from model.core.config import DriftConfig
+from model.core.errors import FlywheelError
 
 RATES = {"fallback_rate": "fallback", "thumbs_down_rate": "thumbs_down", "escalation_rate": "escalated"}
 PREDICTION_COLUMNS = ("predicted_intent", "confidence", "fallback")
@@ -136,7 +136,7 @@ class Embedder:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        from model.network import resolve_base_model
+        from model.artifact.network import resolve_base_model
 
         path = resolve_base_model(self.encoder)
         self._tokenizer = AutoTokenizer.from_pretrained(path)
@@ -323,9 +323,9 @@ def drift_step(
     Prediction and feedback signals need a reference for them: ``reference_events`` (an earlier
     window of logs) if given, else ``model``'s predictions on the training texts (no feedback then).
     """
-    from model.config import work_dir
-    from model.conversations import read_snapshot, snapshot_info
-    from model.data import load_examples
+    from model.core.config import work_dir
+    from model.data.conversations import read_snapshot, snapshot_info
+    from model.data.examples import load_examples
 
     train = load_examples(reference, data_cfg)
     logs = read_snapshot(current)
@@ -341,7 +341,7 @@ def drift_step(
         if ref_frame.empty:
             raise FlywheelError(f"{reference_events}: reference window holds no events")
     elif model:
-        from model.pipeline import open_model
+        from model.registry.versions import open_model
 
         predictions = open_model(model, reg_cfg).predict(train["text"].tolist())
         ref_frame = pd.DataFrame(

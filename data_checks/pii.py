@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from model.config import PiiConfig
+from model.core.config import PiiConfig
 
 # Every entity covered holds a digit (cards, phones, IBANs, IPv4, SSNs), an "@" (emails) or a ":"
 # (IPv6): a text with none of them is skipped without running the analyzer (most chat messages).

@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from data_checks.pii import Scanner
-from model.errors import FlywheelError
+from model.core.errors import FlywheelError
 
 EVAL_SET = Path(__file__).resolve().parent.parent / "tests" / "data" / "pii_eval.jsonl"
 # Targets from the issue: missing a card or an email is worse than missing an IBAN or a phone.

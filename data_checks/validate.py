@@ -2,7 +2,7 @@
 
 Two suites, built in code so they change with the contracts they check:
 
-- ``logged_events``: the conversation snapshot (schema in ``model/conversations.py``): columns and
+- ``logged_events``: the conversation snapshot (schema in ``model/data/conversations.py``): columns and
   types, unique request ids, sane timestamps, known arms and feedback values, model version
   present, confidence in [0, 1], at least ``min_events`` rows, no personal data in ``text``.
 - ``training_snapshot``: a prepared training set: labels known or declared new, at least
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from model.config import CheckConfig, DataConfig, PrepareConfig
-from model.conversations import ARMS, THUMBS, read_snapshot
-from model.conversations import COLUMNS as EVENT_COLUMNS
-from model.data import COLUMNS as EXAMPLE_COLUMNS
-from model.errors import FlywheelError
+from model.core.config import CheckConfig, DataConfig, PrepareConfig
+from model.core.errors import FlywheelError
+from model.data.conversations import ARMS, THUMBS, read_snapshot
+from model.data.conversations import COLUMNS as EVENT_COLUMNS
+from model.data.examples import COLUMNS as EXAMPLE_COLUMNS
 
 EVENTS_SUITE, TRAINING_SUITE = "logged_events", "training_snapshot"
 SOURCES = ("seed", "human", "auto")
@@ -161,7 +161,7 @@ def check_data(
             df = df.assign(text_casefolded=df["text"].astype("string").str.casefold())
         intents = set()
         if reference is not None:
-            from model.data import load_examples
+            from model.data.examples import load_examples
 
             intents = set(load_examples(reference, data_cfg)["intent"])
         targets.append((training_suite(intents, data_cfg, prep_cfg), df, training))

@@ -17,8 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from model.config import PROJECT_ROOT, DataConfig, RegistryConfig, load_config
-from model.pipeline import train_step
+from model.core.config import PROJECT_ROOT, DataConfig, RegistryConfig, load_config
+from model.train.steps import train_step
 
 
 def main() -> int:

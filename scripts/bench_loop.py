@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from model.config import DEFAULT_CONFIG, PROJECT_ROOT, load_config
-from model.loop import Loop, isolated_environment, load_configs
+from model.core.config import DEFAULT_CONFIG, PROJECT_ROOT, load_config
+from model.loop.orchestrator import Loop, isolated_environment, load_configs
 
 
 def main() -> int:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.config import PROJECT_ROOT, SAMPLE_DATA, DataConfig
+from model.core.config import PROJECT_ROOT, SAMPLE_DATA, DataConfig
 
 CLIENTS = (1, 8, 32)
 
@@ -52,7 +52,7 @@ def baseline_server(folder: str, port: int) -> None:
     from fastapi import FastAPI
     from transformers import pipeline
 
-    from model.predictor import IntentPredictor
+    from model.artifact.predictor import IntentPredictor
 
     predictor = IntentPredictor.load(folder, runtime="torch")
     model = predictor.model
@@ -178,7 +178,7 @@ def measure(servers: dict[str, tuple], texts: list[str], total: int) -> dict[str
 
 
 def test_texts() -> tuple[list[str], list[str]]:
-    from model.pipeline import load_split
+    from model.data.examples import load_split
 
     df = load_split(SAMPLE_DATA, DataConfig())
     test = df[df["split"] == "test"]
@@ -186,8 +186,8 @@ def test_texts() -> tuple[list[str], list[str]]:
 
 
 def train_default(root: Path) -> str:
-    from model.config import RegistryConfig, load_config
-    from model.pipeline import train_step
+    from model.core.config import RegistryConfig, load_config
+    from model.train.steps import train_step
 
     os.environ["FLYWHEEL_WORK_DIR"] = str(root / "work")
     summary, _ = train_step(SAMPLE_DATA, DataConfig(), load_config("train", epochs=1), RegistryConfig(), root / "model")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from model.config import (
+from model.core.config import (
     DEFAULT_CONFIG,
     SAMPLE_DATA,
     CanaryConfig,
@@ -37,8 +37,8 @@ from model.config import (
     read_yaml_config,
     work_dir,
 )
-from model.errors import FlywheelError
-from model.reports import write_reports
+from model.core.errors import FlywheelError
+from model.core.reports import write_reports
 
 EXIT_OK, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2
 
@@ -150,7 +150,7 @@ class DemoArgs:
 @dataclass
 class PrepareArgs:
     snapshot: str = _arg(
-        "", "conversation snapshot (Parquet, the collector's export; schema in model/conversations.py)"
+        "", "conversation snapshot (Parquet, the collector's export; schema in model/data/conversations.py)"
     )
     data: str = _arg(str(SAMPLE_DATA), "current training set (any format `train` reads)")
     labels: str = _arg("", "human labels to merge: Label Studio JSON export or the review CSV with 'intent' filled in")
@@ -283,7 +283,7 @@ STEPS = {
         [TrafficArgs, DataConfig, TrafficConfig],
     ),
     "export-events": (
-        "export a window of logged conversations as a snapshot (model/conversations.py) with a content digest",
+        "export a window of logged conversations as a snapshot (model/data/conversations.py) with a content digest",
         [ExportEventsArgs, CollectorConfig],
     ),
     "demo": (
@@ -341,7 +341,7 @@ def run(step: str, c: dict) -> tuple[dict, str, int]:
         return run_delivery(step, c)
     reg_cfg = c.get(RegistryConfig)
     if step == "serve":
-        from model.serving import serve_step
+        from model.serve.serving import serve_step
 
         a = c[ServeArgs]
         _require(a.stable, "--stable")
@@ -350,12 +350,12 @@ def run(step: str, c: dict) -> tuple[dict, str, int]:
         )
         return result, md, EXIT_OK
     if step == "collect":
-        from model.collector import collect_step
+        from model.collect.collector import collect_step
 
         result, md = collect_step(c[CollectorConfig], c[PiiConfig])
         return result, md, EXIT_OK
     if step == "traffic":
-        from model.traffic import traffic_step
+        from model.loop.traffic import traffic_step
 
         a = c[TrafficArgs]
         result, md = traffic_step(
@@ -364,42 +364,42 @@ def run(step: str, c: dict) -> tuple[dict, str, int]:
         )  # fmt: skip
         return result, md, EXIT_OK
     if step == "export-events":
-        from model.event_export import export_step
+        from model.collect.export import export_step
 
         a = c[ExportEventsArgs]
         result, md = export_step(a.start, a.end, a.days, a.request, a.out, c[CollectorConfig])
         return result, md, EXIT_OK
-    from model import pipeline  # heavy imports (torch, mlflow) only once a step runs
+    from model.evaluate.steps import evaluate_step, gate_step  # heavy imports (torch, mlflow) only once a step runs
+    from model.registry.steps import promote_step, register_step
+    from model.train.steps import train_step
 
     data_cfg, train_cfg, gate_cfg, reg_cfg = (c.get(t) for t in (DataConfig, TrainConfig, GateConfig, RegistryConfig))
     if step == "train":
         a = c[TrainArgs]
-        result, md = pipeline.train_step(Path(a.data), data_cfg, train_cfg, reg_cfg, Path(a.out) if a.out else None)
+        result, md = train_step(Path(a.data), data_cfg, train_cfg, reg_cfg, Path(a.out) if a.out else None)
         return result, md, EXIT_OK
     if step == "evaluate":
         a = c[EvaluateArgs]
         _require(a.model, "--model")
-        result, md = pipeline.evaluate_step(a.model, Path(a.data), a.split, data_cfg, reg_cfg)
+        result, md = evaluate_step(a.model, Path(a.data), a.split, data_cfg, reg_cfg)
         return result, md, EXIT_OK
     if step == "gate":
         a = c[GateArgs]
         _require(a.challenger, "--challenger")
-        result, md, passed = pipeline.gate_step(
-            a.challenger, a.champion, Path(a.data), a.split, data_cfg, gate_cfg, reg_cfg
-        )
+        result, md, passed = gate_step(a.challenger, a.champion, Path(a.data), a.split, data_cfg, gate_cfg, reg_cfg)
         return result, md, EXIT_OK if passed else EXIT_REJECTED
     if step == "register":
         a = c[RegisterArgs]
         _require(a.model, "--model")
         _require(a.gate, "--gate")
-        result, md = pipeline.register_step(Path(a.model), Path(a.gate), reg_cfg)
+        result, md = register_step(Path(a.model), Path(a.gate), reg_cfg)
         return result, md, EXIT_OK
     if step == "promote":  # registry only; with --env, run_delivery handles it
         a = c[PromoteArgs]
-        result, md = pipeline.promote_step(None if a.version < 0 else a.version, reg_cfg)
+        result, md = promote_step(None if a.version < 0 else a.version, reg_cfg)
         return result, md, EXIT_OK
     if step == "prepare":
-        from model.prepare import prepare_step
+        from model.prepare.steps import prepare_step
 
         a = c[PrepareArgs]
         _require(a.snapshot, "--snapshot")
@@ -454,7 +454,7 @@ def run(step: str, c: dict) -> tuple[dict, str, int]:
 def run_demo(c: dict) -> tuple[dict, str, int]:
     import time
 
-    from model.loop import load_configs, run_loop, summarise
+    from model.loop.orchestrator import load_configs, run_loop, summarise
 
     a = c[DemoArgs]
     out = Path(a.out) if a.out else work_dir() / "loop" / time.strftime("%Y%m%d-%H%M%S")
@@ -471,8 +471,8 @@ DELIVERY_STEPS = ("release", "rollback", "canary-analysis", "check-manifests", "
 
 def run_delivery(step: str, c: dict) -> tuple[dict, str, int]:
     """Steps that edit or check manifests (no torch import: they run in seconds on a CI runner)."""
-    from model import delivery
-    from model.manifest_checks import check_manifests_step
+    from model.deploy import delivery
+    from model.deploy.checks import check_manifests_step
 
     reg_cfg, dcfg = c.get(RegistryConfig), c[DeliveryConfig]
     if step == "check-manifests":

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from model.config import SAMPLE_DATA, DataConfig, RegistryConfig, TrainConfig
+from model.core.config import SAMPLE_DATA, DataConfig, RegistryConfig, TrainConfig
 
 
 @pytest.fixture(autouse=True)
@@ -91,7 +91,7 @@ def tiny_train_cfg(tiny_bert) -> TrainConfig:
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory, tiny_train_cfg, sample_df) -> dict:
     """One tiny model trained for the whole session (its own work folder); copy it before changing it."""
-    from model.pipeline import train_step
+    from model.train.steps import train_step
 
     root = tmp_path_factory.mktemp("tiny-artifact")
     data = write_subset(sample_df, root / "small.csv")

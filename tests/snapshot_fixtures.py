@@ -1,4 +1,4 @@
-"""Conversation snapshots for tests, in the collector's export schema (model/conversations.py).
+"""Conversation snapshots for tests, in the collector's export schema (model/data/conversations.py).
 
 Built from the sample data's texts with made-up predictions and feedback, so every labelling
 path is exercised: confident thumbs-up answers (auto-label), thumbs-down, escalated, abandoned
@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 
-from model.conversations import COLUMNS
+from model.data.conversations import COLUMNS
 
 
 def event(

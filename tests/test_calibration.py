@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from model.calibration import expected_calibration_error, fit_temperature, pick_threshold
+from model.evaluate.evaluation import expected_calibration_error
+from model.train.calibration import fit_temperature, pick_threshold
 
 
 def test_threshold_answers_everything_when_the_model_is_always_right():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.canary import HOLD, PROMOTE, ROLLBACK, ArmMetrics, analyse, msprt_p_value
-from model.config import CanaryConfig
-from model.errors import FlywheelError
+from model.core.config import CanaryConfig
+from model.core.errors import FlywheelError
+from model.deploy.canary import HOLD, PROMOTE, ROLLBACK, ArmMetrics, analyse, msprt_p_value
 
 CFG = CanaryConfig()
 

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from data_checks.validate import EVENTS_SUITE, TRAINING_SUITE, check_data
-from model.config import SAMPLE_DATA, CheckConfig, DataConfig, PrepareConfig
-from model.conversations import write_snapshot
-from model.data import assign_splits, load_examples
+from model.core.config import SAMPLE_DATA, CheckConfig, DataConfig, PrepareConfig
+from model.data.conversations import write_snapshot
+from model.data.examples import assign_splits, load_examples
 from tests.conftest import write_subset
 from tests.snapshot_fixtures import make_snapshot
 

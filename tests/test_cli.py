@@ -52,7 +52,7 @@ def test_unknown_config_key_is_refused(tmp_path, capsys):
 
 
 def test_flags_override_yaml(tmp_path):
-    from model.config import TrainConfig
+    from model.core.config import TrainConfig
     from scripts.cli import parse
 
     cfg = tmp_path / "c.yaml"

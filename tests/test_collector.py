@@ -1,5 +1,5 @@
 """The collector and the conversation store, on SQLite and on a real PostgreSQL; the export as a
-conversation snapshot (model/conversations.py).
+conversation snapshot (model/data/conversations.py).
 
 Events are built with the `cloudevents` package exactly as KServe's logger sends them (binary mode).
 """
@@ -25,11 +25,11 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 from starlette.testclient import TestClient
 
-from model.collector import FEEDBACK_TYPE, REQUEST_TYPE, RESPONSE_TYPE, build_app
-from model.config import PROJECT_ROOT, CollectorConfig
-from model.conversations import SNAPSHOT_SCHEMA, read_snapshot, snapshot_info
-from model.event_export import DIGEST_KEY, export_window
-from model.store import count_rows, open_store
+from model.collect.collector import FEEDBACK_TYPE, REQUEST_TYPE, RESPONSE_TYPE, build_app
+from model.collect.export import DIGEST_KEY, export_window
+from model.collect.store import count_rows, open_store
+from model.core.config import PROJECT_ROOT, CollectorConfig
+from model.data.conversations import SNAPSHOT_SCHEMA, read_snapshot, snapshot_info
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 SOURCE = "http://localhost:9081/"
@@ -386,7 +386,7 @@ def test_export_window_digest_and_schema(collector, tmp_path):
 
 
 def test_bad_store_url_is_a_clear_error():
-    from model.errors import FlywheelError
+    from model.core.errors import FlywheelError
 
     with pytest.raises(FlywheelError, match="only sqlite and postgresql"):
         open_store("mysql://localhost/x")

@@ -17,7 +17,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from model.config import PROJECT_ROOT
+from model.core.config import PROJECT_ROOT
 from scripts.cli import main
 from tests.conftest import write_subset
 from tests.test_collector import feedback_event, inference_event

@@ -1,4 +1,4 @@
-"""Code tests for model.data: formats, bad input, splits, digests."""
+"""Code tests for model.data.examples: formats, bad input, splits, digests."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import pandas as pd
 import pytest
 
-from model.config import DataConfig
-from model.data import assign_splits, dataset_digest, load_examples
-from model.errors import FlywheelError
+from model.core.config import DataConfig
+from model.core.errors import FlywheelError
+from model.data.examples import assign_splits, dataset_digest, load_examples
 
 CFG = DataConfig(min_examples_per_intent=2)
 
@@ -136,6 +136,6 @@ def test_digest_ignores_row_order_but_not_content(sample_df):
 
 
 def load_frame(df: pd.DataFrame) -> pd.DataFrame:
-    from model.data import validate_examples
+    from model.data.examples import validate_examples
 
     return validate_examples(df, "frame", DataConfig())

@@ -18,11 +18,19 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from mlflow import MlflowClient
 
-from model import manifests, registry
-from model.config import PROJECT_ROOT, CanaryConfig, DeliveryConfig, RegistryConfig
-from model.delivery import canary_analysis_step, promote_env_step, release_step, request_retrain_step, rollback_step
-from model.errors import FlywheelError
-from model.predictor import IntentPredictor
+from model.artifact.predictor import IntentPredictor
+from model.core.config import PROJECT_ROOT, CanaryConfig, DeliveryConfig, RegistryConfig
+from model.core.errors import FlywheelError
+from model.deploy import manifests
+from model.deploy.delivery import (
+    canary_analysis_step,
+    promote_env_step,
+    release_step,
+    request_retrain_step,
+    rollback_step,
+)
+from model.registry import register, versions
+from model.registry.store import tracking_uri
 from scripts.cli import main
 
 REG = RegistryConfig()
@@ -40,8 +48,8 @@ def registry_dir(tmp_path_factory, tiny_artifact):
         predictor = IntentPredictor.load(tiny_artifact["artifact"])
         for i in (1, 2, 3):  # one artifact, three "datasets": registration is idempotent per dataset digest
             meta = {**predictor.meta, "dataset_digest": f"dataset-{i}", "mlflow_run_id": None}
-            assert registry.register(REG, Path(tiny_artifact["artifact"]), meta, predictor.digest)["version"] == i
-        MlflowClient(registry.tracking_uri()).delete_model_version_tag(REG.model_name, "3", registry.GATE_TAG)
+            assert register.register(REG, Path(tiny_artifact["artifact"]), meta, predictor.digest)["version"] == i
+        MlflowClient(tracking_uri()).delete_model_version_tag(REG.model_name, "3", versions.GATE_TAG)
     return work, predictor.digest
 
 
@@ -124,7 +132,7 @@ def test_release_promote_rollback_cycle(repo, store):
     state = rollout(repo, "production")
     assert (state.stable.version, state.canary, state.canary_percent, state.previous.version) == (2, None, None, 1)
     assert "    canaryTrafficPercent:" not in (repo / ISVC.format(env="production")).read_text()
-    assert registry.alias_version(REG, registry.CHAMPION) == 2
+    assert versions.alias_version(REG, versions.CHAMPION) == 2
     assert result["registry"]["champion"] == 2
 
     # rollback with no canary running: back to v1, champion follows
@@ -132,7 +140,7 @@ def test_release_promote_rollback_cycle(repo, store):
     merge(repo, result["pull_request"]["branch"])
     assert rollout(repo, "production") == manifests.Rollout(stable=rollout(repo, "production").stable)
     assert rollout(repo, "production").stable.version == 1
-    assert registry.alias_version(REG, registry.CHAMPION) == 1
+    assert versions.alias_version(REG, versions.CHAMPION) == 1
     # one commit per pull request on main, each naming what it did
     subjects = git(repo, "log", "--format=%s").splitlines()
     assert subjects[:4] == [
@@ -147,13 +155,13 @@ def test_rollback_of_a_running_canary_restores_the_file_exactly(repo, store):
     merge(repo, release_step("staging", 1, 25, repo, REG, DCFG)[0]["pull_request"]["branch"])
     before = (repo / ISVC.format(env="staging")).read_text()
     merge(repo, release_step("staging", 2, 25, repo, REG, DCFG)[0]["pull_request"]["branch"])
-    champion = registry.alias_version(REG, registry.CHAMPION)
+    champion = versions.alias_version(REG, versions.CHAMPION)
     result, body = rollback_step("staging", repo, REG, DCFG)
     assert result["ended_version"] == 2 and result["stable"] == 1
     assert "Git keeps saying what serves users" in body
     merge(repo, result["pull_request"]["branch"])
     assert (repo / ISVC.format(env="staging")).read_text() == before
-    assert registry.alias_version(REG, registry.CHAMPION) == champion  # staging never moves the champion
+    assert versions.alias_version(REG, versions.CHAMPION) == champion  # staging never moves the champion
 
 
 def _assert_nothing_made(repo: Path, head: str, before: list[str]) -> None:
@@ -247,7 +255,7 @@ def test_cli_exit_codes_and_reports(repo, store, tmp_path, capsys):
 def test_promote_without_env_still_moves_only_the_alias(repo, store, tmp_path):
     head = git(repo, "rev-parse", "HEAD")
     assert main(["promote", "--version", "2", "--report-dir", str(tmp_path)]) == 0
-    assert registry.alias_version(REG, registry.CHAMPION) == 2
+    assert versions.alias_version(REG, versions.CHAMPION) == 2
     assert git(repo, "rev-parse", "HEAD") == head and branches(repo) == ["main"]
 
 
@@ -576,8 +584,8 @@ def test_canary_analysis_from_the_collectors_store(repo, store, tmp_path, monkey
     """Per-arm counts read from what the collector stored: answers by model version, errors by endpoint."""
     from starlette.testclient import TestClient
 
-    from model.collector import build_app
-    from model.config import CollectorConfig
+    from model.collect.collector import build_app
+    from model.core.config import CollectorConfig
     from tests.test_collector import feedback_event, inference_event
 
     now = datetime.now(UTC).replace(microsecond=0)
@@ -623,7 +631,7 @@ def test_canary_analysis_from_the_collectors_store(repo, store, tmp_path, monkey
 
 def test_a_latency_budget_that_is_no_histogram_bucket_is_an_error_not_zero():
     """With no bucket at the budget every answer would count as slow and roll back a healthy canary."""
-    from model.canary_metrics import prometheus_arm_metrics
+    from model.deploy.canary_metrics import prometheus_arm_metrics
 
     values = {("stable", "requests"): 500, ("stable", "timed"): 500}  # no series for le="0.09"
     handler = type("Handler", (FakePrometheus,), {"values": values, "queries": []})

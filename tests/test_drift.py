@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from data_checks.drift import Embedder, auc_threshold, decide, measure
-from model.config import DriftConfig
-from model.conversations import write_snapshot
+from model.core.config import DriftConfig
+from model.data.conversations import write_snapshot
 from tests.conftest import write_subset
 from tests.snapshot_fixtures import make_snapshot
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from model.config import GateConfig
-from model.gate import decide, render_markdown
+from model.core.config import GateConfig
+from model.evaluate.gate import decide, render_markdown
 
 CFG = GateConfig(
     alpha=0.05, min_support=10, max_f1_drop=0.05, latency_budget_ms=50, min_accuracy=0.8, min_macro_f1=0.75
@@ -150,7 +150,7 @@ def test_cpu_time_leaves_out_time_spent_waiting():
     """What a busy machine adds to a query is waiting for a core; the gate's figure must not count it."""
     import time
 
-    from model.evaluate import _latency
+    from model.evaluate.evaluation import _latency
 
     class WaitingPredictor:
         def predict(self, texts):

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from model import manifests
-from model.config import DEFAULT_CONFIG, load_config
-from model.conversations import read_snapshot
-from model.loop import Loop, isolated_environment, load_configs
+from model.core.config import DEFAULT_CONFIG, load_config
+from model.data.conversations import read_snapshot
+from model.deploy import manifests
+from model.loop.orchestrator import Loop, isolated_environment, load_configs
 from scripts.cli import main
 from tests.conftest import write_subset
 

@@ -8,15 +8,15 @@ import os
 import pandas as pd
 import pytest
 
-from model import annotator
-from model.config import SAMPLE_DATA, DataConfig, DeliveryConfig, LoopConfig
-from model.data import assign_splits, load_examples
-from model.delivery import request_retrain_step
-from model.errors import FlywheelError
-from model.loop import draw_traffic, plan_data, response_catalog, split_intents
-from model.loop_report import git_history
-from model.review_queue import read_labels
-from model.stand_in import StandInRepo, git
+from model.core.config import SAMPLE_DATA, DataConfig, DeliveryConfig, LoopConfig
+from model.core.errors import FlywheelError
+from model.data.examples import assign_splits, load_examples
+from model.deploy.delivery import request_retrain_step
+from model.loop import annotator
+from model.loop.orchestrator import draw_traffic, plan_data, response_catalog, split_intents
+from model.loop.report import git_history
+from model.loop.stand_in import StandInRepo, git
+from model.prepare.review_queue import read_labels
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_response_catalog_fills_in_intents_it_lacks(tmp_path):
     base.write_text("fallback: Passing you to a person.\nintents:\n  a: Reply A.\n")
     assert response_catalog(base, ["a"], tmp_path / "out.yaml") == base
     out = response_catalog(base, ["a", "b"], tmp_path / "out.yaml")
-    from model.catalog import ResponseCatalog
+    from model.serve.catalog import ResponseCatalog
 
     catalog = ResponseCatalog.load(out)
     catalog.check_covers(["a", "b"], "test")
@@ -149,7 +149,7 @@ def test_config_flag_is_not_read_by_kserve_on_import(tmp_path):
     import subprocess
     import sys
 
-    from model.config import DEFAULT_CONFIG, PROJECT_ROOT
+    from model.core.config import DEFAULT_CONFIG, PROJECT_ROOT
 
     missing = tmp_path / "no-such-artifact"
     done = subprocess.run(

@@ -12,8 +12,8 @@ import pandas as pd
 import plotly.offline
 import pytest
 
-from model.errors import FlywheelError
-from model.loop_report import main, outcome_line, render_report
+from model.core.errors import FlywheelError
+from model.loop.report import main, outcome_line, render_report
 
 T0 = pd.Timestamp("2026-11-27T10:00:00Z")
 PHASES = [  # phase, requests, share of them on v2 (the canary), accuracy of v1 and v2 in that phase

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from model import manifests
-from model.config import PROJECT_ROOT
-from model.errors import FlywheelError
-from model.manifest_checks import (
+from model.core.config import PROJECT_ROOT
+from model.core.errors import FlywheelError
+from model.deploy import manifests
+from model.deploy.checks import (
     check_argocd,
     check_core,
     check_dashboard,

@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model.config import DataConfig, GateConfig, RegistryConfig, TrainConfig
-from model.evaluate import evaluate
-from model.gate import decide
-from model.pipeline import evaluation_set, train_step
-from model.predictor import IntentPredictor
+from model.artifact.predictor import IntentPredictor
+from model.core.config import DataConfig, GateConfig, RegistryConfig, TrainConfig
+from model.evaluate.evaluation import evaluate
+from model.evaluate.gate import decide
+from model.evaluate.steps import evaluation_set
+from model.train.steps import train_step
 from tests.conftest import write_subset
 
 pytestmark = pytest.mark.slow

@@ -15,13 +15,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model import onnx_model
-from model.artifact import MANIFEST, verify, write_manifest
-from model.errors import FlywheelError
-from model.network import build_from_artifact
-from model.package import write_artifact
-from model.predictor import IntentPredictor
-from model.train import FitResult
+from model.artifact.manifest import MANIFEST, verify, write_manifest
+from model.artifact.network import build_from_artifact
+from model.artifact.onnx_runtime import OPSET, OnnxLogits
+from model.artifact.predictor import IntentPredictor
+from model.core.errors import FlywheelError
+from model.train import onnx_export
+from model.train.fit import FitResult
+from model.train.package import write_artifact
 from tests.test_serving import NAME, free_port, server_output, start_server, wait_ready
 
 # one word to far past max_length (64 tokens): every batch below mixes lengths, so it is padded,
@@ -52,7 +53,7 @@ def test_packaging_writes_a_checked_model_onnx_under_the_manifest(tiny_artifact)
     folder = Path(tiny_artifact["artifact"])
     assert "model.onnx" in (folder / MANIFEST).read_text().split()
     check = json.loads((folder / "meta.json").read_text())["onnx"]
-    assert check["file"] == "model.onnx" and check["opset"] == onnx_model.OPSET
+    assert check["file"] == "model.onnx" and check["opset"] == OPSET
     assert check["max_abs_probability_diff"] <= tiny_artifact["train_cfg"].onnx_tolerance
     assert check["checked_texts"] >= 2 and check["argmax_agreement"] == 1.0
 
@@ -75,7 +76,7 @@ def test_onnx_and_torch_give_the_same_predictions_on_padded_batches(tiny_artifac
 @pytest.mark.parametrize("texts, chunk", [(0, 1), (1, 1), (2, 1), (8, 4), (12, 6), (20, 5), (32, 8), (33, 6), (64, 8)])
 def test_onnx_chunks_keep_every_core_busy(tiny_artifact, texts, chunk):
     predictor = IntentPredictor.load(tiny_artifact["artifact"])
-    predictor.onnx = onnx_model.OnnxLogits(Path(tiny_artifact["artifact"]) / "model.onnx", threads=2)
+    predictor.onnx = OnnxLogits(Path(tiny_artifact["artifact"]) / "model.onnx", threads=2)
     assert predictor._chunk_size(texts) == chunk
 
 
@@ -143,7 +144,7 @@ def test_write_artifact_exports_onnx_from_the_weights(tmp_path, tiny_artifact):
 
 def test_an_export_that_differs_from_pytorch_stops_the_artifact(tmp_path, tiny_artifact, monkeypatch):
     """An exporter that gets the graph wrong (here: a head vector off by a little) must never be sealed."""
-    real_export = onnx_model.export
+    real_export = onnx_export.export
 
     def wrong_export(model, *args):
         broken = _fit_result(Path(tiny_artifact["artifact"])).model
@@ -151,7 +152,7 @@ def test_an_export_that_differs_from_pytorch_stops_the_artifact(tmp_path, tiny_a
             broken.head.weight[0] += 0.05
         real_export(broken, *args)
 
-    monkeypatch.setattr(onnx_model, "export", wrong_export)
+    monkeypatch.setattr(onnx_export, "export", wrong_export)
     source = Path(tiny_artifact["artifact"])
     target = tmp_path / "never"
     with pytest.raises(FlywheelError, match="ONNX export differs from PyTorch: probabilities differ by up to"):

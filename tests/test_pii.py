@@ -98,7 +98,7 @@ def test_contains_pii():
 
 
 def test_bad_eval_row_names_file_and_line(tmp_path):
-    from model.errors import FlywheelError
+    from model.core.errors import FlywheelError
 
     bad = tmp_path / "set.jsonl"
     bad.write_text(

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 
 from data_checks.pii import Scanner
-from model.cleaning import clean, near_key, normalise
-from model.config import DataConfig, PiiConfig, PrepareConfig, RegistryConfig
-from model.conversations import COLUMNS, read_snapshot, write_snapshot
-from model.data import assign_splits, dataset_digest, load_examples
-from model.errors import FlywheelError
-from model.prepare import order_queue, prepare_step
+from model.core.config import DataConfig, PiiConfig, PrepareConfig, RegistryConfig
+from model.core.errors import FlywheelError
+from model.data.conversations import COLUMNS, read_snapshot, write_snapshot
+from model.data.examples import assign_splits, dataset_digest, load_examples
+from model.prepare.cleaning import clean, near_key, normalise
+from model.prepare.steps import order_queue, prepare_step
 from tests.conftest import write_subset
 from tests.snapshot_fixtures import event, make_snapshot
 

@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from model.config import DataConfig, GateConfig, RegistryConfig
-from model.errors import FlywheelError
-from model.pipeline import gate_step, promote_step, register_step, train_step
-from model.registry import CHAMPION, alias_version
-from model.reports import write_reports
+from model.core.config import DataConfig, GateConfig, RegistryConfig
+from model.core.errors import FlywheelError
+from model.core.reports import write_reports
+from model.evaluate.steps import gate_step
+from model.registry.steps import promote_step, register_step
+from model.registry.versions import CHAMPION, alias_version
+from model.train.steps import train_step
 
 # the tiny random model is weak by design: floors at zero let it through the first-model gate
 OPEN_GATE = GateConfig(min_accuracy=0.0, min_macro_f1=0.0, latency_budget_ms=1000)
@@ -142,14 +144,14 @@ def test_promote_refuses_a_version_that_never_passed_the_gate(tmp_path, small_cs
     """A version registered by hand (MLflow UI, another script) carries no gate tag: never champion."""
     from mlflow import MlflowClient
 
-    from model import registry
+    from model.registry import store
     from scripts.cli import main
 
     reg = RegistryConfig()
     trained, gate_file = _train_gate_register(tmp_path, small_csv, tiny_train_cfg, reg)
     gated, _ = register_step(Path(trained["artifact"]), gate_file, reg)
     promote_step(gated["version"], reg)
-    client = MlflowClient(registry.tracking_uri())
+    client = MlflowClient(store.tracking_uri())
     source = client.get_model_version(reg.model_name, str(gated["version"]))
     by_hand = client.create_model_version(reg.model_name, source.source, run_id=source.run_id)
 

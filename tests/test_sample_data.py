@@ -1,7 +1,7 @@
 """Data tests: the bundled sample set is fit to be the embedded default."""
 
-from model.config import SAMPLE_DATA, DataConfig
-from model.data import assign_splits, load_examples
+from model.core.config import SAMPLE_DATA, DataConfig
+from model.data.examples import assign_splits, load_examples
 
 
 def test_sample_set_shape():

@@ -21,8 +21,8 @@ import httpx
 import pytest
 import yaml
 
-from model.config import PROJECT_ROOT, RESPONSE_CATALOG
-from model.serving import MicroBatcher
+from model.core.config import PROJECT_ROOT, RESPONSE_CATALOG
+from model.serve.serving import MicroBatcher
 
 NAME = "intent-test"
 CE_ID = "3f1c5b2e-0000-4000-8000-000000000001"
@@ -83,8 +83,8 @@ def _other_model(tmp_path_factory, sample_df, tiny_train_cfg, name: str, n_inten
     """A tiny model other than the stable one (other intents, other seed), so each arm answers for itself."""
     import dataclasses
 
-    from model.config import DataConfig, RegistryConfig
-    from model.pipeline import train_step
+    from model.core.config import DataConfig, RegistryConfig
+    from model.train.steps import train_step
     from tests.conftest import write_subset
 
     root = tmp_path_factory.mktemp(name)
@@ -107,14 +107,14 @@ def arms(tiny_artifact, tmp_path_factory, sample_df, tiny_train_cfg) -> dict[str
 
 def offline_predictions(artifact: str, texts: list[str]) -> list:
     """What the artifact predicts in this process: what its arm must answer."""
-    from model.predictor import IntentPredictor
+    from model.artifact.predictor import IntentPredictor
 
     return IntentPredictor.load(artifact).predict(texts)
 
 
 def version_of(artifact: str) -> str:
     """The version a model served from a folder reports: its artifact digest."""
-    from model.artifact import verify
+    from model.artifact.manifest import verify
 
     return f"sha-{verify(artifact)[:12]}"
 
@@ -540,15 +540,15 @@ def test_micro_batcher_error_reaches_every_waiting_request():
 
 
 def test_serves_an_mlflow_model_uri_with_its_registry_version(tiny_artifact, tmp_path, monkeypatch):
-    from model import registry
-    from model.config import RegistryConfig
-    from model.predictor import IntentPredictor
+    from model.artifact.predictor import IntentPredictor
+    from model.core.config import RegistryConfig
+    from model.registry import register
 
     work = tmp_path / "work"
     monkeypatch.setenv("FLYWHEEL_WORK_DIR", str(work))  # the registry and the server share this MLflow store
     predictor = IntentPredictor.load(tiny_artifact["artifact"])
-    version = registry.register(RegistryConfig(), Path(tiny_artifact["artifact"]), predictor.meta, predictor.digest)
-    registry.promote(RegistryConfig(), version["version"])
+    version = register.register(RegistryConfig(), Path(tiny_artifact["artifact"]), predictor.meta, predictor.digest)
+    register.promote(RegistryConfig(), version["version"])
     port = free_port()
     proc = start_server(["--stable", "models:/flywheel-intent@champion"], work, port)
     try:
@@ -606,8 +606,8 @@ def test_local_logger_posts_calls_to_the_collector(tiny_artifact, tmp_path):
 
     import pyarrow.parquet as pq
 
-    from model.event_export import export_window
-    from model.store import open_store
+    from model.collect.export import export_window
+    from model.collect.store import open_store
 
     work, store = tmp_path / "work", f"sqlite:///{tmp_path / 'conversations.db'}"
     work.mkdir()
@@ -712,10 +712,10 @@ def test_the_manifest_pins_the_stable_artifact_and_names_its_version(tiny_artifa
     """In a cluster the manifest passes --stable-sha256/--stable-version: another artifact never gets ready."""
     from prometheus_client import CollectorRegistry
 
-    from model.config import RegistryConfig, ServeConfig
-    from model.errors import FlywheelError
-    from model.predictor import IntentPredictor
-    from model.serving import PredictionLog, ServingMetrics, build_models
+    from model.artifact.predictor import IntentPredictor
+    from model.core.config import RegistryConfig, ServeConfig
+    from model.core.errors import FlywheelError
+    from model.serve.serving import PredictionLog, ServingMetrics, build_models
 
     art = tiny_artifact["artifact"]
     digest = IntentPredictor.load(art).digest

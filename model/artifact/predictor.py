@@ -1,0 +1,159 @@
+"""Run a verified model artifact: texts in, intents, confidences and fallback flags out.
+
+Two runtimes compute the same logits: ONNX Runtime on the artifact's ``model.onnx`` (checked
+against PyTorch when the artifact was packaged; faster on CPU) and PyTorch on ``model.safetensors``
+(any device; artifacts without ``model.onnx``; and the model being trained).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from model.artifact.manifest import read_json, verify
+from model.artifact.network import build_from_artifact
+from model.artifact.onnx_runtime import ONNX_FILE, OnnxLogits
+from model.core.errors import FlywheelError
+
+RUNTIMES = ("onnx", "torch")
+# Texts per forward pass; texts are sorted by token count first, so a pass pads little. ONNX Runtime
+# has little overhead per call, so small chunks win (MiniLM, 32 chat messages: 3.8 ms CPU per text
+# in chunks of 8, 5.4 ms in one pass); PyTorch's per-call overhead wants bigger ones.
+FORWARD_BATCH = {"onnx": 8, "torch": 64}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    intent: str
+    confidence: float
+    fallback: bool  # below the calibrated threshold: hand off to a human instead of answering
+
+
+class IntentPredictor:
+    """A classifier plus what is needed to use it: tokenizer, intent names, fallback threshold.
+
+    ``model`` is the PyTorch module, or None when ``onnx`` (an ONNX Runtime session) computes the logits.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        labels: list[str],
+        threshold: float,
+        max_length: int,
+        meta: dict | None = None,
+        temperature: float = 1.0,
+        onnx: OnnxLogits | None = None,
+    ):
+        if (model is None) == (onnx is None):
+            raise ValueError("give exactly one of a PyTorch model and an ONNX Runtime session")
+        self.model, self.onnx, self.tokenizer = model, onnx, tokenizer
+        self.runtime = "onnx" if onnx is not None else "torch"
+        self.labels = list(labels)
+        self.threshold = float(threshold)
+        self.temperature = float(temperature)  # divides the logits: fitted on validation data
+        self.max_length = int(max_length)
+        self.meta = meta or {}
+        self.digest = ""
+        if model is not None:
+            self.device = next(model.parameters()).device
+            self.model.eval()
+        else:
+            self.device = torch.device("cpu")
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str = "cpu", runtime: str = "onnx") -> IntentPredictor:
+        """Load an artifact only after its sha256 manifest verifies.
+
+        ``runtime="onnx"`` runs ``model.onnx`` with ONNX Runtime when the artifact has one and the
+        device is the CPU, else PyTorch; ``"torch"`` always runs PyTorch. ``meta["runtime"]`` says which.
+        """
+        if runtime not in RUNTIMES:
+            raise FlywheelError(f"unknown runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+        folder = Path(folder)
+        digest = verify(folder)
+        labels = read_json(folder, "labels.json")["labels"]
+        meta = read_json(folder, "meta.json")
+        model = onnx = None
+        if runtime == "onnx" and device == "cpu" and (folder / ONNX_FILE).is_file():
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            onnx = OnnxLogits(folder / ONNX_FILE)
+        else:
+            model, tokenizer = build_from_artifact(folder, len(labels))
+            model.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
+            model = model.to(device)
+        predictor = cls(
+            model,
+            tokenizer,
+            labels,
+            meta["fallback_threshold"],
+            meta["max_length"],
+            meta,
+            meta.get("temperature", 1.0),
+            onnx,
+        )
+        predictor.meta = {**meta, "runtime": predictor.runtime}
+        predictor.digest = digest
+        return predictor
+
+    def probabilities(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
+        """Softmax over intents, one row per text; passes group texts of similar token count to pad little."""
+        batch_size = batch_size or self._chunk_size(len(texts))
+        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        if not len(texts):
+            return out
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        padded = [_pad([ids[i] for i in idx], self.tokenizer.pad_token_id or 0) for idx in chunks]
+        for idx, logits in zip(chunks, self._logits(padded)):
+            logits = logits / self.temperature
+            z = np.exp(logits - logits.max(axis=1, keepdims=True))
+            out[idx] = z / z.sum(axis=1, keepdims=True)
+        return out
+
+    def _chunk_size(self, n: int) -> int:
+        """Texts per pass for a batch of ``n``: with ONNX Runtime, chunks of at most 8, as many as a
+        multiple of the cores and of equal size, so a batch of 8 still uses every core (measured at
+        8 clients: 257-271 req/s against 163-165 with one chunk of 8) and no core waits on a longer chunk."""
+        if self.onnx is None:
+            return FORWARD_BATCH[self.runtime]
+        chunks = self.onnx.threads * max(1, math.ceil(n / (self.onnx.threads * FORWARD_BATCH["onnx"])))
+        return max(1, math.ceil(n / chunks))
+
+    def _logits(self, batches: list[tuple[np.ndarray, np.ndarray]]):
+        """Logits of each (input_ids, attention_mask) pair, in order."""
+        if self.onnx is not None:
+            yield from self.onnx.run_all(batches)
+            return
+        for input_ids, mask in batches:
+            with torch.inference_mode():
+                ids, mask = torch.from_numpy(input_ids).to(self.device), torch.from_numpy(mask).to(self.device)
+                yield self.model(ids, mask).float().cpu().numpy()
+
+    def predict(self, texts: list[str], batch_size: int | None = None) -> list[Prediction]:
+        probs = self.probabilities(texts, batch_size)
+        best = probs.argmax(axis=1)
+        return [
+            Prediction(self.labels[j], float(probs[i, j]), bool(probs[i, j] < self.threshold))
+            for i, j in enumerate(best)
+        ]
+
+
+def _pad(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad token id lists into a matrix plus the attention mask (1 on real tokens)."""
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return ids, mask

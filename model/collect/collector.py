@@ -1,0 +1,353 @@
+"""The collector: an HTTP service that stores what KServe's logger and the chat front end send.
+
+Every POST is one CloudEvent, binary mode (``ce-*`` headers, the body is the payload) or structured
+mode (``application/cloudevents+json``), parsed with the ``cloudevents`` package:
+- ``org.kubeflow.serving.inference.request`` / ``.response``: posted by KServe's request/response
+  logger; ``ce-id`` is the request id and joins the two, which may arrive in either order.
+- ``org.flywheel.feedback``: from the chat front end, a JSON body ``{"kind": "thumbs_up" |
+  "thumbs_down" | "abandoned" | "escalated" | "resolved", "request_id": ..., "conversation_id": ...,
+  "comment": ...}`` naming a request or a conversation (or both).
+
+Personal data never reaches the store: every user text (the strings of a request body, V1
+``instances`` and V2 ``inputs`` data alike, and a feedback ``comment``) goes through the same
+redaction as ``flywheel prepare`` (``data_checks.pii``, one scanner per process) before the row is
+written. Response bodies hold the model's outputs (intents, scores, catalog replies) and are kept
+as they are.
+
+``/metrics`` counts events by outcome, and ``flywheel_feedback_total{kind, arm, model_version}``:
+feedback on the answer it names, looked up in the store, which the alert rules and canary analysis
+read (``unknown`` when the feedback names only a conversation). Feedback can arrive before the
+answer it names (KServe's logger posts asynchronously, a user may be quicker): it is then counted
+once that answer is stored, or as ``unknown`` after about five seconds.
+
+200 means stored and committed (or already stored: redelivery is harmless). Bad input gets a 4xx
+with the reason and touches nothing; only a store failure gives 503. KServe's logger does not
+retry and treats anything but 200 as lost, so the handler is short: validate, redact, commit,
+answer (parsing and redaction run on a worker thread, so a long text does not stall other events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from cloudevents.exceptions import GenericException
+from cloudevents.http import from_http
+from prometheus_client import CollectorRegistry, Counter, Histogram, exposition
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from model.collect.store import GroupCommitWriter, open_store, read_response
+from model.core.config import CollectorConfig, PiiConfig
+from model.core.http_guard import BodyLimit, ensure_can_listen
+
+REQUEST_TYPE = "org.kubeflow.serving.inference.request"
+RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
+FEEDBACK_TYPE = "org.flywheel.feedback"
+EVENT_TYPES = (REQUEST_TYPE, RESPONSE_TYPE, FEEDBACK_TYPE)
+FEEDBACK_KINDS = ("thumbs_up", "thumbs_down", "abandoned", "escalated", "resolved")
+MAX_ID_CHARS = 200
+# Keys of the Open Inference Protocol that hold protocol structure, not user text: left as they are.
+STRUCTURAL_KEYS = frozenset({"id", "name", "datatype", "shape"})
+UNKNOWN_ANSWER = ("unknown", "unknown")
+# KServe's logger posts the response event after answering, without waiting; feedback naming an
+# answer not stored yet is counted once it is, looked up after each of these pauses (seconds)
+LATE_ANSWER_WAITS_S = (0.1, 0.4, 1.5, 3.0)
+_JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json$")
+
+
+class BadEvent(Exception):
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def _parse_time(value, what: str) -> datetime:
+    if isinstance(value, datetime):
+        moment = value
+    else:
+        try:
+            moment = datetime.fromisoformat(str(value))
+        except ValueError as exc:
+            raise BadEvent(400, f"{what} {value!r} is not an RFC 3339 timestamp") from exc
+    # stored in UTC: SQLite keeps the wall-clock time only, so an offset would shift the event in time
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _text_id(value, what: str, required: bool) -> str:
+    if value is None or value == "":
+        if required:
+            raise BadEvent(400, f"missing {what}")
+        return ""
+    if not isinstance(value, str):
+        raise BadEvent(400, f"{what} must be a string, got {type(value).__name__}")
+    if len(value) > MAX_ID_CHARS:
+        raise BadEvent(400, f"{what} is {len(value)} characters long, the limit is {MAX_ID_CHARS}")
+    if "\x00" in value:
+        raise BadEvent(400, f"{what} contains a NUL character")
+    return value
+
+
+def redact_json(value, redact: Callable[[str], str]):
+    """Every string in a JSON value redacted, except the protocol's structural fields."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [redact_json(v, redact) for v in value]
+    if isinstance(value, dict):
+        return {k: v if k in STRUCTURAL_KEYS else redact_json(v, redact) for k, v in value.items()}
+    return value
+
+
+def parse_event(headers: dict[str, str], body: bytes, now: datetime, redact: Callable[[str], str]) -> tuple[str, dict]:
+    """One HTTP request to (table name, row) with user texts redacted, or BadEvent naming what is wrong."""
+    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    structured = content_type == "application/cloudevents+json"
+    if not structured and not _JSON_TYPE.match(content_type):
+        raise BadEvent(
+            415,
+            f"content type {content_type or '(none)'!r} not accepted: events carry JSON "
+            "(application/json in binary mode, application/cloudevents+json in structured mode)",
+        )
+    if not structured:
+        missing = [h for h in ("ce-specversion", "ce-id", "ce-type", "ce-source") if h not in headers]
+        if missing:
+            raise BadEvent(400, f"missing {', '.join(missing)} header(s): not a binary-mode CloudEvent")
+    try:
+        event = from_http(headers, body, data_unmarshaller=lambda raw: raw)
+    except GenericException as exc:
+        raise BadEvent(400, f"not a valid CloudEvent: {exc}") from exc
+    attrs = event.get_attributes()
+    event_type = attrs.get("type")
+    if event_type not in EVENT_TYPES:
+        raise BadEvent(400, f"unknown event type {event_type!r} (accepted: {', '.join(EVENT_TYPES)})")
+    event_id = _text_id(attrs.get("id"), "event id (ce-id)", required=True)
+    data = event.get_data()
+    if isinstance(data, (bytes, bytearray, str)):  # binary mode gives bytes, structured mode the data as JSON text
+        try:
+            text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+            payload = json.loads(text)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise BadEvent(400, f"event body is not valid UTF-8 JSON: {exc}") from exc
+    elif data is None:
+        raise BadEvent(400, "event has no body")
+    else:
+        payload, text = data, json.dumps(data)
+    common = {
+        "event_id": event_id,
+        "event_time": _parse_time(attrs.get("time") or now, "ce-time"),
+        "received_at": now,
+        "source": _text_id(attrs.get("source"), "ce-source", required=True)[:500],
+    }
+    if event_type == FEEDBACK_TYPE:
+        fields = _feedback_fields(payload)
+        return "feedback", {**common, **fields, "comment": redact(fields["comment"])}
+    if event_type == REQUEST_TYPE:
+        redacted = redact_json(payload, redact)
+        if redacted != payload:
+            text = json.dumps(redacted, ensure_ascii=False)
+    return "inference", {
+        **common,
+        "kind": "request" if event_type == REQUEST_TYPE else "response",
+        "inference_service": str(attrs.get("inferenceservicename", ""))[:200],
+        "namespace": str(attrs.get("namespace", ""))[:200],
+        "component": str(attrs.get("component", ""))[:100],
+        "endpoint": str(attrs.get("endpoint", ""))[:100],
+        "metadata_json": _metadata(attrs.get("metadata")),
+        "content_type": (content_type if not structured else str(attrs.get("datacontenttype") or "application/json"))[
+            :100
+        ],
+        "body": text,
+    }
+
+
+def _metadata(raw) -> str:
+    if raw in (None, ""):
+        return "{}"
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError as exc:
+        raise BadEvent(400, f"ce-metadata is not a JSON object: {exc}") from exc
+    if not isinstance(value, dict):
+        raise BadEvent(400, f"ce-metadata must be a JSON object, got {type(value).__name__}")
+    return json.dumps(value)
+
+
+def _feedback_fields(payload) -> dict:
+    if not isinstance(payload, dict):
+        raise BadEvent(400, f"feedback body must be a JSON object, got {type(payload).__name__}")
+    kind = payload.get("kind")
+    if kind not in FEEDBACK_KINDS:
+        raise BadEvent(400, f"feedback kind {kind!r} unknown (accepted: {', '.join(FEEDBACK_KINDS)})")
+    request_id = _text_id(payload.get("request_id"), "request_id", required=False)
+    conversation_id = _text_id(payload.get("conversation_id"), "conversation_id", required=False)
+    if not request_id and not conversation_id:
+        raise BadEvent(400, "feedback must name a request_id or a conversation_id")
+    comment = payload.get("comment", "")
+    if not isinstance(comment, str):
+        raise BadEvent(400, f"comment must be a string, got {type(comment).__name__}")
+    return {
+        "kind": kind,
+        "request_id": request_id,
+        "conversation_id": conversation_id,
+        "comment": comment.replace("\x00", "")[:2000],
+    }
+
+
+class CollectorMetrics:
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+        self.events = Counter(
+            "flywheel_collector_events", "events by type and outcome", ["type", "outcome"], registry=registry
+        )
+        # what the alert rules and canary analysis query: feedback on the answers of each model version
+        self.feedback = Counter(
+            "flywheel_feedback",
+            "stored feedback by kind, on answers of this arm and model version ('unknown' if it names no answer)",
+            ["kind", "arm", "model_version"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "flywheel_collector_ack_seconds",
+            "time from request to commit and answer",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=registry,
+        )
+
+
+def build_app(
+    cfg: CollectorConfig, registry: CollectorRegistry | None = None, pii_cfg: PiiConfig | None = None
+) -> Starlette:
+    """The collector's ASGI app; the store opens (and its tables are created) and the PII scanner is built here."""
+    from data_checks.pii import Scanner  # Presidio is heavy: loaded when a collector is built, not on import
+
+    scanner = Scanner(pii_cfg or PiiConfig())  # once per process: building the analyzer takes seconds
+
+    def redact(text: str) -> str:
+        return scanner.redact(text)[0]
+
+    engine = open_store(cfg.store_url, cfg.sqlite_synchronous)
+    writer = GroupCommitWriter(engine)
+    metrics = CollectorMetrics(registry or CollectorRegistry())
+    late_counts: set[asyncio.Task] = set()
+
+    async def receive(request: Request) -> Response:
+        started = datetime.now(UTC)
+        try:
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            table, row = await run_in_threadpool(parse_event, headers, await request.body(), started, redact)
+        except BadEvent as bad:
+            claimed = request.headers.get("ce-type")  # only known types become labels: no unbounded series
+            metrics.events.labels(claimed if claimed in EVENT_TYPES else "other", "rejected").inc()
+            return JSONResponse({"error": bad.reason}, status_code=bad.status)
+        event_type = request.headers.get("ce-type", FEEDBACK_TYPE if table == "feedback" else "inference")
+        try:
+            new = await writer.write(table, row)
+        except Exception as exc:  # noqa: BLE001 - the store is down or refused: not acknowledged
+            metrics.events.labels(event_type, "store_error").inc()
+            return JSONResponse({"error": f"store unavailable: {type(exc).__name__}: {exc}"}, status_code=503)
+        metrics.events.labels(event_type, "stored" if new else "duplicate").inc()
+        metrics.latency.observe((datetime.now(UTC) - started).total_seconds())
+        if new and table == "feedback":
+            labels = await run_in_threadpool(answer_of, row["request_id"])
+            if labels is None and row["request_id"]:
+                # the logger posts asynchronously: a quick user can rate an answer before it is logged
+                task = asyncio.get_running_loop().create_task(count_late(row["kind"], row["request_id"]))
+                late_counts.add(task)
+                task.add_done_callback(late_counts.discard)
+            else:
+                metrics.feedback.labels(row["kind"], *(labels or UNKNOWN_ANSWER)).inc()
+        return JSONResponse({"id": row["event_id"], "stored": new, "duplicate": not new})
+
+    def answer_of(request_id: str) -> tuple[str, str] | None:
+        """Arm and model version of the answer a feedback names (its stored response event), if any."""
+        from model.collect.export import answer_labels
+
+        try:
+            response = read_response(engine, request_id) if request_id else None
+        except sa.exc.SQLAlchemyError:
+            response = None  # the feedback is stored; only its metric labels are unknown
+        return answer_labels(response) if response else None
+
+    async def count_late(kind: str, request_id: str) -> None:
+        """Count feedback whose answer was not stored yet once it is, or as 'unknown' after LATE_ANSWER_WAITS_S."""
+        labels = None
+        for wait in LATE_ANSWER_WAITS_S:
+            await asyncio.sleep(wait)
+            labels = await run_in_threadpool(answer_of, request_id)
+            if labels is not None:
+                break
+        metrics.feedback.labels(kind, *(labels or UNKNOWN_ANSWER)).inc()
+
+    def store_answers() -> None:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    async def health(_request: Request) -> Response:
+        """Ready only while the store answers: a collector that cannot commit must not receive events."""
+        try:
+            await run_in_threadpool(store_answers)
+        except sa.exc.SQLAlchemyError as exc:
+            return JSONResponse({"status": "store unavailable", "error": str(exc).splitlines()[0]}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    async def prometheus(request: Request) -> Response:
+        encoder, content_type = exposition.choose_encoder(request.headers.get("accept"))
+        return Response(encoder(metrics.registry), headers={"content-type": content_type})
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        for task in list(late_counts):
+            task.cancel()
+        writer.close()
+        engine.dispose()
+
+    app = Starlette(
+        routes=[
+            Route("/", receive, methods=["POST"]),
+            Route("/events", receive, methods=["POST"]),
+            Route("/healthz", health, methods=["GET"]),
+            Route("/metrics", prometheus, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimit, max_body_bytes=cfg.max_body_bytes)
+    app.state.engine, app.state.writer, app.state.scanner = engine, writer, scanner
+    return app
+
+
+def collect_step(cfg: CollectorConfig, pii_cfg: PiiConfig | None = None) -> tuple[dict, str]:
+    """Run the collector until SIGTERM/SIGINT."""
+    import uvicorn
+
+    from model.collect.store import count_rows
+
+    ensure_can_listen(cfg.host, cfg.http_port)
+    app = build_app(cfg, pii_cfg=pii_cfg)
+    started = datetime.now(UTC)
+    uvicorn.Server(
+        uvicorn.Config(
+            app, host=cfg.host, port=cfg.http_port, log_level="warning", access_log=False, timeout_graceful_shutdown=10
+        )
+    ).run()
+    counts = count_rows(app.state.engine)
+    result = {
+        "address": f"http://{cfg.host}:{cfg.http_port}",
+        "store": app.state.engine.url.render_as_string(hide_password=True),
+        "started": started.isoformat(),
+        "stored_rows": counts,
+    }
+    md = (
+        f"## Collector on {result['address']}\n\nStore `{result['store']}`: "
+        f"{counts['inference']} inference events, {counts['feedback']} feedback events.\n"
+    )
+    return result, md

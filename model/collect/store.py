@@ -1,0 +1,235 @@
+"""The conversation store: logged inference events and user feedback, in any SQLAlchemy database.
+
+A SQLite file by default (WAL journal, ``synchronous=FULL`` unless configured otherwise: a committed
+event survives a crash and a power cut), PostgreSQL in production. Events are stored as they arrive,
+keyed by their CloudEvent id (plus request/response for inference events), so a redelivered event
+is a no-op; the join of a request with its response happens when reading, which makes arrival order
+irrelevant.
+
+Writes go through ``GroupCommitWriter``: concurrent events are inserted in one transaction and each
+caller is answered only after that transaction committed, so many events share one fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+
+from model.core.config import work_dir
+from model.core.errors import FlywheelError
+
+metadata = sa.MetaData()
+
+inference_events = sa.Table(
+    "inference_events",
+    metadata,
+    sa.Column("event_id", sa.String(200), primary_key=True),  # ce-id: the request id, shared by request and response
+    sa.Column("kind", sa.String(8), primary_key=True),  # "request" or "response"
+    sa.Column("event_time", sa.DateTime(timezone=True), nullable=False, index=True),  # ce-time, else arrival
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("source", sa.String(500), nullable=False),
+    sa.Column("inference_service", sa.String(200), nullable=False, default=""),
+    sa.Column("namespace", sa.String(200), nullable=False, default=""),
+    sa.Column("component", sa.String(100), nullable=False, default=""),
+    sa.Column("endpoint", sa.String(100), nullable=False, default=""),  # "default" or "canary"
+    sa.Column("metadata_json", sa.Text, nullable=False, default="{}"),  # ce-metadata: forwarded request headers
+    sa.Column("content_type", sa.String(100), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+)
+
+feedback_events = sa.Table(
+    "feedback_events",
+    metadata,
+    sa.Column("event_id", sa.String(200), primary_key=True),
+    sa.Column("event_time", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("source", sa.String(500), nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("request_id", sa.String(200), nullable=False, default="", index=True),
+    sa.Column("conversation_id", sa.String(200), nullable=False, default="", index=True),
+    sa.Column("comment", sa.Text, nullable=False, default=""),
+)
+
+TABLES = {"inference": inference_events, "feedback": feedback_events}
+
+
+def default_url() -> str:
+    return f"sqlite:///{work_dir() / 'conversations.db'}"
+
+
+SQLITE_SYNC_MODES = ("FULL", "NORMAL")
+
+
+def open_store(url: str = "", sqlite_synchronous: str = "FULL") -> Engine:
+    """An engine on the store, with the tables created; SQLite gets WAL and fsync on commit (FULL).
+
+    With NORMAL, SQLite in WAL mode still loses nothing when the process is killed, but a power cut
+    or OS crash can lose the last commits.
+    """
+    url = url or default_url()
+    if sqlite_synchronous.upper() not in SQLITE_SYNC_MODES:
+        raise FlywheelError(
+            f"sqlite_synchronous {sqlite_synchronous!r}: expected one of {', '.join(SQLITE_SYNC_MODES)}"
+        )
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise FlywheelError(f"store URL {url!r} is not a SQLAlchemy URL: {exc}") from exc
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA synchronous={sqlite_synchronous.upper()}")
+            cur.close()
+    elif parsed.get_backend_name() == "postgresql":
+        engine = sa.create_engine(url, pool_pre_ping=True)
+    else:
+        raise FlywheelError(f"store URL {url!r}: only sqlite and postgresql are supported")
+    try:
+        metadata.create_all(engine)
+    except sa.exc.SQLAlchemyError as exc:
+        raise FlywheelError(f"cannot open store {parsed.render_as_string(hide_password=True)}: {exc}") from exc
+    return engine
+
+
+def _insert(engine: Engine, table: sa.Table):
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    keys = [c.name for c in table.primary_key.columns]
+    return dialect.insert(table).on_conflict_do_nothing(index_elements=keys).returning(*table.primary_key.columns), keys
+
+
+@dataclass
+class Pending:
+    table: str
+    row: dict
+    future: asyncio.Future
+
+
+class GroupCommitWriter:
+    """Inserts rows for concurrent callers in shared transactions; ``await write()`` returns after commit.
+
+    Returns True when the row was new, False when it was already stored (a redelivery).
+    """
+
+    def __init__(self, engine: Engine, max_batch: int = 512):
+        self.engine = engine
+        self.max_batch = max_batch
+        self._statements = {name: _insert(engine, table) for name, table in TABLES.items()}
+        self._pending: deque[Pending] = deque()
+        self._arrived: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flywheel-store")
+        self._lock = threading.Lock()
+
+    async def write(self, table: str, row: dict) -> bool:
+        loop = asyncio.get_running_loop()
+        if self._worker is None or self._worker.done():
+            self._arrived = asyncio.Event()
+            self._worker = loop.create_task(self._run())
+        item = Pending(table, row, loop.create_future())
+        self._pending.append(item)
+        self._arrived.set()
+        return await item.future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._pending:
+                self._arrived.clear()
+                await self._arrived.wait()
+            batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
+            try:
+                inserted = await loop.run_in_executor(self._executor, self._commit, batch)
+            except Exception:  # noqa: BLE001 - retried one by one, so one bad row cannot fail its neighbours
+                await self._commit_each(loop, batch)
+                continue
+            for item, new in zip(batch, inserted):
+                if not item.future.done():
+                    item.future.set_result(new)
+
+    async def _commit_each(self, loop, batch: list[Pending]) -> None:
+        for item in batch:
+            try:
+                (new,) = await loop.run_in_executor(self._executor, self._commit, [item])
+            except Exception as exc:  # noqa: BLE001 - this caller answers with the error
+                if not item.future.done():
+                    item.future.set_exception(exc)
+                continue
+            if not item.future.done():
+                item.future.set_result(new)
+
+    def _commit(self, batch: list[Pending]) -> list[bool]:
+        """One transaction for the whole batch; which rows were new comes back from RETURNING."""
+        new_keys: set[tuple] = set()
+        with self._lock, self.engine.begin() as conn:
+            for name in {item.table for item in batch}:
+                stmt, keys = self._statements[name]
+                rows = [item.row for item in batch if item.table == name]
+                for returned in conn.execute(stmt, rows):
+                    new_keys.add((name, *returned))
+        out = []
+        for item in batch:
+            key = (item.table, *(item.row[k] for k in self._statements[item.table][1]))
+            out.append(key in new_keys)
+            new_keys.discard(key)  # the same event twice in one batch: only the first counts as new
+        return out
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+        self._executor.shutdown(wait=True)
+
+
+def count_rows(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {
+            name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one() for name, t in TABLES.items()
+        }
+
+
+def read_inference(engine: Engine, start: datetime, end: datetime) -> list[dict]:
+    """Request and response events of every call with at least one event timed in [start, end)."""
+    ie = inference_events
+    ids = sa.select(ie.c.event_id).where(ie.c.event_time >= start, ie.c.event_time < end).distinct()
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(sa.select(ie).where(ie.c.event_id.in_(ids)))]
+
+
+def read_response(engine: Engine, request_id: str) -> dict | None:
+    """The stored response event of a request id (``<ce-id>/<i>`` names text i of ``<ce-id>``), if any."""
+    ie = inference_events
+    candidates = [request_id] + ([request_id.rsplit("/", 1)[0]] if "/" in request_id else [])
+    with engine.connect() as conn:
+        for event_id in candidates:
+            row = conn.execute(sa.select(ie).where(ie.c.event_id == event_id, ie.c.kind == "response")).first()
+            if row is not None:
+                return dict(row._mapping)
+    return None
+
+
+def read_feedback(engine: Engine, request_ids: set[str], conversation_ids: set[str], chunk: int = 500) -> list[dict]:
+    """Feedback that refers to any of these requests or conversations."""
+    fe, found = feedback_events, {}
+    with engine.connect() as conn:
+        for column, values in (
+            (fe.c.request_id, sorted(request_ids - {""})),
+            (fe.c.conversation_id, sorted(conversation_ids - {""})),
+        ):
+            for i in range(0, len(values), chunk):
+                for r in conn.execute(sa.select(fe).where(column.in_(values[i : i + chunk]))):
+                    found[r.event_id] = dict(r._mapping)
+    return list(found.values())

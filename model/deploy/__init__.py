@@ -1,0 +1,7 @@
+"""Deploy and monitor by Git: reading and editing the manifests Argo CD syncs (keeping comments and
+order), validating them, the release / promote / rollback / request-retrain steps as pull
+requests through a forge (GitHub's REST API or a local repository), and canary analysis with its
+metric sources (the collector's store, Prometheus, a file).
+
+Imports: ``model.core``, ``model.data``, ``model.registry``, ``model.collect`` (store counts).
+"""

@@ -1,0 +1,249 @@
+"""Canary analysis: promote, hold or roll back, from how each traffic arm did with users.
+
+A pure function of per-arm counts. Rates are compared with a mixture sequential probability ratio
+test (mSPRT; Johari, Pekelis and Walsh, "Always valid inference", 2017) on the difference of two
+proportions under the normal approximation: its p-values stay valid however often one looks, so
+running the analysis every hour does not inflate false promotions or false rollbacks, and no
+number of looks has to be fixed in advance. Two one-sided questions per rate:
+
+- harm: is the canary's rate higher than the stable arm's? (H0: difference <= 0) → rollback
+- non-inferiority: is it at most ``margin`` higher? (H0: difference >= margin) → may promote
+
+Latency is a guardrail: the share of answers slower than ``latency_budget_ms`` is tested for harm
+like the rates, so a canary that is slower than stable rolls back, but it need not be shown
+non-inferior before a promotion. Load on a shared machine or node slows both arms alike: a fixed
+rule on one arm's p99 (its third-slowest answer in 300) rolled back healthy canaries by chance on a
+busy machine, and a non-inferiority proof would make promotion wait on how busy the machine is.
+Alpha is split over the tests (Bonferroni).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import asdict, dataclass, field
+
+from model.core.config import CanaryConfig
+from model.core.errors import FlywheelError
+
+PROMOTE, HOLD, ROLLBACK = "promote", "hold", "rollback"
+
+
+@dataclass
+class ArmMetrics:
+    """Counts for one traffic arm over the analysis window (what the collector's store or Prometheus gives)."""
+
+    requests: int
+    errors: int = 0
+    fallbacks: int = 0
+    escalations: int = 0
+    thumbs_up: int = 0
+    thumbs_down: int = 0
+    slow: int = 0  # answers slower than the canary config's latency_budget_ms
+    latency_p99_ms: float = 0.0  # shown, not decided on
+    model_version: int | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str) -> ArmMetrics:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(values) - known
+        if unknown:
+            raise FlywheelError(
+                f"{where}: unknown metric(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})"
+            )
+        try:
+            arm = cls(**values)
+        except TypeError as exc:
+            raise FlywheelError(f"{where}: {exc}") from exc
+        counts = {k: v for k, v in asdict(arm).items() if k not in ("latency_p99_ms", "model_version")}
+        for name, value in counts.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise FlywheelError(f"{where}: {name} must be a count (whole number >= 0), got {value!r}")
+        for name in ("errors", "fallbacks", "escalations", "slow"):
+            if counts[name] > arm.requests:
+                raise FlywheelError(f"{where}: {name} ({counts[name]}) exceeds requests ({arm.requests})")
+        if not isinstance(arm.latency_p99_ms, (int, float)) or arm.latency_p99_ms < 0:
+            raise FlywheelError(f"{where}: latency_p99_ms must be a number >= 0")
+        return arm
+
+
+@dataclass
+class RateComparison:
+    metric: str
+    stable_rate: float
+    canary_rate: float
+    stable_n: int
+    canary_n: int
+    margin: float
+    p_harm: float  # always-valid p-value for "canary is worse"
+    p_noninferior: float  # always-valid p-value for "canary is worse by at least margin"
+    harmful: bool = False
+    noninferior: bool = False
+    guardrail: bool = False  # tested for harm only: need not be shown non-inferior to promote
+
+
+@dataclass
+class CanaryVerdict:
+    decision: str
+    reasons: list[str]
+    comparisons: list[RateComparison] = field(default_factory=list)
+    latency_p99_ms: dict = field(default_factory=dict)
+    alpha_per_test: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def msprt_p_value(
+    successes_a: int, n_a: int, successes_b: int, n_b: int, shift: float, tau: float
+) -> tuple[float, float]:
+    """Always-valid two-sided p-value for H0: p_b - p_a = shift, and the estimated difference minus shift.
+
+    Normal-mixture mSPRT (mixture N(shift, tau^2) over the difference): the likelihood ratio is
+    sqrt(V / (V + tau^2)) * exp(d^2 tau^2 / (2 V (V + tau^2))), with d the estimated difference minus
+    the shift and V its variance; p = min(1, 1 / ratio). Rates get half a count of smoothing so that a
+    rate of exactly 0 (errors often are) still has a variance.
+    """
+    pa = (successes_a + 0.5) / (n_a + 1)
+    pb = (successes_b + 0.5) / (n_b + 1)
+    variance = pa * (1 - pa) / n_a + pb * (1 - pb) / n_b
+    d = (pb - pa) - shift
+    t2 = tau * tau
+    log_ratio = 0.5 * math.log(variance / (variance + t2)) + d * d * t2 / (2 * variance * (variance + t2))
+    return min(1.0, math.exp(-log_ratio)), d
+
+
+def _compare(name: str, xs: int, ns: int, xc: int, nc: int, margin: float, alpha: float, tau: float) -> RateComparison:
+    p_zero, d0 = msprt_p_value(xs, ns, xc, nc, 0.0, tau)
+    p_margin, dm = msprt_p_value(xs, ns, xc, nc, margin, tau)
+    # one-sided: reject only in the direction asked about. The two-sided p is kept as it is: halving
+    # it would be anti-conservative (the symmetric mixture's ratio is less than twice the one-sided one)
+    p_harm = p_zero if d0 > 0 else 1.0
+    p_noninf = p_margin if dm < 0 else 1.0
+    return RateComparison(
+        name, xs / ns, xc / nc, ns, nc, margin, p_harm, p_noninf, harmful=p_harm <= alpha, noninferior=p_noninf <= alpha
+    )
+
+
+def analyse(stable: ArmMetrics, canary: ArmMetrics, cfg: CanaryConfig) -> CanaryVerdict:
+    """Promote, hold or roll back. Rollback wins over promote; too little traffic always holds."""
+    few = [
+        f"{name} has {arm.requests} requests (< {cfg.min_requests_per_arm})"
+        for name, arm in (("stable", stable), ("canary", canary))
+        if arm.requests < cfg.min_requests_per_arm
+    ]
+    latency = {"stable": stable.latency_p99_ms, "canary": canary.latency_p99_ms}
+    if few:
+        return CanaryVerdict(HOLD, ["too little traffic: " + "; ".join(few)], latency_p99_ms=latency)
+    rates = [
+        ("error rate", stable.errors, stable.requests, canary.errors, canary.requests, cfg.error_rate_margin),
+        (
+            "fallback rate",
+            stable.fallbacks,
+            stable.requests,
+            canary.fallbacks,
+            canary.requests,
+            cfg.fallback_rate_margin,
+        ),
+        (
+            "escalation rate",
+            stable.escalations,
+            stable.requests,
+            canary.escalations,
+            canary.requests,
+            cfg.escalation_rate_margin,
+        ),
+    ]
+    rated_s, rated_c = stable.thumbs_up + stable.thumbs_down, canary.thumbs_up + canary.thumbs_down
+    if min(rated_s, rated_c) >= cfg.min_ratings_per_arm:
+        rates.append(
+            ("thumbs-down rate", stable.thumbs_down, rated_s, canary.thumbs_down, rated_c, cfg.thumbs_down_margin)
+        )
+    slow = (
+        f"slow-answer rate (over {cfg.latency_budget_ms:.0f} ms)",
+        stable.slow,
+        stable.requests,
+        canary.slow,
+        canary.requests,
+        0.0,
+    )
+    alpha = cfg.alpha / (len(rates) + 1)
+    comparisons = [_compare(*r, alpha=alpha, tau=cfg.mixture_sd) for r in rates]
+    comparisons.append(dataclasses.replace(_compare(*slow, alpha=alpha, tau=cfg.mixture_sd), guardrail=True))
+    reasons, harm = [], False
+    for c in comparisons:
+        if c.harmful:
+            harm = True
+            reasons.append(
+                f"{c.metric} is higher on the canary: {c.canary_rate:.2%} vs {c.stable_rate:.2%} "
+                f"(always-valid p = {c.p_harm:.2g} <= {alpha:.3g})"
+            )
+    if harm:
+        return CanaryVerdict(ROLLBACK, reasons, comparisons, latency, alpha)
+    if rated_s < cfg.min_ratings_per_arm or rated_c < cfg.min_ratings_per_arm:
+        return CanaryVerdict(
+            HOLD,
+            [
+                f"too little feedback: thumbs-down rate needs {cfg.min_ratings_per_arm} "
+                f"rated answers per arm (stable {rated_s}, canary {rated_c})"
+            ],
+            comparisons,
+            latency,
+            alpha,
+        )
+    pending = [c for c in comparisons if not c.noninferior and not c.guardrail]
+    if pending:
+        return CanaryVerdict(
+            HOLD,
+            [
+                f"not yet shown: canary's {c.metric} at most {c.margin:.1%} above stable's "
+                f"({c.canary_rate:.2%} vs {c.stable_rate:.2%}, p = {c.p_noninferior:.2g})"
+                for c in pending
+            ],
+            comparisons,
+            latency,
+            alpha,
+        )
+    return CanaryVerdict(
+        PROMOTE,
+        [
+            f"every rate is shown to be at most its margin above stable's (alpha {alpha:.3g} each) "
+            f"and the canary is not slower: {canary.slow / canary.requests:.2%} of its answers over "
+            f"{cfg.latency_budget_ms:.0f} ms, stable {stable.slow / stable.requests:.2%}"
+        ],
+        comparisons,
+        latency,
+        alpha,
+    )
+
+
+def render_markdown(verdict: CanaryVerdict, env: str, stable_label: str, canary_label: str) -> str:
+    lines = [
+        f"## Canary analysis ({env}): **{verdict.decision.upper()}**",
+        "",
+        f"Stable {stable_label} vs canary {canary_label}.",
+        "",
+    ]
+    lines += [f"- {r}" for r in verdict.reasons]
+    if verdict.comparisons:
+        lines += [
+            "",
+            "| metric | stable | canary | margin | p (worse) | p (non-inferior) |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {c.metric} | {c.stable_rate:.2%} (n={c.stable_n}) | {c.canary_rate:.2%} (n={c.canary_n}) | "
+            + ("guardrail" if c.guardrail else f"{c.margin:.1%}")
+            + f" | {c.p_harm:.3g} | "
+            + ("not required" if c.guardrail else f"{c.p_noninferior:.3g}")
+            + " |"
+            for c in verdict.comparisons
+        ]
+    lines += [
+        "",
+        f"p99 latency: stable {verdict.latency_p99_ms.get('stable', 0):.0f} ms, "
+        f"canary {verdict.latency_p99_ms.get('canary', 0):.0f} ms.",
+        "",
+        "p-values are always valid (mSPRT): looking every hour does not inflate errors.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,224 @@
+"""Propose a one-file change as a pull request: on GitHub through its REST API, or in a local Git repository.
+
+- ``GitHubForge`` (``GITHUB_TOKEN`` and ``GITHUB_REPOSITORY`` set; ``GITHUB_API_URL`` as Actions sets
+  it): reads the file on the base branch, creates the branch, commits the file with the contents API
+  and opens the pull request. If a step fails after the branch exists, the branch is deleted again.
+- ``LocalForge`` (no token): builds the commit with Git plumbing on a temporary index, so neither the
+  working tree nor the checked-out branch is touched, and creates the branch only once the commit
+  exists. The pull-request title and body are the commit message, so ``git log`` shows them.
+
+Either way the change is proposed against what the base branch holds, not the working tree.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from model.core.errors import FlywheelError
+
+USER_AGENT = "flywheel-release"
+
+
+@dataclass
+class Proposal:
+    branch: str
+    path: str  # relative to the repository root, with forward slashes
+    text: str
+    title: str
+    body: str
+    new_file: bool = False  # the path must not exist on the base branch yet
+
+
+class LocalForge:
+    def __init__(self, repo: Path, base: str = "HEAD"):
+        self.repo = Path(repo)
+        self.base = base
+        top = self._git("rev-parse", "--show-toplevel", check=False)
+        if top.returncode != 0:
+            raise FlywheelError(f"{self.repo}: not a Git repository ({top.stderr.strip()})")
+        self.repo = Path(top.stdout.strip())
+
+    def _git(self, *args: str, check: bool = True, env: dict | None = None, input: str | None = None):
+        done = subprocess.run(
+            ["git", *args],
+            cwd=self.repo,
+            capture_output=True,
+            text=True,
+            input=input,
+            env={**os.environ, **(env or {})},
+        )
+        if check and done.returncode != 0:
+            raise FlywheelError(f"git {' '.join(args[:2])} failed in {self.repo}: {done.stderr.strip()}")
+        return done
+
+    def read(self, path: str) -> str:
+        done = self._git("show", f"{self.base}:{path}", check=False)
+        if done.returncode != 0:
+            raise FlywheelError(f"{self.repo / path}: not in {self.base} ({done.stderr.strip()})")
+        return done.stdout
+
+    def propose(self, p: Proposal) -> dict:
+        if p.new_file and self._git("cat-file", "-e", f"{self.base}:{p.path}", check=False).returncode == 0:
+            raise FlywheelError(f"{self.repo / p.path}: already exists in {self.base}")
+        if self._git("rev-parse", "--verify", "--quiet", f"refs/heads/{p.branch}", check=False).returncode == 0:
+            proposed = self._git("show", f"refs/heads/{p.branch}:{p.path}", check=False)
+            if proposed.returncode == 0 and proposed.stdout == p.text:  # a scheduled re-run: already proposed
+                return {
+                    "mode": "local",
+                    "repository": str(self.repo),
+                    "branch": p.branch,
+                    "base": self.base,
+                    "existing": True,
+                    "commit": self._git("rev-parse", f"refs/heads/{p.branch}").stdout.strip(),
+                }
+            raise FlywheelError(
+                f"{self.repo}: branch {p.branch} already exists with a different change; merge or delete it first"
+            )
+        base_sha = self._git("rev-parse", "--verify", f"{self.base}^{{commit}}").stdout.strip()
+        blob = self._git("hash-object", "-w", "--stdin", input=p.text).stdout.strip()
+        with tempfile.TemporaryDirectory() as tmp:
+            index = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            self._git("read-tree", base_sha, env=index)
+            self._git("update-index", "--add", "--cacheinfo", f"100644,{blob},{p.path}", env=index)
+            tree = self._git("write-tree", env=index).stdout.strip()
+        commit = self._git(
+            "commit-tree", tree, "-p", base_sha, "-F", "-", input=f"{p.title}\n\n{p.body}"
+        ).stdout.strip()
+        # the ref appears last and only if it does not exist yet: nothing half-made is left behind
+        self._git("update-ref", f"refs/heads/{p.branch}", commit, "0" * 40)
+        return {
+            "mode": "local",
+            "repository": str(self.repo),
+            "branch": p.branch,
+            "base": self.base,
+            "base_sha": base_sha,
+            "commit": commit,
+        }
+
+
+class GitHubForge:
+    def __init__(
+        self,
+        token: str,
+        repository: str,
+        base: str = "main",
+        api_url: str | None = None,
+        session: requests.Session | None = None,
+    ):
+        if repository.count("/") != 1:
+            raise FlywheelError(f"GITHUB_REPOSITORY must be owner/name, got {repository!r}")
+        self.repository = repository
+        self.base = base
+        self.api = (api_url or os.environ.get("GITHUB_API_URL") or "https://api.github.com").rstrip("/")
+        self.http = session or requests.Session()
+        self.http.headers.update(
+            {
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/vnd.github+json",
+                "X-GitHub-Api-Version": "2022-11-28",
+                "User-Agent": USER_AGENT,
+            }
+        )
+
+    def _call(self, method: str, path: str, ok: tuple[int, ...] = (200,), **kwargs) -> dict:
+        url = f"{self.api}/repos/{self.repository}{path}"
+        try:
+            resp = self.http.request(method, url, timeout=30, **kwargs)
+        except requests.RequestException as exc:
+            raise FlywheelError(f"GitHub API {method} {url}: {exc}") from exc
+        if resp.status_code not in ok:
+            try:
+                message = resp.json().get("message", resp.text)
+            except ValueError:
+                message = resp.text
+            raise FlywheelError(f"GitHub API {method} {url}: HTTP {resp.status_code}: {message}")
+        return resp.json() if resp.content else {}
+
+    def read(self, path: str) -> str:
+        got = self._call("GET", f"/contents/{path}", params={"ref": self.base})
+        self._blob_sha = got["sha"]
+        return base64.b64decode(got["content"]).decode()
+
+    def propose(self, p: Proposal) -> dict:
+        if p.new_file:
+            self._blob_sha = None
+        elif not hasattr(self, "_blob_sha"):
+            self.read(p.path)
+        base_sha = self._call("GET", f"/git/ref/heads/{self.base}")["object"]["sha"]
+        if self._call("GET", f"/git/ref/heads/{p.branch}", ok=(200, 404)).get("object"):
+            return self._already_proposed(p)
+        self._call("POST", "/git/refs", ok=(201,), json={"ref": f"refs/heads/{p.branch}", "sha": base_sha})
+        try:
+            change = {
+                "message": f"{p.title}\n\n{p.body}",
+                "content": base64.b64encode(p.text.encode()).decode(),
+                "branch": p.branch,
+            }
+            if self._blob_sha:
+                change["sha"] = self._blob_sha  # GitHub refuses to overwrite a file without its blob sha
+            put = self._call("PUT", f"/contents/{p.path}", ok=(200, 201), json=change)
+            pr = self._call(
+                "POST",
+                "/pulls",
+                ok=(201,),
+                json={
+                    "title": p.title,
+                    "head": p.branch,
+                    "base": self.base,
+                    "body": p.body,
+                    "maintainer_can_modify": True,
+                },
+            )
+        except FlywheelError:
+            try:
+                self._call("DELETE", f"/git/refs/heads/{p.branch}", ok=(204,))
+            except FlywheelError:
+                pass  # the original error is the one to report
+            raise
+        return {
+            "mode": "github",
+            "repository": self.repository,
+            "branch": p.branch,
+            "base": self.base,
+            "base_sha": base_sha,
+            "commit": put["commit"]["sha"],
+            "number": pr["number"],
+            "url": pr["html_url"],
+        }
+
+    def _already_proposed(self, p: Proposal) -> dict:
+        """The branch exists: fine if it holds this very change with an open pull request (a re-run)."""
+        owner = self.repository.split("/")[0]
+        pulls = self._call("GET", "/pulls", params={"head": f"{owner}:{p.branch}", "state": "open"})
+        got = self._call("GET", f"/contents/{p.path}", ok=(200, 404), params={"ref": p.branch})
+        same = "content" in got and base64.b64decode(got["content"]).decode() == p.text
+        if not (pulls and same):
+            raise FlywheelError(
+                f"GitHub {self.repository}: branch {p.branch} already exists "
+                f"{'with a different change' if pulls else 'without an open pull request'}; "
+                "merge, close or delete it first"
+            )
+        return {
+            "mode": "github",
+            "repository": self.repository,
+            "branch": p.branch,
+            "base": self.base,
+            "existing": True,
+            "number": pulls[0]["number"],
+            "url": pulls[0]["html_url"],
+        }
+
+
+def forge_from_env(repo: Path, base: str):
+    """GitHub when ``GITHUB_TOKEN`` and ``GITHUB_REPOSITORY`` are both set, else the local repository."""
+    token, repository = os.environ.get("GITHUB_TOKEN"), os.environ.get("GITHUB_REPOSITORY")
+    if token and repository:
+        return GitHubForge(token, repository, base=base if base != "HEAD" else "main")
+    return LocalForge(repo, base)

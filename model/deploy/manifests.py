@@ -1,0 +1,267 @@
+"""The InferenceService manifest as Git's record of what serves users, read and edited in place.
+
+Which model is stable, which is on a canary and which was stable before are annotations
+(``flywheel.dev/*``): KServe itself never names the revision it keeps for the stable share. The
+predictor container's ``STORAGE_URI`` / ``FLYWHEEL_MODEL_*`` env names the model of the newest
+revision (the canary while one runs), and ``canaryTrafficPercent`` is present exactly while a
+canary runs. ``read_rollout`` refuses a file where these disagree; ``write_rollout`` changes only
+those fields, through ruamel.yaml's round trip, so comments, key order and quoting stay as they were.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.error import YAMLError
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+
+from model.core.errors import FlywheelError
+
+ENVIRONMENTS = ("staging", "production")
+ISVC_FILE = "inferenceservice.yaml"
+PREFIX = "flywheel.dev/"
+CONTAINER = "kserve-container"
+ENV_URI, ENV_SHA, ENV_VERSION = "STORAGE_URI", "FLYWHEEL_MODEL_SHA256", "FLYWHEEL_MODEL_VERSION"
+ROLES = ("stable", "canary", "previous-stable")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One registered model version and where its sealed artifact lives."""
+
+    version: int
+    storage_uri: str
+    sha256: str
+
+    def label(self) -> str:
+        return f"v{self.version}"
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """What the manifest says serves users."""
+
+    stable: ModelRef | None
+    canary: ModelRef | None = None
+    canary_percent: int | None = None
+    previous: ModelRef | None = None
+
+    @property
+    def served(self) -> ModelRef | None:
+        """The model of the newest revision (the one the container env names)."""
+        return self.canary or self.stable
+
+
+def isvc_path(repo: Path, env: str, manifests_dir: str = "manifests") -> Path:
+    if env not in ENVIRONMENTS:
+        raise FlywheelError(f"unknown environment '{env}' (known: {', '.join(ENVIRONMENTS)})")
+    path = Path(repo) / manifests_dir / env / ISVC_FILE
+    if not path.is_file():
+        raise FlywheelError(f"{path}: missing (every environment needs its InferenceService manifest)")
+    return path
+
+
+def _yaml() -> YAML:
+    y = YAML()  # round-trip mode
+    y.preserve_quotes = True
+    y.indent(mapping=2, sequence=4, offset=2)
+    y.width = 4096  # never re-wrap long lines: diffs must show only what changed
+    return y
+
+
+def load(path: Path, text: str | None = None) -> CommentedMap:
+    """The InferenceService in ``path`` (or ``text``, named by ``path`` in errors), comments kept."""
+    try:
+        doc = _yaml().load(Path(path).read_text() if text is None else text)
+    except (OSError, YAMLError) as exc:
+        raise FlywheelError(f"{path}: cannot read YAML: {exc}") from exc
+    if not isinstance(doc, CommentedMap) or doc.get("kind") != "InferenceService":
+        raise FlywheelError(f"{path}: expected one InferenceService document")
+    return doc
+
+
+def dump(doc: CommentedMap) -> str:
+    out = io.StringIO()
+    _yaml().dump(doc, out)
+    return out.getvalue()
+
+
+def _predictor(doc: CommentedMap, path: Path) -> CommentedMap:
+    predictor = (doc.get("spec") or {}).get("predictor")
+    if not isinstance(predictor, CommentedMap):
+        raise FlywheelError(f"{path}: spec.predictor is missing")
+    return predictor
+
+
+def _container_env(doc: CommentedMap, path: Path) -> dict:
+    containers = _predictor(doc, path).get("containers") or []
+    found = [c for c in containers if isinstance(c, dict) and c.get("name") == CONTAINER]
+    if len(found) != 1:
+        raise FlywheelError(f"{path}: spec.predictor.containers needs exactly one container named {CONTAINER}")
+    env = {e.get("name"): e for e in found[0].get("env") or [] if isinstance(e, dict)}
+    missing = [n for n in (ENV_URI, ENV_SHA, ENV_VERSION) if n not in env]
+    if missing:
+        raise FlywheelError(f"{path}: container {CONTAINER} lacks env {', '.join(missing)}")
+    return env
+
+
+def _annotations(doc: CommentedMap, path: Path) -> CommentedMap:
+    ann = (doc.get("metadata") or {}).get("annotations")
+    if not isinstance(ann, CommentedMap):
+        raise FlywheelError(f"{path}: metadata.annotations is missing")
+    return ann
+
+
+def _ref(ann: dict, role: str, path: Path, required: bool) -> ModelRef | None:
+    keys = [f"{PREFIX}{role}-{k}" for k in ("version", "storage-uri", "sha256")]
+    values = [ann.get(k) for k in keys]
+    if all(v in (None, "") for v in values):
+        if required:
+            raise FlywheelError(
+                f"{path}: annotations {', '.join(keys)} must be present (empty before the first release)"
+            )
+        return None
+    if any(v in (None, "") for v in values):
+        raise FlywheelError(f"{path}: annotations {', '.join(keys)} must be set together (found {values})")
+    version, uri, sha = (str(v) for v in values)
+    if not version.isdigit() or int(version) < 1:
+        raise FlywheelError(f"{path}: {keys[0]} must be a model version number, got {version!r}")
+    if "://" not in uri:
+        raise FlywheelError(f"{path}: {keys[1]} must be a storage URI (s3://, gs://, https://, ...), got {uri!r}")
+    if not _SHA256.match(sha):
+        raise FlywheelError(f"{path}: {keys[2]} must be 64 lowercase hex digits, got {sha!r}")
+    return ModelRef(int(version), uri, sha)
+
+
+def read_rollout(path: Path, doc: CommentedMap | None = None) -> Rollout:
+    """The rollout state, after checking that annotations, container env and traffic split agree."""
+    doc = load(path) if doc is None else doc
+    ann = _annotations(doc, path)
+    # keys must be there even before the first release (empty values); only stable is always present
+    if f"{PREFIX}stable-version" not in ann:
+        raise FlywheelError(f"{path}: annotation {PREFIX}stable-version is missing")
+    stable = _ref(ann, "stable", path, required=False)
+    canary = _ref(ann, "canary", path, required=False)
+    previous = _ref(ann, "previous-stable", path, required=False)
+    predictor = _predictor(doc, path)
+    percent = predictor.get("canaryTrafficPercent")
+    if percent is not None and (isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100):
+        raise FlywheelError(
+            f"{path}: spec.predictor.canaryTrafficPercent must be a whole number 0-100, got {percent!r}"
+        )
+    if canary and stable is None:
+        raise FlywheelError(f"{path}: a canary ({canary.label()}) is recorded but no stable model")
+    if canary and percent is None:
+        raise FlywheelError(
+            f"{path}: canary {canary.label()} is recorded but spec.predictor.canaryTrafficPercent is not set"
+        )
+    if percent is not None and canary is None:
+        raise FlywheelError(
+            f"{path}: spec.predictor.canaryTrafficPercent is set "
+            f"but no {PREFIX}canary-* annotations say which model is the canary"
+        )
+    if canary and stable and canary.version == stable.version:
+        raise FlywheelError(f"{path}: canary and stable are the same version ({canary.label()})")
+    rollout = Rollout(stable, canary, percent, previous)
+    env = _container_env(doc, path)
+    served = rollout.served
+    want = (
+        {ENV_URI: served.storage_uri, ENV_SHA: served.sha256, ENV_VERSION: str(served.version)}
+        if served
+        else {ENV_URI: "", ENV_SHA: "", ENV_VERSION: ""}
+    )
+    for name, value in want.items():
+        got = str(env[name].get("value") or "")
+        if got != value:
+            role = "canary" if rollout.canary else "stable"
+            raise FlywheelError(
+                f"{path}: container env {name}={got!r} disagrees with the {role} model's annotations ({value!r})"
+            )
+    return rollout
+
+
+def write_rollout(path: Path, doc: CommentedMap, rollout: Rollout) -> str:
+    """Set ``rollout`` into ``doc`` in place (annotations, traffic split, env); return the new text.
+
+    The file itself is not written: the caller commits the text, so a failure leaves nothing behind.
+    """
+    ann = _annotations(doc, path)
+    for role, ref in (("stable", rollout.stable), ("canary", rollout.canary), ("previous-stable", rollout.previous)):
+        values = {"version": str(ref.version), "storage-uri": ref.storage_uri, "sha256": ref.sha256} if ref else None
+        for key in ("version", "storage-uri", "sha256"):
+            name = f"{PREFIX}{role}-{key}"
+            if values is not None:
+                ann[name] = DoubleQuotedScalarString(values[key])
+            elif role == "stable":
+                ann[name] = DoubleQuotedScalarString("")
+            elif name in ann:
+                del ann[name]
+    predictor = _predictor(doc, path)
+    if rollout.canary_percent is None:
+        predictor.pop("canaryTrafficPercent", None)
+    elif "canaryTrafficPercent" in predictor:
+        predictor["canaryTrafficPercent"] = rollout.canary_percent
+    else:
+        keys = list(predictor)
+        at = keys.index("maxReplicas") + 1 if "maxReplicas" in keys else 0
+        predictor.insert(
+            at,
+            "canaryTrafficPercent",
+            rollout.canary_percent,
+            comment="share of requests on the canary; removed when it is promoted or rolled back",
+        )
+    env = _container_env(doc, path)
+    served = rollout.served
+    for name, value in (
+        (ENV_URI, served.storage_uri if served else ""),
+        (ENV_SHA, served.sha256 if served else ""),
+        (ENV_VERSION, str(served.version) if served else ""),
+    ):
+        env[name]["value"] = DoubleQuotedScalarString(value)
+    text = dump(doc)
+    read_rollout(path, _yaml().load(text))  # what we write must read back as the same, consistent state
+    return text
+
+
+def start_canary(rollout: Rollout, model: ModelRef, percent: int, path: Path) -> Rollout:
+    """Put ``model`` on ``percent``% of traffic; the first release of an environment goes straight to stable.
+
+    0% deploys the canary revision without user traffic (tag routing still gives it its own URL).
+    """
+    if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
+        raise FlywheelError(f"canary percentage must be a whole number from 0 to 100, got {percent!r}")
+    if rollout.canary:
+        raise FlywheelError(
+            f"{path}: canary {rollout.canary.label()} is still running "
+            f"({rollout.canary_percent}%); promote or roll it back first"
+        )
+    if rollout.stable is None:
+        return Rollout(stable=model)
+    if rollout.stable.version == model.version:
+        raise FlywheelError(f"{path}: {model.label()} is already the stable model")
+    if percent == 100:  # KServe reads 100% as "roll out fully": that is a promote without a canary phase
+        return Rollout(stable=model, previous=rollout.stable)
+    return replace(rollout, canary=model, canary_percent=percent)
+
+
+def promote_canary(rollout: Rollout, path: Path) -> Rollout:
+    if rollout.canary is None:
+        raise FlywheelError(f"{path}: no canary is running, nothing to promote")
+    return Rollout(stable=rollout.canary, previous=rollout.stable)
+
+
+def roll_back(rollout: Rollout, path: Path) -> Rollout:
+    """End a running canary; with none running, return to the stable model before the last promotion."""
+    if rollout.canary is not None:
+        return Rollout(stable=rollout.stable, previous=rollout.previous)
+    if rollout.previous is not None:
+        return Rollout(stable=rollout.previous)
+    raise FlywheelError(
+        f"{path}: no canary is running and no previous stable model is recorded; nothing to roll back to"
+    )

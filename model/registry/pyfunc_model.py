@@ -1,0 +1,36 @@
+"""MLflow pyfunc wrapper, logged as "model from code" so nothing is pickled.
+
+MLflow executes this file when loading the model; ``set_model`` at the bottom is that contract,
+the one module in this package that does something on import.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+
+ARTIFACT_KEY = "intent_model"
+
+
+class IntentPyfunc(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        from model.artifact.predictor import IntentPredictor
+
+        self.predictor = IntentPredictor.load(context.artifacts[ARTIFACT_KEY])
+
+    def predict(self, context, model_input, params=None):
+        if isinstance(model_input, pd.DataFrame):
+            texts = model_input["text"].astype(str).tolist()
+        else:
+            texts = [str(t) for t in model_input]
+        preds = self.predictor.predict(texts)
+        return pd.DataFrame(
+            {
+                "intent": [p.intent for p in preds],
+                "confidence": [p.confidence for p in preds],
+                "fallback": [p.fallback for p in preds],
+            }
+        )
+
+
+mlflow.models.set_model(IntentPyfunc())

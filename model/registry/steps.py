@@ -1,0 +1,40 @@
+"""The `flywheel register` and `flywheel promote` (alias only) steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from model.artifact.manifest import read_json
+from model.artifact.predictor import IntentPredictor
+from model.core.config import RegistryConfig
+from model.core.errors import FlywheelError
+from model.registry import register
+
+
+def register_step(model: Path, gate_file: Path, reg_cfg: RegistryConfig) -> tuple[dict, str]:
+    """Register a gated artifact as the new ``challenger``; refuse one the gate did not pass."""
+    predictor = IntentPredictor.load(model)  # verifies the manifest
+    try:
+        decision = read_json(gate_file.parent, gate_file.name)
+    except (OSError, ValueError) as exc:
+        raise FlywheelError(f"{gate_file}: cannot read gate decision: {exc}") from exc
+    if decision.get("challenger_digest") != predictor.digest:
+        raise FlywheelError(
+            f"{gate_file}: gate decision is for artifact {str(decision.get('challenger_digest'))[:12]}, "
+            f"not {model} ({predictor.digest[:12]})"
+        )
+    if not decision.get("passed"):
+        raise FlywheelError(f"{gate_file}: the gate rejected this model: {'; '.join(decision.get('reasons', []))}")
+    result = register.register(reg_cfg, model, predictor.meta, predictor.digest)
+    verb = "registered as" if result["created"] else "already registered as"
+    md = f"Model `{model}` {verb} **{result['name']} v{result['version']}** (alias `{result['alias']}`).\n"
+    return result, md
+
+
+def promote_step(version: int | None, reg_cfg: RegistryConfig) -> tuple[dict, str]:
+    result = register.promote(reg_cfg, version)
+    md = (
+        f"**{result['name']} v{result['champion']}** is now `champion` "
+        f"(was: {('v' + str(result['previous_champion'])) if result['previous_champion'] else 'none'}).\n"
+    )
+    return result, md

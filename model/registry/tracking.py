@@ -1,0 +1,63 @@
+"""MLflow tracking: the training run with its config, dataset, metrics and git SHA."""
+
+from __future__ import annotations
+
+import subprocess
+from contextlib import contextmanager
+
+import mlflow
+import pandas as pd
+
+from model.core.config import PROJECT_ROOT, RegistryConfig
+from model.registry.store import connect
+
+
+def git_sha() -> str:
+    """The commit the code was trained from; "-dirty" when the tree has uncommitted changes."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _flatten(prefix: str, values: dict) -> dict:
+    out = {}
+    for k, v in values.items():
+        key = f"{prefix}.{k}" if prefix else k
+        out.update(_flatten(key, v) if isinstance(v, dict) else {key: v})
+    return out
+
+
+@contextmanager
+def training_run(cfg: RegistryConfig, run_name: str):
+    """An MLflow run around training; yields its id. A failure inside marks the run FAILED."""
+    connect(cfg)
+    with mlflow.start_run(run_name=run_name) as run:
+        yield run.info.run_id
+
+
+def log_training(
+    *,
+    config: dict,
+    dataset: pd.DataFrame,
+    dataset_source: str,
+    dataset_digest: str,
+    sha: str,
+    history: list[dict],
+    metrics: dict,
+    artifact_digest: str,
+) -> None:
+    """Record config, git SHA, the dataset as input (with its digest), per-epoch and final metrics."""
+    mlflow.log_params(_flatten("", config))
+    mlflow.set_tags({"git_sha": sha, "dataset_digest": dataset_digest, "artifact_digest": artifact_digest})
+    ds = mlflow.data.from_pandas(dataset, source=dataset_source, name="intents", digest=dataset_digest[:32])
+    mlflow.log_input(ds, context="training")
+    for record in history:
+        mlflow.log_metrics({k: v for k, v in record.items() if k not in ("epoch", "steps")}, step=record["epoch"])
+    mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})  # NaN-free

@@ -1,0 +1,8 @@
+"""Serve: the predictor on KServe's ModelServer (V1 and V2 REST, stable/canary/shadow endpoints),
+micro-batching, Prometheus metrics, the prediction log, the response catalog and the local
+stand-in for KServe's request logger.
+
+Imports: ``model.core``, ``model.artifact``, and ``model.registry.versions`` to open ``models:/``
+URIs; never training, the gate or registration (a contract in pyproject.toml, and a test that
+imports the predictor in a fresh interpreter).
+"""

@@ -1,0 +1,84 @@
+"""Write a trained classifier as a sealed artifact folder (see model/artifact/manifest.py for the layout)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from model.artifact import manifest
+from model.train.fit import FitResult
+from model.train.onnx_export import export_checked
+
+MODEL_CARD = """# Intent classifier `{name}`
+
+Fine-tuned from `{base_model}` on dataset `{dataset_digest}` at git `{git_sha}`.
+
+- Intents ({n_labels}): {labels}
+- Fallback threshold: {threshold:.4f}: below this confidence the bot hands off to a human
+  (picked on validation data so answered messages are right at least {precision:.0%} of the time).
+
+## Intended use
+Routing customer-support chat messages to an intent, or to a human when unsure. Not for decisions
+about people; not for languages or domains absent from the training data.
+
+## Metrics (held-out test split)
+{metrics}
+"""
+
+
+def write_artifact(
+    result: FitResult,
+    target: Path,
+    *,
+    threshold: float,
+    meta: dict,
+    metrics_markdown: str,
+    check_texts: list[str] = (),
+) -> str:
+    """Save weights, tokenizer, labels, meta and model card; seal with a manifest. Returns the digest.
+
+    With ``train.export_onnx`` in ``meta["config"]``, also ``model.onnx``, exported from these weights and
+    checked against PyTorch on ``check_texts`` first: an export that differs stops the artifact.
+    """
+    train_cfg = meta["config"]["train"]
+    staging = manifest.staging_dir(target)
+    try:
+        if train_cfg.get("export_onnx", False):
+            meta = {
+                **meta,
+                "onnx": export_checked(
+                    result.model,
+                    result.tokenizer,
+                    list(check_texts),
+                    meta["max_length"],
+                    meta.get("temperature", 1.0),
+                    staging,
+                    train_cfg["onnx_tolerance"],
+                ),
+            }
+        state = {k: v.detach().contiguous().cpu() for k, v in result.model.state_dict().items()}
+        save_file(state, staging / "model.safetensors")
+        result.model.encoder.config.save_pretrained(staging)
+        result.tokenizer.save_pretrained(staging)
+        (staging / "labels.json").write_text(json.dumps({"labels": result.labels}, indent=2) + "\n")
+        meta = {**meta, "fallback_threshold": threshold}
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        (staging / "MODEL_CARD.md").write_text(
+            MODEL_CARD.format(
+                name=target.name,
+                base_model=meta["config"]["train"]["base_model"],
+                dataset_digest=meta["dataset_digest"][:12],
+                git_sha=meta["git_sha"][:12],
+                n_labels=len(result.labels),
+                labels=", ".join(result.labels),
+                threshold=threshold,
+                precision=meta["config"]["train"]["fallback_precision"],
+                metrics=metrics_markdown,
+            )
+        )
+        return manifest.publish(staging, target)
+    except BaseException:
+        manifest.discard(staging)
+        raise

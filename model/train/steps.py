@@ -1,0 +1,109 @@
+"""The `flywheel train` step: fine-tune, calibrate the fallback, evaluate on the test split, write the
+artifact and log the MLflow run."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from model.artifact.predictor import IntentPredictor
+from model.core.config import DataConfig, RegistryConfig, TrainConfig, work_dir
+from model.core.errors import FlywheelError
+from model.data.examples import dataset_digest, load_split
+from model.evaluate.evaluation import evaluate, render_markdown
+from model.registry import tracking
+from model.train.calibration import fit_temperature, pick_threshold
+from model.train.fit import fit
+from model.train.package import write_artifact
+
+
+def train_step(
+    data: Path, data_cfg: DataConfig, train_cfg: TrainConfig, reg_cfg: RegistryConfig, out: Path | None = None
+) -> tuple[dict, str]:
+    """Fine-tune, calibrate the fallback, evaluate on the test split, write the artifact, log the run."""
+    df = load_split(data, data_cfg)
+    digest = dataset_digest(df)
+    train, val, test = (df[df["split"] == s] for s in ("train", "val", "test"))
+    name = time.strftime("%Y%m%d-%H%M%S-") + digest[:8]
+    target = Path(out) if out else work_dir() / "models" / name
+    if target.exists():
+        raise FlywheelError(f"{target}: already exists; refusing to overwrite an artifact")
+    sha = tracking.git_sha()
+    config = {"data": dataclasses.asdict(data_cfg), "train": dataclasses.asdict(train_cfg)}
+    started = time.perf_counter()
+    with tracking.training_run(reg_cfg, run_name=name) as run_id:
+        result = fit(
+            train["text"].tolist(), train["intent"].tolist(), train_cfg, val["text"].tolist(), val["intent"].tolist()
+        )
+        train_seconds = time.perf_counter() - started
+        predictor = IntentPredictor(result.model, result.tokenizer, result.labels, 0.0, train_cfg.max_length)
+        predictor.temperature, predictor.threshold = calibrate(predictor, val, train_cfg.fallback_precision)
+        report = evaluate(predictor, test if len(test) else val, data_cfg.oos_label)
+        md = render_markdown(report, "Held-out test split" if len(test) else "Validation split (no test rows)")
+        meta = {
+            "dataset_digest": digest,
+            "git_sha": sha,
+            "mlflow_run_id": run_id,
+            "config": config,
+            "max_length": train_cfg.max_length,
+            "temperature": predictor.temperature,
+            "train_seconds": train_seconds,
+            "history": result.history,
+            "metrics": _headline(report),
+            "counts": df.groupby("split").size().to_dict(),
+        }
+        artifact_digest = write_artifact(
+            result,
+            target,
+            threshold=predictor.threshold,
+            meta=meta,
+            metrics_markdown=md,
+            check_texts=(val if len(val) else train)["text"].tolist(),
+        )
+        tracking.log_training(
+            config=config,
+            dataset=df,
+            dataset_source=str(data),
+            dataset_digest=digest,
+            sha=sha,
+            history=result.history,
+            metrics={**_headline(report), "train_seconds": train_seconds},
+            artifact_digest=artifact_digest,
+        )
+    summary = {
+        "artifact": str(target),
+        "artifact_digest": artifact_digest,
+        "mlflow_run_id": run_id,
+        "dataset_digest": digest,
+        "git_sha": sha,
+        "device": result.device,
+        "train_seconds": round(train_seconds, 1),
+        "fallback_threshold": predictor.threshold,
+        "metrics": _headline(report),
+        "counts": meta["counts"],
+    }
+    return summary, f"## Training run `{name}`\n\nArtifact: `{target}`\n\n{md}"
+
+
+def calibrate(predictor: IntentPredictor, val: pd.DataFrame, target_precision: float) -> tuple[float, float]:
+    """Fit the temperature on in-scope validation examples, then pick the fallback threshold."""
+    probs = predictor.probabilities(val["text"].tolist())
+    index = {name: i for i, name in enumerate(predictor.labels)}
+    known = val["intent"].map(index).notna().to_numpy()
+    temperature = fit_temperature(probs[known], val["intent"][known].map(index).to_numpy(dtype=int))
+    predictor.temperature = temperature
+    probs = predictor.probabilities(val["text"].tolist())
+    best = probs.argmax(axis=1)
+    correct = [predictor.labels[j] == y for j, y in zip(best, val["intent"])]
+    return temperature, pick_threshold(probs.max(axis=1), correct, target_precision)
+
+
+def _headline(report: dict) -> dict:
+    keys = ("accuracy", "macro_f1", "answered_accuracy", "fallback_rate", "ece", "oos_recall")
+    out = {k: report[k] for k in keys if k in report}
+    out["latency_p95_ms"] = report["latency"]["single_p95_ms"]
+    out["cpu_p95_ms"] = report["latency"]["cpu_p95_ms"]
+    return out
