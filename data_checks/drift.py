@@ -34,8 +34,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from model.core.config import DriftConfig
+from model.core.config import SAMPLE_DATA, DataConfig, DriftConfig, RegistryConfig, required, setting
 from model.core.errors import FlywheelError
+from model.core.steps import StepResult
 
 RATES = {"fallback_rate": "fallback", "thumbs_down_rate": "thumbs_down", "escalation_rate": "escalated"}
 PREDICTION_COLUMNS = ("predicted_intent", "confidence", "fallback")
@@ -308,22 +309,56 @@ def _metric_values(snapshot) -> dict[str, float]:
     return values
 
 
+@dataclass
+class DriftArgs:
+    current: str = required("conversation snapshot (Parquet) of the recent window")
+    reference: str = setting(str(SAMPLE_DATA), "training snapshot the model learned from (any format `train` reads)")
+    model: str | None = setting(
+        None,
+        "artifact folder or models:/ URI: its predictions on the reference texts are the baseline "
+        "for intent/confidence/fallback",
+    )
+    reference_events: str | None = setting(
+        None, "an earlier window of logs as the baseline for predictions and feedback rates (instead of --model)"
+    )
+
+
+def drift_command(
+    args: DriftArgs, *, data: DataConfig, drift: DriftConfig, registry: RegistryConfig, work: Path, report_dir: Path
+) -> StepResult:
+    """Compare recent logs with the training data (Evidently): one verdict with reasons."""
+    reference_events = Path(args.reference_events) if args.reference_events else None
+    return StepResult(
+        *drift_step(
+            Path(args.reference),
+            Path(args.current),
+            args.model,
+            reference_events,
+            drift,
+            data,
+            registry,
+            report_dir,
+            work,
+        )
+    )
+
+
 def drift_step(
     reference: Path,
     current: Path,
     model: str | None,
     reference_events: Path | None,
     cfg: DriftConfig,
-    data_cfg,
-    reg_cfg,
+    data_cfg: DataConfig,
+    reg_cfg: RegistryConfig,
     report_dir: Path,
+    work: Path,
 ) -> tuple[dict, str]:
     """Training snapshot (reference) vs a window of logs (current): Evidently report, JSON, markdown verdict.
 
     Prediction and feedback signals need a reference for them: ``reference_events`` (an earlier
     window of logs) if given, else ``model``'s predictions on the training texts (no feedback then).
     """
-    from model.core.config import work_dir
     from model.data.conversations import read_snapshot, snapshot_info
     from model.data.examples import load_examples
 
@@ -334,7 +369,7 @@ def drift_step(
     # The domain classifier scores a seeded random half of the rows: in arrival order (which depends
     # on thread timing) the same window could score differently; in text order it always scores the same.
     logs = logs.sort_values("text", kind="stable").reset_index(drop=True)
-    embed = Embedder(cfg.encoder, work_dir() / "embeddings", cfg.batch_size)
+    embed = Embedder(cfg.encoder, work / "embeddings", cfg.batch_size)
     ref_emb, cur_emb = embed(train["text"].tolist()), embed(logs["text"].tolist())
     if reference_events is not None:
         ref_frame = read_snapshot(reference_events)

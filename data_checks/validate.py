@@ -17,13 +17,16 @@ is the machine-readable summary.
 from __future__ import annotations
 
 import os
+import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 
-from model.core.config import CheckConfig, DataConfig, PrepareConfig
+from model.core.config import SAMPLE_DATA, CheckConfig, DataConfig, PrepareConfig, setting
 from model.core.errors import FlywheelError
+from model.core.steps import EXIT_OK, EXIT_REJECTED, StepResult
 from model.data.conversations import ARMS, THUMBS, read_snapshot
 from model.data.conversations import COLUMNS as EVENT_COLUMNS
 from model.data.examples import COLUMNS as EXAMPLE_COLUMNS
@@ -136,6 +139,28 @@ def read_table(path: Path) -> pd.DataFrame:
     except Exception as exc:  # noqa: BLE001 - any parser failure means the file is unreadable
         raise FlywheelError(f"{path}: cannot read: {exc}") from exc
     raise FlywheelError(f"{path}: unsupported format '{path.suffix}' (use Parquet, CSV or JSONL)")
+
+
+@dataclass
+class CheckDataArgs:
+    events: str | None = setting(None, "conversation snapshot (Parquet) to check with the 'logged_events' suite")
+    training: str | None = setting(
+        None, "training snapshot (Parquet/CSV/JSONL, e.g. prepare's examples.parquet) for the 'training_snapshot' suite"
+    )
+    reference: str = setting(
+        str(SAMPLE_DATA), "dataset whose intents are the known labels (new ones must be declared with --new-intents)"
+    )
+
+
+def check_data_command(
+    args: CheckDataArgs, *, data: DataConfig, prepare: PrepareConfig, checks: CheckConfig, report_dir: Path
+) -> StepResult:
+    """Validate logged events and/or a training snapshot with Great Expectations: exit 1 on any failure."""
+    events, training, reference = (Path(p) if p else None for p in (args.events, args.training, args.reference))
+    result, md, passed = check_data(events, training, reference, data, prepare, checks, report_dir / "data_docs")
+    if not passed:
+        print("flywheel: check-data failed:\n  " + "\n  ".join(result["failures"]), file=sys.stderr)
+    return StepResult(result, md, EXIT_OK if passed else EXIT_REJECTED)
 
 
 def check_data(

@@ -17,7 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from model.core.config import PROJECT_ROOT, DataConfig, RegistryConfig, load_config
+from model.core.config import PROJECT_ROOT, DataConfig, RegistryConfig
+from model.core.settings import load_config
 from model.train.steps import train_step
 
 

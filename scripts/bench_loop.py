@@ -22,8 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from model.core.config import DEFAULT_CONFIG, PROJECT_ROOT, load_config
-from model.loop.orchestrator import Loop, isolated_environment, load_configs
+from model.core.config import DEFAULT_CONFIG, PROJECT_ROOT
+from model.core.settings import load_config
+from model.loop.orchestrator import Loop, load_configs, without_github
 
 
 def main() -> int:
@@ -42,15 +43,13 @@ def main() -> int:
         label_budget=args.budget,
         requests_after_shift=args.shifted_requests,
     )
-    cfgs = load_configs(DEFAULT_CONFIG, loop_cfg)
-    cfgs.data = dataclasses.replace(cfgs.data, val_fraction=0.1)  # Banking77 has no validation split: carve 10%
-    # this measures labels, not speed: a busy machine's latency must not stop the run at the gate
-    cfgs.gate = dataclasses.replace(cfgs.gate, latency_budget_ms=10_000)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
         work = Path(args.keep or tmp).resolve()
         work.mkdir(parents=True, exist_ok=True)
-        with isolated_environment(work):
+        cfgs = load_configs(DEFAULT_CONFIG, loop_cfg, work)
+        cfgs.data = dataclasses.replace(cfgs.data, val_fraction=0.1)  # Banking77 has no validation split: carve 10%
+        with without_github():
             loop = Loop(Path(args.dataset), work, cfgs, progress=lambda line: print(line, file=sys.stderr, flush=True))
             try:
                 loop.setup()

@@ -186,7 +186,8 @@ def test_texts() -> tuple[list[str], list[str]]:
 
 
 def train_default(root: Path) -> str:
-    from model.core.config import RegistryConfig, load_config
+    from model.core.config import RegistryConfig
+    from model.core.settings import load_config
     from model.train.steps import train_step
 
     os.environ["FLYWHEEL_WORK_DIR"] = str(root / "work")

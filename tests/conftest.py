@@ -21,6 +21,16 @@ import pytest
 from model.core.config import SAMPLE_DATA, DataConfig, RegistryConfig, TrainConfig
 
 
+def local_registry(work: Path, **fields) -> RegistryConfig:
+    """The registry config the CLI would resolve for ``work``: a SQLite MLflow store inside it."""
+    return RegistryConfig(tracking_uri=f"sqlite:///{Path(work) / 'mlflow.db'}", **fields)
+
+
+@pytest.fixture
+def registry_cfg(isolated_work_dir) -> RegistryConfig:
+    return local_registry(isolated_work_dir)
+
+
 @pytest.fixture(autouse=True)
 def isolated_work_dir(tmp_path, monkeypatch):
     """Every test gets its own work folder and local MLflow store; nothing leaks between tests."""
@@ -95,10 +105,8 @@ def tiny_artifact(tmp_path_factory, tiny_train_cfg, sample_df) -> dict:
 
     root = tmp_path_factory.mktemp("tiny-artifact")
     data = write_subset(sample_df, root / "small.csv")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FLYWHEEL_WORK_DIR", str(root / "work"))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        summary, _ = train_step(data, DataConfig(), tiny_train_cfg, RegistryConfig(), root / "artifact")
+    work = root / "work"
+    summary, _ = train_step(data, DataConfig(), tiny_train_cfg, local_registry(work), work, root / "artifact")
     return {**summary, "data": str(data), "train_cfg": tiny_train_cfg}
 
 

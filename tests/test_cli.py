@@ -9,15 +9,36 @@ from pathlib import Path
 
 import pytest
 
+from model.core.command_line import parser_for
+from model.core.config import DEFAULT_CONFIG, SECTIONS
+from model.core.settings import read_yaml_config
+from model.core.steps import Signature
 from scripts.cli import STEPS, main
 
+BY_NAME = {s.name: s for s in STEPS}
 
-@pytest.mark.parametrize("step", sorted(STEPS))
+
+@pytest.mark.parametrize("step", sorted(BY_NAME))
 def test_every_step_has_help(step, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main([step, "--help"])
-    assert exit_.value.code == 0
-    assert "--config" in capsys.readouterr().out
+    assert main([step, "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--config" in out and "--work-dir" in out and BY_NAME[step].help in out
+
+
+def test_each_step_is_declared_once_by_its_function():
+    """The table names each step once; each function's signature asks only for known sections."""
+    assert len(BY_NAME) == len(STEPS)
+    for step in STEPS:
+        signature = Signature.of(step.load())
+        assert set(signature.sections) <= set(SECTIONS), step.name
+        assert step.load().__doc__, f"{step.name}: the function says what the step does"
+
+
+def test_top_level_help_lists_every_step(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"  {name}" in out for name in BY_NAME)
+    assert main(["no-such-step"]) == 2 and "unknown step 'no-such-step'" in capsys.readouterr().err
 
 
 def test_installed_entry_point_runs():
@@ -44,21 +65,59 @@ def test_bad_training_data_exits_2_and_writes_nothing(tmp_path, isolated_work_di
     assert not (isolated_work_dir / "reports").exists()
 
 
-def test_unknown_config_key_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("train:\n  epochz: 3\n", "unknown key 'train.epochz'"),
+        ("nowhere:\n  x: 1\n", "unknown section 'nowhere'"),
+        ("train:\n  device: tpu\n", "train.device = 'tpu': expected one of auto, cpu, cuda"),
+        ("train:\n  epochs: four\n", "train.epochs = 'four': expected a whole number"),
+        ("train:\n  freeze_embeddings: 1\n", "train.freeze_embeddings = 1: expected true or false"),
+        ("train: [1, 2]\n", "section 'train' must be a mapping"),
+    ],
+)
+def test_bad_config_file_exits_2_naming_file_key_and_allowed_values(tmp_path, capsys, yaml_text, message):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("train:\n  epochz: 3\n")
+    cfg.write_text(yaml_text)
     assert main(["train", "--config", str(cfg)]) == 2
-    assert "unknown keys in 'train': epochz" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and str(cfg) in err
 
 
-def test_flags_override_yaml(tmp_path):
-    from model.core.config import TrainConfig
-    from scripts.cli import parse
+def test_bad_flag_choice_exits_2_with_the_allowed_values(capsys):
+    assert main(["train", "--device", "tpu"]) == 2
+    assert "invalid choice: 'tpu' (choose from 'auto', 'cpu', 'cuda')" in capsys.readouterr().err
+    assert main(["train", "--epochs", "four"]) == 2
+    assert "argument --epochs: invalid int value: 'four'" in capsys.readouterr().err
 
+
+def _parsed(argv: list[str], config: Path) -> dict:
+    step = BY_NAME[argv[0]]
+    return vars(parser_for(step, Signature.of(step.load()), read_yaml_config(config)).parse_args(argv[1:]))
+
+
+def test_flags_override_yaml_which_overrides_the_defaults(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("train:\n  epochs: 7\n  seed: 3\n")
-    _, objs = parse(["train", "--config", str(cfg), "--seed", "11"])
-    assert objs[TrainConfig].epochs == 7 and objs[TrainConfig].seed == 11
+    parsed = _parsed(["train", "--config", str(cfg), "--seed", "11"], cfg)
+    assert (parsed["epochs"], parsed["seed"], parsed["batch_size"]) == (7, 11, 32)
+
+
+def test_help_shows_the_value_that_will_apply(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  epochs: 7\n")
+    assert main(["train", "--config", str(cfg), "--help"]) == 0
+    options = " ".join(capsys.readouterr().out.split("options:", 1)[1].split())
+    assert "(default: 7)" in options.split("--epochs EPOCHS", 1)[1].split(" --", 1)[0]
+
+
+def test_default_yaml_holds_overrides_only():
+    """A default lives once, in its dataclass: the YAML may not repeat one (it would silently pin it)."""
+    overrides = read_yaml_config(DEFAULT_CONFIG)  # unknown sections, keys and types are refused here
+    for section, values in overrides.items():
+        defaults = SECTIONS[section]()
+        repeated = [k for k, v in values.items() if getattr(defaults, k) == v]
+        assert not repeated, f"{DEFAULT_CONFIG}: {section} repeats its defaults for {repeated}"
 
 
 def test_corrupted_artifact_is_named_by_evaluate(tmp_path, tiny_artifact, capsys):

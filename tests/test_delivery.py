@@ -33,7 +33,7 @@ from model.registry import register, versions
 from model.registry.store import tracking_uri
 from scripts.cli import main
 
-REG = RegistryConfig()
+REG = RegistryConfig()  # its tracking URI is set by `registry_dir`, the store every test here shares
 DCFG = DeliveryConfig()
 ISVC = "manifests/{env}/inferenceservice.yaml"
 
@@ -42,14 +42,12 @@ ISVC = "manifests/{env}/inferenceservice.yaml"
 def registry_dir(tmp_path_factory, tiny_artifact):
     """An MLflow store with v1 and v2 gated, and v3 registered without passing the gate."""
     work = tmp_path_factory.mktemp("delivery-work")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FLYWHEEL_WORK_DIR", str(work))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        predictor = IntentPredictor.load(tiny_artifact["artifact"])
-        for i in (1, 2, 3):  # one artifact, three "datasets": registration is idempotent per dataset digest
-            meta = {**predictor.meta, "dataset_digest": f"dataset-{i}", "mlflow_run_id": None}
-            assert register.register(REG, Path(tiny_artifact["artifact"]), meta, predictor.digest)["version"] == i
-        MlflowClient(tracking_uri()).delete_model_version_tag(REG.model_name, "3", versions.GATE_TAG)
+    REG.tracking_uri = f"sqlite:///{work / 'mlflow.db'}"  # what the CLI resolves for --work-dir work
+    predictor = IntentPredictor.load(tiny_artifact["artifact"])
+    for i in (1, 2, 3):  # one artifact, three "datasets": registration is idempotent per dataset digest
+        meta = {**predictor.meta, "dataset_digest": f"dataset-{i}", "mlflow_run_id": None}
+        assert register.register(REG, Path(tiny_artifact["artifact"]), meta, predictor.digest)["version"] == i
+    MlflowClient(tracking_uri(REG)).delete_model_version_tag(REG.model_name, "3", versions.GATE_TAG)
     return work, predictor.digest
 
 
@@ -248,7 +246,7 @@ def test_cli_exit_codes_and_reports(repo, store, tmp_path, capsys):
     assert main(["release", "--env", "staging", "--model-version", "1", "--canary", "150", *common]) == 2
     assert "--canary must be a whole number from 0 to 100, got 150" in capsys.readouterr().err
     assert main(["promote", "--env", "nowhere", *common]) == 2
-    assert "unknown environment 'nowhere'" in capsys.readouterr().err
+    assert "argument --env: invalid choice: 'nowhere' (choose from 'staging', 'production')" in capsys.readouterr().err
     assert main(["check-manifests", "--repo", str(repo), "--report-dir", str(reports)]) == 0
 
 

@@ -14,17 +14,17 @@ import pandas as pd
 import pytest
 import yaml
 
-from model.core.config import DEFAULT_CONFIG, load_config
+from model.core.settings import load_config
 from model.data.conversations import read_snapshot
 from model.deploy import manifests
-from model.loop.orchestrator import Loop, isolated_environment, load_configs
+from model.loop.orchestrator import Loop, load_configs, without_github
 from scripts.cli import main
 from tests.conftest import write_subset
 
 
 def _config(tmp_path, tiny_bert, intents: list[str], **overrides) -> tuple:
-    """The default YAML with a tiny model and small traffic; ``overrides`` per section."""
-    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    """Overrides for a tiny model and small traffic; ``overrides`` per section."""
+    raw = {section: {} for section in ("train", "gate", "canary", "loop", "traffic")}
     raw["train"].update(
         base_model=str(tiny_bert),
         epochs=8,
@@ -58,7 +58,7 @@ def _config(tmp_path, tiny_bert, intents: list[str], **overrides) -> tuple:
     )
     raw["traffic"].update(concurrency=4)
     for section, values in overrides.items():
-        raw[section].update(values)
+        raw.setdefault(section, {}).update(values)
     path = tmp_path / "loop.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path, raw
@@ -138,10 +138,10 @@ def test_whole_loop_rolls_back_a_worse_canary(tmp_path, tiny_bert, subset):
     enough to let it through; the canary's users notice, and the loop rolls it back."""
     data, intents = subset
     config, _ = _config(tmp_path, tiny_bert, intents, gate={"alpha": 0.0, "max_f1_drop": 1.0})
-    cfgs = load_configs(config, load_config("loop", config))
     work = tmp_path / "loop"
     work.mkdir()
-    with isolated_environment(work):
+    cfgs = load_configs(config, load_config("loop", config), work)
+    with without_github():
         loop = Loop(data, work, cfgs, progress=lambda line: None)
         try:
             loop.setup()

@@ -13,7 +13,8 @@ import plotly.offline
 import pytest
 
 from model.core.errors import FlywheelError
-from model.loop.report import main, outcome_line, render_report
+from model.loop.report import outcome_line, render_report
+from scripts.cli import main
 
 T0 = pd.Timestamp("2026-11-27T10:00:00Z")
 PHASES = [  # phase, requests, share of them on v2 (the canary), accuracy of v1 and v2 in that phase
@@ -367,8 +368,11 @@ def test_outcome_line(loop, drift, gate, canary, expected):
 def test_command_line(loop, tmp_path, capsys):
     record, _ = loop
     (tmp_path / "loop.json").write_text(json.dumps(record))
-    assert main([str(tmp_path / "loop.json"), str(tmp_path / "out.html")]) == 0
+    assert main(["report", str(tmp_path / "loop.json"), "--out", str(tmp_path / "out.html")]) == 0
     assert (tmp_path / "out.html").is_file()
+    assert json.loads(capsys.readouterr().out)["report"] == str(tmp_path / "out.html")
+    assert main(["report", str(tmp_path / "loop.json")]) == 0  # default: beside the record
+    assert (tmp_path / "report.html").is_file()
     (tmp_path / "bad.json").write_text("{")
-    assert main([str(tmp_path / "bad.json"), str(tmp_path / "bad.html")]) == 2
-    assert "bad.json" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "bad.json")]) == 2
+    assert "loop record" in capsys.readouterr().err and not (tmp_path / "bad.html").exists()

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 
 from model.artifact.predictor import IntentPredictor
-from model.core.config import DataConfig, GateConfig, RegistryConfig, TrainConfig
+from model.core.config import DataConfig, GateConfig, TrainConfig
 from model.evaluate.evaluation import evaluate
 from model.evaluate.gate import decide
 from model.evaluate.steps import evaluation_set
 from model.train.steps import train_step
-from tests.conftest import write_subset
+from tests.conftest import local_registry, write_subset
 
 pytestmark = pytest.mark.slow
 FAST_MINILM = TrainConfig(epochs=3, batch_size=16)
@@ -27,10 +27,8 @@ def slice_data(tmp_path_factory, sample_df) -> Path:
 
 
 def _train(root: Path, data: Path, cfg: TrainConfig, name: str) -> IntentPredictor:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FLYWHEEL_WORK_DIR", str(root / "work"))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        summary, _ = train_step(data, DataConfig(), cfg, RegistryConfig(), root / name)
+    work = root / "work"
+    summary, _ = train_step(data, DataConfig(), cfg, local_registry(work), work, root / name)
     return IntentPredictor.load(summary["artifact"])
 
 

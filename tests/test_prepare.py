@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 
 from data_checks.pii import Scanner
-from model.core.config import DataConfig, PiiConfig, PrepareConfig, RegistryConfig
+from model.core.config import DataConfig, PiiConfig, PrepareConfig
 from model.core.errors import FlywheelError
 from model.data.conversations import COLUMNS, read_snapshot, write_snapshot
 from model.data.examples import assign_splits, dataset_digest, load_examples
 from model.prepare.cleaning import clean, near_key, normalise
 from model.prepare.steps import order_queue, prepare_step
-from tests.conftest import write_subset
+from tests.conftest import local_registry, write_subset
 from tests.snapshot_fixtures import event, make_snapshot
 
 NO_MLFLOW = PrepareConfig(log_to_mlflow=False)
@@ -38,7 +38,10 @@ def _snapshot(tmp_path, base_df, extra: list[dict] = (), n: int = 60) -> Path:
 
 
 def _run(tmp_path, snapshot, base_csv, labels=None, cfg=NO_MLFLOW, out="prepared"):
-    return prepare_step(snapshot, base_csv, labels, tmp_path / out, DataConfig(), cfg, PiiConfig(), RegistryConfig())
+    work = tmp_path / "work"
+    return prepare_step(
+        snapshot, base_csv, labels, tmp_path / out, DataConfig(), cfg, PiiConfig(), local_registry(work), work
+    )
 
 
 def test_cleaning_rules_count_what_they_remove():

@@ -87,7 +87,7 @@ def _load_champion_in_fresh_process(name: str, env_uri: str | None) -> list[dict
 
 
 def _train_gate_register(tmp_path, small_csv, cfg, reg):
-    trained, _ = train_step(small_csv, DataConfig(), cfg, reg, tmp_path / "artifact")
+    trained, _ = train_step(small_csv, DataConfig(), cfg, reg, tmp_path / "work", tmp_path / "artifact")
     gated, md, passed = gate_step(trained["artifact"], "auto", small_csv, "test", DataConfig(), OPEN_GATE, reg)
     assert passed, gated["reasons"]
     gate_file = write_reports(tmp_path / "reports", "gate", gated, md)
@@ -95,7 +95,7 @@ def _train_gate_register(tmp_path, small_csv, cfg, reg):
 
 
 def test_round_trip_on_a_real_mlflow_server(tmp_path, small_csv, tiny_train_cfg, mlflow_server):
-    reg = RegistryConfig(model_name="intent-server-test")
+    reg = RegistryConfig(model_name="intent-server-test", tracking_uri=mlflow_server)
     trained, gate_file = _train_gate_register(tmp_path, small_csv, tiny_train_cfg, reg)
 
     first, _ = register_step(Path(trained["artifact"]), gate_file, reg)
@@ -119,8 +119,8 @@ def test_round_trip_on_a_real_mlflow_server(tmp_path, small_csv, tiny_train_cfg,
     assert all(0.0 < r["confidence"] <= 1.0 for r in rows)
 
 
-def test_sqlite_default_and_refusals(tmp_path, small_csv, tiny_train_cfg, isolated_work_dir):
-    reg = RegistryConfig()
+def test_sqlite_default_and_refusals(tmp_path, small_csv, tiny_train_cfg, isolated_work_dir, registry_cfg):
+    reg = registry_cfg
     trained, gate_file = _train_gate_register(tmp_path, small_csv, tiny_train_cfg, reg)
     assert (isolated_work_dir / "mlflow.db").exists()
 
@@ -140,26 +140,33 @@ def test_sqlite_default_and_refusals(tmp_path, small_csv, tiny_train_cfg, isolat
     assert len(rows) == 2
 
 
-def test_promote_refuses_a_version_that_never_passed_the_gate(tmp_path, small_csv, tiny_train_cfg, capsys):
+def test_set_champion_refuses_a_version_that_never_passed_the_gate(
+    tmp_path, small_csv, tiny_train_cfg, capsys, registry_cfg
+):
     """A version registered by hand (MLflow UI, another script) carries no gate tag: never champion."""
     from mlflow import MlflowClient
 
     from model.registry import store
     from scripts.cli import main
 
-    reg = RegistryConfig()
+    reg = registry_cfg
     trained, gate_file = _train_gate_register(tmp_path, small_csv, tiny_train_cfg, reg)
     gated, _ = register_step(Path(trained["artifact"]), gate_file, reg)
     promote_step(gated["version"], reg)
-    client = MlflowClient(store.tracking_uri())
+    client = MlflowClient(store.tracking_uri(reg))
     source = client.get_model_version(reg.model_name, str(gated["version"]))
     by_hand = client.create_model_version(reg.model_name, source.source, run_id=source.run_id)
 
     capsys.readouterr()
-    assert main(["promote", "--version", str(by_hand.version), "--report-dir", str(tmp_path / "reports")]) == 2
+    assert main(["set-champion", "--version", str(by_hand.version)]) == 2
     err = capsys.readouterr().err
     assert f"{reg.model_name} v{by_hand.version} has not passed the gate" in err
     assert "only gated versions may be promoted to champion" in err
     assert alias_version(reg, CHAMPION) == gated["version"]  # nothing moved
-    assert main(["promote", "--version", "99", "--report-dir", str(tmp_path / "reports")]) == 2
+    assert main(["set-champion", "--version", "99"]) == 2
     assert f"model '{reg.model_name}' has no version 99" in capsys.readouterr().err
+    # the old spelling still works for one release, and says what replaces it
+    assert main(["promote", "--version", str(by_hand.version)]) == 2
+    err = capsys.readouterr().err
+    assert "'promote' without --env is deprecated" in err and "flywheel set-champion" in err
+    assert "has not passed the gate" in err

@@ -35,7 +35,7 @@ def free_port() -> int:
 
 
 def start_server(args: list[str], work: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "FLYWHEEL_WORK_DIR": str(work), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     work.mkdir(parents=True, exist_ok=True)
     output = open(work / "server.log", "w")  # a file, not a pipe: a full pipe would block the server's logging
     return subprocess.Popen(
@@ -48,8 +48,8 @@ def start_server(args: list[str], work: Path, port: int) -> subprocess.Popen:
             str(port),
             "--endpoint",
             NAME,
-            "--report_dir",
-            str(work / "reports"),
+            "--work-dir",
+            str(work),
             *args,
         ],
         cwd=PROJECT_ROOT,
@@ -83,16 +83,14 @@ def _other_model(tmp_path_factory, sample_df, tiny_train_cfg, name: str, n_inten
     """A tiny model other than the stable one (other intents, other seed), so each arm answers for itself."""
     import dataclasses
 
-    from model.core.config import DataConfig, RegistryConfig
+    from model.core.config import DataConfig
     from model.train.steps import train_step
-    from tests.conftest import write_subset
+    from tests.conftest import local_registry, write_subset
 
     root = tmp_path_factory.mktemp(name)
     data = write_subset(sample_df, root / "data.csv", n_intents=n_intents)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FLYWHEEL_WORK_DIR", str(root / "work"))
-        cfg = dataclasses.replace(tiny_train_cfg, seed=seed)
-        return train_step(data, DataConfig(), cfg, RegistryConfig(), root / "artifact")[0]["artifact"]
+    cfg, work = dataclasses.replace(tiny_train_cfg, seed=seed), root / "work"
+    return train_step(data, DataConfig(), cfg, local_registry(work), work, root / "artifact")[0]["artifact"]
 
 
 @pytest.fixture(scope="module")
@@ -541,14 +539,14 @@ def test_micro_batcher_error_reaches_every_waiting_request():
 
 def test_serves_an_mlflow_model_uri_with_its_registry_version(tiny_artifact, tmp_path, monkeypatch):
     from model.artifact.predictor import IntentPredictor
-    from model.core.config import RegistryConfig
     from model.registry import register
+    from tests.conftest import local_registry
 
-    work = tmp_path / "work"
-    monkeypatch.setenv("FLYWHEEL_WORK_DIR", str(work))  # the registry and the server share this MLflow store
+    work = tmp_path / "work"  # the registry and the server (started with --work-dir) share its MLflow store
+    reg = local_registry(work)
     predictor = IntentPredictor.load(tiny_artifact["artifact"])
-    version = register.register(RegistryConfig(), Path(tiny_artifact["artifact"]), predictor.meta, predictor.digest)
-    register.promote(RegistryConfig(), version["version"])
+    version = register.register(reg, Path(tiny_artifact["artifact"]), predictor.meta, predictor.digest)
+    register.promote(reg, version["version"])
     port = free_port()
     proc = start_server(["--stable", "models:/flywheel-intent@champion"], work, port)
     try:

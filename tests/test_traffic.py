@@ -24,8 +24,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from model.artifact.manifest import MANIFEST, write_manifest
 from model.collect.export import window_rows
 from model.collect.store import count_rows, feedback_events, open_store
-from model.core.config import PROJECT_ROOT, TrafficConfig, load_config
+from model.core.config import PROJECT_ROOT, TrafficConfig
 from model.core.errors import FlywheelError
+from model.core.settings import load_config
 from model.loop.traffic import COLUMNS, case_of, is_correct, react, simulate
 from tests.test_serving import NAME, free_port, start_server, wait_ready
 

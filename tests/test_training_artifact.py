@@ -12,9 +12,10 @@ from safetensors.torch import load_file
 
 from model.artifact.manifest import MANIFEST, verify
 from model.artifact.predictor import IntentPredictor
-from model.core.config import DataConfig, RegistryConfig
+from model.core.config import DataConfig
 from model.core.errors import FlywheelError
 from model.train.steps import train_step
+from tests.conftest import local_registry
 
 
 @pytest.fixture
@@ -67,8 +68,14 @@ def test_missing_or_extra_file_is_refused(trained):
 
 
 def test_training_is_deterministic_on_cpu(tmp_path, tiny_artifact):
+    work = tmp_path / "work"
     again, _ = train_step(
-        Path(tiny_artifact["data"]), DataConfig(), tiny_artifact["train_cfg"], RegistryConfig(), tmp_path / "b"
+        Path(tiny_artifact["data"]),
+        DataConfig(),
+        tiny_artifact["train_cfg"],
+        local_registry(work),
+        work,
+        tmp_path / "b",
     )
     wa = load_file(Path(tiny_artifact["artifact"]) / "model.safetensors")
     wb = load_file(Path(again["artifact"]) / "model.safetensors")
@@ -76,10 +83,11 @@ def test_training_is_deterministic_on_cpu(tmp_path, tiny_artifact):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_existing_artifact_is_never_overwritten(trained):
+def test_existing_artifact_is_never_overwritten(trained, registry_cfg, isolated_work_dir):
     before = verify(trained["artifact"])
     with pytest.raises(FlywheelError, match="already exists"):
         train_step(
-            Path(trained["data"]), DataConfig(), trained["train_cfg"], RegistryConfig(), Path(trained["artifact"])
-        )
+            Path(trained["data"]), DataConfig(), trained["train_cfg"], registry_cfg, isolated_work_dir,
+            Path(trained["artifact"]),
+        )  # fmt: skip
     assert verify(trained["artifact"]) == before

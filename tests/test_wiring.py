@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from model.core.command_line import parsers
 from model.core.config import PROJECT_ROOT
-from scripts.cli import build_parser
+from scripts.cli import STEPS
 
 WORKFLOWS = sorted((PROJECT_ROOT / ".github" / "workflows").glob("*.yml"))
 MANIFESTS = sorted((PROJECT_ROOT / "manifests").rglob("*.yaml"))
@@ -101,7 +102,7 @@ def makefile_calls() -> list[tuple[str, list[str]]]:
 
 def problems(argv: list[str]) -> list[str]:
     """What the real parser would refuse in ``flywheel <argv>``; variable values replaced by typed stand-ins."""
-    parser, steps = build_parser()
+    steps = parsers(STEPS)
     if not argv or argv[0] not in steps:
         return [f"unknown step {argv[0] if argv else '(none)'!r} (steps: {', '.join(steps)})"]
     options = steps[argv[0]]._option_string_actions
@@ -132,7 +133,7 @@ def problems(argv: list[str]) -> list[str]:
         err = io.StringIO()
         try:
             with contextlib.redirect_stderr(err):
-                parser.parse_args(concrete)
+                steps[argv[0]].parse_args(concrete[1:])
         except SystemExit:
             found.append(f"the parser refuses it: {err.getvalue().strip().splitlines()[-1]}")
     return found
@@ -197,8 +198,8 @@ def test_collector_listens_where_its_service_and_probes_point():
 def test_branching_outputs_are_written_by_the_steps(tmp_path, monkeypatch):
     """drift.yml branches on `steps.drift.outputs.drift`: the drift result's `drift` verdict, as the CLI writes it."""
     from data_checks.drift import decide
+    from model.core.command_line import github_outputs
     from model.core.config import DriftConfig
-    from scripts.cli import _github_outputs
 
     drift = yaml.safe_load((PROJECT_ROOT / ".github" / "workflows" / "drift.yml").read_text())
     steps = drift["jobs"]["drift"]["steps"]
@@ -209,7 +210,7 @@ def test_branching_outputs_are_written_by_the_steps(tmp_path, monkeypatch):
     outputs = tmp_path / "github_output"
     monkeypatch.setenv("GITHUB_OUTPUT", str(outputs))
     scores = {"fallback_rate": {"method": "z", "score": 1e-9, "reference": 0.05, "current": 0.3}}
-    _github_outputs(decide(scores, DriftConfig()).to_dict())
+    github_outputs(decide(scores, DriftConfig()).to_dict())
     assert "drift=true\n" in outputs.read_text()
 
 

@@ -48,6 +48,7 @@ from starlette.routing import Route
 from model.collect.store import GroupCommitWriter, open_store, read_response
 from model.core.config import CollectorConfig, PiiConfig
 from model.core.http_guard import BodyLimit, ensure_can_listen
+from model.core.steps import StepResult
 
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
 RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
@@ -323,6 +324,11 @@ def build_app(
     app.add_middleware(BodyLimit, max_body_bytes=cfg.max_body_bytes)
     app.state.engine, app.state.writer, app.state.scanner = engine, writer, scanner
     return app
+
+
+def collect_command(*, collect: CollectorConfig, pii: PiiConfig) -> StepResult:
+    """Store KServe logger CloudEvents and user feedback, personal data redacted (idempotent, durable on 200)."""
+    return StepResult(*collect_step(collect, pii))
 
 
 def collect_step(cfg: CollectorConfig, pii_cfg: PiiConfig | None = None) -> tuple[dict, str]:

@@ -16,6 +16,7 @@ import bisect
 import hashlib
 import json
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,8 +24,9 @@ import pandas as pd
 import sqlalchemy as sa
 
 from model.collect.store import open_store, read_feedback, read_inference
-from model.core.config import CollectorConfig, work_dir
+from model.core.config import CollectorConfig, setting
 from model.core.errors import FlywheelError
+from model.core.steps import StepResult
 from model.data.conversations import COLUMNS, DIGEST_KEY, WINDOW_KEYS, write_snapshot
 
 __all__ = ["DIGEST_KEY", "answered_rows", "content_digest", "export_step", "export_window"]
@@ -248,7 +250,31 @@ def request_window(path: Path) -> tuple[datetime, datetime]:
     return _when(start, f"{path}: window start"), _when(end, f"{path}: window end")
 
 
-def export_step(start: str, end: str, days: float, request: str, out: str, cfg: CollectorConfig) -> tuple[dict, str]:
+@dataclass
+class ExportEventsArgs:
+    start: str | None = setting(
+        None, "window start, ISO 8601 (e.g. 2026-11-01T00:00:00Z); events before it are left out"
+    )
+    end: str | None = setting(None, "window end, ISO 8601, exclusive (unset: now)")
+    days: float | None = setting(None, "instead of --start: the window is the last N days before --end")
+    request: str | None = setting(
+        None, "instead of --start: a retrain request (flywheel request-retrain's JSON), or their folder (the newest)"
+    )
+    out: str | None = setting(None, "snapshot file to write (unset: <work dir>/snapshots/events-<start>-<end>.parquet)")
+
+
+def export_command(args: ExportEventsArgs, *, collect: CollectorConfig, work: Path) -> StepResult:
+    """Export a window of logged conversations as a snapshot (model/data/conversations.py) with a content digest."""
+    return StepResult(
+        *export_step(
+            args.start or "", args.end or "", args.days or 0, args.request or "", args.out or "", collect, work
+        )
+    )
+
+
+def export_step(
+    start: str, end: str, days: float, request: str, out: str, cfg: CollectorConfig, work: Path
+) -> tuple[dict, str]:
     """Pick the window (exactly one of ``start``, ``days``, ``request``), export it, describe it."""
     chosen = [name for name, given in (("--start", start), ("--days", days > 0), ("--request", request)) if given]
     if len(chosen) != 1:
@@ -263,7 +289,7 @@ def export_step(start: str, end: str, days: float, request: str, out: str, cfg: 
     else:
         t1 = _when(end, "--end") if end else datetime.now(UTC)
         t0 = _when(start, "--start") if start else t1 - timedelta(days=days)
-    target = Path(out) if out else work_dir() / "snapshots" / f"events-{t0:%Y%m%dT%H%M%S}-{t1:%Y%m%dT%H%M%S}.parquet"
+    target = Path(out) if out else work / "snapshots" / f"events-{t0:%Y%m%dT%H%M%S}-{t1:%Y%m%dT%H%M%S}.parquet"
     engine = open_store(cfg.store_url)
     try:
         result = export_window(engine, t0, t1, target)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import typing
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from model.core.config import work_dir
+from model.core.config import CollectorConfig
 from model.core.errors import FlywheelError
 
 metadata = sa.MetaData()
@@ -62,20 +63,17 @@ feedback_events = sa.Table(
 TABLES = {"inference": inference_events, "feedback": feedback_events}
 
 
-def default_url() -> str:
-    return f"sqlite:///{work_dir() / 'conversations.db'}"
+SQLITE_SYNC_MODES = typing.get_args(typing.get_type_hints(CollectorConfig)["sqlite_synchronous"])
 
 
-SQLITE_SYNC_MODES = ("FULL", "NORMAL")
-
-
-def open_store(url: str = "", sqlite_synchronous: str = "FULL") -> Engine:
+def open_store(url: str | None, sqlite_synchronous: str = "FULL") -> Engine:
     """An engine on the store, with the tables created; SQLite gets WAL and fsync on commit (FULL).
 
     With NORMAL, SQLite in WAL mode still loses nothing when the process is killed, but a power cut
     or OS crash can lose the last commits.
     """
-    url = url or default_url()
+    if not url:
+        raise FlywheelError("no store URL (collect.store_url; the CLI defaults it to the work folder's SQLite file)")
     if sqlite_synchronous.upper() not in SQLITE_SYNC_MODES:
         raise FlywheelError(
             f"sqlite_synchronous {sqlite_synchronous!r}: expected one of {', '.join(SQLITE_SYNC_MODES)}"

@@ -1,19 +1,18 @@
-"""Typed configuration for every pipeline step.
+"""Typed configuration: one dataclass per section, every default stated once, here, with its reason.
 
-Each step reads one dataclass. Values come from, in increasing priority: the defaults below,
-the step's section of a YAML file (``--config``), and command-line flags. Every field's ``help``
-says why the default is what it is; the CLI shows it under ``--help``.
+Values come from, in increasing priority: the defaults below, the section's overrides in a YAML
+file (``--config``; ``model/core/settings.py`` reads and checks it) and command-line flags. Every
+field's ``help`` says why the default is what it is; ``flywheel <step> --help`` shows it with the
+value that will apply. Choices are ``Literal`` types, checked when a YAML file is read; "not set"
+is ``None``, never a sentinel.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
-
-import yaml
+from typing import Any, ClassVar, Literal, get_args
 
 from model.core.errors import FlywheelError
 
@@ -24,12 +23,22 @@ RESPONSE_CATALOG = PROJECT_ROOT / "model" / "configs" / "responses.yaml"
 PACKAGED_ENCODER = "packaged:all-MiniLM-L6-v2"
 
 
+Environment = Literal["staging", "production"]  # one folder per environment under manifests/
+ENVIRONMENTS: tuple[str, ...] = get_args(Environment)
+
+
 def work_dir() -> Path:
-    """Where runs, artifacts and the local MLflow store live (``FLYWHEEL_WORK_DIR``, else ./work)."""
+    """The default work folder: ``FLYWHEEL_WORK_DIR``, else ./work. Read once, by the CLI; everything
+    below it gets the folder passed in."""
     return Path(os.environ.get("FLYWHEEL_WORK_DIR", PROJECT_ROOT / "work")).resolve()
 
 
-def _f(default: Any, why: str) -> Any:
+def required(what: str) -> Any:
+    """A flag with no default: the step refuses to run without it (argparse exits 2 naming it)."""
+    return field(metadata={"help": what})
+
+
+def setting(default: Any, why: str) -> Any:
     """A dataclass field whose help text is the one-line reason for its default."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": why})
@@ -38,81 +47,92 @@ def _f(default: Any, why: str) -> Any:
 
 @dataclass
 class DataConfig:
-    oos_label: str = _f("oos", "label of out-of-scope examples: never a class, used to calibrate the fallback")
-    val_fraction: float = _f(0.1, "share held out to pick the fallback threshold and watch overfitting")
-    test_fraction: float = _f(0.15, "share frozen for the gate when the data has no split of its own")
-    min_examples_per_intent: int = _f(8, "fewer cannot be split into train/validation/test meaningfully")
-    max_text_chars: int = _f(
+    oos_label: str = setting("oos", "label of out-of-scope examples: never a class, used to calibrate the fallback")
+    val_fraction: float = setting(0.1, "share held out to pick the fallback threshold and watch overfitting")
+    test_fraction: float = setting(0.15, "share frozen for the gate when the data has no split of its own")
+    min_examples_per_intent: int = setting(8, "fewer cannot be split into train/validation/test meaningfully")
+    max_text_chars: int = setting(
         1000, "longer texts are pasted logs, not chat messages; refuse rather than truncate silently"
     )
 
 
 @dataclass
 class TrainConfig:
-    base_model: str = _f(
+    base_model: str = setting(
         PACKAGED_ENCODER, "pretrained encoder: the packaged MiniLM works offline; any local or hub path also works"
     )
-    max_length: int = _f(64, "chat messages are short (Banking77: p95 27 tokens); longer costs time for nothing")
-    epochs: int = _f(4, "MiniLM needs a few passes; on Banking77 validation accuracy stops rising after 4")
-    batch_size: int = _f(32, "fits a laptop CPU and gives stable gradients on short texts")
-    learning_rate: float = _f(1e-4, "small encoders like MiniLM want a higher rate than BERT-base's 2e-5")
-    head_learning_rate: float = _f(2e-3, "the new head starts from class centroids and needs bigger steps")
-    weight_decay: float = _f(0.01, "standard AdamW regularisation for fine-tuning")
-    warmup_ratio: float = _f(0.06, "a short warm-up keeps early large gradients from wrecking pretrained weights")
-    label_smoothing: float = _f(0.1, "softer targets give better-calibrated confidences for the fallback")
-    freeze_embeddings: bool = _f(
+    max_length: int = setting(64, "chat messages are short (Banking77: p95 27 tokens); longer costs time for nothing")
+    epochs: int = setting(4, "MiniLM needs a few passes; on Banking77 validation accuracy stops rising after 4")
+    batch_size: int = setting(32, "fits a laptop CPU and gives stable gradients on short texts")
+    learning_rate: float = setting(1e-4, "small encoders like MiniLM want a higher rate than BERT-base's 2e-5")
+    head_learning_rate: float = setting(2e-3, "the new head starts from class centroids and needs bigger steps")
+    weight_decay: float = setting(0.01, "standard AdamW regularisation for fine-tuning")
+    warmup_ratio: float = setting(0.06, "a short warm-up keeps early large gradients from wrecking pretrained weights")
+    label_smoothing: float = setting(0.1, "softer targets give better-calibrated confidences for the fallback")
+    freeze_embeddings: bool = setting(
         True, "word embeddings are half the weights; freezing them saves time and overfits less"
     )
-    fallback_precision: float = _f(0.9, "answered messages must be right this often; below it the bot hands off")
-    seed: int = _f(42, "fixed seed: CPU training is bit-for-bit repeatable")
-    device: str = _f("auto", "auto picks CUDA (with mixed precision) when present, else CPU")
-    max_steps: int = _f(-1, "stop after this many optimiser steps (-1: run all epochs); for smoke tests")
-    export_onnx: bool = _f(
+    fallback_precision: float = setting(0.9, "answered messages must be right this often; below it the bot hands off")
+    seed: int = setting(42, "fixed seed: CPU training is bit-for-bit repeatable")
+    device: Literal["auto", "cpu", "cuda"] = setting(
+        "auto", "auto picks CUDA (with mixed precision) when present, else CPU"
+    )
+    max_steps: int | None = setting(
+        None, "stop after this many optimiser steps (unset: run all epochs); for smoke tests"
+    )
+    export_onnx: bool = setting(
         True,
         "also package model.onnx (checked against PyTorch): served by ONNX Runtime, MiniLM needs ~40 percent less CPU",
     )
-    onnx_tolerance: float = _f(
+    onnx_tolerance: float = setting(
         1e-4, "largest probability difference ONNX Runtime may show against PyTorch; fp32 export gives ~1e-6"
     )
 
 
 @dataclass
 class GateConfig:
-    alpha: float = _f(0.05, "significance level for 'challenger is worse' (one-sided McNemar exact test)")
-    min_support: int = _f(10, "per-intent F1 on fewer test examples is noise; such intents are not gated")
-    max_f1_drop: float = _f(0.05, "an intent may lose at most this much F1 against the champion")
-    latency_budget_ms: float = _f(
+    alpha: float = setting(0.05, "significance level for 'challenger is worse' (one-sided McNemar exact test)")
+    min_support: int = setting(10, "per-intent F1 on fewer test examples is noise; such intents are not gated")
+    max_f1_drop: float = setting(0.05, "an intent may lose at most this much F1 against the champion")
+    latency_budget_ms: float = setting(
         50.0,
         "p95 CPU time of one query on one thread (MiniLM: ~14 ms); CPU time, unlike wall time, is the same on a "
         "busy machine. Served wall-clock latency is make bench-serving's figure and canary analysis' guardrail",
     )
-    min_accuracy: float = _f(0.80, "floor when there is no champion yet: below it the bot does more harm than good")
-    min_macro_f1: float = _f(0.75, "floor when there is no champion yet, so small intents are not ignored")
+    min_accuracy: float = setting(
+        0.80, "floor when there is no champion yet: below it the bot does more harm than good"
+    )
+    min_macro_f1: float = setting(0.75, "floor when there is no champion yet, so small intents are not ignored")
 
 
 @dataclass
 class RegistryConfig:
-    model_name: str = _f("flywheel-intent", "registered model name in MLflow; aliases challenger/champion live on it")
-    experiment: str = _f("flywheel", "MLflow experiment holding training runs")
+    model_name: str = setting(
+        "flywheel-intent", "registered model name in MLflow; aliases challenger/champion live on it"
+    )
+    experiment: str = setting("flywheel", "MLflow experiment holding training runs")
+    tracking_uri: str | None = setting(
+        None, "MLflow tracking URI (unset: $MLFLOW_TRACKING_URI, else sqlite:///<work dir>/mlflow.db)"
+    )
 
 
 @dataclass
 class CanaryConfig:
-    alpha: float = _f(
+    alpha: float = setting(
         0.05, "error rate of each decision (rollback, promote) over the whole canary, however often it is analysed"
     )
-    min_requests_per_arm: int = _f(300, "below this an arm's rates are noise: hold")
-    min_ratings_per_arm: int = _f(
+    min_requests_per_arm: int = setting(300, "below this an arm's rates are noise: hold")
+    min_ratings_per_arm: int = setting(
         50, "thumbs-down rate is compared only once each arm has this many rated answers; promotion waits for it"
     )
-    mixture_sd: float = _f(
+    mixture_sd: float = setting(
         0.05, "spread of rate differences the sequential test is most sensitive to (a few percentage points)"
     )
-    error_rate_margin: float = _f(0.005, "the canary may fail at most 0.5 points more often than stable")
-    fallback_rate_margin: float = _f(0.03, "at most 3 points more hand-offs to humans")
-    escalation_rate_margin: float = _f(0.02, "at most 2 points more escalations")
-    thumbs_down_margin: float = _f(0.03, "at most 3 points more thumbs-down among rated answers")
-    latency_budget_ms: float = _f(
+    error_rate_margin: float = setting(0.005, "the canary may fail at most 0.5 points more often than stable")
+    fallback_rate_margin: float = setting(0.03, "at most 3 points more hand-offs to humans")
+    escalation_rate_margin: float = setting(0.02, "at most 2 points more escalations")
+    thumbs_down_margin: float = setting(0.03, "at most 3 points more thumbs-down among rated answers")
+    latency_budget_ms: float = setting(
         100.0,
         "an answer slower than this is slow (users notice ~100 ms); a canary with significantly more slow answers "
         "than stable rolls back. One of the predictor's histogram buckets, for Prometheus",
@@ -121,156 +141,168 @@ class CanaryConfig:
 
 @dataclass
 class ServeConfig:
-    host: str = _f(
+    host: str = setting(
         "127.0.0.1", "loopback only: expose the predictor on purpose (a pod sets 0.0.0.0), never by accident"
     )
-    http_port: int = _f(8080, "KServe's default predictor port, so the same container runs locally and in a cluster")
-    endpoint: str = _f("flywheel-intent", "model name in the URL: /v1/models/NAME:predict; the canary is NAME-canary")
-    catalog: str = _f(str(RESPONSE_CATALOG), "YAML mapping intent -> reply text, plus 'fallback' for the hand-off")
-    runtime: str = _f(
+    http_port: int = setting(
+        8080, "KServe's default predictor port, so the same container runs locally and in a cluster"
+    )
+    endpoint: str = setting(
+        "flywheel-intent", "model name in the URL: /v1/models/NAME:predict; the canary is NAME-canary"
+    )
+    catalog: str = setting(str(RESPONSE_CATALOG), "YAML mapping intent -> reply text, plus 'fallback' for the hand-off")
+    runtime: Literal["onnx", "torch"] = setting(
         "onnx",
         "onnx: ONNX Runtime where the artifact has model.onnx (same probabilities, faster on CPU); torch: PyTorch",
     )
-    max_batch_size: int = _f(32, "MiniLM on CPU doubles its throughput from 1 to 32 texts per forward pass")
-    max_batch_wait_ms: float = _f(
+    max_batch_size: int = setting(32, "MiniLM on CPU doubles its throughput from 1 to 32 texts per forward pass")
+    max_batch_wait_ms: float = setting(
         5.0,
         "how long a lone request waits for company: at 32 clients 5 ms gave p99 94-100 ms here, 2 or 8 ms 100-105",
     )
-    max_instances: int = _f(64, "texts per request; a chat front end sends one, replays send a few dozen")
-    max_text_chars: int = _f(
+    max_instances: int = setting(64, "texts per request; a chat front end sends one, replays send a few dozen")
+    max_text_chars: int = setting(
         1000, "longer texts are pasted logs, not chat messages; refuse rather than truncate silently"
     )
-    max_body_bytes: int = _f(
+    max_body_bytes: int = setting(
         262144, "64 texts of 1000 characters fit with room for JSON; anything larger is refused unread"
     )
-    access_log: bool = _f(
+    access_log: bool = setting(
         False, "uvicorn's line per request; the prediction log and /metrics cover requests, and it costs CPU under load"
     )
-    prediction_log: str = _f(
-        "", "JSON-lines log of every prediction, shadow ones included (default: <work dir>/serving/predictions.jsonl)"
+    prediction_log: str | None = setting(
+        None, "JSON-lines log of every prediction, shadow ones included (unset: <work dir>/serving/predictions.jsonl)"
     )
-    logger_url: str = _f(
-        "",
+    logger_url: str | None = setting(
+        None,
         "post each call to this collector URL as KServe's logger would; for local mode (in a cluster KServe does it)",
     )
 
 
 @dataclass
 class DeliveryConfig:
-    manifests_dir: str = _f("manifests", "folder Argo CD syncs, one subfolder per environment")
-    base_branch: str = _f("main", "branch pull requests target and Argo CD follows")
-    champion_env: str = _f("production", "the environment whose stable model is the registry's 'champion'")
+    manifests_dir: str = setting("manifests", "folder Argo CD syncs, one subfolder per environment")
+    base_branch: str = setting("main", "branch pull requests target and Argo CD follows")
+    champion_env: Environment = setting("production", "the environment whose stable model is the registry's 'champion'")
 
 
 @dataclass
 class PiiConfig:
-    phone_regions: list[str] = _f(
+    phone_regions: list[str] = setting(
         ["US", "GB", "DE", "FR", "NL", "ES", "IT", "IE", "CA", "AU", "IN"],
         "where numbers without a +country code are read as phone numbers; each region costs a pass",
     )
-    min_score: float = _f(
+    min_score: float = setting(
         0.3, "drops Presidio's 'very weak' patterns (any 9-digit number as an SSN) that flag order numbers"
     )
 
 
 @dataclass
 class PrepareConfig:
-    min_chars: int = _f(3, "shorter messages ('ok', 'hi') carry no intent to learn")
-    max_chars: int = _f(300, "longer messages are pasted emails or logs mixing several requests")
-    min_letters: int = _f(3, "fewer letters (outside placeholders) is noise: '???', '1234', '<EMAIL>'")
-    auto_label_min_confidence: float = _f(
+    min_chars: int = setting(3, "shorter messages ('ok', 'hi') carry no intent to learn")
+    max_chars: int = setting(300, "longer messages are pasted emails or logs mixing several requests")
+    min_letters: int = setting(3, "fewer letters (outside placeholders) is noise: '???', '1234', '<EMAIL>'")
+    auto_label_min_confidence: float = setting(
         0.9, "auto-labels only where the model was sure, not a fallback, and the user said thumbs up"
     )
-    intent_floor: int = _f(20, "an intent with fewer examples has unreliable F1; reported so someone labels more")
-    intent_cap: int = _f(1000, "more examples of one intent than this skews the model; extra auto-labels are left out")
-    grow_test: bool = _f(
+    intent_floor: int = setting(20, "an intent with fewer examples has unreliable F1; reported so someone labels more")
+    intent_cap: int = setting(
+        1000, "more examples of one intent than this skews the model; extra auto-labels are left out"
+    )
+    grow_test: bool = setting(
         False, "new examples join train/validation only, so the gate's test set stays frozen; set to grow it on purpose"
     )
-    new_intents: list[str] = _f(
+    new_intents: list[str] = setting(
         [], "intents that human labels may introduce; any other unknown label is refused as a typo"
     )
-    review_limit: int = _f(1000, "most tasks exported to the review queue per run (most informative first)")
-    log_to_mlflow: bool = _f(True, "record the prepared snapshot as an MLflow run input, traceable by its digest")
+    review_limit: int = setting(1000, "most tasks exported to the review queue per run (most informative first)")
+    log_to_mlflow: bool = setting(True, "record the prepared snapshot as an MLflow run input, traceable by its digest")
 
 
 @dataclass
 class CheckConfig:
-    min_events: int = _f(1, "an empty window means the collector is down or the export is wrong, not that all is well")
-    max_event_age_days: int = _f(90, "older events are from a stale export or a wrong clock")
-    clock_skew_minutes: int = _f(10, "events from the future beyond this are a wrong clock, not skew")
-    shown_rows: int = _f(5, "offending rows quoted per failed expectation in the message")
+    min_events: int = setting(
+        1, "an empty window means the collector is down or the export is wrong, not that all is well"
+    )
+    max_event_age_days: int = setting(90, "older events are from a stale export or a wrong clock")
+    clock_skew_minutes: int = setting(10, "events from the future beyond this are a wrong clock, not skew")
+    shown_rows: int = setting(5, "offending rows quoted per failed expectation in the message")
 
 
 @dataclass
 class DriftConfig:
-    alpha: float = _f(
+    alpha: float = setting(
         0.01, "false-alarm rate of the whole verdict, split over the signals; a needless retrain PR costs review time"
     )
-    min_rate_change: float = _f(
+    min_rate_change: float = setting(
         0.02, "fallback/thumbs-down/escalation rates must move this much (absolute) to count, however significant"
     )
-    encoder: str = _f(PACKAGED_ENCODER, "sentence encoder for text drift: the packaged MiniLM works offline")
-    batch_size: int = _f(128, "encoder batch size: fits CPU memory, keeps a GPU busy")
+    encoder: str = setting(PACKAGED_ENCODER, "sentence encoder for text drift: the packaged MiniLM works offline")
+    batch_size: int = setting(128, "encoder batch size: fits CPU memory, keeps a GPU busy")
 
 
 @dataclass
 class CollectorConfig:
-    host: str = _f("127.0.0.1", "loopback only unless deployed behind a Service on purpose")
-    http_port: int = _f(8090, "next to the predictor's 8080, so both run on one machine")
-    store_url: str = _f("", "SQLAlchemy URL of the conversation store (default: sqlite:///<work dir>/conversations.db)")
-    max_body_bytes: int = _f(
+    host: str = setting("127.0.0.1", "loopback only unless deployed behind a Service on purpose")
+    http_port: int = setting(8090, "next to the predictor's 8080, so both run on one machine")
+    store_url: str | None = setting(
+        None, "SQLAlchemy URL of the conversation store (unset: sqlite:///<work dir>/conversations.db)"
+    )
+    max_body_bytes: int = setting(
         262144, "the logger forwards whole requests; the predictor itself refuses bodies above this"
     )
-    sqlite_synchronous: str = _f(
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = setting(
         "FULL", "FULL: a 200 survives a power cut (fsync per commit); NORMAL: survives a crash only, ~5x faster"
     )
 
 
 @dataclass
 class LoopConfig:
-    held_back_intents: list[str] = _f(
+    held_back_intents: list[str] = setting(
         [], "intents the first model never sees and traffic brings later; empty: pick held_back_fraction of them"
     )
-    held_back_fraction: float = _f(
+    held_back_fraction: float = setting(
         0.25, "a quarter of the intents arrive only after the shift: enough for drift to show, most stay known"
     )
-    seed_fraction: float = _f(
+    seed_fraction: float = setting(
         0.5, "share of the known intents' training texts the first model sees; the rest arrives as user traffic"
     )
-    requests_before_shift: int = _f(400, "traffic on known intents first: the reference window drift compares to")
-    requests_after_shift: int = _f(600, "traffic once new intents appear: the window that should show drift")
-    new_intent_share: float = _f(
+    requests_before_shift: int = setting(400, "traffic on known intents first: the reference window drift compares to")
+    requests_after_shift: int = setting(600, "traffic once new intents appear: the window that should show drift")
+    new_intent_share: float = setting(
         0.4, "share of shifted traffic asking for held-back intents: a product launch, not a trickle"
     )
-    label_budget: int = _f(150, "human labels one turn of the loop may spend: a reviewer's afternoon")
-    label_strategy: str = _f(
+    label_budget: int = setting(150, "human labels one turn of the loop may spend: a reviewer's afternoon")
+    label_strategy: Literal["queue", "random"] = setting(
         "queue", "queue: label the review queue's most informative items first; random: a random draw (baseline)"
     )
-    annotator_error_rate: float = _f(
+    annotator_error_rate: float = setting(
         0.05, "share of labels the simulated reviewer gets wrong: people disagree on a few percent of messages"
     )
-    canary_percent: int = _f(30, "canary share during the demo: enough traffic to decide within a few looks")
-    look_requests: int = _f(600, "requests between two canary analyses, as the hourly canary.yml would see them")
-    max_looks: int = _f(8, "bounded: after this many looks without a verdict the canary keeps running (hold)")
-    requests_after_release: int = _f(300, "traffic on the final stable model, to show where accuracy ends up")
-    env: str = _f("production", "environment whose manifest the stand-in repository and cluster follow")
-    seed: int = _f(7, "picks held-back intents, traffic and reviewer mistakes reproducibly")
+    canary_percent: int = setting(30, "canary share during the demo: enough traffic to decide within a few looks")
+    look_requests: int = setting(600, "requests between two canary analyses, as the hourly canary.yml would see them")
+    max_looks: int = setting(8, "bounded: after this many looks without a verdict the canary keeps running (hold)")
+    requests_after_release: int = setting(300, "traffic on the final stable model, to show where accuracy ends up")
+    env: Environment = setting("production", "environment whose manifest the stand-in repository and cluster follow")
+    seed: int = setting(7, "picks held-back intents, traffic and reviewer mistakes reproducibly")
 
 
 @dataclass
 class TrafficConfig:
     """Simulated users (``model/loop/traffic.py``): how they react to an answer, from the ground truth."""
 
-    p_thumbs_up_if_right: float = _f(0.5, "about half of satisfied users bother to rate; a right answer is rated up")
-    p_resolved_if_right: float = _f(0.3, "some say the issue is solved instead of rating; the rest say nothing")
-    p_thumbs_down_if_wrong: float = _f(0.45, "an annoyed user rates more often than a satisfied one")
-    p_escalated_if_wrong: float = _f(0.25, "others ask for a human after a wrong answer")
-    p_abandoned_if_wrong: float = _f(0.2, "others leave; the rest say nothing")
-    p_escalated_if_fallback: float = _f(0.7, "the bot handed off; most users take the human")
-    p_abandoned_if_fallback: float = _f(0.2, "some leave rather than wait for a human")
-    concurrency: int = _f(8, "simulated users in parallel: enough to form batches, few enough for a 2-core laptop")
-    timeout_s: float = _f(30.0, "per HTTP call; a CPU predictor under load answers in well under a second")
-    seed: int = _f(7, "routing and reactions are drawn from it per request: reruns send the same traffic")
+    p_thumbs_up_if_right: float = setting(
+        0.5, "about half of satisfied users bother to rate; a right answer is rated up"
+    )
+    p_resolved_if_right: float = setting(0.3, "some say the issue is solved instead of rating; the rest say nothing")
+    p_thumbs_down_if_wrong: float = setting(0.45, "an annoyed user rates more often than a satisfied one")
+    p_escalated_if_wrong: float = setting(0.25, "others ask for a human after a wrong answer")
+    p_abandoned_if_wrong: float = setting(0.2, "others leave; the rest say nothing")
+    p_escalated_if_fallback: float = setting(0.7, "the bot handed off; most users take the human")
+    p_abandoned_if_fallback: float = setting(0.2, "some leave rather than wait for a human")
+    concurrency: int = setting(8, "simulated users in parallel: enough to form batches, few enough for a 2-core laptop")
+    timeout_s: float = setting(30.0, "per HTTP call; a CPU predictor under load answers in well under a second")
+    seed: int = setting(7, "routing and reactions are drawn from it per request: reruns send the same traffic")
 
     # what a user may do after each kind of answer, and the field holding its probability; the rest say nothing
     REACTIONS: ClassVar[dict[str, tuple[tuple[str, str], ...]]] = {
@@ -320,28 +352,3 @@ SECTIONS: dict[str, type] = {
     "loop": LoopConfig,
     "traffic": TrafficConfig,
 }
-
-
-def read_yaml_config(path: Path) -> dict[str, dict[str, Any]]:
-    """Read a config YAML: one mapping per section, keys checked against the dataclasses."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise FlywheelError(f"cannot read config {path}: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise FlywheelError(f"config {path}: expected a mapping of sections, got {type(raw).__name__}")
-    for section, values in raw.items():
-        if section not in SECTIONS:
-            raise FlywheelError(f"config {path}: unknown section '{section}' (known: {', '.join(SECTIONS)})")
-        known = {f.name for f in dataclasses.fields(SECTIONS[section])}
-        unknown = set(values or {}) - known
-        if unknown:
-            raise FlywheelError(f"config {path}: unknown keys in '{section}': {', '.join(sorted(unknown))}")
-    return {k: dict(v or {}) for k, v in raw.items()}
-
-
-def load_config(section: str, path: Path | None = None, **overrides: Any):
-    """One section's dataclass: defaults, then the YAML file, then explicit overrides."""
-    values = read_yaml_config(path or DEFAULT_CONFIG).get(section, {})
-    values.update(overrides)
-    return SECTIONS[section](**values)

@@ -84,7 +84,7 @@ def _state_table(before: Rollout, after: Rollout) -> str:
 
 
 def _model_section(info: dict, reg_cfg: RegistryConfig) -> str:
-    uri = store.tracking_uri()
+    uri = store.tracking_uri(reg_cfg)
     run = info.get("run_id")
     link = (
         f"{uri.rstrip('/')}/#/models/{reg_cfg.model_name}/versions/{info['version']}" if uri.startswith("http") else uri

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ import pandas as pd
 import yaml
 
 from model.core.config import (
+    SAMPLE_DATA,
     CanaryConfig,
     CheckConfig,
     DataConfig,
@@ -48,9 +50,12 @@ from model.core.config import (
     ServeConfig,
     TrafficConfig,
     TrainConfig,
+    setting,
 )
 from model.core.errors import FlywheelError
 from model.core.reports import write_reports
+from model.core.settings import load_config
+from model.core.steps import StepResult
 from model.loop.stand_in import LocalCluster, StandInRepo
 from model.registry import store
 
@@ -78,33 +83,26 @@ class LoopConfigs:
     config_file: Path = field(default=Path())
 
 
-def load_configs(config_file: Path, loop_cfg: LoopConfig) -> LoopConfigs:
-    """Every section from the YAML file (the one the servers are started with too); ``loop`` as given."""
-    from model.core.config import load_config
+def load_configs(config_file: Path, loop_cfg: LoopConfig, work: Path) -> LoopConfigs:
+    """Every section from the YAML file (the one the servers are started with too); ``loop`` as given.
 
+    The loop keeps everything in ``work``: its own MLflow store and conversation store, never the
+    ones ``MLFLOW_TRACKING_URI`` or the config name."""
     sections = {f.name for f in dataclasses.fields(LoopConfigs)} - {"loop", "config_file"}
-    return LoopConfigs(
-        loop=loop_cfg,
-        config_file=Path(config_file).resolve(),
-        **{name: load_config(name, config_file) for name in sections},
-    )
+    loaded = {name: load_config(name, config_file) for name in sections}
+    loaded["registry"] = dataclasses.replace(loaded["registry"], tracking_uri=f"sqlite:///{Path(work) / 'mlflow.db'}")
+    return LoopConfigs(loop=loop_cfg, config_file=Path(config_file).resolve(), **loaded)
 
 
 @contextmanager
-def isolated_environment(work: Path):
-    """The loop's own work folder and MLflow store; never GitHub (the stand-in repository is local)."""
-    saved = {k: os.environ.get(k) for k in ("FLYWHEEL_WORK_DIR", "MLFLOW_TRACKING_URI", "GITHUB_TOKEN")}
-    os.environ["FLYWHEEL_WORK_DIR"] = str(work)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
-    os.environ.pop("GITHUB_TOKEN", None)
+def without_github():
+    """The stand-in repository is local: a GITHUB_TOKEN in the environment must not send pull requests to GitHub."""
+    saved = os.environ.pop("GITHUB_TOKEN", None)
     try:
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        if saved is not None:
+            os.environ["GITHUB_TOKEN"] = saved
 
 
 def split_intents(df: pd.DataFrame, cfg: LoopConfig, oos_label: str) -> tuple[list[str], list[str]]:
@@ -198,7 +196,7 @@ def registry_state(reg_cfg: RegistryConfig) -> dict:
                 "metrics": {k: v for k, v in sorted(metrics.items()) if "/" not in k},
             }
         )
-    return {"tracking_uri": store.tracking_uri(), "model_name": reg_cfg.model_name, "versions": versions}
+    return {"tracking_uri": store.tracking_uri(reg_cfg), "model_name": reg_cfg.model_name, "versions": versions}
 
 
 class Loop:
@@ -294,6 +292,7 @@ class Loop:
                 self.c.serve.endpoint,
                 self.store_url,
                 catalog,
+                self.c.registry.tracking_uri,
             )
             s["summary"] = (
                 f"{len(self.known)} intents known at start, {len(self.held_back)} held back "
@@ -308,7 +307,7 @@ class Loop:
         from model.registry.steps import register_step
         from model.train.steps import train_step
 
-        trained, md = train_step(data, self.c.data, self.c.train, self.c.registry)
+        trained, md = train_step(data, self.c.data, self.c.train, self.c.registry, self.work)
         self._write("train", trained, md)
         gated, gate_md, passed = gate_step(
             trained["artifact"], "auto", data, "test", self.c.data, self.c.gate, self.c.registry
@@ -451,6 +450,7 @@ class Loop:
                 self.c.data,
                 self.c.registry,
                 self.reports / "drift",
+                self.work,
             )
             drift_file = self._write("drift", result, md)
             self.record["drift"] = {
@@ -507,6 +507,7 @@ class Loop:
                 dataclasses.replace(prep_cfg, log_to_mlflow=False),
                 self.c.pii,
                 self.c.registry,
+                self.work,
             )
             queue = pd.read_csv(queue_run["review_queue"]["csv"], dtype={"request_id": str, "conversation_id": str})
             logged = read_snapshot(snapshot)
@@ -524,6 +525,7 @@ class Loop:
                 prep_cfg,
                 self.c.pii,
                 self.c.registry,
+                self.work,
             )
             self._write("prepare", prepared, prep_md)
             examples = Path(prepared["snapshot"])
@@ -674,13 +676,34 @@ def summarise(record: dict, report: Path) -> tuple[dict, str]:
     return result, md
 
 
+@dataclass
+class DemoArgs:
+    dataset: str = setting(
+        str(SAMPLE_DATA), "labelled dataset the loop replays as users (any format `train` reads, e.g. Banking77)"
+    )
+    out: str | None = setting(None, "new folder for everything the loop makes (unset: <work dir>/loop/<time>)")
+
+
+def demo_command(args: DemoArgs, *, loop: LoopConfig, config_file: Path, work: Path) -> StepResult:
+    """Turn the whole loop once on one machine: serve, log, drift, retrain, canary, promote; ends in an HTML report.
+
+    Every other section comes from ``config_file`` (the servers the loop starts read the same file)."""
+    out = Path(args.out) if args.out else work / "loop" / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    cfgs = load_configs(config_file, loop, out)
+    record, report = run_loop(
+        Path(args.dataset), out, cfgs, progress=lambda line: print(line, file=sys.stderr, flush=True)
+    )
+    return StepResult(*summarise(record, report))
+
+
 def run_loop(dataset: Path, work: Path, cfgs: LoopConfigs, progress=print) -> tuple[dict, Path]:
     """One whole turn; the report is written even when a stage fails (then the error is raised)."""
     work = Path(work).resolve()
     if work.exists() and any(work.iterdir()):
         raise FlywheelError(f"{work}: not empty; each loop run starts in a new folder")
     work.mkdir(parents=True, exist_ok=True)
-    with isolated_environment(work):
+    with without_github():
         loop = Loop(dataset, work, cfgs, progress)
         try:
             loop.setup()

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -24,7 +25,9 @@ from markdown_it import MarkdownIt
 from markupsafe import Markup
 from plotly.subplots import make_subplots
 
+from model.core.config import required, setting
 from model.core.errors import FlywheelError
+from model.core.steps import StepResult
 from model.loop.stand_in import git
 
 RECORD_KEYS = (
@@ -569,23 +572,19 @@ annotator; {{ r.labelling.wrong_labels }} wrong labels (configured error rate {{
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m model.loop.report loop.json report.html``"""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print("usage: python -m model.loop.report LOOP_JSON OUT_HTML", file=sys.stderr)
-        return 2
+@dataclass
+class ReportArgs:
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("loop_json",)  # flywheel report LOOP_JSON
+    loop_json: str = required("the loop record (loop.json) of a `flywheel demo` run")
+    out: str | None = setting(None, "HTML file to write (unset: report.html beside the loop record)")
+
+
+def report_command(args: ReportArgs) -> StepResult:
+    """Render the HTML report of a loop from its record (loop.json), e.g. after changing the template."""
+    source = Path(args.loop_json)
     try:
-        record = json.loads(Path(args[0]).read_text())
-        print(render_report(record, Path(args[1])))
+        record = json.loads(source.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        print(f"error: loop record {args[0]}: {exc}", file=sys.stderr)
-        return 2
-    except FlywheelError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        raise FlywheelError(f"loop record {source}: {exc}") from exc
+    out = render_report(record, Path(args.out) if args.out else source.with_name("report.html"))
+    return StepResult({"report": str(out), "loop_record": str(source)}, f"Loop report: `{out}`\n")

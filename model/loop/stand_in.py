@@ -89,8 +89,10 @@ class LocalCluster:
         endpoint: str,
         store_url: str,
         catalog: Path,
+        tracking_uri: str,
     ):
         self.repo, self.env, self.work, self.config_file = repo, env, Path(work), Path(config_file)
+        self.tracking_uri = tracking_uri
         self.model_name, self.endpoint, self.store_url, self.catalog = model_name, endpoint, store_url, catalog
         self.serve_port, self.collect_port = free_port(), free_port()
         self.predictor: subprocess.Popen | None = None
@@ -109,7 +111,11 @@ class LocalCluster:
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         logs = self.work / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "scripts.cli", *args[:1], "--config", str(self.config_file), *args[1:]]
+        cmd = [
+            *(sys.executable, "-m", "scripts.cli", args[0]),
+            *("--config", str(self.config_file), "--work-dir", str(self.work)),
+            *args[1:],
+        ]
         with open(logs / f"{name}.log", "ab") as out:  # the child keeps its own copy of the descriptor
             proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT)
         proc.log_path = logs / f"{name}.log"
@@ -168,6 +174,8 @@ class LocalCluster:
             str(self.catalog),
             "--prediction-log",
             str(self.work / "serving" / "predictions.jsonl"),
+            "--tracking-uri",
+            self.tracking_uri,
         ]
         if rollout.canary:
             args += ["--canary", f"models:/{self.model_name}/{rollout.canary.version}"]

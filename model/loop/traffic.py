@@ -39,8 +39,9 @@ import requests
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
-from model.core.config import DataConfig, TrafficConfig, work_dir
+from model.core.config import SAMPLE_DATA, CollectorConfig, DataConfig, ServeConfig, TrafficConfig, setting
 from model.core.errors import FlywheelError
+from model.core.steps import StepResult
 
 STABLE, CANARY = "stable", "canary"
 FEEDBACK_TYPE = "org.flywheel.feedback"  # the collector's feedback event type (model/collect/collector.py)
@@ -330,6 +331,33 @@ def summarize(frame: pd.DataFrame) -> dict:
     return arms
 
 
+@dataclass
+class TrafficArgs:
+    data: str = setting(str(SAMPLE_DATA), "labelled messages to replay as users (any format `train` reads)")
+    limit: int | None = setting(
+        None, "send at most this many messages (unset: all), after shuffling with the traffic seed"
+    )
+    predictor_url: str = setting(f"http://{ServeConfig.host}:{ServeConfig.http_port}", "the running `flywheel serve`")
+    collector_url: str = setting(
+        f"http://{CollectorConfig.host}:{CollectorConfig.http_port}", "the running `flywheel collect`"
+    )
+    endpoint: str = setting(ServeConfig.endpoint, "the predictor's model name; the canary is <endpoint>-canary")
+    canary_percent: int = setting(0, "share of messages (0-100) sent to the canary, each drawn independently")
+    phase: str = setting("traffic", "label stored on every row (e.g. before-shift, canary)")
+    out: str | None = setting(None, "Parquet file of the rows (unset: <work dir>/traffic/<time>-<phase>.parquet)")
+
+
+def traffic_command(args: TrafficArgs, *, data: DataConfig, traffic: TrafficConfig, work: Path) -> StepResult:
+    """Simulated users: send labelled messages through the predictor, react from the truth to the collector."""
+    out = Path(args.out) if args.out else None
+    return StepResult(
+        *traffic_step(
+            Path(args.data), args.limit or 0, args.predictor_url, args.collector_url, args.endpoint,
+            args.canary_percent, args.phase, out, data, traffic, work,
+        )
+    )  # fmt: skip
+
+
 def traffic_step(
     data: Path,
     limit: int,
@@ -341,6 +369,7 @@ def traffic_step(
     out: Path | None,
     data_cfg: DataConfig,
     cfg: TrafficConfig,
+    work: Path,
 ) -> tuple[dict, str]:
     """Replay a labelled dataset (shuffled with the traffic seed, at most ``limit`` messages) as users."""
     from model.data.examples import load_examples
@@ -359,7 +388,7 @@ def traffic_step(
         examples, predictor_url, collector_url, endpoint, canary_percent, cfg, phase,
         data_cfg.oos_label, progress=report,
     )  # fmt: skip
-    target = out or work_dir() / "traffic" / f"{started:%Y%m%dT%H%M%S}-{phase}.parquet"
+    target = out or work / "traffic" / f"{started:%Y%m%dT%H%M%S}-{phase}.parquet"
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
     frame.to_parquet(partial, index=False)

@@ -15,13 +15,15 @@ import hashlib
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from model.artifact.manifest import sha256_file
-from model.core.config import DataConfig, PiiConfig, PrepareConfig, RegistryConfig, work_dir
+from model.core.config import SAMPLE_DATA, DataConfig, PiiConfig, PrepareConfig, RegistryConfig, required, setting
 from model.core.errors import FlywheelError
+from model.core.steps import StepResult
 from model.data.conversations import read_snapshot
 from model.data.examples import COLUMNS, assign_splits, dataset_digest, load_examples
 from model.prepare.cleaning import clean, exact_key, near_key, normalise
@@ -101,6 +103,36 @@ def hold_back_thin_new_intents(df: pd.DataFrame, known: set[str], cfg: DataConfi
     return df[~df["intent"].isin(waiting)].reset_index(drop=True), dict(sorted(waiting.items()))
 
 
+@dataclass
+class PrepareArgs:
+    snapshot: str = required(
+        "conversation snapshot (Parquet, the collector's export; schema in model/data/conversations.py)"
+    )
+    data: str = setting(str(SAMPLE_DATA), "current training set (any format `train` reads)")
+    labels: str | None = setting(
+        None, "human labels to merge: Label Studio JSON export or the review CSV with 'intent' filled in"
+    )
+    out: str | None = setting(
+        None, "folder to create for the prepared snapshot (unset: <work dir>/datasets/<time>-<digest>)"
+    )
+
+
+def prepare_command(
+    args: PrepareArgs,
+    *,
+    data: DataConfig,
+    prepare: PrepareConfig,
+    pii: PiiConfig,
+    registry: RegistryConfig,
+    work: Path,
+) -> StepResult:
+    """Turn logged conversations into the next training set (redact, clean, label, balance, split)."""
+    labels, out = (Path(p) if p else None for p in (args.labels, args.out))
+    return StepResult(
+        *prepare_step(Path(args.snapshot), Path(args.data), labels, out, data, prepare, pii, registry, work)
+    )
+
+
 def prepare_step(
     snapshot: Path,
     data: Path,
@@ -110,6 +142,7 @@ def prepare_step(
     prep_cfg: PrepareConfig,
     pii_cfg: PiiConfig,
     reg_cfg: RegistryConfig,
+    work: Path,
 ) -> tuple[dict, str]:
     from data_checks.pii import Scanner  # Presidio is heavy: load it when the step runs
 
@@ -194,7 +227,7 @@ def prepare_step(
     digest = dataset_digest(combined)
 
     # 5. Datasheet and files, written to a temporary folder and moved into place at the end.
-    target = Path(out) if out else work_dir() / "datasets" / (time.strftime("%Y%m%d-%H%M%S-") + digest[:8])
+    target = Path(out) if out else work / "datasets" / (time.strftime("%Y%m%d-%H%M%S-") + digest[:8])
     if target.exists():
         raise FlywheelError(f"{target}: already exists; refusing to overwrite a prepared snapshot")
     sheet = {

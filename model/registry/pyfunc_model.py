@@ -9,12 +9,12 @@ from __future__ import annotations
 import mlflow
 import pandas as pd
 
-ARTIFACT_KEY = "intent_model"
+from model.registry.versions import ARTIFACT_KEY
 
 
 class IntentPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        from model.artifact.predictor import IntentPredictor
+        from model.artifact.predictor import IntentPredictor  # imported by MLflow's loader, not at logging time
 
         self.predictor = IntentPredictor.load(context.artifacts[ARTIFACT_KEY])
 

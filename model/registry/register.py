@@ -16,9 +16,16 @@ from mlflow.types import ColSpec, Schema
 
 from model.core.config import RegistryConfig
 from model.core.errors import FlywheelError
-from model.registry.pyfunc_model import ARTIFACT_KEY
 from model.registry.store import connect
-from model.registry.versions import CHALLENGER, CHAMPION, GATE_TAG, alias_version, all_versions, gated_version
+from model.registry.versions import (
+    ARTIFACT_KEY,
+    CHALLENGER,
+    CHAMPION,
+    GATE_TAG,
+    alias_version,
+    all_versions,
+    gated_version,
+)
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "text")]),

@@ -1,14 +1,38 @@
-"""The `flywheel register` and `flywheel promote` (alias only) steps."""
+"""The `flywheel register` and `flywheel set-champion` steps (the registry only; moving what serves
+users is `flywheel promote --env`, a pull request)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from model.artifact.manifest import read_json
 from model.artifact.predictor import IntentPredictor
-from model.core.config import RegistryConfig
+from model.core.config import RegistryConfig, required, setting
 from model.core.errors import FlywheelError
+from model.core.steps import StepResult
 from model.registry import register
+
+
+@dataclass
+class RegisterArgs:
+    model: str = required("artifact folder to register")
+    gate: str = required("gate decision JSON (from flywheel gate) that passed this artifact")
+
+
+@dataclass
+class SetChampionArgs:
+    version: int | None = setting(None, "gate-passed model version to make champion (unset: the current challenger)")
+
+
+def register_command(args: RegisterArgs, *, registry: RegistryConfig) -> StepResult:
+    """Register a gated artifact in MLflow as 'challenger'."""
+    return StepResult(*register_step(Path(args.model), Path(args.gate), registry))
+
+
+def set_champion_command(args: SetChampionArgs, *, registry: RegistryConfig) -> StepResult:
+    """Move the registry's 'champion' alias to a gate-passed version (no pull request, nothing deployed)."""
+    return StepResult(*promote_step(args.version, registry))
 
 
 def register_step(model: Path, gate_file: Path, reg_cfg: RegistryConfig) -> tuple[dict, str]:

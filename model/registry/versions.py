@@ -12,10 +12,10 @@ from mlflow.exceptions import MlflowException
 from model.artifact.predictor import IntentPredictor
 from model.core.config import RegistryConfig
 from model.core.errors import FlywheelError
-from model.registry.pyfunc_model import ARTIFACT_KEY
 from model.registry.store import connect, tracking_uri
 
 CHALLENGER, CHAMPION = "challenger", "champion"
+ARTIFACT_KEY = "intent_model"  # the artifact folder's name among the MLflow model's artifacts
 GATE_TAG = "gate"
 
 
@@ -40,7 +40,7 @@ def gated_version(client: MlflowClient, cfg: RegistryConfig, version: int, actio
         mv = client.get_model_version(cfg.model_name, str(version))
     except MlflowException as exc:
         raise FlywheelError(
-            f"model '{cfg.model_name}' has no version {version} in the registry at {tracking_uri()}"
+            f"model '{cfg.model_name}' has no version {version} in the registry at {tracking_uri(cfg)}"
         ) from exc
     if mv.tags.get(GATE_TAG) != "passed":
         raise FlywheelError(

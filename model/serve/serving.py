@@ -40,10 +40,11 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from timing_asgi import TimingMiddleware  # kserve's own dependency
 
 from model.artifact.predictor import IntentPredictor, Prediction
-from model.core.config import RegistryConfig, ServeConfig, work_dir
+from model.core.config import RegistryConfig, ServeConfig, required, setting
 from model.core.errors import FlywheelError
 from model.core.http_guard import BodyLimit, ensure_can_listen
 from model.core.kserve_sdk import InferOutput, InferRequest, InferResponse, InvalidInput, kserve, kserve_server
+from model.core.steps import StepResult
 from model.serve.catalog import ResponseCatalog
 
 STABLE, CANARY, SHADOW = "stable", "canary", "shadow"
@@ -595,6 +596,32 @@ def build_models(
     return models
 
 
+@dataclass
+class ServeArgs:
+    stable: str = required(
+        "stable model: artifact folder (as KServe mounts it, /mnt/models) or models:/<name>@<alias> URI"
+    )
+    canary: str | None = setting(None, "canary model, served as <endpoint>-canary (the caller picks the arm)")
+    shadow: str | None = setting(None, "shadow model: predicts on every request, logged and measured, never answers")
+    stable_sha256: str | None = setting(
+        None, "refuse to become ready unless the --stable artifact's manifest digest is this (the manifest records it)"
+    )
+    stable_version: str | None = setting(
+        None,
+        "registry version of the --stable model for logs and metrics (unset: from a models:/ URI, else sha-<digest>)",
+    )
+
+
+def serve_command(args: ServeArgs, *, serve: ServeConfig, registry: RegistryConfig) -> StepResult:
+    """Serve stable/canary/shadow models with the KServe ModelServer (V1 and V2 REST) until SIGTERM."""
+    return StepResult(
+        *serve_step(
+            args.stable, args.canary or "", args.shadow or "", serve, registry,
+            args.stable_sha256 or "", args.stable_version or "",
+        )
+    )  # fmt: skip
+
+
 def serve_step(
     stable: str,
     canary: str,
@@ -606,7 +633,7 @@ def serve_step(
 ) -> tuple[dict, str]:
     """Run the predictor until SIGTERM/SIGINT; return what was served."""
     ensure_can_listen(cfg.host, cfg.http_port)
-    log_path = Path(cfg.prediction_log) if cfg.prediction_log else work_dir() / "serving" / "predictions.jsonl"
+    log_path = Path(cfg.prediction_log)
     metrics = ServingMetrics()
     log = PredictionLog(log_path)
     models = build_models(stable, canary, shadow, cfg, reg_cfg, metrics, log, stable_sha256, stable_version)

@@ -107,7 +107,7 @@ def fit(texts: list[str], intents: list[str], cfg: TrainConfig, val_texts=(), va
         lr=cfg.learning_rate,
     )
     steps_per_epoch = -(-len(ids) // cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs if cfg.max_steps < 0 else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
+    total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from model.artifact.predictor import IntentPredictor
-from model.core.config import DataConfig, RegistryConfig, TrainConfig, work_dir
+from model.core.config import SAMPLE_DATA, DataConfig, RegistryConfig, TrainConfig, setting
 from model.core.errors import FlywheelError
+from model.core.steps import StepResult
 from model.data.examples import dataset_digest, load_split
 from model.evaluate.evaluation import evaluate, render_markdown
 from model.registry import tracking
@@ -20,15 +22,34 @@ from model.train.fit import fit
 from model.train.package import write_artifact
 
 
+@dataclass
+class TrainArgs:
+    data: str = setting(str(SAMPLE_DATA), "dataset file or folder (CSV/Parquet/JSONL text,intent; Banking77; CLINC150)")
+    out: str | None = setting(None, "artifact folder to create (unset: <work dir>/models/<time>-<data digest>)")
+
+
+def train_command(
+    args: TrainArgs, *, data: DataConfig, train: TrainConfig, registry: RegistryConfig, work: Path
+) -> StepResult:
+    """Fine-tune an intent model and write a verified artifact."""
+    summary, md = train_step(Path(args.data), data, train, registry, work, Path(args.out) if args.out else None)
+    return StepResult(summary, md)
+
+
 def train_step(
-    data: Path, data_cfg: DataConfig, train_cfg: TrainConfig, reg_cfg: RegistryConfig, out: Path | None = None
+    data: Path,
+    data_cfg: DataConfig,
+    train_cfg: TrainConfig,
+    reg_cfg: RegistryConfig,
+    work: Path,
+    out: Path | None = None,
 ) -> tuple[dict, str]:
     """Fine-tune, calibrate the fallback, evaluate on the test split, write the artifact, log the run."""
     df = load_split(data, data_cfg)
     digest = dataset_digest(df)
     train, val, test = (df[df["split"] == s] for s in ("train", "val", "test"))
     name = time.strftime("%Y%m%d-%H%M%S-") + digest[:8]
-    target = Path(out) if out else work_dir() / "models" / name
+    target = Path(out) if out else work / "models" / name
     if target.exists():
         raise FlywheelError(f"{target}: already exists; refusing to overwrite an artifact")
     sha = tracking.git_sha()
