@@ -26,10 +26,10 @@ test: test-tools setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 bench: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python scripts/bench_banking77.py
+	HF_HUB_OFFLINE=1 $(BIN)/python -m scripts.bench_banking77
 
 bench-loop: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python scripts/bench_loop.py
+	HF_HUB_OFFLINE=1 $(BIN)/python -m scripts.bench_loop
 
 bench-serving: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m scripts.bench_serving
@@ -46,6 +46,8 @@ lock:
 clean:
 	rm -rf $(VENV) work
 
+# ruff, and the import contract between the stage packages (pyproject.toml, [tool.importlinter])
 lint: setup
 	$(BIN)/ruff check model scripts tests data_checks
 	$(BIN)/ruff format --check model scripts tests data_checks
+	$(BIN)/lint-imports

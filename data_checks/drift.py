@@ -36,6 +36,7 @@ from scipy.stats import norm
 
 from model.core.config import SAMPLE_DATA, DataConfig, DriftConfig, RegistryConfig, required, setting
 from model.core.errors import FlywheelError
+from model.core.files import replacing
 from model.core.steps import StepResult
 
 RATES = {"fallback_rate": "fallback", "thumbs_down_rate": "thumbs_down", "escalation_rate": "escalated"}
@@ -190,10 +191,8 @@ class Embedder:
         path = self._cache_file()
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.npz")
-        np.savez(tmp, keys=np.array(list(cache)), vectors=np.stack(list(cache.values())))
-        tmp.replace(path)
+        with replacing(path, suffix=".npz") as tmp:
+            np.savez(tmp, keys=np.array(list(cache)), vectors=np.stack(list(cache.values())))
 
 
 # ---- the Evidently report ------------------------------------------------------------------------

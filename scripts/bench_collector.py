@@ -21,7 +21,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from model.core.config import PROJECT_ROOT
+from model.core.errors import FlywheelError
+from model.core.processes import Supervised
 
 REQUEST = "org.kubeflow.serving.inference.request"
 RESPONSE = "org.kubeflow.serving.inference.response"
@@ -104,32 +104,22 @@ async def send_all(url: str, events: list, senders: int, stop_on_error: bool = T
 
 class Collector:
     def __init__(self, store_url: str, work: Path, sqlite_synchronous: str = "FULL"):
-        self.store_url, self.work, self.proc = store_url, work, None
-        self.sqlite_synchronous = sqlite_synchronous
+        self.store_url, self.work = store_url, work
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
+        cmd = [sys.executable, "-m", "scripts.cli", "collect", "--http_port", str(self.port),
+               "--store_url", self.store_url, "--work-dir", str(work),
+               "--sqlite_synchronous", sqlite_synchronous]  # fmt: skip
+        self.process = Supervised("the collector", cmd, work / "collector.log")
 
     def start(self) -> None:
-        import httpx
-
-        env = {**os.environ, "FLYWHEEL_WORK_DIR": str(self.work)}
-        cmd = [sys.executable, "-m", "scripts.cli", "collect", "--http_port", str(self.port),
-               "--store_url", self.store_url, "--report_dir", str(self.work / "reports"),
-               "--sqlite_synchronous", self.sqlite_synchronous]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=open(self.work / "collector.log", "a"),
-                                     stderr=subprocess.STDOUT)  # fmt: skip
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if httpx.get(self.url + "healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise SystemExit(f"collector not ready: {(self.work / 'collector.log').read_text()[-2000:]}")
+        try:
+            self.process.start().wait_ready(self.url + "healthz", timeout_s=60)
+        except FlywheelError as exc:
+            raise SystemExit(str(exc)) from exc
 
     def stop(self, sig=signal.SIGTERM) -> None:
-        self.proc.send_signal(sig)
-        self.proc.wait(timeout=60)
+        self.process.stop(sig, timeout_s=60)
 
 
 def stored_keys(store_url: str, run: str) -> list[str]:
@@ -182,11 +172,10 @@ def main() -> int:
         async def run_and_kill():
             sending = asyncio.create_task(send_all(collector.url, events, args.senders))
             await asyncio.sleep(args.kill_after)
-            collector.proc.send_signal(signal.SIGKILL)
+            collector.stop(signal.SIGKILL)
             return await sending
 
         first = asyncio.run(run_and_kill())
-        collector.proc.wait()
         after_kill = set(stored_keys(url, f"crash{run_id}"))
         collector.start()
         resend = asyncio.run(send_all(collector.url, events, args.senders, stop_on_error=False))

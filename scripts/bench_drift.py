@@ -26,10 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from data_checks.drift import Embedder, decide, measure  # noqa: E402
-from model.core.config import DriftConfig, work_dir  # noqa: E402
+from data_checks.drift import Embedder, decide, measure
+from model.core.config import DriftConfig, work_dir
 
 
 def simulate_logs(idx: np.ndarray, probs: np.ndarray, classes: np.ndarray, labels: np.ndarray, rng) -> pd.DataFrame:

@@ -12,10 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from data_checks.pii import Scanner  # noqa: E402
-from data_checks.pii_benchmark import EVAL_SET, read_eval_set, score  # noqa: E402
+from data_checks.pii import Scanner
+from data_checks.pii_benchmark import EVAL_SET, read_eval_set, score
 
 
 def main() -> int:

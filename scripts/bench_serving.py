@@ -24,9 +24,7 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from model.core.config import PROJECT_ROOT, SAMPLE_DATA, DataConfig
+from model.core.config import SAMPLE_DATA, DataConfig
+from model.core.errors import FlywheelError
+from model.core.processes import Supervised
 
 CLIENTS = (1, 8, 32)
 
@@ -81,32 +81,12 @@ def baseline_server(folder: str, port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def start(cmd: list[str], ready_url: str, log: Path) -> subprocess.Popen:
-    import httpx
-
+def start(name: str, cmd: list[str], ready_url: str, log: Path) -> Supervised:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited ({proc.returncode}): {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(ready_url, timeout=1).status_code < 500:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise SystemExit(f"server not ready in 180 s: {log.read_text()[-2000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        return Supervised(name, cmd, log, env=env).start().wait_ready(ready_url)
+    except FlywheelError as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 async def load(url: str, make_body, parse, texts: list[str], clients: int, total: int) -> dict:
@@ -190,8 +170,9 @@ def train_default(root: Path) -> str:
     from model.core.settings import load_config
     from model.train.steps import train_step
 
-    os.environ["FLYWHEEL_WORK_DIR"] = str(root / "work")
-    summary, _ = train_step(SAMPLE_DATA, DataConfig(), load_config("train", epochs=1), RegistryConfig(), root / "model")
+    work = root / "work"
+    registry = RegistryConfig(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    summary, _ = train_step(SAMPLE_DATA, DataConfig(), load_config("train", epochs=1), registry, work, root / "model")
     return summary["artifact"]
 
 
@@ -224,25 +205,27 @@ def main() -> int:
         v1 = (lambda t: {"instances": [t]}, lambda b: (b["predictions"][0]["intent"], b["predictions"][0]["fallback"]))
         for runtime in runtimes:
             port, reports[runtime] = free_port(), root / f"report-{runtime}"
-            proc = start(
+            server = start(
+                f"predictor ({runtime})",
                 [sys.executable, "-m", "scripts.cli", "serve", "--stable", model, "--http_port", str(port),
                  "--endpoint", "bench", "--runtime", runtime, "--prediction_log", str(root / f"{runtime}.jsonl"),
                  "--report_dir", str(reports[runtime])],
-                f"http://127.0.0.1:{port}/v1/models/bench", root / f"predictor-{runtime}.log",
+                f"http://127.0.0.1:{port}/v2/models/bench/ready", root / f"predictor-{runtime}.log",
             )  # fmt: skip
-            running.callback(stop, proc)
-            servers[runtime] = (f"http://127.0.0.1:{port}/v1/models/bench:predict", *v1, proc.pid)
+            running.callback(server.stop)
+            servers[runtime] = (f"http://127.0.0.1:{port}/v1/models/bench:predict", *v1, server.proc.pid)
         port = free_port()
-        proc = start(
+        server = start(
+            "baseline",
             [sys.executable, "-m", "scripts.bench_serving", "--baseline-server", model, str(port)],
             f"http://127.0.0.1:{port}/docs", root / "baseline.log",
         )  # fmt: skip
-        running.callback(stop, proc)
+        running.callback(server.stop)
         servers["baseline"] = (
             f"http://127.0.0.1:{port}/predict",
             lambda t: {"text": t},
             lambda b: (b["intent"], b["fallback"]),
-            proc.pid,
+            server.proc.pid,
         )
         results = measure(servers, texts, args.requests)
         running.close()  # stops the servers: each predictor writes its serve report, naming the runtime it ran

@@ -10,12 +10,13 @@ import pytest
 
 from model.core.config import SAMPLE_DATA, DataConfig, DeliveryConfig, LoopConfig
 from model.core.errors import FlywheelError
+from model.core.git import git
 from model.data.examples import assign_splits, load_examples
 from model.deploy.delivery import request_retrain_step
 from model.loop import annotator
 from model.loop.orchestrator import draw_traffic, plan_data, response_catalog, split_intents
 from model.loop.report import git_history
-from model.loop.stand_in import StandInRepo, git
+from model.loop.stand_in import StandInRepo
 from model.prepare.review_queue import read_labels
 
 

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from model.core.errors import FlywheelError
@@ -63,29 +60,6 @@ def verify(folder: str | Path) -> str:
         if sha256_file(folder / name) != digest:
             raise FlywheelError(f"{folder / name}: sha256 does not match {MANIFEST}; artifact corrupted or tampered")
     return sha256_file(manifest)
-
-
-def publish(staging: Path, target: Path) -> str:
-    """Seal a staging folder with its manifest and move it into place in one rename.
-
-    A crash leaves either no artifact or a complete one, never a half-written folder.
-    """
-    digest = write_manifest(staging)
-    if target.exists():
-        raise FlywheelError(f"{target}: already exists; refusing to overwrite an artifact")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staging, target)
-    return digest
-
-
-def staging_dir(target: Path) -> Path:
-    """A temporary folder beside the target (same filesystem, so publish's rename is atomic)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-
-
-def discard(staging: Path) -> None:
-    shutil.rmtree(staging, ignore_errors=True)
 
 
 def read_json(folder: Path, name: str) -> dict:

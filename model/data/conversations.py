@@ -61,6 +61,7 @@ import pandas as pd
 import pyarrow as pa
 
 from model.core.errors import FlywheelError
+from model.core.files import replacing
 
 SNAPSHOT_SCHEMA = pa.schema(
     [
@@ -135,9 +136,8 @@ def write_snapshot(df: pd.DataFrame, path: str | Path, metadata: dict[bytes, byt
     table = pa.Table.from_pandas(df[COLUMNS], schema=SNAPSHOT_SCHEMA, preserve_index=False)
     if metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        pq.write_table(table, tmp)
     return path
 
 

@@ -8,7 +8,6 @@ canary started, which Git knows: the commit that last changed the environment's 
 
 from __future__ import annotations
 
-import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import requests
 
 from model.core.errors import FlywheelError
+from model.core.git import run_git
 from model.deploy.canary import ArmMetrics
 
 COUNTS = {
@@ -35,9 +35,7 @@ WITHIN = 'sum(increase(flywheel_request_duration_seconds_bucket{%s, le="%s"}[%ds
 
 def canary_started(repo: Path, manifest: Path) -> float:
     """Unix time of the last commit that changed ``manifest`` (the merge that started the canary)."""
-    done = subprocess.run(
-        ["git", "log", "-1", "--format=%ct", "--", str(manifest)], cwd=repo, capture_output=True, text=True, check=False
-    )
+    done = run_git(repo, "log", "-1", "--format=%ct", "--", str(manifest), check=False)
     if done.returncode != 0 or not done.stdout.strip():
         raise FlywheelError(
             f"{manifest}: cannot tell from Git when the canary started (needs full history: "

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import os
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import requests
 
 from model.core.errors import FlywheelError
+from model.core.git import run_git
 
 USER_AGENT = "flywheel-release"
 
@@ -46,17 +46,7 @@ class LocalForge:
         self.repo = Path(top.stdout.strip())
 
     def _git(self, *args: str, check: bool = True, env: dict | None = None, input: str | None = None):
-        done = subprocess.run(
-            ["git", *args],
-            cwd=self.repo,
-            capture_output=True,
-            text=True,
-            input=input,
-            env={**os.environ, **(env or {})},
-        )
-        if check and done.returncode != 0:
-            raise FlywheelError(f"git {' '.join(args[:2])} failed in {self.repo}: {done.stderr.strip()}")
-        return done
+        return run_git(self.repo, *args, check=check, env=env, input=input)
 
     def read(self, path: str) -> str:
         done = self._git("show", f"{self.base}:{path}", check=False)

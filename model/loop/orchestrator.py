@@ -53,6 +53,7 @@ from model.core.config import (
     setting,
 )
 from model.core.errors import FlywheelError
+from model.core.files import replacing, write_text
 from model.core.reports import write_reports
 from model.core.settings import load_config
 from model.core.steps import StepResult
@@ -636,13 +637,14 @@ class Loop:
 
         traffic_file = self.work / "traffic.parquet"
         sent = pd.concat(self.traffic, ignore_index=True) if self.traffic else pd.DataFrame(columns=TRAFFIC_COLUMNS)
-        sent.to_parquet(traffic_file, index=False)
+        with replacing(traffic_file) as tmp:
+            sent.to_parquet(tmp, index=False)
         self.record["traffic"] = str(traffic_file)
         self.record["registry"] = registry_state(self.c.registry)
         self.record["git_repo"] = str(self.repo.path) if self.repo else None
         self.record["finished_at"] = datetime.now(UTC).isoformat()
         self.record["seconds"] = round(time.monotonic() - self.started, 1)
-        (self.work / "loop.json").write_text(json.dumps(self.record, indent=2, default=str) + "\n")
+        write_text(self.work / "loop.json", json.dumps(self.record, indent=2, default=str) + "\n")
         return render_report(self.record, self.work / "report.html")
 
     def close(self) -> None:

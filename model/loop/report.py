@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,9 @@ from plotly.subplots import make_subplots
 
 from model.core.config import required, setting
 from model.core.errors import FlywheelError
+from model.core.files import write_text
+from model.core.git import git, run_git
 from model.core.steps import StepResult
-from model.loop.stand_in import git
 
 RECORD_KEYS = (
     "dataset",
@@ -80,11 +80,7 @@ def render_report(record: dict, out: Path) -> Path:
         version=_version_label,
         pct=_pct,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return write_text(out, html)
 
 
 def load_traffic(path: str | None) -> pd.DataFrame | None:
@@ -176,9 +172,7 @@ def git_history(repo: Path) -> dict:
     """The stand-in repository: its main line (first parents: one commit per merged pull request) and branches."""
     if not (repo / ".git").exists() and not (repo / "HEAD").is_file():
         raise FlywheelError(f"git repository {repo} (named in the loop record) does not exist")
-    if subprocess.run(
-        ["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", "HEAD"], capture_output=True
-    ).returncode:
+    if run_git(repo, "rev-parse", "--verify", "--quiet", "HEAD", check=False).returncode:
         return {"log": [], "branches": [], "graph": ""}
     log = [
         dict(zip(("commit", "author", "date", "subject"), line.split("\x1f")))

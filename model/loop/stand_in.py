@@ -14,34 +14,17 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
-
-import requests
 
 from model.core.config import PROJECT_ROOT
 from model.core.errors import FlywheelError
+from model.core.git import IDENTITY, git
+from model.core.processes import Supervised
 from model.deploy import manifests
 from model.deploy.manifests import Rollout
-
-GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "flywheel",
-    "GIT_AUTHOR_EMAIL": "flywheel@localhost",
-    "GIT_COMMITTER_NAME": "flywheel",
-    "GIT_COMMITTER_EMAIL": "flywheel@localhost",
-}
-
-
-def git(repo: Path, *args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, env={**os.environ, **GIT_IDENTITY})
-    if done.returncode != 0:
-        raise FlywheelError(f"git {' '.join(args[:2])} failed in {repo}: {done.stderr.strip()}")
-    return done.stdout
 
 
 class StandInRepo:
@@ -57,16 +40,16 @@ class StandInRepo:
         if path.exists():
             raise FlywheelError(f"{path}: already exists; the stand-in repository starts empty")
         path.mkdir(parents=True)
-        git(path, "init", "--quiet", "--initial-branch=main")
+        git(path, "init", "--quiet", "--initial-branch=main", env=IDENTITY)
         shutil.copytree(PROJECT_ROOT / manifests_dir, path / manifests_dir)
-        git(path, "add", manifests_dir)
-        git(path, "commit", "--quiet", "-m", "Manifests as Argo CD syncs them (copied from Flywheel)")
+        git(path, "add", manifests_dir, env=IDENTITY)
+        git(path, "commit", "--quiet", "-m", "Manifests as Argo CD syncs them (copied from Flywheel)", env=IDENTITY)
         return cls(path)
 
     def merge(self, pull_request: dict) -> str:
         """Merge a proposed branch into ``main`` (fast-forward: its one commit lands as it is)."""
         branch = pull_request["branch"]
-        git(self.path, "merge", "--quiet", "--ff-only", branch)
+        git(self.path, "merge", "--quiet", "--ff-only", branch, env=IDENTITY)
         return git(self.path, "rev-parse", "HEAD").strip()
 
 
@@ -95,8 +78,8 @@ class LocalCluster:
         self.tracking_uri = tracking_uri
         self.model_name, self.endpoint, self.store_url, self.catalog = model_name, endpoint, store_url, catalog
         self.serve_port, self.collect_port = free_port(), free_port()
-        self.predictor: subprocess.Popen | None = None
-        self.collector: subprocess.Popen | None = None
+        self.predictor: Supervised | None = None
+        self.collector: Supervised | None = None
         self.running: Rollout | None = None
         self.starts = 0
 
@@ -108,39 +91,20 @@ class LocalCluster:
     def collector_url(self) -> str:
         return f"http://127.0.0.1:{self.collect_port}"
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
-        logs = self.work / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
+    def _spawn(self, name: str, args: list[str]) -> Supervised:
         cmd = [
             *(sys.executable, "-m", "scripts.cli", args[0]),
             *("--config", str(self.config_file), "--work-dir", str(self.work)),
             *args[1:],
         ]
-        with open(logs / f"{name}.log", "ab") as out:  # the child keeps its own copy of the descriptor
-            proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT)
-        proc.log_path = logs / f"{name}.log"
-        return proc
-
-    def _wait(self, proc: subprocess.Popen, url: str, what: str, timeout_s: float = 180) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                tail = proc.log_path.read_text(errors="replace")[-2000:]
-                raise FlywheelError(f"{what} exited with code {proc.returncode} before it was ready:\n{tail}")
-            try:
-                if requests.get(url, timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        raise FlywheelError(f"{what} not ready at {url} within {timeout_s:.0f} s (log: {proc.log_path})")
+        return Supervised(name, cmd, self.work / "logs" / f"{name}.log").start()
 
     def start_collector(self) -> None:
         self.collector = self._spawn(
             "collector",
             ["collect", "--store-url", self.store_url, "--http-port", str(self.collect_port), "--host", "127.0.0.1"],
         )
-        self._wait(self.collector, f"{self.collector_url}/healthz", "the collector")
+        self.collector.wait_ready(f"{self.collector_url}/healthz")
 
     def sync(self) -> Rollout:
         """Make the running predictor match the manifest on ``main``; restart it only when the models change."""
@@ -155,7 +119,8 @@ class LocalCluster:
         ):
             self.running = rollout
             return rollout
-        self._stop(self.predictor)
+        if self.predictor is not None:
+            self.predictor.stop()
         args = [
             "serve",
             "--stable",
@@ -181,24 +146,14 @@ class LocalCluster:
             args += ["--canary", f"models:/{self.model_name}/{rollout.canary.version}"]
         self.starts += 1
         self.predictor = self._spawn(f"predictor-{self.starts}", args)
-        self._wait(self.predictor, f"{self.predictor_url}/v2/models/{self.endpoint}/ready", "the predictor")
+        self.predictor.wait_ready(f"{self.predictor_url}/v2/models/{self.endpoint}/ready")
         if rollout.canary:
-            self._wait(self.predictor, f"{self.predictor_url}/v2/models/{self.endpoint}-canary/ready", "the canary")
+            self.predictor.wait_ready(f"{self.predictor_url}/v2/models/{self.endpoint}-canary/ready")
         self.running = rollout
         return rollout
 
-    @staticmethod
-    def _stop(proc: subprocess.Popen | None) -> None:
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
     def close(self) -> None:
-        self._stop(self.predictor)
-        self._stop(self.collector)
+        for child in (self.predictor, self.collector):
+            if child is not None:
+                child.stop()
         self.predictor = self.collector = None

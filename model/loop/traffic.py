@@ -41,6 +41,7 @@ from cloudevents.http import CloudEvent
 
 from model.core.config import SAMPLE_DATA, CollectorConfig, DataConfig, ServeConfig, TrafficConfig, setting
 from model.core.errors import FlywheelError
+from model.core.files import replacing
 from model.core.steps import StepResult
 
 STABLE, CANARY = "stable", "canary"
@@ -389,10 +390,8 @@ def traffic_step(
         data_cfg.oos_label, progress=report,
     )  # fmt: skip
     target = out or work / "traffic" / f"{started:%Y%m%dT%H%M%S}-{phase}.parquet"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    frame.to_parquet(partial, index=False)
-    partial.replace(target)  # a reader never sees half a file
+    with replacing(target) as partial:  # a reader never sees half a file
+        frame.to_parquet(partial, index=False)
     arms = summarize(frame)
     result = {
         "phase": phase,

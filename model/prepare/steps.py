@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import pandas as pd
 from model.artifact.manifest import sha256_file
 from model.core.config import SAMPLE_DATA, DataConfig, PiiConfig, PrepareConfig, RegistryConfig, required, setting
 from model.core.errors import FlywheelError
+from model.core.files import replacing
 from model.core.steps import StepResult
 from model.data.conversations import read_snapshot
 from model.data.examples import COLUMNS, assign_splits, dataset_digest, load_examples
@@ -271,10 +271,8 @@ def prepare_step(
         "conversation_ids": int((combined["conversation_id"] != "").sum()),
         "config": {"prepare": dataclasses.asdict(prep_cfg), "data": dataclasses.asdict(data_cfg)},
     }
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
+    with replacing(target) as tmp:
+        tmp.mkdir()
         combined.to_parquet(tmp / "examples.parquet", index=False)
         sheet["review_queue"] = {
             k: str(target / "review" / Path(v).name)
@@ -285,9 +283,6 @@ def prepare_step(
             sheet["mlflow_run_id"] = _log_to_mlflow(combined, tmp, target, sheet, markdown, reg_cfg)
         (tmp / "datasheet.json").write_text(json.dumps(sheet, indent=2, default=str) + "\n")
         (tmp / "DATASHEET.md").write_text(markdown)
-        tmp.replace(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     result = {
         "snapshot": str(target / "examples.parquet"),
         "dataset_digest": digest,

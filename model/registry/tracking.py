@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-import subprocess
 from contextlib import contextmanager
 
 import mlflow
 import pandas as pd
 
 from model.core.config import PROJECT_ROOT, RegistryConfig
+from model.core.errors import FlywheelError
+from model.core.git import git
 from model.registry.store import connect
 
 
 def git_sha() -> str:
     """The commit the code was trained from; "-dirty" when the tree has uncommitted changes."""
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
+        sha = git(PROJECT_ROOT, "rev-parse", "HEAD").strip()
+        dirty = git(PROJECT_ROOT, "status", "--porcelain", "--untracked-files=no").strip()
+    except (OSError, FlywheelError):  # no git, or not a checkout (an installed package)
         return "unknown"
+    return sha + ("-dirty" if dirty else "")
 
 
 def _flatten(prefix: str, values: dict) -> dict:

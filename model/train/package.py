@@ -7,7 +7,9 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from model.artifact import manifest
+from model.artifact.manifest import write_manifest
+from model.core.errors import FlywheelError
+from model.core.files import replacing
 from model.train.fit import FitResult
 from model.train.onnx_export import export_checked
 
@@ -43,8 +45,10 @@ def write_artifact(
     checked against PyTorch on ``check_texts`` first: an export that differs stops the artifact.
     """
     train_cfg = meta["config"]["train"]
-    staging = manifest.staging_dir(target)
-    try:
+    if target.exists():
+        raise FlywheelError(f"{target}: already exists; refusing to overwrite an artifact")
+    with replacing(target) as staging:  # a crash leaves no artifact or a whole one, never half of one
+        staging.mkdir()
         if train_cfg.get("export_onnx", False):
             meta = {
                 **meta,
@@ -78,7 +82,5 @@ def write_artifact(
                 metrics=metrics_markdown,
             )
         )
-        return manifest.publish(staging, target)
-    except BaseException:
-        manifest.discard(staging)
-        raise
+        digest = write_manifest(staging)
+    return digest
