@@ -2,11 +2,11 @@
 
 Signals (each an Evidently metric in one report, so the HTML shows all of them):
 
-- ``text``: drift of sentence embeddings (the packaged MiniLM, mean pooling) by Evidently's
-  domain-classifier method (``ModelDriftMethod``, what its ``EmbeddingsDrift`` metric runs): a
-  classifier learns to tell reference from current embeddings; its ROC AUC on held-out rows is the
-  score. It is called directly rather than through ``EmbeddingsDrift`` because that metric also
-  draws a t-SNE picture, about 80 s on two CPU cores whatever the data size.
+- ``text``: drift of sentence embeddings (the packaged MiniLM, mean pooling; ``data_checks.embeddings``)
+  by Evidently's domain-classifier method (``ModelDriftMethod``, what its ``EmbeddingsDrift`` metric
+  runs): a classifier learns to tell reference from current embeddings; its ROC AUC on held-out
+  rows is the score. It is called directly rather than through ``EmbeddingsDrift`` because that
+  metric also draws a t-SNE picture, about 80 s on two CPU cores whatever the data size.
 - ``predicted_intent``: chi-square test of homogeneity (two samples) on the predicted intents,
   registered with Evidently as ``chi2_homogeneity``. Evidently's own ``chisquare`` treats the
   reference frequencies as exact (a goodness-of-fit test), which flagged 6 of 20 random splits of
@@ -25,19 +25,20 @@ approximation for the held-out sizes), so the whole verdict has a false-alarm ra
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
+from scipy.stats import chi2_contingency, norm
 
+from data_checks.embeddings import Embedder
 from model.core.config import SAMPLE_DATA, DataConfig, DriftConfig, RegistryConfig, required, setting
 from model.core.errors import FlywheelError
-from model.core.files import replacing
 from model.core.steps import StepResult
+from model.data.conversations import read_snapshot, snapshot_info
+from model.data.examples import load_examples
 
 RATES = {"fallback_rate": "fallback", "thumbs_down_rate": "thumbs_down", "escalation_rate": "escalated"}
 PREDICTION_COLUMNS = ("predicted_intent", "confidence", "fallback")
@@ -124,77 +125,6 @@ def decide(scores: dict[str, dict], cfg: DriftConfig) -> DriftDecision:
     return DriftDecision(bool(reasons), reasons, signals, skipped)
 
 
-# ---- embeddings -------------------------------------------------------------------------------
-
-
-class Embedder:
-    """Sentence embeddings with the packaged MiniLM, cached on disk per text (texts repeat in logs)."""
-
-    def __init__(self, encoder: str, cache_dir: Path | None, batch_size: int = 128):
-        self.encoder, self.cache_dir, self.batch_size = encoder, cache_dir, batch_size
-        self._model = self._tokenizer = None
-
-    def _load(self):
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
-        from model.artifact.network import resolve_base_model
-
-        path = resolve_base_model(self.encoder)
-        self._tokenizer = AutoTokenizer.from_pretrained(path)
-        self._model = AutoModel.from_pretrained(path).eval()
-        self._device = "cuda" if torch.cuda.is_available() else "cpu"
-        self._model.to(self._device)
-
-    def _encode(self, texts: list[str]) -> np.ndarray:
-        import torch
-
-        if self._model is None:
-            self._load()
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(texts), self.batch_size):
-                batch = self._tokenizer(
-                    texts[i : i + self.batch_size], padding=True, truncation=True, max_length=64, return_tensors="pt"
-                ).to(self._device)
-                hidden = self._model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-                out.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, 384), dtype=np.float32)
-
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        keys = [hashlib.sha256(t.encode()).hexdigest()[:32] for t in texts]
-        cache = self._read_cache()
-        missing = sorted({k: t for k, t in zip(keys, texts) if k not in cache}.items())
-        if missing:
-            vectors = self._encode([t for _, t in missing])
-            cache.update({k: v for (k, _), v in zip(missing, vectors)})
-            self._write_cache(cache)
-        return np.stack([cache[k] for k in keys]) if keys else np.zeros((0, 384), dtype=np.float32)
-
-    def _cache_file(self) -> Path | None:
-        if self.cache_dir is None:
-            return None
-        return self.cache_dir / f"{hashlib.sha256(self.encoder.encode()).hexdigest()[:12]}.npz"
-
-    def _read_cache(self) -> dict:
-        if not hasattr(self, "_cache"):
-            self._cache = {}
-            path = self._cache_file()
-            if path and path.exists():
-                data = np.load(path)
-                self._cache = dict(zip(data["keys"].tolist(), data["vectors"]))
-        return self._cache
-
-    def _write_cache(self, cache: dict) -> None:
-        path = self._cache_file()
-        if path is None:
-            return
-        with replacing(path, suffix=".npz") as tmp:
-            np.savez(tmp, keys=np.array(list(cache)), vectors=np.stack(list(cache.values())))
-
-
 # ---- the Evidently report ------------------------------------------------------------------------
 
 HOMOGENEITY_TEST = "chi2_homogeneity"
@@ -202,8 +132,6 @@ HOMOGENEITY_TEST = "chi2_homogeneity"
 
 def _chi2_homogeneity(reference_data: pd.Series, current_data: pd.Series, feature_type, threshold: float):
     """Two-sample chi-square test that both samples come from one categorical distribution."""
-    from scipy.stats import chi2_contingency
-
     ref, cur = reference_data.value_counts(), current_data.value_counts()
     table = pd.concat([ref, cur], axis=1).fillna(0)
     rare = table.sum(axis=1) < 5
@@ -216,6 +144,7 @@ def _chi2_homogeneity(reference_data: pd.Series, current_data: pd.Series, featur
 
 
 def _register_homogeneity_test() -> None:
+    # Evidently takes seconds to import (and drift_step is imported by the loop): loaded when a check runs.
     from evidently.legacy.calculations.stattests.registry import StatTest, _registered_stat_tests, register_stattest
     from evidently.legacy.core import ColumnType
 
@@ -232,6 +161,7 @@ def _register_homogeneity_test() -> None:
 
 def measure(reference: pd.DataFrame, current: pd.DataFrame, ref_emb: np.ndarray, cur_emb: np.ndarray, cfg: DriftConfig):
     """Run one Evidently report over every signal the inputs allow; return (snapshot, raw scores)."""
+    # Evidently takes seconds to import: loaded when a check runs, not with the verdict (``decide``).
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import RowCount, ValueDrift
     from evidently.metrics.embeddings import ModelDriftMethod
@@ -358,9 +288,6 @@ def drift_step(
     Prediction and feedback signals need a reference for them: ``reference_events`` (an earlier
     window of logs) if given, else ``model``'s predictions on the training texts (no feedback then).
     """
-    from model.data.conversations import read_snapshot, snapshot_info
-    from model.data.examples import load_examples
-
     train = load_examples(reference, data_cfg)
     logs = read_snapshot(current)
     if logs.empty:
@@ -370,23 +297,7 @@ def drift_step(
     logs = logs.sort_values("text", kind="stable").reset_index(drop=True)
     embed = Embedder(cfg.encoder, work / "embeddings", cfg.batch_size)
     ref_emb, cur_emb = embed(train["text"].tolist()), embed(logs["text"].tolist())
-    if reference_events is not None:
-        ref_frame = read_snapshot(reference_events)
-        if ref_frame.empty:
-            raise FlywheelError(f"{reference_events}: reference window holds no events")
-    elif model:
-        from model.registry.versions import open_model
-
-        predictions = open_model(model, reg_cfg).predict(train["text"].tolist())
-        ref_frame = pd.DataFrame(
-            {
-                "predicted_intent": [p.intent for p in predictions],
-                "confidence": [p.confidence for p in predictions],
-                "fallback": [p.fallback for p in predictions],
-            }
-        )
-    else:
-        ref_frame = pd.DataFrame(index=range(len(train)))
+    ref_frame = reference_frame(train["text"].tolist(), model, reference_events, reg_cfg)
     snapshot, scores = measure(ref_frame, logs, ref_emb, cur_emb, cfg)
     decision = decide(scores, cfg)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -410,6 +321,31 @@ def drift_step(
         "evidently_html": str(html),
     }
     return result, render_markdown(decision, window) + f"\nEvidently report: `{html}`\n"
+
+
+def reference_frame(
+    texts: list[str], model: str | None, reference_events: Path | None, reg_cfg: RegistryConfig
+) -> pd.DataFrame:
+    """The baseline for the prediction and feedback signals: an earlier window of logs, else
+    ``model``'s predictions on the training ``texts``, else one empty row per text (text drift only)."""
+    if reference_events is not None:
+        frame = read_snapshot(reference_events)
+        if frame.empty:
+            raise FlywheelError(f"{reference_events}: reference window holds no events")
+        return frame
+    if not model:
+        return pd.DataFrame(index=range(len(texts)))
+    # MLflow and the predictor (torch) take seconds to import; a baseline of logged events needs neither.
+    from model.registry.versions import open_model
+
+    predictions = open_model(model, reg_cfg).predict(texts)
+    return pd.DataFrame(
+        {
+            "predicted_intent": [p.intent for p in predictions],
+            "confidence": [p.confidence for p in predictions],
+            "fallback": [p.fallback for p in predictions],
+        }
+    )
 
 
 def render_markdown(decision: DriftDecision, window: str) -> str:

@@ -25,6 +25,8 @@ from great_expectations.expectations.metrics.column_aggregate_metric_provider im
 from great_expectations.expectations.metrics.metric_provider import metric_value
 from great_expectations.expectations.metrics.table_metric_provider import TableMetricProvider
 
+from data_checks.pii import default_scanner
+
 MAX_LISTED = 20
 
 
@@ -33,8 +35,6 @@ class ColumnPersonalDataRows(ColumnAggregateMetricProvider):
 
     @column_aggregate_value(engine=PandasExecutionEngine)
     def _pandas(cls, column, **kwargs):
-        from data_checks.pii import default_scanner
-
         scanner = default_scanner()
         rows = []
         for index, text in column.items():

@@ -30,6 +30,8 @@ from model.core.steps import EXIT_OK, EXIT_REJECTED, StepResult
 from model.data.conversations import ARMS, THUMBS, read_snapshot
 from model.data.conversations import COLUMNS as EVENT_COLUMNS
 from model.data.examples import COLUMNS as EXAMPLE_COLUMNS
+from model.data.examples import load_examples
+from model.data.readers import read_table
 
 EVENTS_SUITE, TRAINING_SUITE = "logged_events", "training_snapshot"
 SOURCES = ("seed", "human", "auto")
@@ -37,12 +39,16 @@ SPLITS = ("train", "val", "test")
 
 
 def _gx():
+    """Great Expectations and the project's own expectations (importing them registers them).
+
+    GX takes seconds to import, so it loads when a check runs, not when the loop imports ``check_data``.
+    """
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no usage statistics leave the machine
     import great_expectations as gx
 
-    import data_checks.expectations  # noqa: F401 - registers the custom expectations
+    from data_checks import expectations
 
-    return gx
+    return gx, expectations
 
 
 class _Suite:
@@ -56,9 +62,7 @@ class _Suite:
 
 
 def events_suite(cfg: CheckConfig, now: datetime):
-    gx = _gx()
-    from data_checks.expectations import ExpectColumnValuesToContainNoPersonalData
-
+    gx, custom = _gx()
     E = gx.expectations
     suite = _Suite(EVENTS_SUITE)
     for column in EVENT_COLUMNS:
@@ -85,18 +89,12 @@ def events_suite(cfg: CheckConfig, now: datetime):
         suite.add_expectation(E.ExpectColumnValuesToBeOfType(column=column, type_="bool"))
     suite.add_expectation(E.ExpectColumnValuesToBeInSet(column="arm", value_set=list(ARMS)))
     suite.add_expectation(E.ExpectColumnValuesToBeInSet(column="thumbs", value_set=list(THUMBS)))
-    suite.add_expectation(ExpectColumnValuesToContainNoPersonalData(column="text"))
+    suite.add_expectation(custom.ExpectColumnValuesToContainNoPersonalData(column="text"))
     return suite
 
 
 def training_suite(intents: set[str], data_cfg: DataConfig, prep_cfg: PrepareConfig):
-    gx = _gx()
-    from data_checks.expectations import (
-        ExpectColumnValueCountsToBeAtLeast,
-        ExpectColumnValuesToContainNoPersonalData,
-        ExpectNoTextInBothTrainAndTest,
-    )
-
+    gx, custom = _gx()
     E = gx.expectations
     suite = _Suite(TRAINING_SUITE)
     for column in EXAMPLE_COLUMNS:
@@ -107,7 +105,7 @@ def training_suite(intents: set[str], data_cfg: DataConfig, prep_cfg: PrepareCon
     allowed = sorted(intents | set(prep_cfg.new_intents) | {data_cfg.oos_label})
     suite.add_expectation(E.ExpectColumnValuesToBeInSet(column="intent", value_set=allowed))
     suite.add_expectation(
-        ExpectColumnValueCountsToBeAtLeast(
+        custom.ExpectColumnValueCountsToBeAtLeast(
             column="intent", min_count=data_cfg.min_examples_per_intent, ignore=[data_cfg.oos_label]
         )
     )
@@ -119,26 +117,9 @@ def training_suite(intents: set[str], data_cfg: DataConfig, prep_cfg: PrepareCon
         )
     )
     suite.add_expectation(E.ExpectColumnValuesToBeUnique(column="text_casefolded"))
-    suite.add_expectation(ExpectNoTextInBothTrainAndTest())
-    suite.add_expectation(ExpectColumnValuesToContainNoPersonalData(column="text"))
+    suite.add_expectation(custom.ExpectNoTextInBothTrainAndTest())
+    suite.add_expectation(custom.ExpectColumnValuesToContainNoPersonalData(column="text"))
     return suite
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    """A file as it is (no schema fixes): the expectations are what judge it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FlywheelError(f"{path}: no such file")
-    try:
-        if path.suffix == ".parquet":
-            return pd.read_parquet(path)
-        if path.suffix == ".csv":
-            return pd.read_csv(path, dtype=str, keep_default_na=True)
-        if path.suffix == ".jsonl":
-            return pd.read_json(path, lines=True, dtype=False)
-    except Exception as exc:  # noqa: BLE001 - any parser failure means the file is unreadable
-        raise FlywheelError(f"{path}: cannot read: {exc}") from exc
-    raise FlywheelError(f"{path}: unsupported format '{path.suffix}' (use Parquet, CSV or JSONL)")
 
 
 @dataclass
@@ -181,13 +162,12 @@ def check_data(
     if events is not None:
         targets.append((events_suite(cfg, now), read_snapshot(events, strict=False), events))
     if training is not None:
-        df = read_table(training)
+        # as it is (no schema fixes): the expectations judge it, and a blank cell is a missing value
+        df = read_table(training, blanks_as_missing=True)
         if "text" in df.columns:  # case-blind duplicates; a derived column the built-in expectation can check
             df = df.assign(text_casefolded=df["text"].astype("string").str.casefold())
         intents = set()
         if reference is not None:
-            from model.data.examples import load_examples
-
             intents = set(load_examples(reference, data_cfg)["intent"])
         targets.append((training_suite(intents, data_cfg, prep_cfg), df, training))
     results = _validate(targets, docs_dir)
@@ -195,9 +175,9 @@ def check_data(
 
 
 def _validate(targets, docs_dir: Path):
-    gx = _gx()
+    gx, _ = _gx()
     docs_dir = docs_dir.resolve()
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.data_context.types.base import ProgressBarsConfig  # GX: see _gx
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)  # CI logs, not a terminal

@@ -35,10 +35,10 @@ def main() -> int:
         train_cfg = dataclasses.replace(train_cfg, epochs=args.epochs)
     # Banking77 ships train/test; validation is carved from train (val_fraction of it)
     data_cfg = DataConfig(val_fraction=0.1)
-    with tempfile.TemporaryDirectory(prefix="bench-banking77-") as work:
-        os.environ["FLYWHEEL_WORK_DIR"] = work
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-        summary, _ = train_step(Path(args.dataset), data_cfg, train_cfg, RegistryConfig())
+    with tempfile.TemporaryDirectory(prefix="bench-banking77-") as tmp:
+        work = Path(tmp)  # the MLflow store and the artifact go here, and go with it
+        registry = RegistryConfig(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+        summary, _ = train_step(Path(args.dataset), data_cfg, train_cfg, registry, work)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     peak_mb = usage.ru_maxrss / 1024
     m = summary["metrics"]

@@ -27,6 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
+import aiohttp
 import sqlalchemy as sa
 
 from model.core.errors import FlywheelError
@@ -71,8 +72,6 @@ def make_events(n: int, run: str) -> list[tuple[str, dict, bytes]]:
 
 async def send_all(url: str, events: list, senders: int, stop_on_error: bool = True) -> dict:
     """``senders`` concurrent workers share the events; returns which were acknowledged (HTTP 200) and how."""
-    import aiohttp
-
     acked, duplicates, failed = set(), set(), 0
     queue = list(reversed(events))
     timeout = aiohttp.ClientTimeout(total=30)

@@ -21,32 +21,106 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.linear_model import LogisticRegression
 
-from data_checks.drift import Embedder, decide, measure
+from data_checks.drift import decide, measure
+from data_checks.embeddings import Embedder
 from model.core.config import DriftConfig, work_dir
+from model.data.examples import load_examples
 
 
-def simulate_logs(idx: np.ndarray, probs: np.ndarray, classes: np.ndarray, labels: np.ndarray, rng) -> pd.DataFrame:
-    p = probs[idx]
-    predicted = classes[p.argmax(1)]
-    confidence = p.max(1)
-    fallback = confidence < 0.5
-    wrong = predicted != labels[idx]
-    thumbs_down = rng.random(len(idx)) < np.where(wrong, 0.6, 0.05)
-    escalated = rng.random(len(idx)) < np.where(fallback, 0.3, 0.02)
-    return pd.DataFrame(
-        {
-            "predicted_intent": predicted,
-            "confidence": confidence,
-            "fallback": fallback,
-            "thumbs": np.where(thumbs_down, "down", ""),
-            "escalated": escalated,
-        }
+@dataclass
+class ServedModel:
+    """The simulated served model: its class probabilities for every row, and what it was trained on."""
+
+    probs: np.ndarray
+    classes: np.ndarray
+    labels: np.ndarray  # every row's true intent
+    seen_idx: np.ndarray  # rows of the intents it learned
+    unseen_idx: np.ndarray  # rows of the intents it never saw
+    unseen: set[str]
+    fit_rows: int
+
+    def logs(self, idx: np.ndarray, rng) -> pd.DataFrame:
+        """What it would log answering rows ``idx``, with feedback simulated from correctness."""
+        p = self.probs[idx]
+        predicted = self.classes[p.argmax(1)]
+        confidence = p.max(1)
+        fallback = confidence < 0.5
+        wrong = predicted != self.labels[idx]
+        thumbs_down = rng.random(len(idx)) < np.where(wrong, 0.6, 0.05)
+        escalated = rng.random(len(idx)) < np.where(fallback, 0.3, 0.02)
+        return pd.DataFrame(
+            {
+                "predicted_intent": predicted,
+                "confidence": confidence,
+                "fallback": fallback,
+                "thumbs": np.where(thumbs_down, "down", ""),
+                "escalated": escalated,
+            }
+        )
+
+
+def served_model(emb: np.ndarray, labels: np.ndarray, is_train: np.ndarray, n_unseen: int) -> ServedModel:
+    """A logistic regression on the train rows of all but ``n_unseen`` random intents."""
+    rng = np.random.default_rng(0)
+    intents = np.array(sorted(set(labels)))
+    unseen = set(rng.choice(intents, n_unseen, replace=False))
+    seen_mask = ~np.isin(labels, list(unseen))
+    fit = seen_mask & is_train
+    clf = LogisticRegression(max_iter=300, C=10.0).fit(emb[fit], labels[fit])
+    return ServedModel(
+        clf.predict_proba(emb),
+        clf.classes_,
+        labels,
+        np.flatnonzero(seen_mask),
+        np.flatnonzero(~seen_mask),
+        unseen,
+        int(fit.sum()),
     )
+
+
+def calibrate(emb: np.ndarray, model: ServedModel, trials: int, window: int, cfg: DriftConfig):
+    """How often each scenario is flagged, and by which signals, over ``trials`` random windows."""
+    flagged = {"no drift": 0, "drift": 0}
+    fired: dict[str, dict[str, int]] = {"no drift": {}, "drift": {}}
+    for trial in range(trials):
+        trng = np.random.default_rng(1000 + trial)
+        perm = trng.permutation(model.seen_idx)
+        ref_idx, pool = perm[: len(perm) // 2], perm[len(perm) // 2 :]
+        ref = model.logs(ref_idx, trng)
+        n_new = window // 10
+        for scenario, cur_idx in (
+            ("no drift", pool[:window]),
+            ("drift", np.concatenate([pool[: window - n_new], trng.choice(model.unseen_idx, n_new, replace=False)])),
+        ):
+            cur = model.logs(cur_idx, trng)
+            _, scores = measure(ref, cur, emb[ref_idx], emb[cur_idx], cfg)
+            decision = decide(scores, cfg)
+            flagged[scenario] += decision.drift
+            for s in decision.signals:
+                if s.drifted:
+                    fired[scenario][s.name] = fired[scenario].get(s.name, 0) + 1
+    return flagged, fired
+
+
+def speed(texts: np.ndarray, model: ServedModel, embedder: Embedder, rows: int, cfg: DriftConfig) -> float:
+    """Seconds for one check of ``rows`` reference rows against ``rows`` current ones, HTML included."""
+    srng = np.random.default_rng(7)
+    ref_idx = srng.choice(model.seen_idx, rows)
+    cur_idx = srng.choice(len(texts), rows)
+    started = time.perf_counter()
+    ref_emb, cur_emb = embedder(list(texts[ref_idx])), embedder(list(texts[cur_idx]))
+    ref, cur = model.logs(ref_idx, srng), model.logs(cur_idx, srng)
+    snapshot, scores = measure(ref, cur, ref_emb, cur_emb, cfg)
+    decide(scores, cfg)
+    snapshot.save_html(str(work_dir() / "bench_drift.html"))
+    return time.perf_counter() - started
 
 
 def main() -> int:
@@ -58,11 +132,8 @@ def main() -> int:
     ap.add_argument("--speed-rows", type=int, default=100_000)
     args = ap.parse_args()
     cfg = DriftConfig()
-    folder = Path(args.dataset)
-    train = pd.read_csv(folder / "train.csv")
-    test = pd.read_csv(folder / "test.csv")
-    data = pd.concat([train.assign(part="train"), test.assign(part="test")], ignore_index=True)
-    texts, labels = data["text"].to_numpy(), data["category"].to_numpy()
+    data = load_examples(Path(args.dataset))  # the folder's train.csv and test.csv, as `train` reads them
+    texts, labels = data["text"].to_numpy(), data["intent"].to_numpy()
 
     embedder = Embedder(cfg.encoder, work_dir() / "embeddings", cfg.batch_size)
     started = time.perf_counter()
@@ -70,42 +141,13 @@ def main() -> int:
     print(
         f"embeddings: {len(texts)} texts in {time.perf_counter() - started:.1f} s (cached on disk after the first run)"
     )
-
-    rng = np.random.default_rng(0)
-    intents = np.array(sorted(set(labels)))
-    unseen = set(rng.choice(intents, args.unseen, replace=False))
-    seen_mask = ~np.isin(labels, list(unseen))
-    from sklearn.linear_model import LogisticRegression
-
-    fit = seen_mask & (data["part"].to_numpy() == "train")
-    clf = LogisticRegression(max_iter=300, C=10.0).fit(emb[fit], labels[fit])
-    probs = clf.predict_proba(emb)
+    model = served_model(emb, labels, data["split"].to_numpy() == "train", args.unseen)
     print(
-        f"served model: logistic regression on {fit.sum()} rows of {len(intents) - len(unseen)} intents; "
-        f"unseen: {', '.join(sorted(unseen))}"
+        f"served model: logistic regression on {model.fit_rows} rows of {len(set(labels)) - len(model.unseen)} "
+        f"intents; unseen: {', '.join(sorted(model.unseen))}"
     )
-
-    seen_idx, unseen_idx = np.flatnonzero(seen_mask), np.flatnonzero(~seen_mask)
-    flagged = {"no drift": 0, "drift": 0}
-    fired: dict[str, dict[str, int]] = {"no drift": {}, "drift": {}}
-    for trial in range(args.trials):
-        trng = np.random.default_rng(1000 + trial)
-        perm = trng.permutation(seen_idx)
-        ref_idx, pool = perm[: len(perm) // 2], perm[len(perm) // 2 :]
-        ref = simulate_logs(ref_idx, probs, clf.classes_, labels, trng)
-        n_new = args.window // 10
-        for scenario, cur_idx in (
-            ("no drift", pool[: args.window]),
-            ("drift", np.concatenate([pool[: args.window - n_new], trng.choice(unseen_idx, n_new, replace=False)])),
-        ):
-            cur = simulate_logs(cur_idx, probs, clf.classes_, labels, trng)
-            _, scores = measure(ref, cur, emb[ref_idx], emb[cur_idx], cfg)
-            decision = decide(scores, cfg)
-            flagged[scenario] += decision.drift
-            for s in decision.signals:
-                if s.drifted:
-                    fired[scenario][s.name] = fired[scenario].get(s.name, 0) + 1
-    print(f"reference ~{len(seen_idx) // 2} rows, current window {args.window} rows, alpha {cfg.alpha}")
+    flagged, fired = calibrate(emb, model, args.trials, args.window, cfg)
+    print(f"reference ~{len(model.seen_idx) // 2} rows, current window {args.window} rows, alpha {cfg.alpha}")
     print(
         f"no drift (random splits): flagged {flagged['no drift']}/{args.trials} (target <= 1); "
         f"signals {fired['no drift']}"
@@ -113,27 +155,12 @@ def main() -> int:
     print(
         f"10% unseen intents:       flagged {flagged['drift']}/{args.trials} (target >= 19); signals {fired['drift']}"
     )
-
-    srng = np.random.default_rng(7)
-    ref_idx = srng.choice(seen_idx, args.speed_rows)
-    cur_idx = srng.choice(len(texts), args.speed_rows)
-    started = time.perf_counter()
-    ref_emb, cur_emb = embedder(list(texts[ref_idx])), embedder(list(texts[cur_idx]))
-    ref, cur = (
-        simulate_logs(ref_idx, probs, clf.classes_, labels, srng),
-        simulate_logs(cur_idx, probs, clf.classes_, labels, srng),
-    )
-    snapshot, scores = measure(ref, cur, ref_emb, cur_emb, cfg)
-    decide(scores, cfg)
-    snapshot.save_html(str(work_dir() / "bench_drift.html"))
-    seconds = time.perf_counter() - started
+    seconds = speed(texts, model, embedder, args.speed_rows, cfg)
     print(
         f"speed: {args.speed_rows} vs {args.speed_rows} rows in {seconds:.1f} s (embeddings from cache, HTML written)"
     )
-    ok = flagged["no drift"] <= max(1, args.trials // 20) and flagged["drift"] >= args.trials - max(
-        1, args.trials // 20
-    )
-    return 0 if ok else 1
+    allowed = max(1, args.trials // 20)
+    return 0 if flagged["no drift"] <= allowed and flagged["drift"] >= args.trials - allowed else 1
 
 
 if __name__ == "__main__":

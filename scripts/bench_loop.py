@@ -24,7 +24,9 @@ from pathlib import Path
 
 from model.core.config import DEFAULT_CONFIG, PROJECT_ROOT
 from model.core.settings import load_config
-from model.loop.orchestrator import Loop, load_configs, without_github
+from model.loop.configs import load_configs
+from model.loop.orchestrator import without_github
+from model.loop.stages import Loop
 
 
 def main() -> int:
@@ -61,21 +63,22 @@ def main() -> int:
                 for strategy in ("queue", "random"):
                     got = loop.retrain(strategy)
                     results[strategy] = {
-                        "test_accuracy": got["offline"]["test_accuracy"],
-                        "macro_f1": got["offline"]["macro_f1"],
-                        "gate_passed": got["passed"],
-                        "labelling": loop.record["labelling"],
+                        "test_accuracy": got.offline.test_accuracy,
+                        "macro_f1": got.offline.macro_f1,
+                        "gate_passed": got.passed,
+                        "labelling": dataclasses.asdict(loop.state.record.labelling),
                     }
             finally:
                 loop.close()
-        before = loop.record["offline"][0]
+        state = loop.state
+        before = state.record.offline[0]
     figures = {
         "dataset": args.dataset,
-        "known_intents": len(loop.known),
-        "held_back_intents": len(loop.held_back),
+        "known_intents": len(state.known),
+        "held_back_intents": len(state.held_back),
         "label_budget": args.budget,
-        "test_rows": len(loop.data["test"]),
-        "before": {"test_accuracy": before["test_accuracy"], "macro_f1": before["macro_f1"]},
+        "test_rows": len(state.plan.test),
+        "before": {"test_accuracy": before.test_accuracy, "macro_f1": before.macro_f1},
         "after_queue": results["queue"],
         "after_random": results["random"],
         "queue_minus_random_accuracy_points": round(

@@ -30,11 +30,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
 import numpy as np
+import psutil
+import uvicorn
+from fastapi import FastAPI
 
-from model.core.config import SAMPLE_DATA, DataConfig
+from model.core.config import SAMPLE_DATA, DataConfig, RegistryConfig
 from model.core.errors import FlywheelError
 from model.core.processes import Supervised
+from model.core.settings import load_config
+from model.data.examples import load_split
 
 CLIENTS = (1, 8, 32)
 
@@ -47,9 +53,8 @@ def free_port() -> int:
 
 def baseline_server(folder: str, port: int) -> None:
     """The naive server: transformers pipeline, one request at a time (an async route that blocks the loop)."""
+    # PyTorch and transformers take seconds to import: only this server's own process loads them
     import torch
-    import uvicorn
-    from fastapi import FastAPI
     from transformers import pipeline
 
     from model.artifact.predictor import IntentPredictor
@@ -91,8 +96,6 @@ def start(name: str, cmd: list[str], ready_url: str, log: Path) -> Supervised:
 
 async def load(url: str, make_body, parse, texts: list[str], clients: int, total: int) -> dict:
     """Closed loop: ``clients`` workers share ``total`` requests; returns throughput and latency percentiles."""
-    import aiohttp
-
     latencies: list[float] = []
     answers: dict[int, tuple] = {}
     next_index = 0
@@ -127,8 +130,6 @@ async def load(url: str, make_body, parse, texts: list[str], clients: int, total
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, all its threads."""
-    import psutil
-
     times = psutil.Process(pid).cpu_times()
     return times.user + times.system
 
@@ -158,17 +159,13 @@ def measure(servers: dict[str, tuple], texts: list[str], total: int) -> dict[str
 
 
 def test_texts() -> tuple[list[str], list[str]]:
-    from model.data.examples import load_split
-
     df = load_split(SAMPLE_DATA, DataConfig())
     test = df[df["split"] == "test"]
     return test["text"].tolist(), test["intent"].tolist()
 
 
 def train_default(root: Path) -> str:
-    from model.core.config import RegistryConfig
-    from model.core.settings import load_config
-    from model.train.steps import train_step
+    from model.train.steps import train_step  # PyTorch and transformers: only when no --model is given
 
     work = root / "work"
     registry = RegistryConfig(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
@@ -180,6 +177,64 @@ def accuracy(answers: dict[int, tuple], labels: list[str], oos: str = "oos") -> 
     """Answered correctly or rightly handed off (out-of-scope and fallback)."""
     ok = [(a[1] if labels[i] == oos else (a[0] == labels[i] and not a[1])) for i, a in answers.items()]
     return round(sum(ok) / len(ok), 4)
+
+
+def start_servers(model: str, runtimes: list[str], root: Path, running: contextlib.ExitStack) -> dict[str, tuple]:
+    """A predictor per runtime and the baseline, each ready: name -> (url, make_body, parse, pid)."""
+    servers = {}
+    v1 = (lambda t: {"instances": [t]}, lambda b: (b["predictions"][0]["intent"], b["predictions"][0]["fallback"]))
+    for runtime in runtimes:
+        port = free_port()
+        server = start(
+            f"predictor ({runtime})",
+            [sys.executable, "-m", "scripts.cli", "serve", "--stable", model, "--http_port", str(port),
+             "--endpoint", "bench", "--runtime", runtime, "--prediction_log", str(root / f"{runtime}.jsonl"),
+             "--report_dir", str(root / f"report-{runtime}")],
+            f"http://127.0.0.1:{port}/v2/models/bench/ready", root / f"predictor-{runtime}.log",
+        )  # fmt: skip
+        running.callback(server.stop)
+        servers[runtime] = (f"http://127.0.0.1:{port}/v1/models/bench:predict", *v1, server.proc.pid)
+    port = free_port()
+    server = start(
+        "baseline",
+        [sys.executable, "-m", "scripts.bench_serving", "--baseline-server", model, str(port)],
+        f"http://127.0.0.1:{port}/docs", root / "baseline.log",
+    )  # fmt: skip
+    running.callback(server.stop)
+    servers["baseline"] = (
+        f"http://127.0.0.1:{port}/predict",
+        lambda t: {"text": t},
+        lambda b: (b["intent"], b["fallback"]),
+        server.proc.pid,
+    )
+    return servers
+
+
+def predictor_figures(rows: list[dict], base: list[dict], labels: list[str], runtime_served: str) -> dict:
+    """One predictor against the baseline, per client count: throughput, latency, CPU, accuracy, agreement."""
+    n = len(labels)
+    agree = [sum(p["answers"][i] == b["answers"][i] for i in range(n)) / n for p, b in zip(rows, base)]
+    return {
+        "runtime_served": runtime_served,
+        "accuracy": accuracy(rows[-1]["answers"], labels),
+        "agreement_with_baseline": round(min(agree), 4),
+        "levels": [
+            {
+                "clients": p["clients"],
+                "predictor_req_per_s": p["req_per_s"],
+                "predictor_p50_ms": p["p50_ms"],
+                "predictor_p99_ms": p["p99_ms"],
+                "baseline_req_per_s": b["req_per_s"],
+                "baseline_p50_ms": b["p50_ms"],
+                "baseline_p99_ms": b["p99_ms"],
+                "throughput_ratio": round(p["req_per_s"] / b["req_per_s"], 2),
+                "predictor_cpu_ms_per_request": p["cpu_ms_per_request"],
+                "baseline_cpu_ms_per_request": b["cpu_ms_per_request"],
+                "cpu_per_request_ratio": round(b["cpu_ms_per_request"] / p["cpu_ms_per_request"], 2),
+            }
+            for p, b in zip(rows, base)
+        ],
+    }
 
 
 def main() -> int:
@@ -201,36 +256,11 @@ def main() -> int:
         root = Path(tmp)
         model = args.model or train_default(root)
         texts, labels = test_texts()
-        servers, reports = {}, {}
-        v1 = (lambda t: {"instances": [t]}, lambda b: (b["predictions"][0]["intent"], b["predictions"][0]["fallback"]))
-        for runtime in runtimes:
-            port, reports[runtime] = free_port(), root / f"report-{runtime}"
-            server = start(
-                f"predictor ({runtime})",
-                [sys.executable, "-m", "scripts.cli", "serve", "--stable", model, "--http_port", str(port),
-                 "--endpoint", "bench", "--runtime", runtime, "--prediction_log", str(root / f"{runtime}.jsonl"),
-                 "--report_dir", str(reports[runtime])],
-                f"http://127.0.0.1:{port}/v2/models/bench/ready", root / f"predictor-{runtime}.log",
-            )  # fmt: skip
-            running.callback(server.stop)
-            servers[runtime] = (f"http://127.0.0.1:{port}/v1/models/bench:predict", *v1, server.proc.pid)
-        port = free_port()
-        server = start(
-            "baseline",
-            [sys.executable, "-m", "scripts.bench_serving", "--baseline-server", model, str(port)],
-            f"http://127.0.0.1:{port}/docs", root / "baseline.log",
-        )  # fmt: skip
-        running.callback(server.stop)
-        servers["baseline"] = (
-            f"http://127.0.0.1:{port}/predict",
-            lambda t: {"text": t},
-            lambda b: (b["intent"], b["fallback"]),
-            server.proc.pid,
-        )
-        results = measure(servers, texts, args.requests)
+        results = measure(start_servers(model, runtimes, root, running), texts, args.requests)
         running.close()  # stops the servers: each predictor writes its serve report, naming the runtime it ran
         served = {
-            r: json.loads((reports[r] / "serve.json").read_text())["endpoints"]["bench"]["runtime"] for r in runtimes
+            r: json.loads((root / f"report-{r}" / "serve.json").read_text())["endpoints"]["bench"]["runtime"]
+            for r in runtimes
         }
     load_after = os.getloadavg()
 
@@ -242,34 +272,9 @@ def main() -> int:
         "load_average_1_5_15_after": [round(x, 2) for x in load_after],
         "test_texts": len(texts),
         "accuracy_baseline": accuracy(base[-1]["answers"], labels),
-        "predictors": {},
+        "predictors": {r: predictor_figures(results[r], base, labels, served[r]) for r in runtimes},
     }
     for runtime in runtimes:
-        rows = results[runtime]
-        agree = [
-            sum(p["answers"][i] == b["answers"][i] for i in range(len(texts))) / len(texts) for p, b in zip(rows, base)
-        ]
-        figures["predictors"][runtime] = {
-            "runtime_served": served[runtime],
-            "accuracy": accuracy(rows[-1]["answers"], labels),
-            "agreement_with_baseline": round(min(agree), 4),
-            "levels": [
-                {
-                    "clients": p["clients"],
-                    "predictor_req_per_s": p["req_per_s"],
-                    "predictor_p50_ms": p["p50_ms"],
-                    "predictor_p99_ms": p["p99_ms"],
-                    "baseline_req_per_s": b["req_per_s"],
-                    "baseline_p50_ms": b["p50_ms"],
-                    "baseline_p99_ms": b["p99_ms"],
-                    "throughput_ratio": round(p["req_per_s"] / b["req_per_s"], 2),
-                    "predictor_cpu_ms_per_request": p["cpu_ms_per_request"],
-                    "baseline_cpu_ms_per_request": b["cpu_ms_per_request"],
-                    "cpu_per_request_ratio": round(b["cpu_ms_per_request"] / p["cpu_ms_per_request"], 2),
-                }
-                for p, b in zip(rows, base)
-            ],
-        }
         for level in figures["predictors"][runtime]["levels"]:
             print(
                 f"{runtime:7s} {level['clients']:3d} clients: {level['throughput_ratio']:.2f}x the baseline's "

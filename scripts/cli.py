@@ -84,7 +84,7 @@ STEPS = (
     Step(
         "traffic",
         "simulated users: labelled messages through the predictor, reactions to the collector",
-        "model.loop.traffic:traffic_command",
+        "model.loop.traffic_step:traffic_command",
     ),
     Step(
         "demo",

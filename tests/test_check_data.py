@@ -13,6 +13,7 @@ from data_checks.validate import EVENTS_SUITE, TRAINING_SUITE, check_data
 from model.core.config import SAMPLE_DATA, CheckConfig, DataConfig, PrepareConfig
 from model.data.conversations import write_snapshot
 from model.data.examples import assign_splits, load_examples
+from scripts.cli import main
 from tests.conftest import write_subset
 from tests.snapshot_fixtures import make_snapshot
 
@@ -172,8 +173,6 @@ def test_new_intent_passes_once_declared(tmp_path, training):
 
 
 def test_cli_exit_codes_and_reports(tmp_path, events, capsys):
-    from scripts.cli import main
-
     path = tmp_path / "events.parquet"
     bad = events.copy()
     bad.loc[1, "arm"] = "blue"

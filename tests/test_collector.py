@@ -6,6 +6,7 @@ Events are built with the `cloudevents` package exactly as KServe's logger sends
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -27,9 +29,11 @@ from starlette.testclient import TestClient
 
 from model.collect.collector import FEEDBACK_TYPE, REQUEST_TYPE, RESPONSE_TYPE, build_app
 from model.collect.export import DIGEST_KEY, export_window
-from model.collect.store import count_rows, open_store
+from model.collect.store import GroupCommitWriter, count_rows, open_store
 from model.core.config import PROJECT_ROOT, CollectorConfig
+from model.core.errors import FlywheelError
 from model.data.conversations import SNAPSHOT_SCHEMA, read_snapshot, snapshot_info
+from scripts.cli import main
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 SOURCE = "http://localhost:9081/"
@@ -184,8 +188,6 @@ def test_store_failure_is_503_not_acknowledged(collector):
 
 
 def test_export_events_cli(collector, tmp_path, capsys):
-    from scripts.cli import main
-
     client, cfg = collector
     for event in v1_call("req-cli", ["hello"], ["talk_to_human"], T0):
         post(client, event)
@@ -229,6 +231,28 @@ def test_concurrent_duplicates_are_stored_once(collector):
         answers = [r.json() for r in pool.map(lambda e: post(client, e), events)]
     assert sum(a["stored"] for a in answers) == 10 and sum(a["duplicate"] for a in answers) == 30
     assert count_rows(open_store(cfg.store_url))["inference"] == 10
+
+
+def test_group_commit_tells_each_writer_whether_its_row_was_new(store_url):
+    """The same event several times in one transaction: only its first copy is new; all are committed on return."""
+    engine = open_store(store_url)
+    writer = GroupCommitWriter(engine)
+
+    def row(i: int) -> dict:
+        return {"event_id": f"gc-{i}", "kind": "request", "event_time": T0, "received_at": T0, "source": SOURCE,
+                "inference_service": "", "namespace": "", "component": "", "endpoint": "default",
+                "metadata_json": "{}", "content_type": "application/json", "body": "{}"}  # fmt: skip
+
+    async def write_all():
+        try:
+            answers = await asyncio.gather(*(writer.write("inference", row(i % 3)) for i in range(9)))
+            return answers, count_rows(engine)["inference"]  # read as the last caller is answered
+        finally:
+            writer.close()
+
+    answers, stored = asyncio.run(write_all())
+    engine.dispose()
+    assert answers == [True] * 3 + [False] * 6 and stored == 3
 
 
 def test_feedback_is_folded_into_the_answer_it_follows(collector, tmp_path):
@@ -386,8 +410,6 @@ def test_export_window_digest_and_schema(collector, tmp_path):
 
 
 def test_bad_store_url_is_a_clear_error():
-    from model.core.errors import FlywheelError
-
     with pytest.raises(FlywheelError, match="only sqlite and postgresql"):
         open_store("mysql://localhost/x")
     with pytest.raises(FlywheelError, match="not a SQLAlchemy URL"):
@@ -471,8 +493,6 @@ def test_acknowledged_events_survive_sigkill(tmp_path):
 
 
 def test_taken_port_is_a_clear_error(tmp_path, capsys):
-    from scripts.cli import main
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -501,9 +521,7 @@ def test_times_with_an_offset_land_in_the_right_utc_window(collector, tmp_path):
 
 
 def test_not_ready_while_the_store_is_unreachable(postgres_server):
-    import uuid as uuid_
-
-    name = f"t_{uuid_.uuid4().hex[:12]}"
+    name = f"t_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))

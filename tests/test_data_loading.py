@@ -9,7 +9,8 @@ import pytest
 
 from model.core.config import DataConfig
 from model.core.errors import FlywheelError
-from model.data.examples import assign_splits, dataset_digest, load_examples
+from model.data.examples import assign_splits, dataset_digest, load_examples, validate_examples
+from model.data.readers import read_json, read_parquet, read_table
 
 CFG = DataConfig(min_examples_per_intent=2)
 
@@ -86,6 +87,25 @@ def test_unreadable_parquet(tmp_path):
         load_examples(path, CFG)
 
 
+def test_one_reader_for_tables_and_json(tmp_path):
+    """What examples, snapshots, review labels and check-data read files with."""
+    table = tmp_path / "t.csv"
+    table.write_text("text,intent\nhello,\nNA,a\n")
+    assert read_table(table)["intent"].tolist() == ["", "a"] and read_table(table)["text"].tolist() == ["hello", "NA"]
+    as_checked = read_table(table, blanks_as_missing=True)  # check-data: a blank cell is a missing value
+    assert as_checked["intent"].isna().tolist() == [True, False] and as_checked["text"].isna().tolist() == [False, True]
+    (tmp_path / "t.xlsx").write_text("x")
+    with pytest.raises(FlywheelError, match="t.xlsx: unsupported format"):
+        read_table(tmp_path / "t.xlsx")
+    with pytest.raises(FlywheelError, match="nope.jsonl: no such file"):
+        read_table(tmp_path / "nope.jsonl")
+    (tmp_path / "t.json").write_text("{not json")
+    with pytest.raises(FlywheelError, match="t.json: cannot read as JSON"):
+        read_json(tmp_path / "t.json")
+    with pytest.raises(FlywheelError, match="t.csv: cannot read as parquet"):
+        read_parquet(table)
+
+
 def test_intent_with_too_few_examples_is_named(tmp_path):
     rows = _rows(10, ("a", "b")) + [{"text": "lonely", "intent": "rare"}]
     path = tmp_path / "few.csv"
@@ -136,6 +156,4 @@ def test_digest_ignores_row_order_but_not_content(sample_df):
 
 
 def load_frame(df: pd.DataFrame) -> pd.DataFrame:
-    from model.data.examples import validate_examples
-
     return validate_examples(df, "frame", DataConfig())

@@ -9,7 +9,10 @@ import hashlib
 import json
 import shutil
 import subprocess
+import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,11 +20,14 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 from mlflow import MlflowClient
+from starlette.testclient import TestClient
 
 from model.artifact.predictor import IntentPredictor
-from model.core.config import PROJECT_ROOT, CanaryConfig, DeliveryConfig, RegistryConfig
+from model.collect.collector import build_app
+from model.core.config import PROJECT_ROOT, CanaryConfig, CollectorConfig, DeliveryConfig, RegistryConfig
 from model.core.errors import FlywheelError
 from model.deploy import manifests
+from model.deploy.canary_metrics import prometheus_arm_metrics
 from model.deploy.delivery import (
     canary_analysis_step,
     promote_env_step,
@@ -32,6 +38,7 @@ from model.deploy.delivery import (
 from model.registry import register, versions
 from model.registry.store import tracking_uri
 from scripts.cli import main
+from tests.test_collector import feedback_event, inference_event
 
 REG = RegistryConfig()  # its tracking URI is set by `registry_dir`, the store every test here shares
 DCFG = DeliveryConfig()
@@ -58,6 +65,20 @@ def store(registry_dir, monkeypatch):
     monkeypatch.delenv("GITHUB_TOKEN", raising=False)
     monkeypatch.delenv("GITHUB_REPOSITORY", raising=False)
     return digest
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A local HTTP server answering with ``handler`` for the block; yields its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 def git(repo: Path, *args: str) -> str:
@@ -292,6 +313,8 @@ def test_canary_analysis_reads_the_manifest_and_metrics(repo, store, tmp_path):
 def test_canary_analysis_without_a_canary_says_so(repo, store):
     result, md = canary_analysis_step("staging", None, "", repo, CanaryConfig(), DCFG)
     assert result["decision"] == "none" and "No canary is running" in md
+    with pytest.raises(FlywheelError, match="exactly one of"):  # two sources are refused even with no canary
+        canary_analysis_step("staging", repo / "metrics.json", "http://127.0.0.1:9", repo, CanaryConfig(), DCFG)
 
 
 class FakePrometheus(BaseHTTPRequestHandler):
@@ -353,17 +376,8 @@ def test_canary_analysis_from_prometheus(repo, store):
         ("canary", "within 0.1"): 2755,
     }  # no escalation series on the canary yet: counts as 0
     queries: list = []
-    handler = type("Handler", (FakePrometheus,), {"values": values, "queries": queries})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
+    with serving(type("Handler", (FakePrometheus,), {"values": values, "queries": queries})) as url:
         result, md = canary_analysis_step("staging", None, url, repo, CanaryConfig(), DCFG)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
     assert result["arms"]["stable"]["requests"] == 30000 and result["arms"]["canary"]["escalations"] == 0
     assert result["arms"]["canary"]["latency_p99_ms"] == pytest.approx(45.0)
     assert (result["arms"]["stable"]["slow"], result["arms"]["canary"]["slow"]) == (38, 5)
@@ -483,19 +497,11 @@ def github(monkeypatch, store):
             for env in manifests.ENVIRONMENTS
         },
     }
-    handler = type("Handler", (FakeGitHub,), {"state": state})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("GITHUB_TOKEN", "ghs_test_token")
-    monkeypatch.setenv("GITHUB_REPOSITORY", state["repo"])
-    monkeypatch.setenv("GITHUB_API_URL", f"http://127.0.0.1:{server.server_address[1]}")
-    try:
+    with serving(type("Handler", (FakeGitHub,), {"state": state})) as url:
+        monkeypatch.setenv("GITHUB_TOKEN", "ghs_test_token")
+        monkeypatch.setenv("GITHUB_REPOSITORY", state["repo"])
+        monkeypatch.setenv("GITHUB_API_URL", url)
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def test_github_pull_request_through_the_rest_api(github, store, tmp_path):
@@ -580,12 +586,6 @@ def test_retrain_request_on_github_creates_a_new_file(github, tmp_path):
 
 def test_canary_analysis_from_the_collectors_store(repo, store, tmp_path, monkeypatch):
     """Per-arm counts read from what the collector stored: answers by model version, errors by endpoint."""
-    from starlette.testclient import TestClient
-
-    from model.collect.collector import build_app
-    from model.core.config import CollectorConfig
-    from tests.test_collector import feedback_event, inference_event
-
     now = datetime.now(UTC).replace(microsecond=0)
     merge(repo, release_step("staging", 1, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
     monkeypatch.setenv("GIT_COMMITTER_DATE", (now - timedelta(minutes=10)).isoformat())
@@ -629,18 +629,15 @@ def test_canary_analysis_from_the_collectors_store(repo, store, tmp_path, monkey
 
 def test_a_latency_budget_that_is_no_histogram_bucket_is_an_error_not_zero():
     """With no bucket at the budget every answer would count as slow and roll back a healthy canary."""
-    from model.deploy.canary_metrics import prometheus_arm_metrics
-
     values = {("stable", "requests"): 500, ("stable", "timed"): 500}  # no series for le="0.09"
-    handler = type("Handler", (FakePrometheus,), {"values": values, "queries": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
+    with serving(type("Handler", (FakePrometheus,), {"values": values, "queries": []})) as url:
         with pytest.raises(FlywheelError, match='no series for .*le="0.09"'):
             prometheus_arm_metrics(url, "flywheel-staging", {"stable": 1}, 3600, slow_ms=90)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+
+
+def test_the_delivery_steps_start_without_torch():
+    """They run on a CI runner in seconds: nothing they import may bring PyTorch (the predictor, training)."""
+    code = "import sys, model.deploy.steps; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "False"

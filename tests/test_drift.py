@@ -7,10 +7,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
-from data_checks.drift import Embedder, auc_threshold, decide, measure
+from data_checks.drift import _chi2_homogeneity, auc_threshold, decide, measure
+from data_checks.embeddings import Embedder
 from model.core.config import DriftConfig
 from model.data.conversations import write_snapshot
+from scripts.cli import main
 from tests.conftest import write_subset
 from tests.snapshot_fixtures import make_snapshot
 
@@ -57,8 +60,6 @@ def test_auc_threshold_shrinks_with_more_data():
     assert 0.5 < large < small < 0.6
     # about 1% of random classifiers' AUCs exceed it
     rng = np.random.default_rng(0)
-    from sklearn.metrics import roc_auc_score
-
     y = np.r_[np.ones(500), np.zeros(500)]
     over = np.mean([roc_auc_score(y, rng.random(1000)) > small for _ in range(2000)])
     assert over < 0.025
@@ -114,6 +115,14 @@ def test_embedder_caches_on_disk(tmp_path, tiny_bert):
     assert np.allclose(again(texts[:2]), first[:2])
 
 
+def _drift_cli(tiny_bert, report_dir, **flags) -> dict:
+    """``flywheel drift`` with ``flags`` (``reference_events=`` is ``--reference-events``) and the tiny
+    encoder: it exits 0; its drift.json."""
+    args = [arg for name, value in flags.items() for arg in (f"--{name.replace('_', '-')}", str(value))]
+    assert main(["drift", *args, "--encoder", str(tiny_bert), "--report-dir", str(report_dir)]) == 0
+    return json.loads((report_dir / "drift.json").read_text())
+
+
 def _as_training_csv(snapshot: pd.DataFrame, path):
     snapshot.rename(columns={"predicted_intent": "intent"})[["text", "intent"]].to_csv(path, index=False)
     return path
@@ -131,31 +140,14 @@ def _shifted(snapshot: pd.DataFrame) -> pd.DataFrame:
 def test_cli_drift_writes_report_and_the_right_verdict(tmp_path, sample_df, tiny_bert, drifted):
     """Two windows drawn from the same distribution are not drift; a window of other texts, handed off
     and rated down, is drift for the text, confidence, fallback and thumbs-down signals."""
-    from scripts.cli import main
-
     earlier = make_snapshot(sample_df, n=60, seed=1)
     in_scope = int((sample_df["intent"] != "oos").sum())  # every sample text, in the windows' style
     ref = _as_training_csv(make_snapshot(sample_df, n=in_scope, seed=2), tmp_path / "ref.csv")
     window = make_snapshot(sample_df, n=60)
     current = write_snapshot(_shifted(window) if drifted else window, tmp_path / "current.parquet")
     rd = tmp_path / "reports"
-    code = main(
-        [
-            "drift",
-            "--reference",
-            str(ref),
-            "--current",
-            str(current),
-            "--reference-events",
-            str(write_snapshot(earlier, tmp_path / "earlier.parquet")),
-            "--encoder",
-            str(tiny_bert),
-            "--report-dir",
-            str(rd),
-        ]
-    )
-    assert code == 0
-    result = json.loads((rd / "drift.json").read_text())
+    earlier_path = write_snapshot(earlier, tmp_path / "earlier.parquet")
+    result = _drift_cli(tiny_bert, rd, reference=ref, current=current, reference_events=earlier_path)
     assert len(result["signals"]) == 6
     flagged = {s["name"] for s in result["signals"] if s["drifted"] is True}
     assert result["drift"] is drifted, result["reasons"]
@@ -171,8 +163,6 @@ def test_cli_drift_writes_report_and_the_right_verdict(tmp_path, sample_df, tiny
 
 
 def test_cli_drift_refuses_an_empty_window(tmp_path, sample_df, tiny_bert):
-    from scripts.cli import main
-
     ref = write_subset(sample_df, tmp_path / "ref.csv", n_intents=5)
     empty = write_snapshot(make_snapshot(sample_df, n=6).iloc[:0], tmp_path / "empty.parquet")
     assert main(["drift", "--reference", str(ref), "--current", str(empty), "--encoder", str(tiny_bert)]) == 2
@@ -180,8 +170,6 @@ def test_cli_drift_refuses_an_empty_window(tmp_path, sample_df, tiny_bert):
 
 def test_intent_test_is_a_two_sample_test():
     """Same distribution, many sparse intents: the homogeneity test rejects about alpha of the time."""
-    from data_checks.drift import _chi2_homogeneity
-
     rng = np.random.default_rng(3)
     p = rng.dirichlet(np.ones(60))
     intents = np.array([f"i{k}" for k in range(60)])
@@ -201,26 +189,13 @@ def test_intent_test_is_a_two_sample_test():
 
 
 def test_cli_drift_with_model_baseline(tmp_path, sample_df, tiny_artifact, tiny_bert):
-    from scripts.cli import main
-
     current = write_snapshot(make_snapshot(sample_df, n=40), tmp_path / "current.parquet")
-    rd = tmp_path / "reports"
-    code = main(
-        [
-            "drift",
-            "--reference",
-            tiny_artifact["data"],
-            "--current",
-            str(current),
-            "--model",
-            tiny_artifact["artifact"],
-            "--encoder",
-            str(tiny_bert),
-            "--report-dir",
-            str(rd),
-        ]
+    result = _drift_cli(
+        tiny_bert,
+        tmp_path / "reports",
+        reference=tiny_artifact["data"],
+        current=current,
+        model=tiny_artifact["artifact"],
     )
-    assert code == 0
-    result = json.loads((rd / "drift.json").read_text())
     assert {s["name"] for s in result["signals"]} == {"text", "predicted_intent", "confidence", "fallback_rate"}
     assert set(result["skipped"]) == {"thumbs_down_rate", "escalation_rate"}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from model.core.config import GateConfig
+from model.evaluate.evaluation import _latency
 from model.evaluate.gate import decide, render_markdown
 
 CFG = GateConfig(
@@ -148,9 +151,6 @@ def test_verdict_does_not_depend_on_wall_clock_time(wall_p95):
 
 def test_cpu_time_leaves_out_time_spent_waiting():
     """What a busy machine adds to a query is waiting for a core; the gate's figure must not count it."""
-    import time
-
-    from model.evaluate.evaluation import _latency
 
     class WaitingPredictor:
         def predict(self, texts):

@@ -8,6 +8,7 @@ Only the encoder is tiny (a random 2-layer BERT) so training takes seconds.
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 
 import pandas as pd
@@ -17,9 +18,32 @@ import yaml
 from model.core.settings import load_config
 from model.data.conversations import read_snapshot
 from model.deploy import manifests
-from model.loop.orchestrator import Loop, load_configs, without_github
+from model.loop.configs import load_configs
+from model.loop.orchestrator import without_github
+from model.loop.record import LoopRecord
+from model.loop.stages import Loop
 from scripts.cli import main
 from tests.conftest import write_subset
+
+# loop.json's top-level keys, in order: what the report and other readers of the record rely on
+LOOP_JSON_KEYS = (
+    "dataset",
+    "started_at",
+    "stages",
+    "events",
+    "pull_requests",
+    "offline",
+    "drift",
+    "gate",
+    "canary",
+    "labelling",
+    "intents",
+    "traffic",
+    "registry",
+    "git_repo",
+    "finished_at",
+    "seconds",
+)
 
 
 def _config(tmp_path, tiny_bert, intents: list[str], **overrides) -> tuple:
@@ -83,6 +107,7 @@ def test_whole_loop_finds_drift_retrains_and_promotes_the_canary(tmp_path, tiny_
     record = yaml.safe_load((out / "loop.json").read_text())  # JSON is YAML
 
     assert [s["status"] for s in record["stages"]] == ["done"] * 9
+    assert list(record) == [f.name for f in dataclasses.fields(LoopRecord)] == list(LOOP_JSON_KEYS)
     assert record["intents"]["held_back"] == intents[-2:]
     # 1. first model: registered, released (straight to stable: nothing served yet), champion
     # 3. drift found, retrain pull request made
@@ -148,14 +173,15 @@ def test_whole_loop_rolls_back_a_worse_canary(tmp_path, tiny_bert, subset):
             loop.first_model()
             assert loop.traffic_and_drift()
             # a diverged fine-tune: what a mistyped learning rate does
-            loop.c.train = dataclasses.replace(loop.c.train, learning_rate=0.5, head_learning_rate=5.0)
-            assert loop.retrain()["passed"]  # the lax gate lets it through
+            loop.cfgs.train = dataclasses.replace(loop.cfgs.train, learning_rate=0.5, head_learning_rate=5.0)
+            assert loop.retrain().passed  # the lax gate lets it through
             decision = loop.canary()
             loop.after_release()
         finally:
             loop.close()
         report = loop.finish()
-    record = loop.record
+    record = json.loads((work / "loop.json").read_text())
+    assert record == json.loads(json.dumps(loop.state.record.to_json(), default=str))  # the file is the record
     assert decision == "rollback" == record["canary"]["decision"]
     assert any("higher on the canary" in r for r in record["canary"]["reasons"])
     assert [pr["kind"] for pr in record["pull_requests"]] == ["release", "retrain", "release", "rollback"]

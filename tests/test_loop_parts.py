@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
 
-from model.core.config import SAMPLE_DATA, DataConfig, DeliveryConfig, LoopConfig
+from model.core.config import DEFAULT_CONFIG, PROJECT_ROOT, SAMPLE_DATA, DataConfig, DeliveryConfig, LoopConfig
 from model.core.errors import FlywheelError
 from model.core.git import git
 from model.data.examples import assign_splits, load_examples
 from model.deploy.delivery import request_retrain_step
 from model.loop import annotator
-from model.loop.orchestrator import draw_traffic, plan_data, response_catalog, split_intents
+from model.loop.plan import draw_traffic, plan_data, response_catalog, split_intents
 from model.loop.report import git_history
 from model.loop.stand_in import StandInRepo
 from model.prepare.review_queue import read_labels
+from model.serve.catalog import ResponseCatalog
 
 
 @pytest.fixture
@@ -45,7 +48,7 @@ def test_split_intents_refuses_unknown_names_and_bad_fractions(split_df):
 def test_plan_data_keeps_held_back_intents_and_test_texts_out_of_the_seed_set(split_df):
     known, held = split_intents(split_df, LoopConfig(seed=1), "oos")
     plan = plan_data(split_df, known, LoopConfig(seed_fraction=0.5, seed=1), "oos")
-    seed, pool, test = plan["seed"], plan["pool"], plan["test"]
+    seed, pool, test = plan.seed, plan.pool, plan.test
     assert not set(seed["intent"]) & set(held)
     assert set(pool["intent"]) >= set(held) | {"oos"}
     assert not set(seed.loc[seed["split"] == "train", "text"]) & set(pool["text"])  # users send texts it never saw
@@ -57,7 +60,7 @@ def test_plan_data_keeps_held_back_intents_and_test_texts_out_of_the_seed_set(sp
 
 def test_draw_traffic_honours_the_new_intent_share(split_df):
     known, held = split_intents(split_df, LoopConfig(seed=1), "oos")
-    pool = plan_data(split_df, known, LoopConfig(seed=1), "oos")["pool"]
+    pool = plan_data(split_df, known, LoopConfig(seed=1), "oos").pool
     before = draw_traffic(pool, 200, held, 0.0, seed=5)
     after = draw_traffic(pool, 200, held, 0.4, seed=5)
     assert len(before) == len(after) == 200
@@ -71,8 +74,6 @@ def test_response_catalog_fills_in_intents_it_lacks(tmp_path):
     base.write_text("fallback: Passing you to a person.\nintents:\n  a: Reply A.\n")
     assert response_catalog(base, ["a"], tmp_path / "out.yaml") == base
     out = response_catalog(base, ["a", "b"], tmp_path / "out.yaml")
-    from model.serve.catalog import ResponseCatalog
-
     catalog = ResponseCatalog.load(out)
     catalog.check_covers(["a", "b"], "test")
     assert catalog.reply("a", False) == "Reply A." and "b" in catalog.reply("b", False)
@@ -147,11 +148,6 @@ def test_config_flag_is_not_read_by_kserve_on_import(tmp_path):
 
     `flywheel serve` imports kserve before it opens the artifact, so reaching our own error about the
     missing artifact (exit 2) means kserve was imported and left `--config` alone."""
-    import subprocess
-    import sys
-
-    from model.core.config import DEFAULT_CONFIG, PROJECT_ROOT
-
     missing = tmp_path / "no-such-artifact"
     done = subprocess.run(
         [sys.executable, "-m", "scripts.cli", "serve", "--config", str(DEFAULT_CONFIG), "--stable", str(missing)],

@@ -14,18 +14,12 @@ import yaml
 
 from model.core.config import PROJECT_ROOT
 from model.core.errors import FlywheelError
+from model.core.kserve_sdk import kserve
 from model.deploy import manifests
-from model.deploy.checks import (
-    check_argocd,
-    check_core,
-    check_dashboard,
-    check_inferenceservice,
-    check_manifests,
-    check_prometheusrule,
-    kserve_build,
-    kserve_errors,
-    promtool,
-)
+from model.deploy.argocd_checks import check_argocd
+from model.deploy.checks import check_manifests
+from model.deploy.kubernetes_checks import check_core, check_inferenceservice, kserve_build, kserve_errors
+from model.deploy.monitoring_checks import check_dashboard, check_prometheusrule, promtool
 
 MANIFESTS = PROJECT_ROOT / "manifests"
 ENVS = manifests.ENVIRONMENTS
@@ -46,8 +40,6 @@ def test_all_manifests_are_valid():
 
 @pytest.mark.parametrize("env", ENVS)
 def test_inferenceservice_deserialises_into_kserve_sdk_models(env):
-    import kserve
-
     doc = _isvc(env)
     assert kserve_errors(doc) == []
     isvc = kserve_build(doc)
@@ -80,6 +72,8 @@ def test_required_fields_are_enforced_by_the_sdk_models():
     [
         (lambda d: d["spec"]["predictor"].update(canaryTraficPercent=10), "canaryTraficPercent: unknown field"),
         (lambda d: d["spec"]["predictor"].update(canaryTrafficPercent="10"), "expected int"),
+        (lambda d: d["spec"]["predictor"].update(canaryTrafficPercent=True), "expected int"),  # YAML's true: no number
+        (lambda d: d["spec"]["predictor"]["containers"][0].pop("livenessProbe"), "lacks livenessProbe"),
         (lambda d: d["metadata"]["annotations"].update({"serving.kserve.io/enable-tag-routing": True}), "expected str"),
         (
             lambda d: d["spec"]["predictor"]["containers"][0].update(imagePullPolicy=None, readinessprobe={}),

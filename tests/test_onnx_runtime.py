@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -23,7 +21,7 @@ from model.core.errors import FlywheelError
 from model.train import onnx_export
 from model.train.fit import FitResult
 from model.train.package import write_artifact
-from tests.test_serving import NAME, free_port, server_output, start_server, wait_ready
+from tests.test_serving import NAME, free_port, server_output, start_server, stop_server, wait_ready
 
 # one word to far past max_length (64 tokens): every batch below mixes lengths, so it is padded,
 # and the longest is truncated
@@ -193,12 +191,7 @@ def test_server_answers_v1_and_v2_with_either_runtime(tiny_artifact, tmp_path, r
         )
         assert v2.status_code == 200, v2.text
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        stop_server(proc)
     output = server_output(work)
     assert proc.returncode == 0, output
     assert ("POST /v1/models/" in output) == (access_log == "true"), output

@@ -6,8 +6,9 @@ import socket
 
 import pytest
 
-from data_checks.pii import Scanner, contains_pii, redact
+from data_checks.pii import Scanner, _build_engine, default_scanner, redact
 from data_checks.pii_benchmark import EVAL_SET, RECALL_TARGETS, read_eval_set, score
+from model.core.errors import FlywheelError
 
 
 @pytest.mark.parametrize(
@@ -86,20 +87,17 @@ def test_works_without_network(monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
-    from data_checks.pii import _build_engine
-
     _build_engine.cache_clear()
     assert Scanner().redact("mail me at x.y@company.co.uk")[0] == "mail me at <EMAIL>"
 
 
-def test_contains_pii():
-    assert contains_pii("my number is +49 151 23456789")
-    assert not contains_pii("where is my parcel")
+def test_default_scanner_finds_personal_data_only_where_there_is_some():
+    """What check-data's no-personal-data expectation asks of each text."""
+    assert default_scanner().scan("my number is +49 151 23456789")
+    assert not default_scanner().scan("where is my parcel")
 
 
 def test_bad_eval_row_names_file_and_line(tmp_path):
-    from model.core.errors import FlywheelError
-
     bad = tmp_path / "set.jsonl"
     bad.write_text(
         '{"text": "hi", "pii": []}\n{"text": "mail a@b.io", "pii": [{"type": "EMAIL", "value": "c@d.io"}]}\n'

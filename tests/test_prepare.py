@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 
@@ -15,7 +16,9 @@ from model.core.errors import FlywheelError
 from model.data.conversations import COLUMNS, read_snapshot, write_snapshot
 from model.data.examples import assign_splits, dataset_digest, load_examples
 from model.prepare.cleaning import clean, near_key, normalise
-from model.prepare.steps import order_queue, prepare_step
+from model.prepare.review_queue import order_queue
+from model.prepare.steps import prepare_step
+from scripts.cli import main
 from tests.conftest import local_registry, write_subset
 from tests.snapshot_fixtures import event, make_snapshot
 
@@ -170,8 +173,6 @@ def test_prepare_end_to_end(tmp_path, base_csv, base_df):
     assert list(csv["text"]) == [t["data"]["text"] for t in tasks] and set(csv["intent"]) == {""}
     assert 'name="intent"' in (out / "review" / "review_config.xml").read_text()
     # MLflow: a prepare run with the snapshot as input, digest tag, and the conversation ids
-    import mlflow
-
     run = mlflow.get_run(result["mlflow_run_id"])
     assert run.data.tags["dataset_digest"] == sheet["dataset_digest"]
     assert run.inputs.dataset_inputs[0].dataset.digest == sheet["dataset_digest"][:32]
@@ -317,8 +318,6 @@ def test_refuses_to_overwrite(tmp_path, base_csv, base_df):
 
 
 def test_cli_prepare(tmp_path, base_csv, base_df):
-    from scripts.cli import main
-
     snapshot = _snapshot(tmp_path, base_df)
     code = main(
         [

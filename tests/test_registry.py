@@ -9,16 +9,20 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
 import pytest
 import requests
+from mlflow import MlflowClient
 
 from model.core.config import DataConfig, GateConfig, RegistryConfig
 from model.core.errors import FlywheelError
 from model.core.reports import write_reports
 from model.evaluate.steps import gate_step
+from model.registry import store
 from model.registry.steps import promote_step, register_step
 from model.registry.versions import CHAMPION, alias_version
 from model.train.steps import train_step
+from scripts.cli import main
 
 # the tiny random model is weak by design: floors at zero let it through the first-model gate
 OPEN_GATE = GateConfig(min_accuracy=0.0, min_macro_f1=0.0, latency_budget_ms=1000)
@@ -57,7 +61,7 @@ def mlflow_server(tmp_path, monkeypatch):
             try:
                 if requests.get(f"{url}/health", timeout=1).ok:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not up yet, or slow on a busy machine
                 pass
             if proc.poll() is not None:
                 pytest.fail("mlflow server exited during start-up")
@@ -107,8 +111,6 @@ def test_round_trip_on_a_real_mlflow_server(tmp_path, small_csv, tiny_train_cfg,
     promote_step(None, reg)
     assert alias_version(reg, CHAMPION) == 1
 
-    import mlflow
-
     run = mlflow.get_run(trained["mlflow_run_id"])
     assert run.data.tags["dataset_digest"] == trained["dataset_digest"] and run.data.tags["git_sha"]
     assert run.data.params["train.seed"] == str(tiny_train_cfg.seed)
@@ -144,11 +146,6 @@ def test_set_champion_refuses_a_version_that_never_passed_the_gate(
     tmp_path, small_csv, tiny_train_cfg, capsys, registry_cfg
 ):
     """A version registered by hand (MLflow UI, another script) carries no gate tag: never champion."""
-    from mlflow import MlflowClient
-
-    from model.registry import store
-    from scripts.cli import main
-
     reg = registry_cfg
     trained, gate_file = _train_gate_register(tmp_path, small_csv, tiny_train_cfg, reg)
     gated, _ = register_step(Path(trained["artifact"]), gate_file, reg)

@@ -6,6 +6,7 @@ Callers are the KServe SDK's own REST client (V1 and V2) and plain HTTP for the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -15,14 +16,30 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
-from model.core.config import PROJECT_ROOT, RESPONSE_CATALOG
-from model.serve.serving import MicroBatcher
+from model.artifact.manifest import verify
+from model.artifact.predictor import IntentPredictor
+from model.collect.export import export_window
+from model.collect.store import open_store
+from model.core.config import PROJECT_ROOT, RESPONSE_CATALOG, DataConfig, RegistryConfig, ServeConfig
+from model.core.errors import FlywheelError
+from model.core.kserve_sdk import InferRequest, kserve  # kserve parses sys.argv when imported directly
+from model.registry import register
+from model.serve.metrics import ServingMetrics
+from model.serve.prediction_log import PredictionLog
+from model.serve.predictor import MicroBatcher
+from model.serve.serving import ServeArgs, build_models
+from model.train.steps import train_step
+from tests.conftest import local_registry, write_subset
 
 NAME = "intent-test"
 CE_ID = "3f1c5b2e-0000-4000-8000-000000000001"
@@ -60,6 +77,16 @@ def start_server(args: list[str], work: Path, port: int) -> subprocess.Popen:
     )
 
 
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM, as Kubernetes stops a pod: the server drains and writes its report; killed if it hangs."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+
+
 def server_output(work: Path) -> str:
     return (work / "server.log").read_text()
 
@@ -81,12 +108,6 @@ def wait_ready(proc: subprocess.Popen, base: str, work: Path, timeout: float = 1
 
 def _other_model(tmp_path_factory, sample_df, tiny_train_cfg, name: str, n_intents: int, seed: int) -> str:
     """A tiny model other than the stable one (other intents, other seed), so each arm answers for itself."""
-    import dataclasses
-
-    from model.core.config import DataConfig
-    from model.train.steps import train_step
-    from tests.conftest import local_registry, write_subset
-
     root = tmp_path_factory.mktemp(name)
     data = write_subset(sample_df, root / "data.csv", n_intents=n_intents)
     cfg, work = dataclasses.replace(tiny_train_cfg, seed=seed), root / "work"
@@ -105,15 +126,11 @@ def arms(tiny_artifact, tmp_path_factory, sample_df, tiny_train_cfg) -> dict[str
 
 def offline_predictions(artifact: str, texts: list[str]) -> list:
     """What the artifact predicts in this process: what its arm must answer."""
-    from model.artifact.predictor import IntentPredictor
-
     return IntentPredictor.load(artifact).predict(texts)
 
 
 def version_of(artifact: str) -> str:
     """The version a model served from a folder reports: its artifact digest."""
-    from model.artifact.manifest import verify
-
     return f"sha-{verify(artifact)[:12]}"
 
 
@@ -150,12 +167,7 @@ def server(arms, tmp_path_factory):
         wait_ready(proc, base, work)
         yield {"base": base, "port": port, "log": log, "proc": proc, "work": work, "arms": arms}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        stop_server(proc)
         assert proc.returncode == 0, server_output(work)  # a clean stop writes the serve report
         assert json.loads((work / "reports" / "serve.json").read_text())["endpoints"][NAME]["arm"] == "stable"
 
@@ -170,9 +182,7 @@ def labels_of(artifact: str) -> list[str]:
 
 
 def kserve_client(protocol: str):
-    from kserve import InferenceRESTClient, RESTConfig
-
-    return InferenceRESTClient(RESTConfig(protocol=protocol, retries=0, timeout=30))
+    return kserve.InferenceRESTClient(kserve.RESTConfig(protocol=protocol, retries=0, timeout=30))
 
 
 def test_v1_predict_with_kserve_client(server, tiny_artifact, catalog):
@@ -200,15 +210,11 @@ def test_v1_predict_with_kserve_client(server, tiny_artifact, catalog):
 
 
 def test_v2_infer_with_kserve_client(server, tiny_artifact):
-    from kserve import InferInput, InferRequest
-
     texts = ["cancel my order please", "my card was declined", "how do I reset my password"]
 
     async def call(binary: bool):
-        tensor = InferInput("text", [len(texts)], "BYTES")
+        tensor = kserve.InferInput("text", [len(texts)], "BYTES")
         if binary:
-            import numpy as np
-
             tensor.set_data_from_numpy(np.array(texts, dtype=object), binary_data=True)
         else:
             tensor.data = texts
@@ -538,10 +544,6 @@ def test_micro_batcher_error_reaches_every_waiting_request():
 
 
 def test_serves_an_mlflow_model_uri_with_its_registry_version(tiny_artifact, tmp_path, monkeypatch):
-    from model.artifact.predictor import IntentPredictor
-    from model.registry import register
-    from tests.conftest import local_registry
-
     work = tmp_path / "work"  # the registry and the server (started with --work-dir) share its MLflow store
     reg = local_registry(work)
     predictor = IntentPredictor.load(tiny_artifact["artifact"])
@@ -557,8 +559,7 @@ def test_serves_an_mlflow_model_uri_with_its_registry_version(tiny_artifact, tmp
         assert resp.status_code == 200
         assert resp.json()["predictions"][0]["model_version"] == str(version["version"])
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        stop_server(proc)
 
 
 def _metric(text: str, name: str, **labels) -> float:
@@ -600,13 +601,6 @@ def test_concurrent_requests_all_go_through_counted_forward_passes(server):
 
 def test_local_logger_posts_calls_to_the_collector(tiny_artifact, tmp_path):
     """Local mode: the predictor posts KServe-logger CloudEvents to `flywheel collect`; the export joins them."""
-    from datetime import UTC, datetime, timedelta
-
-    import pyarrow.parquet as pq
-
-    from model.collect.export import export_window
-    from model.collect.store import open_store
-
     work, store = tmp_path / "work", f"sqlite:///{tmp_path / 'conversations.db'}"
     work.mkdir()
     collector_port, port = free_port(), free_port()
@@ -647,8 +641,7 @@ def test_local_logger_posts_calls_to_the_collector(tiny_artifact, tmp_path):
         )
     finally:
         for p in (proc, collector):
-            p.send_signal(signal.SIGTERM)
-            p.wait(timeout=30)
+            stop_server(p)
     assert result["rows"] == 3, (work / "collector.log").read_text()
     rows = {r["request_id"]: r for r in pq.read_table(tmp_path / "x.parquet").to_pylist()}
     first = rows["local-1"]
@@ -708,20 +701,14 @@ def test_micro_batcher_joins_requests_that_arrive_while_the_model_runs():
 
 def test_the_manifest_pins_the_stable_artifact_and_names_its_version(tiny_artifact, tmp_path):
     """In a cluster the manifest passes --stable-sha256/--stable-version: another artifact never gets ready."""
-    from prometheus_client import CollectorRegistry
-
-    from model.artifact.predictor import IntentPredictor
-    from model.core.config import RegistryConfig, ServeConfig
-    from model.core.errors import FlywheelError
-    from model.serve.serving import PredictionLog, ServingMetrics, build_models
-
     art = tiny_artifact["artifact"]
     digest = IntentPredictor.load(art).digest
     log = PredictionLog(tmp_path / "p.jsonl")
 
     def build(sha: str, version: str = ""):
         metrics = ServingMetrics(CollectorRegistry())
-        return build_models(art, "", "", ServeConfig(), RegistryConfig(), metrics, log, sha, version)
+        args = ServeArgs(stable=art, stable_sha256=sha, stable_version=version)
+        return build_models(args, ServeConfig(), RegistryConfig(), metrics, log)
 
     (model,) = build(digest, "12")
     assert model.ready and model.version == "12"

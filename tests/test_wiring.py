@@ -219,7 +219,7 @@ def _exported_series() -> set[str]:
     from prometheus_client import CollectorRegistry
 
     from model.collect.collector import CollectorMetrics
-    from model.serve.serving import ServingMetrics
+    from model.serve.metrics import ServingMetrics
 
     names = set()
     for make in (ServingMetrics, CollectorMetrics):

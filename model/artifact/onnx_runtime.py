@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from model.core.errors import FlywheelError
 
@@ -37,8 +38,6 @@ class OnnxLogits:
     """
 
     def __init__(self, path: Path, threads: int = 0):
-        import onnxruntime as ort
-
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = 1

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
 from model.artifact.manifest import read_json, verify
 from model.artifact.network import build_from_artifact
@@ -82,8 +83,6 @@ class IntentPredictor:
         meta = read_json(folder, "meta.json")
         model = onnx = None
         if runtime == "onnx" and device == "cpu" and (folder / ONNX_FILE).is_file():
-            from transformers import AutoTokenizer
-
             tokenizer = AutoTokenizer.from_pretrained(folder)
             onnx = OnnxLogits(folder / ONNX_FILE)
         else:
@@ -113,11 +112,9 @@ class IntentPredictor:
         ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-        padded = [_pad([ids[i] for i in idx], self.tokenizer.pad_token_id or 0) for idx in chunks]
+        padded = [pad_batch([ids[i] for i in idx], self.tokenizer.pad_token_id or 0) for idx in chunks]
         for idx, logits in zip(chunks, self._logits(padded)):
-            logits = logits / self.temperature
-            z = np.exp(logits - logits.max(axis=1, keepdims=True))
-            out[idx] = z / z.sum(axis=1, keepdims=True)
+            out[idx] = softmax(logits / self.temperature)
         return out
 
     def _chunk_size(self, n: int) -> int:
@@ -148,7 +145,13 @@ class IntentPredictor:
         ]
 
 
-def _pad(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities over the last axis (shifted by the maximum, so large logits do not overflow)."""
+    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad token id lists into a matrix plus the attention mask (1 on real tokens)."""
     width = max(len(r) for r in rows)
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)

@@ -36,6 +36,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
+import uvicorn
 from cloudevents.exceptions import GenericException
 from cloudevents.http import from_http
 from prometheus_client import CollectorRegistry, Counter, Histogram, exposition
@@ -45,7 +46,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from model.collect.store import GroupCommitWriter, open_store, read_response
+from data_checks.pii import Scanner  # cheap: Presidio itself loads when the first scanner is built
+from model.collect.export import answer_labels
+from model.collect.store import GroupCommitWriter, count_rows, open_store, read_response
 from model.core.config import CollectorConfig, PiiConfig
 from model.core.http_guard import BodyLimit, ensure_can_listen
 from model.core.steps import StepResult
@@ -204,6 +207,8 @@ def _feedback_fields(payload) -> dict:
 
 
 class CollectorMetrics:
+    """The collector's Prometheus series: events by outcome, feedback per arm and version, time to acknowledge."""
+
     def __init__(self, registry: CollectorRegistry):
         self.registry = registry
         self.events = Counter(
@@ -224,105 +229,112 @@ class CollectorMetrics:
         )
 
 
-def build_app(
-    cfg: CollectorConfig, registry: CollectorRegistry | None = None, pii_cfg: PiiConfig | None = None
-) -> Starlette:
-    """The collector's ASGI app; the store opens (and its tables are created) and the PII scanner is built here."""
-    from data_checks.pii import Scanner  # Presidio is heavy: loaded when a collector is built, not on import
+class Collector:
+    """The collector's handlers and what they share: the store, its group-commit writer, the PII scanner,
+    the metrics, and the feedback counts waiting for their answer."""
 
-    scanner = Scanner(pii_cfg or PiiConfig())  # once per process: building the analyzer takes seconds
+    def __init__(self, cfg: CollectorConfig, registry: CollectorRegistry, pii_cfg: PiiConfig):
+        self.scanner = Scanner(pii_cfg)  # once per process: building the analyzer takes seconds
+        self.engine = open_store(cfg.store_url, cfg.sqlite_synchronous)
+        self.writer = GroupCommitWriter(self.engine)
+        self.metrics = CollectorMetrics(registry)
+        self._late_counts: set[asyncio.Task] = set()
 
-    def redact(text: str) -> str:
-        return scanner.redact(text)[0]
+    def redact(self, text: str) -> str:
+        return self.scanner.redact(text)[0]
 
-    engine = open_store(cfg.store_url, cfg.sqlite_synchronous)
-    writer = GroupCommitWriter(engine)
-    metrics = CollectorMetrics(registry or CollectorRegistry())
-    late_counts: set[asyncio.Task] = set()
-
-    async def receive(request: Request) -> Response:
+    async def receive(self, request: Request) -> Response:
+        """Validate, redact, commit, answer: 200 only once the event is committed (or was already stored)."""
         started = datetime.now(UTC)
         try:
             headers = {k.lower(): v for k, v in request.headers.items()}
-            table, row = await run_in_threadpool(parse_event, headers, await request.body(), started, redact)
+            table, row = await run_in_threadpool(parse_event, headers, await request.body(), started, self.redact)
         except BadEvent as bad:
             claimed = request.headers.get("ce-type")  # only known types become labels: no unbounded series
-            metrics.events.labels(claimed if claimed in EVENT_TYPES else "other", "rejected").inc()
+            self.metrics.events.labels(claimed if claimed in EVENT_TYPES else "other", "rejected").inc()
             return JSONResponse({"error": bad.reason}, status_code=bad.status)
         event_type = request.headers.get("ce-type", FEEDBACK_TYPE if table == "feedback" else "inference")
         try:
-            new = await writer.write(table, row)
+            new = await self.writer.write(table, row)
         except Exception as exc:  # noqa: BLE001 - the store is down or refused: not acknowledged
-            metrics.events.labels(event_type, "store_error").inc()
+            self.metrics.events.labels(event_type, "store_error").inc()
             return JSONResponse({"error": f"store unavailable: {type(exc).__name__}: {exc}"}, status_code=503)
-        metrics.events.labels(event_type, "stored" if new else "duplicate").inc()
-        metrics.latency.observe((datetime.now(UTC) - started).total_seconds())
+        self.metrics.events.labels(event_type, "stored" if new else "duplicate").inc()
+        self.metrics.latency.observe((datetime.now(UTC) - started).total_seconds())
         if new and table == "feedback":
-            labels = await run_in_threadpool(answer_of, row["request_id"])
-            if labels is None and row["request_id"]:
-                # the logger posts asynchronously: a quick user can rate an answer before it is logged
-                task = asyncio.get_running_loop().create_task(count_late(row["kind"], row["request_id"]))
-                late_counts.add(task)
-                task.add_done_callback(late_counts.discard)
-            else:
-                metrics.feedback.labels(row["kind"], *(labels or UNKNOWN_ANSWER)).inc()
+            await self.count_feedback(row["kind"], row["request_id"])
         return JSONResponse({"id": row["event_id"], "stored": new, "duplicate": not new})
 
-    def answer_of(request_id: str) -> tuple[str, str] | None:
-        """Arm and model version of the answer a feedback names (its stored response event), if any."""
-        from model.collect.export import answer_labels
+    async def count_feedback(self, kind: str, request_id: str) -> None:
+        """Count stored feedback on the answer it names, now or once that answer is stored."""
+        labels = await run_in_threadpool(self.answer_of, request_id)
+        if labels is None and request_id:
+            # the logger posts asynchronously: a quick user can rate an answer before it is logged
+            task = asyncio.get_running_loop().create_task(self.count_late(kind, request_id))
+            self._late_counts.add(task)
+            task.add_done_callback(self._late_counts.discard)
+        else:
+            self.metrics.feedback.labels(kind, *(labels or UNKNOWN_ANSWER)).inc()
 
+    def answer_of(self, request_id: str) -> tuple[str, str] | None:
+        """Arm and model version of the answer a feedback names (its stored response event), if any."""
         try:
-            response = read_response(engine, request_id) if request_id else None
+            response = read_response(self.engine, request_id) if request_id else None
         except sa.exc.SQLAlchemyError:
             response = None  # the feedback is stored; only its metric labels are unknown
         return answer_labels(response) if response else None
 
-    async def count_late(kind: str, request_id: str) -> None:
+    async def count_late(self, kind: str, request_id: str) -> None:
         """Count feedback whose answer was not stored yet once it is, or as 'unknown' after LATE_ANSWER_WAITS_S."""
         labels = None
         for wait in LATE_ANSWER_WAITS_S:
             await asyncio.sleep(wait)
-            labels = await run_in_threadpool(answer_of, request_id)
+            labels = await run_in_threadpool(self.answer_of, request_id)
             if labels is not None:
                 break
-        metrics.feedback.labels(kind, *(labels or UNKNOWN_ANSWER)).inc()
+        self.metrics.feedback.labels(kind, *(labels or UNKNOWN_ANSWER)).inc()
 
-    def store_answers() -> None:
-        with engine.connect() as conn:
+    def _store_answers(self) -> None:
+        with self.engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
 
-    async def health(_request: Request) -> Response:
+    async def health(self, _request: Request) -> Response:
         """Ready only while the store answers: a collector that cannot commit must not receive events."""
         try:
-            await run_in_threadpool(store_answers)
+            await run_in_threadpool(self._store_answers)
         except sa.exc.SQLAlchemyError as exc:
             return JSONResponse({"status": "store unavailable", "error": str(exc).splitlines()[0]}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    async def prometheus(request: Request) -> Response:
+    async def prometheus(self, request: Request) -> Response:
         encoder, content_type = exposition.choose_encoder(request.headers.get("accept"))
-        return Response(encoder(metrics.registry), headers={"content-type": content_type})
+        return Response(encoder(self.metrics.registry), headers={"content-type": content_type})
 
     @asynccontextmanager
-    async def lifespan(_app):
+    async def lifespan(self, _app):
         yield
-        for task in list(late_counts):
+        for task in list(self._late_counts):
             task.cancel()
-        writer.close()
-        engine.dispose()
+        self.writer.close()
+        self.engine.dispose()
 
+
+def build_app(
+    cfg: CollectorConfig, registry: CollectorRegistry | None = None, pii_cfg: PiiConfig | None = None
+) -> Starlette:
+    """The collector's ASGI app; the store opens (and its tables are created) and the PII scanner is built here."""
+    collector = Collector(cfg, registry or CollectorRegistry(), pii_cfg or PiiConfig())
     app = Starlette(
         routes=[
-            Route("/", receive, methods=["POST"]),
-            Route("/events", receive, methods=["POST"]),
-            Route("/healthz", health, methods=["GET"]),
-            Route("/metrics", prometheus, methods=["GET"]),
+            Route("/", collector.receive, methods=["POST"]),
+            Route("/events", collector.receive, methods=["POST"]),
+            Route("/healthz", collector.health, methods=["GET"]),
+            Route("/metrics", collector.prometheus, methods=["GET"]),
         ],
-        lifespan=lifespan,
+        lifespan=collector.lifespan,
     )
     app.add_middleware(BodyLimit, max_body_bytes=cfg.max_body_bytes)
-    app.state.engine, app.state.writer, app.state.scanner = engine, writer, scanner
+    app.state.engine, app.state.writer, app.state.scanner = collector.engine, collector.writer, collector.scanner
     return app
 
 
@@ -333,10 +345,6 @@ def collect_command(*, collect: CollectorConfig, pii: PiiConfig) -> StepResult:
 
 def collect_step(cfg: CollectorConfig, pii_cfg: PiiConfig | None = None) -> tuple[dict, str]:
     """Run the collector until SIGTERM/SIGINT."""
-    import uvicorn
-
-    from model.collect.store import count_rows
-
     ensure_can_listen(cfg.host, cfg.http_port)
     app = build_app(cfg, pii_cfg=pii_cfg)
     started = datetime.now(UTC)

@@ -6,18 +6,14 @@ keyed by their CloudEvent id (plus request/response for inference events), so a 
 is a no-op; the join of a request with its response happens when reading, which makes arrival order
 irrelevant.
 
-Writes go through ``GroupCommitWriter``: concurrent events are inserted in one transaction and each
-caller is answered only after that transaction committed, so many events share one fsync.
+Writes go through ``GroupCommitWriter`` (an ``AsyncBatcher`` of rows): concurrent events are inserted
+in one transaction and each caller is answered only after that transaction committed, so many events
+share one fsync.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import typing
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -25,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
+from model.core.batching import AsyncBatcher
 from model.core.config import CollectorConfig
 from model.core.errors import FlywheelError
 
@@ -110,86 +107,40 @@ def _insert(engine: Engine, table: sa.Table):
     return dialect.insert(table).on_conflict_do_nothing(index_elements=keys).returning(*table.primary_key.columns), keys
 
 
-@dataclass
-class Pending:
-    table: str
-    row: dict
-    future: asyncio.Future
-
-
 class GroupCommitWriter:
     """Inserts rows for concurrent callers in shared transactions; ``await write()`` returns after commit.
 
-    Returns True when the row was new, False when it was already stored (a redelivery).
+    Returns True when the row was new, False when it was already stored (a redelivery). A failed
+    transaction is retried row by row, so one bad row cannot fail its neighbours.
     """
 
     def __init__(self, engine: Engine, max_batch: int = 512):
         self.engine = engine
-        self.max_batch = max_batch
         self._statements = {name: _insert(engine, table) for name, table in TABLES.items()}
-        self._pending: deque[Pending] = deque()
-        self._arrived: asyncio.Event | None = None
-        self._worker: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flywheel-store")
-        self._lock = threading.Lock()
+        self._batcher = AsyncBatcher(
+            self._commit, max_batch_size=max_batch, retry_alone=True, thread_name="flywheel-store"
+        )
 
     async def write(self, table: str, row: dict) -> bool:
-        loop = asyncio.get_running_loop()
-        if self._worker is None or self._worker.done():
-            self._arrived = asyncio.Event()
-            self._worker = loop.create_task(self._run())
-        item = Pending(table, row, loop.create_future())
-        self._pending.append(item)
-        self._arrived.set()
-        return await item.future
+        return await self._batcher.submit((table, row))
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            while not self._pending:
-                self._arrived.clear()
-                await self._arrived.wait()
-            batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
-            try:
-                inserted = await loop.run_in_executor(self._executor, self._commit, batch)
-            except Exception:  # noqa: BLE001 - retried one by one, so one bad row cannot fail its neighbours
-                await self._commit_each(loop, batch)
-                continue
-            for item, new in zip(batch, inserted):
-                if not item.future.done():
-                    item.future.set_result(new)
-
-    async def _commit_each(self, loop, batch: list[Pending]) -> None:
-        for item in batch:
-            try:
-                (new,) = await loop.run_in_executor(self._executor, self._commit, [item])
-            except Exception as exc:  # noqa: BLE001 - this caller answers with the error
-                if not item.future.done():
-                    item.future.set_exception(exc)
-                continue
-            if not item.future.done():
-                item.future.set_result(new)
-
-    def _commit(self, batch: list[Pending]) -> list[bool]:
+    def _commit(self, batch: list[tuple[str, dict]]) -> list[bool]:
         """One transaction for the whole batch; which rows were new comes back from RETURNING."""
         new_keys: set[tuple] = set()
-        with self._lock, self.engine.begin() as conn:
-            for name in {item.table for item in batch}:
-                stmt, keys = self._statements[name]
-                rows = [item.row for item in batch if item.table == name]
-                for returned in conn.execute(stmt, rows):
+        with self.engine.begin() as conn:
+            for name in {table for table, _ in batch}:
+                insert = self._statements[name][0]
+                for returned in conn.execute(insert, [row for table, row in batch if table == name]):
                     new_keys.add((name, *returned))
         out = []
-        for item in batch:
-            key = (item.table, *(item.row[k] for k in self._statements[item.table][1]))
+        for table, row in batch:
+            key = (table, *(row[k] for k in self._statements[table][1]))
             out.append(key in new_keys)
             new_keys.discard(key)  # the same event twice in one batch: only the first counts as new
         return out
 
     def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-        self._executor.shutdown(wait=True)
+        self._batcher.close(wait=True)  # a commit in flight finishes before the engine is disposed
 
 
 def count_rows(engine: Engine) -> dict[str, int]:

@@ -158,7 +158,8 @@ class ServeConfig:
     max_batch_size: int = setting(32, "MiniLM on CPU doubles its throughput from 1 to 32 texts per forward pass")
     max_batch_wait_ms: float = setting(
         5.0,
-        "how long a lone request waits for company: at 32 clients 5 ms gave p99 94-100 ms here, 2 or 8 ms 100-105",
+        "how long requests that arrive together wait for more company (a lone one never waits): at 32 clients "
+        "5 ms gave p99 94-100 ms here, 2 or 8 ms 100-105",
     )
     max_instances: int = setting(64, "texts per request; a chat front end sends one, replays send a few dozen")
     max_text_chars: int = setting(

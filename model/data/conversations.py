@@ -59,9 +59,11 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from model.core.errors import FlywheelError
 from model.core.files import replacing
+from model.data.readers import read_parquet
 
 SNAPSHOT_SCHEMA = pa.schema(
     [
@@ -84,7 +86,6 @@ SNAPSHOT_SCHEMA = pa.schema(
 COLUMNS = SNAPSHOT_SCHEMA.names
 ARMS = ("stable", "canary", "shadow")
 THUMBS = ("up", "down", "")
-FEEDBACK_FLAGS = ("abandoned", "escalated", "resolved")
 DIGEST_KEY = b"flywheel.content_digest"
 WINDOW_KEYS = (b"flywheel.window_start", b"flywheel.window_end")
 
@@ -98,10 +99,7 @@ def read_snapshot(path: str | Path, *, strict: bool = True) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FlywheelError(f"{path}: no such snapshot file")
-    try:
-        table = pd.read_parquet(path)
-    except Exception as exc:  # noqa: BLE001 - any parser failure means the file is unreadable
-        raise FlywheelError(f"{path}: cannot read as Parquet: {exc}") from exc
+    table = read_parquet(path)
     if not strict:
         return table
     missing = [c for c in COLUMNS if c not in table.columns]
@@ -129,8 +127,6 @@ def write_snapshot(df: pd.DataFrame, path: str | Path, metadata: dict[bytes, byt
 
     ``metadata`` goes into the Parquet schema's key-value metadata (digest, window).
     """
-    import pyarrow.parquet as pq
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(df[COLUMNS], schema=SNAPSHOT_SCHEMA, preserve_index=False)
@@ -147,8 +143,6 @@ def snapshot_info(path: str | Path, frame: pd.DataFrame | None = None) -> dict:
     A snapshot written another way has no such metadata: the window is then the first and last
     timestamp in ``frame`` (if given) and the digest is empty.
     """
-    import pyarrow.parquet as pq
-
     meta = pq.read_schema(Path(path)).metadata or {}
     start, end = (meta.get(k, b"").decode() for k in WINDOW_KEYS)
     if not (start and end) and frame is not None and len(frame):

@@ -15,11 +15,11 @@ import pandas as pd
 
 from model.core.config import DataConfig
 from model.core.errors import FlywheelError
+from model.data.readers import TABLE_SUFFIXES, read_json, read_table
 
 COLUMNS = ["text", "intent", "source", "conversation_id", "split"]
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "dev": "val", "test": "test"}
-_TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
 
 
 def load_examples(path: str | Path, cfg: DataConfig | None = None) -> pd.DataFrame:
@@ -36,36 +36,27 @@ def load_examples(path: str | Path, cfg: DataConfig | None = None) -> pd.DataFra
     if path.is_dir():
         frames = []
         for split in ("train", "val", "validation", "test"):
-            for suffix in _TABLE_SUFFIXES:
+            for suffix in TABLE_SUFFIXES:
                 part = path / f"{split}{suffix}"
                 if part.exists():
-                    df = _read_table(part)
+                    df = _read_example_table(part)
                     df["split"] = _SPLIT_ALIASES[split]
                     frames.append(df)
         if not frames:
-            raise FlywheelError(f"{path}: folder holds no train/val/test file ({', '.join(_TABLE_SUFFIXES)})")
+            raise FlywheelError(f"{path}: folder holds no train/val/test file ({', '.join(TABLE_SUFFIXES)})")
         df = pd.concat(frames, ignore_index=True)
     elif path.suffix == ".json":
         df = _read_clinc(path)
-    elif path.suffix in _TABLE_SUFFIXES:
-        df = _read_table(path)
+    elif path.suffix in TABLE_SUFFIXES:
+        df = _read_example_table(path)
     else:
         raise FlywheelError(f"{path}: unsupported format '{path.suffix}' (use CSV, Parquet, JSONL or CLINC150 JSON)")
     return validate_examples(df, path, cfg)
 
 
-def _read_table(path: Path) -> pd.DataFrame:
-    try:
-        if path.suffix == ".csv":
-            df = pd.read_csv(path, dtype=str, keep_default_na=False)
-        elif path.suffix == ".parquet":
-            df = pd.read_parquet(path)
-        else:
-            df = pd.read_json(path, lines=True, dtype=False)
-    except pd.errors.EmptyDataError as exc:
-        raise FlywheelError(f"{path}: file is empty") from exc
-    except Exception as exc:  # noqa: BLE001 - any parser failure means the file is unreadable
-        raise FlywheelError(f"{path}: cannot read as {path.suffix[1:]}: {exc}") from exc
+def _read_example_table(path: Path) -> pd.DataFrame:
+    """A table with ``text`` and ``intent`` columns (Banking77's ``category`` is its ``intent``)."""
+    df = read_table(path)
     if "intent" not in df.columns and "category" in df.columns:  # Banking77
         df = df.rename(columns={"category": "intent"})
     missing = [c for c in ("text", "intent") if c not in df.columns]
@@ -77,10 +68,7 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 
 def _read_clinc(path: Path) -> pd.DataFrame:
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FlywheelError(f"{path}: cannot read as JSON: {exc}") from exc
+    raw = read_json(path)
     if not isinstance(raw, dict) or not any(k in raw for k in ("train", "test", "val")):
         raise FlywheelError(f"{path}: not a CLINC150 file (expected keys train/val/test with [text, intent] pairs)")
     rows = []

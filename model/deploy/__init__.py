@@ -3,5 +3,5 @@ order), validating them, the release / promote / rollback / request-retrain step
 requests through a forge (GitHub's REST API or a local repository), and canary analysis with its
 metric sources (the collector's store, Prometheus, a file).
 
-Imports: ``model.core``, ``model.data``, ``model.registry``, ``model.collect`` (store counts).
+Imports: ``model.core``, ``model.registry``, ``model.collect`` (the store's counts for canary analysis).
 """

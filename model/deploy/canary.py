@@ -19,9 +19,9 @@ Alpha is split over the tests (Bonferroni).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 from model.core.config import CanaryConfig
 from model.core.errors import FlywheelError
@@ -69,6 +69,8 @@ class ArmMetrics:
 
 @dataclass
 class RateComparison:
+    """One rate on both arms, and the answers to both one-sided questions."""
+
     metric: str
     stable_rate: float
     canary_rate: float
@@ -113,16 +115,82 @@ def msprt_p_value(
     return min(1.0, math.exp(-log_ratio)), d
 
 
-def _compare(name: str, xs: int, ns: int, xc: int, nc: int, margin: float, alpha: float, tau: float) -> RateComparison:
+class Rate(NamedTuple):
+    """One rate to compare: its events and the answers they are counted among, on each arm."""
+
+    metric: str
+    stable_events: int
+    stable_n: int
+    canary_events: int
+    canary_n: int
+    margin: float  # how much higher the canary's rate may be and still count as no worse
+
+
+def _compare(rate: Rate, alpha: float, tau: float, guardrail: bool = False) -> RateComparison:
+    """Both questions for one rate at ``alpha``: is the canary worse, and is it worse by less than the margin?"""
+    xs, ns, xc, nc = rate.stable_events, rate.stable_n, rate.canary_events, rate.canary_n
     p_zero, d0 = msprt_p_value(xs, ns, xc, nc, 0.0, tau)
-    p_margin, dm = msprt_p_value(xs, ns, xc, nc, margin, tau)
+    p_margin, dm = msprt_p_value(xs, ns, xc, nc, rate.margin, tau)
     # one-sided: reject only in the direction asked about. The two-sided p is kept as it is: halving
     # it would be anti-conservative (the symmetric mixture's ratio is less than twice the one-sided one)
     p_harm = p_zero if d0 > 0 else 1.0
     p_noninf = p_margin if dm < 0 else 1.0
     return RateComparison(
-        name, xs / ns, xc / nc, ns, nc, margin, p_harm, p_noninf, harmful=p_harm <= alpha, noninferior=p_noninf <= alpha
+        rate.metric,
+        xs / ns,
+        xc / nc,
+        ns,
+        nc,
+        rate.margin,
+        p_harm,
+        p_noninf,
+        harmful=p_harm <= alpha,
+        noninferior=p_noninf <= alpha,
+        guardrail=guardrail,
     )
+
+
+def _rated(arm: ArmMetrics) -> int:
+    return arm.thumbs_up + arm.thumbs_down
+
+
+def _rates(stable: ArmMetrics, canary: ArmMetrics, cfg: CanaryConfig) -> list[Rate]:
+    """The rates with a margin: per request, and thumbs-down per rated answer once both arms have enough ratings."""
+    per_request = [
+        ("error rate", stable.errors, canary.errors, cfg.error_rate_margin),
+        ("fallback rate", stable.fallbacks, canary.fallbacks, cfg.fallback_rate_margin),
+        ("escalation rate", stable.escalations, canary.escalations, cfg.escalation_rate_margin),
+    ]
+    rates = [Rate(name, xs, stable.requests, xc, canary.requests, margin) for name, xs, xc, margin in per_request]
+    if min(_rated(stable), _rated(canary)) >= cfg.min_ratings_per_arm:
+        rates.append(
+            Rate(
+                "thumbs-down rate",
+                stable.thumbs_down,
+                _rated(stable),
+                canary.thumbs_down,
+                _rated(canary),
+                cfg.thumbs_down_margin,
+            )
+        )
+    return rates
+
+
+def compare_arms(stable: ArmMetrics, canary: ArmMetrics, cfg: CanaryConfig) -> tuple[list[RateComparison], float]:
+    """Every rate compared, then the slow-answer guardrail; and the alpha each test got (Bonferroni)."""
+    rates = _rates(stable, canary, cfg)
+    slow = Rate(
+        f"slow-answer rate (over {cfg.latency_budget_ms:.0f} ms)",
+        stable.slow,
+        stable.requests,
+        canary.slow,
+        canary.requests,
+        0.0,
+    )
+    alpha = cfg.alpha / (len(rates) + 1)
+    comparisons = [_compare(r, alpha, cfg.mixture_sd) for r in rates]
+    comparisons.append(_compare(slow, alpha, cfg.mixture_sd, guardrail=True))
+    return comparisons, alpha
 
 
 def analyse(stable: ArmMetrics, canary: ArmMetrics, cfg: CanaryConfig) -> CanaryVerdict:
@@ -135,86 +203,40 @@ def analyse(stable: ArmMetrics, canary: ArmMetrics, cfg: CanaryConfig) -> Canary
     latency = {"stable": stable.latency_p99_ms, "canary": canary.latency_p99_ms}
     if few:
         return CanaryVerdict(HOLD, ["too little traffic: " + "; ".join(few)], latency_p99_ms=latency)
-    rates = [
-        ("error rate", stable.errors, stable.requests, canary.errors, canary.requests, cfg.error_rate_margin),
-        (
-            "fallback rate",
-            stable.fallbacks,
-            stable.requests,
-            canary.fallbacks,
-            canary.requests,
-            cfg.fallback_rate_margin,
-        ),
-        (
-            "escalation rate",
-            stable.escalations,
-            stable.requests,
-            canary.escalations,
-            canary.requests,
-            cfg.escalation_rate_margin,
-        ),
-    ]
-    rated_s, rated_c = stable.thumbs_up + stable.thumbs_down, canary.thumbs_up + canary.thumbs_down
-    if min(rated_s, rated_c) >= cfg.min_ratings_per_arm:
-        rates.append(
-            ("thumbs-down rate", stable.thumbs_down, rated_s, canary.thumbs_down, rated_c, cfg.thumbs_down_margin)
-        )
-    slow = (
-        f"slow-answer rate (over {cfg.latency_budget_ms:.0f} ms)",
-        stable.slow,
-        stable.requests,
-        canary.slow,
-        canary.requests,
-        0.0,
-    )
-    alpha = cfg.alpha / (len(rates) + 1)
-    comparisons = [_compare(*r, alpha=alpha, tau=cfg.mixture_sd) for r in rates]
-    comparisons.append(dataclasses.replace(_compare(*slow, alpha=alpha, tau=cfg.mixture_sd), guardrail=True))
-    reasons, harm = [], False
-    for c in comparisons:
-        if c.harmful:
-            harm = True
-            reasons.append(
-                f"{c.metric} is higher on the canary: {c.canary_rate:.2%} vs {c.stable_rate:.2%} "
-                f"(always-valid p = {c.p_harm:.2g} <= {alpha:.3g})"
-            )
-    if harm:
-        return CanaryVerdict(ROLLBACK, reasons, comparisons, latency, alpha)
-    if rated_s < cfg.min_ratings_per_arm or rated_c < cfg.min_ratings_per_arm:
-        return CanaryVerdict(
-            HOLD,
-            [
-                f"too little feedback: thumbs-down rate needs {cfg.min_ratings_per_arm} "
-                f"rated answers per arm (stable {rated_s}, canary {rated_c})"
-            ],
-            comparisons,
-            latency,
-            alpha,
-        )
+    comparisons, alpha = compare_arms(stable, canary, cfg)
+    decision, reasons = decide(comparisons, alpha, stable, canary, cfg)
+    return CanaryVerdict(decision, reasons, comparisons, latency, alpha)
+
+
+def decide(
+    comparisons: list[RateComparison], alpha: float, stable: ArmMetrics, canary: ArmMetrics, cfg: CanaryConfig
+) -> tuple[str, list[str]]:
+    """The decision and its reasons, from the comparisons: any harm rolls back; a promotion needs every
+    rate with a margin shown non-inferior, on enough feedback."""
+    harmful = [c for c in comparisons if c.harmful]
+    if harmful:
+        return ROLLBACK, [
+            f"{c.metric} is higher on the canary: {c.canary_rate:.2%} vs {c.stable_rate:.2%} "
+            f"(always-valid p = {c.p_harm:.2g} <= {alpha:.3g})"
+            for c in harmful
+        ]
+    if min(_rated(stable), _rated(canary)) < cfg.min_ratings_per_arm:
+        return HOLD, [
+            f"too little feedback: thumbs-down rate needs {cfg.min_ratings_per_arm} "
+            f"rated answers per arm (stable {_rated(stable)}, canary {_rated(canary)})"
+        ]
     pending = [c for c in comparisons if not c.noninferior and not c.guardrail]
     if pending:
-        return CanaryVerdict(
-            HOLD,
-            [
-                f"not yet shown: canary's {c.metric} at most {c.margin:.1%} above stable's "
-                f"({c.canary_rate:.2%} vs {c.stable_rate:.2%}, p = {c.p_noninferior:.2g})"
-                for c in pending
-            ],
-            comparisons,
-            latency,
-            alpha,
-        )
-    return CanaryVerdict(
-        PROMOTE,
-        [
-            f"every rate is shown to be at most its margin above stable's (alpha {alpha:.3g} each) "
-            f"and the canary is not slower: {canary.slow / canary.requests:.2%} of its answers over "
-            f"{cfg.latency_budget_ms:.0f} ms, stable {stable.slow / stable.requests:.2%}"
-        ],
-        comparisons,
-        latency,
-        alpha,
-    )
+        return HOLD, [
+            f"not yet shown: canary's {c.metric} at most {c.margin:.1%} above stable's "
+            f"({c.canary_rate:.2%} vs {c.stable_rate:.2%}, p = {c.p_noninferior:.2g})"
+            for c in pending
+        ]
+    return PROMOTE, [
+        f"every rate is shown to be at most its margin above stable's (alpha {alpha:.3g} each) "
+        f"and the canary is not slower: {canary.slow / canary.requests:.2%} of its answers over "
+        f"{cfg.latency_budget_ms:.0f} ms, stable {stable.slow / stable.requests:.2%}"
+    ]
 
 
 def render_markdown(verdict: CanaryVerdict, env: str, stable_label: str, canary_label: str) -> str:

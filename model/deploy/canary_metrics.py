@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from model.collect.export import ARM_OF_ENDPOINT, window_rows
+from model.collect.store import open_store
 from model.core.errors import FlywheelError
 from model.core.git import run_git
 from model.deploy.canary import ArmMetrics
@@ -31,6 +33,7 @@ P99 = "histogram_quantile(0.99, sum by (le) (increase(flywheel_request_duration_
 # answers timed, and those within the budget: the slow ones are the difference
 TIMED = "sum(increase(flywheel_request_duration_seconds_count{%s}[%ds]))"
 WITHIN = 'sum(increase(flywheel_request_duration_seconds_bucket{%s, le="%s"}[%ds]))'
+IN_FLIGHT = timedelta(minutes=1)  # far above any answer's latency: an older unanswered request failed
 
 
 def canary_started(repo: Path, manifest: Path) -> float:
@@ -99,9 +102,6 @@ def prometheus_arm_metrics(
     return arms
 
 
-IN_FLIGHT = timedelta(minutes=1)  # far above any answer's latency: an older unanswered request failed
-
-
 def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite returns naive UTC
 
@@ -117,9 +117,6 @@ def store_arm_metrics(
     A request younger than ``IN_FLIGHT`` may still be answered, so it is not counted yet. ``slow``
     counts answers whose logged latency exceeds ``slow_ms``.
     """
-    from model.collect.export import ARM_OF_ENDPOINT, window_rows
-    from model.collect.store import open_store
-
     engine = open_store(store_url)
     try:
         events, rows, _ = window_rows(engine, since, until)
@@ -152,4 +149,5 @@ def store_arm_metrics(
 
 
 def seconds_since(started: float) -> int:
+    """Whole seconds from the Unix time ``started`` to now: the window Prometheus counts over."""
     return int(time.time() - started)

@@ -10,38 +10,43 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
+from ruamel.yaml.comments import CommentedMap
 
 from model.core.config import CanaryConfig, DeliveryConfig, RegistryConfig
 from model.core.errors import FlywheelError
 from model.deploy import manifests
 from model.deploy.canary import ArmMetrics, analyse, render_markdown
-from model.deploy.checks import check_inferenceservice
-from model.deploy.forges import Proposal, forge_from_env
+from model.deploy.canary_metrics import canary_started, prometheus_arm_metrics, seconds_since, store_arm_metrics
+from model.deploy.forges import GitHubForge, LocalForge, Proposal, forge_from_env
+from model.deploy.kubernetes_checks import check_inferenceservice
 from model.deploy.manifests import ModelRef, Rollout
 from model.registry import register, store, versions
+
+RETRAIN_REQUESTS = "retrain/requests"  # a merged file here triggers retrain.yml
+SOURCES = "give exactly one of --metrics (a JSON file), --store-url or --prometheus-url"
 
 
 @dataclass
 class Target:
-    forge: object
+    """An environment's InferenceService as the base branch holds it, and the forge to propose a change through."""
+
+    forge: GitHubForge | LocalForge
     env: str
     rel_path: str  # inside the repository
     label: Path  # how errors name the file
-    doc: object
+    doc: CommentedMap
     rollout: Rollout
 
 
 def open_target(repo: Path, env: str, dcfg: DeliveryConfig) -> Target:
-    if env not in manifests.ENVIRONMENTS:
-        raise FlywheelError(f"unknown environment '{env}' (known: {', '.join(manifests.ENVIRONMENTS)})")
-    forge = forge_from_env(Path(repo), dcfg.base_branch if _on_github() else "HEAD")
+    manifests.require_environment(env)
+    forge = forge_from_env(Path(repo), dcfg.base_branch)
     rel = f"{dcfg.manifests_dir}/{env}/{manifests.ISVC_FILE}"
     label = Path(repo) / rel
     text = forge.read(rel)
@@ -50,10 +55,6 @@ def open_target(repo: Path, env: str, dcfg: DeliveryConfig) -> Target:
     if schema:
         raise FlywheelError("; ".join(schema))
     return Target(forge, env, rel, label, doc, manifests.read_rollout(label, doc))
-
-
-def _on_github() -> bool:
-    return bool(os.environ.get("GITHUB_TOKEN") and os.environ.get("GITHUB_REPOSITORY"))
 
 
 def _render_new(t: Target, new: Rollout) -> str:
@@ -108,21 +109,30 @@ def _model_section(info: dict, reg_cfg: RegistryConfig) -> str:
     return "\n".join(lines)
 
 
-def _analysis_section(path: str, env: str, canary: ModelRef | None) -> tuple[str, dict | None]:
-    if not path:
-        return "", None
-    p = Path(path)
+def _read_json(path: Path, what: str):
     try:
-        analysis = json.loads(p.read_text())
+        return json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
-        raise FlywheelError(f"{p}: cannot read canary analysis: {exc}") from exc
+        raise FlywheelError(f"{path}: cannot read {what}: {exc}") from exc
+
+
+def _markdown_beside(path: Path, otherwise: str) -> str:
+    """A report's ``.md`` sibling (each step writes one beside its JSON), else ``otherwise``."""
+    md = Path(path).with_suffix(".md")
+    return md.read_text() if md.is_file() else otherwise
+
+
+def _analysis_section(path: str, env: str, canary: ModelRef | None) -> str:
+    """The canary analysis at ``path`` to quote in the pull request ("" without one); it must be for this canary."""
+    if not path:
+        return ""
+    analysis = _read_json(Path(path), "canary analysis")
     if analysis.get("env") != env or (canary and analysis.get("canary_version") != canary.version):
         raise FlywheelError(
-            f"{p}: analysis is for {analysis.get('env')} canary v{analysis.get('canary_version')}, "
+            f"{path}: analysis is for {analysis.get('env')} canary v{analysis.get('canary_version')}, "
             f"not {env} canary {canary.label() if canary else 'none'}"
         )
-    md = p.with_suffix(".md")
-    return (md.read_text() if md.is_file() else f"Canary analysis: **{analysis.get('decision')}**\n"), analysis
+    return _markdown_beside(Path(path), f"Canary analysis: **{analysis.get('decision')}**\n")
 
 
 def pr_body(*sections: str) -> str:
@@ -130,27 +140,41 @@ def pr_body(*sections: str) -> str:
     return "\n\n".join(filter(None, sections)) + "\n"
 
 
-def _propose(t: Target, branch: str, text: str, title: str, body: str) -> dict:
-    return t.forge.propose(Proposal(branch=branch, path=t.rel_path, text=text, title=title, body=body))
+def _propose_rollout(
+    t: Target, new: Rollout, command: str, version: int, title: str, intro: str, *details: str
+) -> tuple[dict, str]:
+    """Propose ``new`` as one commit on ``flywheel/<command>-<env>-v<version>``: the pull request and its body."""
+    text = _render_new(t, new)
+    body = pr_body(f"## {title}", intro, _state_table(t.rollout, new), *details, f"_Opened by `flywheel {command}`._")
+    proposal = Proposal(
+        branch=f"flywheel/{command}-{t.env}-v{version}", path=t.rel_path, text=text, title=title, body=body
+    )
+    return t.forge.propose(proposal), body
+
+
+def _champion_follows(reg_cfg: RegistryConfig, version: int, moves: bool, verb: str) -> str:
+    """The body's line on the registry when ``champion`` moves with this change ("" when it does not).
+
+    The version is resolved first: a version the registry does not know fails before anything is proposed.
+    """
+    if not moves:
+        return ""
+    versions.resolve_version(reg_cfg, version)
+    return f"Registry: `champion` moved {verb} v{version}."
 
 
 def release_step(
     env: str, version: int, percent: int, repo: Path, reg_cfg: RegistryConfig, dcfg: DeliveryConfig
 ) -> tuple[dict, str]:
-    if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
+    if not manifests.is_percent(percent):
         raise FlywheelError(f"--canary must be a whole number from 0 to 100, got {percent!r}")
     if version < 1:
         raise FlywheelError(f"--model-version must be a registered version number, got {version}")
     t = open_target(repo, env, dcfg)
-    if t.rollout.canary:  # say so before asking the registry: the clearer reason
-        raise FlywheelError(
-            f"{t.label}: canary {t.rollout.canary.label()} is still running "
-            f"({t.rollout.canary_percent}%); promote or roll it back first"
-        )
+    manifests.refuse_running_canary(t.rollout, t.label)  # before asking the registry: the clearer reason
     info = versions.resolve_version(reg_cfg, version)
     model = ModelRef(version, info["storage_uri"], info["sha256"])
     new = manifests.start_canary(t.rollout, model, percent, t.label)
-    text = _render_new(t, new)
     if new.canary:
         title = f"Release {reg_cfg.model_name} v{version} to {env} on a {percent}% canary"
         intro = (
@@ -164,14 +188,7 @@ def release_step(
             if t.rollout.stable is None
             else f"Rolls v{version} out to 100% of {env} at once (canary 100%)."
         )
-    body = pr_body(
-        f"## {title}",
-        intro,
-        _state_table(t.rollout, new),
-        _model_section(info, reg_cfg),
-        "_Opened by `flywheel release`._",
-    )
-    pr = _propose(t, f"flywheel/release-{env}-v{version}", text, title, body)
+    pr, body = _propose_rollout(t, new, "release", version, title, intro, _model_section(info, reg_cfg))
     return {
         "env": env,
         "action": "release",
@@ -191,22 +208,15 @@ def promote_env_step(
     canary = t.rollout.canary
     if version is not None and version != canary.version:
         raise FlywheelError(f"{t.label}: the canary is v{canary.version}, not v{version}")
-    analysis_md, _ = _analysis_section(analysis, env, canary)
+    analysis_md = _analysis_section(analysis, env, canary)
     moves_champion = env == dcfg.champion_env
-    if moves_champion:  # fail before proposing if the registry does not know the version
-        versions.resolve_version(reg_cfg, canary.version)
-    text = _render_new(t, new)
+    registry_line = _champion_follows(reg_cfg, canary.version, moves_champion, "to")
     title = f"Promote {reg_cfg.model_name} v{canary.version} to stable in {env}"
-    body = pr_body(
-        f"## {title}",
+    intro = (
         f"The canary takes 100% of {env} traffic and becomes the stable model; "
-        f"{t.rollout.stable.label()} is kept as previous stable for `flywheel rollback`.",
-        _state_table(t.rollout, new),
-        analysis_md,
-        f"Registry: `champion` moved to v{canary.version}." if moves_champion else "",
-        "_Opened by `flywheel promote`._",
+        f"{t.rollout.stable.label()} is kept as previous stable for `flywheel rollback`."
     )
-    pr = _propose(t, f"flywheel/promote-{env}-v{canary.version}", text, title, body)
+    pr, body = _propose_rollout(t, new, "promote", canary.version, title, intro, analysis_md, registry_line)
     result = {
         "env": env,
         "action": "promote",
@@ -226,11 +236,9 @@ def rollback_step(
     new = manifests.roll_back(t.rollout, t.label)
     before = t.rollout
     ended = before.canary or before.stable
-    analysis_md, _ = _analysis_section(analysis, env, before.canary) if before.canary else ("", None)
+    analysis_md = _analysis_section(analysis, env, before.canary) if before.canary else ""
     moves_champion = before.canary is None and env == dcfg.champion_env
-    if moves_champion:
-        versions.resolve_version(reg_cfg, new.stable.version)
-    text = _render_new(t, new)
+    registry_line = _champion_follows(reg_cfg, new.stable.version, moves_champion, "back to")
     if before.canary:
         title = f"Roll back {env}: end canary v{before.canary.version}, keep v{before.stable.version}"
         intro = (
@@ -241,15 +249,7 @@ def rollback_step(
     else:
         title = f"Roll back {env} from v{before.stable.version} to v{new.stable.version}"
         intro = f"Restores the stable model before the last promotion ({new.stable.label()})."
-    body = pr_body(
-        f"## {title}",
-        intro,
-        _state_table(before, new),
-        analysis_md,
-        f"Registry: `champion` moved back to v{new.stable.version}." if moves_champion else "",
-        "_Opened by `flywheel rollback`._",
-    )
-    pr = _propose(t, f"flywheel/rollback-{env}-v{ended.version}", text, title, body)
+    pr, body = _propose_rollout(t, new, "rollback", ended.version, title, intro, analysis_md, registry_line)
     result = {
         "env": env,
         "action": "rollback",
@@ -264,16 +264,37 @@ def rollback_step(
 
 def read_arm_metrics(path: Path) -> dict[str, ArmMetrics]:
     """``{"stable": {...}, "canary": {...}}`` with ArmMetrics' fields."""
-    try:
-        raw = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise FlywheelError(f"{path}: cannot read metrics JSON: {exc}") from exc
+    raw = _read_json(path, "metrics JSON")
     if not isinstance(raw, dict) or set(raw) != {"stable", "canary"}:
         raise FlywheelError(f"{path}: expected an object with exactly the arms 'stable' and 'canary'")
     return {
         arm: ArmMetrics.from_dict(values if isinstance(values, dict) else {}, f"{path} [{arm}]")
         for arm, values in raw.items()
     }
+
+
+def _arm_metrics(
+    env: str,
+    manifest: Path,
+    arm_versions: dict[str, int],
+    metrics: Path | None,
+    prometheus_url: str,
+    store_url: str,
+    repo: Path,
+    cfg: CanaryConfig,
+) -> tuple[dict[str, ArmMetrics], str]:
+    """Each arm's counts from the source given (the store, Prometheus, else the file), and how the report names it."""
+    if store_url:
+        started = datetime.fromtimestamp(canary_started(repo, manifest), UTC)
+        arms = store_arm_metrics(store_url, arm_versions, started, datetime.now(UTC), cfg.latency_budget_ms)
+        return arms, f"the collector's store, since {started:%Y-%m-%d %H:%M} UTC"
+    if prometheus_url:
+        started = canary_started(repo, manifest)
+        arms = prometheus_arm_metrics(
+            prometheus_url, manifests.namespace(env), arm_versions, seconds_since(started), cfg.latency_budget_ms
+        )
+        return arms, f"Prometheus {prometheus_url}, since {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}"
+    return read_arm_metrics(metrics), str(metrics)
 
 
 def canary_analysis_step(
@@ -286,8 +307,9 @@ def canary_analysis_step(
     store_url: str = "",
 ) -> tuple[dict, str]:
     """Decide from a metrics JSON file, or from the collector's store or Prometheus since the canary started."""
-    from model.deploy.canary_metrics import canary_started, prometheus_arm_metrics, seconds_since, store_arm_metrics
-
+    sources = sum(map(bool, (metrics, prometheus_url, store_url)))
+    if sources > 1:  # refused even when no canary runs
+        raise FlywheelError(SOURCES)
     path = manifests.isvc_path(repo, env, dcfg.manifests_dir)
     rollout = manifests.read_rollout(path)
     if rollout.canary is None:  # the hourly workflow runs anyway; nothing to decide is not an error
@@ -296,23 +318,11 @@ def canary_analysis_step(
             "decision": "none",
             "reasons": [f"no canary is running in {env}"],
         }, f"## Canary analysis ({env})\n\nNo canary is running.\n"
-    if sum(map(bool, (metrics, prometheus_url, store_url))) != 1:
-        raise FlywheelError("give exactly one of --metrics (a JSON file), --store-url or --prometheus-url")
-    versions = {"stable": rollout.stable.version, "canary": rollout.canary.version}
-    if store_url:
-        started = datetime.fromtimestamp(canary_started(Path(repo), path), UTC)
-        arms = store_arm_metrics(store_url, versions, started, datetime.now(UTC), cfg.latency_budget_ms)
-        source = f"the collector's store, since {started:%Y-%m-%d %H:%M} UTC"
-    elif prometheus_url:
-        started = canary_started(Path(repo), path)
-        arms = prometheus_arm_metrics(
-            prometheus_url, f"flywheel-{env}", versions, seconds_since(started), cfg.latency_budget_ms
-        )
-        source = f"Prometheus {prometheus_url}, since {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}"
-    else:
-        arms = read_arm_metrics(metrics)
-        source = str(metrics)
-    for arm, version in versions.items():
+    if not sources:
+        raise FlywheelError(SOURCES)
+    arm_versions = {"stable": rollout.stable.version, "canary": rollout.canary.version}
+    arms, source = _arm_metrics(env, path, arm_versions, metrics, prometheus_url, store_url, Path(repo), cfg)
+    for arm, version in arm_versions.items():
         seen = arms[arm].model_version
         if seen is not None and seen != version:
             raise FlywheelError(f"{source}: {arm} metrics are for v{seen}, but {path} has {arm} v{version}")
@@ -329,9 +339,6 @@ def canary_analysis_step(
     }, md
 
 
-RETRAIN_REQUESTS = "retrain/requests"  # a merged file here triggers retrain.yml
-
-
 def request_retrain_step(drift_report: Path, repo: Path, dcfg: DeliveryConfig) -> tuple[dict, str]:
     """On drift, propose a retrain request (the data window and the drift verdict) as a pull request.
 
@@ -339,10 +346,7 @@ def request_retrain_step(drift_report: Path, repo: Path, dcfg: DeliveryConfig) -
     (``start``/``end`` of the logged data compared). Its ``.md`` sibling becomes the body.
     """
     path = Path(drift_report)
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise FlywheelError(f"{path}: cannot read drift report: {exc}") from exc
+    report = _read_json(path, "drift report")
     if not isinstance(report, dict) or not isinstance(report.get("drift"), bool):
         raise FlywheelError(f"{path}: expected a drift report with a true/false 'drift' verdict")
     if not report["drift"]:
@@ -362,17 +366,14 @@ def request_retrain_step(drift_report: Path, repo: Path, dcfg: DeliveryConfig) -
     rel = f"{RETRAIN_REQUESTS}/{stamp}.json"
     span = f"{window.get('start', '?')} to {window.get('end', '?')}" if window else "the latest window"
     title = f"Retrain: drift in logged conversations ({span})"
-    md = path.with_suffix(".md")
-    drift_md = md.read_text() if md.is_file() else "\n".join(f"- {r}" for r in request["drift_reasons"])
     body = pr_body(
         f"## {title}",
         f"Merging this adds `{rel}`; `retrain.yml` then prepares data from the window, "
         "trains, evaluates, gates, registers and opens a release pull request.",
-        drift_md,
+        _markdown_beside(path, "\n".join(f"- {r}" for r in request["drift_reasons"])),
         "_Opened by `flywheel request-retrain`._",
     )
-    forge = forge_from_env(Path(repo), dcfg.base_branch if _on_github() else "HEAD")
-    pr = forge.propose(
+    pr = forge_from_env(Path(repo), dcfg.base_branch).propose(
         Proposal(
             branch=f"flywheel/retrain-{stamp}",
             path=rel,

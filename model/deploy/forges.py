@@ -7,7 +7,8 @@
   working tree nor the checked-out branch is touched, and creates the branch only once the commit
   exists. The pull-request title and body are the commit message, so ``git log`` shows them.
 
-Either way the change is proposed against what the base branch holds, not the working tree.
+``forge_from_env`` picks one: the only place that reads those variables. Either way the change is
+proposed against what the base branch holds, not the working tree.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from model.core.errors import FlywheelError
 from model.core.git import run_git
 
 USER_AGENT = "flywheel-release"
+GITHUB_API = "https://api.github.com"
 
 
 @dataclass
@@ -99,14 +101,15 @@ class GitHubForge:
         token: str,
         repository: str,
         base: str = "main",
-        api_url: str | None = None,
+        api_url: str = GITHUB_API,
         session: requests.Session | None = None,
     ):
         if repository.count("/") != 1:
             raise FlywheelError(f"GITHUB_REPOSITORY must be owner/name, got {repository!r}")
         self.repository = repository
         self.base = base
-        self.api = (api_url or os.environ.get("GITHUB_API_URL") or "https://api.github.com").rstrip("/")
+        self.api = api_url.rstrip("/")
+        self._blob_shas: dict[str, str] = {}  # path -> its blob on the base branch, as read
         self.http = session or requests.Session()
         self.http.headers.update(
             {
@@ -133,14 +136,13 @@ class GitHubForge:
 
     def read(self, path: str) -> str:
         got = self._call("GET", f"/contents/{path}", params={"ref": self.base})
-        self._blob_sha = got["sha"]
+        self._blob_shas[path] = got["sha"]
         return base64.b64decode(got["content"]).decode()
 
     def propose(self, p: Proposal) -> dict:
-        if p.new_file:
-            self._blob_sha = None
-        elif not hasattr(self, "_blob_sha"):
+        if not p.new_file and p.path not in self._blob_shas:
             self.read(p.path)
+        blob_sha = None if p.new_file else self._blob_shas[p.path]
         base_sha = self._call("GET", f"/git/ref/heads/{self.base}")["object"]["sha"]
         if self._call("GET", f"/git/ref/heads/{p.branch}", ok=(200, 404)).get("object"):
             return self._already_proposed(p)
@@ -151,8 +153,8 @@ class GitHubForge:
                 "content": base64.b64encode(p.text.encode()).decode(),
                 "branch": p.branch,
             }
-            if self._blob_sha:
-                change["sha"] = self._blob_sha  # GitHub refuses to overwrite a file without its blob sha
+            if blob_sha:
+                change["sha"] = blob_sha  # GitHub refuses to overwrite a file without its blob sha
             put = self._call("PUT", f"/contents/{p.path}", ok=(200, 201), json=change)
             pr = self._call(
                 "POST",
@@ -206,9 +208,11 @@ class GitHubForge:
         }
 
 
-def forge_from_env(repo: Path, base: str):
-    """GitHub when ``GITHUB_TOKEN`` and ``GITHUB_REPOSITORY`` are both set, else the local repository."""
+def forge_from_env(repo: Path, base_branch: str) -> GitHubForge | LocalForge:
+    """GitHub, against ``base_branch``, when ``GITHUB_TOKEN`` and ``GITHUB_REPOSITORY`` are both set;
+    else the local repository at ``repo``, against its checked-out ``HEAD`` (a local run works on the
+    branch it has checked out, whatever its name)."""
     token, repository = os.environ.get("GITHUB_TOKEN"), os.environ.get("GITHUB_REPOSITORY")
     if token and repository:
-        return GitHubForge(token, repository, base=base if base != "HEAD" else "main")
-    return LocalForge(repo, base)
+        return GitHubForge(token, repository, base_branch, os.environ.get("GITHUB_API_URL") or GITHUB_API)
+    return LocalForge(repo)

@@ -27,7 +27,7 @@ ISVC_FILE = "inferenceservice.yaml"
 PREFIX = "flywheel.dev/"
 CONTAINER = "kserve-container"
 ENV_URI, ENV_SHA, ENV_VERSION = "STORAGE_URI", "FLYWHEEL_MODEL_SHA256", "FLYWHEEL_MODEL_VERSION"
-ROLES = ("stable", "canary", "previous-stable")
+REF_FIELDS = ("version", "storage-uri", "sha256")  # flywheel.dev/<role>-<field>, one annotation each
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -58,9 +58,32 @@ class Rollout:
         return self.canary or self.stable
 
 
-def isvc_path(repo: Path, env: str, manifests_dir: str = "manifests") -> Path:
+def require_environment(env: str) -> None:
     if env not in ENVIRONMENTS:
         raise FlywheelError(f"unknown environment '{env}' (known: {', '.join(ENVIRONMENTS)})")
+
+
+def namespace(env: str) -> str:
+    """The Kubernetes namespace an environment's objects live in (the AppProject allows exactly these)."""
+    return f"flywheel-{env}"
+
+
+def is_percent(value) -> bool:
+    """A whole number from 0 to 100 (YAML's true/false is not one, though Python counts bool as int)."""
+    return not isinstance(value, bool) and isinstance(value, int) and 0 <= value <= 100
+
+
+def refuse_running_canary(rollout: Rollout, path: Path) -> None:
+    """One canary at a time: a release while one runs must promote or roll it back first."""
+    if rollout.canary:
+        raise FlywheelError(
+            f"{path}: canary {rollout.canary.label()} is still running "
+            f"({rollout.canary_percent}%); promote or roll it back first"
+        )
+
+
+def isvc_path(repo: Path, env: str, manifests_dir: str = "manifests") -> Path:
+    require_environment(env)
     path = Path(repo) / manifests_dir / env / ISVC_FILE
     if not path.is_file():
         raise FlywheelError(f"{path}: missing (every environment needs its InferenceService manifest)")
@@ -119,7 +142,7 @@ def _annotations(doc: CommentedMap, path: Path) -> CommentedMap:
 
 
 def _ref(ann: dict, role: str, path: Path, required: bool) -> ModelRef | None:
-    keys = [f"{PREFIX}{role}-{k}" for k in ("version", "storage-uri", "sha256")]
+    keys = [f"{PREFIX}{role}-{k}" for k in REF_FIELDS]
     values = [ann.get(k) for k in keys]
     if all(v in (None, "") for v in values):
         if required:
@@ -151,7 +174,7 @@ def read_rollout(path: Path, doc: CommentedMap | None = None) -> Rollout:
     previous = _ref(ann, "previous-stable", path, required=False)
     predictor = _predictor(doc, path)
     percent = predictor.get("canaryTrafficPercent")
-    if percent is not None and (isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100):
+    if percent is not None and not is_percent(percent):
         raise FlywheelError(
             f"{path}: spec.predictor.canaryTrafficPercent must be a whole number 0-100, got {percent!r}"
         )
@@ -193,12 +216,12 @@ def write_rollout(path: Path, doc: CommentedMap, rollout: Rollout) -> str:
     """
     ann = _annotations(doc, path)
     for role, ref in (("stable", rollout.stable), ("canary", rollout.canary), ("previous-stable", rollout.previous)):
-        values = {"version": str(ref.version), "storage-uri": ref.storage_uri, "sha256": ref.sha256} if ref else None
-        for key in ("version", "storage-uri", "sha256"):
+        values = (str(ref.version), ref.storage_uri, ref.sha256) if ref else (None,) * len(REF_FIELDS)
+        for key, value in zip(REF_FIELDS, values):
             name = f"{PREFIX}{role}-{key}"
-            if values is not None:
-                ann[name] = DoubleQuotedScalarString(values[key])
-            elif role == "stable":
+            if value is not None:
+                ann[name] = DoubleQuotedScalarString(value)
+            elif role == "stable":  # stable's keys stay, empty, before the first release
                 ann[name] = DoubleQuotedScalarString("")
             elif name in ann:
                 del ann[name]
@@ -234,13 +257,9 @@ def start_canary(rollout: Rollout, model: ModelRef, percent: int, path: Path) ->
 
     0% deploys the canary revision without user traffic (tag routing still gives it its own URL).
     """
-    if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
+    if not is_percent(percent):
         raise FlywheelError(f"canary percentage must be a whole number from 0 to 100, got {percent!r}")
-    if rollout.canary:
-        raise FlywheelError(
-            f"{path}: canary {rollout.canary.label()} is still running "
-            f"({rollout.canary_percent}%); promote or roll it back first"
-        )
+    refuse_running_canary(rollout, path)
     if rollout.stable is None:
         return Rollout(stable=model)
     if rollout.stable.version == model.version:

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model.core.config import CanaryConfig, DeliveryConfig, Environment, RegistryConfig, required, setting
-from model.core.errors import FlywheelError
 from model.core.steps import EXIT_OK, EXIT_REJECTED, StepResult
 from model.deploy.checks import check_manifests_step
 from model.deploy.delivery import (
@@ -101,8 +100,6 @@ def rollback_command(args: RollbackArgs, *, registry: RegistryConfig, delivery: 
 
 def canary_analysis_command(args: CanaryAnalysisArgs, *, canary: CanaryConfig, delivery: DeliveryConfig) -> StepResult:
     """Promote, hold or rollback, from per-arm metrics (the collector's store, Prometheus, or a file)."""
-    if sum(map(bool, (args.metrics, args.prometheus_url, args.store_url))) > 1:
-        raise FlywheelError("give exactly one of --metrics (a JSON file), --store-url or --prometheus-url")
     result, md = canary_analysis_step(
         args.env,
         Path(args.metrics) if args.metrics else None,

@@ -23,7 +23,6 @@ server is not ready at the start, or once more than ``MAX_FAILED_SHARE`` of the 
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 import uuid
@@ -31,7 +30,6 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -39,10 +37,8 @@ import requests
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
-from model.core.config import SAMPLE_DATA, CollectorConfig, DataConfig, ServeConfig, TrafficConfig, setting
+from model.core.config import TrafficConfig
 from model.core.errors import FlywheelError
-from model.core.files import replacing
-from model.core.steps import StepResult
 
 STABLE, CANARY = "stable", "canary"
 FEEDBACK_TYPE = "org.flywheel.feedback"  # the collector's feedback event type (model/collect/collector.py)
@@ -314,105 +310,3 @@ def simulate(
             f"{MAX_FAILED_SHARE:.0%}; predictor {predictor_url}, collector {collector_url}): {examples_of}"
         )
     return _frame(rows)
-
-
-def summarize(frame: pd.DataFrame) -> dict:
-    """Per arm: requests, failures, accuracy and fallback rate of the answered ones, feedback by kind."""
-    arms = {}
-    for arm, rows in frame.groupby("arm", sort=True):
-        answered = rows[rows["predicted_intent"] != ""]  # a prediction came back (its feedback may have failed)
-        arms[arm] = {
-            "requests": len(rows),
-            "failed": int((rows["error"] != "").sum()),
-            "model_versions": sorted(set(answered["model_version"])),
-            "accuracy": round(float(answered["correct"].astype(bool).mean()), 4) if len(answered) else None,
-            "fallback_rate": round(float(answered["fallback"].astype(bool).mean()), 4) if len(answered) else None,
-            "feedback": {k: int(n) for k, n in rows.loc[rows["feedback"] != "", "feedback"].value_counts().items()},
-        }
-    return arms
-
-
-@dataclass
-class TrafficArgs:
-    data: str = setting(str(SAMPLE_DATA), "labelled messages to replay as users (any format `train` reads)")
-    limit: int | None = setting(
-        None, "send at most this many messages (unset: all), after shuffling with the traffic seed"
-    )
-    predictor_url: str = setting(f"http://{ServeConfig.host}:{ServeConfig.http_port}", "the running `flywheel serve`")
-    collector_url: str = setting(
-        f"http://{CollectorConfig.host}:{CollectorConfig.http_port}", "the running `flywheel collect`"
-    )
-    endpoint: str = setting(ServeConfig.endpoint, "the predictor's model name; the canary is <endpoint>-canary")
-    canary_percent: int = setting(0, "share of messages (0-100) sent to the canary, each drawn independently")
-    phase: str = setting("traffic", "label stored on every row (e.g. before-shift, canary)")
-    out: str | None = setting(None, "Parquet file of the rows (unset: <work dir>/traffic/<time>-<phase>.parquet)")
-
-
-def traffic_command(args: TrafficArgs, *, data: DataConfig, traffic: TrafficConfig, work: Path) -> StepResult:
-    """Simulated users: send labelled messages through the predictor, react from the truth to the collector."""
-    out = Path(args.out) if args.out else None
-    return StepResult(
-        *traffic_step(
-            Path(args.data), args.limit or 0, args.predictor_url, args.collector_url, args.endpoint,
-            args.canary_percent, args.phase, out, data, traffic, work,
-        )
-    )  # fmt: skip
-
-
-def traffic_step(
-    data: Path,
-    limit: int,
-    predictor_url: str,
-    collector_url: str,
-    endpoint: str,
-    canary_percent: int,
-    phase: str,
-    out: Path | None,
-    data_cfg: DataConfig,
-    cfg: TrafficConfig,
-    work: Path,
-) -> tuple[dict, str]:
-    """Replay a labelled dataset (shuffled with the traffic seed, at most ``limit`` messages) as users."""
-    from model.data.examples import load_examples
-
-    examples = load_examples(data, data_cfg)[["text", "intent"]]
-    examples = examples.sample(frac=1, random_state=cfg.seed).reset_index(drop=True)
-    if limit > 0:
-        examples = examples.head(limit)
-    started = datetime.now(UTC)
-
-    def report(done: int, total: int) -> None:
-        if done == total or done % max(1, total // 10) == 0:
-            print(f"traffic {phase}: {done}/{total}", file=sys.stderr, flush=True)
-
-    frame = simulate(
-        examples, predictor_url, collector_url, endpoint, canary_percent, cfg, phase,
-        data_cfg.oos_label, progress=report,
-    )  # fmt: skip
-    target = out or work / "traffic" / f"{started:%Y%m%dT%H%M%S}-{phase}.parquet"
-    with replacing(target) as partial:  # a reader never sees half a file
-        frame.to_parquet(partial, index=False)
-    arms = summarize(frame)
-    result = {
-        "phase": phase,
-        "data": str(data),
-        "requests": len(frame),
-        "canary_percent": canary_percent,
-        "predictor_url": predictor_url,
-        "collector_url": collector_url,
-        "started": started.isoformat(),
-        "rows": str(target),
-        "arms": arms,
-    }
-    lines = "\n".join(
-        f"| {arm} | {', '.join(a['model_versions'])} | {a['requests']} | {a['failed']} | {a['accuracy']} | "
-        f"{a['fallback_rate']} | {', '.join(f'{k} {n}' for k, n in sorted(a['feedback'].items())) or 'none'} |"
-        for arm, a in arms.items()
-    )
-    md = (
-        f"## Simulated traffic, phase `{phase}`\n\n{len(frame)} messages from `{data}` to {predictor_url} "
-        f"({canary_percent}% to the canary), feedback to {collector_url}; rows in `{target}`.\n\n"
-        "| arm | model version | requests | failed | accuracy | fallback rate | feedback |\n"
-        f"|---|---|---|---|---|---|---|\n{lines}\n"
-    )
-    return result, md

@@ -2,15 +2,21 @@
 
 Order matters and is fixed in ``clean``: normalise, then drop empty, noise, out-of-bounds
 lengths, exact duplicates and near-duplicates. Duplicates are not lost information: their count
-becomes the kept row's ``traffic``, which orders the review queue.
+becomes the kept row's ``traffic``, which orders the review queue. ``clean_inputs`` is prepare's
+cleaning step: the same normalisation for the training set and the human labels, then the rules
+on the logs.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import dataclass
 
 import pandas as pd
+
+from model.core.config import PrepareConfig
+from model.prepare.review_queue import needs_review
 
 _SPACE = re.compile(r"\s+")
 _PLACEHOLDER = re.compile(r"<[A-Z]+>")
@@ -81,3 +87,35 @@ def clean(
     drop("exact_duplicate", df["_exact"].duplicated())
     drop("near_duplicate", df["_near"].duplicated())
     return df.drop(columns=["_exact", "_near"]).reset_index(drop=True), removed
+
+
+@dataclass
+class Cleaned:
+    base: pd.DataFrame  # the training set, normalised, one row per text (compared case-blind)
+    human: pd.DataFrame  # human labels, normalised, the last one per text
+    logs: pd.DataFrame  # the logged messages every rule kept, with ``traffic``
+    removed: dict[str, int]  # cleaning rule -> logged messages it removed
+    case_twins: int  # training-set rows left out for differing from an earlier one only in case
+
+
+def clean_inputs(base: pd.DataFrame, human: pd.DataFrame, logs: pd.DataFrame, cfg: PrepareConfig) -> Cleaned:
+    """Normalise the training set and human labels as ``clean`` normalises logs, then clean the logs.
+
+    A repeated logged message keeps its review-worthy copy, else the latest; one that repeats a
+    training example is dropped. Training texts that differ only in case are one example: the first
+    is kept (they would otherwise straddle splits).
+    """
+    base = base.assign(text=base["text"].map(normalise))
+    human = human.assign(text=human["text"].map(normalise)).drop_duplicates(subset="text", keep="last")
+    logs = logs.assign(_review=needs_review(logs))
+    logs = logs.sort_values(["_review", "timestamp"], ascending=[False, False], kind="stable")
+    kept, removed = clean(
+        logs,
+        min_letters=cfg.min_letters,
+        min_chars=cfg.min_chars,
+        max_chars=cfg.max_chars,
+        known_texts=set(base["text"].map(exact_key)),
+        known_near=set(base["text"].map(near_key)),
+    )
+    case_twins = base["text"].map(exact_key).duplicated()
+    return Cleaned(base[~case_twins].reset_index(drop=True), human, kept, removed, int(case_twins.sum()))

@@ -1,5 +1,8 @@
 """The review queue: answers a human should label, out as Label Studio tasks and CSV, back in as labels.
 
+Which answers: those the user or the bot said went wrong (thumbs down, escalated, abandoned, fallback),
+least confident first (``order_queue``).
+
 Export (``write_queue``) writes three files into one folder:
 
 - ``review_tasks.json``: Label Studio tasks (``data.text`` plus context, and the model's answer as a
@@ -21,6 +24,7 @@ from xml.sax.saxutils import quoteattr
 import pandas as pd
 
 from model.core.errors import FlywheelError
+from model.data.readers import read_json, read_table
 
 CONTROL = "intent"  # name of the Choices control in the labelling config; results refer to it
 QUEUE_COLUMNS = [
@@ -34,6 +38,42 @@ QUEUE_COLUMNS = [
     "model_version",
     "intent",
 ]
+
+
+def needs_review(logs: pd.DataFrame) -> pd.Series:
+    """Answers a human should look at: the user or the bot said it went wrong."""
+    return (logs["thumbs"] == "down") | logs["escalated"] | logs["abandoned"] | logs["fallback"]
+
+
+def review_reasons(row) -> str:
+    reasons = [
+        name
+        for name, hit in (
+            ("thumbs_down", row.thumbs == "down"),
+            ("escalated", row.escalated),
+            ("abandoned", row.abandoned),
+            ("fallback", row.fallback),
+        )
+        if hit
+    ]
+    return ";".join(reasons)
+
+
+def review_candidates(logs: pd.DataFrame) -> pd.DataFrame:
+    """The answers that need review, each with its ``reasons`` (in ``logs``' order; see ``order_queue``)."""
+    candidates = logs[needs_review(logs)].copy()
+    candidates["reasons"] = [review_reasons(r) for r in candidates.itertuples(index=False)]
+    return candidates
+
+
+def order_queue(queue: pd.DataFrame) -> pd.DataFrame:
+    """Most worth labelling first: least confident (to the hundredth), then most frequent."""
+    return (
+        queue.assign(_conf=queue["confidence"].round(2))
+        .sort_values(["_conf", "traffic", "text"], ascending=[True, False, True], kind="stable")
+        .drop(columns="_conf")
+        .reset_index(drop=True)
+    )
 
 
 def labelling_config(intents: list[str]) -> str:
@@ -124,10 +164,7 @@ def read_labels(path: Path, allowed: set[str]) -> pd.DataFrame:
 
 
 def _read_label_studio(path: Path) -> list[tuple[str, str, str]]:
-    try:
-        tasks = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FlywheelError(f"{path}: cannot read as JSON: {exc}") from exc
+    tasks = read_json(path)
     if not isinstance(tasks, list):
         raise FlywheelError(f"{path}: expected a list of Label Studio tasks, got {type(tasks).__name__}")
     rows = []
@@ -146,10 +183,7 @@ def _read_label_studio(path: Path) -> list[tuple[str, str, str]]:
 
 
 def _read_csv(path: Path) -> list[tuple[str, str, str]]:
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise FlywheelError(f"{path}: cannot read as CSV: {exc}") from exc
+    df = read_table(path)
     missing = [c for c in ("text", "intent") if c not in df.columns]
     if missing:
         raise FlywheelError(f"{path}: missing column(s) {', '.join(missing)}")

@@ -14,7 +14,8 @@ from model.registry.versions import ARTIFACT_KEY
 
 class IntentPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        from model.artifact.predictor import IntentPredictor  # imported by MLflow's loader, not at logging time
+        # MLflow runs this file when it logs the model too: PyTorch (through the predictor) only when it loads one
+        from model.artifact.predictor import IntentPredictor
 
         self.predictor = IntentPredictor.load(context.artifacts[ARTIFACT_KEY])
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.artifact.manifest import read_json
-from model.artifact.predictor import IntentPredictor
+from model.artifact.manifest import read_json, verify
 from model.core.config import RegistryConfig, required, setting
 from model.core.errors import FlywheelError
 from model.core.steps import StepResult
@@ -37,19 +36,19 @@ def set_champion_command(args: SetChampionArgs, *, registry: RegistryConfig) -> 
 
 def register_step(model: Path, gate_file: Path, reg_cfg: RegistryConfig) -> tuple[dict, str]:
     """Register a gated artifact as the new ``challenger``; refuse one the gate did not pass."""
-    predictor = IntentPredictor.load(model)  # verifies the manifest
+    digest = verify(model)  # every file as sealed, else FlywheelError naming the file
     try:
         decision = read_json(gate_file.parent, gate_file.name)
     except (OSError, ValueError) as exc:
         raise FlywheelError(f"{gate_file}: cannot read gate decision: {exc}") from exc
-    if decision.get("challenger_digest") != predictor.digest:
+    if decision.get("challenger_digest") != digest:
         raise FlywheelError(
             f"{gate_file}: gate decision is for artifact {str(decision.get('challenger_digest'))[:12]}, "
-            f"not {model} ({predictor.digest[:12]})"
+            f"not {model} ({digest[:12]})"
         )
     if not decision.get("passed"):
         raise FlywheelError(f"{gate_file}: the gate rejected this model: {'; '.join(decision.get('reasons', []))}")
-    result = register.register(reg_cfg, model, predictor.meta, predictor.digest)
+    result = register.register(reg_cfg, model, read_json(model, "meta.json"), digest)
     verb = "registered as" if result["created"] else "already registered as"
     md = f"Model `{model}` {verb} **{result['name']} v{result['version']}** (alias `{result['alias']}`).\n"
     return result, md

@@ -4,15 +4,19 @@ sealed artifact behind each version, and opening a model from a folder or a ``mo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
+import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from model.artifact.predictor import IntentPredictor
 from model.core.config import RegistryConfig
 from model.core.errors import FlywheelError
 from model.registry.store import connect, tracking_uri
+
+if TYPE_CHECKING:  # for the annotation only: open_model imports it when it runs
+    from model.artifact.predictor import IntentPredictor
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 ARTIFACT_KEY = "intent_model"  # the artifact folder's name among the MLflow model's artifacts
@@ -64,8 +68,6 @@ def download_artifact(cfg: RegistryConfig, model_uri: str) -> Path:
 
 
 def _artifact_name(local: Path) -> str:
-    import yaml
-
     mlmodel = yaml.safe_load((local / "MLmodel").read_text())
     path = mlmodel["flavors"]["python_function"]["artifacts"][ARTIFACT_KEY]["path"]
     return Path(path).name
@@ -106,5 +108,8 @@ def resolve_version(cfg: RegistryConfig, version: int) -> dict:
 
 def open_model(model: str, reg_cfg: RegistryConfig, runtime: str = "onnx") -> IntentPredictor:
     """A predictor from an artifact folder or an MLflow ``models:/`` URI (runtime: see IntentPredictor.load)."""
+    # the predictor brings PyTorch, seconds to import: the delivery steps read versions and run no model
+    from model.artifact.predictor import IntentPredictor
+
     folder = download_artifact(reg_cfg, model) if model.startswith("models:/") else Path(model)
     return IntentPredictor.load(folder, runtime=runtime)

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from model.artifact.network import IntentClassifier, load_pretrained
-from model.artifact.predictor import IntentPredictor
+from model.artifact.predictor import IntentPredictor, pad_batch
 from model.core.config import TrainConfig
 
 HEAD_SCALE = 20.0  # cosine logits in [-20, 20]: sharp enough for softmax, bounded enough for calibration
@@ -58,13 +58,8 @@ def _batches(lengths: list[int], batch_size: int, rng: np.random.Generator) -> l
 
 
 def _collate(ids: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, seq in enumerate(ids):
-        input_ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
-    return input_ids.to(device), mask.to(device)
+    input_ids, mask = pad_batch(ids, pad_id)
+    return torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).to(device)
 
 
 @torch.no_grad()

@@ -15,9 +15,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import torch
 
 from model.artifact.onnx_runtime import INPUTS, ONNX_FILE, OPSET, OnnxLogits
+from model.artifact.predictor import softmax
 from model.core.errors import FlywheelError
 
 
@@ -100,8 +102,6 @@ def export_checked(
             f"(logits by {check['max_abs_logit_diff']:.2e}), more than train.onnx_tolerance {tolerance:.0e}; "
             "artifact not written"
         )
-    import onnxruntime
-
     return {
         "file": ONNX_FILE,
         "opset": OPSET,
@@ -110,8 +110,3 @@ def export_checked(
         "checked_texts": min(len(texts), 64),
         **{k: round(v, 8) for k, v in check.items()},
     }
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)

@@ -72,13 +72,13 @@ def write_artifact(
         (staging / "MODEL_CARD.md").write_text(
             MODEL_CARD.format(
                 name=target.name,
-                base_model=meta["config"]["train"]["base_model"],
+                base_model=train_cfg["base_model"],
                 dataset_digest=meta["dataset_digest"][:12],
                 git_sha=meta["git_sha"][:12],
                 n_labels=len(result.labels),
                 labels=", ".join(result.labels),
                 threshold=threshold,
-                precision=meta["config"]["train"]["fallback_precision"],
+                precision=train_cfg["fallback_precision"],
                 metrics=metrics_markdown,
             )
         )

@@ -1,0 +1,218 @@
+"""The loop's state in one typed record: ``LoopRecord`` is what ``loop.json`` holds (and the report reads);
+``LoopState`` adds what the stages hand each other and nothing writes out (data frames, paths, versions).
+
+``LoopRecord.to_json`` gives loop.json's content: one key per field, in field order, nested records as
+objects. Sections of stages that did not run are null, so a reader sees every key of a stopped loop.
+``summarise`` turns a record into the ``flywheel demo`` step's result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from model.loop.plan import DataPlan
+
+
+@dataclass
+class StageEntry:
+    name: str
+    title: str
+    status: str = "failed"  # until its block ends without an exception, so a crash reads as failed
+    seconds: float = 0.0
+    summary: str = ""
+
+
+@dataclass
+class Event:
+    """A moment marked on the report's time charts ("traffic shifts", "v2 promoted")."""
+
+    time: str
+    label: str
+
+
+@dataclass
+class PullRequest:
+    """A pull request the loop opened on the stand-in repository, and the commit that merged it."""
+
+    kind: str  # release, retrain, promote, rollback
+    title: str
+    branch: str
+    commit: str
+    merged: bool
+    body: str
+
+
+@dataclass
+class OfflineScore:
+    """One trained model on the full test set (every intent, held-back ones too)."""
+
+    test_accuracy: float
+    macro_f1: float
+    test_set: str
+    model_version: str  # the registered version, or why there is none
+
+
+@dataclass
+class Intents:
+    known_at_start: list[str]
+    held_back: list[str]
+
+
+@dataclass
+class DriftOutcome:
+    drift: bool
+    reasons: list[str]
+    html: str | None  # Evidently's report
+    markdown: str
+
+
+@dataclass
+class GateOutcome:
+    """The gate's verdict on the newest model trained.
+
+    ``step_result`` is the gate step's result as ``flywheel gate`` reports it (passed, checks, reasons,
+    digests, both evaluations), kept whole: loop.json carries it flat, beside the markdown and the data."""
+
+    step_result: dict
+    markdown: str
+    data: str  # which data the model was trained and tested on
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.step_result["passed"])
+
+    @property
+    def reasons(self) -> list[str]:
+        return list(self.step_result.get("reasons", []))
+
+    def to_json(self) -> dict:
+        return {**self.step_result, "markdown": self.markdown, "data": self.data}
+
+
+@dataclass
+class Labelling:
+    """What the simulated reviewer did with the review queue of the requested window."""
+
+    strategy: str
+    budget: int
+    queue_length: int
+    labelled: int
+    wrong_labels: int
+    error_rate: float
+    new_intent_labels: int
+    new_intents_waiting_for_labels: dict[str, int]
+
+
+@dataclass
+class CanaryLook:
+    """One canary analysis: its decision and each arm's counts (``model.deploy.canary.ArmMetrics`` as a dict)."""
+
+    look: int
+    decision: str
+    stable: dict
+    canary: dict
+
+
+@dataclass
+class CanaryOutcome:
+    decision: str
+    reasons: list[str]
+    markdown: str  # the last analysis
+    looks: list[CanaryLook]
+
+
+@dataclass
+class RegisteredVersion:
+    version: int
+    aliases: list[str]
+    run_id: str
+    dataset_digest: str
+    git_sha: str
+    created: str
+    metrics: dict[str, float]
+
+
+@dataclass
+class RegistryState:
+    tracking_uri: str
+    model_name: str
+    versions: list[RegisteredVersion]
+
+
+@dataclass
+class LoopRecord:
+    """Everything one turn of the loop did, as loop.json holds it; each stage fills its section."""
+
+    dataset: str
+    started_at: str
+    stages: list[StageEntry] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    pull_requests: list[PullRequest] = field(default_factory=list)
+    offline: list[OfflineScore] = field(default_factory=list)
+    drift: DriftOutcome | None = None
+    gate: GateOutcome | None = None
+    canary: CanaryOutcome | None = None
+    labelling: Labelling | None = None
+    intents: Intents | None = None
+    traffic: str | None = None  # the simulated requests (Parquet)
+    registry: RegistryState | None = None
+    git_repo: str | None = None
+    finished_at: str | None = None
+    seconds: float | None = None
+
+    def to_json(self) -> dict:
+        """loop.json's content (JSON types, but for numbers numpy may have given)."""
+        data = dataclasses.asdict(self)
+        data["gate"] = self.gate.to_json() if self.gate else None
+        return data
+
+
+@dataclass
+class LoopState:
+    """The record being written, and what the stages hand each other without writing it out."""
+
+    record: LoopRecord
+    plan: DataPlan | None = None  # setup: seed set, traffic pool, full test set
+    seed_csv: Path | None = None  # setup: the seed set as the steps read it
+    truth: dict[str, str] = field(default_factory=dict)  # request id → true intent, for the simulated reviewer
+    traffic: list[pd.DataFrame] = field(default_factory=list)  # each batch of simulated requests, as sent
+    first_version: int | None = None  # first-model: the registered version that serves first
+    challenger: int | None = None  # retrain: the version that passed the gate
+    reference_window: Path | None = None  # traffic: the snapshot before the shift
+    current_window: Path | None = None  # traffic: the snapshot of the shifted traffic
+    retrain_request: Path | None = None  # drift: the merged retrain request (its window is exported)
+
+    @property
+    def known(self) -> list[str]:
+        return self.record.intents.known_at_start
+
+    @property
+    def held_back(self) -> list[str]:
+        return self.record.intents.held_back
+
+
+def summarise(record: LoopRecord, report: Path) -> tuple[dict, str]:
+    """The CLI's JSON result and markdown: the outcome of each stage and where everything is."""
+    stages = {s.name: {"status": s.status, "seconds": s.seconds, "summary": s.summary} for s in record.stages}
+    result = {
+        "report": str(report),
+        "loop_record": str(Path(report).with_name("loop.json")),
+        "git_repo": record.git_repo,
+        "seconds": record.seconds,
+        "drift": record.drift.drift if record.drift else None,
+        "gate_passed": record.gate.passed if record.gate else None,
+        "canary_decision": record.canary.decision if record.canary else None,
+        "offline": [dataclasses.asdict(o) for o in record.offline],
+        "stages": stages,
+    }
+    rows = "\n".join(f"| {s.title} | {s.status} | {s.seconds} | {s.summary} |" for s in record.stages)
+    md = (
+        "## One turn of the loop\n\n| stage | status | seconds | outcome |\n|---|---|---:|---|\n"
+        f"{rows}\n\nReport: `{report}`; stand-in repository: `{record.git_repo}` (`git log` shows the "
+        "merged pull requests).\n"
+    )
+    return result, md

@@ -1,0 +1,131 @@
+"""Making a model inside the loop, with the real steps: a logged window becomes a labelled training set
+(checked, queued for review, labelled by the simulated reviewer within budget, prepared, checked again),
+and a training set becomes a candidate (trained, gated against the champion, registered if it passed,
+scored on the full test set). Each fills its section of the loop record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from data_checks.validate import check_data
+from model.artifact.predictor import IntentPredictor
+from model.core.config import PrepareConfig
+from model.core.errors import FlywheelError
+from model.core.reports import write_reports
+from model.data.conversations import read_snapshot
+from model.evaluate.evaluation import evaluate
+from model.evaluate.steps import gate_step
+from model.loop import annotator
+from model.loop.configs import LoopConfigs
+from model.loop.record import GateOutcome, Labelling, LoopState, OfflineScore
+from model.prepare.steps import prepare_step
+from model.registry.steps import register_step
+from model.train.steps import train_step
+
+NOT_REGISTERED = "not registered (gate rejected)"
+
+
+@dataclass
+class Candidate:
+    """A model trained in the loop: the train step's result, the gate's verdict, its offline score."""
+
+    trained: dict
+    gate: GateOutcome
+    offline: OfflineScore
+    version: int | None  # registered version; None when the gate rejected it
+
+    @property
+    def passed(self) -> bool:
+        return self.gate.passed
+
+
+def train_gate_register(data: Path, note: str, state: LoopState, cfgs: LoopConfigs, work: Path) -> Candidate:
+    """Train on ``data``, evaluate on the full test set, gate against the champion, register if passed."""
+    reports = work / "reports"
+    trained, md = train_step(data, cfgs.data, cfgs.train, cfgs.registry, work)
+    write_reports(reports, "train", trained, md)
+    gated, gate_md, passed = gate_step(trained["artifact"], "auto", data, "test", cfgs.data, cfgs.gate, cfgs.registry)
+    gate_file = write_reports(reports, "gate", gated, gate_md)
+    gate = state.record.gate = GateOutcome(step_result=gated, markdown=gate_md, data=note)
+    test = state.plan.test
+    scores = evaluate(IntentPredictor.load(Path(trained["artifact"])), test, cfgs.data.oos_label)
+    version = None
+    if passed:
+        registered, reg_md = register_step(Path(trained["artifact"]), gate_file, cfgs.registry)
+        write_reports(reports, "register", registered, reg_md)
+        version = registered["version"]
+    offline = OfflineScore(
+        test_accuracy=scores["accuracy"],
+        macro_f1=scores["macro_f1"],
+        test_set=f"{len(test)} test rows of all {len(state.known) + len(state.held_back)} intents",
+        model_version=NOT_REGISTERED if version is None else str(version),
+    )
+    state.record.offline.append(offline)
+    return Candidate(trained=trained, gate=gate, offline=offline, version=version)
+
+
+def labelled_training_set(
+    snapshot: Path, strategy: str, tag: str, label_seed: int, state: LoopState, cfgs: LoopConfigs, work: Path
+) -> tuple[Path, int]:
+    """The training set made from the logged window ``snapshot`` and the reviewer's labels: (its path, rows)."""
+    loop_cfg, reports = cfgs.loop, work / "reports"
+    _check_or_refuse(snapshot, None, None, cfgs.prepare, cfgs, reports, "the exported window")
+    prep_cfg = dataclasses.replace(cfgs.prepare, new_intents=list(state.held_back))
+    # the review queue alone first (nothing logged to MLflow): what the reviewer is handed
+    queue_run, _ = _prepare(
+        snapshot, None, "queue", tag, dataclasses.replace(prep_cfg, log_to_mlflow=False), state, cfgs, work
+    )
+    queue = pd.read_csv(queue_run["review_queue"]["csv"], dtype={"request_id": str, "conversation_id": str})
+    seed = loop_cfg.seed + label_seed
+    items = annotator.pick(queue, read_snapshot(snapshot), loop_cfg.label_budget, strategy, seed)
+    intents = sorted(set(state.known) | set(state.held_back)) + [cfgs.data.oos_label]
+    labelled, stats = annotator.label(items, state.truth, intents, loop_cfg.annotator_error_rate, seed)
+    labels = annotator.write_labels(labelled, work / "labels" / f"{tag}.csv")
+    prepared, prep_md = _prepare(snapshot, labels, "retrain", tag, prep_cfg, state, cfgs, work)
+    write_reports(reports, "prepare", prepared, prep_md)
+    examples = Path(prepared["snapshot"])
+    _check_or_refuse(None, examples, state.seed_csv, prep_cfg, cfgs, reports, "the prepared training set")
+    state.record.labelling = Labelling(
+        strategy=strategy,
+        budget=loop_cfg.label_budget,
+        queue_length=len(queue),
+        **stats,
+        new_intent_labels=int(labelled["intent"].isin(state.held_back).sum()),
+        new_intents_waiting_for_labels=prepared["labelling"]["new_intents_waiting_for_labels"],
+    )
+    return examples, prepared["rows"]
+
+
+def _prepare(
+    snapshot: Path,
+    labels: Path | None,
+    kind: str,
+    tag: str,
+    prep_cfg: PrepareConfig,
+    state: LoopState,
+    cfgs: LoopConfigs,
+    work: Path,
+) -> tuple[dict, str]:
+    """``flywheel prepare`` on the window and the seed set, into ``datasets/<kind>-<tag>``."""
+    out = work / "datasets" / f"{kind}-{tag}"
+    return prepare_step(snapshot, state.seed_csv, labels, out, cfgs.data, prep_cfg, cfgs.pii, cfgs.registry, work)
+
+
+def _check_or_refuse(
+    events: Path | None,
+    training: Path | None,
+    reference: Path | None,
+    prep_cfg: PrepareConfig,
+    cfgs: LoopConfigs,
+    reports: Path,
+    what: str,
+) -> None:
+    """``flywheel check-data``; the loop stops where a real pipeline would."""
+    _, md, ok = check_data(events, training, reference, cfgs.data, prep_cfg, cfgs.checks, reports / "data-docs")
+    if not ok:
+        raise FlywheelError(f"check-data refused {what} {events or training}:\n{md}")

@@ -1,0 +1,183 @@
+"""The datasheet of a prepared training set: what went in, what each step removed, labelled and
+capped, and what came out, as ``datasheet.json``, as ``DATASHEET.md`` and, with
+``log_to_mlflow``, as a ``prepare`` run whose input is the snapshot (tagged with the digest that
+training runs carry)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pandas as pd
+
+from model.artifact.manifest import sha256_file
+from model.core.config import DataConfig, PrepareConfig, RegistryConfig
+from model.prepare.labelling import Labelled
+
+
+def input_summary(
+    snapshot: Path, logs: pd.DataFrame, data: Path, training_rows: int, labels: Path | None, human_labels: int
+) -> dict:
+    """The datasheet's ``inputs`` section: the snapshot (digest, window, model versions), training set, labels."""
+    return {
+        "snapshot": str(snapshot),
+        "snapshot_sha256": sha256_file(snapshot),
+        "events": len(logs),
+        "window": [str(logs["timestamp"].min()), str(logs["timestamp"].max())],
+        "model_versions": sorted(map(str, logs["model_version"].unique())),
+        "training_set": str(data),
+        "training_rows": training_rows,
+        "labels": str(labels) if labels else None,
+        "human_labels": human_labels,
+    }
+
+
+def labelling_summary(
+    labelled: Labelled,
+    exported: int,
+    cleaned_logs: int,
+    examples: pd.DataFrame,
+    known_intents: set[str],
+    waiting: dict[str, int],
+    oos_label: str,
+) -> dict:
+    """The datasheet's ``labelling`` section: where labels came from, what was queued, new intents."""
+    return {
+        "auto_labelled": len(labelled.auto),
+        "human_new": len(labelled.new_human),
+        "human_relabelled": labelled.relabelled,
+        "human_conflicts_kept": labelled.conflicts,
+        "review_candidates": len(labelled.review),
+        "review_exported": exported,
+        "unused_unrated_or_unsure": int(cleaned_logs - len(labelled.auto) - len(labelled.review)),
+        "new_intents": sorted(set(examples["intent"]) - known_intents - {oos_label}),
+        "new_intents_waiting_for_labels": waiting,
+    }
+
+
+def datasheet(
+    examples: pd.DataFrame,
+    digest: str,
+    *,
+    inputs: dict,
+    pii_found: dict[str, dict],
+    removed: dict[str, int],
+    labelling: dict,
+    balancing: dict,
+    prep_cfg: PrepareConfig,
+    data_cfg: DataConfig,
+) -> dict:
+    return {
+        "dataset_digest": digest,
+        "rows": len(examples),
+        "inputs": inputs,
+        "pii_found": pii_found,
+        "removed": removed,
+        "labelling": labelling,
+        "balancing": balancing,
+        "counts": {
+            "by_intent_and_source": _nested(examples.groupby(["intent", "source"]).size()),
+            "by_split": {k: int(v) for k, v in examples["split"].value_counts().items()},
+            "by_intent_and_split": _nested(examples.groupby(["intent", "split"]).size()),
+        },
+        "conversation_ids": int((examples["conversation_id"] != "").sum()),
+        "config": {"prepare": dataclasses.asdict(prep_cfg), "data": dataclasses.asdict(data_cfg)},
+    }
+
+
+def _nested(series: pd.Series) -> dict:
+    out: dict = {}
+    for (a, b), n in series.items():
+        out.setdefault(a, {})[b] = int(n)
+    return out
+
+
+def log_to_mlflow(df: pd.DataFrame, target: Path, sheet: dict, markdown: str, reg_cfg: RegistryConfig) -> str:
+    """A ``prepare`` run whose input is the snapshot (digest tag = the one training runs carry)."""
+    # MLflow takes seconds to import and a run with log_to_mlflow off never needs it.
+    import mlflow
+
+    from model.registry import store, tracking
+
+    store.connect(reg_cfg)
+    with mlflow.start_run(run_name=f"prepare-{sheet['dataset_digest'][:8]}") as run:
+        mlflow.set_tags(
+            {
+                "flywheel_step": "prepare",
+                "dataset_digest": sheet["dataset_digest"],
+                "snapshot_sha256": sheet["inputs"]["snapshot_sha256"],
+                "git_sha": tracking.git_sha(),
+            }
+        )
+        ds = mlflow.data.from_pandas(
+            df, source=str(target / "examples.parquet"), name="prepared-intents", digest=sheet["dataset_digest"][:32]
+        )
+        mlflow.log_input(ds, context="prepared")
+        mlflow.log_metrics(
+            {
+                "rows": len(df),
+                "auto_labelled": sheet["labelling"]["auto_labelled"],
+                "review_candidates": sheet["labelling"]["review_candidates"],
+                **{f"removed_{k}": v for k, v in sheet["removed"].items()},
+                **{f"pii_{src}_{k}": v for src, c in sheet["pii_found"].items() for k, v in c.items()},
+            }
+        )
+        # Which conversations the examples came from: the link from a model version back to its logs.
+        ids = sorted(set(df["conversation_id"]) - {""})
+        mlflow.log_text("\n".join(ids) + ("\n" if ids else ""), "conversation_ids.txt")
+        mlflow.log_text(markdown, "DATASHEET.md")
+        mlflow.log_dict({k: v for k, v in sheet.items() if k != "review_queue"}, "datasheet.json")
+        return run.info.run_id
+
+
+def render_datasheet(sheet: dict) -> str:
+    lab, bal, inp = sheet["labelling"], sheet["balancing"], sheet["inputs"]
+    lines = [
+        f"## Datasheet: prepared training set `{sheet['dataset_digest'][:12]}`",
+        "",
+        f"{sheet['rows']} examples from {inp['training_rows']} existing + {inp['events']} logged events "
+        f"({inp['window'][0]} to {inp['window'][1]}, model versions {', '.join(inp['model_versions'])}).",
+        "",
+        "| personal data redacted | "
+        + " | ".join(f"{src}: {sum(c.values())}" for src, c in sheet["pii_found"].items())
+        + " |",
+        "|---|" + "---|" * len(sheet["pii_found"]),
+        "",
+        "| cleaning rule | removed |",
+        "|---|---:|",
+        *[f"| {rule} | {n} |" for rule, n in sheet["removed"].items()],
+        "",
+        f"Labelling: {lab['auto_labelled']} auto-labelled, {lab['human_new']} new human labels, "
+        f"{lab['human_relabelled']} relabelled by humans, "
+        f"{lab['human_conflicts_kept']} conflicts with earlier human labels "
+        f"(earlier kept), {lab['review_candidates']} to review ({lab['review_exported']} exported).",
+        "",
+    ]
+    if lab["new_intents"]:
+        lines += [f"New intents: {', '.join(lab['new_intents'])}", ""]
+    if lab.get("new_intents_waiting_for_labels"):
+        waiting = ", ".join(f"{k} ({v})" for k, v in lab["new_intents_waiting_for_labels"].items())
+        lines += [f"**New intents left out until they have more labels** (labels so far): {waiting}", ""]
+    if bal["below_floor"]:
+        lines += [
+            f"**Intents below the floor of {bal['floor']} examples** (kept; label more): "
+            + ", ".join(f"{k} ({v})" for k, v in sorted(bal["below_floor"].items())),
+            "",
+        ]
+    if bal["capped"]:
+        lines += [
+            f"Capped at {bal['cap']}: " + ", ".join(f"{k} (-{v} auto)" for k, v in sorted(bal["capped"].items())),
+            "",
+        ]
+    lines += [
+        "| intent | " + " | ".join(("seed", "human", "auto")) + " | train | val | test |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    by_src, by_split = sheet["counts"]["by_intent_and_source"], sheet["counts"]["by_intent_and_split"]
+    for intent in sorted(by_src):
+        s, p = by_src[intent], by_split.get(intent, {})
+        lines.append(
+            f"| {intent} | {s.get('seed', 0)} | {s.get('human', 0)} | {s.get('auto', 0)} | "
+            f"{p.get('train', 0)} | {p.get('val', 0)} | {p.get('test', 0)} |"
+        )
+    return "\n".join(lines) + "\n"
