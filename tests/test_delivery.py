@@ -28,6 +28,7 @@ from model.core.config import PROJECT_ROOT, CanaryConfig, CollectorConfig, Deliv
 from model.core.errors import FlywheelError
 from model.deploy import manifests
 from model.deploy.canary_metrics import prometheus_arm_metrics
+from model.deploy.checks import check_manifests
 from model.deploy.delivery import (
     canary_analysis_step,
     promote_env_step,
@@ -585,34 +586,33 @@ def test_retrain_request_on_github_creates_a_new_file(github, tmp_path):
 
 
 def test_canary_analysis_from_the_collectors_store(repo, store, tmp_path, monkeypatch):
-    """Per-arm counts read from what the collector stored: answers by model version, errors by endpoint."""
+    """Per-arm counts read from what the collector stored: answers by model version, errors (requests without
+    an answer) by the revision in their ce-source, as KServe's logger really sends them."""
     now = datetime.now(UTC).replace(microsecond=0)
     merge(repo, release_step("staging", 1, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
     monkeypatch.setenv("GIT_COMMITTER_DATE", (now - timedelta(minutes=10)).isoformat())
     merge(repo, release_step("staging", 2, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
     store_url = f"sqlite:///{tmp_path / 'conversations.db'}"
 
-    def call(client, rid: str, version: str, endpoint: str, at: datetime, answered=True, fallback=False, took_ms=20):
-        events = [inference_event("request", rid, {"instances": ["where is my order"]}, at, endpoint=endpoint)]
+    def call(client, rid: str, version: str, at: datetime, answered=True, fallback=False, took_ms=20):
+        events = [inference_event("request", rid, {"instances": ["where is my order"]}, at, version=version)]
         if answered:
             pred = {"intent": "order_status", "confidence": 0.9, "fallback": fallback, "model_version": version}
             body = {"predictions": [pred]}
-            events.append(
-                inference_event("response", rid, body, at + timedelta(milliseconds=took_ms), endpoint=endpoint)
-            )
+            events.append(inference_event("response", rid, body, at + timedelta(milliseconds=took_ms), version=version))
         for headers, data in events:
             assert client.post("/", content=data, headers=headers).status_code == 200
 
     with TestClient(build_app(CollectorConfig(store_url=store_url))) as client:
         at = now - timedelta(minutes=5)
         for i in range(40):
-            call(client, f"s{i}", "1", "default", at, fallback=i < 4)
+            call(client, f"s{i}", "1", at, fallback=i < 4)
         for i in range(12):
-            call(client, f"c{i}", "2", "canary", at, took_ms=250 if i < 3 else 20)  # 3 answers over 100 ms
+            call(client, f"c{i}", "2", at, took_ms=250 if i < 3 else 20)  # 3 answers over 100 ms
         for i in range(3):
-            call(client, f"e{i}", "2", "canary", at, answered=False)  # failed: the logger saw no 200
-        call(client, "in-flight", "2", "canary", now, answered=False)  # may still be answered: not an error
-        call(client, "before", "1", "default", now - timedelta(minutes=30))  # before the canary: not counted
+            call(client, f"e{i}", "2", at, answered=False)  # failed: the logger saw no 200
+        call(client, "in-flight", "2", now, answered=False)  # may still be answered: not an error
+        call(client, "before", "1", now - timedelta(minutes=30))  # before the canary: not counted
         for i in range(5):
             headers, data = feedback_event(f"fb{i}", at + timedelta(seconds=5), kind="thumbs_down", request_id=f"c{i}")
             assert client.post("/", content=data, headers=headers).status_code == 200
@@ -641,3 +641,30 @@ def test_the_delivery_steps_start_without_torch():
     done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+IMAGE = "ghcr.io/flywheel-mlops/flywheel@sha256:" + "c" * 64
+
+
+@pytest.mark.real("promtool")  # check-manifests runs promtool on the rules
+def test_release_with_an_image_pins_predictor_and_collector_in_one_commit(repo, store):
+    result, body = release_step("staging", 1, 10, repo, REG, DCFG, image=IMAGE)
+    branch = result["pull_request"]["branch"]
+    assert git(repo, "rev-list", "--count", f"main..{branch}") == "1"
+    changed = set(git(repo, "diff", "--name-only", "main", branch).splitlines())
+    assert changed == {ISVC.format(env="staging"), "manifests/staging/collector.yaml"}
+    merge(repo, branch)
+    for name in ("inferenceservice.yaml", "collector.yaml"):
+        text = (repo / "manifests" / "staging" / name).read_text()
+        assert f"image: {IMAGE}" in text and "flywheel:0.1.0" not in text
+    assert result["image"] == IMAGE and IMAGE in body
+    assert check_manifests(repo) == []
+    assert (repo / "manifests" / "production" / "collector.yaml").read_text() == (
+        PROJECT_ROOT / "manifests" / "production" / "collector.yaml"
+    ).read_text()  # the other environment is untouched
+
+
+def test_release_refuses_an_image_named_by_tag_before_anything_is_proposed(repo, store):
+    with pytest.raises(FlywheelError, match="names a tag, which can be pushed again"):
+        release_step("staging", 1, 10, repo, REG, DCFG, image="ghcr.io/flywheel-mlops/flywheel:0.2.0")
+    assert branches(repo) == ["main"]

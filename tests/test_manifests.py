@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,9 @@ from model.core.errors import FlywheelError
 from model.core.kserve_sdk import kserve
 from model.deploy import manifests
 from model.deploy.argocd_checks import check_argocd
-from model.deploy.checks import check_manifests
+from model.deploy.checks import check_environment, check_manifests
 from model.deploy.kubernetes_checks import check_core, check_inferenceservice, kserve_build, kserve_errors
-from model.deploy.monitoring_checks import check_dashboard, check_prometheusrule, promtool
+from model.deploy.monitoring_checks import check_dashboard, check_podmonitor
 
 MANIFESTS = PROJECT_ROOT / "manifests"
 ENVS = manifests.ENVIRONMENTS
@@ -47,9 +46,12 @@ def test_inferenceservice_deserialises_into_kserve_sdk_models(env):
     predictor = isvc.spec.predictor
     container = predictor.containers[0]
     assert container.name == manifests.CONTAINER
-    assert predictor.security_context.run_as_non_root is True
-    assert container.security_context.allow_privilege_escalation is False
-    assert container.security_context.capabilities.drop == ["ALL"]
+    # Knative refuses a pod-level securityContext by default: everything is on the container
+    assert predictor.security_context is None
+    sc = container.security_context
+    assert (sc.run_as_non_root, sc.run_as_user, sc.run_as_group) == (True, 10001, 10001)
+    assert sc.allow_privilege_escalation is False and sc.read_only_root_filesystem is True
+    assert sc.capabilities.drop == ["ALL"] and sc.seccomp_profile.type == "RuntimeDefault"
     assert container.readiness_probe.http_get.path == "/v2/health/ready"
     assert container.resources.limits["memory"] and container.resources.requests["cpu"]
     assert predictor.max_replicas >= predictor.min_replicas >= 1
@@ -57,7 +59,20 @@ def test_inferenceservice_deserialises_into_kserve_sdk_models(env):
     assert predictor.canary_traffic_percent is None  # no canary runs in the committed state
     assert predictor.logger.mode == "all"
     assert f"flywheel-collector.flywheel-{env}.svc" in predictor.logger.url
-    assert isvc.metadata.annotations["serving.kserve.io/deploymentMode"] == "Serverless"
+    assert isvc.metadata.annotations["serving.kserve.io/deploymentMode"] == "Knative"
+    assert isvc.metadata.annotations["serving.kserve.io/enable-prometheus-scraping"] == "true"
+
+
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "fsGroup": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def _container_sc(d: dict) -> dict:
+    return d["spec"]["predictor"]["containers"][0]["securityContext"]
 
 
 def test_required_fields_are_enforced_by_the_sdk_models():
@@ -83,11 +98,36 @@ def test_required_fields_are_enforced_by_the_sdk_models():
             lambda d: d["spec"]["predictor"]["containers"][0]["env"].append({"name": "X", "valu": "1"}),
             "valu: unknown field",
         ),
-        (lambda d: d["spec"]["predictor"]["securityContext"].update(runAsNonRoot=False), "runAsNonRoot must be true"),
+        (lambda d: _container_sc(d).update(runAsNonRoot=False), "runAsNonRoot must be true"),
+        (lambda d: _container_sc(d).pop("runAsUser"), "runAsUser must be a non-root id"),
+        (lambda d: _container_sc(d).update(runAsGroup=0), "runAsGroup must be a non-root id"),
+        (lambda d: _container_sc(d).pop("seccompProfile"), "seccompProfile.type must be RuntimeDefault"),
+        (lambda d: _container_sc(d).pop("readOnlyRootFilesystem"), "readOnlyRootFilesystem must be true"),
+        (lambda d: _container_sc(d).update(allowPrivilegeEscalation=True), "allowPrivilegeEscalation must be false"),
+        (lambda d: _container_sc(d)["capabilities"].update(drop=["NET_RAW"]), "capabilities.drop must include ALL"),
+        (
+            lambda d: _container_sc(d)["capabilities"].update(add=["NET_ADMIN"]),
+            "kubernetes.containerspec-addcapabilities",
+        ),
+        # the old layout: a pod-level securityContext, behind a Knative feature flag that is off by default
+        (lambda d: d["spec"]["predictor"].update(securityContext=POD_SECURITY), "kubernetes.podspec-securitycontext"),
+        (lambda d: d["spec"]["predictor"].update(nodeSelector={"gpu": "yes"}), "kubernetes.podspec-nodeselector"),
+        (
+            lambda d: d["spec"]["predictor"]["volumes"].append({"name": "h", "hostPath": {"path": "/x"}}),
+            "kubernetes.podspec-volumes-hostpath",
+        ),
+        (
+            lambda d: d["spec"]["predictor"]["containers"][0]["env"].append(
+                {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+            ),
+            "kubernetes.podspec-fieldref",
+        ),
         (
             lambda d: d["metadata"]["annotations"].update({"serving.kserve.io/deploymentMode": "RawDeployment"}),
-            "serverless",
+            "needs Knative mode",
         ),
+        # unset, KServe takes the cluster's default (Standard on current KServe): no canary split
+        (lambda d: d["metadata"]["annotations"].pop("serving.kserve.io/deploymentMode"), "needs Knative mode"),
         (lambda d: d["spec"]["predictor"]["logger"].update(url="http://elsewhere/"), "logger.url"),
     ],
 )
@@ -96,6 +136,14 @@ def test_inferenceservice_check_refuses(mutate, message):
     mutate(doc)
     errors = check_inferenceservice(doc, Path("isvc.yaml"), "staging")
     assert any(message in e for e in errors), errors
+
+
+def test_knative_mode_under_its_deprecated_name_and_zero_values_pass():
+    doc = copy.deepcopy(_isvc("staging"))
+    assert check_inferenceservice(doc, Path("isvc.yaml"), "staging") == []
+    doc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] = "Serverless"
+    doc["spec"]["predictor"].update(securityContext={}, hostNetwork=False)  # what Knative's masks leave
+    assert check_inferenceservice(doc, Path("isvc.yaml"), "staging") == []
 
 
 def test_core_objects_are_checked_strictly():
@@ -107,9 +155,9 @@ def test_core_objects_are_checked_strictly():
     wrong = copy.deepcopy(deployment)
     wrong["spec"]["replicas"] = "two"
     assert check_core(wrong, Path("c.yaml"))
-    root = copy.deepcopy(deployment)
-    del root["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"]
-    assert any("runAsNonRoot" in e for e in check_core(root, Path("c.yaml")))
+    root = copy.deepcopy(deployment)  # a pod-level securityContext is allowed here, but each container needs its own
+    del root["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsNonRoot"]
+    assert any("container collector securityContext.runAsNonRoot" in e for e in check_core(root, Path("c.yaml")))
 
 
 def test_collector_service_selects_the_deployment_and_the_logger_reaches_it():
@@ -124,83 +172,89 @@ def test_collector_service_selects_the_deployment_and_the_logger_reaches_it():
 
 
 @pytest.mark.real("promtool")
-def test_prometheus_rules_pass_promtool_and_broken_ones_do_not():
-    for env in ENVS:
-        rule = _docs(MANIFESTS / env / "prometheusrule.yaml")[0]
-        assert check_prometheusrule(rule, Path("r.yaml")) == []
-        alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
-        assert alerts == {
-            "FlywheelP99LatencyHigh",
-            "FlywheelErrorRateHigh",
-            "FlywheelFallbackRateHigh",
-            "FlywheelThumbsDownRateHigh",
-        }
-    broken = copy.deepcopy(rule)
-    broken["spec"]["groups"][0]["rules"][0]["expr"] = "rate(flywheel_requests_total[5m]"
-    assert any("promtool" in e for e in check_prometheusrule(broken, Path("r.yaml")))
-
-
-@pytest.mark.real("promtool")
-def test_alerts_fire_on_synthetic_series(tmp_path):
-    """promtool's rule unit tests: a canary with 5% errors and slow answers fires; a healthy stable arm does not."""
-    rule = _docs(MANIFESTS / "staging" / "prometheusrule.yaml")[0]
-    for group in rule["spec"]["groups"]:  # promtool compares annotations too; their text is not under test
-        for r in group["rules"]:
-            r.pop("annotations", None)
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule["spec"]))
-    ns = 'namespace="flywheel-staging"'
-    series = []
-    for arm, errors, slow in (("stable", 0, 0), ("canary", 5, 90)):
-        labels = f'{ns}, arm="{arm}", model_version="{1 if arm == "stable" else 2}"'
-        series += [
-            {"series": f'flywheel_requests_total{{{labels}, code="200"}}', "values": f"0+{6000 - errors * 60}x30"},
-            {"series": f'flywheel_requests_total{{{labels}, code="500"}}', "values": f"0+{errors * 60}x30"},
-            {
-                "series": f'flywheel_request_duration_seconds_bucket{{{labels}, le="0.1"}}',
-                "values": f"0+{6000 - slow * 60}x30",
-            },
-            {"series": f'flywheel_request_duration_seconds_bucket{{{labels}, le="0.5"}}', "values": "0+6000x30"},
-            {"series": f'flywheel_request_duration_seconds_bucket{{{labels}, le="+Inf"}}', "values": "0+6000x30"},
-        ]
-    canary = {"arm": "canary", "model_version": "2"}
-    tests = {
-        "rule_files": ["rules.yaml"],
-        "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": series,
-                "alert_rule_test": [
-                    {
-                        "eval_time": "20m",
-                        "alertname": "FlywheelErrorRateHigh",
-                        "exp_alerts": [{"exp_labels": {**canary, "severity": "critical"}}],
-                    },
-                    {
-                        "eval_time": "20m",
-                        "alertname": "FlywheelP99LatencyHigh",
-                        "exp_alerts": [{"exp_labels": {**canary, "severity": "warning"}}],
-                    },
-                    {"eval_time": "3m", "alertname": "FlywheelErrorRateHigh", "exp_alerts": []},  # not before `for:`
-                    {"eval_time": "20m", "alertname": "FlywheelFallbackRateHigh", "exp_alerts": []},
-                ],
-            }
-        ],
-    }
-    (tmp_path / "test.yaml").write_text(yaml.safe_dump(tests))
-    done = subprocess.run([promtool(), "test", "rules", "test.yaml"], cwd=tmp_path, capture_output=True, text=True)
-    assert done.returncode == 0 and "SUCCESS" in done.stdout, done.stdout + done.stderr
-
-
-@pytest.mark.real("promtool")
 def test_dashboard_queries_parse_and_cover_both_arms():
     for env in ENVS:
         board = _docs(MANIFESTS / env / "dashboard.yaml")[0]
         assert check_dashboard(board, Path("d.yaml")) == []
         assert board["metadata"]["labels"]["grafana_dashboard"] == "1"
     bad = copy.deepcopy(board)
-    bad["data"]["flywheel-intent.json"] = bad["data"]["flywheel-intent.json"].replace("sum by (arm", "sum by (arm,,", 1)
+    text = bad["data"]["flywheel-intent.json"]
+    assert "group_left (arm)" in text
+    bad["data"]["flywheel-intent.json"] = text.replace("group_left (arm)", "group_left (arm,,", 1)
     assert check_dashboard(bad, Path("d.yaml"))
+
+
+def _podmonitors(env: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in _docs(MANIFESTS / env / "podmonitor.yaml")}
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_podmonitors_follow_the_published_crd_schema(env):
+    monitors = _podmonitors(env)
+    assert set(monitors) == {"flywheel-intent", "flywheel-collector"}
+    for monitor in monitors.values():
+        assert check_podmonitor(monitor, Path("p.yaml")) == []
+        assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    predictor = monitors["flywheel-intent"]["spec"]
+    assert predictor["selector"]["matchLabels"]["serving.kserve.io/inferenceservice"] == _isvc(env)["metadata"]["name"]
+    assert predictor["podMetricsEndpoints"][0]["portNumber"] == 8080  # Knative renames the port: by number
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda m: m["spec"]["podMetricsEndpoints"][0].update(intervall="30s"), "'intervall' was unexpected"),
+        (lambda m: m["spec"]["podMetricsEndpoints"][0].update(portNumber="8080"), "is not of type 'integer'"),
+        (lambda m: m["spec"]["podMetricsEndpoints"][0].update(scheme="ftp"), "is not one of"),
+        (lambda m: m["spec"].update(podMetricsEndpoints=[]), "it scrapes nothing"),
+        (lambda m: m["spec"].update(selector={}), "empty selects all"),
+        (lambda m: m["metadata"]["labels"].pop("release"), "needs the label release: kube-prometheus-stack"),
+        (lambda m: m.update(apiVersion="monitoring.coreos.com/v1beta1"), "apiVersion must be monitoring.coreos.com/v1"),
+    ],
+)
+def test_podmonitor_check_refuses(mutate, message):
+    monitor = copy.deepcopy(_podmonitors("staging")["flywheel-collector"])
+    mutate(monitor)
+    errors = check_podmonitor(monitor, Path("p.yaml"))
+    assert any(message in e for e in errors), errors
+
+
+@pytest.mark.real("promtool")
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        # the labels the manifest gives the InferenceService are not the ones KServe gives its pods
+        (
+            "      serving.kserve.io/inferenceservice: intent\n",
+            "      app.kubernetes.io/name: flywheel-intent\n",
+            "PodMonitor flywheel-intent selects no pod",
+        ),
+        # Knative names the serving container's port user-port on the pod: http1 never matches
+        ("    - portNumber: 8080\n", "    - port: http1\n", "scrapes port 'http1', which InferenceService intent"),
+        ("    - port: http\n", "    - port: metrics\n", "scrapes port 'metrics', which Deployment flywheel-collector"),
+        ("      app.kubernetes.io/name: flywheel-collector\n  podMetricsEndpoints", "  podMetricsEndpoints", "empty"),
+    ],
+)
+def test_podmonitors_must_find_their_pods(tmp_path, old, new, message):
+    folder = tmp_path / "staging"
+    shutil.copytree(MANIFESTS / "staging", folder)
+    path = folder / "podmonitor.yaml"
+    assert check_environment(folder, "staging") == []
+    assert path.read_text().count(old) == 1
+    path.write_text(path.read_text().replace(old, new))
+    errors = check_environment(folder, "staging")
+    assert any(message in e for e in errors), errors
+
+
+@pytest.mark.real("promtool")
+def test_the_appproject_must_allow_every_kind_synced(tmp_path):
+    root = tmp_path / "manifests"
+    shutil.copytree(MANIFESTS, root)
+    assert check_manifests(tmp_path) == []
+    project = root / "argocd" / "project.yaml"
+    text = project.read_text()
+    project.write_text(text.replace("    - group: monitoring.coreos.com\n      kind: PodMonitor\n", ""))
+    assert any("namespaceResourceWhitelist lacks PodMonitor" in e for e in check_manifests(tmp_path))
 
 
 def test_argocd_objects(tmp_path):
@@ -268,12 +322,29 @@ def test_rollout_edit_changes_only_rollout_lines(tmp_path):
         'value: "s3://models/flywheel-intent/2/artifact"',
         f'value: "{"b" * 64}"',
         'value: "2"',
+        'canary: "2"',  # the arms ConfigMap: the collector attributes v2's answers to the canary
     ]
-    assert "# Knative resolves the tag to a digest" in text2  # comments survive
+    assert "# no pod-level securityContext: Knative refuses one" in text2  # comments survive
     state = manifests.read_rollout(path, manifests.load(path, text2))
     assert (state.stable, state.canary, state.canary_percent) == (v1, v2, 10)
     back = manifests.write_rollout(path, manifests.load(path, text2), manifests.roll_back(state, path))
     assert back == text  # rollback of a canary is exactly the state before it
+
+
+def test_arms_configmap_must_agree_with_the_inferenceservice():
+    path = MANIFESTS / "staging" / "inferenceservice.yaml"
+    text = path.read_text()
+    v1 = manifests.ModelRef(1, "s3://models/flywheel-intent/1/artifact", "a" * 64)
+    released = manifests.write_rollout(
+        path, manifests.load(path), manifests.start_canary(manifests.read_rollout(path), v1, 10, path)
+    )
+    assert manifests.read_rollout(path, manifests.load(path, released)).stable == v1
+    stale = released.replace('  stable: "1"', '  stable: ""')
+    with pytest.raises(FlywheelError, match="ConfigMap flywheel-arms says nothing but the InferenceService serves"):
+        manifests.read_rollout(path, manifests.load(path, stale))
+    without = text.split("\n---\n")[0] + "\n"
+    with pytest.raises(FlywheelError, match="expected two documents"):
+        manifests.load(path, without)
 
 
 @pytest.mark.parametrize(
@@ -321,4 +392,7 @@ def test_dockerfile_is_pinned_and_non_root():
         assert _isvc(env)["spec"]["predictor"]["containers"][0]["args"][0] == "serve"
         deployment = next(d for d in _docs(MANIFESTS / env / "collector.yaml") if d["kind"] == "Deployment")
         assert deployment["spec"]["template"]["spec"]["containers"][0]["args"][0] == "collect"
-        assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == int(users[-1].split(":")[0])
+        uid = int(users[-1].split(":")[0])
+        assert _container_sc(_isvc(env))["runAsUser"] == uid
+        assert deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsUser"] == uid
+        assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == uid

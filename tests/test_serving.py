@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,6 +24,7 @@ import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import sqlalchemy as sa
 import yaml
 from prometheus_client import CollectorRegistry
 
@@ -205,7 +207,7 @@ def test_v1_predict_with_kserve_client(server, tiny_artifact, catalog):
         assert isinstance(p["fallback"], bool)
         expected = catalog["fallback"] if p["fallback"] else catalog["intents"][p["intent"]]
         assert p["reply"] == " ".join(expected.split())
-        assert p["request_id"] == CE_ID and p["arm"] == "stable"
+        assert p["request_id"] == CE_ID and "arm" not in p  # a revision cannot know its arm: it names its version
         assert p["model_version"] == f"sha-{tiny_artifact['artifact_digest'][:12]}"
 
 
@@ -230,10 +232,10 @@ def test_v2_infer_with_kserve_client(server, tiny_artifact):
         assert len(intents) == 3 and set(intents) <= set(labels_of(tiny_artifact["artifact"]))
         conf = out["confidence"].as_numpy()
         assert conf.shape == (3,) and ((conf >= 0) & (conf <= 1)).all()
-        assert resp.parameters == {"model_version": f"sha-{tiny_artifact['artifact_digest'][:12]}", "arm": "stable"}
+        assert resp.parameters == {"model_version": f"sha-{tiny_artifact['artifact_digest'][:12]}"}
 
 
-def test_v1_and_v2_agree_and_canary_is_its_own_arm(server):
+def test_v1_and_v2_agree_and_canary_answers_with_its_own_version(server):
     text = "is the blue kettle back in stock"
     v1 = httpx.post(f"{server['base']}/v1/models/{NAME}:predict", json={"instances": [text]}).json()["predictions"][0]
     v2 = httpx.post(
@@ -248,7 +250,7 @@ def test_v1_and_v2_agree_and_canary_is_its_own_arm(server):
     canary = httpx.post(f"{server['base']}/v1/models/{NAME}-canary:predict", json={"instances": [text]}).json()
     answer = canary["predictions"][0]
     own = offline_predictions(server["arms"]["canary"], [text])[0]  # the canary's model, not the stable one's
-    assert answer["arm"] == "canary" and answer["model_version"] == version_of(server["arms"]["canary"])
+    assert answer["model_version"] == version_of(server["arms"]["canary"])
     assert answer["model_version"] != v1["model_version"]
     assert answer["intent"] == own.intent and answer["confidence"] == pytest.approx(own.confidence, abs=1e-5)
 
@@ -272,7 +274,8 @@ def test_shadow_predicts_too_and_both_are_logged(server):
         headers={"x-request-id": rid},
     )
     assert resp.status_code == 200
-    assert [p["arm"] for p in resp.json()["predictions"]] == ["stable"]  # the user only gets the primary's answer
+    # the user only gets the primary's answer
+    assert [p["model_version"] for p in resp.json()["predictions"]] == [version_of(server["arms"]["stable"])]
     records = _log_lines(server["log"], rid, want=2)
     by_arm = {r["arm"]: r for r in records}
     assert set(by_arm) == {"stable", "shadow"}
@@ -449,7 +452,8 @@ def test_bad_input_gets_4xx_naming_the_problem(server, what, suffix, body, heade
     assert ok.status_code == 200
 
 
-def test_metrics_are_labelled_by_version_and_arm(server, tiny_artifact):
+def test_metrics_are_labelled_by_version_only(server, tiny_artifact):
+    """No `arm` label: in a cluster each revision runs `serve --stable`; the collector's flywheel_arm_info says."""
     httpx.post(f"{server['base']}/v1/models/{NAME}:predict", json={"instances": ["where is my order"]})
     httpx.post(f"{server['base']}/v1/models/{NAME}:predict", json={"instances": []})
     text = httpx.get(f"{server['base']}/metrics").text
@@ -460,16 +464,17 @@ def test_metrics_are_labelled_by_version_and_arm(server, tiny_artifact):
         "flywheel_prediction_confidence_bucket",
         "flywheel_batch_texts_bucket",
     ):
-        assert any(
-            line.startswith(series) and 'arm="stable"' in line and f'model_version="{version}"' in line
-            for line in text.splitlines()
-        ), series
-    assert any(line.startswith("flywheel_predictions_total") and 'arm="shadow"' in line for line in text.splitlines())
+        assert any(line.startswith(series) and f'model_version="{version}"' in line for line in text.splitlines()), (
+            series
+        )
+    shadow = version_of(server["arms"]["shadow"])
+    assert any(line.startswith("flywheel_predictions_total") and shadow in line for line in text.splitlines())
+    assert not [line for line in text.splitlines() if line.startswith("flywheel_") and "arm=" in line]
     assert any(line.startswith("flywheel_fallbacks_total") for line in text.splitlines())
     errors = [line for line in text.splitlines() if line.startswith("flywheel_errors_total") and 'status="400"' in line]
-    assert errors and 'arm="stable"' in errors[0] and float(errors[0].rsplit(" ", 1)[1]) >= 1
+    assert errors and f'model_version="{version}"' in errors[0] and float(errors[0].rsplit(" ", 1)[1]) >= 1
     for code in ("200", "400"):  # every model request by status: the alert rules' error rate
-        assert _metric(text, "flywheel_requests_total", arm="stable", model_version=version, code=code) >= 1
+        assert _metric(text, "flywheel_requests_total", model_version=version, code=code) >= 1
 
 
 def test_listens_on_loopback_only(server):
@@ -576,7 +581,10 @@ def test_concurrent_requests_all_go_through_counted_forward_passes(server):
 
     def counts() -> tuple[float, float]:
         text = httpx.get(f"{base}/metrics").text
-        return tuple(_metric(text, f"flywheel_batch_texts_{k}", arm="stable") for k in ("count", "sum"))
+        return tuple(
+            _metric(text, f"flywheel_batch_texts_{k}", model_version=version_of(server["arms"]["stable"]))
+            for k in ("count", "sum")
+        )
 
     before = counts()
 
@@ -599,20 +607,27 @@ def test_concurrent_requests_all_go_through_counted_forward_passes(server):
     assert texts == 32 and 1 <= passes <= 32
 
 
-def test_local_logger_posts_calls_to_the_collector(tiny_artifact, tmp_path):
-    """Local mode: the predictor posts KServe-logger CloudEvents to `flywheel collect`; the export joins them."""
+def test_local_logger_posts_calls_to_the_collector(arms, tmp_path):
+    """Local mode: the predictor posts the CloudEvents KServe's logger would (empty ce-endpoint, the pod as the
+    source, the client's Content-Type) to `flywheel collect`, which attributes each answer's arm from its
+    version and the mounted arms ConfigMap; the export joins them."""
     work, store = tmp_path / "work", f"sqlite:///{tmp_path / 'conversations.db'}"
     work.mkdir()
+    arms_dir = tmp_path / "arms"  # the ConfigMap flywheel-arms as the kubelet mounts it
+    arms_dir.mkdir()
+    (arms_dir / "stable").write_text(version_of(arms["stable"]))
+    (arms_dir / "canary").write_text(version_of(arms["canary"]))
     collector_port, port = free_port(), free_port()
     env = {**os.environ, "FLYWHEEL_WORK_DIR": str(work)}
     collector = subprocess.Popen(
         [sys.executable, "-m", "scripts.cli", "collect", "--http_port", str(collector_port), "--store_url", store,
-         "--report_dir", str(work / "reports")],
+         "--arms_dir", str(arms_dir), "--report_dir", str(work / "reports")],
         cwd=PROJECT_ROOT, env=env, stdout=open(work / "collector.log", "w"), stderr=subprocess.STDOUT,
     )  # fmt: skip
-    art = tiny_artifact["artifact"]
     logger_url = f"http://127.0.0.1:{collector_port}/"
-    proc = start_server(["--stable", art, "--canary", art, "--logger_url", logger_url], work, port)
+    proc = start_server(
+        ["--stable", arms["stable"], "--canary", arms["canary"], "--logger_url", logger_url], work, port
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, base, work)
@@ -632,17 +647,24 @@ def test_local_logger_posts_calls_to_the_collector(tiny_artifact, tmp_path):
             f"{base}/v2/models/{NAME}-canary/infer",
             json={"id": "local-2", "inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["a", "b"]}]},
         ).json()
+        form = httpx.post(  # JSON sent form-encoded, as `curl -d` does: the logger forwards that Content-Type
+            f"{base}/v1/models/{NAME}-canary:predict",
+            content=json.dumps({"instances": ["my card is blocked"]}),
+            headers={"ce-id": "local-3", "content-type": "application/x-www-form-urlencoded"},
+        )
+        assert form.status_code == 200, form.text
         deadline = time.time() + 30
-        while time.time() < deadline and 'outcome="accepted"} 4.0' not in httpx.get(f"{base}/metrics").text:
+        while time.time() < deadline and 'outcome="accepted"} 6.0' not in httpx.get(f"{base}/metrics").text:
             time.sleep(0.2)
         now = datetime.now(UTC)
-        result = export_window(
-            open_store(store), now - timedelta(hours=1), now + timedelta(minutes=1), tmp_path / "x.parquet"
-        )
+        engine = open_store(store)
+        result = export_window(engine, now - timedelta(hours=1), now + timedelta(minutes=1), tmp_path / "x.parquet")
+        with engine.connect() as conn:
+            stored = [dict(r._mapping) for r in conn.execute(sa.text("SELECT * FROM inference_events"))]
     finally:
         for p in (proc, collector):
             stop_server(p)
-    assert result["rows"] == 3, (work / "collector.log").read_text()
+    assert result["rows"] == 4, (work / "collector.log").read_text()
     rows = {r["request_id"]: r for r in pq.read_table(tmp_path / "x.parquet").to_pylist()}
     first = rows["local-1"]
     assert (first["text"], first["predicted_intent"], first["arm"], first["conversation_id"]) == (
@@ -651,9 +673,22 @@ def test_local_logger_posts_calls_to_the_collector(tiny_artifact, tmp_path):
         "stable",
         "conv-local",
     )
-    assert first["model_version"] == v1["model_version"] and first["latency_ms"] >= 0
+    assert first["model_version"] == v1["model_version"] == version_of(arms["stable"]) and first["latency_ms"] >= 0
     assert [rows[f"local-2/{i}"]["predicted_intent"] for i in (0, 1)] == v2["outputs"][0]["data"]
     assert rows["local-2/1"]["arm"] == "canary" and rows["local-2/1"]["text"] == "b"
+    # exactly what KServe's logger sends: no arm in the headers, the pod (so the revision) as the source
+    assert {e["endpoint"] for e in stored} == {""} and len(stored) == 6
+    assert rows["local-3"]["arm"] == "canary" and rows["local-3"]["text"] == "my card is blocked"
+    by_call = {(e["event_id"], e["kind"]): e for e in stored}
+    assert re.fullmatch(
+        rf"{NAME}-predictor-\d{{5}}-deployment-[0-9a-f]{{9}}-[0-9a-f]{{5}}", by_call["local-1", "request"]["source"]
+    )
+    assert by_call["local-1", "request"]["source"] != by_call["local-2", "request"]["source"]  # two revisions
+    assert by_call["local-2", "request"]["content_type"] == "application/json"
+    assert by_call["local-3", "request"]["content_type"] == "application/x-www-form-urlencoded"
+    assert by_call["local-3", "response"]["content_type"] == "application/x-www-form-urlencoded"
+    assert json.loads(by_call["local-1", "request"]["metadata_json"]) == {"X-Conversation-Id": ["conv-local"]}
+    assert json.loads(by_call["local-2", "request"]["metadata_json"]) == {}
 
 
 def test_micro_batcher_does_not_make_a_lone_caller_wait():

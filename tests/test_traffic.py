@@ -27,8 +27,9 @@ from model.collect.store import count_rows, feedback_events, open_store
 from model.core.config import PROJECT_ROOT, TrafficConfig
 from model.core.errors import FlywheelError
 from model.core.settings import load_config
+from model.deploy.canary_metrics import store_arm_metrics
 from model.loop.traffic import COLUMNS, case_of, is_correct, react, simulate
-from tests.test_serving import NAME, free_port, start_server, wait_ready
+from tests.test_serving import NAME, free_port, start_server, version_of, wait_ready
 
 OOS = "oos"
 # every reaction certain: the feedback says exactly which kind of answer the user got
@@ -151,14 +152,20 @@ def servers(tiny_artifact, tmp_path_factory):
     store = f"sqlite:///{work / 'conversations.db'}"
     collector_port, port = free_port(), free_port()
     env = {**os.environ, "FLYWHEEL_WORK_DIR": str(work)}
+    stable = with_threshold(tiny_artifact, work / "answers-all", 0.0)
+    canary = with_threshold(tiny_artifact, work / "hands-off-all", 1.0)
+    versions = {"stable": version_of(stable), "canary": version_of(canary)}
+    arms_dir = work / "arms"  # the ConfigMap flywheel-arms, as the kubelet mounts it for the collector
+    arms_dir.mkdir()
+    for arm, version in versions.items():
+        (arms_dir / arm).write_text(version)
     collector = subprocess.Popen(
         [sys.executable, "-m", "scripts.cli", "collect", "--http_port", str(collector_port), "--store_url", store,
-         "--sqlite_synchronous", "NORMAL", "--report_dir", str(work / "collector-reports")],
+         "--sqlite_synchronous", "NORMAL", "--arms_dir", str(arms_dir),
+         "--report_dir", str(work / "collector-reports")],
         cwd=PROJECT_ROOT, env=env, stdout=open(work / "collector.log", "w"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     collector_url = f"http://127.0.0.1:{collector_port}"
-    stable = with_threshold(tiny_artifact, work / "answers-all", 0.0)
-    canary = with_threshold(tiny_artifact, work / "hands-off-all", 1.0)
     proc = start_server(
         [
             "--stable",
@@ -186,7 +193,14 @@ def servers(tiny_artifact, tmp_path_factory):
             assert collector.poll() is None and time.time() < deadline, (work / "collector.log").read_text()
             time.sleep(0.3)
         engine = open_store(store)
-        yield {"predictor": base, "collector": collector_url, "engine": engine, "work": work}
+        yield {
+            "predictor": base,
+            "collector": collector_url,
+            "engine": engine,
+            "work": work,
+            "store": store,
+            "versions": versions,
+        }
         engine.dispose()
     finally:
         for p in (proc, collector):
@@ -352,6 +366,25 @@ def test_the_store_holds_exactly_the_reported_feedback(canary_run):
         assert row["thumbs"] == {"thumbs_up": "up", "thumbs_down": "down"}.get(r.feedback, "")
         for kind in ("escalated", "abandoned", "resolved"):
             assert row[kind] == (r.feedback == kind)
+
+
+def test_canary_analysis_counts_per_arm_what_each_arm_was_sent(canary_run, servers):
+    """Two different models, attributed only from what KServe's logger really sends (no arm in the events):
+    the counts `canary-analysis --store-url` decides on equal the traffic each arm got and its reactions."""
+    frame = canary_run["frame"]
+    since, until = frame["time"].min() - timedelta(seconds=1), frame["time"].max() + timedelta(seconds=1)
+    # `until` as the analysis would see it a while later: no request is still in flight
+    seen = store_arm_metrics(servers["store"], servers["versions"], since, until + timedelta(minutes=2), 1000.0)
+    for arm in ("stable", "canary"):
+        sent = frame[frame["arm"] == arm]
+        got = seen[arm]
+        assert len(sent) > 50, arm  # both arms got real traffic: the comparison is not vacuous
+        assert (got.requests, got.errors, got.model_version) == (len(sent), 0, servers["versions"][arm])
+        assert got.fallbacks == int(sent["fallback"].sum())
+        assert (got.thumbs_up, got.thumbs_down, got.escalations) == tuple(
+            int((sent["feedback"] == kind).sum()) for kind in ("thumbs_up", "thumbs_down", "escalated")
+        )
+    assert seen["canary"].fallbacks == seen["canary"].requests and seen["stable"].fallbacks == 0  # the two models
 
 
 def test_same_seed_same_traffic_other_offset_other_draws(servers, sample_df):

@@ -77,7 +77,7 @@ def manifest_calls() -> list[tuple[str, list[str], dict]]:
     for path in MANIFESTS:
         for doc in yaml.safe_load_all(path.read_text()):
             for container in _containers(doc):
-                if "/flywheel:" not in str(container.get("image", "")):
+                if not re.search(r"/flywheel[:@]", str(container.get("image", ""))):  # by tag or pinned digest
                     continue
                 command = container.get("command", entrypoint)
                 where = f"{path.relative_to(PROJECT_ROOT)} container {container.get('name')}"
@@ -218,11 +218,13 @@ def _exported_series() -> set[str]:
     """Every series name the predictor and the collector export (counters as *_total, histograms' parts)."""
     from prometheus_client import CollectorRegistry
 
+    from model.collect.arms import ArmMap
     from model.collect.collector import CollectorMetrics
     from model.serve.metrics import ServingMetrics
 
     names = set()
-    for make in (ServingMetrics, CollectorMetrics):
+    # the collector's flywheel_arm_info family is there even while its arms folder names no version
+    for make in (ServingMetrics, lambda registry: CollectorMetrics(registry, ArmMap(None))):
         registry = CollectorRegistry()
         make(registry)
         for family in registry.collect():

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -40,6 +39,7 @@ import uvicorn
 from cloudevents.exceptions import GenericException
 from cloudevents.http import from_http
 from prometheus_client import CollectorRegistry, Counter, Histogram, exposition
+from prometheus_client.core import GaugeMetricFamily
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -47,7 +47,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from data_checks.pii import Scanner  # cheap: Presidio itself loads when the first scanner is built
-from model.collect.export import answer_labels
+from model.collect.arms import UNKNOWN, ArmMap, revision_of
+from model.collect.export import answer_version
 from model.collect.store import GroupCommitWriter, count_rows, open_store, read_response
 from model.core.config import CollectorConfig, PiiConfig
 from model.core.http_guard import BodyLimit, ensure_can_listen
@@ -61,11 +62,10 @@ FEEDBACK_KINDS = ("thumbs_up", "thumbs_down", "abandoned", "escalated", "resolve
 MAX_ID_CHARS = 200
 # Keys of the Open Inference Protocol that hold protocol structure, not user text: left as they are.
 STRUCTURAL_KEYS = frozenset({"id", "name", "datatype", "shape"})
-UNKNOWN_ANSWER = ("unknown", "unknown")
+UNKNOWN_ANSWER = (UNKNOWN, UNKNOWN)
 # KServe's logger posts the response event after answering, without waiting; feedback naming an
 # answer not stored yet is counted once it is, looked up after each of these pauses (seconds)
 LATE_ANSWER_WAITS_S = (0.1, 0.4, 1.5, 3.0)
-_JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json$")
 
 
 class BadEvent(Exception):
@@ -111,16 +111,40 @@ def redact_json(value, redact: Callable[[str], str]):
     return value
 
 
+def _payload(data, event_type: str, redact: Callable[[str], str]) -> tuple[object, str, bool]:
+    """(payload, text to store, whether it is JSON) of an event's data, user texts redacted.
+
+    The body is JSON whatever the Content-Type says (KServe's logger forwards the client's own, and
+    ``curl -d`` sends form-encoded JSON); a request body that is not JSON is kept as raw text, redacted
+    as one string, and marked so. Only feedback, which the chat front end sends, must be JSON.
+    """
+    if data is None:
+        raise BadEvent(400, "event has no body")
+    if not isinstance(data, (bytes, bytearray, str)):  # structured mode: the data as parsed JSON
+        payload, text, is_json = data, json.dumps(data), True
+    else:
+        raw = data.decode("utf-8", errors="replace") if isinstance(data, (bytes, bytearray)) else data
+        try:
+            payload, text, is_json = json.loads(raw), raw, True
+        except ValueError:
+            if event_type == FEEDBACK_TYPE:
+                raise BadEvent(400, "feedback body is not JSON: send a JSON object") from None
+            payload, text, is_json = raw, raw, False
+    if event_type == REQUEST_TYPE:
+        redacted = redact_json(payload, redact)
+        if redacted != payload:
+            text = json.dumps(redacted, ensure_ascii=False) if is_json else redacted
+    return payload, text, is_json
+
+
 def parse_event(headers: dict[str, str], body: bytes, now: datetime, redact: Callable[[str], str]) -> tuple[str, dict]:
-    """One HTTP request to (table name, row) with user texts redacted, or BadEvent naming what is wrong."""
+    """One HTTP request to (table name, row) with user texts redacted, or BadEvent naming what is wrong.
+
+    Any Content-Type is accepted: only ``application/cloudevents+json`` changes how the event is read
+    (structured mode); anything else, or none, is a binary-mode event whose body is the payload.
+    """
     content_type = headers.get("content-type", "").split(";")[0].strip().lower()
     structured = content_type == "application/cloudevents+json"
-    if not structured and not _JSON_TYPE.match(content_type):
-        raise BadEvent(
-            415,
-            f"content type {content_type or '(none)'!r} not accepted: events carry JSON "
-            "(application/json in binary mode, application/cloudevents+json in structured mode)",
-        )
     if not structured:
         missing = [h for h in ("ce-specversion", "ce-id", "ce-type", "ce-source") if h not in headers]
         if missing:
@@ -134,17 +158,7 @@ def parse_event(headers: dict[str, str], body: bytes, now: datetime, redact: Cal
     if event_type not in EVENT_TYPES:
         raise BadEvent(400, f"unknown event type {event_type!r} (accepted: {', '.join(EVENT_TYPES)})")
     event_id = _text_id(attrs.get("id"), "event id (ce-id)", required=True)
-    data = event.get_data()
-    if isinstance(data, (bytes, bytearray, str)):  # binary mode gives bytes, structured mode the data as JSON text
-        try:
-            text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
-            payload = json.loads(text)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise BadEvent(400, f"event body is not valid UTF-8 JSON: {exc}") from exc
-    elif data is None:
-        raise BadEvent(400, "event has no body")
-    else:
-        payload, text = data, json.dumps(data)
+    payload, text, is_json = _payload(event.get_data(), event_type, redact)
     common = {
         "event_id": event_id,
         "event_time": _parse_time(attrs.get("time") or now, "ce-time"),
@@ -154,10 +168,7 @@ def parse_event(headers: dict[str, str], body: bytes, now: datetime, redact: Cal
     if event_type == FEEDBACK_TYPE:
         fields = _feedback_fields(payload)
         return "feedback", {**common, **fields, "comment": redact(fields["comment"])}
-    if event_type == REQUEST_TYPE:
-        redacted = redact_json(payload, redact)
-        if redacted != payload:
-            text = json.dumps(redacted, ensure_ascii=False)
+    stored_type = str(attrs.get("datacontenttype") or "application/json") if structured else content_type
     return "inference", {
         **common,
         "kind": "request" if event_type == REQUEST_TYPE else "response",
@@ -166,10 +177,10 @@ def parse_event(headers: dict[str, str], body: bytes, now: datetime, redact: Cal
         "component": str(attrs.get("component", ""))[:100],
         "endpoint": str(attrs.get("endpoint", ""))[:100],
         "metadata_json": _metadata(attrs.get("metadata")),
-        "content_type": (content_type if not structured else str(attrs.get("datacontenttype") or "application/json"))[
-            :100
-        ],
+        "content_type": stored_type[:100],
         "body": text,
+        "body_is_json": is_json,
+        "arm": "",  # the collector attributes it (model.collect.arms)
     }
 
 
@@ -206,11 +217,32 @@ def _feedback_fields(payload) -> dict:
     }
 
 
-class CollectorMetrics:
-    """The collector's Prometheus series: events by outcome, feedback per arm and version, time to acknowledge."""
+class ArmInfo:
+    """``flywheel_arm_info{arm, model_version} 1`` for each arm the mounted ConfigMap names, read at scrape.
 
-    def __init__(self, registry: CollectorRegistry):
+    The predictor's series carry only ``model_version`` (a revision cannot know its arm); the alert
+    rules and the dashboard join them with this to say which arm a version serves.
+    """
+
+    def __init__(self, arm_map: ArmMap):
+        self.arm_map = arm_map
+
+    def collect(self):
+        info = GaugeMetricFamily(
+            "flywheel_arm_info", "the model version each traffic arm serves now", labels=["arm", "model_version"]
+        )
+        for arm, version in sorted(self.arm_map.arms().items()):
+            info.add_metric([arm, version], 1)
+        yield info
+
+
+class CollectorMetrics:
+    """The collector's Prometheus series: events by outcome, feedback per arm and version, time to acknowledge,
+    and which version each arm serves."""
+
+    def __init__(self, registry: CollectorRegistry, arm_map: ArmMap):
         self.registry = registry
+        registry.register(ArmInfo(arm_map))
         self.events = Counter(
             "flywheel_collector_events", "events by type and outcome", ["type", "outcome"], registry=registry
         )
@@ -237,7 +269,9 @@ class Collector:
         self.scanner = Scanner(pii_cfg)  # once per process: building the analyzer takes seconds
         self.engine = open_store(cfg.store_url, cfg.sqlite_synchronous)
         self.writer = GroupCommitWriter(self.engine)
-        self.metrics = CollectorMetrics(registry)
+        self.arm_map = ArmMap(cfg.arms_dir)
+        self.metrics = CollectorMetrics(registry, self.arm_map)
+        self._revision_versions: dict[str, str] = {}  # revision -> the version its answers carry
         self._late_counts: set[asyncio.Task] = set()
 
     def redact(self, text: str) -> str:
@@ -254,6 +288,8 @@ class Collector:
             self.metrics.events.labels(claimed if claimed in EVENT_TYPES else "other", "rejected").inc()
             return JSONResponse({"error": bad.reason}, status_code=bad.status)
         event_type = request.headers.get("ce-type", FEEDBACK_TYPE if table == "feedback" else "inference")
+        if table == "inference":
+            row["arm"] = self.attribute(row)
         try:
             new = await self.writer.write(table, row)
         except Exception as exc:  # noqa: BLE001 - the store is down or refused: not acknowledged
@@ -264,6 +300,17 @@ class Collector:
         if new and table == "feedback":
             await self.count_feedback(row["kind"], row["request_id"])
         return JSONResponse({"id": row["event_id"], "stored": new, "duplicate": not new})
+
+    def attribute(self, row: dict) -> str:
+        """The arm of an inference event: its answer's model version, else what its revision answers with."""
+        revision = revision_of(row["source"])
+        if row["kind"] == "response":
+            version = answer_version(row)
+            if version:
+                self._revision_versions[revision] = version
+        else:
+            version = self._revision_versions.get(revision)
+        return self.arm_map.arm_of(version)
 
     async def count_feedback(self, kind: str, request_id: str) -> None:
         """Count stored feedback on the answer it names, now or once that answer is stored."""
@@ -282,7 +329,9 @@ class Collector:
             response = read_response(self.engine, request_id) if request_id else None
         except sa.exc.SQLAlchemyError:
             response = None  # the feedback is stored; only its metric labels are unknown
-        return answer_labels(response) if response else None
+        if response is None:
+            return None
+        return response["arm"] or UNKNOWN, answer_version(response) or UNKNOWN
 
     async def count_late(self, kind: str, request_id: str) -> None:
         """Count feedback whose answer was not stored yet once it is, or as 'unknown' after LATE_ANSWER_WAITS_S."""

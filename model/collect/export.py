@@ -31,7 +31,6 @@ from model.data.conversations import COLUMNS, DIGEST_KEY, WINDOW_KEYS, write_sna
 
 __all__ = ["DIGEST_KEY", "answered_rows", "content_digest", "export_step", "export_window"]
 
-ARM_OF_ENDPOINT = {"default": "stable", "canary": "canary"}
 THUMBS_OF_KIND = {"thumbs_up": "up", "thumbs_down": "down"}
 
 
@@ -58,7 +57,6 @@ def _predictions(body: dict) -> list[dict]:
             "confidence": (outputs.get("confidence") or [None] * n)[i],
             "fallback": (outputs.get("fallback") or [None] * n)[i],
             "model_version": params.get("model_version") or body.get("model_version"),
-            "arm": params.get("arm"),
         }
         for i in range(n)
     ]
@@ -66,10 +64,6 @@ def _predictions(body: dict) -> list[dict]:
 
 def _number(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _first_arm(preds: list[dict]) -> str:
-    return next((p["arm"] for p in preds if isinstance(p.get("arm"), str) and p["arm"]), "")
 
 
 def _conversation_id(metadata_json: str) -> str:
@@ -80,6 +74,8 @@ def _conversation_id(metadata_json: str) -> str:
 
 
 def _body(event: dict) -> dict:
+    if event.get("body_is_json") is False:  # kept as raw text: no texts or predictions to read
+        return {}
     try:
         value = json.loads(event["body"])
     except ValueError:
@@ -92,11 +88,10 @@ def _utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def answer_labels(response: dict) -> tuple[str, str]:
-    """(arm, model_version) of a stored response event, as the snapshot would name them."""
+def answer_version(response: dict) -> str:
+    """The model version a response event's answer names ("" when it names none)."""
     preds = _predictions(_body(response))
-    version = next((str(p["model_version"]) for p in preds if p.get("model_version") is not None), "unknown")
-    return ARM_OF_ENDPOINT.get(response["endpoint"]) or _first_arm(preds) or "unknown", version
+    return next((str(p["model_version"]) for p in preds if p.get("model_version") not in (None, "")), "")
 
 
 def _call_rows(call_id: str, req: dict, resp: dict, skipped: Counter) -> list[dict]:
@@ -107,8 +102,8 @@ def _call_rows(call_id: str, req: dict, resp: dict, skipped: Counter) -> list[di
         return []
     conversation = _conversation_id(req["metadata_json"]) or _conversation_id(resp["metadata_json"])
     latency = max(0.0, (_utc(resp["event_time"]) - _utc(req["event_time"])).total_seconds() * 1000)
-    # The logger's endpoint first: in a cluster each revision serves one model and cannot know its share.
-    arm = ARM_OF_ENDPOINT.get(req["endpoint"]) or _first_arm(preds) or req["endpoint"]
+    # attributed by the collector from the answer's model version (model.collect.arms)
+    arm = resp.get("arm") or "unknown"
     rows = []
     for i, (text, pred) in enumerate(zip(texts, preds)):
         confidence, fallback, intent = _number(pred.get("confidence")), pred.get("fallback"), pred.get("intent")

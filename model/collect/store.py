@@ -38,10 +38,13 @@ inference_events = sa.Table(
     sa.Column("inference_service", sa.String(200), nullable=False, default=""),
     sa.Column("namespace", sa.String(200), nullable=False, default=""),
     sa.Column("component", sa.String(100), nullable=False, default=""),
-    sa.Column("endpoint", sa.String(100), nullable=False, default=""),  # "default" or "canary"
+    sa.Column("endpoint", sa.String(100), nullable=False, default=""),  # ce-endpoint: empty from real KServe
     sa.Column("metadata_json", sa.Text, nullable=False, default="{}"),  # ce-metadata: forwarded request headers
     sa.Column("content_type", sa.String(100), nullable=False),
     sa.Column("body", sa.Text, nullable=False),
+    # added later: ADDED_COLUMNS below brings an older store up to date when it opens
+    sa.Column("arm", sa.String(10), nullable=False, default="", server_default=""),  # model.collect.arms
+    sa.Column("body_is_json", sa.Boolean, nullable=False, default=True, server_default=sa.true()),  # else raw text
 )
 
 feedback_events = sa.Table(
@@ -58,6 +61,8 @@ feedback_events = sa.Table(
 )
 
 TABLES = {"inference": inference_events, "feedback": feedback_events}
+# columns a store made by an earlier version lacks; each has a server default, so old rows read as before
+ADDED_COLUMNS = {"inference_events": ("arm", "body_is_json")}
 
 
 SQLITE_SYNC_MODES = typing.get_args(typing.get_type_hints(CollectorConfig)["sqlite_synchronous"])
@@ -96,9 +101,25 @@ def open_store(url: str | None, sqlite_synchronous: str = "FULL") -> Engine:
         raise FlywheelError(f"store URL {url!r}: only sqlite and postgresql are supported")
     try:
         metadata.create_all(engine)
+        _add_missing_columns(engine)
     except sa.exc.SQLAlchemyError as exc:
         raise FlywheelError(f"cannot open store {parsed.render_as_string(hide_password=True)}: {exc}") from exc
     return engine
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """``ALTER TABLE ... ADD COLUMN`` for each of ``ADDED_COLUMNS`` an existing table lacks."""
+    inspector = sa.inspect(engine)
+    for table_name, names in ADDED_COLUMNS.items():
+        present = {c["name"] for c in inspector.get_columns(table_name)}
+        table = metadata.tables[table_name]
+        for name in names:
+            if name in present:
+                continue
+            column = table.c[name]
+            ddl = sa.schema.CreateColumn(column).compile(dialect=engine.dialect)
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"ALTER TABLE {table_name} ADD COLUMN {ddl}"))
 
 
 def _insert(engine: Engine, table: sa.Table):

@@ -29,8 +29,16 @@ ENVIRONMENTS: tuple[str, ...] = get_args(Environment)
 
 def work_dir() -> Path:
     """The default work folder: ``FLYWHEEL_WORK_DIR``, else ./work. Read once, by the CLI; everything
-    below it gets the folder passed in."""
-    return Path(os.environ.get("FLYWHEEL_WORK_DIR", PROJECT_ROOT / "work")).resolve()
+    below it gets the folder passed in.
+
+    "./work" is the checkout's ``work/`` (beside ``pyproject.toml``, git-ignored) wherever in the
+    checkout the command runs; an installed package (a wheel, the image) has no checkout, and its
+    site-packages is no place to write (read-only in the pod), so there it is ``work/`` in the
+    current folder, as for any command-line tool. The image sets ``FLYWHEEL_WORK_DIR`` to its
+    emptyDir (``/tmp/flywheel``), and so do the manifests."""
+    checkout = (PROJECT_ROOT / "pyproject.toml").is_file()
+    default = (PROJECT_ROOT if checkout else Path.cwd()) / "work"
+    return Path(os.environ.get("FLYWHEEL_WORK_DIR", default)).resolve()
 
 
 def required(what: str) -> Any:
@@ -254,6 +262,11 @@ class CollectorConfig:
     )
     sqlite_synchronous: Literal["FULL", "NORMAL"] = setting(
         "FULL", "FULL: a 200 survives a power cut (fsync per commit); NORMAL: survives a crash only, ~5x faster"
+    )
+    arms_dir: str | None = setting(
+        None,
+        "folder holding the ConfigMap flywheel-arms as files (stable, canary: model versions), as the kubelet "
+        "mounts it; every logged answer is attributed to the arm serving its version (unset: arm unknown)",
     )
 
 

@@ -14,7 +14,7 @@ place its schema is defined: the export writes it with ``write_snapshot``.
 | ``confidence`` | float64 in [0, 1] | the model's probability for ``predicted_intent`` |
 | ``fallback`` | bool | the bot handed off instead of answering (confidence under the model's threshold) |
 | ``model_version`` | string | registered model version that answered (e.g. ``"7"``) |
-| ``arm`` | string | ``stable``, ``canary`` or ``shadow`` (KServe ``ce-endpoint``, or the shadow copy) |
+| ``arm`` | string | ``stable``, ``canary``, ``shadow`` or ``unknown``: which arm served the answer |
 | ``latency_ms`` | float64 | model latency for this request |
 | ``thumbs`` | string | ``up``, ``down`` or ``""`` (not rated) |
 | ``abandoned`` | bool | the user left the conversation after this answer without resolving it |
@@ -36,9 +36,10 @@ How ``flywheel export-events`` (``model/collect/export.py``) fills it from the c
 - ``conversation_id`` is the front end's ``X-Conversation-Id`` header (forwarded by the logger in
   ``ce-metadata``); a request without one is a conversation of its own (``conversation_id`` = its
   ``ce-id``), so the column is never empty.
-- ``arm`` is the logger's ``ce-endpoint`` (``default`` -> ``stable``, ``canary`` -> ``canary``): in a
-  cluster each revision serves one model and cannot know its traffic share; only where the endpoint
-  is missing, the prediction's own ``arm``. ``latency_ms`` is response ``ce-time`` minus request
+- ``arm`` is what the collector attributed when the answer arrived: the answer's model version
+  looked up in the environment's ConfigMap ``flywheel-arms`` (``model/collect/arms.py``; KServe's
+  ``ce-endpoint`` is empty and a revision cannot know its share), ``unknown`` when it named neither
+  arm. ``latency_ms`` is response ``ce-time`` minus request
   ``ce-time``.
 - Feedback events refer to a request id or a conversation id. One naming a request applies to that
   request; one naming only a conversation applies to the conversation's last answered request at
@@ -84,7 +85,7 @@ SNAPSHOT_SCHEMA = pa.schema(
     ]
 )
 COLUMNS = SNAPSHOT_SCHEMA.names
-ARMS = ("stable", "canary", "shadow")
+ARMS = ("stable", "canary", "shadow", "unknown")  # unknown: a version no arm named
 THUMBS = ("up", "down", "")
 DIGEST_KEY = b"flywheel.content_digest"
 WINDOW_KEYS = (b"flywheel.window_start", b"flywheel.window_end")

@@ -1,6 +1,9 @@
 """Canary analysis: promote, hold or roll back, from how each traffic arm did with users.
 
-A pure function of per-arm counts. Rates are compared with a mixture sequential probability ratio
+A pure function of per-arm counts. An arm the metrics source knows nothing about (Prometheus has
+no request series for its model version: not scraped, or the revision never served) is its own
+outcome, ``no_data``: nothing can be decided, and unlike ``hold`` it will not resolve by waiting
+(``flywheel canary-analysis`` exits 1 on it). Rates are compared with a mixture sequential probability ratio
 test (mSPRT; Johari, Pekelis and Walsh, "Always valid inference", 2017) on the difference of two
 proportions under the normal approximation: its p-values stay valid however often one looks, so
 running the analysis every hour does not inflate false promotions or false rollbacks, and no
@@ -26,7 +29,7 @@ from typing import NamedTuple
 from model.core.config import CanaryConfig
 from model.core.errors import FlywheelError
 
-PROMOTE, HOLD, ROLLBACK = "promote", "hold", "rollback"
+PROMOTE, HOLD, ROLLBACK, NO_DATA = "promote", "hold", "rollback", "no_data"
 
 
 @dataclass
@@ -42,6 +45,7 @@ class ArmMetrics:
     slow: int = 0  # answers slower than the canary config's latency_budget_ms
     latency_p99_ms: float = 0.0  # shown, not decided on
     model_version: int | None = None
+    no_data: bool = False  # the source has nothing at all for this arm (not even a zero): see NO_DATA
 
     @classmethod
     def from_dict(cls, values: dict, where: str) -> ArmMetrics:
@@ -55,7 +59,7 @@ class ArmMetrics:
             arm = cls(**values)
         except TypeError as exc:
             raise FlywheelError(f"{where}: {exc}") from exc
-        counts = {k: v for k, v in asdict(arm).items() if k not in ("latency_p99_ms", "model_version")}
+        counts = {k: v for k, v in asdict(arm).items() if k not in ("latency_p99_ms", "model_version", "no_data")}
         for name, value in counts.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise FlywheelError(f"{where}: {name} must be a count (whole number >= 0), got {value!r}")
@@ -64,6 +68,8 @@ class ArmMetrics:
                 raise FlywheelError(f"{where}: {name} ({counts[name]}) exceeds requests ({arm.requests})")
         if not isinstance(arm.latency_p99_ms, (int, float)) or arm.latency_p99_ms < 0:
             raise FlywheelError(f"{where}: latency_p99_ms must be a number >= 0")
+        if not isinstance(arm.no_data, bool):
+            raise FlywheelError(f"{where}: no_data must be true or false, got {arm.no_data!r}")
         return arm
 
 
@@ -194,13 +200,28 @@ def compare_arms(stable: ArmMetrics, canary: ArmMetrics, cfg: CanaryConfig) -> t
 
 
 def analyse(stable: ArmMetrics, canary: ArmMetrics, cfg: CanaryConfig) -> CanaryVerdict:
-    """Promote, hold or roll back. Rollback wins over promote; too little traffic always holds."""
+    """Promote, hold or roll back; no data when an arm has none. Rollback wins over promote; too little
+    traffic always holds."""
+    latency = {"stable": stable.latency_p99_ms, "canary": canary.latency_p99_ms}
+    unseen = [
+        f"{name} (v{arm.model_version})" if arm.model_version is not None else name
+        for name, arm in (("stable", stable), ("canary", canary))
+        if arm.no_data
+    ]
+    if unseen:
+        return CanaryVerdict(
+            NO_DATA,
+            [
+                f"no data for {' and '.join(unseen)}: the metrics source has no request series for it at all "
+                "(its pods are not scraped, or its revision never served a request), so nothing can be decided"
+            ],
+            latency_p99_ms=latency,
+        )
     few = [
         f"{name} has {arm.requests} requests (< {cfg.min_requests_per_arm})"
         for name, arm in (("stable", stable), ("canary", canary))
         if arm.requests < cfg.min_requests_per_arm
     ]
-    latency = {"stable": stable.latency_p99_ms, "canary": canary.latency_p99_ms}
     if few:
         return CanaryVerdict(HOLD, ["too little traffic: " + "; ".join(few)], latency_p99_ms=latency)
     comparisons, alpha = compare_arms(stable, canary, cfg)

@@ -2,8 +2,11 @@
 argocd/ folder under ``manifests/``, each object by the checker for its kind.
 
 - InferenceService, Deployment, Service, ConfigMap: ``model.deploy.kubernetes_checks``
-- PrometheusRule and the Grafana dashboard: ``model.deploy.monitoring_checks``
+- PrometheusRule, PodMonitor and the Grafana dashboard: ``model.deploy.monitoring_checks``
 - Argo CD Application and AppProject: ``model.deploy.argocd_checks``
+
+Across objects: each PodMonitor selects pods of its environment and a port they declare, and the
+AppProject allows every kind the environments hold.
 """
 
 from __future__ import annotations
@@ -14,9 +17,20 @@ from model.core.errors import FlywheelError
 from model.deploy import manifests
 from model.deploy.argocd_checks import check_argocd
 from model.deploy.kubernetes_checks import K8S_VERSION, check_core, check_inferenceservice, load_objects
-from model.deploy.monitoring_checks import check_dashboard, check_prometheusrule
+from model.deploy.monitoring_checks import (
+    PROMETHEUS_OPERATOR,
+    check_dashboard,
+    check_podmonitor,
+    check_prometheusrule,
+    podmonitor_target_errors,
+)
 
-ENVIRONMENT_KINDS = ("InferenceService", "Deployment", "Service", "PrometheusRule", "ConfigMap")
+ENVIRONMENT_KINDS = ("InferenceService", "Deployment", "Service", "PrometheusRule", "ConfigMap", "PodMonitor")
+# the labels KServe puts on an InferenceService's predictor pods (kserve pkg/constants: InferenceServicePodLabelKey,
+# KServiceComponentLabel), and the name Knative gives the serving container's port on them (knative/serving
+# pkg/apis/serving/v1 UserPortName): a PodMonitor must select those, not the manifest's own labels and port name
+KSERVE_POD_LABEL, KSERVE_COMPONENT = "serving.kserve.io/inferenceservice", ("component", "predictor")
+KNATIVE_USER_PORT = "user-port"
 
 
 def _check_object(doc: dict, path: Path, env: str) -> list[str]:
@@ -31,6 +45,8 @@ def _check_object(doc: dict, path: Path, env: str) -> list[str]:
         return errors
     if kind == "PrometheusRule":
         return check_prometheusrule(doc, path)
+    if kind == "PodMonitor":
+        return check_podmonitor(doc, path)
     if kind not in ENVIRONMENT_KINDS:
         return [f"{path}: unexpected kind {kind} (the AppProject would refuse to sync it)"]
     errors = check_core(doc, path)
@@ -39,13 +55,34 @@ def _check_object(doc: dict, path: Path, env: str) -> list[str]:
     return errors
 
 
+def _pods(docs: list[tuple[Path, dict]]) -> list[tuple[str, dict, list[dict]]]:
+    """The pods the environment's objects make, as (what, labels, containers) the way the cluster sees them."""
+    pods = []
+    for _, doc in docs:
+        name = (doc.get("metadata") or {}).get("name")
+        if doc["kind"] == "Deployment":
+            template = (doc.get("spec") or {}).get("template") or {}
+            labels = (template.get("metadata") or {}).get("labels") or {}
+            pods.append((f"Deployment {name}", labels, (template.get("spec") or {}).get("containers") or []))
+        elif doc["kind"] == "InferenceService":
+            containers = ((doc.get("spec") or {}).get("predictor") or {}).get("containers") or []
+            renamed = [  # Knative keeps the serving container's port number, not its name
+                {**c, "ports": [{**p, "name": KNATIVE_USER_PORT} for p in c.get("ports") or []]} for c in containers
+            ]
+            labels = {KSERVE_POD_LABEL: name, KSERVE_COMPONENT[0]: KSERVE_COMPONENT[1]}
+            pods.append((f"InferenceService {name}'s predictor", labels, renamed))
+    return pods
+
+
 def check_environment(folder: Path, env: str) -> list[str]:
-    """One environment's folder: each object in its namespace and valid, and every kind it needs there."""
-    errors, kinds = [], []
+    """One environment's folder: each object in its namespace and valid, every kind it needs there, and
+    PodMonitors that find their pods."""
+    errors, kinds, docs = [], [], []
     namespace = manifests.namespace(env)
     for path in sorted(folder.glob("*.yaml")):
         for doc in load_objects(path):
             kinds.append(doc["kind"])
+            docs.append((path, doc))
             ns = (doc.get("metadata") or {}).get("namespace")
             if ns != namespace:
                 errors.append(
@@ -54,7 +91,40 @@ def check_environment(folder: Path, env: str) -> list[str]:
                 )
             errors += _check_object(doc, path, env)
     errors += [f"{folder}: no {needed}" for needed in ENVIRONMENT_KINDS if needed not in kinds]
+    pods = _pods(docs)
+    for path, doc in docs:
+        if doc["kind"] == "PodMonitor" and doc.get("metadata"):
+            errors += podmonitor_target_errors(doc, pods, path)
     return errors
+
+
+def _group_kinds(folder: Path) -> set[tuple[str, str]]:
+    """(API group, kind) of every object in ``folder``."""
+    return {
+        (d.get("apiVersion", "").rpartition("/")[0], d["kind"])
+        for p in sorted(folder.glob("*.yaml"))
+        for d in load_objects(p)
+    }
+
+
+def _project_kind_errors(root: Path) -> list[str]:
+    """Every kind the environments hold must be in the AppProject's namespaceResourceWhitelist."""
+    try:
+        projects = [
+            d for p in sorted((root / "argocd").glob("*.yaml")) for d in load_objects(p) if d["kind"] == "AppProject"
+        ]
+    except FlywheelError as exc:
+        return [str(exc)]
+    if len(projects) != 1:
+        return []  # check_argocd names that
+    allowed = {
+        (r.get("group"), r.get("kind")) for r in (projects[0].get("spec") or {}).get("namespaceResourceWhitelist") or []
+    }
+    held = set().union(*(_group_kinds(root / env) for env in manifests.ENVIRONMENTS if (root / env).is_dir()))
+    return [
+        f"{root / 'argocd'}: the AppProject's namespaceResourceWhitelist lacks {kind} (group {group or 'core'!r})"
+        for group, kind in sorted(held - allowed)
+    ]
 
 
 def check_manifests(repo: Path, manifests_dir: str = "manifests") -> list[str]:
@@ -67,7 +137,7 @@ def check_manifests(repo: Path, manifests_dir: str = "manifests") -> list[str]:
             continue
         errors += check_environment(root / env, env)
     errors += check_argocd(root / "argocd", Path(repo))
-    return errors
+    return errors + _project_kind_errors(root)
 
 
 def _rollout_state(repo: Path, env: str, manifests_dir: str) -> dict | None:
@@ -90,7 +160,10 @@ def check_manifests_step(repo: Path, manifests_dir: str = "manifests") -> tuple[
     lines += (
         [f"- {e}" for e in errors]
         if errors
-        else [f"All manifests valid (KServe SDK models, Kubernetes {K8S_VERSION} schemas, promtool, Argo CD fields)."]
+        else [
+            f"All manifests valid (KServe SDK models, Kubernetes {K8S_VERSION} schemas, prometheus-operator "
+            f"{PROMETHEUS_OPERATOR} CRD schemas, promtool, Argo CD fields)."
+        ]
     )
     lines += ["", "| environment | stable | canary | canary % |", "|---|---|---|---|"]
     lines += [

@@ -16,16 +16,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
-from ruamel.yaml.comments import CommentedMap
 
 from model.core.config import CanaryConfig, DeliveryConfig, RegistryConfig
 from model.core.errors import FlywheelError
-from model.deploy import manifests
+from model.deploy import images, manifests
 from model.deploy.canary import ArmMetrics, analyse, render_markdown
-from model.deploy.canary_metrics import canary_started, prometheus_arm_metrics, seconds_since, store_arm_metrics
+from model.deploy.canary_metrics import (
+    TOKEN_ENV,
+    canary_started,
+    prometheus_arm_metrics,
+    prometheus_session,
+    redacted,
+    seconds_since,
+    store_arm_metrics,
+)
 from model.deploy.forges import GitHubForge, LocalForge, Proposal, forge_from_env
 from model.deploy.kubernetes_checks import check_inferenceservice
-from model.deploy.manifests import ModelRef, Rollout
+from model.deploy.manifests import COLLECTOR_FILE, ModelRef, Rollout
 from model.registry import register, store, versions
 
 RETRAIN_REQUESTS = "retrain/requests"  # a merged file here triggers retrain.yml
@@ -40,7 +47,7 @@ class Target:
     env: str
     rel_path: str  # inside the repository
     label: Path  # how errors name the file
-    doc: CommentedMap
+    doc: manifests.IsvcFile
     rollout: Rollout
 
 
@@ -51,7 +58,7 @@ def open_target(repo: Path, env: str, dcfg: DeliveryConfig) -> Target:
     label = Path(repo) / rel
     text = forge.read(rel)
     doc = manifests.load(label, text)
-    schema = check_inferenceservice(yaml.safe_load(text), label, env)
+    schema = check_inferenceservice(next(yaml.safe_load_all(text)), label, env)
     if schema:
         raise FlywheelError("; ".join(schema))
     return Target(forge, env, rel, label, doc, manifests.read_rollout(label, doc))
@@ -59,7 +66,7 @@ def open_target(repo: Path, env: str, dcfg: DeliveryConfig) -> Target:
 
 def _render_new(t: Target, new: Rollout) -> str:
     text = manifests.write_rollout(t.label, t.doc, new)
-    schema = check_inferenceservice(yaml.safe_load(text), t.label, t.env)
+    schema = check_inferenceservice(next(yaml.safe_load_all(text)), t.label, t.env)
     if schema:  # a bug here, not user input: still, never propose an invalid manifest
         raise FlywheelError("the edited manifest is invalid: " + "; ".join(schema))
     return text
@@ -140,15 +147,29 @@ def pr_body(*sections: str) -> str:
     return "\n\n".join(filter(None, sections)) + "\n"
 
 
+def _pinned_files(t: Target, isvc_text: str, image: str) -> dict[str, str]:
+    """The InferenceService and the collector with their containers pinned to ``image`` (by digest)."""
+    collector = str(Path(t.rel_path).with_name(COLLECTOR_FILE))
+    return {
+        t.rel_path: images.pin(isvc_text, image, t.label),
+        collector: images.pin(t.forge.read(collector), image, t.label.with_name(COLLECTOR_FILE)),
+    }
+
+
 def _propose_rollout(
-    t: Target, new: Rollout, command: str, version: int, title: str, intro: str, *details: str
+    t: Target, new: Rollout, command: str, version: int, title: str, intro: str, *details: str, image: str = ""
 ) -> tuple[dict, str]:
-    """Propose ``new`` as one commit on ``flywheel/<command>-<env>-v<version>``: the pull request and its body."""
+    """Propose ``new`` as one commit on ``flywheel/<command>-<env>-v<version>``: the pull request and its body.
+
+    With ``image`` (``REPO@sha256:...``), the same commit pins the predictor and the collector to it.
+    """
     text = _render_new(t, new)
-    body = pr_body(f"## {title}", intro, _state_table(t.rollout, new), *details, f"_Opened by `flywheel {command}`._")
-    proposal = Proposal(
-        branch=f"flywheel/{command}-{t.env}-v{version}", path=t.rel_path, text=text, title=title, body=body
+    files = _pinned_files(t, text, image) if image else {t.rel_path: text}
+    image_line = f"Image: predictor and collector pinned to `{images.pinned(image).pinned}`." if image else ""
+    body = pr_body(
+        f"## {title}", intro, _state_table(t.rollout, new), image_line, *details, f"_Opened by `flywheel {command}`._"
     )
+    proposal = Proposal(branch=f"flywheel/{command}-{t.env}-v{version}", files=files, title=title, body=body)
     return t.forge.propose(proposal), body
 
 
@@ -164,8 +185,10 @@ def _champion_follows(reg_cfg: RegistryConfig, version: int, moves: bool, verb: 
 
 
 def release_step(
-    env: str, version: int, percent: int, repo: Path, reg_cfg: RegistryConfig, dcfg: DeliveryConfig
+    env: str, version: int, percent: int, repo: Path, reg_cfg: RegistryConfig, dcfg: DeliveryConfig, image: str = ""
 ) -> tuple[dict, str]:
+    if image:
+        images.pinned(image)  # a tag alone, or no reference at all, is refused before anything else
     if not manifests.is_percent(percent):
         raise FlywheelError(f"--canary must be a whole number from 0 to 100, got {percent!r}")
     if version < 1:
@@ -188,7 +211,7 @@ def release_step(
             if t.rollout.stable is None
             else f"Rolls v{version} out to 100% of {env} at once (canary 100%)."
         )
-    pr, body = _propose_rollout(t, new, "release", version, title, intro, _model_section(info, reg_cfg))
+    pr, body = _propose_rollout(t, new, "release", version, title, intro, _model_section(info, reg_cfg), image=image)
     return {
         "env": env,
         "action": "release",
@@ -196,6 +219,7 @@ def release_step(
         "canary_percent": new.canary_percent,
         "storage_uri": model.storage_uri,
         "sha256": model.sha256,
+        "image": images.pinned(image).pinned if image else None,
         "pull_request": pr,
     }, body
 
@@ -290,10 +314,13 @@ def _arm_metrics(
         return arms, f"the collector's store, since {started:%Y-%m-%d %H:%M} UTC"
     if prometheus_url:
         started = canary_started(repo, manifest)
-        arms = prometheus_arm_metrics(
-            prometheus_url, manifests.namespace(env), arm_versions, seconds_since(started), cfg.latency_budget_ms
-        )
-        return arms, f"Prometheus {prometheus_url}, since {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}"
+        # the token stays in the session's header: the report says only that one was sent
+        session = prometheus_session()
+        window, namespace = seconds_since(started), manifests.namespace(env)
+        arms = prometheus_arm_metrics(prometheus_url, namespace, arm_versions, window, cfg.latency_budget_ms, session)
+        auth = f" (bearer token from ${TOKEN_ENV})" if "Authorization" in session.headers else ""
+        since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
+        return arms, f"Prometheus {redacted(prometheus_url)}{auth}, since {since}"
     return read_arm_metrics(metrics), str(metrics)
 
 
@@ -376,8 +403,7 @@ def request_retrain_step(drift_report: Path, repo: Path, dcfg: DeliveryConfig) -
     pr = forge_from_env(Path(repo), dcfg.base_branch).propose(
         Proposal(
             branch=f"flywheel/retrain-{stamp}",
-            path=rel,
-            text=json.dumps(request, indent=2) + "\n",
+            files={rel: json.dumps(request, indent=2) + "\n"},
             title=title,
             body=body,
             new_file=True,

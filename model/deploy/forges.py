@@ -30,12 +30,13 @@ GITHUB_API = "https://api.github.com"
 
 @dataclass
 class Proposal:
+    """One pull request: a branch whose one change writes ``files`` (path -> new text)."""
+
     branch: str
-    path: str  # relative to the repository root, with forward slashes
-    text: str
+    files: dict[str, str]  # paths relative to the repository root, with forward slashes
     title: str
     body: str
-    new_file: bool = False  # the path must not exist on the base branch yet
+    new_file: bool = False  # the paths must not exist on the base branch yet
 
 
 class LocalForge:
@@ -57,11 +58,13 @@ class LocalForge:
         return done.stdout
 
     def propose(self, p: Proposal) -> dict:
-        if p.new_file and self._git("cat-file", "-e", f"{self.base}:{p.path}", check=False).returncode == 0:
-            raise FlywheelError(f"{self.repo / p.path}: already exists in {self.base}")
+        for path in p.files if p.new_file else ():
+            if self._git("cat-file", "-e", f"{self.base}:{path}", check=False).returncode == 0:
+                raise FlywheelError(f"{self.repo / path}: already exists in {self.base}")
         if self._git("rev-parse", "--verify", "--quiet", f"refs/heads/{p.branch}", check=False).returncode == 0:
-            proposed = self._git("show", f"refs/heads/{p.branch}:{p.path}", check=False)
-            if proposed.returncode == 0 and proposed.stdout == p.text:  # a scheduled re-run: already proposed
+            proposed = [self._git("show", f"refs/heads/{p.branch}:{path}", check=False) for path in p.files]
+            if all(done.returncode == 0 and done.stdout == text for done, text in zip(proposed, p.files.values())):
+                # a scheduled re-run: already proposed
                 return {
                     "mode": "local",
                     "repository": str(self.repo),
@@ -74,11 +77,12 @@ class LocalForge:
                 f"{self.repo}: branch {p.branch} already exists with a different change; merge or delete it first"
             )
         base_sha = self._git("rev-parse", "--verify", f"{self.base}^{{commit}}").stdout.strip()
-        blob = self._git("hash-object", "-w", "--stdin", input=p.text).stdout.strip()
         with tempfile.TemporaryDirectory() as tmp:
             index = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
             self._git("read-tree", base_sha, env=index)
-            self._git("update-index", "--add", "--cacheinfo", f"100644,{blob},{p.path}", env=index)
+            for path, text in p.files.items():
+                blob = self._git("hash-object", "-w", "--stdin", input=text).stdout.strip()
+                self._git("update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=index)
             tree = self._git("write-tree", env=index).stdout.strip()
         commit = self._git(
             "commit-tree", tree, "-p", base_sha, "-F", "-", input=f"{p.title}\n\n{p.body}"
@@ -140,22 +144,23 @@ class GitHubForge:
         return base64.b64decode(got["content"]).decode()
 
     def propose(self, p: Proposal) -> dict:
-        if not p.new_file and p.path not in self._blob_shas:
-            self.read(p.path)
-        blob_sha = None if p.new_file else self._blob_shas[p.path]
+        for path in p.files if not p.new_file else ():
+            if path not in self._blob_shas:
+                self.read(path)
         base_sha = self._call("GET", f"/git/ref/heads/{self.base}")["object"]["sha"]
         if self._call("GET", f"/git/ref/heads/{p.branch}", ok=(200, 404)).get("object"):
             return self._already_proposed(p)
         self._call("POST", "/git/refs", ok=(201,), json={"ref": f"refs/heads/{p.branch}", "sha": base_sha})
         try:
-            change = {
-                "message": f"{p.title}\n\n{p.body}",
-                "content": base64.b64encode(p.text.encode()).decode(),
-                "branch": p.branch,
-            }
-            if blob_sha:
-                change["sha"] = blob_sha  # GitHub refuses to overwrite a file without its blob sha
-            put = self._call("PUT", f"/contents/{p.path}", ok=(200, 201), json=change)
+            for path, text in p.files.items():  # the contents API writes one file per commit
+                change = {
+                    "message": f"{p.title}\n\n{p.body}",
+                    "content": base64.b64encode(text.encode()).decode(),
+                    "branch": p.branch,
+                }
+                if not p.new_file:
+                    change["sha"] = self._blob_shas[path]  # GitHub refuses to overwrite a file without its blob sha
+                put = self._call("PUT", f"/contents/{path}", ok=(200, 201), json=change)
             pr = self._call(
                 "POST",
                 "/pulls",
@@ -189,8 +194,10 @@ class GitHubForge:
         """The branch exists: fine if it holds this very change with an open pull request (a re-run)."""
         owner = self.repository.split("/")[0]
         pulls = self._call("GET", "/pulls", params={"head": f"{owner}:{p.branch}", "state": "open"})
-        got = self._call("GET", f"/contents/{p.path}", ok=(200, 404), params={"ref": p.branch})
-        same = "content" in got and base64.b64decode(got["content"]).decode() == p.text
+        same = True
+        for path, text in p.files.items():
+            got = self._call("GET", f"/contents/{path}", ok=(200, 404), params={"ref": p.branch})
+            same = same and "content" in got and base64.b64decode(got["content"]).decode() == text
         if not (pulls and same):
             raise FlywheelError(
                 f"GitHub {self.repository}: branch {p.branch} already exists "

@@ -1,8 +1,13 @@
 """Validate the Kubernetes objects of an environment: the InferenceService and the core objects.
 
 - InferenceService: every field against the KServe SDK's generated models (the API's own OpenAPI
-  types, which know every field), unknown fields and wrong types refused; then the rollout invariants.
+  types, which know every field), unknown fields and wrong types refused; then the rollout invariants,
+  Knative mode, and nothing in the predictor's PodSpec that needs a Knative feature flag that is off
+  by default (a pod-level ``securityContext`` above all).
 - Deployment, Service, ConfigMap: ``kubernetes-validate`` in strict mode (unknown fields refused).
+- Every container (predictor and collector): resources, probes, and its own hardened
+  ``securityContext`` (non-root uid/gid, no privilege escalation, capabilities dropped, read-only
+  root filesystem, RuntimeDefault seccomp).
 
 Also reads a manifest file into its objects, for every checker.
 """
@@ -18,6 +23,10 @@ from model.deploy import manifests
 
 K8S_VERSION = "1.33"  # the Kubernetes minor version the core objects are validated against
 CONTAINER_NEEDS = ("resources", "readinessProbe", "livenessProbe")
+DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
+# kserve pkg/constants/constants.go: "Knative" since KServe 0.16, "Serverless" its deprecated spelling
+# (KServe's defaulting webhook rewrites it to Knative)
+KNATIVE_MODES = ("Knative", "Serverless")
 _PRIMITIVES = {
     "str": str,
     "int": int,
@@ -131,17 +140,96 @@ def kserve_build(value, type_name: str = "V1beta1InferenceService", where: str =
         raise FlywheelError(f"{where or '.'}: invalid {type_name}: {str(exc).splitlines()[0:3]}") from exc
 
 
-def _runs_as_non_root(spec: dict) -> bool:
-    return (spec.get("securityContext") or {}).get("runAsNonRoot") is True
+# ---------------------------------------------------------------- pods: what runs, and with which rights
+
+# Knative refuses these PodSpec fields of a revision unless a feature flag in knative-serving's
+# config-features is enabled, and every one of them is disabled by default (knative/serving
+# config/core/configmaps/features.yaml; the masks in pkg/apis/serving/fieldmask.go). KServe passes
+# spec.predictor through as that PodSpec. A manifest using one fails on a cluster left at defaults.
+KNATIVE_FLAG_OF_POD_FIELD = {
+    "securityContext": "kubernetes.podspec-securitycontext",
+    "affinity": "kubernetes.podspec-affinity",
+    "topologySpreadConstraints": "kubernetes.podspec-topologyspreadconstraints",
+    "hostAliases": "kubernetes.podspec-hostaliases",
+    "nodeSelector": "kubernetes.podspec-nodeselector",
+    "tolerations": "kubernetes.podspec-tolerations",
+    "runtimeClassName": "kubernetes.podspec-runtimeclassname",
+    "dnsPolicy": "kubernetes.podspec-dnspolicy",
+    "dnsConfig": "kubernetes.podspec-dnsconfig",
+    "shareProcessNamespace": "kubernetes.podspec-shareprocessnamespace",
+    "hostIPC": "kubernetes.podspec-hostipc",
+    "hostPID": "kubernetes.podspec-hostpid",
+    "hostNetwork": "kubernetes.podspec-hostnetwork",
+    "priorityClassName": "kubernetes.podspec-priorityclassname",
+    "schedulerName": "kubernetes.podspec-schedulername",
+    "initContainers": "kubernetes.podspec-init-containers",
+}
+KNATIVE_FLAG_OF_VOLUME = {  # emptyDir, configMap, secret, projected and downwardAPI need no flag
+    "hostPath": "kubernetes.podspec-volumes-hostpath",
+    "persistentVolumeClaim": "kubernetes.podspec-persistent-volume-claim",
+    "ephemeral": "kubernetes.podspec-volumes-ephemeral",
+    "csi": "kubernetes.podspec-volumes-csi",
+    "image": "kubernetes.podspec-volumes-image",
+}
+# Every container's own securityContext: non-root, no privilege escalation, no capabilities, a
+# read-only root filesystem and the runtime's default seccomp profile. Container level because
+# Knative accepts all of these there by default (fieldmask.go, SecurityContextMask).
+CONTAINER_SECURITY = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True}
+
+
+def _security_errors(path: Path, c: dict) -> list[str]:
+    """What ``c``'s own securityContext lacks of this project's hardening."""
+    sc = c.get("securityContext") or {}
+    where = f"{path}: container {c.get('name')} securityContext"
+    errors = [f"{where}.{k} must be {str(v).lower()}" for k, v in CONTAINER_SECURITY.items() if sc.get(k) is not v]
+    for key in ("runAsUser", "runAsGroup"):
+        if not (of_type(sc.get(key), int) and sc[key] > 0):
+            errors.append(f"{where}.{key} must be a non-root id (a number > 0), got {sc.get(key)!r}")
+    capabilities = sc.get("capabilities") or {}
+    if "ALL" not in (capabilities.get("drop") or []):
+        errors.append(f"{where}.capabilities.drop must include ALL")
+    if capabilities.get("add"):
+        errors.append(f"{where}.capabilities.add must be empty (Knative: kubernetes.containerspec-addcapabilities)")
+    if (sc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+        errors.append(f"{where}.seccompProfile.type must be RuntimeDefault")
+    if sc.get("privileged"):
+        errors.append(f"{where}.privileged must not be true")
+    return errors
 
 
 def _container_errors(path: Path, containers: list[dict]) -> list[str]:
-    """Each container must say what it needs and how to tell it is alive and ready."""
+    """Each container must say what it needs, how to tell it is alive and ready, and run hardened."""
     errors = []
     for c in containers:
         missing = [k for k in CONTAINER_NEEDS if k not in c]
         if missing:
             errors.append(f"{path}: container {c.get('name')} lacks {', '.join(missing)}")
+        errors += _security_errors(path, c)
+    return errors
+
+
+def knative_flag_errors(path: Path, pod: dict) -> list[str]:
+    """What in ``pod`` (a Knative revision's PodSpec) needs a Knative feature flag that is off by default."""
+    errors = [
+        f"{path}: spec.predictor.{field} needs Knative's feature flag {flag} (disabled by default)"
+        + (": set runAsUser, seccompProfile etc. on each container instead" if field == "securityContext" else "")
+        for field, flag in KNATIVE_FLAG_OF_POD_FIELD.items()
+        if pod.get(field)  # a zero value (false, {}, []) is what Knative's masks leave, so it passes
+    ]
+    for volume in pod.get("volumes") or []:
+        errors += [
+            f"{path}: volume {volume.get('name')}: {kind} needs Knative's feature flag {flag} (disabled by default)"
+            for kind, flag in KNATIVE_FLAG_OF_VOLUME.items()
+            if kind in volume
+        ]
+    for c in pod.get("containers") or []:
+        for e in c.get("env") or []:
+            source = e.get("valueFrom") or {}
+            if "fieldRef" in source or "resourceFieldRef" in source:
+                errors.append(
+                    f"{path}: container {c.get('name')} env {e.get('name')}: fieldRef/resourceFieldRef need "
+                    "Knative's feature flag kubernetes.podspec-fieldref (disabled by default)"
+                )
     return errors
 
 
@@ -155,16 +243,19 @@ def check_inferenceservice(doc: dict, path: Path, env: str) -> list[str]:
     if doc.get("apiVersion") != "serving.kserve.io/v1beta1":
         errors.append(f"{path}: apiVersion must be serving.kserve.io/v1beta1")
     ann = (doc.get("metadata") or {}).get("annotations") or {}
-    if ann.get("serving.kserve.io/deploymentMode", "Serverless") != "Serverless":
+    mode = ann.get(DEPLOYMENT_MODE)
+    if mode not in KNATIVE_MODES:
+        # unset, KServe takes the cluster's default (inferenceservice-config deploy.defaultDeploymentMode),
+        # which is Standard (no Knative, no canary split) on current KServe
         errors.append(
-            f"{path}: canary traffic splitting needs serverless mode (serving.kserve.io/deploymentMode: Serverless)"
+            f"{path}: canary traffic splitting needs Knative mode ({DEPLOYMENT_MODE}: Knative; "
+            f"Serverless is its deprecated name), got {mode!r}"
         )
     predictor = (doc.get("spec") or {}).get("predictor") or {}
-    for field in ("minReplicas", "maxReplicas", "logger", "securityContext"):
+    for field in ("minReplicas", "maxReplicas", "logger"):
         if field not in predictor:
             errors.append(f"{path}: spec.predictor.{field} is required by this project")
-    if not _runs_as_non_root(predictor):
-        errors.append(f"{path}: spec.predictor.securityContext.runAsNonRoot must be true")
+    errors += knative_flag_errors(path, predictor)
     if predictor.get("minReplicas", 0) > predictor.get("maxReplicas", 0):
         errors.append(f"{path}: minReplicas exceeds maxReplicas")
     logger_url = str((predictor.get("logger") or {}).get("url", ""))
@@ -193,8 +284,5 @@ def check_core(doc: dict, path: Path) -> list[str]:
         return [f"{path}: {exc}"]
     if doc.get("kind") != "Deployment":
         return []
-    pod = doc["spec"]["template"]["spec"]
-    errors = []
-    if not _runs_as_non_root(pod):
-        errors.append(f"{path}: Deployment {doc['metadata']['name']}: pod securityContext.runAsNonRoot must be true")
-    return errors + _container_errors(path, pod["containers"])
+    # not Knative: a pod-level securityContext is allowed here; each container still carries its own
+    return _container_errors(path, doc["spec"]["template"]["spec"]["containers"])

@@ -4,8 +4,14 @@ Which model is stable, which is on a canary and which was stable before are anno
 (``flywheel.dev/*``): KServe itself never names the revision it keeps for the stable share. The
 predictor container's ``STORAGE_URI`` / ``FLYWHEEL_MODEL_*`` env names the model of the newest
 revision (the canary while one runs), and ``canaryTrafficPercent`` is present exactly while a
-canary runs. ``read_rollout`` refuses a file where these disagree; ``write_rollout`` changes only
-those fields, through ruamel.yaml's round trip, so comments, key order and quoting stay as they were.
+canary runs. The file's second document, the ConfigMap ``flywheel-arms``, says which model version
+each traffic arm serves (keys ``stable`` and, while a canary runs, ``canary``): the collector mounts
+it and attributes every logged call from the version in the answer, because KServe's logger says
+nothing about arms and a revision cannot know its share. A ConfigMap changes without rolling any
+pod: the kubelet refreshes mounted ConfigMap files in place (kubernetes.io/docs/concepts/configuration/
+configmap/#mounted-configmaps-are-updated-automatically). ``read_rollout`` refuses a file where any of
+these disagree; ``write_rollout`` changes only those fields, through ruamel.yaml's round trip, so
+comments, key order and quoting stay as they were.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from model.core.errors import FlywheelError
 
 ENVIRONMENTS = ("staging", "production")
 ISVC_FILE = "inferenceservice.yaml"
+COLLECTOR_FILE = "collector.yaml"  # the collector Deployment, pinned to the same image as the predictor
+ARMS_CONFIGMAP = "flywheel-arms"  # the collector's --arms-dir is where this ConfigMap is mounted
 PREFIX = "flywheel.dev/"
 CONTAINER = "kserve-container"
 ENV_URI, ENV_SHA, ENV_VERSION = "STORAGE_URI", "FLYWHEEL_MODEL_SHA256", "FLYWHEEL_MODEL_VERSION"
@@ -98,21 +106,50 @@ def _yaml() -> YAML:
     return y
 
 
-def load(path: Path, text: str | None = None) -> CommentedMap:
-    """The InferenceService in ``path`` (or ``text``, named by ``path`` in errors), comments kept."""
+@dataclass
+class IsvcFile:
+    """The environment's InferenceService file: the InferenceService and the arms ConfigMap beside it."""
+
+    isvc: CommentedMap
+    arms: CommentedMap
+
+
+def load(path: Path, text: str | None = None) -> IsvcFile:
+    """The documents of ``path`` (or ``text``, named by ``path`` in errors), comments kept."""
     try:
-        doc = _yaml().load(Path(path).read_text() if text is None else text)
+        docs = list(_yaml().load_all(Path(path).read_text() if text is None else text))
     except (OSError, YAMLError) as exc:
         raise FlywheelError(f"{path}: cannot read YAML: {exc}") from exc
-    if not isinstance(doc, CommentedMap) or doc.get("kind") != "InferenceService":
-        raise FlywheelError(f"{path}: expected one InferenceService document")
-    return doc
+    kinds = [d.get("kind") if isinstance(d, CommentedMap) else type(d).__name__ for d in docs]
+    if len(docs) != 2 or kinds[0] != "InferenceService" or kinds[1] != "ConfigMap":
+        raise FlywheelError(
+            f"{path}: expected two documents, the InferenceService then the ConfigMap {ARMS_CONFIGMAP}, got {kinds}"
+        )
+    if (docs[1].get("metadata") or {}).get("name") != ARMS_CONFIGMAP:
+        raise FlywheelError(f"{path}: the second document must be the ConfigMap named {ARMS_CONFIGMAP}")
+    return IsvcFile(*docs)
 
 
-def dump(doc: CommentedMap) -> str:
+def dump(doc: IsvcFile) -> str:
     out = io.StringIO()
-    _yaml().dump(doc, out)
+    _yaml().dump_all([doc.isvc, doc.arms], out)
     return out.getvalue()
+
+
+def arm_versions(rollout: Rollout) -> dict[str, str]:
+    """What the arms ConfigMap holds for ``rollout``: arm -> model version (only the arms that serve)."""
+    arms = {"stable": rollout.stable, "canary": rollout.canary}
+    return {arm: str(ref.version) for arm, ref in arms.items() if ref is not None}
+
+
+def _check_arms(doc: IsvcFile, rollout: Rollout, path: Path) -> None:
+    data = {str(k): str(v) for k, v in (doc.arms.get("data") or {}).items() if v not in (None, "")}
+    want = arm_versions(rollout)
+    if data != want:
+        raise FlywheelError(
+            f"{path}: ConfigMap {ARMS_CONFIGMAP} says {data or 'nothing'} "
+            f"but the InferenceService serves {want or 'nothing'}"
+        )
 
 
 def _predictor(doc: CommentedMap, path: Path) -> CommentedMap:
@@ -162,9 +199,10 @@ def _ref(ann: dict, role: str, path: Path, required: bool) -> ModelRef | None:
     return ModelRef(int(version), uri, sha)
 
 
-def read_rollout(path: Path, doc: CommentedMap | None = None) -> Rollout:
-    """The rollout state, after checking that annotations, container env and traffic split agree."""
-    doc = load(path) if doc is None else doc
+def read_rollout(path: Path, file: IsvcFile | None = None) -> Rollout:
+    """The rollout state, after checking that annotations, container env, traffic split and arms agree."""
+    file = load(path) if file is None else file
+    doc = file.isvc
     ann = _annotations(doc, path)
     # keys must be there even before the first release (empty values); only stable is always present
     if f"{PREFIX}stable-version" not in ann:
@@ -206,14 +244,31 @@ def read_rollout(path: Path, doc: CommentedMap | None = None) -> Rollout:
             raise FlywheelError(
                 f"{path}: container env {name}={got!r} disagrees with the {role} model's annotations ({value!r})"
             )
+    _check_arms(file, rollout, path)
     return rollout
 
 
-def write_rollout(path: Path, doc: CommentedMap, rollout: Rollout) -> str:
-    """Set ``rollout`` into ``doc`` in place (annotations, traffic split, env); return the new text.
+def _write_arms(file: IsvcFile, rollout: Rollout) -> None:
+    data = file.arms.get("data")
+    if not isinstance(data, CommentedMap):
+        file.arms["data"] = data = CommentedMap()
+    want = arm_versions(rollout)
+    for arm in ("stable", "canary"):
+        if arm in want:
+            data[arm] = DoubleQuotedScalarString(want[arm])
+        elif arm == "stable":  # the key stays, empty, before the first release (as the annotations do)
+            data[arm] = DoubleQuotedScalarString("")
+        else:
+            data.pop(arm, None)
+
+
+def write_rollout(path: Path, file: IsvcFile, rollout: Rollout) -> str:
+    """Set ``rollout`` into ``file`` in place (annotations, traffic split, env, arms); return the new text.
 
     The file itself is not written: the caller commits the text, so a failure leaves nothing behind.
     """
+    doc = file.isvc
+    _write_arms(file, rollout)
     ann = _annotations(doc, path)
     for role, ref in (("stable", rollout.stable), ("canary", rollout.canary), ("previous-stable", rollout.previous)):
         values = (str(ref.version), ref.storage_uri, ref.sha256) if ref else (None,) * len(REF_FIELDS)
@@ -247,8 +302,8 @@ def write_rollout(path: Path, doc: CommentedMap, rollout: Rollout) -> str:
         (ENV_VERSION, str(served.version) if served else ""),
     ):
         env[name]["value"] = DoubleQuotedScalarString(value)
-    text = dump(doc)
-    read_rollout(path, _yaml().load(text))  # what we write must read back as the same, consistent state
+    text = dump(file)
+    read_rollout(path, load(path, text))  # what we write must read back as the same, consistent state
     return text
 
 

@@ -1,8 +1,15 @@
-"""Validate the monitoring objects: the PrometheusRule (the CRD's shape, then ``promtool check rules``
-on its groups) and the Grafana dashboard's queries (through promtool too)."""
+"""Validate the monitoring objects: the PrometheusRule (its CRD's published schema, then ``promtool
+check rules`` on its groups), the PodMonitors (their CRD's published schema, and what they select)
+and the Grafana dashboard's queries (through promtool too).
+
+The CRD schemas are prometheus-operator's own (``schemas/``: the ``openAPIV3Schema`` of each CRD of
+the oldest operator release this project supports, descriptions removed), read with ``jsonschema``;
+unknown fields are refused, as ``kubernetes-validate`` does for the core kinds in strict mode.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -32,12 +39,88 @@ def run_promtool_rules(groups: dict, label: str) -> list[str]:
     return []
 
 
-def check_prometheusrule(doc: dict, path: Path) -> list[str]:
+PROMETHEUS_OPERATOR = "0.79.0"  # the schemas' release: PodMonitor's portNumber is new in it
+SCHEMAS = Path(__file__).with_name("schemas")
+# kube-prometheus-stack's default rule and PodMonitor selectors match its Helm release name
+RELEASE_LABEL = ("release", "kube-prometheus-stack")
+
+
+def _strict(schema):
+    """``schema`` with unknown fields refused wherever an object lists its fields (as ``kubectl --validate=strict``)."""
+    if isinstance(schema, list):
+        return [_strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _strict(v) if k != "enum" else v for k, v in schema.items()}
+    if "properties" in schema and "additionalProperties" not in schema:
+        if not schema.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+    return out
+
+
+@functools.cache
+def _validator(kind: str):
+    import jsonschema  # only check-manifests needs it
+
+    schema = json.loads((SCHEMAS / f"{kind.lower()}.v1.json").read_text())
+    return jsonschema.Draft7Validator(_strict(schema))
+
+
+def crd_errors(doc: dict, path: Path) -> list[str]:
+    """What ``doc``'s kind's CRD schema (prometheus-operator's own) refuses in it."""
+    kind = doc.get("kind")
     errors = []
+    if doc.get("apiVersion") != "monitoring.coreos.com/v1":
+        errors.append(f"{path}: {kind} apiVersion must be monitoring.coreos.com/v1")
+    found = sorted(_validator(kind).iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+    errors += [f"{path}: {kind} {'.'.join(map(str, e.absolute_path)) or '.'}: {e.message}" for e in found]
+    labels = (doc.get("metadata") or {}).get("labels") or {}
+    if labels.get(RELEASE_LABEL[0]) != RELEASE_LABEL[1]:
+        errors.append(
+            f"{path}: {kind} needs the label {RELEASE_LABEL[0]}: {RELEASE_LABEL[1]} (its Prometheus selects by it)"
+        )
+    return errors
+
+
+def check_podmonitor(doc: dict, path: Path) -> list[str]:
+    """The PodMonitor's fields, and that it selects something by label and scrapes a port."""
+    errors = crd_errors(doc, path)
+    spec = doc.get("spec") or {}
+    name = (doc.get("metadata") or {}).get("name")
+    if not (spec.get("selector") or {}).get("matchLabels"):
+        errors.append(f"{path}: PodMonitor {name}: selector.matchLabels must name the pods (empty selects all)")
+    endpoints = spec.get("podMetricsEndpoints") or []
+    if not endpoints:
+        errors.append(f"{path}: PodMonitor {name}: no podMetricsEndpoints, it scrapes nothing")
+    for i, ep in enumerate(endpoints):
+        if not isinstance(ep, dict) or not (ep.get("port") or ep.get("portNumber")):
+            errors.append(f"{path}: PodMonitor {name}: podMetricsEndpoints[{i}] must name a port or portNumber")
+    return errors
+
+
+def podmonitor_target_errors(monitor: dict, pods: list[tuple[str, dict, list[dict]]], path: Path) -> list[str]:
+    """The pods (what, labels, containers) ``monitor`` selects, and that each has the port it scrapes."""
+    name = monitor["metadata"].get("name")
+    wanted = ((monitor.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    selected = [(what, containers) for what, labels, containers in pods if wanted and wanted.items() <= labels.items()]
+    if not selected:
+        return [f"{path}: PodMonitor {name} selects no pod of this environment ({wanted})"]
+    errors = []
+    for ep in (monitor.get("spec") or {}).get("podMetricsEndpoints") or []:
+        # prometheus-operator keeps a target by port name when one is given, else by number
+        if not isinstance(ep, dict):
+            continue  # check_podmonitor names it
+        key, port = ("name", ep["port"]) if ep.get("port") else ("containerPort", ep.get("portNumber"))
+        for what, containers in selected:
+            if not any(p.get(key) == port for c in containers for p in c.get("ports") or []):
+                errors.append(f"{path}: PodMonitor {name} scrapes port {port!r}, which {what} does not declare")
+    return errors
+
+
+def check_prometheusrule(doc: dict, path: Path) -> list[str]:
+    errors = crd_errors(doc, path)
     if set(doc) - {"apiVersion", "kind", "metadata", "spec"} or set(doc.get("spec") or {}) != {"groups"}:
         errors.append(f"{path}: PrometheusRule takes apiVersion, kind, metadata and spec.groups only")
-    if doc.get("apiVersion") != "monitoring.coreos.com/v1":
-        errors.append(f"{path}: PrometheusRule apiVersion must be monitoring.coreos.com/v1")
     groups = (doc.get("spec") or {}).get("groups") or []
     alerts = {r.get("alert") for g in groups for r in g.get("rules") or []}
     return (

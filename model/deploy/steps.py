@@ -10,6 +10,7 @@ from pathlib import Path
 
 from model.core.config import CanaryConfig, DeliveryConfig, Environment, RegistryConfig, required, setting
 from model.core.steps import EXIT_OK, EXIT_REJECTED, StepResult
+from model.deploy.canary import NO_DATA
 from model.deploy.checks import check_manifests_step
 from model.deploy.delivery import (
     canary_analysis_step,
@@ -29,6 +30,11 @@ class ReleaseArgs:
     model_version: int = required("registered, gate-passed model version to release")
     canary: int = setting(10, "share of traffic (0-100) the new version gets while the stable model keeps the rest")
     repo: str = setting(".", REPO_HELP)
+    image: str | None = setting(
+        None,
+        "also pin the predictor and collector images to this REGISTRY/REPO@sha256:<digest> (flywheel resolve-image "
+        "prints it; a tag alone is refused), so Git names exactly what runs (unset: the images stay as they are)",
+    )
 
 
 @dataclass
@@ -56,7 +62,11 @@ class CanaryAnalysisArgs:
         'per-arm metrics JSON: {"stable": {...}, "canary": {...}} (requests, errors, fallbacks, '
         "escalations, thumbs_up, thumbs_down, slow, latency_p99_ms, model_version)",
     )
-    prometheus_url: str | None = setting(None, "instead of --metrics: Prometheus, counts since the canary's merge")
+    prometheus_url: str | None = setting(
+        None,
+        "instead of --metrics: Prometheus, counts since the canary's merge (a bearer token, if it needs one, "
+        "from $FLYWHEEL_PROMETHEUS_TOKEN)",
+    )
     store_url: str | None = setting(
         None, "instead of --metrics: the collector's store (SQLAlchemy URL), counted since the canary's merge"
     )
@@ -76,7 +86,11 @@ class CheckManifestsArgs:
 
 def release_command(args: ReleaseArgs, *, registry: RegistryConfig, delivery: DeliveryConfig) -> StepResult:
     """Pull request: put a gated model version on a canary."""
-    return StepResult(*release_step(args.env, args.model_version, args.canary, Path(args.repo), registry, delivery))
+    return StepResult(
+        *release_step(
+            args.env, args.model_version, args.canary, Path(args.repo), registry, delivery, image=args.image or ""
+        )
+    )
 
 
 def promote_command(args: PromoteArgs, *, registry: RegistryConfig, delivery: DeliveryConfig) -> StepResult:
@@ -99,7 +113,10 @@ def rollback_command(args: RollbackArgs, *, registry: RegistryConfig, delivery: 
 
 
 def canary_analysis_command(args: CanaryAnalysisArgs, *, canary: CanaryConfig, delivery: DeliveryConfig) -> StepResult:
-    """Promote, hold or rollback, from per-arm metrics (the collector's store, Prometheus, or a file)."""
+    """Promote, hold or rollback, from per-arm metrics (the collector's store, Prometheus, or a file).
+
+    Exits 0 on every decision but ``no_data`` (an arm without any series: nothing scraped), which exits 1,
+    so the hourly workflow fails visibly instead of holding for ever."""
     result, md = canary_analysis_step(
         args.env,
         Path(args.metrics) if args.metrics else None,
@@ -109,7 +126,7 @@ def canary_analysis_command(args: CanaryAnalysisArgs, *, canary: CanaryConfig, d
         delivery,
         store_url=args.store_url or "",
     )
-    return StepResult(result, md)
+    return StepResult(result, md, EXIT_REJECTED if result.get("decision") == NO_DATA else EXIT_OK)
 
 
 def request_retrain_command(args: RequestRetrainArgs, *, delivery: DeliveryConfig) -> StepResult:

@@ -9,7 +9,8 @@
   canary models it names, verified against the digests it pins; the collector runs beside it and
   the predictor's logger posts every request and response to it, as KServe's logger does.
   Traffic is split by the caller as the manifest's ``canaryTrafficPercent`` says (KServe's ingress
-  does it in a cluster).
+  does it in a cluster). The ConfigMap ``flywheel-arms`` beside the InferenceService is projected
+  into a folder, one file per key, as the kubelet mounts it for the collector (``--arms-dir``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from model.core.config import PROJECT_ROOT
 from model.core.errors import FlywheelError
+from model.core.files import write_text
 from model.core.git import IDENTITY, git
 from model.core.processes import Supervised
 from model.deploy import manifests
@@ -82,6 +84,7 @@ class LocalCluster:
         self.collector: Supervised | None = None
         self.running: Rollout | None = None
         self.starts = 0
+        self.arms_dir = self.work / "cluster" / "configmaps" / manifests.ARMS_CONFIGMAP
 
     @property
     def predictor_url(self) -> str:
@@ -100,14 +103,25 @@ class LocalCluster:
         return Supervised(name, cmd, self.work / "logs" / f"{name}.log").start()
 
     def start_collector(self) -> None:
-        self.collector = self._spawn(
-            "collector",
-            ["collect", "--store-url", self.store_url, "--http-port", str(self.collect_port), "--host", "127.0.0.1"],
-        )
+        self.project_arms()
+        args = ["collect", "--store-url", self.store_url, "--http-port", str(self.collect_port), "--host", "127.0.0.1"]
+        self.collector = self._spawn("collector", [*args, "--arms-dir", str(self.arms_dir)])
         self.collector.wait_ready(f"{self.collector_url}/healthz")
+
+    def project_arms(self) -> None:
+        """The arms ConfigMap on ``main`` as files, one per data key, as the kubelet mounts a ConfigMap
+        (each file replaced in one rename; a key gone from the ConfigMap is a file gone)."""
+        data = manifests.load(manifests.isvc_path(self.repo.path, self.env)).arms.get("data") or {}
+        self.arms_dir.mkdir(parents=True, exist_ok=True)
+        for key, value in data.items():
+            write_text(self.arms_dir / str(key), str(value))
+        for stale in self.arms_dir.iterdir():
+            if stale.name not in data:
+                stale.unlink()
 
     def sync(self) -> Rollout:
         """Make the running predictor match the manifest on ``main``; restart it only when the models change."""
+        self.project_arms()
         rollout = manifests.read_rollout(manifests.isvc_path(self.repo.path, self.env))
         if rollout.stable is None:
             raise FlywheelError(f"{self.repo.path}: {self.env} has no stable model to serve yet")

@@ -30,7 +30,15 @@ from model.serve.catalog import ResponseCatalog
 from model.serve.logger import LocalLogger
 from model.serve.metrics import ServingMetrics
 from model.serve.prediction_log import PredictionLog, prediction_records
-from model.serve.protocol import Endpoint, ParsedRequest, parse_request, v1_response, v2_response, wire_bodies
+from model.serve.protocol import (
+    Endpoint,
+    ParsedRequest,
+    parse_request,
+    request_wire_body,
+    response_wire_body,
+    v1_response,
+    v2_response,
+)
 
 MODEL_URI = re.compile(r"models:/([^/@]+)(?:/(\d+)|@(.+))")
 
@@ -136,14 +144,14 @@ class IntentModel(kserve.Model):
         self.catalog.check_covers(self.predictor.labels, f"{self.arm} model {self.source}")
         self.version = self.pinned_version or source_version(self.source, self.predictor, self.reg_cfg)
         self._batcher = MicroBatcher(self._forward, self.cfg.max_batch_size, self.cfg.max_batch_wait_ms / 1000)
-        self.metrics.add_endpoint(self.name, self.version, self.arm)
+        self.metrics.add_endpoint(self.name, self.version)
         self.ready = True
         return self.ready
 
     def _forward(self, texts: list[str]) -> list[Prediction]:
         """One forward pass (on the inference thread), counted by its number of texts."""
         preds = self.predictor.predict(texts)
-        self.metrics.batch_size.labels(self.version, self.arm).observe(len(texts))
+        self.metrics.batch_size.labels(self.version).observe(len(texts))
         return preds
 
     def start(self) -> None:
@@ -158,7 +166,10 @@ class IntentModel(kserve.Model):
         return payload  # checked in preprocess, with messages that name the problem
 
     async def preprocess(self, payload, headers: dict[str, str] | None = None) -> ParsedRequest:
-        return parse_request(payload, headers or {}, self.cfg.max_instances, self.cfg.max_text_chars)
+        request = parse_request(payload, headers or {}, self.cfg.max_instances, self.cfg.max_text_chars)
+        if self.logger is not None:  # logged before predicting: a call that then fails has no response event
+            await self.logger.log("request", self.endpoint, request, request_wire_body(request))
+        return request
 
     async def predict(self, request: ParsedRequest, headers=None, response_headers=None) -> PredictedRequest:
         preds = await self._batcher.predict(request.texts)
@@ -173,12 +184,13 @@ class IntentModel(kserve.Model):
         build = v2_response if request.protocol == "v2" else v1_response
         response = build(endpoint, request, preds, replies)
         if self.logger is not None:
-            await self.logger.log(endpoint, request, *wire_bodies(endpoint, request, response, preds, replies))
+            body = response_wire_body(endpoint, request, response, preds, replies)
+            await self.logger.log("response", endpoint, request, body)
         return response
 
     def _observed(self, request: ParsedRequest, preds: list[Prediction], seconds: float) -> list[dict]:
         """Count the predictions in the metrics; their prediction log records."""
-        self.metrics.observe(self.version, self.arm, preds, seconds)
+        self.metrics.observe(self.version, preds, seconds)
         return prediction_records(self.endpoint, request, preds, seconds)
 
     def _in_background(self, work) -> None:
@@ -192,7 +204,7 @@ class IntentModel(kserve.Model):
         try:
             preds = await self._batcher.predict(request.texts)
         except Exception as exc:  # noqa: BLE001
-            self.metrics.errors.labels(self.version, self.arm, "shadow_failed").inc()
+            self.metrics.errors.labels(self.version, "shadow_failed").inc()
             kserve.logging.logger.error("shadow model %s failed: %s", self.version, exc)
             return
         records = self._observed(request, preds, time.perf_counter() - started)

@@ -2,10 +2,14 @@
 
 - V1: ``POST /v1/models/NAME:predict`` with ``{"instances": ["text", ...]}`` (or ``[{"text": ...}]``);
   the answer is ``{"predictions": [{"intent", "confidence", "fallback", "reply", "model_version",
-  "request_id", "arm"}, ...]}``.
+  "request_id"}, ...]}``.
 - V2 (Open Inference Protocol): ``POST /v2/models/NAME/infer`` with one BYTES input named ``text``;
   the outputs are ``intent``, ``reply`` (BYTES), ``confidence`` (FP32) and ``fallback`` (BOOL), the
-  response ``id`` is the request id and ``parameters`` carry ``model_version`` and ``arm``.
+  response ``id`` is the request id, ``model_version`` and ``parameters.model_version`` the version.
+
+Every answer names the model version that gave it, and no arm: in a cluster each Knative revision runs
+this server for one model and cannot know its traffic share; the collector attributes the arm from
+the version (``model.collect.arms``).
 
 The request id is the caller's ``ce-id`` header when present (the join key of KServe's logger, see
 the collector), else ``x-request-id``, else the V2 request's ``id``, else a new UUID. Every refusal
@@ -14,6 +18,7 @@ is an ``InvalidInput`` (a 400) whose message names the problem.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -43,6 +48,7 @@ class ParsedRequest:
     protocol: str  # "v1" or "v2"
     request_id: str
     conversation_id: str
+    content_type: str = ""  # the client's, which KServe's logger forwards with both events
     started: float = field(default_factory=time.perf_counter)
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -56,12 +62,16 @@ def parse_request(payload, headers: dict[str, str], max_instances: int, max_text
     check_texts(texts, max_instances, max_text_chars)
     request_id = headers.get("ce-id") or headers.get("x-request-id") or body_id or str(uuid.uuid4())
     conversation_id = str(headers.get("x-conversation-id", ""))
-    return ParsedRequest(texts, protocol, str(request_id)[:MAX_ID_CHARS], conversation_id[:MAX_ID_CHARS])
+    content_type = str(headers.get("content-type", ""))[:100]
+    return ParsedRequest(texts, protocol, str(request_id)[:MAX_ID_CHARS], conversation_id[:MAX_ID_CHARS], content_type)
 
 
 def v1_texts(payload) -> list[str]:
-    if isinstance(payload, (bytes, str)):
-        raise InvalidInput("expected a JSON body (content-type application/json) with 'instances'")
+    if isinstance(payload, (bytes, str)):  # kserve parses only application/json; `curl -d` sends form-encoded JSON
+        try:
+            payload = json.loads(payload)
+        except ValueError:
+            raise InvalidInput("expected a JSON body with 'instances' (content-type application/json)") from None
     if not isinstance(payload, dict):
         raise InvalidInput(f"expected a JSON object with 'instances', got a JSON {type(payload).__name__}")
     if "instances" not in payload:
@@ -126,7 +136,6 @@ def v1_response(endpoint: Endpoint, request: ParsedRequest, preds: list[Predicti
                 "fallback": p.fallback,
                 "reply": reply,
                 "model_version": endpoint.version,
-                "arm": endpoint.arm,
                 "request_id": request.request_id,
             }
             for p, reply in zip(preds, replies)
@@ -145,7 +154,7 @@ def _v2_outputs(preds: list[Prediction], replies: list[str]) -> list[tuple[str, 
 
 
 def _v2_parameters(endpoint: Endpoint) -> dict:
-    return {"model_version": endpoint.version, "arm": endpoint.arm}
+    return {"model_version": endpoint.version}
 
 
 def v2_response(
@@ -159,18 +168,25 @@ def v2_response(
     )
 
 
-def wire_bodies(
-    endpoint: Endpoint, request: ParsedRequest, response, preds: list[Prediction], replies: list[str]
-) -> tuple[dict, dict]:
-    """The request and the response as JSON, as KServe's logger would have read them off the wire."""
+def request_wire_body(request: ParsedRequest) -> dict:
+    """The request as JSON, as KServe's logger would have read it off the wire."""
     if request.protocol == "v1":
-        return {"instances": request.texts}, response
-    n = [len(preds)]
-    request_body = {
+        return {"instances": request.texts}
+    n = [len(request.texts)]
+    return {
         "id": request.request_id,
         "inputs": [{"name": "text", "shape": n, "datatype": "BYTES", "data": request.texts}],
     }
-    response_body = {
+
+
+def response_wire_body(
+    endpoint: Endpoint, request: ParsedRequest, response, preds: list[Prediction], replies: list[str]
+) -> dict:
+    """The answer as JSON, as KServe's logger would have read it off the wire."""
+    if request.protocol == "v1":
+        return response
+    n = [len(preds)]
+    return {
         "id": request.request_id,
         "model_name": endpoint.name,
         "model_version": endpoint.version,
@@ -180,7 +196,6 @@ def wire_bodies(
         ],
         "parameters": _v2_parameters(endpoint),
     }
-    return request_body, response_body
 
 
 def check_v2_binary(path: str, headers: dict[bytes, bytes], body: bytes) -> str | None:

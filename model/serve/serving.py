@@ -103,7 +103,7 @@ def serve_step(args: ServeArgs, cfg: ServeConfig, reg_cfg: RegistryConfig) -> tu
     log = PredictionLog(log_path)
     models = build_models(args, cfg, reg_cfg, metrics, log)
     if cfg.logger_url:
-        logger = LocalLogger(cfg.logger_url)
+        logger = LocalLogger(cfg.logger_url, cfg.endpoint)
         for model in models:
             model.logger = logger
     kserve_server.app.add_middleware(
