@@ -20,9 +20,11 @@ function known(r) {
 }
 
 (async () => {
-  const lint = await createLinter();
   let findings = 0;
   for (const file of process.argv.slice(2)) {
+    // a fresh instance per file: one instance fed several files in a row can trap ("RuntimeError:
+    // unreachable") depending on their order and sizes (seen with 7 workflows named by absolute path)
+    const lint = await createLinter();
     for (const r of lint(fs.readFileSync(file, "utf8"), file).filter((r) => !known(r))) {
       console.log(`${r.file}:${r.line}:${r.column}: ${r.message} [${r.kind}]`);
       findings += 1;

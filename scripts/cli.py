@@ -38,6 +38,11 @@ STEPS = (
         "model.deploy.steps:rollback_command",
     ),
     Step(
+        "reconcile-registry",
+        "after a merge to main: move 'champion' to the stable model the manifest names",
+        "model.deploy.reconcile:reconcile_registry_command",
+    ),
+    Step(
         "canary-analysis",
         "decide promote, hold or rollback from per-arm metrics",
         "model.deploy.steps:canary_analysis_command",

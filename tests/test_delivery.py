@@ -1,10 +1,9 @@
 """Release, promote and rollback as pull requests: on a temporary copy of the manifests in its own Git
-repository (never this project's Git), with a real MLflow registry holding gated tiny models, and
-against a local stand-in for the GitHub REST endpoints the client uses."""
+repository (never this project's Git), with a real MLflow registry holding gated tiny models. The same
+steps on GitHub, against a stand-in for its REST API, are in tests/test_forges.py."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import shutil
@@ -146,21 +145,26 @@ def test_release_promote_rollback_cycle(repo, store):
     assert (state.stable.version, state.canary.version, state.canary_percent) == (1, 2, 10)
     assert "Puts v2 on 10% of production traffic" in body
 
-    # promote: v2 stable, canary gone, champion moved (production is the champion environment)
+    # promote: v2 stable, canary gone; production is the champion environment, but opening (or merging)
+    # the pull request moves no alias: reconcile-registry does on main (tests/test_reconcile.py)
+    champion = versions.alias_version(REG, versions.CHAMPION)
     result, body = promote_env_step("production", None, repo, REG, DCFG)
+    assert versions.alias_version(REG, versions.CHAMPION) == champion
+    assert "registry" not in result and result["champion_on_merge"] == 2
+    assert "`champion` moves to v2 once this merges" in body
     merge(repo, result["pull_request"]["branch"])
     state = rollout(repo, "production")
     assert (state.stable.version, state.canary, state.canary_percent, state.previous.version) == (2, None, None, 1)
     assert "    canaryTrafficPercent:" not in (repo / ISVC.format(env="production")).read_text()
-    assert versions.alias_version(REG, versions.CHAMPION) == 2
-    assert result["registry"]["champion"] == 2
 
-    # rollback with no canary running: back to v1, champion follows
+    # rollback with no canary running: back to v1; champion follows once merged, not when proposed
     result, body = rollback_step("production", repo, REG, DCFG)
+    assert versions.alias_version(REG, versions.CHAMPION) == champion
+    assert "registry" not in result and result["champion_on_merge"] == 1
+    assert "`champion` moves back to v1 once this merges" in body
     merge(repo, result["pull_request"]["branch"])
     assert rollout(repo, "production") == manifests.Rollout(stable=rollout(repo, "production").stable)
     assert rollout(repo, "production").stable.version == 1
-    assert versions.alias_version(REG, versions.CHAMPION) == 1
     # one commit per pull request on main, each naming what it did
     subjects = git(repo, "log", "--format=%s").splitlines()
     assert subjects[:4] == [
@@ -171,16 +175,23 @@ def test_release_promote_rollback_cycle(repo, store):
     ]
 
 
-def test_rollback_of_a_running_canary_restores_the_file_exactly(repo, store):
+def test_rollback_of_a_running_canary_pins_the_stable_revision(repo, store):
     merge(repo, release_step("staging", 1, 25, repo, REG, DCFG)[0]["pull_request"]["branch"])
     before = (repo / ISVC.format(env="staging")).read_text()
     merge(repo, release_step("staging", 2, 25, repo, REG, DCFG)[0]["pull_request"]["branch"])
     champion = versions.alias_version(REG, versions.CHAMPION)
     result, body = rollback_step("staging", repo, REG, DCFG)
     assert result["ended_version"] == 2 and result["stable"] == 1
-    assert "Git keeps saying what serves users" in body
+    assert "`canaryTrafficPercent: 0`" in body and "no cold start" in body
     merge(repo, result["pull_request"]["branch"])
-    assert (repo / ISVC.format(env="staging")).read_text() == before
+    state = rollout(repo, "staging")  # the pin: v1 serves everyone from its revision at once
+    assert (state.stable.version, state.canary, state.canary_percent, state.rolled_back.version) == (1, None, 0, 2)
+    with pytest.raises(FlywheelError, match="already rolled back"):
+        rollback_step("staging", repo, REG, DCFG)
+    # the next release replaces the pinned revision; its rollback pins again
+    merge(repo, release_step("staging", 2, 25, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    assert rollout(repo, "staging").canary.version == 2 and rollout(repo, "staging").rolled_back is None
+    assert "canaryTrafficPercent: 25" in (repo / ISVC.format(env="staging")).read_text() != before
     assert versions.alias_version(REG, versions.CHAMPION) == champion  # staging never moves the champion
 
 
@@ -390,162 +401,6 @@ def test_canary_analysis_from_prometheus(repo, store):
     assert all("[60s]" in q for q in queries)
 
 
-# ------------------------------------------------------------------ GitHub REST stand-in
-
-
-class FakeGitHub(BaseHTTPRequestHandler):
-    """Answers the endpoints ``GitHubForge`` uses, as documented for GitHub's REST API."""
-
-    state: dict
-
-    def log_message(self, *args):
-        pass
-
-    def _send(self, code: int, payload: dict | list | None = None):
-        data = json.dumps(payload if payload is not None else {}).encode() if code != 204 else b""
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _record(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length)) if length else None
-        url = urlparse(self.path)
-        self.state["calls"].append((self.command, url.path, self.headers.get("Authorization"), body))
-        return url, body
-
-    def do_GET(self):
-        url, _ = self._record()
-        s, prefix = self.state, f"/repos/{self.state['repo']}"
-        if url.path.startswith(f"{prefix}/git/ref/heads/"):
-            ref = "refs/heads/" + url.path.split("/git/ref/heads/", 1)[1]
-            if ref not in s["refs"]:
-                return self._send(404, {"message": "Not Found"})
-            return self._send(200, {"ref": ref, "object": {"sha": s["main_sha"], "type": "commit"}})
-        if url.path == f"{prefix}/pulls":
-            head = parse_qs(url.query)["head"][0].split(":", 1)[1]
-            return self._send(
-                200,
-                [
-                    {"number": i + 1, "html_url": f"https://github.com/{s['repo']}/pull/{i + 1}"}
-                    for i, pr in enumerate(s["pulls"])
-                    if pr["head"] == head
-                ],
-            )
-        if url.path.startswith(f"{prefix}/contents/"):
-            path = url.path[len(prefix) + len("/contents/") :]
-            ref = parse_qs(url.query).get("ref", ["main"])[0]
-            text = s["files"].get((ref, path))
-            if text is None:
-                return self._send(404, {"message": "Not Found"})
-            return self._send(
-                200,
-                {
-                    "sha": hashlib.sha1(text.encode()).hexdigest(),
-                    "encoding": "base64",
-                    "content": base64.b64encode(text.encode()).decode(),
-                },
-            )
-        return self._send(404, {"message": "Not Found"})
-
-    def do_POST(self):
-        url, body = self._record()
-        s, prefix = self.state, f"/repos/{self.state['repo']}"
-        if url.path == f"{prefix}/git/refs":
-            if body["ref"] in s["refs"]:
-                return self._send(422, {"message": "Reference already exists"})
-            s["refs"].add(body["ref"])
-            return self._send(201, {"ref": body["ref"], "object": {"sha": body["sha"]}})
-        if url.path == f"{prefix}/pulls":
-            if s.get("fail_pulls"):
-                return self._send(422, {"message": "Validation Failed"})
-            s["pulls"].append(body)
-            return self._send(
-                201, {"number": len(s["pulls"]), "html_url": f"https://github.com/{s['repo']}/pull/{len(s['pulls'])}"}
-            )
-        return self._send(404, {"message": "Not Found"})
-
-    def do_PUT(self):
-        url, body = self._record()
-        s, prefix = self.state, f"/repos/{self.state['repo']}"
-        path = url.path[len(prefix) + len("/contents/") :]
-        old = s["files"].get(("main", path))
-        expected = None if old is None else hashlib.sha1(old.encode()).hexdigest()  # new files come without a sha
-        if f"refs/heads/{body['branch']}" not in s["refs"] or body.get("sha") != expected:
-            return self._send(409, {"message": "sha does not match"})
-        s["files"][(body["branch"], path)] = base64.b64decode(body["content"]).decode()
-        return self._send(201, {"commit": {"sha": "c0ffee" * 6 + "beef"}})
-
-    def do_DELETE(self):
-        url, _ = self._record()
-        ref = "refs/" + url.path.split("/git/refs/", 1)[1]
-        self.state["refs"].discard(ref)
-        return self._send(204)
-
-
-@pytest.fixture
-def github(monkeypatch, store):
-    state = {
-        "repo": "acme/flywheel",
-        "main_sha": "a" * 40,
-        "refs": {"refs/heads/main"},
-        "pulls": [],
-        "calls": [],
-        "files": {
-            ("main", ISVC.format(env=env)): (PROJECT_ROOT / ISVC.format(env=env)).read_text()
-            for env in manifests.ENVIRONMENTS
-        },
-    }
-    with serving(type("Handler", (FakeGitHub,), {"state": state})) as url:
-        monkeypatch.setenv("GITHUB_TOKEN", "ghs_test_token")
-        monkeypatch.setenv("GITHUB_REPOSITORY", state["repo"])
-        monkeypatch.setenv("GITHUB_API_URL", url)
-        yield state
-
-
-def test_github_pull_request_through_the_rest_api(github, store, tmp_path):
-    result, body = release_step("staging", 1, 10, tmp_path, REG, DCFG)  # tmp_path: no local Git needed
-    pr = result["pull_request"]
-    assert pr["mode"] == "github" and pr["number"] == 1 and pr["url"].endswith("/acme/flywheel/pull/1")
-    methods = [(m, p.split("/acme/flywheel")[1]) for m, p, _, _ in github["calls"]]
-    assert methods == [
-        ("GET", f"/contents/{ISVC.format(env='staging')}"),
-        ("GET", "/git/ref/heads/main"),
-        ("GET", "/git/ref/heads/flywheel/release-staging-v1"),
-        ("POST", "/git/refs"),
-        ("PUT", f"/contents/{ISVC.format(env='staging')}"),
-        ("POST", "/pulls"),
-    ]
-    assert all(auth == "Bearer ghs_test_token" for _, _, auth, _ in github["calls"])
-    assert github["calls"][3][3] == {"ref": "refs/heads/flywheel/release-staging-v1", "sha": "a" * 40}
-    pull = github["pulls"][0]
-    assert pull["head"] == "flywheel/release-staging-v1" and pull["base"] == "main" and pull["body"] == body
-    new_text = github["files"][("flywheel/release-staging-v1", ISVC.format(env="staging"))]
-    state = manifests.read_rollout(Path("staging.yaml"), manifests.load(Path("staging.yaml"), new_text))
-    assert state.stable.version == 1 and state.stable.sha256 == store
-    # the hourly re-run finds the open pull request and writes nothing
-    calls = len(github["calls"])
-    again = release_step("staging", 1, 10, tmp_path, REG, DCFG)[0]["pull_request"]
-    assert again["existing"] and again["number"] == 1
-    assert [m for m, *_ in github["calls"][calls:]] == ["GET"] * 5
-
-
-def test_github_failure_deletes_the_branch_it_made(github, tmp_path):
-    github["fail_pulls"] = True
-    with pytest.raises(FlywheelError, match="HTTP 422: Validation Failed"):
-        release_step("staging", 1, 10, tmp_path, REG, DCFG)
-    assert github["refs"] == {"refs/heads/main"}
-    assert github["calls"][-1][0] == "DELETE"
-
-
-def test_github_bad_input_makes_no_call_that_writes(github, tmp_path):
-    with pytest.raises(FlywheelError, match="has not passed the gate"):
-        release_step("staging", 3, 10, tmp_path, REG, DCFG)
-    assert [m for m, *_ in github["calls"]] == ["GET"]
-
-
 def _drift_report(tmp_path: Path, drift: bool) -> Path:
     report = tmp_path / "drift.json"
     report.write_text(
@@ -576,13 +431,6 @@ def test_retrain_request_locally(repo, tmp_path):
     with pytest.raises(FlywheelError, match="true/false 'drift' verdict"):
         request_retrain_step(tmp_path / "bad.json", repo, DCFG)
     _assert_nothing_made(repo, head, before)
-
-
-def test_retrain_request_on_github_creates_a_new_file(github, tmp_path):
-    result, body = request_retrain_step(_drift_report(tmp_path, True), tmp_path, DCFG)
-    put = next(c for c in github["calls"] if c[0] == "PUT")
-    assert "sha" not in put[3] and put[1].endswith(result["request_file"])
-    assert github["pulls"][0]["body"] == body and result["pull_request"]["number"] == 1
 
 
 def test_canary_analysis_from_the_collectors_store(repo, store, tmp_path, monkeypatch):

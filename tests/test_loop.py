@@ -185,8 +185,13 @@ def test_whole_loop_rolls_back_a_worse_canary(tmp_path, tiny_bert, subset):
     assert decision == "rollback" == record["canary"]["decision"]
     assert any("higher on the canary" in r for r in record["canary"]["reasons"])
     assert [pr["kind"] for pr in record["pull_requests"]] == ["release", "retrain", "release", "rollback"]
-    rollout = _isvc(work / "gitops-repo")
-    assert rollout.stable.version == 1 and rollout.canary is None
+    rollout = _isvc(work / "gitops-repo")  # pinned: v1's revision takes everything, v2's takes nothing
+    assert (rollout.stable.version, rollout.canary, rollout.canary_percent, rollout.rolled_back.version) == (
+        1,
+        None,
+        0,
+        2,
+    )
     versions = {v["version"]: v["aliases"] for v in record["registry"]["versions"]}
     assert "champion" in versions[1] and "champion" not in versions[2]
     traffic = pd.read_parquet(record["traffic"])

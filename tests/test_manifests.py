@@ -315,20 +315,31 @@ def test_rollout_edit_changes_only_rollout_lines(tmp_path):
         '            value: "1"',
     ]
     assert [a.strip() for a in added] == [
-        'flywheel.dev/canary-version: "2"',
-        'flywheel.dev/canary-storage-uri: "s3://models/flywheel-intent/2/artifact"',
-        f'flywheel.dev/canary-sha256: "{"b" * 64}"',
         "canaryTrafficPercent: 10 # share of requests on the canary; removed when it is promoted or rolled back",
         'value: "s3://models/flywheel-intent/2/artifact"',
         f'value: "{"b" * 64}"',
         'value: "2"',
-        'canary: "2"',  # the arms ConfigMap: the collector attributes v2's answers to the canary
+        # the record, in the ConfigMap (never in annotations, which would roll the pods)
+        'canary: "2"',
+        'canary-storage-uri: "s3://models/flywheel-intent/2/artifact"',
+        f'canary-sha256: "{"b" * 64}"',
     ]
     assert "# no pod-level securityContext: Knative refuses one" in text2  # comments survive
     state = manifests.read_rollout(path, manifests.load(path, text2))
     assert (state.stable, state.canary, state.canary_percent) == (v1, v2, 10)
-    back = manifests.write_rollout(path, manifests.load(path, text2), manifests.roll_back(state, path))
-    assert back == text  # rollback of a canary is exactly the state before it
+    pinned = manifests.write_rollout(path, manifests.load(path, text2), manifests.roll_back(state, path))
+    # the rollback pins: the env keeps naming v2 (no new revision), 0% of the traffic goes to it
+    changed = [" ".join(line.split()) for line in pinned.splitlines() if line not in text2.splitlines()]
+    assert changed == [
+        "canaryTrafficPercent: 0 # share of requests on the canary; removed when it is promoted or rolled back",
+        'rolled-back: "2"',
+        'rolled-back-storage-uri: "s3://models/flywheel-intent/2/artifact"',
+        f'rolled-back-sha256: "{"b" * 64}"',
+    ]
+    back = manifests.read_rollout(path, manifests.load(path, pinned))
+    assert (back.stable, back.canary, back.rolled_back, back.served) == (v1, None, v2, v2)
+    again = manifests.start_canary(back, v2, 10, path)  # the next release replaces the pinned revision
+    assert (again.canary, again.rolled_back, again.canary_percent) == (v2, None, 10)
 
 
 def test_arms_configmap_must_agree_with_the_inferenceservice():
@@ -339,8 +350,8 @@ def test_arms_configmap_must_agree_with_the_inferenceservice():
         path, manifests.load(path), manifests.start_canary(manifests.read_rollout(path), v1, 10, path)
     )
     assert manifests.read_rollout(path, manifests.load(path, released)).stable == v1
-    stale = released.replace('  stable: "1"', '  stable: ""')
-    with pytest.raises(FlywheelError, match="ConfigMap flywheel-arms says nothing but the InferenceService serves"):
+    stale = released.replace('  stable: "1"', '  stable: "5"')
+    with pytest.raises(FlywheelError, match="disagrees with the stable model ConfigMap flywheel-arms records"):
         manifests.read_rollout(path, manifests.load(path, stale))
     without = text.split("\n---\n")[0] + "\n"
     with pytest.raises(FlywheelError, match="expected two documents"):
@@ -352,13 +363,13 @@ def test_arms_configmap_must_agree_with_the_inferenceservice():
     [
         (
             lambda t: t.replace("    maxReplicas: 3\n", "    maxReplicas: 3\n    canaryTrafficPercent: 20\n"),
-            "no flywheel.dev/canary-* annotations",
+            "ConfigMap flywheel-arms names no canary",
         ),
         (
-            lambda t: t.replace('flywheel.dev/stable-version: ""', 'flywheel.dev/stable-version: "3"'),
+            lambda t: t.replace('  stable: ""', '  stable: "3"'),
             "must be set together",
         ),
-        (lambda t: re.sub(r"\n *flywheel.dev/stable-version: \"\"", "", t), "stable-version is missing"),
+        (lambda t: t.replace('  stable: ""\n', ""), "needs data.stable"),
         (
             lambda t: t.replace('          - name: FLYWHEEL_MODEL_SHA256\n            value: ""\n', ""),
             "lacks env FLYWHEEL_MODEL_SHA256",

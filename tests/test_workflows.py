@@ -18,7 +18,7 @@ from model.core.config import PROJECT_ROOT
 from scripts.cli import STEPS
 
 WORKFLOWS = sorted((PROJECT_ROOT / ".github" / "workflows").glob("*.yml"))
-PIPELINES = ("retrain.yml", "drift.yml", "canary.yml", "release.yml")  # each step a flywheel call
+PIPELINES = ("retrain.yml", "drift.yml", "canary.yml", "release.yml", "registry.yml")  # each step a flywheel call
 PINNED = re.compile(r"^[\w.-]+/[\w.-]+(/[\w./-]+)?@[0-9a-f]{40}$")
 READ_ONLY = {"contents": "read"}
 # the one job whose workflow token writes: it pushes the image to ghcr.io
@@ -45,6 +45,7 @@ def test_the_workflows_exist():
         "canary.yml",
         "release.yml",
         "image.yml",
+        "registry.yml",
     }
 
 
@@ -122,7 +123,7 @@ def test_the_pipelines_together_run_the_whole_loop():
     called = {step for name in PIPELINES for _, (step, *_) in _flywheel_calls(name)}
     assert {
         *("export-events", "check-data", "prepare", "train", "evaluate", "gate", "register", "release"),
-        *("drift", "request-retrain", "canary-analysis", "promote", "rollback"),
+        *("drift", "request-retrain", "canary-analysis", "promote", "rollback", "reconcile-registry"),
     } <= called
 
 
@@ -136,6 +137,15 @@ def test_pull_requests_are_opened_with_an_app_token(name):
             assert token_step["uses"].startswith("actions/create-github-app-token@")
             assert token_step["with"]["permission-contents"] == "write"
             assert token_step["with"]["permission-pull-requests"] == "write"
+
+
+def test_the_registry_follows_main_only():
+    """Aliases move after a merge to main that touches the manifests, never from another branch's run."""
+    doc = _load(PROJECT_ROOT / ".github" / "workflows" / "registry.yml")
+    assert doc["on"]["push"] == {"branches": ["main"], "paths": ["manifests/**"]}
+    assert set(doc["on"]) == {"push", "workflow_dispatch"}
+    assert {job["if"] for job in doc["jobs"].values()} == {"github.ref == 'refs/heads/main'"}
+    assert _flywheel_calls("registry.yml") == [("reconcile", ["reconcile-registry"])]
 
 
 def test_train_runner_is_configurable_with_cpu_fallback():

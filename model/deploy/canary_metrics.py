@@ -45,8 +45,10 @@ IN_FLIGHT = timedelta(minutes=1)  # far above any answer's latency: an older una
 
 
 def canary_started(repo: Path, manifest: Path) -> float:
-    """Unix time of the last commit that changed ``manifest`` (the merge that started the canary)."""
-    done = run_git(repo, "log", "-1", "--format=%ct", "--", str(manifest), check=False)
+    """Unix time the change to ``manifest`` reached the checked-out branch: the committer time of the last
+    first-parent commit that changed it. With a ``--no-ff`` merge that is the merge commit (the branch's
+    own commit may be hours older), with a squash merge the squashed commit, with a fast-forward the commit."""
+    done = run_git(repo, "log", "--first-parent", "-1", "--format=%ct", "--", str(manifest), check=False)
     if done.returncode != 0 or not done.stdout.strip():
         raise FlywheelError(
             f"{manifest}: cannot tell from Git when the canary started (needs full history: "

@@ -33,7 +33,7 @@ from model.deploy.canary_metrics import (
 from model.deploy.forges import GitHubForge, LocalForge, Proposal, forge_from_env
 from model.deploy.kubernetes_checks import check_inferenceservice
 from model.deploy.manifests import COLLECTOR_FILE, ModelRef, Rollout
-from model.registry import register, store, versions
+from model.registry import store, versions
 
 RETRAIN_REQUESTS = "retrain/requests"  # a merged file here triggers retrain.yml
 SOURCES = "give exactly one of --metrics (a JSON file), --store-url or --prometheus-url"
@@ -174,14 +174,14 @@ def _propose_rollout(
 
 
 def _champion_follows(reg_cfg: RegistryConfig, version: int, moves: bool, verb: str) -> str:
-    """The body's line on the registry when ``champion`` moves with this change ("" when it does not).
+    """The body's line on ``champion``, which follows once this merges, never while it is open ("" if it does not).
 
     The version is resolved first: a version the registry does not know fails before anything is proposed.
     """
     if not moves:
         return ""
     versions.resolve_version(reg_cfg, version)
-    return f"Registry: `champion` moved {verb} v{version}."
+    return f"Registry: `champion` moves {verb} v{version} once this merges (`flywheel reconcile-registry` on main)."
 
 
 def release_step(
@@ -249,12 +249,12 @@ def promote_env_step(
         "pull_request": pr,
     }
     if moves_champion:
-        result["registry"] = register.promote(reg_cfg, canary.version)
+        result["champion_on_merge"] = canary.version  # reconcile-registry moves it once this is on main
     return result, body
 
 
 def rollback_step(
-    env: str, repo: Path, reg_cfg: RegistryConfig, dcfg: DeliveryConfig, analysis: str = ""
+    env: str, repo: Path, reg_cfg: RegistryConfig, dcfg: DeliveryConfig, analysis: str = "", merge: bool = False
 ) -> tuple[dict, str]:
     t = open_target(repo, env, dcfg)
     new = manifests.roll_back(t.rollout, t.label)
@@ -266,9 +266,10 @@ def rollback_step(
     if before.canary:
         title = f"Roll back {env}: end canary v{before.canary.version}, keep v{before.stable.version}"
         intro = (
-            f"Removes the canary; all traffic returns to stable {before.stable.label()}, served by a new revision of "
-            "the same model, so Git keeps saying what serves users. For an instant stop before this merges, set "
-            "`canaryTrafficPercent: 0` on the cluster (Argo CD's self-heal undoes it once this is merged)."
+            f"Pins the traffic: `canaryTrafficPercent: 0` sends 100% to the last rolled-out revision, stable "
+            f"{before.stable.label()}, as soon as Argo CD syncs, without a new revision (no cold start: restoring the "
+            f"old model's env instead would serve everyone from the canary until the new revision is ready). "
+            f"v{before.canary.version}'s revision stays the newest with no traffic until the next release replaces it."
         )
     else:
         title = f"Roll back {env} from v{before.stable.version} to v{new.stable.version}"
@@ -281,8 +282,10 @@ def rollback_step(
         "stable": new.stable.version,
         "pull_request": pr,
     }
+    if merge:  # the emergency stop: the pin reaches main now, where Argo CD's self-heal keeps it
+        pr["merge"] = t.forge.merge(pr)
     if moves_champion:
-        result["registry"] = register.promote(reg_cfg, new.stable.version)
+        result["champion_on_merge"] = new.stable.version  # reconcile-registry moves it once this is on main
     return result, body
 
 

@@ -233,6 +233,9 @@ def knative_flag_errors(path: Path, pod: dict) -> list[str]:
     return errors
 
 
+ARGOCD_SYNC_OPTIONS = "argocd.argoproj.io/sync-options"  # Argo CD docs/user-guide/sync-options.md
+
+
 def check_inferenceservice(doc: dict, path: Path, env: str) -> list[str]:
     errors = [f"{path}: {e}" for e in kserve_errors(doc)]
     if not errors:
@@ -250,6 +253,15 @@ def check_inferenceservice(doc: dict, path: Path, env: str) -> list[str]:
         errors.append(
             f"{path}: canary traffic splitting needs Knative mode ({DEPLOYMENT_MODE}: Knative; "
             f"Serverless is its deprecated name), got {mode!r}"
+        )
+    sync_options = {o.strip() for o in str(ann.get(ARGOCD_SYNC_OPTIONS, "")).split(",")}
+    if not {"Delete=false", "Prune=false"} <= sync_options:
+        # KServe keeps the stable share only in status.components.predictor.latestRolledoutRevision
+        # (kserve ksvc_reconciler.go): a recreated InferenceService gives a running canary 100%
+        errors.append(
+            f"{path}: annotation {ARGOCD_SYNC_OPTIONS} must include Delete=false and Prune=false: an "
+            "InferenceService deleted and recreated mid-canary sends the canary 100% (KServe keeps the stable "
+            "share only in its status); finish a canary (promote or roll back) before restoring a cluster"
         )
     predictor = (doc.get("spec") or {}).get("predictor") or {}
     for field in ("minReplicas", "maxReplicas", "logger"):

@@ -1,24 +1,28 @@
-"""The InferenceService manifest as Git's record of what serves users, read and edited in place.
+"""The InferenceService file as Git's record of what serves users, read and edited in place.
 
-Which model is stable, which is on a canary and which was stable before are annotations
-(``flywheel.dev/*``): KServe itself never names the revision it keeps for the stable share. The
-predictor container's ``STORAGE_URI`` / ``FLYWHEEL_MODEL_*`` env names the model of the newest
-revision (the canary while one runs), and ``canaryTrafficPercent`` is present exactly while a
-canary runs. The file's second document, the ConfigMap ``flywheel-arms``, says which model version
-each traffic arm serves (keys ``stable`` and, while a canary runs, ``canary``): the collector mounts
-it and attributes every logged call from the version in the answer, because KServe's logger says
-nothing about arms and a revision cannot know its share. A ConfigMap changes without rolling any
-pod: the kubelet refreshes mounted ConfigMap files in place (kubernetes.io/docs/concepts/configuration/
-configmap/#mounted-configmaps-are-updated-automatically). ``read_rollout`` refuses a file where any of
-these disagree; ``write_rollout`` changes only those fields, through ruamel.yaml's round trip, so
-comments, key order and quoting stay as they were.
+The file holds two documents. The InferenceService says what KServe runs: the predictor container's
+``STORAGE_URI`` / ``FLYWHEEL_MODEL_*`` env names the model of the newest revision, and
+``canaryTrafficPercent`` is present while a canary runs (its share) or after a rollback (0: KServe's
+pin, 100% on the last rolled-out revision at once). The ConfigMap ``flywheel-arms`` beside it is the
+record: which version is stable, which is on the canary, which was stable before and which was
+rolled back (``<role>``, ``<role>-storage-uri``, ``<role>-sha256``). KServe itself never names the
+revision it keeps for the stable share, and the record must not live in the InferenceService's
+annotations: KServe copies those into the Knative revision template, so each change would create a
+revision and roll every pod for nothing (kserve ``pkg/controller/v1beta1/inferenceservice/components/
+predictor.go``, filtered only by ``serviceAnnotationDisallowedList``). A ConfigMap changes without
+rolling any pod, and the collector mounts this one: the kubelet refreshes mounted ConfigMap files in
+place (kubernetes.io/docs/concepts/configuration/configmap/#mounted-configmaps-are-updated-automatically),
+so it attributes each logged answer to the arm serving its version (keys ``stable`` and ``canary``).
+
+``read_rollout`` refuses a file where record, env and traffic split disagree; ``write_rollout``
+changes only those fields, through ruamel.yaml's round trip, so comments, key order and quoting stay.
 """
 
 from __future__ import annotations
 
 import io
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from ruamel.yaml import YAML
@@ -31,11 +35,11 @@ from model.core.errors import FlywheelError
 ENVIRONMENTS = ("staging", "production")
 ISVC_FILE = "inferenceservice.yaml"
 COLLECTOR_FILE = "collector.yaml"  # the collector Deployment, pinned to the same image as the predictor
-ARMS_CONFIGMAP = "flywheel-arms"  # the collector's --arms-dir is where this ConfigMap is mounted
-PREFIX = "flywheel.dev/"
+ARMS_CONFIGMAP = "flywheel-arms"  # the rollout record; the collector's --arms-dir is where it is mounted
 CONTAINER = "kserve-container"
 ENV_URI, ENV_SHA, ENV_VERSION = "STORAGE_URI", "FLYWHEEL_MODEL_SHA256", "FLYWHEEL_MODEL_VERSION"
-REF_FIELDS = ("version", "storage-uri", "sha256")  # flywheel.dev/<role>-<field>, one annotation each
+ROLES = ("stable", "canary", "previous-stable", "rolled-back")
+REF_FIELDS = ("", "-storage-uri", "-sha256")  # ConfigMap keys <role><field>: the version, its artifact, its digest
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -53,17 +57,22 @@ class ModelRef:
 
 @dataclass(frozen=True)
 class Rollout:
-    """What the manifest says serves users."""
+    """What the manifest says serves users.
+
+    ``rolled_back`` is a canary ended by the pin: its revision stays the newest (the env still names
+    it) with 0% of the traffic, until the next release replaces it.
+    """
 
     stable: ModelRef | None
     canary: ModelRef | None = None
     canary_percent: int | None = None
     previous: ModelRef | None = None
+    rolled_back: ModelRef | None = None
 
     @property
     def served(self) -> ModelRef | None:
         """The model of the newest revision (the one the container env names)."""
-        return self.canary or self.stable
+        return self.canary or self.rolled_back or self.stable
 
 
 def require_environment(env: str) -> None:
@@ -137,19 +146,9 @@ def dump(doc: IsvcFile) -> str:
 
 
 def arm_versions(rollout: Rollout) -> dict[str, str]:
-    """What the arms ConfigMap holds for ``rollout``: arm -> model version (only the arms that serve)."""
+    """Arm -> model version, as the ConfigMap keys ``stable`` and ``canary`` say (what the collector reads)."""
     arms = {"stable": rollout.stable, "canary": rollout.canary}
     return {arm: str(ref.version) for arm, ref in arms.items() if ref is not None}
-
-
-def _check_arms(doc: IsvcFile, rollout: Rollout, path: Path) -> None:
-    data = {str(k): str(v) for k, v in (doc.arms.get("data") or {}).items() if v not in (None, "")}
-    want = arm_versions(rollout)
-    if data != want:
-        raise FlywheelError(
-            f"{path}: ConfigMap {ARMS_CONFIGMAP} says {data or 'nothing'} "
-            f"but the InferenceService serves {want or 'nothing'}"
-        )
 
 
 def _predictor(doc: CommentedMap, path: Path) -> CommentedMap:
@@ -171,66 +170,68 @@ def _container_env(doc: CommentedMap, path: Path) -> dict:
     return env
 
 
-def _annotations(doc: CommentedMap, path: Path) -> CommentedMap:
-    ann = (doc.get("metadata") or {}).get("annotations")
-    if not isinstance(ann, CommentedMap):
-        raise FlywheelError(f"{path}: metadata.annotations is missing")
-    return ann
+def _record(file: IsvcFile, path: Path) -> dict:
+    data = file.arms.get("data")
+    if not isinstance(data, dict) or "stable" not in data:
+        raise FlywheelError(f"{path}: ConfigMap {ARMS_CONFIGMAP} needs data.stable (empty before the first release)")
+    return data
 
 
-def _ref(ann: dict, role: str, path: Path, required: bool) -> ModelRef | None:
-    keys = [f"{PREFIX}{role}-{k}" for k in REF_FIELDS]
-    values = [ann.get(k) for k in keys]
+def _ref(data: dict, role: str, path: Path) -> ModelRef | None:
+    keys = [f"{role}{field}" for field in REF_FIELDS]
+    values = [data.get(k) for k in keys]
+    where = f"{path}: ConfigMap {ARMS_CONFIGMAP}"
     if all(v in (None, "") for v in values):
-        if required:
-            raise FlywheelError(
-                f"{path}: annotations {', '.join(keys)} must be present (empty before the first release)"
-            )
         return None
     if any(v in (None, "") for v in values):
-        raise FlywheelError(f"{path}: annotations {', '.join(keys)} must be set together (found {values})")
+        raise FlywheelError(f"{where}: keys {', '.join(keys)} must be set together (found {values})")
     version, uri, sha = (str(v) for v in values)
     if not version.isdigit() or int(version) < 1:
-        raise FlywheelError(f"{path}: {keys[0]} must be a model version number, got {version!r}")
+        raise FlywheelError(f"{where}: {keys[0]} must be a model version number, got {version!r}")
     if "://" not in uri:
-        raise FlywheelError(f"{path}: {keys[1]} must be a storage URI (s3://, gs://, https://, ...), got {uri!r}")
+        raise FlywheelError(f"{where}: {keys[1]} must be a storage URI (s3://, gs://, https://, ...), got {uri!r}")
     if not _SHA256.match(sha):
-        raise FlywheelError(f"{path}: {keys[2]} must be 64 lowercase hex digits, got {sha!r}")
+        raise FlywheelError(f"{where}: {keys[2]} must be 64 lowercase hex digits, got {sha!r}")
     return ModelRef(int(version), uri, sha)
 
 
+def _check_split(rollout: Rollout, path: Path) -> None:
+    canary, percent, back = rollout.canary, rollout.canary_percent, rollout.rolled_back
+    if (canary or back) and rollout.stable is None:
+        raise FlywheelError(f"{path}: a canary ({(canary or back).label()}) is recorded but no stable model")
+    if canary and back:
+        raise FlywheelError(f"{path}: a running canary and a rolled-back one are both recorded")
+    if canary and percent is None:
+        raise FlywheelError(
+            f"{path}: canary {canary.label()} is recorded but spec.predictor.canaryTrafficPercent is not set"
+        )
+    if back and percent != 0:
+        raise FlywheelError(
+            f"{path}: rolled-back {back.label()} is recorded, so spec.predictor.canaryTrafficPercent must be 0 "
+            f"(KServe's pin on the stable revision), got {percent!r}"
+        )
+    if percent is not None and canary is None and back is None:
+        raise FlywheelError(
+            f"{path}: spec.predictor.canaryTrafficPercent is set but ConfigMap {ARMS_CONFIGMAP} names no canary"
+        )
+    if canary and rollout.stable and canary.version == rollout.stable.version:
+        raise FlywheelError(f"{path}: canary and stable are the same version ({canary.label()})")
+
+
 def read_rollout(path: Path, file: IsvcFile | None = None) -> Rollout:
-    """The rollout state, after checking that annotations, container env, traffic split and arms agree."""
+    """The rollout state, after checking that the record, the container env and the traffic split agree."""
     file = load(path) if file is None else file
-    doc = file.isvc
-    ann = _annotations(doc, path)
-    # keys must be there even before the first release (empty values); only stable is always present
-    if f"{PREFIX}stable-version" not in ann:
-        raise FlywheelError(f"{path}: annotation {PREFIX}stable-version is missing")
-    stable = _ref(ann, "stable", path, required=False)
-    canary = _ref(ann, "canary", path, required=False)
-    previous = _ref(ann, "previous-stable", path, required=False)
-    predictor = _predictor(doc, path)
+    data = _record(file, path)
+    stable, canary, previous, back = (_ref(data, role, path) for role in ROLES)
+    predictor = _predictor(file.isvc, path)
     percent = predictor.get("canaryTrafficPercent")
     if percent is not None and not is_percent(percent):
         raise FlywheelError(
             f"{path}: spec.predictor.canaryTrafficPercent must be a whole number 0-100, got {percent!r}"
         )
-    if canary and stable is None:
-        raise FlywheelError(f"{path}: a canary ({canary.label()}) is recorded but no stable model")
-    if canary and percent is None:
-        raise FlywheelError(
-            f"{path}: canary {canary.label()} is recorded but spec.predictor.canaryTrafficPercent is not set"
-        )
-    if percent is not None and canary is None:
-        raise FlywheelError(
-            f"{path}: spec.predictor.canaryTrafficPercent is set "
-            f"but no {PREFIX}canary-* annotations say which model is the canary"
-        )
-    if canary and stable and canary.version == stable.version:
-        raise FlywheelError(f"{path}: canary and stable are the same version ({canary.label()})")
-    rollout = Rollout(stable, canary, percent, previous)
-    env = _container_env(doc, path)
+    rollout = Rollout(stable, canary, percent, previous, back)
+    _check_split(rollout, path)
+    env = _container_env(file.isvc, path)
     served = rollout.served
     want = (
         {ENV_URI: served.storage_uri, ENV_SHA: served.sha256, ENV_VERSION: str(served.version)}
@@ -240,26 +241,29 @@ def read_rollout(path: Path, file: IsvcFile | None = None) -> Rollout:
     for name, value in want.items():
         got = str(env[name].get("value") or "")
         if got != value:
-            role = "canary" if rollout.canary else "stable"
+            role = "canary" if rollout.canary else "rolled-back" if rollout.rolled_back else "stable"
             raise FlywheelError(
-                f"{path}: container env {name}={got!r} disagrees with the {role} model's annotations ({value!r})"
+                f"{path}: container env {name}={got!r} disagrees with the {role} model ConfigMap "
+                f"{ARMS_CONFIGMAP} records ({value!r})"
             )
-    _check_arms(file, rollout, path)
     return rollout
 
 
-def _write_arms(file: IsvcFile, rollout: Rollout) -> None:
+def _write_record(file: IsvcFile, rollout: Rollout) -> None:
     data = file.arms.get("data")
     if not isinstance(data, CommentedMap):
         file.arms["data"] = data = CommentedMap()
-    want = arm_versions(rollout)
-    for arm in ("stable", "canary"):
-        if arm in want:
-            data[arm] = DoubleQuotedScalarString(want[arm])
-        elif arm == "stable":  # the key stays, empty, before the first release (as the annotations do)
-            data[arm] = DoubleQuotedScalarString("")
-        else:
-            data.pop(arm, None)
+    refs = dict(zip(ROLES, (rollout.stable, rollout.canary, rollout.previous, rollout.rolled_back)))
+    for role, ref in refs.items():
+        values = (str(ref.version), ref.storage_uri, ref.sha256) if ref else (None,) * len(REF_FIELDS)
+        for field, value in zip(REF_FIELDS, values):
+            key = f"{role}{field}"
+            if value is not None:
+                data[key] = DoubleQuotedScalarString(value)
+            elif role == "stable" and not field:  # the key stays, empty, before the first release
+                data[key] = DoubleQuotedScalarString("")
+            else:
+                data.pop(key, None)
 
 
 def write_rollout(path: Path, file: IsvcFile, rollout: Rollout) -> str:
@@ -268,18 +272,7 @@ def write_rollout(path: Path, file: IsvcFile, rollout: Rollout) -> str:
     The file itself is not written: the caller commits the text, so a failure leaves nothing behind.
     """
     doc = file.isvc
-    _write_arms(file, rollout)
-    ann = _annotations(doc, path)
-    for role, ref in (("stable", rollout.stable), ("canary", rollout.canary), ("previous-stable", rollout.previous)):
-        values = (str(ref.version), ref.storage_uri, ref.sha256) if ref else (None,) * len(REF_FIELDS)
-        for key, value in zip(REF_FIELDS, values):
-            name = f"{PREFIX}{role}-{key}"
-            if value is not None:
-                ann[name] = DoubleQuotedScalarString(value)
-            elif role == "stable":  # stable's keys stay, empty, before the first release
-                ann[name] = DoubleQuotedScalarString("")
-            elif name in ann:
-                del ann[name]
+    _write_record(file, rollout)
     predictor = _predictor(doc, path)
     if rollout.canary_percent is None:
         predictor.pop("canaryTrafficPercent", None)
@@ -310,7 +303,9 @@ def write_rollout(path: Path, file: IsvcFile, rollout: Rollout) -> str:
 def start_canary(rollout: Rollout, model: ModelRef, percent: int, path: Path) -> Rollout:
     """Put ``model`` on ``percent``% of traffic; the first release of an environment goes straight to stable.
 
-    0% deploys the canary revision without user traffic (tag routing still gives it its own URL).
+    0% deploys the canary revision without user traffic (tag routing still gives it its own URL). A
+    rolled-back canary's revision is simply replaced: KServe still keeps the stable share on the last
+    rolled-out revision.
     """
     if not is_percent(percent):
         raise FlywheelError(f"canary percentage must be a whole number from 0 to 100, got {percent!r}")
@@ -321,19 +316,32 @@ def start_canary(rollout: Rollout, model: ModelRef, percent: int, path: Path) ->
         raise FlywheelError(f"{path}: {model.label()} is already the stable model")
     if percent == 100:  # KServe reads 100% as "roll out fully": that is a promote without a canary phase
         return Rollout(stable=model, previous=rollout.stable)
-    return replace(rollout, canary=model, canary_percent=percent)
+    return Rollout(rollout.stable, canary=model, canary_percent=percent, previous=rollout.previous)
 
 
 def promote_canary(rollout: Rollout, path: Path) -> Rollout:
+    """The canary takes 100%: ``canaryTrafficPercent`` goes; the env already names it, so no new revision."""
     if rollout.canary is None:
         raise FlywheelError(f"{path}: no canary is running, nothing to promote")
     return Rollout(stable=rollout.canary, previous=rollout.stable)
 
 
 def roll_back(rollout: Rollout, path: Path) -> Rollout:
-    """End a running canary; with none running, return to the stable model before the last promotion."""
+    """End a running canary by KServe's pin; with none running, return to the stable model before the last promotion.
+
+    The pin (``canaryTrafficPercent: 0``) sends 100% to the last rolled-out revision at once, without a
+    new revision. Restoring the old model's env instead would create one, and until it is ready Knative
+    sends all traffic to the latest *ready* revision: the canary being rolled back (kserve
+    ``ksvc_reconciler.go`` routes ``latestRevision: true``; Knative resolves it to
+    ``status.latestReadyRevisionName``).
+    """
     if rollout.canary is not None:
-        return Rollout(stable=rollout.stable, previous=rollout.previous)
+        return Rollout(rollout.stable, canary_percent=0, previous=rollout.previous, rolled_back=rollout.canary)
+    if rollout.rolled_back is not None:
+        raise FlywheelError(
+            f"{path}: canary {rollout.rolled_back.label()} is already rolled back (pinned at 0%); "
+            f"stable {rollout.stable.label()} serves everyone"
+        )
     if rollout.previous is not None:
         return Rollout(stable=rollout.previous)
     raise FlywheelError(

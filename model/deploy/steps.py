@@ -10,6 +10,7 @@ from pathlib import Path
 
 from model.core.config import CanaryConfig, DeliveryConfig, Environment, RegistryConfig, required, setting
 from model.core.steps import EXIT_OK, EXIT_REJECTED, StepResult
+from model.deploy import cluster_status, manifests
 from model.deploy.canary import NO_DATA
 from model.deploy.checks import check_manifests_step
 from model.deploy.delivery import (
@@ -35,6 +36,11 @@ class ReleaseArgs:
         "also pin the predictor and collector images to this REGISTRY/REPO@sha256:<digest> (flywheel resolve-image "
         "prints it; a tag alone is refused), so Git names exactly what runs (unset: the images stay as they are)",
     )
+    cluster_status: str | None = setting(
+        None,
+        "the InferenceService as `kubectl get isvc NAME -n NS -o json` prints it: refuse when the cluster is not "
+        "where Git says (not Ready, a revision not ready, the canary without its share) (unset: not checked)",
+    )
 
 
 @dataclass
@@ -45,6 +51,11 @@ class PromoteArgs:
     version: int | None = setting(None, "the canary's version, as a check (unset: whatever the canary runs)")
     repo: str = setting(".", REPO_HELP)
     analysis: str | None = setting(None, "canary-analysis JSON to quote in the pull request (its .md is the text)")
+    cluster_status: str | None = setting(
+        None,
+        "the InferenceService as `kubectl get isvc NAME -n NS -o json` prints it: refuse when the cluster is not "
+        "where Git says (not Ready, a revision not ready, the canary without its share) (unset: not checked)",
+    )
 
 
 @dataclass
@@ -52,6 +63,11 @@ class RollbackArgs:
     env: Environment = required("environment to roll back")
     repo: str = setting(".", REPO_HELP)
     analysis: str | None = setting(None, "canary-analysis JSON to quote in the pull request")
+    merge: bool = setting(
+        False,
+        "the emergency stop: merge the pull request at once (the token must be allowed to merge past branch "
+        "protection); Argo CD then syncs the pin, which self-heal keeps instead of undoing",
+    )
 
 
 @dataclass
@@ -86,6 +102,9 @@ class CheckManifestsArgs:
 
 def release_command(args: ReleaseArgs, *, registry: RegistryConfig, delivery: DeliveryConfig) -> StepResult:
     """Pull request: put a gated model version on a canary."""
+    if args.cluster_status:
+        status = cluster_status.load_status(args.cluster_status)
+        cluster_status.require(cluster_status.release_problems(status), "release", args.cluster_status)
     return StepResult(
         *release_step(
             args.env, args.model_version, args.canary, Path(args.repo), registry, delivery, image=args.image or ""
@@ -102,6 +121,11 @@ def promote_command(args: PromoteArgs, *, registry: RegistryConfig, delivery: De
             file=sys.stderr,
         )
         return StepResult(*promote_step(args.version, registry))
+    if args.cluster_status:
+        rollout = manifests.read_rollout(manifests.isvc_path(Path(args.repo), args.env, delivery.manifests_dir))
+        status = cluster_status.load_status(args.cluster_status)
+        problems = cluster_status.promote_problems(status, rollout.canary_percent or 0) if rollout.canary else []
+        cluster_status.require(problems, "promote", args.cluster_status)
     return StepResult(
         *promote_env_step(args.env, args.version, Path(args.repo), registry, delivery, args.analysis or "")
     )
@@ -109,7 +133,9 @@ def promote_command(args: PromoteArgs, *, registry: RegistryConfig, delivery: De
 
 def rollback_command(args: RollbackArgs, *, registry: RegistryConfig, delivery: DeliveryConfig) -> StepResult:
     """Pull request: end the canary, or return to the stable model before the last promotion."""
-    return StepResult(*rollback_step(args.env, Path(args.repo), registry, delivery, args.analysis or ""))
+    return StepResult(
+        *rollback_step(args.env, Path(args.repo), registry, delivery, args.analysis or "", merge=args.merge)
+    )
 
 
 def canary_analysis_command(args: CanaryAnalysisArgs, *, canary: CanaryConfig, delivery: DeliveryConfig) -> StepResult:

@@ -29,6 +29,7 @@ from model.core.files import replacing, write_text
 from model.core.reports import write_reports
 from model.data.examples import assign_splits, load_examples
 from model.deploy import delivery
+from model.deploy.reconcile import reconcile_step
 from model.loop.configs import LoopConfigs
 from model.loop.live_traffic import LiveTraffic
 from model.loop.plan import draw_traffic, plan_data, response_catalog, split_intents
@@ -50,7 +51,6 @@ from model.loop.retraining import Candidate, labelled_training_set, train_gate_r
 from model.loop.stand_in import LocalCluster, StandInRepo
 from model.loop.traffic import COLUMNS as TRAFFIC_COLUMNS
 from model.registry import store
-from model.registry.steps import promote_step
 
 PHASE_BEFORE, PHASE_SHIFTED, PHASE_AFTER = "before-shift", "shifted", "after-release"
 DECIDED = ("promote", "rollback")  # canary decisions that end the analysis; "hold" looks again
@@ -101,6 +101,8 @@ class Loop:
         self.state.record.pull_requests.append(
             PullRequest(kind=kind, title=title, branch=pr["branch"], commit=commit, merged=True, body=body)
         )
+        if kind in ("release", "promote", "rollback"):  # what registry.yml does on every push to main
+            self._write("reconcile-registry", *reconcile_step(self.repo.path, self.cfgs.registry, self.cfgs.delivery))
 
     def _write(self, step: str, result: dict, md: str) -> Path:
         return write_reports(self.reports, step, result, md)
@@ -159,9 +161,7 @@ class Loop:
             result, body = delivery.release_step(
                 cfgs.loop.env, v1, cfgs.loop.canary_percent, self.repo.path, cfgs.registry, cfgs.delivery
             )
-            self._merge("release", result, body)
-            promoted, md = promote_step(v1, cfgs.registry)
-            self._write("promote", promoted, md)
+            self._merge("release", result, body)  # champion follows the merge (reconcile-registry)
             self.cluster.start_collector()
             self.cluster.sync()
             self.mark(f"v{v1} serves")
