@@ -146,6 +146,9 @@ def prepare(env: str, which: tuple[str, str], root: Path, install: Install, rele
     mounts = pod.volume_mounts(work, root / "volumes", release["configmaps"])
     if which == PREDICTOR:  # KServe's storage initializer downloads STORAGE_URI here, read-only for the server
         mounts.append(pod.Mount(release["artifact"], pod.KSERVE_MODEL_DIR, False))
+    deps = sysconfig.get_path("purelib")  # the install's dependencies, through its .pth line
+    if any(Path(deps).is_relative_to(m.path) for m in mounts if m.writable):  # a checkout under /tmp: hidden
+        mounts.append(pod.Mount(Path(deps), deps, False))  # by the emptyDir, so shown again, read-only
     uid, gid = pod.run_as(work, image)
     assert uid == 10001 and gid == 10001, (uid, gid)
     # the root as working folder: the manifest names none, and the checkout may lie under /tmp, which
