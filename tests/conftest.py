@@ -13,13 +13,14 @@ import functools
 import glob
 import os
 import shutil
+import subprocess
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from model.core.config import SAMPLE_DATA, DataConfig, RegistryConfig, TrainConfig
+from model.core.config import PROJECT_ROOT, SAMPLE_DATA, DataConfig, RegistryConfig, TrainConfig
 
 
 def local_registry(work: Path, **fields) -> RegistryConfig:
@@ -266,3 +267,26 @@ def pytest_unconfigure(config):
     if missing:
         parts = ", ".join(f"{REAL_PARTS[n][0]} ({k} tests)" for n, k in sorted(missing.items()))
         terminalreporter.write_line(f"NOT TESTED for real, missing {parts}: {HOW_TO_GET}", yellow=True, bold=True)
+
+
+# ---- a GitOps repository ---------------------------------------------------------------------------
+
+IDENTITY = {
+    "GIT_AUTHOR_NAME": "Flywheel Test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "Flywheel Test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+}
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch) -> Path:
+    """A Git repository holding a copy of this project's manifests, on branch main."""
+    for var, value in IDENTITY.items():
+        monkeypatch.setenv(var, value)
+    root = tmp_path / "gitops"
+    shutil.copytree(PROJECT_ROOT / "manifests", root / "manifests")
+    for args, where in ((("init", "-q", "-b", "main", str(root)), root.parent), (("add", "-A"), root),
+                        (("commit", "-q", "-m", "initial manifests"), root)):  # fmt: skip
+        subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, check=True)
+    return root

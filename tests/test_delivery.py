@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -83,24 +82,6 @@ def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
 
 def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
-
-
-@pytest.fixture
-def repo(tmp_path, monkeypatch) -> Path:
-    """A Git repository holding a copy of this project's manifests, on branch main."""
-    for var, value in (
-        ("GIT_AUTHOR_NAME", "Flywheel Test"),
-        ("GIT_AUTHOR_EMAIL", "test@example.invalid"),
-        ("GIT_COMMITTER_NAME", "Flywheel Test"),
-        ("GIT_COMMITTER_EMAIL", "test@example.invalid"),
-    ):
-        monkeypatch.setenv(var, value)
-    root = tmp_path / "gitops"
-    shutil.copytree(PROJECT_ROOT / "manifests", root / "manifests")
-    git(root.parent, "init", "-q", "-b", "main", str(root))
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "initial manifests")
-    return root
 
 
 def merge(repo: Path, branch: str) -> None:

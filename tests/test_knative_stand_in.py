@@ -1,4 +1,4 @@
-# ruff: noqa: F811 - the fixtures repo, registry_dir and store come from tests/test_delivery.py
+# ruff: noqa: F811 - the fixtures registry_dir and store come from tests/test_delivery.py
 """The delivery steps against a stand-in that routes like KServe + Knative (model/loop/knative.py).
 
 Each test merges real `flywheel release/promote/rollback` pull requests into a temporary GitOps
@@ -18,7 +18,7 @@ from model.deploy import manifests
 from model.deploy.delivery import promote_env_step, release_step, rollback_step
 from model.loop.knative import KnativeService, revision_template
 from scripts.cli import main
-from tests.test_delivery import DCFG, ISVC, REG, git, merge, registry_dir, repo, store  # noqa: F401 - fixtures
+from tests.test_delivery import DCFG, ISVC, REG, git, merge, registry_dir, store  # noqa: F401 - fixtures
 
 COLD_START_S = 90.0
 

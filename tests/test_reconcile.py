@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 from mlflow import MlflowClient
 
 from model.artifact.predictor import IntentPredictor
-from model.core.config import PROJECT_ROOT, DeliveryConfig, RegistryConfig
+from model.core.config import DeliveryConfig, RegistryConfig
 from model.core.errors import FlywheelError
 from model.deploy import manifests
 from model.deploy.canary_metrics import canary_started
@@ -28,16 +27,11 @@ from model.deploy.delivery import promote_env_step, release_step, rollback_step
 from model.deploy.reconcile import reconcile_step
 from model.registry import register, versions
 from scripts.cli import main
+from tests.conftest import IDENTITY
 
 REG = RegistryConfig()  # its tracking URI is set by `registry_dir`
 DCFG = DeliveryConfig()
 PROD = "manifests/production/inferenceservice.yaml"
-IDENTITY = {
-    "GIT_AUTHOR_NAME": "Flywheel Test",
-    "GIT_AUTHOR_EMAIL": "test@example.invalid",
-    "GIT_COMMITTER_NAME": "Flywheel Test",
-    "GIT_COMMITTER_EMAIL": "test@example.invalid",
-}
 
 
 def git(repo: Path, *args: str, env: dict | None = None) -> str:
@@ -69,19 +63,6 @@ def client(registry_dir, monkeypatch) -> MlflowClient:
         mlflow_client.delete_registered_model_alias(REG.model_name, versions.CHAMPION)
     mlflow_client.set_registered_model_alias(REG.model_name, versions.CHALLENGER, "2")
     return mlflow_client
-
-
-@pytest.fixture
-def repo(tmp_path, monkeypatch) -> Path:
-    """A Git repository holding a copy of this project's manifests, on branch main."""
-    for var, value in IDENTITY.items():
-        monkeypatch.setenv(var, value)
-    root = tmp_path / "gitops"
-    shutil.copytree(PROJECT_ROOT / "manifests", root / "manifests")
-    git(root.parent, "init", "-q", "-b", "main", str(root))
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "initial manifests")
-    return root
 
 
 def merge(repo: Path, result: dict) -> None:
