@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup test-tools demo test bench bench-loop bench-serving bench-collector lint lock clean
+.PHONY: setup test-tools demo test bench bench-snips bench-loop bench-serving bench-collector lint lock clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,9 @@ test: test-tools setup
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m scripts.bench_banking77
+
+bench-snips: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m scripts.bench_snips
 
 bench-loop: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m scripts.bench_loop

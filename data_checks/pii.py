@@ -21,6 +21,8 @@ What is covered, and why this way:
 The analyzer runs on Presidio's ``NoOpNlpEngine``: pattern recognizers only, no spaCy model loaded
 (``data_checks.pii_engine`` builds it).
 Findings never hold the matched text itself (it is the personal data): only type, offsets, score.
+They are also the offset map between a text and its redaction (``redacted_span``): each finding's
+characters became its placeholder, so everything after it moved by the difference in length.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ class Scanner:
         findings = self.scan(text)
         out, last = [], 0
         for f in findings:
-            out += [text[last : f.start], f"<{f.entity}>"]
+            out += [text[last : f.start], placeholder(f.entity)]
             last = f.end
         out.append(text[last:])
         return "".join(out), findings
@@ -102,6 +104,25 @@ class Scanner:
             counts.update(f.entity for f in findings)
             redacted.append(clean)
         return redacted, counts
+
+
+def placeholder(entity: str) -> str:
+    """What ``redact`` writes in place of personal data of this type: ``<EMAIL>``, ``<PHONE>``, ..."""
+    return f"<{entity}>"
+
+
+def redacted_span(findings: list[Finding], start: int, end: int) -> tuple[int, int] | None:
+    """Where the characters ``[start, end)`` of a text lie in its redaction, given the text's findings
+    (non-overlapping, left to right, as ``scan`` returns them); None when they overlap personal data,
+    which the redaction replaced."""
+    shift = 0
+    for f in findings:
+        if f.start < end and start < f.end:
+            return None
+        if f.end > start:  # this finding and all later ones lie after the span
+            break
+        shift += len(placeholder(f.entity)) - (f.end - f.start)
+    return start + shift, end + shift
 
 
 @functools.lru_cache(maxsize=4)

@@ -4,10 +4,17 @@ Two suites, built in code so they change with the contracts they check:
 
 - ``logged_events``: the conversation snapshot (schema in ``model/data/conversations.py``): columns and
   types, unique request ids, sane timestamps, known arms and feedback values, model version
-  present, confidence in [0, 1], at least ``min_events`` rows, no personal data in ``text``.
+  present, confidence in [0, 1], at least ``min_events`` rows, no personal data in ``text``,
+  predicted entities that fit their text (below) with a confidence in [0, 1].
 - ``training_snapshot``: a prepared training set: labels known or declared new, at least
   ``min_examples_per_intent`` per intent, text lengths within bounds, no duplicate texts, no text
-  in both train and test, no personal data.
+  in both train and test, no personal data, entity spans that fit their text.
+
+A row's entity spans fit its text when each lies inside it, claims the text it covers
+(``value == text[start:end]``), overlaps no other and touches no redaction placeholder
+(``model.data.entities``). Like the case-blind duplicates, this is checked on a column derived from
+the row (``entity_problem``: what is wrong, empty when nothing is) that a built-in expectation
+expects to be empty, so a failure quotes the offending rows.
 
 The check fails when any expectation fails *or* did not run (raised an error), or when fewer ran
 than the suite defines. Data Docs (HTML) go to ``<report dir>/data_docs``; the step's JSON result
@@ -29,11 +36,13 @@ from model.core.errors import FlywheelError
 from model.core.steps import EXIT_OK, EXIT_REJECTED, StepResult
 from model.data.conversations import ARMS, THUMBS, read_snapshot
 from model.data.conversations import COLUMNS as EVENT_COLUMNS
+from model.data.entities import cell_problem, is_blank, load_spans
 from model.data.examples import COLUMNS as EXAMPLE_COLUMNS
 from model.data.examples import load_examples
 from model.data.readers import read_table
 
 EVENTS_SUITE, TRAINING_SUITE = "logged_events", "training_snapshot"
+ENTITY_PROBLEM = "entity_problem"  # derived column: why a row's entity spans do not fit its text
 SOURCES = ("seed", "human", "auto")
 SPLITS = ("train", "val", "test")
 
@@ -90,6 +99,7 @@ def events_suite(cfg: CheckConfig, now: datetime):
     suite.add_expectation(E.ExpectColumnValuesToBeInSet(column="arm", value_set=list(ARMS)))
     suite.add_expectation(E.ExpectColumnValuesToBeInSet(column="thumbs", value_set=list(THUMBS)))
     suite.add_expectation(custom.ExpectColumnValuesToContainNoPersonalData(column="text"))
+    suite.add_expectation(E.ExpectColumnValuesToBeNull(column=ENTITY_PROBLEM))
     return suite
 
 
@@ -119,7 +129,34 @@ def training_suite(intents: set[str], data_cfg: DataConfig, prep_cfg: PrepareCon
     suite.add_expectation(E.ExpectColumnValuesToBeUnique(column="text_casefolded"))
     suite.add_expectation(custom.ExpectNoTextInBothTrainAndTest())
     suite.add_expectation(custom.ExpectColumnValuesToContainNoPersonalData(column="text"))
+    suite.add_expectation(E.ExpectColumnValuesToBeNull(column=ENTITY_PROBLEM))
     return suite
+
+
+def with_entity_problems(df: pd.DataFrame, *, predicted: bool) -> pd.DataFrame:
+    """``df`` plus ``entity_problem``: why the row's ``entities`` do not fit its ``text``, else None.
+
+    ``predicted``: the spans are a model's answer (the conversation snapshot), each also carrying a
+    confidence in [0, 1]. A row without entities (or a frame without the column) has no problem:
+    whether the column must exist is the schema expectations' business.
+    """
+    if not {"text", "entities"} <= set(df.columns):
+        return df.assign(**{ENTITY_PROBLEM: None})
+    problems = []
+    for text, cell in zip(df["text"], df["entities"]):
+        problem = cell_problem(cell, text) if isinstance(text, str) else None
+        if problem is None and predicted and isinstance(cell, str) and not is_blank(cell):
+            problem = _confidence_problem(cell)
+        problems.append(problem)
+    return df.assign(**{ENTITY_PROBLEM: pd.Series(problems, index=df.index, dtype=object)})
+
+
+def _confidence_problem(cell: str) -> str | None:
+    for span in load_spans(cell):
+        c = span.get("confidence")
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c <= 1:
+            return f"entity {span['type']!r}: confidence {c!r} is not in [0, 1]"
+    return None
 
 
 @dataclass
@@ -160,12 +197,14 @@ def check_data(
     now = now or datetime.now(UTC)
     targets = []
     if events is not None:
-        targets.append((events_suite(cfg, now), read_snapshot(events, strict=False), events))
+        logs = with_entity_problems(read_snapshot(events, strict=False), predicted=True)
+        targets.append((events_suite(cfg, now), logs, events))
     if training is not None:
         # as it is (no schema fixes): the expectations judge it, and a blank cell is a missing value
         df = read_table(training, blanks_as_missing=True)
         if "text" in df.columns:  # case-blind duplicates; a derived column the built-in expectation can check
             df = df.assign(text_casefolded=df["text"].astype("string").str.casefold())
+        df = with_entity_problems(df, predicted=False)
         intents = set()
         if reference is not None:
             intents = set(load_examples(reference, data_cfg)["intent"])

@@ -44,6 +44,7 @@ def event(
         "abandoned": abandoned,
         "escalated": escalated,
         "resolved": resolved,
+        "entities": "[]",
     }
 
 

@@ -31,7 +31,8 @@ def test_project_formats_load_the_same_examples(tmp_path, suffix):
     loaded = load_examples(path, CFG)
     assert sorted(loaded["text"]) == sorted(df["text"])
     assert set(loaded["source"]) == {"seed"}
-    assert list(loaded.columns) == ["text", "intent", "source", "conversation_id", "split"]
+    assert list(loaded.columns) == ["text", "intent", "entities", "source", "conversation_id", "split"]
+    assert set(loaded["entities"]) == {"[]"}  # no entities column: none, in canonical form
 
 
 def test_banking77_folder_keeps_its_train_test_split(tmp_path):

@@ -113,10 +113,11 @@ def test_unknown_runtime_is_refused(tiny_artifact):
 
 
 def _fit_result(folder: Path) -> FitResult:
-    labels = json.loads((folder / "labels.json").read_text())["labels"]
-    model, tokenizer = build_from_artifact(folder, len(labels))
+    label_map = json.loads((folder / "labels.json").read_text())
+    labels, tags = label_map["labels"], label_map.get("entity_tags", [])
+    model, tokenizer = build_from_artifact(folder, len(labels), len(tags))
     model.load_state_dict(load_file(folder / "model.safetensors"))
-    return FitResult(model.eval(), tokenizer, labels, "cpu")
+    return FitResult(model.eval(), tokenizer, labels, "cpu", tags=tags)
 
 
 def _meta(folder: Path) -> dict:

@@ -117,8 +117,9 @@ def test_round_trip_on_a_real_mlflow_server(tmp_path, small_csv, tiny_train_cfg,
     assert run.inputs.dataset_inputs, "the dataset must be logged as the run's input"
 
     rows = _load_champion_in_fresh_process(reg.model_name, mlflow_server)
-    assert len(rows) == 2 and set(rows[0]) == {"intent", "confidence", "fallback"}
-    assert all(0.0 < r["confidence"] <= 1.0 for r in rows)
+    # the sample data has entity spans, so the model has an entity head and the pyfunc answers its entities
+    assert len(rows) == 2 and set(rows[0]) == {"intent", "confidence", "fallback", "entities"}
+    assert all(0.0 < r["confidence"] <= 1.0 and isinstance(r["entities"], list) for r in rows)
 
 
 def test_sqlite_default_and_refusals(tmp_path, small_csv, tiny_train_cfg, isolated_work_dir, registry_cfg):

@@ -1,6 +1,9 @@
 """Data tests: the bundled sample set is fit to be the embedded default."""
 
+from collections import Counter
+
 from model.core.config import SAMPLE_DATA, DataConfig
+from model.data.entities import PLACEHOLDER, load_spans
 from model.data.examples import assign_splits, load_examples
 
 
@@ -22,3 +25,14 @@ def test_sample_split_gives_every_intent_test_examples():
     df = assign_splits(load_examples(SAMPLE_DATA), DataConfig())
     test = df[df["split"] == "test"]
     assert set(test["intent"]) == set(df["intent"])
+
+
+def test_sample_set_has_enough_entities_of_every_type_to_learn_them():
+    df = assign_splits(load_examples(SAMPLE_DATA), DataConfig())
+    train = Counter(s["type"] for cell in df.loc[df["split"] == "train", "entities"] for s in load_spans(cell))
+    types = ("order_id", "tracking_number", "amount", "date", "product", "invoice_number")
+    assert set(train) == set(types) and min(train.values()) >= 40, train
+    test = Counter(s["type"] for cell in df.loc[df["split"] == "test", "entities"] for s in load_spans(cell))
+    assert set(test) == set(types), test  # every type can be scored
+    assert not df["text"].str.contains(PLACEHOLDER).any()
+    assert (df.loc[df["intent"] == "oos", "entities"] == "[]").all()

@@ -208,6 +208,7 @@ def test_v1_predict_with_kserve_client(server, tiny_artifact, catalog):
         expected = catalog["fallback"] if p["fallback"] else catalog["intents"][p["intent"]]
         assert p["reply"] == " ".join(expected.split())
         assert p["request_id"] == CE_ID and "arm" not in p  # a revision cannot know its arm: it names its version
+        assert p["entities"] == []  # trained without entity data: an empty list, nothing more
         assert p["model_version"] == f"sha-{tiny_artifact['artifact_digest'][:12]}"
 
 
@@ -227,7 +228,8 @@ def test_v2_infer_with_kserve_client(server, tiny_artifact):
         resp = asyncio.run(call(binary))
         assert resp.id == f"req-{binary}"
         out = {o.name: o for o in resp.outputs}
-        assert set(out) == {"intent", "confidence", "fallback", "reply"}
+        assert set(out) == {"intent", "confidence", "fallback", "reply", "entities"}
+        assert [v.decode() if isinstance(v, bytes) else v for v in out["entities"].as_numpy().tolist()] == ["[]"] * 3
         intents = [v.decode() if isinstance(v, bytes) else v for v in out["intent"].as_numpy().tolist()]
         assert len(intents) == 3 and set(intents) <= set(labels_of(tiny_artifact["artifact"]))
         conf = out["confidence"].as_numpy()
@@ -674,6 +676,7 @@ def test_local_logger_posts_calls_to_the_collector(arms, tmp_path):
         "conv-local",
     )
     assert first["model_version"] == v1["model_version"] == version_of(arms["stable"]) and first["latency_ms"] >= 0
+    assert {r["entities"] for r in rows.values()} == {"[]"} and v1["entities"] == []  # an intent-only model
     assert [rows[f"local-2/{i}"]["predicted_intent"] for i in (0, 1)] == v2["outputs"][0]["data"]
     assert rows["local-2/1"]["arm"] == "canary" and rows["local-2/1"]["text"] == "b"
     # exactly what KServe's logger sends: no arm in the headers, the pod (so the revision) as the source

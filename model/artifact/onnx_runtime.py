@@ -1,8 +1,9 @@
 """ONNX Runtime over the artifact's ``model.onnx``: the classifier's logits from token ids and mask.
 
-The graph is the whole ``IntentClassifier`` (encoder, mean pooling, cosine head), fp32, with dynamic
-batch and sequence axes; ``model.train.onnx_export`` writes it and checks it against PyTorch before
-the artifact is sealed.
+The graph is the whole ``IntentClassifier`` (encoder, mean pooling, cosine head, and the entity
+head when the model has one), fp32, with dynamic batch and sequence axes; its outputs are
+``logits`` (batch x intents) and, with entities, ``tag_logits`` (batch x tokens x tags).
+``model.train.onnx_export`` writes it and checks it against PyTorch before the artifact is sealed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from model.core.errors import FlywheelError
 ONNX_FILE = "model.onnx"
 OPSET = 17
 INPUTS = ("input_ids", "attention_mask")
+OUTPUTS = ("logits", "tag_logits")  # the second only for a model with an entity head
 
 
 def cpu_cores() -> int:
@@ -56,12 +58,17 @@ class OnnxLogits:
         self.threads = threads or cpu_cores()
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="flywheel-onnx")
 
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def outputs(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Intent logits, then tag logits when the graph has an entity head."""
         feed = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}
-        return self.session.run(None, feed)[0].astype(np.float32)
+        return tuple(out.astype(np.float32) for out in self.session.run(None, feed))
 
-    def run_all(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-        """Logits of each (input_ids, attention_mask) pair, in order; pairs run in parallel."""
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """The intent logits alone."""
+        return self.outputs(input_ids, attention_mask)[0]
+
+    def run_all(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, ...]]:
+        """The outputs of each (input_ids, attention_mask) pair, in order; pairs run in parallel."""
         if len(batches) == 1:
-            return [self(*batches[0])]
-        return list(self._pool.map(lambda pair: self(*pair), batches))
+            return [self.outputs(*batches[0])]
+        return list(self._pool.map(lambda pair: self.outputs(*pair), batches))

@@ -1,4 +1,4 @@
-"""Run a verified model artifact: texts in, intents, confidences and fallback flags out.
+"""Run a verified model artifact: texts in, intents, confidences, fallback flags and entities out.
 
 Two runtimes compute the same logits: ONNX Runtime on the artifact's ``model.onnx`` (checked
 against PyTorch when the artifact was packaged; faster on CPU) and PyTorch on ``model.safetensors``
@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
+from model.artifact.entity_tags import Entity, decode
 from model.artifact.manifest import read_json, verify
 from model.artifact.network import build_from_artifact
 from model.artifact.onnx_runtime import ONNX_FILE, OnnxLogits
@@ -27,16 +28,20 @@ RUNTIMES = ("onnx", "torch")
 # in chunks of 8, 5.4 ms in one pass); PyTorch's per-call overhead wants bigger ones.
 FORWARD_BATCH = {"onnx": 8, "torch": 64}
 
+__all__ = ["Entity", "IntentPredictor", "Prediction", "pad_batch", "softmax"]
+
 
 @dataclass(frozen=True)
 class Prediction:
     intent: str
     confidence: float
     fallback: bool  # below the calibrated threshold: hand off to a human instead of answering
+    entities: tuple[Entity, ...] = ()  # empty for a model trained without entity data
 
 
 class IntentPredictor:
-    """A classifier plus what is needed to use it: tokenizer, intent names, fallback threshold.
+    """A classifier plus what is needed to use it: tokenizer, intent names, fallback threshold, and
+    the entity head's tag names (``tags``, empty for an intent-only model).
 
     ``model`` is the PyTorch module, or None when ``onnx`` (an ONNX Runtime session) computes the logits.
     """
@@ -51,12 +56,14 @@ class IntentPredictor:
         meta: dict | None = None,
         temperature: float = 1.0,
         onnx: OnnxLogits | None = None,
+        tags: list[str] = (),
     ):
         if (model is None) == (onnx is None):
             raise ValueError("give exactly one of a PyTorch model and an ONNX Runtime session")
         self.model, self.onnx, self.tokenizer = model, onnx, tokenizer
         self.runtime = "onnx" if onnx is not None else "torch"
         self.labels = list(labels)
+        self.tags = list(tags)
         self.threshold = float(threshold)
         self.temperature = float(temperature)  # divides the logits: fitted on validation data
         self.max_length = int(max_length)
@@ -79,14 +86,15 @@ class IntentPredictor:
             raise FlywheelError(f"unknown runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
         folder = Path(folder)
         digest = verify(folder)
-        labels = read_json(folder, "labels.json")["labels"]
+        label_map = read_json(folder, "labels.json")
+        labels, tags = label_map["labels"], label_map.get("entity_tags", [])
         meta = read_json(folder, "meta.json")
         model = onnx = None
         if runtime == "onnx" and device == "cpu" and (folder / ONNX_FILE).is_file():
             tokenizer = AutoTokenizer.from_pretrained(folder)
             onnx = OnnxLogits(folder / ONNX_FILE)
         else:
-            model, tokenizer = build_from_artifact(folder, len(labels))
+            model, tokenizer = build_from_artifact(folder, len(labels), len(tags))
             model.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
             model = model.to(device)
         predictor = cls(
@@ -98,6 +106,7 @@ class IntentPredictor:
             meta,
             meta.get("temperature", 1.0),
             onnx,
+            tags,
         )
         predictor.meta = {**meta, "runtime": predictor.runtime}
         predictor.digest = digest
@@ -105,17 +114,31 @@ class IntentPredictor:
 
     def probabilities(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         """Softmax over intents, one row per text; passes group texts of similar token count to pad little."""
+        return self._run(texts, batch_size)[0]
+
+    def _run(self, texts: list[str], batch_size: int | None = None):
+        """Intent probabilities; with an entity head also, per text, its tokens' (offsets, word ids) and
+        tag probabilities."""
         batch_size = batch_size or self._chunk_size(len(texts))
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        token_probs: list[np.ndarray | None] = [None] * len(texts)
         if not len(texts):
-            return out
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+            return out, [], token_probs
+        encoded = self.tokenizer(
+            list(texts), truncation=True, max_length=self.max_length, return_offsets_mapping=bool(self.tags)
+        )
+        ids = encoded["input_ids"]
+        words = [(encoded["offset_mapping"][i], encoded.word_ids(i)) for i in range(len(ids))] if self.tags else []
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         padded = [pad_batch([ids[i] for i in idx], self.tokenizer.pad_token_id or 0) for idx in chunks]
-        for idx, logits in zip(chunks, self._logits(padded)):
-            out[idx] = softmax(logits / self.temperature)
-        return out
+        for idx, outputs in zip(chunks, self._logits(padded)):
+            out[idx] = softmax(outputs[0] / self.temperature)
+            if self.tags:
+                tag_probs = softmax(outputs[1])
+                for row, i in enumerate(idx):
+                    token_probs[i] = tag_probs[row, : len(ids[i])]
+        return out, words, token_probs
 
     def _chunk_size(self, n: int) -> int:
         """Texts per pass for a batch of ``n``: with ONNX Runtime, chunks of at most 8, as many as a
@@ -127,20 +150,28 @@ class IntentPredictor:
         return max(1, math.ceil(n / chunks))
 
     def _logits(self, batches: list[tuple[np.ndarray, np.ndarray]]):
-        """Logits of each (input_ids, attention_mask) pair, in order."""
+        """The outputs of each (input_ids, attention_mask) pair, in order: intent logits, then tag
+        logits when the model has an entity head."""
         if self.onnx is not None:
             yield from self.onnx.run_all(batches)
             return
         for input_ids, mask in batches:
             with torch.inference_mode():
                 ids, mask = torch.from_numpy(input_ids).to(self.device), torch.from_numpy(mask).to(self.device)
-                yield self.model(ids, mask).float().cpu().numpy()
+                outputs = self.model(ids, mask)
+                outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+                yield tuple(o.float().cpu().numpy() for o in outputs)
 
     def predict(self, texts: list[str], batch_size: int | None = None) -> list[Prediction]:
-        probs = self.probabilities(texts, batch_size)
+        probs, words, token_probs = self._run(texts, batch_size)
         best = probs.argmax(axis=1)
         return [
-            Prediction(self.labels[j], float(probs[i, j]), bool(probs[i, j] < self.threshold))
+            Prediction(
+                self.labels[j],
+                float(probs[i, j]),
+                bool(probs[i, j] < self.threshold),
+                tuple(decode(texts[i], *words[i], token_probs[i], self.tags)) if self.tags else (),
+            )
             for i, j in enumerate(best)
         ]
 

@@ -1,6 +1,7 @@
 """Log: the collector that stores KServe logger CloudEvents and user feedback (personal data
 redacted first, idempotent, durable before it answers 200), the conversation store (SQLite or
-PostgreSQL) and the export of a window as a conversation snapshot.
+PostgreSQL) and the export of a window as a conversation snapshot, with each answer's entities
+moved onto the redacted text (``redaction``).
 
 Imports: ``model.core``, ``model.data``, ``data_checks`` (redaction).
 """

@@ -11,8 +11,9 @@ mode (``application/cloudevents+json``), parsed with the ``cloudevents`` package
 Personal data never reaches the store: every user text (the strings of a request body, V1
 ``instances`` and V2 ``inputs`` data alike, and a feedback ``comment``) goes through the same
 redaction as ``flywheel prepare`` (``data_checks.pii``, one scanner per process) before the row is
-written. Response bodies hold the model's outputs (intents, scores, catalog replies) and are kept
-as they are.
+written, with the request's redaction map beside it. Response bodies hold the model's outputs
+(intents, scores, catalog replies, entities) and are kept as they are, but for each entity's
+``text``, a copy of the user's characters, which is removed (``model.collect.redaction``).
 
 ``/metrics`` counts events by outcome, and ``flywheel_feedback_total{kind, arm, model_version}``:
 feedback on the answer it names, looked up in the store, which the alert rules and canary analysis
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
@@ -49,6 +49,7 @@ from starlette.routing import Route
 from data_checks.pii import Scanner  # cheap: Presidio itself loads when the first scanner is built
 from model.collect.arms import UNKNOWN, ArmMap, revision_of
 from model.collect.export import answer_version
+from model.collect.redaction import Redact, redact_request, strip_entity_texts
 from model.collect.store import GroupCommitWriter, count_rows, open_store, read_response
 from model.core.config import CollectorConfig, PiiConfig
 from model.core.http_guard import BodyLimit, ensure_can_listen
@@ -60,8 +61,6 @@ FEEDBACK_TYPE = "org.flywheel.feedback"
 EVENT_TYPES = (REQUEST_TYPE, RESPONSE_TYPE, FEEDBACK_TYPE)
 FEEDBACK_KINDS = ("thumbs_up", "thumbs_down", "abandoned", "escalated", "resolved")
 MAX_ID_CHARS = 200
-# Keys of the Open Inference Protocol that hold protocol structure, not user text: left as they are.
-STRUCTURAL_KEYS = frozenset({"id", "name", "datatype", "shape"})
 UNKNOWN_ANSWER = (UNKNOWN, UNKNOWN)
 # KServe's logger posts the response event after answering, without waiting; feedback naming an
 # answer not stored yet is counted once it is, looked up after each of these pauses (seconds)
@@ -100,23 +99,13 @@ def _text_id(value, what: str, required: bool) -> str:
     return value
 
 
-def redact_json(value, redact: Callable[[str], str]):
-    """Every string in a JSON value redacted, except the protocol's structural fields."""
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, list):
-        return [redact_json(v, redact) for v in value]
-    if isinstance(value, dict):
-        return {k: v if k in STRUCTURAL_KEYS else redact_json(v, redact) for k, v in value.items()}
-    return value
-
-
-def _payload(data, event_type: str, redact: Callable[[str], str]) -> tuple[object, str, bool]:
-    """(payload, text to store, whether it is JSON) of an event's data, user texts redacted.
+def _payload(data, event_type: str, redact: Redact) -> tuple[object, str, bool, str]:
+    """(payload, text to store, whether it is JSON, redaction map) of an event's data, user texts
+    redacted and entity texts removed (``model.collect.redaction``).
 
     The body is JSON whatever the Content-Type says (KServe's logger forwards the client's own, and
-    ``curl -d`` sends form-encoded JSON); a request body that is not JSON is kept as raw text, redacted
-    as one string, and marked so. Only feedback, which the chat front end sends, must be JSON.
+    ``curl -d`` sends form-encoded JSON); a request or response body that is not JSON is kept as raw
+    text, redacted as one string, and marked so. Only feedback, which the chat front end sends, must be JSON.
     """
     if data is None:
         raise BadEvent(400, "event has no body")
@@ -130,14 +119,17 @@ def _payload(data, event_type: str, redact: Callable[[str], str]) -> tuple[objec
             if event_type == FEEDBACK_TYPE:
                 raise BadEvent(400, "feedback body is not JSON: send a JSON object") from None
             payload, text, is_json = raw, raw, False
+    stored, redactions = payload, ""
     if event_type == REQUEST_TYPE:
-        redacted = redact_json(payload, redact)
-        if redacted != payload:
-            text = json.dumps(redacted, ensure_ascii=False) if is_json else redacted
-    return payload, text, is_json
+        stored, redactions = redact_request(payload, redact)
+    elif event_type == RESPONSE_TYPE:  # one not JSON (the binary extension) may hold entity texts anywhere
+        stored = strip_entity_texts(payload) if is_json else redact(payload)[0]
+    if stored != payload:
+        text = json.dumps(stored, ensure_ascii=False) if is_json else stored
+    return payload, text, is_json, redactions
 
 
-def parse_event(headers: dict[str, str], body: bytes, now: datetime, redact: Callable[[str], str]) -> tuple[str, dict]:
+def parse_event(headers: dict[str, str], body: bytes, now: datetime, redact: Redact) -> tuple[str, dict]:
     """One HTTP request to (table name, row) with user texts redacted, or BadEvent naming what is wrong.
 
     Any Content-Type is accepted: only ``application/cloudevents+json`` changes how the event is read
@@ -158,7 +150,7 @@ def parse_event(headers: dict[str, str], body: bytes, now: datetime, redact: Cal
     if event_type not in EVENT_TYPES:
         raise BadEvent(400, f"unknown event type {event_type!r} (accepted: {', '.join(EVENT_TYPES)})")
     event_id = _text_id(attrs.get("id"), "event id (ce-id)", required=True)
-    payload, text, is_json = _payload(event.get_data(), event_type, redact)
+    payload, text, is_json, redactions = _payload(event.get_data(), event_type, redact)
     common = {
         "event_id": event_id,
         "event_time": _parse_time(attrs.get("time") or now, "ce-time"),
@@ -167,7 +159,7 @@ def parse_event(headers: dict[str, str], body: bytes, now: datetime, redact: Cal
     }
     if event_type == FEEDBACK_TYPE:
         fields = _feedback_fields(payload)
-        return "feedback", {**common, **fields, "comment": redact(fields["comment"])}
+        return "feedback", {**common, **fields, "comment": redact(fields["comment"])[0]}
     stored_type = str(attrs.get("datacontenttype") or "application/json") if structured else content_type
     return "inference", {
         **common,
@@ -180,6 +172,7 @@ def parse_event(headers: dict[str, str], body: bytes, now: datetime, redact: Cal
         "content_type": stored_type[:100],
         "body": text,
         "body_is_json": is_json,
+        "redactions": redactions,
         "arm": "",  # the collector attributes it (model.collect.arms)
     }
 
@@ -274,15 +267,14 @@ class Collector:
         self._revision_versions: dict[str, str] = {}  # revision -> the version its answers carry
         self._late_counts: set[asyncio.Task] = set()
 
-    def redact(self, text: str) -> str:
-        return self.scanner.redact(text)[0]
-
     async def receive(self, request: Request) -> Response:
         """Validate, redact, commit, answer: 200 only once the event is committed (or was already stored)."""
         started = datetime.now(UTC)
         try:
             headers = {k.lower(): v for k, v in request.headers.items()}
-            table, row = await run_in_threadpool(parse_event, headers, await request.body(), started, self.redact)
+            table, row = await run_in_threadpool(
+                parse_event, headers, await request.body(), started, self.scanner.redact
+            )
         except BadEvent as bad:
             claimed = request.headers.get("ce-type")  # only known types become labels: no unbounded series
             self.metrics.events.labels(claimed if claimed in EVENT_TYPES else "other", "rejected").inc()

@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
+from model.collect.redaction import answer_entities, entities_on_redacted, request_texts, text_findings
 from model.collect.store import open_store, read_feedback, read_inference
 from model.core.config import CollectorConfig, setting
 from model.core.errors import FlywheelError
@@ -34,16 +35,6 @@ __all__ = ["DIGEST_KEY", "answered_rows", "content_digest", "export_step", "expo
 THUMBS_OF_KIND = {"thumbs_up": "up", "thumbs_down": "down"}
 
 
-def _texts(body: dict) -> list:
-    """Texts of a V1 (``instances``) or V2 (``inputs`` named text) request body."""
-    if isinstance(body.get("instances"), list):
-        return [i.get("text") if isinstance(i, dict) else i for i in body["instances"]]
-    for tensor in body.get("inputs") or []:
-        if isinstance(tensor, dict) and tensor.get("name") == "text" and isinstance(tensor.get("data"), list):
-            return list(tensor["data"])
-    return []
-
-
 def _predictions(body: dict) -> list[dict]:
     """Predictions of a V1 (``predictions``) or V2 (named ``outputs``) response body."""
     if isinstance(body.get("predictions"), list):
@@ -51,11 +42,11 @@ def _predictions(body: dict) -> list[dict]:
     outputs = {o.get("name"): o.get("data") or [] for o in body.get("outputs") or [] if isinstance(o, dict)}
     params = body.get("parameters") or {}
     n = len(outputs.get("intent", []))
+    column = {name: (outputs.get(name) or [None] * n) for name in ("confidence", "fallback", "entities")}
     return [
         {
             "intent": outputs["intent"][i],
-            "confidence": (outputs.get("confidence") or [None] * n)[i],
-            "fallback": (outputs.get("fallback") or [None] * n)[i],
+            **{name: values[i] if i < len(values) else None for name, values in column.items()},
             "model_version": params.get("model_version") or body.get("model_version"),
         }
         for i in range(n)
@@ -96,16 +87,17 @@ def answer_version(response: dict) -> str:
 
 def _call_rows(call_id: str, req: dict, resp: dict, skipped: Counter) -> list[dict]:
     """The rows of one answered call: one per text that has a complete prediction."""
-    texts, preds = _texts(_body(req)), _predictions(_body(resp))
+    texts, preds = request_texts(_body(req)), _predictions(_body(resp))
     if not texts or len(texts) != len(preds):
         skipped["unreadable_bodies"] += 1
         return []
+    findings = text_findings(req, len(texts)) or [None] * len(texts)
     conversation = _conversation_id(req["metadata_json"]) or _conversation_id(resp["metadata_json"])
     latency = max(0.0, (_utc(resp["event_time"]) - _utc(req["event_time"])).total_seconds() * 1000)
     # attributed by the collector from the answer's model version (model.collect.arms)
     arm = resp.get("arm") or "unknown"
     rows = []
-    for i, (text, pred) in enumerate(zip(texts, preds)):
+    for i, (text, pred, redacted) in enumerate(zip(texts, preds, findings)):
         confidence, fallback, intent = _number(pred.get("confidence")), pred.get("fallback"), pred.get("intent")
         complete = isinstance(text, str) and isinstance(intent, str) and isinstance(fallback, bool)
         if not complete or confidence is None:
@@ -129,6 +121,7 @@ def _call_rows(call_id: str, req: dict, resp: dict, skipped: Counter) -> list[di
                 "abandoned": False,
                 "escalated": False,
                 "resolved": False,
+                "entities": entities_on_redacted(answer_entities(pred.get("entities")), text, redacted, skipped),
                 "_call": call_id,
             }
         )
@@ -194,7 +187,9 @@ def window_rows(engine: sa.Engine, start: datetime, end: datetime) -> tuple[list
     events = read_inference(engine, start, end)
     request_ids = {e["event_id"] for e in events}
     # feedback may name one text of a several-text request: <ce-id>/<i>
-    text_ids = {f"{e['event_id']}/{i}" for e in events if e["kind"] == "request" for i in range(len(_texts(_body(e))))}
+    text_ids = {
+        f"{e['event_id']}/{i}" for e in events if e["kind"] == "request" for i in range(len(request_texts(_body(e))))
+    }
     conversations = {_conversation_id(e["metadata_json"]) for e in events}
     rows, skipped = answered_rows(events, read_feedback(engine, request_ids | text_ids, conversations))
     return events, rows, skipped

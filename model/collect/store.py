@@ -45,6 +45,8 @@ inference_events = sa.Table(
     # added later: ADDED_COLUMNS below brings an older store up to date when it opens
     sa.Column("arm", sa.String(10), nullable=False, default="", server_default=""),  # model.collect.arms
     sa.Column("body_is_json", sa.Boolean, nullable=False, default=True, server_default=sa.true()),  # else raw text
+    # a request's redaction map (model.collect.redaction): "" for a response, or a request stored before it
+    sa.Column("redactions", sa.Text, nullable=False, default="", server_default=""),
 )
 
 feedback_events = sa.Table(
@@ -62,7 +64,7 @@ feedback_events = sa.Table(
 
 TABLES = {"inference": inference_events, "feedback": feedback_events}
 # columns a store made by an earlier version lacks; each has a server default, so old rows read as before
-ADDED_COLUMNS = {"inference_events": ("arm", "body_is_json")}
+ADDED_COLUMNS = {"inference_events": ("arm", "body_is_json", "redactions")}
 
 
 SQLITE_SYNC_MODES = typing.get_args(typing.get_type_hints(CollectorConfig)["sqlite_synchronous"])

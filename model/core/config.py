@@ -77,6 +77,9 @@ class TrainConfig:
     weight_decay: float = setting(0.01, "standard AdamW regularisation for fine-tuning")
     warmup_ratio: float = setting(0.06, "a short warm-up keeps early large gradients from wrecking pretrained weights")
     label_smoothing: float = setting(0.1, "softer targets give better-calibrated confidences for the fallback")
+    entity_loss_weight: float = setting(
+        1.0, "token-tag loss added to the intent loss at this weight: both are cross-entropies of similar size"
+    )
     freeze_embeddings: bool = setting(
         True, "word embeddings are half the weights; freezing them saves time and overfits less"
     )
@@ -101,7 +104,11 @@ class TrainConfig:
 class GateConfig:
     alpha: float = setting(0.05, "significance level for 'challenger is worse' (one-sided McNemar exact test)")
     min_support: int = setting(10, "per-intent F1 on fewer test examples is noise; such intents are not gated")
-    max_f1_drop: float = setting(0.05, "an intent may lose at most this much F1 against the champion")
+    max_f1_drop: float = setting(
+        0.05,
+        "an intent may lose at most this much F1 against the champion; a larger loss rejects only when the paired "
+        "test on its examples shows it (alpha / gated intents), else it is a warning",
+    )
     latency_budget_ms: float = setting(
         50.0,
         "p95 CPU time of one query on one thread (MiniLM: ~14 ms); CPU time, unlike wall time, is the same on a "
@@ -111,6 +118,15 @@ class GateConfig:
         0.80, "floor when there is no champion yet: below it the bot does more harm than good"
     )
     min_macro_f1: float = setting(0.75, "floor when there is no champion yet, so small intents are not ignored")
+    max_entity_f1_drop: float = setting(0.05, "an entity type may lose at most this much span F1 against the champion")
+    min_entity_support: int = setting(
+        20, "span F1 on fewer true test spans is noise (one miss moves recall by over 0.05); such types are not gated"
+    )
+    min_entity_f1: float | None = setting(
+        None,
+        "entity micro-F1 floor when there is no champion yet (unset: reported, not gated): a first model learns "
+        "entities from few spans (the demo's, 40 steps: ~0.2); set one (e.g. 0.7) once the seed data is large",
+    )
 
 
 @dataclass
@@ -215,6 +231,9 @@ class PrepareConfig:
         0.9, "auto-labels only where the model was sure, not a fallback, and the user said thumbs up"
     )
     intent_floor: int = setting(20, "an intent with fewer examples has unreliable F1; reported so someone labels more")
+    entity_floor: int = setting(
+        20, "an entity type with fewer spans has unreliable span F1 (one miss moves it by 0.05); reported, not dropped"
+    )
     intent_cap: int = setting(
         1000, "more examples of one intent than this skews the model; extra auto-labels are left out"
     )
@@ -223,6 +242,9 @@ class PrepareConfig:
     )
     new_intents: list[str] = setting(
         [], "intents that human labels may introduce; any other unknown label is refused as a typo"
+    )
+    new_entity_types: list[str] = setting(
+        [], "entity types that human labels may introduce; any other unknown type is refused as a typo"
     )
     review_limit: int = setting(1000, "most tasks exported to the review queue per run (most informative first)")
     log_to_mlflow: bool = setting(True, "record the prepared snapshot as an MLflow run input, traceable by its digest")

@@ -20,6 +20,10 @@ place its schema is defined: the export writes it with ``write_snapshot``.
 | ``abandoned`` | bool | the user left the conversation after this answer without resolving it |
 | ``escalated`` | bool | the conversation was handed to a human agent after this answer |
 | ``resolved`` | bool | the user or agent marked the conversation resolved after this answer |
+| ``entities`` | string | canonical JSON (``dump_entities``) of the answer's entities on the **redacted** ``text`` |
+
+``entities`` is ``[{"start", "end", "type", "value", "confidence"}, ...]``: character offsets into
+``text`` (``end`` exclusive), ``value == text[start:end]``, sorted by start; ``"[]"`` for none.
 
 How ``flywheel export-events`` (``model/collect/export.py``) fills it from the conversation store:
 
@@ -48,14 +52,23 @@ How ``flywheel export-events`` (``model/collect/export.py``) fills it from the c
   and ``resolved`` are true once any such event arrived. Feedback matching no exported row
   (its request is outside the window) is counted, not guessed.
 - Texts are what the collector stored: redacted at ingestion, before the store.
+- ``entities`` come from the answer (V1 ``predictions[i].entities``, V2 output ``entities``), whose
+  offsets point into the raw text the model saw: each is moved onto the redacted text by the
+  redaction's offset map (``data_checks.pii.redacted_span``), and one that overlaps redacted personal
+  data is dropped (counted in ``skipped``), so a value is never personal data. Answers without
+  entities (a model trained without them, events stored before entities existed) give ``"[]"``.
 
 The file's metadata holds the content digest (sha256 of the rows in request-id order) and the
 window (``flywheel.window_start``/``flywheel.window_end``, ISO 8601), so a training run or a drift
 check names exactly the data it read (``snapshot_info``).
+
+``read_snapshot`` reads a snapshot written before ``entities`` existed as if every row had none
+(``"[]"``); every other column must be there.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -82,6 +95,7 @@ SNAPSHOT_SCHEMA = pa.schema(
         pa.field("abandoned", pa.bool_(), nullable=False),
         pa.field("escalated", pa.bool_(), nullable=False),
         pa.field("resolved", pa.bool_(), nullable=False),
+        pa.field("entities", pa.string(), nullable=False),
     ]
 )
 COLUMNS = SNAPSHOT_SCHEMA.names
@@ -89,6 +103,14 @@ ARMS = ("stable", "canary", "shadow", "unknown")  # unknown: a version no arm na
 THUMBS = ("up", "down", "")
 DIGEST_KEY = b"flywheel.content_digest"
 WINDOW_KEYS = (b"flywheel.window_start", b"flywheel.window_end")
+NO_ENTITIES = "[]"
+ENTITY_KEYS = ("start", "end", "type", "value", "confidence")  # one entity of the ``entities`` column, in order
+
+
+def dump_entities(entities: list[dict]) -> str:
+    """The canonical ``entities`` cell: compact JSON, sorted by start, keys in ``ENTITY_KEYS`` order."""
+    ordered = sorted(entities, key=lambda e: (e["start"], e["end"]))
+    return json.dumps([{k: e[k] for k in ENTITY_KEYS} for e in ordered], ensure_ascii=False, separators=(",", ":"))
 
 
 def read_snapshot(path: str | Path, *, strict: bool = True) -> pd.DataFrame:
@@ -101,6 +123,8 @@ def read_snapshot(path: str | Path, *, strict: bool = True) -> pd.DataFrame:
     if not path.is_file():
         raise FlywheelError(f"{path}: no such snapshot file")
     table = read_parquet(path)
+    if "entities" not in table.columns:  # written before the column existed: no entities
+        table["entities"] = NO_ENTITIES
     if not strict:
         return table
     missing = [c for c in COLUMNS if c not in table.columns]

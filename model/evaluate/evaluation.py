@@ -11,8 +11,10 @@ import pandas as pd
 import torch
 from sklearn.metrics import precision_recall_fscore_support
 
-from model.artifact.predictor import IntentPredictor
+from model.artifact.predictor import IntentPredictor, Prediction
+from model.data.entities import parse_cell
 from model.data.examples import dataset_digest
+from model.evaluate.spans import Key, entity_metrics, markdown_table
 
 LATENCY_SAMPLES = 100  # single-query timings: enough for a stable p95, a few seconds on CPU
 
@@ -22,11 +24,13 @@ def example_id(text: str) -> str:
 
 
 def evaluate(predictor: IntentPredictor, test: pd.DataFrame, oos_label: str = "oos") -> dict:
-    """Metrics of ``predictor`` on ``test`` (columns text, intent), with per-example outcomes.
+    """Metrics of ``predictor`` on ``test`` (columns text, intent, optionally entities), with per-example outcomes.
 
     ``accuracy`` and ``macro_f1`` are top-1 over in-scope examples (the standard benchmark figures);
     ``answered_accuracy`` counts an in-scope example right only if it was answered (not handed off);
-    ``oos_recall`` is the share of out-of-scope examples handed off.
+    ``oos_recall`` is the share of out-of-scope examples handed off. ``entities`` (model.evaluate.spans:
+    exact span match per type, and micro-averaged) is there only when the test set has entity spans or
+    the model predicted some; then each example's record also holds its true and predicted spans.
     """
     texts, truth = test["text"].tolist(), test["intent"].tolist()
     start = time.perf_counter()
@@ -71,10 +75,35 @@ def evaluate(predictor: IntentPredictor, test: pd.DataFrame, oos_label: str = "o
             for t, y, q, c, b in zip(texts, truth, predicted, confidence, fallback)
         ],
     }
+    true_spans, predicted_spans = _true_spans(test), [_keys(p) for p in preds]
+    entities = entity_metrics(true_spans, predicted_spans)
+    if entities is not None:
+        report["entities"] = entities
+        for record, want, got in zip(report["examples"], true_spans, predicted_spans):
+            record["entities"], record["predicted_entities"] = _records(want), _records(got)
     if (~in_scope).any():
         report["oos_recall"] = float(fallback[~in_scope].mean())
         report["n_out_of_scope"] = int((~in_scope).sum())
     return report
+
+
+def _true_spans(test: pd.DataFrame) -> list[list[Key]]:
+    """Each example's true spans from the ``entities`` column (none when the column is missing)."""
+    if "entities" not in test.columns:
+        return [[] for _ in range(len(test))]
+    return [
+        [(s["type"], s["start"], s["end"]) for s in parse_cell(cell, text, f"test example {i} ({text[:40]!r})")]
+        for i, (text, cell) in enumerate(zip(test["text"], test["entities"]))
+    ]
+
+
+def _keys(prediction: Prediction) -> list[Key]:
+    return [(e.type, e.start, e.end) for e in prediction.entities]
+
+
+def _records(spans: list[Key]) -> list[dict]:
+    """Spans as an example record keeps them: offsets and type only (the text is in the test set)."""
+    return [{"start": start, "end": end, "type": kind} for kind, start, end in spans]
 
 
 def _latency(predictor: IntentPredictor, texts: list[str], batch_seconds: float) -> dict:
@@ -129,6 +158,10 @@ def render_markdown(report: dict, title: str = "Evaluation") -> str:
         f"| latency p50 / p95 (one query, wall clock) | {lat['single_p50_ms']:.1f} / {lat['single_p95_ms']:.1f} ms |",
         f"| batch throughput | {lat['batch_queries_per_s']:.0f} queries/s |",
         "",
+    ]
+    if "entities" in report:
+        lines += [*markdown_table(report["entities"]), ""]
+    lines += [
         "<details><summary>Per intent</summary>",
         "",
         "| intent | precision | recall | F1 | support |",

@@ -2,9 +2,13 @@
 
 Both evaluations must come from the same frozen test set. The challenger is rejected if it is
 significantly worse overall (one-sided exact McNemar test on the paired per-example outcomes), if
-any intent with enough test support loses more than the allowed F1, or if a query costs more CPU
-time than the latency budget (CPU time, not wall time, so a busy machine does not change the
-verdict). With no champion yet, absolute floors apply instead of the comparison.
+any intent with enough test support loses more than the allowed F1 and the same paired test on
+that intent's examples shows it (corrected for the number of intents), if any entity type with enough
+true spans loses more than the allowed span F1 (or the champion was scored on entities and the
+challenger was not), or if a query costs more CPU time than the latency budget (CPU time, not wall
+time, so a busy machine does not change the verdict). With no champion yet, absolute floors apply
+instead of the comparison. Reports without entity metrics get no entity check at all, so an
+intent-only model is gated exactly as before entities existed.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ def decide(challenger: dict, champion: dict | None, cfg: GateConfig) -> GateDeci
                 challenger["macro_f1"] >= cfg.min_macro_f1,
                 f"{challenger['macro_f1']:.4f} (floor {cfg.min_macro_f1:.2f}; no champion yet)",
             ),
+            *_entity_floor(challenger, cfg),
         ]
     elif challenger["test_digest"] != champion["test_digest"]:
         checks.append(
@@ -66,10 +71,14 @@ def decide(challenger: dict, champion: dict | None, cfg: GateConfig) -> GateDeci
             )
         )
     else:
-        checks += [_mcnemar(challenger, champion, cfg), _per_intent(challenger, champion, cfg)]
+        checks += [
+            _mcnemar(challenger, champion, cfg),
+            _per_intent(challenger, champion, cfg),
+            *_per_entity_type(challenger, champion, cfg),
+        ]
     summary = {
-        "challenger": {k: challenger[k] for k in ("accuracy", "macro_f1")},
-        "champion": {k: champion[k] for k in ("accuracy", "macro_f1")} if champion else None,
+        "challenger": _headline(challenger),
+        "champion": _headline(champion) if champion else None,
     }
     return GateDecision(
         passed=all(c.passed for c in checks),
@@ -109,19 +118,121 @@ def _mcnemar(challenger: dict, champion: dict, cfg: GateConfig) -> Check:
     )
 
 
+def _paired_loss(challenger: dict, champion: dict, intent: str) -> tuple[int, int, float]:
+    """On the test examples that concern ``intent`` (its own, and those either model predicted as it):
+    how often only the champion was right, only the challenger, and the one-sided exact McNemar p."""
+    champ = {e["id"]: e for e in champion["examples"]}
+    lost = won = 0
+    for e in challenger["examples"]:
+        other = champ.get(e["id"])
+        if other is None or intent not in (e["intent"], e["predicted"], other["predicted"]):
+            continue
+        a, b = e["predicted"] == e["intent"], other["predicted"] == other["intent"]
+        lost += b and not a
+        won += a and not b
+    return lost, won, binomtest(lost, lost + won, 0.5, alternative="greater").pvalue if lost + won else 1.0
+
+
 def _per_intent(challenger: dict, champion: dict, cfg: GateConfig) -> Check:
-    losses = []
-    for name, old in champion["per_intent"].items():
-        new = challenger["per_intent"].get(name, {"f1": 0.0, "support": old["support"]})
-        if old["support"] >= cfg.min_support and old["f1"] - new["f1"] > cfg.max_f1_drop:
-            losses.append(f"{name} {old['f1']:.3f}→{new['f1']:.3f}")
-    gated = sum(1 for m in champion["per_intent"].values() if m["support"] >= cfg.min_support)
-    detail = (
-        (f"lost more than {cfg.max_f1_drop:.2f} F1: " + ", ".join(losses))
-        if losses
-        else (f"no intent lost more than {cfg.max_f1_drop:.2f} F1 ({gated} intents with support ≥ {cfg.min_support})")
-    )
+    """An intent rejects only a loss that is both large (more than ``max_f1_drop`` F1) and shown: the
+    paired test on its examples is significant at ``alpha`` divided by the number of gated intents
+    (Bonferroni), so a few hundred test examples do not reject an improvement for one unlucky intent
+    of twenty examples. A large drop within noise is a warning in the pull-request body."""
+    gated = [n for n, m in champion["per_intent"].items() if m["support"] >= cfg.min_support]
+    alpha = cfg.alpha / max(len(gated), 1)
+    losses, within_noise = [], []
+    for name in gated:
+        old = champion["per_intent"][name]["f1"]
+        new = challenger["per_intent"].get(name, {"f1": 0.0})["f1"]
+        if old - new <= cfg.max_f1_drop:
+            continue
+        lost, won, p = _paired_loss(challenger, champion, name)
+        line = (
+            f"{name} {old:.3f}→{new:.3f} (only the champion right on {lost}, only the challenger on {won}; p={p:.2g})"
+        )
+        (losses if p < alpha else within_noise).append(line)
+    if losses:
+        detail = f"lost more than {cfg.max_f1_drop:.2f} F1, significantly (p < {alpha:.2g}): " + ", ".join(losses)
+    else:
+        detail = (
+            f"no intent significantly lost more than {cfg.max_f1_drop:.2f} F1 "
+            f"({len(gated)} intents with support ≥ {cfg.min_support})"
+        )
+    if within_noise:
+        detail += f"; warning, a drop within noise (p ≥ {alpha:.2g}): " + ", ".join(within_noise)
     return Check("per-intent F1", not losses, detail)
+
+
+def _headline(report: dict) -> dict:
+    out = {k: report[k] for k in ("accuracy", "macro_f1")}
+    if "entities" in report:
+        out["entity_micro_f1"] = report["entities"]["micro"]["f1"]
+    return out
+
+
+def _entity_floor(report: dict, cfg: GateConfig) -> list[Check]:
+    """With no champion: a floor on entity micro-F1, when entities were evaluated on enough true spans."""
+    if "entities" not in report:
+        return []
+    micro = report["entities"]["micro"]
+    if cfg.min_entity_f1 is None:
+        detail = f"{micro['f1']:.4f} on {micro['support']} true spans: reported, not gated (gate.min_entity_f1 unset)"
+        return [Check("entity micro-F1 floor", True, detail)]
+    if micro["support"] < cfg.min_entity_support:
+        detail = f"{micro['f1']:.4f} on {micro['support']} true spans: not gated (fewer than {cfg.min_entity_support})"
+        return [Check("entity micro-F1 floor", True, detail)]
+    return [
+        Check(
+            "entity micro-F1 floor",
+            micro["f1"] >= cfg.min_entity_f1,
+            f"{micro['f1']:.4f} on {micro['support']} true spans (floor {cfg.min_entity_f1:.2f}; no champion yet)",
+        )
+    ]
+
+
+def _per_entity_type(challenger: dict, champion: dict, cfg: GateConfig) -> list[Check]:
+    """Span F1 per entity type against the champion's, gated where the champion's report has enough true spans.
+
+    A type the champion was scored on that is missing from the challenger's report counts as F1 0.
+    No check when neither report has entity metrics; nothing to lose when the champion's has no true span.
+    """
+    old, new = champion.get("entities"), challenger.get("entities")
+    if old is None and new is None:
+        return []
+    name = "per-entity-type F1"
+    if old is None or old["micro"]["support"] == 0:
+        scored = f" (challenger micro-F1 {new['micro']['f1']:.3f})" if new else ""
+        return [Check(name, True, f"the champion was scored on no true entity span: nothing to compare{scored}")]
+    if new is None:
+        return [
+            Check(
+                name,
+                False,
+                f"the champion was scored on {old['micro']['support']} entity spans (micro-F1 "
+                f"{old['micro']['f1']:.3f}); the challenger has no entity metrics",
+            )
+        ]
+    losses, small = [], []
+    for kind, was in old["per_type"].items():
+        now = new["per_type"].get(kind)
+        if was["support"] < cfg.min_entity_support:
+            small.append(f"{kind} ({was['support']})")
+        elif was["f1"] - (now["f1"] if now else 0.0) > cfg.max_entity_f1_drop:
+            losses.append(
+                f"{kind} {was['f1']:.3f}→" + (f"{now['f1']:.3f}" if now else "0.000 (not in the challenger's report)")
+            )
+    gated = len(old["per_type"]) - len(small)
+    detail = (
+        (f"lost more than {cfg.max_entity_f1_drop:.2f} F1: " + ", ".join(losses))
+        if losses
+        else (
+            f"no entity type lost more than {cfg.max_entity_f1_drop:.2f} F1 "
+            f"({gated} types with support ≥ {cfg.min_entity_support})"
+        )
+    )
+    if small:
+        detail += f"; not gated (support < {cfg.min_entity_support}): " + ", ".join(small)
+    return [Check(name, not losses, detail)]
 
 
 def render_markdown(decision: GateDecision) -> str:

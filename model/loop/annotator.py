@@ -6,6 +6,12 @@ the same number of logged messages at random, the baseline the queue has to beat
 replaces the true intent with another one the reviewer could have picked, chosen at random.
 The output is the CSV the review queue hands out, with ``intent`` filled in, so ``flywheel prepare
 --labels`` reads it exactly as it reads a person's work.
+
+Where the loop's data annotates entities, the reviewer also answers with each text's true entities
+(``true_entities``), in the CSV's ``entities`` column, replacing the model's pre-filled spans. The
+queue shows the text as the collector stored it (personal data redacted) and prepare normalised
+it, so each true span is looked for where its value now is; one that is gone (it was in what the
+redaction replaced) is not marked, as a person would not see it. Mistakes are made on intents only.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ import numpy as np
 import pandas as pd
 
 from model.core.errors import FlywheelError
+from model.data.entities import dump_spans, load_spans
+from model.prepare.entity_labels import COLUMN as ENTITIES
+from model.prepare.entity_labels import cells, place_spans
 from model.prepare.review_queue import QUEUE_COLUMNS
 
 STRATEGIES = ("queue", "random")
@@ -36,14 +45,32 @@ def pick(queue: pd.DataFrame, logged: pd.DataFrame, budget: int, strategy: str, 
     return distinct.iloc[np.sort(chosen)].reset_index(drop=True)
 
 
+def true_entities(sent: list[pd.DataFrame], examples: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """Request id -> (its text as sent, that text's true entities) for the requests ``sent`` (the loop's
+    batches: ``request_id``, ``text``), from the ``examples`` they were drawn from; empty when the
+    examples annotate no entity at all (intent-only data: the reviewer answers intents only)."""
+    truth = dict(zip(examples["text"], cells(examples)))
+    if all(cell == "[]" for cell in truth.values()):
+        return {}
+    return {
+        request: (text, truth.get(text, "[]"))
+        for batch in sent
+        for request, text in zip(batch["request_id"], batch["text"])
+    }
+
+
 def label(
     items: pd.DataFrame,
     truth_by_request: dict[str, str],
     intents: list[str],
     error_rate: float,
     seed: int,
+    entities_by_request: dict[str, tuple[str, str]] | None = None,
 ) -> tuple[pd.DataFrame, dict]:
-    """Fill ``intent`` from the truth of each item's request; ``error_rate`` of them get a wrong intent."""
+    """Fill ``intent`` from the truth of each item's request; ``error_rate`` of them get a wrong intent.
+
+    With ``entities_by_request`` (``true_entities``), ``entities`` too: the true spans found in the
+    item's text as queued."""
     if not 0.0 <= error_rate <= 1.0:
         raise FlywheelError(f"annotator error rate must be within 0..1, got {error_rate}")
     missing = [r for r in items["request_id"] if r not in truth_by_request]
@@ -56,12 +83,37 @@ def label(
         others = [i for i in intents if i != intent]
         given.append(others[rng.integers(len(others))] if others and rng.random() < error_rate else intent)
     labelled = items.assign(intent=given)
+    if entities_by_request:
+        marked = [
+            _marked(t, *entities_by_request.get(r, (t, "[]"))) for t, r in zip(items["text"], items["request_id"])
+        ]
+        labelled[ENTITIES] = marked
     wrong = sum(a != b for a, b in zip(given, true))
     return labelled, {"labelled": len(labelled), "wrong_labels": int(wrong), "error_rate": error_rate}
 
 
+def _marked(queued: str, sent: str, cell: str) -> str:
+    """The spans of ``cell`` (true entities of ``sent``) a reviewer would mark on ``queued``, one by one."""
+    if queued == sent:
+        return cell
+    spans = load_spans(cell)
+    together = place_spans(queued, spans)
+    if together is not None:
+        return dump_spans(together)
+    # some span is gone: mark the others, each where it now is, never two on the same characters
+    marked: list[dict] = []
+    for placed in filter(None, (place_spans(queued, [span]) for span in spans)):
+        if all(placed[0]["end"] <= m["start"] or m["end"] <= placed[0]["start"] for m in marked):
+            marked.append(placed[0])
+    return dump_spans(marked)
+
+
 def write_labels(labelled: pd.DataFrame, path: Path) -> Path:
-    """The review queue's CSV with ``intent`` filled in (what a person returns)."""
+    """The review queue's CSV with ``intent`` (and, where the queue has them, ``entities``) filled in:
+    what a person returns."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    labelled.reindex(columns=QUEUE_COLUMNS).to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL)
+    # no span anywhere says what no column says (no entities), so intent-only labels stay as they were
+    spans = ENTITIES in labelled.columns and (cells(labelled) != "[]").any()
+    columns = QUEUE_COLUMNS + ([ENTITIES] if spans else [])
+    labelled.reindex(columns=columns).to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL)
     return path

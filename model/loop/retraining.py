@@ -23,6 +23,7 @@ from model.evaluate.steps import gate_step
 from model.loop import annotator
 from model.loop.configs import LoopConfigs
 from model.loop.record import GateOutcome, Labelling, LoopState, OfflineScore
+from model.prepare.entity_labels import types_of
 from model.prepare.steps import prepare_step
 from model.registry.steps import register_step
 from model.train.steps import train_step
@@ -75,7 +76,9 @@ def labelled_training_set(
     """The training set made from the logged window ``snapshot`` and the reviewer's labels: (its path, rows)."""
     loop_cfg, reports = cfgs.loop, work / "reports"
     _check_or_refuse(snapshot, None, None, cfgs.prepare, cfgs, reports, "the exported window")
-    prep_cfg = dataclasses.replace(cfgs.prepare, new_intents=list(state.held_back))
+    # the held-back intents, and entity types only they use, are new to the seed set: declared, not typos
+    new_types = sorted(types_of(state.plan.pool) - types_of(state.plan.seed))
+    prep_cfg = dataclasses.replace(cfgs.prepare, new_intents=list(state.held_back), new_entity_types=new_types)
     # the review queue alone first (nothing logged to MLflow): what the reviewer is handed
     queue_run, _ = _prepare(
         snapshot, None, "queue", tag, dataclasses.replace(prep_cfg, log_to_mlflow=False), state, cfgs, work
@@ -84,7 +87,8 @@ def labelled_training_set(
     seed = loop_cfg.seed + label_seed
     items = annotator.pick(queue, read_snapshot(snapshot), loop_cfg.label_budget, strategy, seed)
     intents = sorted(set(state.known) | set(state.held_back)) + [cfgs.data.oos_label]
-    labelled, stats = annotator.label(items, state.truth, intents, loop_cfg.annotator_error_rate, seed)
+    entities = annotator.true_entities(state.traffic, state.plan.pool)
+    labelled, stats = annotator.label(items, state.truth, intents, loop_cfg.annotator_error_rate, seed, entities)
     labels = annotator.write_labels(labelled, work / "labels" / f"{tag}.csv")
     prepared, prep_md = _prepare(snapshot, labels, "retrain", tag, prep_cfg, state, cfgs, work)
     write_reports(reports, "prepare", prepared, prep_md)

@@ -1,7 +1,8 @@
 """Prepare: logged conversations plus the current training set become the next training set:
 redacted (``data_checks.pii``), cleaned and deduplicated, auto-labelled from confident well-rated
 answers, merged with human labels from the review queue, balanced, split and snapshotted with a
-digest and a datasheet; the review queue itself (CSV and Label Studio tasks, and their import).
+digest and a datasheet; the review queue itself (CSV and Label Studio tasks with the model's
+intent and entity spans pre-annotated, and their import).
 
 Imports: ``model.core``, ``model.data``, ``model.artifact``, ``model.registry``, ``data_checks``.
 """

@@ -1,7 +1,7 @@
 """The datasheet of a prepared training set: what went in, what each step removed, labelled and
-capped, and what came out, as ``datasheet.json``, as ``DATASHEET.md`` and, with
-``log_to_mlflow``, as a ``prepare`` run whose input is the snapshot (tagged with the digest that
-training runs carry)."""
+capped, and what came out (per intent, and per entity type where the examples have spans), as
+``datasheet.json``, as ``DATASHEET.md`` and, with ``log_to_mlflow``, as a ``prepare`` run whose
+input is the snapshot (tagged with the digest that training runs carry)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pandas as pd
 
 from model.artifact.manifest import sha256_file
 from model.core.config import DataConfig, PrepareConfig, RegistryConfig
+from model.data.entities import load_spans
 from model.prepare.labelling import Labelled
 
 
@@ -55,6 +56,25 @@ def labelling_summary(
     }
 
 
+def entity_summary(examples: pd.DataFrame, floor: int) -> dict:
+    """The datasheet's ``entities`` section: spans per type and split, and the types under ``floor``
+    (reported, not dropped, as intents under theirs). Empty for examples without spans."""
+    counts: dict[str, dict[str, int]] = {}
+    cells = examples["entities"] if "entities" in examples.columns else []
+    for cell, split in zip(cells, examples["split"]):
+        for span in load_spans(cell):
+            by_split = counts.setdefault(span["type"], {})
+            by_split[split] = by_split.get(split, 0) + 1
+    if not counts:
+        return {}
+    totals = {kind: sum(by_split.values()) for kind, by_split in sorted(counts.items())}
+    return {
+        "floor": floor,
+        "by_type_and_split": {kind: dict(sorted(counts[kind].items())) for kind in totals},
+        "below_floor": {kind: n for kind, n in totals.items() if n < floor},
+    }
+
+
 def datasheet(
     examples: pd.DataFrame,
     digest: str,
@@ -67,6 +87,7 @@ def datasheet(
     prep_cfg: PrepareConfig,
     data_cfg: DataConfig,
 ) -> dict:
+    entities = entity_summary(examples, prep_cfg.entity_floor)
     return {
         "dataset_digest": digest,
         "rows": len(examples),
@@ -80,6 +101,7 @@ def datasheet(
             "by_split": {k: int(v) for k, v in examples["split"].value_counts().items()},
             "by_intent_and_split": _nested(examples.groupby(["intent", "split"]).size()),
         },
+        **({"entities": entities} if entities else {}),  # intent-only data: the datasheet as it always was
         "conversation_ids": int((examples["conversation_id"] != "").sum()),
         "config": {"prepare": dataclasses.asdict(prep_cfg), "data": dataclasses.asdict(data_cfg)},
     }
@@ -180,4 +202,21 @@ def render_datasheet(sheet: dict) -> str:
             f"| {intent} | {s.get('seed', 0)} | {s.get('human', 0)} | {s.get('auto', 0)} | "
             f"{p.get('train', 0)} | {p.get('val', 0)} | {p.get('test', 0)} |"
         )
+    if sheet.get("entities"):
+        lines += ["", *render_entities(sheet["entities"])]
     return "\n".join(lines) + "\n"
+
+
+def render_entities(section: dict) -> list[str]:
+    """The datasheet's entity lines: types under the floor, then spans per type and split."""
+    lines = []
+    if section["below_floor"]:
+        lines += [
+            f"**Entity types below the floor of {section['floor']} spans** (kept; annotate more): "
+            + ", ".join(f"{k} ({v})" for k, v in section["below_floor"].items()),
+            "",
+        ]
+    lines += ["| entity type | spans | train | val | test |", "|---|---:|---:|---:|---:|"]
+    for kind, p in section["by_type_and_split"].items():
+        lines.append(f"| {kind} | {sum(p.values())} | {p.get('train', 0)} | {p.get('val', 0)} | {p.get('test', 0)} |")
+    return lines

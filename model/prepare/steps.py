@@ -4,7 +4,8 @@ Steps, in order, each a function returning its data: ``read_inputs``; ``redact``
 (before anything else touches the text); ``clean_inputs`` (each rule counts what it removed);
 ``label`` (human labels first and never overwritten; auto-labels only from confident,
 non-fallback, thumbs-up answers; the rest of the interesting answers go to the review queue);
-``balance_examples`` (per-intent cap on auto-labels, intents under the floor reported);
+``balance_examples`` (per-intent cap on auto-labels, intents under the floor reported; entity
+types under theirs are reported in the datasheet);
 ``split_examples`` (old examples keep their split, new ones never enter the frozen test set unless
 ``grow_test``); and ``write_prepared``: a Parquet snapshot with its digest, a ``datasheet`` and
 the review queue, all at once.
@@ -30,6 +31,7 @@ from model.data.examples import assign_splits, dataset_digest, load_examples
 from model.prepare.balancing import balance_examples, split_examples
 from model.prepare.cleaning import clean_inputs
 from model.prepare.datasheet import datasheet, input_summary, labelling_summary, log_to_mlflow, render_datasheet
+from model.prepare.entity_labels import types_of
 from model.prepare.labelling import label
 from model.prepare.review_queue import order_queue, read_labels, write_queue
 
@@ -80,7 +82,8 @@ def prepare_step(
     raw = read_inputs(snapshot, data, labels, data_cfg, prep_cfg)
     inputs, pii_found = redact(raw, Scanner(pii_cfg), with_labels=labels is not None)
     cleaned = clean_inputs(inputs.base, inputs.human, inputs.logs, prep_cfg)
-    labelled = label(cleaned.base, cleaned.human, cleaned.logs, inputs.known_intents, prep_cfg)
+    entity_types = inputs.entity_types | set(prep_cfg.new_entity_types)
+    labelled = label(cleaned.base, cleaned.human, cleaned.logs, inputs.known_intents, prep_cfg, entity_types)
     queue = order_queue(labelled.review).head(prep_cfg.review_limit)
     balanced = balance_examples(labelled.examples(), inputs.known_intents, data_cfg, prep_cfg)
     examples, overlaps = split_examples(balanced.examples, data_cfg, prep_cfg)
@@ -95,21 +98,26 @@ def prepare_step(
         inputs=input_summary(snapshot, inputs.logs, data, len(cleaned.base), labels, len(cleaned.human)),
         pii_found=pii_found,
         removed=removed,
-        labelling=labelling_summary(
-            labelled,
-            len(queue),
-            len(cleaned.logs),
-            examples,
-            inputs.known_intents,
-            balanced.waiting,
-            data_cfg.oos_label,
-        ),
+        labelling={
+            **labelling_summary(
+                labelled,
+                len(queue),
+                len(cleaned.logs),
+                examples,
+                inputs.known_intents,
+                balanced.waiting,
+                data_cfg.oos_label,
+            ),
+            **labelled.entity_summary(),
+        },
         balancing=balanced.summary(prep_cfg),
         prep_cfg=prep_cfg,
         data_cfg=data_cfg,
     )
     intents = sorted(inputs.known_intents | set(prep_cfg.new_intents))
-    sheet, markdown = write_prepared(target, examples, queue, intents, sheet, prep_cfg.log_to_mlflow, reg_cfg)
+    sheet, markdown = write_prepared(
+        target, examples, queue, (intents, labelled.entity_types), sheet, prep_cfg.log_to_mlflow, reg_cfg
+    )
     result = {
         "snapshot": str(target / "examples.parquet"),
         "dataset_digest": digest,
@@ -120,6 +128,7 @@ def prepare_step(
         "pii_found": pii_found,
         "labelling": sheet["labelling"],
         "below_floor": balanced.below_floor,
+        **({"entity_types_below_floor": sheet["entities"]["below_floor"]} if "entities" in sheet else {}),
         "capped": balanced.capped,
         "review_queue": sheet["review_queue"],
         "seconds": round(time.perf_counter() - started, 1),
@@ -131,8 +140,9 @@ def prepare_step(
 class Inputs:
     base: pd.DataFrame  # the current training set, with its splits
     logs: pd.DataFrame  # the snapshot's events
-    human: pd.DataFrame  # human labels (text, intent); none without a labels file
+    human: pd.DataFrame  # human labels (text, intent, entities); none without a labels file
     known_intents: set[str]  # the training set's intents, out-of-scope aside
+    entity_types: set[str]  # the training set's entity types (none for intent-only data)
 
 
 def read_inputs(
@@ -144,10 +154,12 @@ def read_inputs(
     logs = read_snapshot(snapshot)
     if logs.empty:
         raise FlywheelError(f"{snapshot}: snapshot holds no events (empty window); nothing to prepare")
-    human = pd.DataFrame(columns=["text", "intent"])
+    entity_types = types_of(base)
+    human = pd.DataFrame(columns=["text", "intent", "entities"])
     if labels:
-        human = read_labels(labels, known_intents | set(prep_cfg.new_intents) | {data_cfg.oos_label})
-    return Inputs(base, logs, human, known_intents)
+        allowed = known_intents | set(prep_cfg.new_intents) | {data_cfg.oos_label}
+        human = read_labels(labels, allowed, entity_types | set(prep_cfg.new_entity_types))
+    return Inputs(base, logs, human, known_intents, entity_types)
 
 
 def redact(inputs: Inputs, scanner: Scanner, *, with_labels: bool) -> tuple[Inputs, dict[str, dict]]:
@@ -169,19 +181,21 @@ def write_prepared(
     target: Path,
     examples: pd.DataFrame,
     queue: pd.DataFrame,
-    intents: list[str],
+    vocabulary: tuple[list[str], list[str]],
     sheet: dict,
     log_run: bool,
     reg_cfg: RegistryConfig,
 ) -> tuple[dict, str]:
     """Write the snapshot, review queue and datasheet to a temporary folder and move it to ``target``.
 
+    ``vocabulary``: the intents and entity types the review queue offers.
+
     Returns the datasheet as written (with the review queue's files and the MLflow run) and its markdown.
     """
     with replacing(target) as tmp:
         tmp.mkdir()
         examples.to_parquet(tmp / "examples.parquet", index=False)
-        written = write_queue(queue, tmp / "review", intents)
+        written = write_queue(queue, tmp / "review", *vocabulary)
         sheet = {**sheet, "review_queue": {k: str(target / "review" / Path(v).name) for k, v in written.items()}}
         markdown = render_datasheet(sheet)
         if log_run:

@@ -25,13 +25,14 @@ class IntentPyfunc(mlflow.pyfunc.PythonModel):
         else:
             texts = [str(t) for t in model_input]
         preds = self.predictor.predict(texts)
-        return pd.DataFrame(
-            {
-                "intent": [p.intent for p in preds],
-                "confidence": [p.confidence for p in preds],
-                "fallback": [p.fallback for p in preds],
-            }
-        )
+        columns = {
+            "intent": [p.intent for p in preds],
+            "confidence": [p.confidence for p in preds],
+            "fallback": [p.fallback for p in preds],
+        }
+        if self.predictor.tags:  # a model with an entity head: each row's entities as a list of dicts
+            columns["entities"] = [[e.to_dict() for e in p.entities] for p in preds]
+        return pd.DataFrame(columns)
 
 
 mlflow.models.set_model(IntentPyfunc())

@@ -1,6 +1,9 @@
 """The prediction log: one JSON line per prediction (shadow ones included), flushed per request.
 
 Texts are not written here: they reach the conversation store through the collector only, redacted.
+Entities likewise lose their ``text`` (it is the user's characters, maybe a phone number the model
+tagged): each is ``{"type", "start", "end", "confidence"}``, offsets into the text the model saw;
+an intent-only model logs ``[]``.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from model.artifact.predictor import Prediction
+from model.artifact.predictor import Entity, Prediction
 from model.serve.protocol import Endpoint, ParsedRequest
 
 
@@ -29,10 +32,14 @@ class PredictionLog:
         self._fh.close()
 
 
+def _without_text(entity: Entity) -> dict:
+    return {k: v for k, v in entity.to_dict().items() if k != "text"}
+
+
 def prediction_records(
     endpoint: Endpoint, request: ParsedRequest, preds: list[Prediction], seconds: float
 ) -> list[dict]:
-    """One log record per text of a request: ids, prediction, who answered and how long it took."""
+    """One log record per text of a request: ids, prediction (entities included), who answered and how long it took."""
     now = datetime.now(UTC).isoformat()
     return [
         {
@@ -43,6 +50,7 @@ def prediction_records(
             "predicted_intent": p.intent,
             "confidence": round(p.confidence, 6),
             "fallback": p.fallback,
+            "entities": [_without_text(e) for e in p.entities],
             "model_version": endpoint.version,
             "arm": endpoint.arm,
             "endpoint": endpoint.name,

@@ -1,11 +1,15 @@
 """KServe's two REST protocols for the intent model: requests parsed into texts, answers built back.
 
 - V1: ``POST /v1/models/NAME:predict`` with ``{"instances": ["text", ...]}`` (or ``[{"text": ...}]``);
-  the answer is ``{"predictions": [{"intent", "confidence", "fallback", "reply", "model_version",
-  "request_id"}, ...]}``.
+  the answer is ``{"predictions": [{"intent", "confidence", "fallback", "reply", "entities",
+  "model_version", "request_id"}, ...]}``, where ``entities`` lists what the model found in that
+  text, ``[{"type", "text", "start", "end", "confidence"}, ...]`` (character offsets into the text
+  sent, ``end`` exclusive; ``[]`` for none, always so for a model trained without entities).
 - V2 (Open Inference Protocol): ``POST /v2/models/NAME/infer`` with one BYTES input named ``text``;
-  the outputs are ``intent``, ``reply`` (BYTES), ``confidence`` (FP32) and ``fallback`` (BOOL), the
-  response ``id`` is the request id, ``model_version`` and ``parameters.model_version`` the version.
+  the outputs are ``intent``, ``reply`` (BYTES), ``confidence`` (FP32), ``fallback`` (BOOL) and
+  ``entities`` (BYTES, shape [N]: element i is the JSON text of text i's entity list, as in V1,
+  since a tensor of the Open Inference Protocol holds no nested objects); the response ``id`` is the
+  request id, ``model_version`` and ``parameters.model_version`` the version.
 
 Every answer names the model version that gave it, and no arm: in a cluster each Knative revision runs
 this server for one model and cannot know its traffic share; the collector attributes the arm from
@@ -135,12 +139,18 @@ def v1_response(endpoint: Endpoint, request: ParsedRequest, preds: list[Predicti
                 "confidence": round(p.confidence, 6),
                 "fallback": p.fallback,
                 "reply": reply,
+                "entities": [e.to_dict() for e in p.entities],
                 "model_version": endpoint.version,
                 "request_id": request.request_id,
             }
             for p, reply in zip(preds, replies)
         ]
     }
+
+
+def entities_json(prediction: Prediction) -> str:
+    """One text's entities as the V2 ``entities`` output carries them: the V1 list as compact JSON."""
+    return json.dumps([e.to_dict() for e in prediction.entities], ensure_ascii=False, separators=(",", ":"))
 
 
 def _v2_outputs(preds: list[Prediction], replies: list[str]) -> list[tuple[str, str, list]]:
@@ -150,6 +160,7 @@ def _v2_outputs(preds: list[Prediction], replies: list[str]) -> list[tuple[str, 
         ("confidence", "FP32", [p.confidence for p in preds]),
         ("fallback", "BOOL", [p.fallback for p in preds]),
         ("reply", "BYTES", replies),
+        ("entities", "BYTES", [entities_json(p) for p in preds]),  # last: the outputs before keep their place
     ]
 
 

@@ -1,11 +1,12 @@
 """The classifier exported as an ONNX graph at packaging time, and checked against PyTorch.
 
-The graph is the whole ``IntentClassifier`` (encoder, mean pooling, cosine head), fp32, with dynamic
-batch and sequence axes. Export is traced with an example batch that has padding, so the attention
-mask's path is what gets recorded, and it is checked before the artifact is sealed: ONNX Runtime and
-PyTorch must give the same probabilities (within ``tolerance``) on real texts, in one padded batch
-and one at a time. The temperature and fallback threshold were fitted on PyTorch's probabilities;
-that check is what lets them carry over unchanged.
+The graph is the whole ``IntentClassifier`` (encoder, mean pooling, cosine head, and the entity
+head when there is one: a second output ``tag_logits``), fp32, with dynamic batch and sequence
+axes. Export is traced with an example batch that has padding, so the attention mask's path is what
+gets recorded, and it is checked before the artifact is sealed: ONNX Runtime and PyTorch must give
+the same probabilities (within ``tolerance``) on real texts, in one padded batch and one at a time:
+intent probabilities, and tag probabilities on every real token. The temperature and fallback
+threshold were fitted on PyTorch's probabilities; that check is what lets them carry over unchanged.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import onnxruntime
 import torch
 
-from model.artifact.onnx_runtime import INPUTS, ONNX_FILE, OPSET, OnnxLogits
+from model.artifact.onnx_runtime import INPUTS, ONNX_FILE, OPSET, OUTPUTS, OnnxLogits
 from model.artifact.predictor import softmax
 from model.core.errors import FlywheelError
 
@@ -30,6 +31,7 @@ def export(model: torch.nn.Module, tokenizer, texts: list[str], max_length: int,
         texts[:8], padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
     )  # padded to max_length: the mask is exercised whatever the texts' lengths
     dynamic = {"batch": 0, "sequence": 1}
+    outputs = OUTPUTS if model.tagger is not None else OUTPUTS[:1]
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python branches on shapes; the check below decides
         torch.onnx.export(
@@ -37,11 +39,12 @@ def export(model: torch.nn.Module, tokenizer, texts: list[str], max_length: int,
             (example["input_ids"], example["attention_mask"]),
             str(path),
             input_names=list(INPUTS),
-            output_names=["logits"],
+            output_names=list(outputs),
             dynamic_axes={
                 "input_ids": {v: k for k, v in dynamic.items()},
                 "attention_mask": {v: k for k, v in dynamic.items()},
                 "logits": {0: "batch"},
+                **({"tag_logits": {v: k for k, v in dynamic.items()}} if len(outputs) > 1 else {}),
             },
             opset_version=OPSET,
             dynamo=False,  # the TorchScript exporter needs no onnxscript and handles BERT's masks
@@ -59,12 +62,21 @@ def compare(
     agree = total = 0
     for batch in batches:
         enc = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="np")
-        ort_logits = runner(enc["input_ids"], enc["attention_mask"])
+        ort_out = runner.outputs(enc["input_ids"], enc["attention_mask"])
         with torch.inference_mode():
-            torch_logits = model(torch.from_numpy(enc["input_ids"]), torch.from_numpy(enc["attention_mask"])).numpy()
+            torch_out = model(torch.from_numpy(enc["input_ids"]), torch.from_numpy(enc["attention_mask"]))
+        torch_out = tuple(o.numpy() for o in (torch_out if isinstance(torch_out, tuple) else (torch_out,)))
+        if len(ort_out) != len(torch_out):
+            raise FlywheelError(f"ONNX graph has {len(ort_out)} outputs, the PyTorch model {len(torch_out)}")
+        ort_logits, torch_logits = ort_out[0], torch_out[0]
         logit_diff = max(logit_diff, float(np.abs(ort_logits - torch_logits).max()))
         probs = softmax(ort_logits / temperature) - softmax(torch_logits / temperature)
         prob_diff = max(prob_diff, float(np.abs(probs).max()))
+        if len(ort_out) > 1:  # tag probabilities, on real tokens only (padding rows are never decoded)
+            real = enc["attention_mask"].astype(bool)
+            tag_diff = softmax(ort_out[1]) - softmax(torch_out[1])
+            prob_diff = max(prob_diff, float(np.abs(tag_diff[real]).max()))
+            logit_diff = max(logit_diff, float(np.abs(ort_out[1] - torch_out[1])[real].max()))
         agree += int((ort_logits.argmax(1) == torch_logits.argmax(1)).sum())
         total += len(batch)
     return {"max_abs_logit_diff": logit_diff, "max_abs_probability_diff": prob_diff, "argmax_agreement": agree / total}

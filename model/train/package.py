@@ -7,6 +7,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from model.artifact.entity_tags import entity_types
 from model.artifact.manifest import write_manifest
 from model.core.errors import FlywheelError
 from model.core.files import replacing
@@ -18,7 +19,7 @@ MODEL_CARD = """# Intent classifier `{name}`
 Fine-tuned from `{base_model}` on dataset `{dataset_digest}` at git `{git_sha}`.
 
 - Intents ({n_labels}): {labels}
-- Fallback threshold: {threshold:.4f}: below this confidence the bot hands off to a human
+{entity_line}- Fallback threshold: {threshold:.4f}: below this confidence the bot hands off to a human
   (picked on validation data so answered messages are right at least {precision:.0%} of the time).
 
 ## Intended use
@@ -66,7 +67,8 @@ def write_artifact(
         save_file(state, staging / "model.safetensors")
         result.model.encoder.config.save_pretrained(staging)
         result.tokenizer.save_pretrained(staging)
-        (staging / "labels.json").write_text(json.dumps({"labels": result.labels}, indent=2) + "\n")
+        label_map = {"labels": result.labels, **({"entity_tags": result.tags} if result.tags else {})}
+        (staging / "labels.json").write_text(json.dumps(label_map, indent=2) + "\n")
         meta = {**meta, "fallback_threshold": threshold}
         (staging / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         (staging / "MODEL_CARD.md").write_text(
@@ -77,6 +79,7 @@ def write_artifact(
                 git_sha=meta["git_sha"][:12],
                 n_labels=len(result.labels),
                 labels=", ".join(result.labels),
+                entity_line=f"- Entity types: {', '.join(entity_types(result.tags))}\n" if result.tags else "",
                 threshold=threshold,
                 precision=train_cfg["fallback_precision"],
                 metrics=metrics_markdown,

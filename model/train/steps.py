@@ -14,6 +14,7 @@ from model.artifact.predictor import IntentPredictor
 from model.core.config import SAMPLE_DATA, DataConfig, RegistryConfig, TrainConfig, setting
 from model.core.errors import FlywheelError
 from model.core.steps import StepResult
+from model.data.entities import load_spans
 from model.data.examples import dataset_digest, load_split
 from model.evaluate.evaluation import evaluate, render_markdown
 from model.registry import tracking
@@ -57,10 +58,17 @@ def train_step(
     started = time.perf_counter()
     with tracking.training_run(reg_cfg, run_name=name) as run_id:
         result = fit(
-            train["text"].tolist(), train["intent"].tolist(), train_cfg, val["text"].tolist(), val["intent"].tolist()
+            train["text"].tolist(),
+            train["intent"].tolist(),
+            train_cfg,
+            val["text"].tolist(),
+            val["intent"].tolist(),
+            entities=training_spans(train),
         )
         train_seconds = time.perf_counter() - started
-        predictor = IntentPredictor(result.model, result.tokenizer, result.labels, 0.0, train_cfg.max_length)
+        predictor = IntentPredictor(
+            result.model, result.tokenizer, result.labels, 0.0, train_cfg.max_length, tags=result.tags
+        )
         predictor.temperature, predictor.threshold = calibrate(predictor, val, train_cfg.fallback_precision)
         report = evaluate(predictor, test if len(test) else val, data_cfg.oos_label)
         md = render_markdown(report, "Held-out test split" if len(test) else "Validation split (no test rows)")
@@ -75,6 +83,7 @@ def train_step(
             "history": result.history,
             "metrics": _headline(report),
             "counts": df.groupby("split").size().to_dict(),
+            **({"entity_metrics": report["entities"]} if "entities" in report else {}),
         }
         artifact_digest = write_artifact(
             result,
@@ -109,6 +118,14 @@ def train_step(
     return summary, f"## Training run `{name}`\n\nArtifact: `{target}`\n\n{md}"
 
 
+def training_spans(train: pd.DataFrame) -> list[list[dict]] | None:
+    """Each training text's entity spans, or None when the data has none (an intent-only model)."""
+    if "entities" not in train.columns:
+        return None
+    spans = [load_spans(cell) for cell in train["entities"]]
+    return spans if any(spans) else None
+
+
 def calibrate(predictor: IntentPredictor, val: pd.DataFrame, target_precision: float) -> tuple[float, float]:
     """Fit the temperature on in-scope validation examples, then pick the fallback threshold."""
     probs = predictor.probabilities(val["text"].tolist())
@@ -125,6 +142,8 @@ def calibrate(predictor: IntentPredictor, val: pd.DataFrame, target_precision: f
 def _headline(report: dict) -> dict:
     keys = ("accuracy", "macro_f1", "answered_accuracy", "fallback_rate", "ece", "oos_recall")
     out = {k: report[k] for k in keys if k in report}
+    if "entities" in report:  # span-level micro-F1 over every entity type (exact match)
+        out["entity_f1"] = report["entities"]["micro"]["f1"]
     out["latency_p95_ms"] = report["latency"]["single_p95_ms"]
     out["cpu_p95_ms"] = report["latency"]["cpu_p95_ms"]
     return out
