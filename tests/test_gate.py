@@ -154,6 +154,23 @@ def test_a_drop_within_noise_is_a_warning_and_a_real_one_names_its_evidence():
     ]
 
 
+def test_new_intents_are_reported_with_their_test_support_and_not_gated():
+    """What the retrain was for: intents the champion does not know, scored on the grown test set."""
+    champion = report([True] * 100, f1={"a": 0.9, "b": 0.9, "c": 0.0, "d": 0.0})
+    challenger = report([True] * 100, f1={"a": 0.9, "b": 0.9, "c": 0.75, "d": 0.0})
+    champion["model_intents"], challenger["model_intents"] = ["a", "b"], ["a", "b", "c", "d"]
+    challenger["per_intent"]["c"]["support"] = 12
+    challenger["per_intent"]["d"]["support"] = 0
+    decision = decide(challenger, champion, CFG)
+    (check,) = [c for c in decision.checks if c.name == "new intents"]
+    assert decision.passed and check.passed
+    untested = "warning, no test example yet (not evaluated): d"
+    assert check.detail == f"2 new: F1 on 12 test examples: c 0.750 (12); {untested}"
+    same = report([True] * 100)
+    same["model_intents"] = ["a", "b"]
+    assert "new intents" not in [c.name for c in decide(same, {**same, "model_intents": ["a", "b"]}, CFG).checks]
+
+
 def test_intent_with_little_support_is_not_gated():
     champion = report([True] * 90 + [False] * 10, f1={"a": 0.9, "b": 0.9})
     challenger = report([True] * 90 + [False] * 10, f1={"a": 0.9, "b": 0.2})

@@ -13,7 +13,7 @@ import pytest
 from model.core.config import DEFAULT_CONFIG, PROJECT_ROOT, SAMPLE_DATA, DataConfig, DeliveryConfig, LoopConfig
 from model.core.errors import FlywheelError
 from model.core.git import git
-from model.data.examples import assign_splits, load_examples
+from model.data.examples import assign_splits, in_test_share, load_examples
 from model.deploy.delivery import request_retrain_step
 from model.loop import annotator
 from model.loop.plan import draw_traffic, plan_data, response_catalog, split_intents
@@ -47,12 +47,15 @@ def test_split_intents_refuses_unknown_names_and_bad_fractions(split_df):
 
 def test_plan_data_keeps_held_back_intents_and_test_texts_out_of_the_seed_set(split_df):
     known, held = split_intents(split_df, LoopConfig(seed=1), "oos")
-    plan = plan_data(split_df, known, LoopConfig(seed_fraction=0.5, seed=1), "oos")
+    plan = plan_data(split_df, known, LoopConfig(seed_fraction=0.5, seed=1), DataConfig())
     seed, pool, test = plan.seed, plan.pool, plan.test
     assert not set(seed["intent"]) & set(held)
     assert set(pool["intent"]) >= set(held) | {"oos"}
     assert not set(seed.loc[seed["split"] == "train", "text"]) & set(pool["text"])  # users send texts it never saw
-    assert not set(test["text"]) & set(pool["text"])
+    # of the full test set, users send only held-back intents' texts that a label sends back to test
+    sent = test[test["text"].isin(pool["text"])]
+    assert len(sent) and set(sent["intent"]) <= set(held)
+    assert all(in_test_share(t, DataConfig()) for t in sent["text"])
     assert set(test["intent"]) == set(split_df["intent"])  # the full test set covers every intent
     known_train = split_df[(split_df["split"] == "train") & split_df["intent"].isin(known)]
     assert abs((seed["split"] == "train").sum() - len(known_train) / 2) <= len(known)
@@ -60,7 +63,7 @@ def test_plan_data_keeps_held_back_intents_and_test_texts_out_of_the_seed_set(sp
 
 def test_draw_traffic_honours_the_new_intent_share(split_df):
     known, held = split_intents(split_df, LoopConfig(seed=1), "oos")
-    pool = plan_data(split_df, known, LoopConfig(seed=1), "oos").pool
+    pool = plan_data(split_df, known, LoopConfig(seed=1), DataConfig()).pool
     before = draw_traffic(pool, 200, held, 0.0, seed=5)
     after = draw_traffic(pool, 200, held, 0.4, seed=5)
     assert len(before) == len(after) == 200

@@ -3,6 +3,7 @@ split, output."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from data_checks.pii import Scanner
 from model.core.config import DataConfig, PiiConfig, PrepareConfig
 from model.core.errors import FlywheelError
 from model.data.conversations import COLUMNS, read_snapshot, write_snapshot
-from model.data.examples import assign_splits, dataset_digest, load_examples
+from model.data.examples import assign_splits, dataset_digest, in_test_share, load_examples
 from model.prepare.cleaning import clean, near_key, normalise
 from model.prepare.review_queue import order_queue
 from model.prepare.steps import prepare_step
@@ -284,11 +285,29 @@ def test_cap_leaves_out_auto_labels_only(tmp_path, base_csv, base_df):
     assert (df["source"] == "seed").sum() == len(base_df)  # no seed example was dropped
 
 
-def test_grow_test_lets_new_examples_into_test(tmp_path, base_csv, base_df):
+def test_human_labels_grow_the_test_set_and_auto_labels_never_do(tmp_path, base_csv, base_df):
+    """New human labels join test by the text-hash rule (so a new intent gets test support); the
+    seed test rows keep their split; auto-labels (the model's own answers) never enter test."""
+    data = DataConfig()
+    texts = [f"can you gift wrap item {n} for me" for n in range(40)]
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"text": texts, "intent": ["gift_wrap"] * len(texts)}).to_csv(labels, index=False)
     snapshot = _snapshot(tmp_path, base_df, n=90)
-    _run(tmp_path, snapshot, base_csv, cfg=PrepareConfig(log_to_mlflow=False, grow_test=True))
+    declared = PrepareConfig(log_to_mlflow=False, new_intents=["gift_wrap"])
+    _run(tmp_path, snapshot, base_csv, labels=labels, cfg=declared)
     df = pd.read_parquet(tmp_path / "prepared" / "examples.parquet")
-    assert ((df["source"] == "auto") & (df["split"] == "test")).any()
+    human = df[df["source"] == "human"]
+    expected = {t for t in texts if in_test_share(t, data)}
+    assert 0 < len(expected) < len(texts)  # the rule sends some, not all, to test
+    assert set(human.loc[human["split"] == "test", "text"]) == expected
+    assert (df["source"] == "auto").any() and not ((df["source"] == "auto") & (df["split"] == "test")).any()
+    seed = assign_splits(base_df.assign(split=base_df.get("split", "")), data)
+    kept = df[df["source"] == "seed"]
+    assert set(kept.loc[kept["split"] == "test", "text"]) == set(seed.loc[seed["split"] == "test", "text"])
+    frozen = dataclasses.replace(declared, grow_test=False)
+    _run(tmp_path, snapshot, base_csv, labels=labels, cfg=frozen, out="frozen")
+    df = pd.read_parquet(tmp_path / "frozen" / "examples.parquet")
+    assert not ((df["source"] != "seed") & (df["split"] == "test")).any()
 
 
 def test_bad_snapshots_fail_clearly_and_write_nothing(tmp_path, base_csv, base_df):

@@ -238,7 +238,8 @@ class PrepareConfig:
         1000, "more examples of one intent than this skews the model; extra auto-labels are left out"
     )
     grow_test: bool = setting(
-        False, "new examples join train/validation only, so the gate's test set stays frozen; set to grow it on purpose"
+        True,
+        "human labels join the test split by the text-hash rule (auto-labels never), so new intents get test support",
     )
     new_intents: list[str] = setting(
         [], "intents that human labels may introduce; any other unknown label is refused as a typo"

@@ -201,6 +201,11 @@ def _unit_hash(text: str, salt: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def in_test_share(text: str, cfg: DataConfig) -> bool:
+    """Whether the text-hash rule puts ``text`` in the test split (``assign_splits``, for a row with none)."""
+    return _unit_hash(text, "split") < cfg.test_fraction
+
+
 def assign_splits(df: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
     """Fill in missing splits deterministically from each text's hash.
 

@@ -60,6 +60,7 @@ def evaluate(predictor: IntentPredictor, test: pd.DataFrame, oos_label: str = "o
         "n_in_scope": n_in,
         "test_digest": dataset_digest(test.assign(split="test")),
         "model_digest": predictor.digest,
+        "model_intents": list(predictor.labels),  # the gate's "new intents": the challenger's, not the champion's
         "fallback_threshold": predictor.threshold,
         "accuracy": float(correct.sum() / n_in) if n_in else float("nan"),
         # mean F1 over intents present in the test set (intents the model knows but the test lacks are skipped)

@@ -1,14 +1,16 @@
 """The release gate: may this challenger replace the champion? A pure function of two evaluations.
 
-Both evaluations must come from the same frozen test set. The challenger is rejected if it is
+Both evaluations must come from the same test set: the current one, the champion re-evaluated on
+it (it grows with human labels, the seed test set frozen inside it). The challenger is rejected if it is
 significantly worse overall (one-sided exact McNemar test on the paired per-example outcomes), if
 any intent with enough test support loses more than the allowed F1 and the same paired test on
 that intent's examples shows it (corrected for the number of intents), if any entity type with enough
 true spans loses more than the allowed span F1 (or the champion was scored on entities and the
 challenger was not), or if a query costs more CPU time than the latency budget (CPU time, not wall
 time, so a busy machine does not change the verdict). With no champion yet, absolute floors apply
-instead of the comparison. Reports without entity metrics get no entity check at all, so an
-intent-only model is gated exactly as before entities existed.
+instead of the comparison. Intents the champion does not know are reported with their F1 and test
+support ("new intents"), not gated: the champion has nothing there to lose. Reports without
+entity metrics get no entity check at all, so an intent-only model is gated exactly as before entities existed.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ def decide(challenger: dict, champion: dict | None, cfg: GateConfig) -> GateDeci
         checks += [
             _mcnemar(challenger, champion, cfg),
             _per_intent(challenger, champion, cfg),
+            *_new_intents(challenger, champion),
             *_per_entity_type(challenger, champion, cfg),
         ]
     summary = {
@@ -138,7 +141,8 @@ def _per_intent(challenger: dict, champion: dict, cfg: GateConfig) -> Check:
     paired test on its examples is significant at ``alpha`` divided by the number of gated intents
     (Bonferroni), so a few hundred test examples do not reject an improvement for one unlucky intent
     of twenty examples. A large drop within noise is a warning in the pull-request body."""
-    gated = [n for n, m in champion["per_intent"].items() if m["support"] >= cfg.min_support]
+    known = set(champion.get("model_intents", champion["per_intent"]))  # a new intent has nothing to lose
+    gated = [n for n, m in champion["per_intent"].items() if m["support"] >= cfg.min_support and n in known]
     alpha = cfg.alpha / max(len(gated), 1)
     losses, within_noise = [], []
     for name in gated:
@@ -161,6 +165,25 @@ def _per_intent(challenger: dict, champion: dict, cfg: GateConfig) -> Check:
     if within_noise:
         detail += f"; warning, a drop within noise (p ≥ {alpha:.2g}): " + ", ".join(within_noise)
     return Check("per-intent F1", not losses, detail)
+
+
+def _new_intents(challenger: dict, champion: dict) -> list[Check]:
+    """The intents the challenger knows and the champion does not: what the retrain was for, scored
+    on the test set's examples of them (human labels join it; ``prepare.grow_test``). Reported, not
+    gated: the champion, which never predicts them, has nothing there to lose. No new intent, no check."""
+    new = sorted(set(challenger.get("model_intents", ())) - set(champion.get("model_intents", ())))
+    if not new:
+        return []
+    scores = {name: challenger["per_intent"].get(name, {"f1": 0.0, "support": 0}) for name in new}
+    tested = [n for n in new if scores[n]["support"]]
+    total = sum(scores[n]["support"] for n in tested)
+    detail = f"{len(new)} new: F1 on {total} test examples: " + (
+        ", ".join(f"{n} {scores[n]['f1']:.3f} ({scores[n]['support']})" for n in tested) or "none"
+    )
+    untested = [n for n in new if not scores[n]["support"]]
+    if untested:
+        detail += "; warning, no test example yet (not evaluated): " + ", ".join(untested)
+    return [Check("new intents", True, detail)]
 
 
 def _headline(report: dict) -> dict:

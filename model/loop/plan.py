@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from model.core.config import LoopConfig
+from model.core.config import DataConfig, LoopConfig
 from model.core.errors import FlywheelError
+from model.data.examples import in_test_share
 
 
 @dataclass
@@ -44,13 +45,18 @@ def split_intents(df: pd.DataFrame, cfg: LoopConfig, oos_label: str) -> tuple[li
     return known, held
 
 
-def plan_data(df: pd.DataFrame, known: list[str], cfg: LoopConfig, oos_label: str) -> DataPlan:
+def plan_data(df: pd.DataFrame, known: list[str], cfg: LoopConfig, data_cfg: DataConfig) -> DataPlan:
     """Seed training set, traffic pool and full test set from one split dataset.
 
     The first model sees ``seed_fraction`` of the known intents' training texts (plus all their
     validation and test texts, so its gate has a test set); the other training texts, of every
     intent, are what users will send. The test split of every intent measures each model offline.
+    Users also send the held-back intents' test texts that ``prepare``'s rule sends back to test
+    once labelled (``in_test_share``: all of them where the dataset was split by that rule): so the
+    grown test set gets examples of the new intents, as it would from real traffic, and none of
+    the full test set is ever trained on.
     """
+    oos_label = data_cfg.oos_label
     if not 0 < cfg.seed_fraction < 1:
         raise FlywheelError(f"loop.seed_fraction must be between 0 and 1, got {cfg.seed_fraction}")
     rng = np.random.default_rng(cfg.seed)
@@ -64,9 +70,11 @@ def plan_data(df: pd.DataFrame, known: list[str], cfg: LoopConfig, oos_label: st
     seed = pd.concat([seed_train, df[df["split"].isin(["val", "test"]) & (is_known | (df["intent"] == oos_label))]])
     pool = df[(df["split"] == "train") & ~df.index.isin(seed_train.index)]
     oos_pool = df[(df["intent"] == oos_label) & (df["split"] == "val")]  # oos texts never train a class
+    held_back_test = df[(df["split"] == "test") & ~is_known & (df["intent"] != oos_label)]
+    held_back_test = held_back_test[held_back_test["text"].map(lambda t: in_test_share(t, data_cfg))]
     return DataPlan(
         seed=seed.sort_index().reset_index(drop=True),
-        pool=pd.concat([pool, oos_pool]).reset_index(drop=True),
+        pool=pd.concat([pool, oos_pool, held_back_test]).reset_index(drop=True),
         test=df[df["split"] == "test"].reset_index(drop=True),
     )
 

@@ -120,7 +120,7 @@ class Loop:
             oos = cfgs.data.oos_label
             known, held_back = split_intents(df, cfgs.loop, oos)
             state.record.intents = Intents(known_at_start=known, held_back=held_back)
-            state.plan = plan = plan_data(df, known, cfgs.loop, oos)
+            state.plan = plan = plan_data(df, known, cfgs.loop, cfgs.data)
             state.seed_csv = self.work / "data" / "seed.csv"
             state.seed_csv.parent.mkdir(parents=True, exist_ok=True)
             plan.seed.to_csv(state.seed_csv, index=False)

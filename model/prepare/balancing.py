@@ -3,8 +3,10 @@
 Balance: each intent is capped by leaving out auto-labels (never human, seed or test rows, and
 always the same ones for the same texts); intents under the floor are reported, not dropped; new
 intents with too few labels to split and learn wait for more. Split: old examples keep their split
-and new ones never enter the frozen test set unless ``grow_test``; a text in test and elsewhere
-leaves the elsewhere.
+(the seed test set stays frozen inside the growing one); with ``grow_test``, new human labels join
+the test split by the same text-hash rule as every other text, so a new intent gets test support;
+auto-labels never do (they are the model's own answers: a test set of them would grade the champion
+on what it already says); a text in test and elsewhere leaves the elsewhere.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from model.core.config import DataConfig, PrepareConfig
-from model.data.examples import assign_splits
+from model.data.examples import assign_splits, in_test_share
 from model.prepare.cleaning import exact_key
 
 
@@ -82,12 +84,17 @@ def hold_back_thin_new_intents(df: pd.DataFrame, known: set[str], cfg: DataConfi
 
 
 def split_examples(examples: pd.DataFrame, data_cfg: DataConfig, prep_cfg: PrepareConfig) -> tuple[pd.DataFrame, int]:
-    """Give new rows a split (test only with ``grow_test``); drop train/val rows whose text is in test.
+    """Give new rows a split (test only for human labels, with ``grow_test``); drop train/val rows whose
+    text is in test.
 
     Returns the split rows and how many were dropped for overlapping the test set.
     """
-    split_cfg = data_cfg if prep_cfg.grow_test else dataclasses.replace(data_cfg, test_fraction=0.0)
-    split = assign_splits(examples.reset_index(drop=True), split_cfg)
+    examples = examples.reset_index(drop=True)
+    if prep_cfg.grow_test:
+        new_human = (examples["source"] == "human") & (examples["split"] == "")
+        to_test = new_human & examples["text"].map(lambda t: in_test_share(t, data_cfg))
+        examples = examples.assign(split=examples["split"].mask(to_test, "test"))
+    split = assign_splits(examples, dataclasses.replace(data_cfg, test_fraction=0.0))
     test_keys = set(split.loc[split["split"] == "test", "text"].map(exact_key))
     overlap = (split["split"] != "test") & split["text"].map(exact_key).isin(test_keys)
     return split[~overlap].reset_index(drop=True), int(overlap.sum())

@@ -6,8 +6,8 @@ Steps, in order, each a function returning its data: ``read_inputs``; ``redact``
 non-fallback, thumbs-up answers; the rest of the interesting answers go to the review queue);
 ``balance_examples`` (per-intent cap on auto-labels, intents under the floor reported; entity
 types under theirs are reported in the datasheet);
-``split_examples`` (old examples keep their split, new ones never enter the frozen test set unless
-``grow_test``); and ``write_prepared``: a Parquet snapshot with its digest, a ``datasheet`` and
+``split_examples`` (old examples keep their split; new human labels join test by the text-hash rule
+with ``grow_test``, auto-labels never); and ``write_prepared``: a Parquet snapshot with its digest, a ``datasheet`` and
 the review queue, all at once.
 """
 
