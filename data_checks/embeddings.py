@@ -1,8 +1,10 @@
-"""Sentence embeddings for the drift check: the packaged MiniLM (or any BERT-like encoder), mean
-pooled and normalised, cached on disk per text, since logged texts repeat from window to window."""
+"""Sentence embeddings for the drift check and the review queue's clusters: the packaged MiniLM (or
+any BERT-like encoder), mean pooled and normalised, cached on disk per text, since logged texts
+repeat from window to window."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -33,18 +35,7 @@ class Embedder:
         return np.stack([cache[k] for k in keys]) if keys else np.zeros((0, _MINILM_WIDTH), dtype=np.float32)
 
     def _load(self):
-        # torch and transformers take seconds to import: texts already in the cache (a re-run, the
-        # benchmark's windows) and the drift verdict itself need neither.
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
-        from model.artifact.network import resolve_base_model  # imports torch too
-
-        path = resolve_base_model(self.encoder)
-        self._tokenizer = AutoTokenizer.from_pretrained(path)
-        self._model = AutoModel.from_pretrained(path).eval()
-        self._device = "cuda" if torch.cuda.is_available() else "cpu"
-        self._model.to(self._device)
+        self._tokenizer, self._model, self._device = _loaded(self.encoder)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         import torch  # see _load
@@ -83,3 +74,20 @@ class Embedder:
             return
         with replacing(path, suffix=".npz") as tmp:
             np.savez(tmp, keys=np.array(list(cache)), vectors=np.stack(list(cache.values())))
+
+
+@functools.cache
+def _loaded(encoder: str):
+    """The encoder's tokenizer, network and device, loaded once per process: the drift check and
+    prepare's review queue both embed, and a loaded encoder is the same whichever cache it feeds."""
+    # torch and transformers take seconds to import: texts already in the cache (a re-run, the
+    # benchmark's windows) and the drift verdict itself need neither.
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from model.artifact.network import resolve_base_model  # imports torch too
+
+    path = resolve_base_model(encoder)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return tokenizer, AutoModel.from_pretrained(path).eval().to(device), device

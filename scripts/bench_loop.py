@@ -6,7 +6,10 @@ intents appear. After the drift check, the same budget of human labels (500 by d
 twice on the shifted window: on the review queue's first items, and on a random draw of logged
 messages. Each labelled set is prepared and trained on the same way. Printed: test accuracy on all
 77 intents (Banking77's test.csv) of the first model and of both retrained ones, and the
-difference, as one JSON line at the end.
+difference, as one JSON line at the end; with it, how many of the held-back intents prepare's
+candidate new intents found (``held_back_clusters``: a cluster whose majority is that intent, at
+least 70% of its members; ``model.prepare.discovery.discovery_figures``). With
+``--cluster-decisions N`` the queue's reviewer first judges N candidates, one label each.
 
     .venv/bin/python scripts/bench_loop.py [--dataset ../shared/datasets/banking77] [--budget 500]
 """
@@ -36,6 +39,9 @@ def main() -> int:
     parser.add_argument("--budget", type=int, default=500, help="human labels spent by each strategy")
     parser.add_argument("--held-back", type=int, default=20, help="intents the first model does not know")
     parser.add_argument("--shifted-requests", type=int, default=3000, help="requests in the shifted window")
+    parser.add_argument(
+        "--cluster-decisions", type=int, help="candidate new intents the queue's reviewer judges, one label each"
+    )
     parser.add_argument("--keep", help="keep the work folder here instead of a temporary one")
     args = parser.parse_args()
 
@@ -45,6 +51,8 @@ def main() -> int:
         label_budget=args.budget,
         requests_after_shift=args.shifted_requests,
     )
+    if args.cluster_decisions is not None:
+        loop_cfg = dataclasses.replace(loop_cfg, cluster_decisions=args.cluster_decisions)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
         work = Path(args.keep or tmp).resolve()
@@ -81,6 +89,8 @@ def main() -> int:
         "before": {"test_accuracy": before.test_accuracy, "macro_f1": before.macro_f1},
         "after_queue": results["queue"],
         "after_random": results["random"],
+        # the same window's candidates for both strategies: found once
+        "held_back_clusters": results["queue"]["labelling"]["discovery"],
         "queue_minus_random_accuracy_points": round(
             100 * (results["queue"]["test_accuracy"] - results["random"]["test_accuracy"]), 2
         ),

@@ -60,6 +60,7 @@ def queue_rows(texts_and_entities: list[tuple[str, str]]) -> pd.DataFrame:
 
 def test_intent_only_config_and_tasks_are_exactly_the_old_ones():
     # what review_config.xml and review_tasks.json held before entities existed, for the same queue
+    # (the config since with the new-intent choice and its name field, model.prepare.label_studio)
     old_config = (
         "<View>\n"
         '  <Header value="Which intent is this message? (the model\'s guess is pre-selected)"/>\n'
@@ -67,7 +68,12 @@ def test_intent_only_config_and_tasks_are_exactly_the_old_ones():
         '  <Choices name="intent" toName="text" choice="single" showInline="false">\n'
         '    <Choice value="cancel_order"/>\n'
         '    <Choice value="order_status"/>\n'
+        '    <Choice value="(new intent)"/>\n'
         "  </Choices>\n"
+        '  <View visibleWhen="choice-selected" whenTagName="intent" whenChoiceValue="(new intent)">\n'
+        '    <Header value="Name the new intent (a few words; it is stored lower case, joined by _)"/>\n'
+        '    <TextArea name="new_intent" toName="text" maxSubmissions="1" rows="1" editable="true"/>\n'
+        "  </View>\n"
         "</View>\n"
     )
     assert labelling_config(["order_status", "cancel_order"]) == old_config
@@ -156,7 +162,7 @@ def test_config_has_a_labels_control_per_entity_type_on_the_text():
     assert text.attrib == {"name": "text", "value": "$text"}
     (choices,) = view.iter("Choices")
     assert choices.attrib["name"] == "intent" and choices.attrib["toName"] == "text"
-    assert [c.attrib["value"] for c in choices.iter("Choice")] == ["order_status", "refund_status"]
+    assert [c.attrib["value"] for c in choices.iter("Choice")] == ["order_status", "refund_status", "(new intent)"]
 
 
 # --- Label Studio: reading an export back ------------------------------------------------------------

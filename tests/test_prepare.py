@@ -164,10 +164,17 @@ def test_prepare_end_to_end(tmp_path, base_csv, base_df):
     assert sheet["dataset_digest"] == dataset_digest(
         assign_splits(load_examples(out / "examples.parquet"), DataConfig())
     )
-    # review queue: thumbs-down/escalated/fallback answers, least confident first, in both formats
+    # review queue: thumbs-down/escalated/fallback answers, clusters in turns, least confident first
+    # within each, in both formats
     tasks = json.loads((out / "review" / "review_tasks.json").read_text())
-    confs = [t["data"]["confidence"] for t in tasks]
-    assert confs == sorted(confs) and len(tasks) == sheet["labelling"]["review_candidates"] > 5
+    by_cluster: dict[int, list[float]] = {}
+    for task in tasks:
+        by_cluster.setdefault(task["data"]["cluster"], []).append(task["data"]["confidence"])
+    assert all(confs == sorted(confs) for confs in by_cluster.values())
+    assert {t["data"]["cluster"] for t in tasks[: len(by_cluster)]} == set(by_cluster)
+    assert len(tasks) == sheet["labelling"]["review_candidates"] > 5
+    candidates = json.loads((out / "review" / "new_intent_candidates.json").read_text())
+    assert [c["cluster"] for c in candidates] == sorted(set(by_cluster) - {-1})
     assert tasks[0]["predictions"][0]["result"][0]["value"]["choices"] == [tasks[0]["data"]["predicted_intent"]]
     assert "call me on <PHONE> about my refund" in {t["data"]["text"] for t in tasks}
     csv = pd.read_csv(out / "review" / "review_queue.csv", dtype=str, keep_default_na=False)
@@ -354,3 +361,52 @@ def test_cli_prepare(tmp_path, base_csv, base_df):
     )
     assert code == 0 and json.loads((tmp_path / "r" / "prepare.json").read_text())["rows"] > len(base_df)
     assert main(["prepare", "--snapshot", str(tmp_path / "missing.parquet"), "--data", str(base_csv)]) == 2
+
+
+GIFT_WRAP = [
+    "can you gift wrap my order",
+    "do you offer gift wrapping",
+    "i want this gift wrapped please",
+    "is gift wrapping available for my order",
+    "please add gift wrap to my purchase",
+    "could the present be gift wrapped",
+    "how much does gift wrapping cost",
+    "gift wrap this item for my mum",
+    "can my parcel come gift wrapped",
+]
+
+
+def test_new_intent_candidates_named_in_one_decision(tmp_path, base_csv, base_df):
+    known = sorted(set(base_df["intent"]) - {"oos"})
+    extra = [event(t, known[0], confidence=0.3, fallback=True, i=700 + n) for n, t in enumerate(GIFT_WRAP)]
+    snapshot = _snapshot(tmp_path, base_df, extra)
+    result, md = _run(tmp_path, snapshot, base_csv, out="first")
+    review = tmp_path / "first" / "review"
+    assert result["review_queue"]["new_intent_candidates"] == str(review / "new_intent_candidates.csv")
+    table = pd.read_csv(review / "new_intent_candidates.csv", dtype=str, keep_default_na=False)
+    members = [{m["text"] for m in json.loads(cell)} for cell in table["members"]]
+    (row,) = [n for n, m in enumerate(members) if m & set(GIFT_WRAP)]
+    assert members[row] == set(GIFT_WRAP), "the gift-wrap messages are one cluster, and nothing else is in it"
+    assert "gift" in table.loc[row, "suggested_name"].split("_") and "**Candidate new intents**" in md
+    # one decision names the cluster; a message also labelled one by one keeps that label
+    table.loc[row, "name"] = "Gift wrap"
+    table.to_csv(tmp_path / "names.csv", index=False)
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"text": [GIFT_WRAP[0]], "intent": [known[1]]}).to_csv(labels, index=False)
+    work = tmp_path / "work"
+    result, _ = prepare_step(
+        snapshot,
+        base_csv,
+        labels,
+        tmp_path / "second",
+        DataConfig(),
+        NO_MLFLOW,
+        PiiConfig(),
+        local_registry(work),
+        work,
+        cluster_names=tmp_path / "names.csv",
+    )
+    df = pd.read_parquet(tmp_path / "second" / "examples.parquet").set_index("text")
+    assert set(df.loc[GIFT_WRAP[1:], "intent"]) == {"gift_wrap"} and set(df.loc[GIFT_WRAP, "source"]) == {"human"}
+    assert df.loc[GIFT_WRAP[0], "intent"] == known[1]
+    assert "gift_wrap" in result["labelling"]["new_intents"]

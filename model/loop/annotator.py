@@ -7,6 +7,15 @@ replaces the true intent with another one the reviewer could have picked, chosen
 The output is the CSV the review queue hands out, with ``intent`` filled in, so ``flywheel prepare
 --labels`` reads it exactly as it reads a person's work.
 
+With ``cluster_decisions`` (``LoopConfig``), the reviewer first judges that many of the candidate new
+intents prepare proposes (``model.prepare.discovery``), in their order (``name_clusters``): a
+cluster whose members' true intents agree at least ``MIN_PURITY`` (0.7) of the time is named by
+that majority intent, as a person reading its typical messages would name it, and with the same
+``error_rate`` gets a wrong name instead. Each cluster judged costs one label of the budget, named
+or not; its members then count as labelled (by the one decision), and the queue's one-by-one
+labels go to the other messages. The simulated reviewer knows each cluster's purity exactly; a
+person estimates it from the typical messages, so this is the best a careful reviewer can do.
+
 Where the loop's data annotates entities, the reviewer also answers with each text's true entities
 (``true_entities``), in the CSV's ``entities`` column, replacing the model's pre-filled spans. The
 queue shows the text as the collector stored it (personal data redacted) and prepare normalised
@@ -24,6 +33,7 @@ import pandas as pd
 
 from model.core.errors import FlywheelError
 from model.data.entities import dump_spans, load_spans
+from model.prepare.discovery import MIN_PURITY, cluster_purity
 from model.prepare.entity_labels import COLUMN as ENTITIES
 from model.prepare.entity_labels import cells, place_spans
 from model.prepare.review_queue import QUEUE_COLUMNS
@@ -117,3 +127,41 @@ def write_labels(labelled: pd.DataFrame, path: Path) -> Path:
     columns = QUEUE_COLUMNS + ([ENTITIES] if spans else [])
     labelled.reindex(columns=columns).to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL)
     return path
+
+
+def name_clusters(
+    table: pd.DataFrame,
+    candidates: list[dict],
+    truth_by_request: dict[str, str],
+    intents: list[str],
+    decisions: int,
+    error_rate: float,
+    seed: int,
+) -> tuple[pd.DataFrame, dict]:
+    """The candidates CSV (``table``) with ``name`` filled in for the first ``decisions`` candidates
+    that are ``MIN_PURITY`` pure (module docstring), and what that cost and labelled.
+
+    ``candidates``: the same clusters as ``new_intent_candidates.json`` (with member request ids)."""
+    by_cluster = {str(c["cluster"]): c for c in candidates}
+    rng = np.random.default_rng([seed, 1])  # its own stream: the one-by-one labels' mistakes stay as they were
+    named = table.assign(name="")
+    judged = min(decisions, len(table))
+    texts: list[str] = []
+    for n in range(judged):
+        members = by_cluster[str(table["cluster"].iloc[n])]["members"]
+        intent, purity = cluster_purity(
+            [truth_by_request[m["request_id"]] for m in members if m["request_id"] in truth_by_request]
+        )
+        if intent is None or purity < MIN_PURITY:
+            continue
+        others = [i for i in intents if i != intent]
+        if others and rng.random() < error_rate:
+            intent = others[rng.integers(len(others))]
+        named.iloc[n, named.columns.get_loc("name")] = intent
+        texts += [m["text"] for m in members]
+    stats = {
+        "clusters_judged": judged,
+        "clusters_named": int((named["name"] != "").sum()),
+        "cluster_labels": len(texts),
+    }
+    return named, {**stats, "named_texts": texts}

@@ -105,6 +105,12 @@ class Labelling:
     error_rate: float
     new_intent_labels: int
     new_intents_waiting_for_labels: dict[str, int]
+    # candidate new intents prepare proposed (model.prepare.discovery.discovery_figures) and the ones
+    # the reviewer judged (annotator.name_clusters): each judged cluster is one label of the budget
+    discovery: dict = field(default_factory=dict)
+    clusters_judged: int = 0
+    clusters_named: int = 0
+    cluster_labels: int = 0
 
 
 @dataclass

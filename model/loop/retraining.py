@@ -1,5 +1,6 @@
 """Making a model inside the loop, with the real steps: a logged window becomes a labelled training set
-(checked, queued for review, labelled by the simulated reviewer within budget, prepared, checked again),
+(checked, queued for review, labelled by the simulated reviewer within budget, prepared, checked again;
+how many held-back intents the candidate new intents found is recorded with the labelling),
 and a training set becomes a candidate (trained, gated against the champion, registered if it passed,
 scored on the full test set). Each fills its section of the loop record.
 """
@@ -7,6 +8,7 @@ scored on the full test set). Each fills its section of the loop record.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from model.evaluate.steps import gate_step
 from model.loop import annotator
 from model.loop.configs import LoopConfigs
 from model.loop.record import GateOutcome, Labelling, LoopState, OfflineScore
+from model.prepare.discovery import discovery_figures
 from model.prepare.entity_labels import types_of
 from model.prepare.steps import prepare_step
 from model.registry.steps import register_step
@@ -84,13 +87,22 @@ def labelled_training_set(
         snapshot, None, "queue", tag, dataclasses.replace(prep_cfg, log_to_mlflow=False), state, cfgs, work
     )
     queue = pd.read_csv(queue_run["review_queue"]["csv"], dtype={"request_id": str, "conversation_id": str})
+    found = discovery_figures(
+        queue_run["review_queue"]["new_intent_candidates_json"], state.truth, set(state.held_back)
+    )
     seed = loop_cfg.seed + label_seed
-    items = annotator.pick(queue, read_snapshot(snapshot), loop_cfg.label_budget, strategy, seed)
     intents = sorted(set(state.known) | set(state.held_back)) + [cfgs.data.oos_label]
+    names, clusters = _named_clusters(
+        queue_run, strategy, intents, seed, state, cfgs, work / "labels" / f"{tag}-clusters.csv"
+    )
+    # the named clusters' messages are labelled already: the one-by-one labels go to the rest
+    unnamed = queue[~queue["text"].isin(clusters.pop("named_texts", []))]
+    budget = loop_cfg.label_budget - clusters.get("clusters_judged", 0)
+    items = annotator.pick(unnamed, read_snapshot(snapshot), budget, strategy, seed)
     entities = annotator.true_entities(state.traffic, state.plan.pool)
     labelled, stats = annotator.label(items, state.truth, intents, loop_cfg.annotator_error_rate, seed, entities)
     labels = annotator.write_labels(labelled, work / "labels" / f"{tag}.csv")
-    prepared, prep_md = _prepare(snapshot, labels, "retrain", tag, prep_cfg, state, cfgs, work)
+    prepared, prep_md = _prepare(snapshot, labels, "retrain", tag, prep_cfg, state, cfgs, work, names)
     write_reports(reports, "prepare", prepared, prep_md)
     examples = Path(prepared["snapshot"])
     _check_or_refuse(None, examples, state.seed_csv, prep_cfg, cfgs, reports, "the prepared training set")
@@ -101,8 +113,28 @@ def labelled_training_set(
         **stats,
         new_intent_labels=int(labelled["intent"].isin(state.held_back).sum()),
         new_intents_waiting_for_labels=prepared["labelling"]["new_intents_waiting_for_labels"],
+        discovery=found,
+        **clusters,
     )
     return examples, prepared["rows"]
+
+
+def _named_clusters(
+    queue_run: dict, strategy: str, intents: list[str], seed: int, state: LoopState, cfgs: LoopConfigs, path: Path
+) -> tuple[Path | None, dict]:
+    """With ``cluster_decisions`` and the queue strategy, the candidates CSV the reviewer named (and what
+    that cost and labelled: ``annotator.name_clusters``); else nothing."""
+    decisions = min(cfgs.loop.cluster_decisions, cfgs.loop.label_budget)
+    if strategy != "queue" or decisions <= 0:
+        return None, {}
+    files = queue_run["review_queue"]
+    table = pd.read_csv(files["new_intent_candidates"], dtype=str, keep_default_na=False)
+    candidates = json.loads(Path(files["new_intent_candidates_json"]).read_text())
+    error_rate = cfgs.loop.annotator_error_rate
+    named, stats = annotator.name_clusters(table, candidates, state.truth, intents, decisions, error_rate, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    named.to_csv(path, index=False)
+    return path, stats
 
 
 def _prepare(
@@ -114,10 +146,22 @@ def _prepare(
     state: LoopState,
     cfgs: LoopConfigs,
     work: Path,
+    cluster_names: Path | None = None,
 ) -> tuple[dict, str]:
     """``flywheel prepare`` on the window and the seed set, into ``datasets/<kind>-<tag>``."""
     out = work / "datasets" / f"{kind}-{tag}"
-    return prepare_step(snapshot, state.seed_csv, labels, out, cfgs.data, prep_cfg, cfgs.pii, cfgs.registry, work)
+    return prepare_step(
+        snapshot,
+        state.seed_csv,
+        labels,
+        out,
+        cfgs.data,
+        prep_cfg,
+        cfgs.pii,
+        cfgs.registry,
+        work,
+        cluster_names=cluster_names,
+    )
 
 
 def _check_or_refuse(

@@ -2,7 +2,8 @@
 redacted (``data_checks.pii``), cleaned and deduplicated, auto-labelled from confident well-rated
 answers, merged with human labels from the review queue, balanced, split and snapshotted with a
 digest and a datasheet; the review queue itself (CSV and Label Studio tasks with the model's
-intent and entity spans pre-annotated, and their import).
+intent and entity spans pre-annotated, spread over clusters of similar messages, and their
+import) and the candidate new intents those clusters make (named in one decision each).
 
 Imports: ``model.core``, ``model.data``, ``model.artifact``, ``model.registry``, ``data_checks``.
 """

@@ -1,5 +1,5 @@
 """The datasheet of a prepared training set: what went in, what each step removed, labelled and
-capped, and what came out (per intent, and per entity type where the examples have spans), as
+capped, the candidate new intents, and what came out (per intent, and per entity type where the examples have spans), as
 ``datasheet.json``, as ``DATASHEET.md`` and, with ``log_to_mlflow``, as a ``prepare`` run whose
 input is the snapshot (tagged with the digest that training runs carry)."""
 
@@ -180,6 +180,8 @@ def render_datasheet(sheet: dict) -> str:
     if lab.get("new_intents_waiting_for_labels"):
         waiting = ", ".join(f"{k} ({v})" for k, v in lab["new_intents_waiting_for_labels"].items())
         lines += [f"**New intents left out until they have more labels** (labels so far): {waiting}", ""]
+    if sheet.get("new_intent_candidates"):
+        lines += [*render_candidates(sheet["new_intent_candidates"]), ""]
     if bal["below_floor"]:
         lines += [
             f"**Intents below the floor of {bal['floor']} examples** (kept; label more): "
@@ -205,6 +207,30 @@ def render_datasheet(sheet: dict) -> str:
     if sheet.get("entities"):
         lines += ["", *render_entities(sheet["entities"])]
     return "\n".join(lines) + "\n"
+
+
+SHOWN_CANDIDATES = 20  # rows of the datasheet's candidates table; the CSV has them all
+
+
+def render_candidates(candidates: list[dict]) -> list[str]:
+    """The datasheet's candidate new intents: the biggest uncertain clusters, one line each."""
+    lines = [
+        f"**Candidate new intents**: {len(candidates)} clusters of messages the model did not handle. To name "
+        "one, write its name in `review/new_intent_candidates.csv` (column `name`) and pass the file to "
+        "`flywheel prepare --cluster-names`: all its messages get that intent.",
+        "",
+        "| cluster | suggested name | messages | traffic | the model said | a typical message |",
+        "|---:|---|---:|---:|---|---|",
+    ]
+    for c in candidates[:SHOWN_CANDIDATES]:
+        said = ", ".join(f"{k} {v:.0%}" for k, v in c["model_said"].items())
+        typical = c["typical_messages"][0].replace("|", "\\|") if c["typical_messages"] else ""
+        lines.append(
+            f"| {c['cluster']} | {c['suggested_name']} | {c['messages']} | {c['traffic']} | {said} | {typical} |"
+        )
+    if len(candidates) > SHOWN_CANDIDATES:
+        lines.append(f"\n({len(candidates) - SHOWN_CANDIDATES} more in the CSV)")
+    return lines
 
 
 def render_entities(section: dict) -> list[str]:

@@ -18,13 +18,22 @@ prediction's results copied into the annotation (their ``origin`` is ``predictio
 once edited, ``manual`` for new ones), so an annotation holds every span the reviewer left standing:
 one with the intent chosen and no span means the reviewer removed them all, *no entities*.
 
-A project with no entity types (intent-only data) gets exactly the config and tasks it always had:
-no ``Labels`` control, no span results.
+A project with no entity types (intent-only data) gets no ``Labels`` control and no span results.
+
+A message of an intent nobody has named yet gets the choice ``(new intent)``, which shows a
+``TextArea`` named ``new_intent`` (a ``View`` with ``visibleWhen="choice-selected"``) to type its
+name in; its result is ``{"type": "textarea", "value": {"text": ["gift wrap"]}}``. A name typed
+there is deliberate, so import accepts it as a new intent, normalised by ``intent_name`` ("Gift
+wrap" -> ``gift_wrap``), where an unknown value of a fixed choice or of the CSV's ``intent``
+column is refused as a typo. The typed name counts only with ``(new intent)`` chosen (text left
+in the field after choosing another intent is ignored); ``(new intent)`` with no name is refused.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import unicodedata
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
@@ -38,6 +47,16 @@ from model.prepare.entity_labels import cells
 CONTROL = "intent"  # name of the Choices control in the labelling config; results refer to it
 ENTITY_CONTROL = "entities"  # name of the Labels control (only in projects with entity types)
 OBJECT = "text"  # name of the Text object both controls label
+NEW_INTENT = "(new intent)"  # the choice that shows the name field; no intent can be called this (intent_name)
+NEW_INTENT_CONTROL = "new_intent"  # name of the TextArea a new intent's name is typed in
+
+
+def intent_name(raw: str, where: str) -> str:
+    """A typed intent name as the training data spells intents: lower case, words joined by ``_``."""
+    words = re.findall(r"[^\W_]+", unicodedata.normalize("NFKC", str(raw)).casefold())
+    if not words:
+        raise FlywheelError(f"{where}: new intent name {raw!r} has no letters or digits")
+    return "_".join(words)
 
 
 def labelling_config(intents: list[str], entity_types: list[str] = ()) -> str:
@@ -55,7 +74,12 @@ def labelling_config(intents: list[str], entity_types: list[str] = ()) -> str:
         '  <Header value="Which intent is this message? (the model\'s guess is pre-selected)"/>\n'
         f"{spans}"
         f'  <Text name="{OBJECT}" value="$text"/>\n'
-        f'  <Choices name="{CONTROL}" toName="{OBJECT}" choice="single" showInline="false">\n{choices}\n  </Choices>\n'
+        f'  <Choices name="{CONTROL}" toName="{OBJECT}" choice="single" showInline="false">\n{choices}\n'
+        f"    <Choice value={quoteattr(NEW_INTENT)}/>\n  </Choices>\n"
+        f'  <View visibleWhen="choice-selected" whenTagName="{CONTROL}" whenChoiceValue={quoteattr(NEW_INTENT)}>\n'
+        '    <Header value="Name the new intent (a few words; it is stored lower case, joined by _)"/>\n'
+        f'    <TextArea name="{NEW_INTENT_CONTROL}" toName="{OBJECT}" maxSubmissions="1" rows="1" editable="true"/>\n'
+        "  </View>\n"
         "</View>\n"
     )
 
@@ -84,6 +108,7 @@ def to_tasks(queue: pd.DataFrame, entity_types: list[str] = ()) -> list[dict]:
                     "predicted_intent": row.predicted_intent,
                     "confidence": round(float(row.confidence), 4),
                     "traffic": int(row.traffic),
+                    **({"cluster": int(row.cluster)} if hasattr(row, "cluster") else {}),
                     "reasons": row.reasons,
                     "conversation_id": row.conversation_id,
                     "request_id": row.request_id,
@@ -114,12 +139,13 @@ def _span_results(spans: list[dict], types: set[str], rank: int) -> list[dict]:
     return results
 
 
-def read_export(path: Path) -> list[tuple[str, str, list[Span], str]]:
-    """``(text, intent, spans, where)`` per labelled task of a Label Studio JSON export.
+def read_export(path: Path) -> list[tuple[str, str, list[Span], str, bool]]:
+    """``(text, intent, spans, where, typed)`` per labelled task of a Label Studio JSON export.
 
     A task's label is its latest non-cancelled annotation that chose an intent (Label Studio lists
     annotations oldest first); that annotation's spans are the task's entities. A task nobody
     labelled is left out. A span whose offsets do not fit its text is refused, naming the task.
+    ``typed``: the intent is a new one's name typed in (module docstring), already normalised.
     """
     tasks = read_json(path)
     if not isinstance(tasks, list):
@@ -139,8 +165,22 @@ def read_export(path: Path) -> list[tuple[str, str, list[Span], str]]:
                     chosen = (choice, results)
         if chosen is not None:
             choice, results = chosen
-            rows.append((text, choice, _spans(text, results, f"{path}: {where}"), where))
+            typed = choice == NEW_INTENT
+            if typed:
+                choice = intent_name(_typed(results, f"{path}: {where}"), f"{path}: {where}")
+            rows.append((text, choice, _spans(text, results, f"{path}: {where}"), where, typed))
     return rows
+
+
+def _typed(results: list[dict], where: str) -> str:
+    for result in results:
+        value = result.get("value")
+        if result.get("from_name") == NEW_INTENT_CONTROL and isinstance(value, dict):
+            text = value.get("text")
+            typed = " ".join(map(str, text)) if isinstance(text, list) else str(text or "")
+            if typed.strip():
+                return typed
+    raise FlywheelError(f"{where}: {NEW_INTENT!r} chosen but no name typed in {NEW_INTENT_CONTROL!r}")
 
 
 def _choice(results: list[dict]) -> str | None:

@@ -1,7 +1,9 @@
 """The review queue: answers a human should label, out as Label Studio tasks and CSV, back in as labels.
 
 Which answers: those the user or the bot said went wrong (thumbs down, escalated, abandoned, fallback),
-least confident first (``order_queue``).
+least confident first (``order_queue``), taken in turns from clusters of similar messages
+(``model.prepare.clusters``; the ``cluster`` column, ``-1`` for one-offs). Next to the queue,
+``model.prepare.discovery`` writes the clusters as candidate new intents, each named in one decision.
 
 Export (``write_queue``) writes three files into one folder:
 
@@ -15,6 +17,8 @@ Export (``write_queue``) writes three files into one folder:
 
 Import (``read_labels``) takes either Label Studio's JSON export of that project (each task's latest
 non-cancelled annotation with an intent wins, with its spans) or the CSV with ``intent`` filled in.
+An intent outside the known and declared ones is refused as a typo, unless it was typed as a new
+intent's name in Label Studio's ``new_intent`` field (``model.prepare.label_studio``): deliberate.
 In the CSV, entities are the optional ``entities`` column only, in the training format's JSON
 (``model.data.entities``: ``[{"start": 9, "end": 14, "type": "order_id", "value": "12345"}]``,
 offsets into that row's ``text``, empty or ``[]`` for none); a CSV without the column labels no
@@ -45,6 +49,7 @@ QUEUE_COLUMNS = [
     "predicted_intent",
     "confidence",
     "traffic",
+    "cluster",
     "reasons",
     "conversation_id",
     "request_id",
@@ -115,7 +120,8 @@ def read_labels(path: Path, allowed: set[str], entity_types: set[str] = frozense
     """Human labels as ``text, intent, entities`` rows (``entities``: canonical JSON, ``"[]"`` for none).
 
     An intent outside ``allowed`` or an entity type outside ``entity_types`` is refused, naming it
-    and where it is; so is a span whose offsets do not fit its text.
+    and where it is; so is a span whose offsets do not fit its text. A new intent's name typed in
+    Label Studio is accepted (module docstring).
     """
     path = Path(path)
     if not path.is_file():
@@ -126,12 +132,12 @@ def read_labels(path: Path, allowed: set[str], entity_types: set[str] = frozense
         rows = _read_csv(path)
     else:
         raise FlywheelError(f"{path}: labels must be Label Studio JSON (.json) or CSV (.csv)")
-    rows = [_stripped(str(t), str(i), spans, w) for t, i, spans, w in rows]
-    df = pd.DataFrame(rows, columns=["text", "intent", "spans", "where"])
+    rows = [(*_stripped(str(t), str(i), spans, w), typed) for t, i, spans, w, typed in rows]
+    df = pd.DataFrame(rows, columns=["text", "intent", "spans", "where", "typed"])
     empty = df[df["text"] == ""]
     if not empty.empty:
         raise FlywheelError(f"{path}: labelled item with empty text at {empty['where'].iloc[0]}")
-    unknown = df[~df["intent"].isin(allowed)]
+    unknown = df[~df["intent"].isin(allowed) & ~df["typed"].astype(bool)]
     if not unknown.empty:
         listed = ", ".join(f"'{i}' ({w})" for i, w in unknown[["intent", "where"]].head(5).itertuples(index=False))
         raise FlywheelError(
@@ -157,7 +163,7 @@ def _stripped(text: str, intent: str, spans: list, where: str) -> tuple[str, str
     return text.strip(), intent.strip(), moved, where
 
 
-def _read_csv(path: Path) -> list[tuple[str, str, list, str]]:
+def _read_csv(path: Path) -> list[tuple[str, str, list, str, bool]]:
     df = read_table(path)
     missing = [c for c in ("text", "intent") if c not in df.columns]
     if missing:
@@ -174,7 +180,7 @@ def _read_csv(path: Path) -> list[tuple[str, str, list, str]]:
                 f"{path}: {where}: text has the inline entity mark {marked!r}; in labels, entities go in the "
                 f"'{ENTITIES}' column as JSON spans (and the text stays as the user wrote it)"
             )
-        rows.append((text, intent, parse_cell(cell, text, f"{path}: {where}"), where))
+        rows.append((text, intent, parse_cell(cell, text, f"{path}: {where}"), where, False))
     return rows
 
 

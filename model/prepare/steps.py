@@ -3,7 +3,9 @@
 Steps, in order, each a function returning its data: ``read_inputs``; ``redact`` personal data
 (before anything else touches the text); ``clean_inputs`` (each rule counts what it removed);
 ``label`` (human labels first and never overwritten; auto-labels only from confident,
-non-fallback, thumbs-up answers; the rest of the interesting answers go to the review queue);
+non-fallback, thumbs-up answers; the rest of the interesting answers go to the review queue, in
+turns from clusters of similar messages, the clusters also proposed as new intents:
+``model.prepare.clusters``, ``model.prepare.discovery``);
 ``balance_examples`` (per-intent cap on auto-labels, intents under the floor reported; entity
 types under theirs are reported in the datasheet);
 ``split_examples`` (old examples keep their split; new human labels join test by the text-hash rule
@@ -29,11 +31,13 @@ from model.core.steps import StepResult
 from model.data.conversations import read_snapshot
 from model.data.examples import assign_splits, dataset_digest, load_examples
 from model.prepare.balancing import balance_examples, split_examples
-from model.prepare.cleaning import clean_inputs
+from model.prepare.cleaning import clean_inputs, exact_key
+from model.prepare.clusters import cluster_review, diverse_order, embed
 from model.prepare.datasheet import datasheet, input_summary, labelling_summary, log_to_mlflow, render_datasheet
+from model.prepare.discovery import candidate_summary, propose_intents, read_cluster_names, write_candidates
 from model.prepare.entity_labels import types_of
-from model.prepare.labelling import label
-from model.prepare.review_queue import order_queue, read_labels, write_queue
+from model.prepare.labelling import Labelled, label
+from model.prepare.review_queue import read_labels, write_queue
 
 
 @dataclass
@@ -44,6 +48,10 @@ class PrepareArgs:
     data: str = setting(str(SAMPLE_DATA), "current training set (any format `train` reads)")
     labels: str | None = setting(
         None, "human labels to merge: Label Studio JSON export or the review CSV with 'intent' filled in"
+    )
+    cluster_names: str | None = setting(
+        None,
+        "the review folder's new_intent_candidates.csv, 'name' filled in: a named cluster's messages get that intent",
     )
     out: str | None = setting(
         None, "folder to create for the prepared snapshot (unset: <work dir>/datasets/<time>-<digest>)"
@@ -60,9 +68,11 @@ def prepare_command(
     work: Path,
 ) -> StepResult:
     """Turn logged conversations into the next training set (redact, clean, label, balance, split)."""
-    labels, out = (Path(p) if p else None for p in (args.labels, args.out))
+    labels, out, names = (Path(p) if p else None for p in (args.labels, args.out, args.cluster_names))
     return StepResult(
-        *prepare_step(Path(args.snapshot), Path(args.data), labels, out, data, prepare, pii, registry, work)
+        *prepare_step(
+            Path(args.snapshot), Path(args.data), labels, out, data, prepare, pii, registry, work, cluster_names=names
+        )
     )
 
 
@@ -76,15 +86,20 @@ def prepare_step(
     pii_cfg: PiiConfig,
     reg_cfg: RegistryConfig,
     work: Path,
+    *,
+    cluster_names: Path | None = None,
 ) -> tuple[dict, str]:
-    """The steps in order (module docstring); returns the step's JSON result and its markdown (the datasheet)."""
+    """The steps in order (module docstring); returns the step's JSON result and its markdown (the datasheet).
+
+    ``cluster_names``: a candidates CSV with names filled in (``model.prepare.discovery``)."""
     started = time.perf_counter()
-    raw = read_inputs(snapshot, data, labels, data_cfg, prep_cfg)
-    inputs, pii_found = redact(raw, Scanner(pii_cfg), with_labels=labels is not None)
+    raw = read_inputs(snapshot, data, labels, data_cfg, prep_cfg, cluster_names)
+    with_labels = labels is not None or cluster_names is not None
+    inputs, pii_found = redact(raw, Scanner(pii_cfg), with_labels=with_labels)
     cleaned = clean_inputs(inputs.base, inputs.human, inputs.logs, prep_cfg)
     entity_types = inputs.entity_types | set(prep_cfg.new_entity_types)
     labelled = label(cleaned.base, cleaned.human, cleaned.logs, inputs.known_intents, prep_cfg, entity_types)
-    queue = order_queue(labelled.review).head(prep_cfg.review_limit)
+    queue, candidates = review_queue(labelled, prep_cfg, work)
     balanced = balance_examples(labelled.examples(), inputs.known_intents, data_cfg, prep_cfg)
     examples, overlaps = split_examples(balanced.examples, data_cfg, prep_cfg)
     removed = {**cleaned.removed, "overlaps_test_set": overlaps, "case_duplicates_in_training_set": cleaned.case_twins}
@@ -95,7 +110,10 @@ def prepare_step(
     sheet = datasheet(
         examples,
         digest,
-        inputs=input_summary(snapshot, inputs.logs, data, len(cleaned.base), labels, len(cleaned.human)),
+        inputs={
+            **input_summary(snapshot, inputs.logs, data, len(cleaned.base), labels, len(cleaned.human)),
+            "cluster_names": str(cluster_names) if cluster_names else None,
+        },
         pii_found=pii_found,
         removed=removed,
         labelling={
@@ -114,9 +132,11 @@ def prepare_step(
         prep_cfg=prep_cfg,
         data_cfg=data_cfg,
     )
+    sheet["new_intent_candidates"] = candidate_summary(candidates)
     intents = sorted(inputs.known_intents | set(prep_cfg.new_intents))
+    review = (queue, candidates)
     sheet, markdown = write_prepared(
-        target, examples, queue, (intents, labelled.entity_types), sheet, prep_cfg.log_to_mlflow, reg_cfg
+        target, examples, review, (intents, labelled.entity_types), sheet, prep_cfg.log_to_mlflow, reg_cfg
     )
     result = {
         "snapshot": str(target / "examples.parquet"),
@@ -146,9 +166,15 @@ class Inputs:
 
 
 def read_inputs(
-    snapshot: Path, data: Path, labels: Path | None, data_cfg: DataConfig, prep_cfg: PrepareConfig
+    snapshot: Path,
+    data: Path,
+    labels: Path | None,
+    data_cfg: DataConfig,
+    prep_cfg: PrepareConfig,
+    cluster_names: Path | None = None,
 ) -> Inputs:
-    """The training set (split by its texts as they are), the snapshot's events and the human labels."""
+    """The training set (split by its texts as they are), the snapshot's events and the human labels
+    (one by one from ``labels``; by cluster from ``cluster_names``, where ``labels`` has no label)."""
     base = assign_splits(load_examples(data, data_cfg), data_cfg)
     known_intents = set(base["intent"]) - {data_cfg.oos_label}
     logs = read_snapshot(snapshot)
@@ -159,7 +185,20 @@ def read_inputs(
     if labels:
         allowed = known_intents | set(prep_cfg.new_intents) | {data_cfg.oos_label}
         human = read_labels(labels, allowed, entity_types | set(prep_cfg.new_entity_types))
+    if cluster_names:
+        named = read_cluster_names(cluster_names)
+        named = named[~named["text"].map(exact_key).isin(set(human["text"].map(exact_key)))]
+        human = pd.concat([human, named], ignore_index=True)
     return Inputs(base, logs, human, known_intents, entity_types)
+
+
+def review_queue(labelled: Labelled, cfg: PrepareConfig, work: Path) -> tuple[pd.DataFrame, list[dict]]:
+    """The review queue (clusters in turns, at most ``review_limit``) and the clusters as candidate intents."""
+    review = labelled.review
+    vectors = embed(list(review["text"]), cfg, work) if cfg.review_encoder and len(review) else None
+    clustered, vectors = cluster_review(review, vectors, cfg)
+    candidates = propose_intents(clustered, vectors, cfg, labelled.entity_types)
+    return diverse_order(clustered, cfg).head(cfg.review_limit), candidates
 
 
 def redact(inputs: Inputs, scanner: Scanner, *, with_labels: bool) -> tuple[Inputs, dict[str, dict]]:
@@ -180,7 +219,7 @@ def redact(inputs: Inputs, scanner: Scanner, *, with_labels: bool) -> tuple[Inpu
 def write_prepared(
     target: Path,
     examples: pd.DataFrame,
-    queue: pd.DataFrame,
+    review: tuple[pd.DataFrame, list[dict]],
     vocabulary: tuple[list[str], list[str]],
     sheet: dict,
     log_run: bool,
@@ -188,14 +227,16 @@ def write_prepared(
 ) -> tuple[dict, str]:
     """Write the snapshot, review queue and datasheet to a temporary folder and move it to ``target``.
 
-    ``vocabulary``: the intents and entity types the review queue offers.
+    ``review``: the review queue and the candidate new intents; ``vocabulary``: the intents and
+    entity types the review queue offers.
 
     Returns the datasheet as written (with the review queue's files and the MLflow run) and its markdown.
     """
     with replacing(target) as tmp:
         tmp.mkdir()
         examples.to_parquet(tmp / "examples.parquet", index=False)
-        written = write_queue(queue, tmp / "review", *vocabulary)
+        queue, candidates = review
+        written = {**write_queue(queue, tmp / "review", *vocabulary), **write_candidates(candidates, tmp / "review")}
         sheet = {**sheet, "review_queue": {k: str(target / "review" / Path(v).name) for k, v in written.items()}}
         markdown = render_datasheet(sheet)
         if log_run:
