@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from data_checks.validate import EVENTS_SUITE, TRAINING_SUITE, check_data
-from model.core.config import PROJECT_ROOT, SAMPLE_DATA, CheckConfig, DataConfig, PiiConfig, PrepareConfig
+from model.core.config import SAMPLE_DATA, CheckConfig, DataConfig, PiiConfig, PrepareConfig
 from model.core.errors import FlywheelError
 from model.data.conversations import write_snapshot
 from model.data.entities import dump_spans, follow_edit, load_spans, parse_inline
@@ -25,7 +25,6 @@ from tests.conftest import local_registry, write_subset
 from tests.snapshot_fixtures import make_snapshot
 
 CFG = DataConfig(min_examples_per_intent=2)
-SNIPS = PROJECT_ROOT.parent / "shared" / "datasets" / "snips"  # beside the checkout, as the benchmarks read it
 NOW = datetime(2026, 11, 27, tzinfo=UTC)  # the snapshot fixtures' events are from 2026-11-20
 
 
@@ -183,30 +182,23 @@ def test_follow_edit_moves_spans_through_normalisation():
     assert [new[s["start"] : s["end"]] for s in moved] == ["NW12345", "May 4th"] == [s["value"] for s in moved]
 
 
-@pytest.fixture(scope="module")
-def snips() -> pd.DataFrame:
-    return load_examples(SNIPS)
-
-
-def test_snips_folder_loads_with_its_splits_and_entities(snips):
-    assert snips["intent"].nunique() == 7
-    assert (snips["split"] == "train").sum() == 13784 and (snips["split"] == "test").sum() == 700
-    spans = [(t, s) for t, cell in zip(snips["text"], snips["entities"]) for s in load_spans(cell)]
-    assert len(spans) > 30000 and all(t[s["start"] : s["end"]] == s["value"] for t, s in spans)
-    assert all(s["value"] == s["value"].strip() for _, s in spans)
-    split = assign_splits(snips, DataConfig())
-    assert (split["split"] == "test").sum() == 700 and 0.05 < (split["split"] == "val").mean() < 0.15
-
-
-def test_snips_play_music_reads_its_accents_and_emoji(snips):
-    """train_PlayMusic_full.json is UTF-8 with one emoji written as CESU-8 surrogates: read exactly."""
-    music = snips[(snips["intent"] == "PlayMusic") & (snips["split"] == "train")]
-    texts = set(music["text"])
-    assert "play the Música Da Série De Filmes O Hobbit album by Alex Otaola" in texts
-    pizza = music[music["text"].str.contains("Pop Punk Perfection")]
-    assert pizza["text"].str.contains("\U0001f355").all() and len(pizza)
-    assert load_spans(pizza["entities"].iloc[0])[0]["value"] == "Pop Punk Perfection \U0001f355"
-    assert not music["text"].str.contains("Ã|\ufffd|[\ud800-\udfff]").any()  # no mojibake, replacement or surrogate
+def test_snips_file_with_cesu8_emoji_and_accents_is_read_exactly(tmp_path):
+    """As SNIPS' train_PlayMusic_full.json is: UTF-8, except one emoji written as two CESU-8
+    surrogates (its README says Latin-1; the bytes say otherwise): read exactly, spans included."""
+    pizza = "Pop Punk Perfection \U0001f355"
+    utterances = [
+        {"data": [{"text": "play the "}, {"text": "Música Da Série", "entity": "album"}, {"text": " album"}]},
+        {"data": [{"text": "add it to "}, {"text": pizza, "entity": "playlist"}]},
+    ]
+    utf8 = json.dumps({"Order": utterances}, ensure_ascii=False).encode()
+    cesu = utf8.replace("\U0001f355".encode(), "\ud83c\udf55".encode("utf-8", "surrogatepass"))  # each half alone
+    assert b"\xed\xa0\xbc" in cesu and "é".encode() in cesu
+    df = load_examples(_snips_folder(tmp_path, cesu), CFG)
+    train = df[df["split"] == "train"]
+    assert list(train["text"]) == ["play the Música Da Série album", f"add it to {pizza}"]
+    values = [s["value"] for c in train["entities"] for s in load_spans(c)]
+    assert values == ["Música Da Série", pizza]
+    assert not train["text"].str.contains("Ã|\ufffd|[\ud800-\udfff]").any()  # no mojibake, replacement or surrogate
 
 
 def _snips_folder(tmp_path: Path, train_bytes: bytes) -> Path:

@@ -35,7 +35,7 @@ __all__ = ["Entity", "IntentPredictor", "Prediction", "pad_batch", "softmax"]
 class Prediction:
     intent: str
     confidence: float
-    fallback: bool  # below the calibrated threshold: hand off to a human instead of answering
+    fallback: bool  # unsure or out of scope (the calibrated thresholds): hand off to a human instead of answering
     entities: tuple[Entity, ...] = ()  # empty for a model trained without entity data
 
 
@@ -65,6 +65,10 @@ class IntentPredictor:
         self.labels = list(labels)
         self.tags = list(tags)
         self.threshold = float(threshold)
+        # out-of-scope hand-off: below this top intent logit (scale x the best cosine to an intent), the
+        # message is like no intent the model knows, however the softmax spreads; None: no such check
+        scope = (meta or {}).get("scope_threshold")
+        self.scope_threshold = None if scope is None else float(scope)
         self.temperature = float(temperature)  # divides the logits: fitted on validation data
         self.max_length = int(max_length)
         self.meta = meta or {}
@@ -116,14 +120,19 @@ class IntentPredictor:
         """Softmax over intents, one row per text; passes group texts of similar token count to pad little."""
         return self._run(texts, batch_size)[0]
 
+    def top_logits(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
+        """Each text's highest intent logit before temperature: the score the scope threshold reads."""
+        return self._run(texts, batch_size)[3]
+
     def _run(self, texts: list[str], batch_size: int | None = None):
         """Intent probabilities; with an entity head also, per text, its tokens' (offsets, word ids) and
-        tag probabilities."""
+        tag probabilities; and each text's top intent logit."""
         batch_size = batch_size or self._chunk_size(len(texts))
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        top = np.zeros(len(texts), dtype=np.float32)
         token_probs: list[np.ndarray | None] = [None] * len(texts)
         if not len(texts):
-            return out, [], token_probs
+            return out, [], token_probs, top
         encoded = self.tokenizer(
             list(texts), truncation=True, max_length=self.max_length, return_offsets_mapping=bool(self.tags)
         )
@@ -134,11 +143,12 @@ class IntentPredictor:
         padded = [pad_batch([ids[i] for i in idx], self.tokenizer.pad_token_id or 0) for idx in chunks]
         for idx, outputs in zip(chunks, self._logits(padded)):
             out[idx] = softmax(outputs[0] / self.temperature)
+            top[idx] = outputs[0].max(axis=-1)
             if self.tags:
                 tag_probs = softmax(outputs[1])
                 for row, i in enumerate(idx):
                     token_probs[i] = tag_probs[row, : len(ids[i])]
-        return out, words, token_probs
+        return out, words, token_probs, top
 
     def _chunk_size(self, n: int) -> int:
         """Texts per pass for a batch of ``n``: with ONNX Runtime, chunks of at most 8, as many as a
@@ -163,13 +173,14 @@ class IntentPredictor:
                 yield tuple(o.float().cpu().numpy() for o in outputs)
 
     def predict(self, texts: list[str], batch_size: int | None = None) -> list[Prediction]:
-        probs, words, token_probs = self._run(texts, batch_size)
+        probs, words, token_probs, top = self._run(texts, batch_size)
         best = probs.argmax(axis=1)
+        out_of_scope = top < self.scope_threshold if self.scope_threshold is not None else np.zeros(len(texts), bool)
         return [
             Prediction(
                 self.labels[j],
                 float(probs[i, j]),
-                bool(probs[i, j] < self.threshold),
+                bool(probs[i, j] < self.threshold or out_of_scope[i]),
                 tuple(decode(texts[i], *words[i], token_probs[i], self.tags)) if self.tags else (),
             )
             for i, j in enumerate(best)

@@ -83,7 +83,13 @@ class TrainConfig:
     freeze_embeddings: bool = setting(
         True, "word embeddings are half the weights; freezing them saves time and overfits less"
     )
-    fallback_precision: float = setting(0.9, "answered messages must be right this often; below it the bot hands off")
+    fallback_precision: float = setting(
+        0.9, "answered in-scope messages must be right this often; below it the bot hands off"
+    )
+    handoff_in_scope_cost: float = setting(
+        0.01,
+        "share of in-scope messages the out-of-scope hand-off may cost (answered right without it): one point",
+    )
     seed: int = setting(42, "fixed seed: CPU training is bit-for-bit repeatable")
     device: Literal["auto", "cpu", "cuda"] = setting(
         "auto", "auto picks CUDA (with mixed precision) when present, else CPU"
@@ -103,6 +109,9 @@ class TrainConfig:
 @dataclass
 class GateConfig:
     alpha: float = setting(0.05, "significance level for 'challenger is worse' (one-sided McNemar exact test)")
+    min_oos_recall: float = setting(
+        0.5, "a first model must hand off at least half of the out-of-scope test messages (with enough of them)"
+    )
     min_support: int = setting(10, "per-intent F1 on fewer test examples is noise; such intents are not gated")
     max_f1_drop: float = setting(
         0.05,

@@ -83,6 +83,7 @@ def evaluate(predictor: IntentPredictor, test: pd.DataFrame, oos_label: str = "o
         for record, want, got in zip(report["examples"], true_spans, predicted_spans):
             record["entities"], record["predicted_entities"] = _records(want), _records(got)
     if (~in_scope).any():
+        report["oos_label"] = oos_label  # which examples the gate's out-of-scope check pairs
         report["oos_recall"] = float(fallback[~in_scope].mean())
         report["n_out_of_scope"] = int((~in_scope).sum())
     return report

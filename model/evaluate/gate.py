@@ -62,6 +62,7 @@ def decide(challenger: dict, champion: dict | None, cfg: GateConfig) -> GateDeci
                 f"{challenger['macro_f1']:.4f} (floor {cfg.min_macro_f1:.2f}; no champion yet)",
             ),
             *_entity_floor(challenger, cfg),
+            *_out_of_scope_floor(challenger, cfg),
         ]
     elif challenger["test_digest"] != champion["test_digest"]:
         checks.append(
@@ -77,6 +78,7 @@ def decide(challenger: dict, champion: dict | None, cfg: GateConfig) -> GateDeci
             _mcnemar(challenger, champion, cfg),
             _per_intent(challenger, champion, cfg),
             *_new_intents(challenger, champion),
+            *_out_of_scope(challenger, champion, cfg),
             *_per_entity_type(challenger, champion, cfg),
         ]
     summary = {
@@ -165,6 +167,35 @@ def _per_intent(challenger: dict, champion: dict, cfg: GateConfig) -> Check:
     if within_noise:
         detail += f"; warning, a drop within noise (p ≥ {alpha:.2g}): " + ", ".join(within_noise)
     return Check("per-intent F1", not losses, detail)
+
+
+def _out_of_scope_floor(report: dict, cfg: GateConfig) -> list[Check]:
+    """With no champion: out-of-scope recall at least ``min_oos_recall``, where the test set has enough of them."""
+    n = report.get("n_out_of_scope", 0)
+    if n < cfg.min_support:
+        return []
+    recall = report["oos_recall"]
+    detail = f"{recall:.3f} of {n} out-of-scope messages handed off (floor {cfg.min_oos_recall:.2f}; no champion yet)"
+    return [Check("out-of-scope recall floor", recall >= cfg.min_oos_recall, detail)]
+
+
+def _out_of_scope(challenger: dict, champion: dict, cfg: GateConfig) -> list[Check]:
+    """Out-of-scope messages the champion handed off and the challenger answers: rejected when the
+    one-sided exact paired test shows it at ``alpha`` (a new intent that became a sink for them)."""
+    label = challenger.get("oos_label")
+    champ = {e["id"]: e for e in champion["examples"]}
+    pairs = [(e, champ[e["id"]]) for e in challenger["examples"] if e["intent"] == label and e["id"] in champ]
+    if len(pairs) < cfg.min_support:
+        return []
+    lost = sum(b["fallback"] and not a["fallback"] for a, b in pairs)  # only the champion handed it off
+    won = sum(a["fallback"] and not b["fallback"] for a, b in pairs)
+    p = binomtest(lost, lost + won, 0.5, alternative="greater").pvalue if lost + won else 1.0
+    detail = (
+        f"recall {challenger['oos_recall']:.3f} vs champion {champion.get('oos_recall', float('nan')):.3f} on "
+        f"{len(pairs)} out-of-scope messages; only the champion handed off {lost}, only the challenger {won}; "
+        f"p={p:.2g} (reject below {cfg.alpha})"
+    )
+    return [Check("out-of-scope hand-off", p >= cfg.alpha, detail)]
 
 
 def _new_intents(challenger: dict, champion: dict) -> list[Check]:

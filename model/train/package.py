@@ -21,7 +21,7 @@ Fine-tuned from `{base_model}` on dataset `{dataset_digest}` at git `{git_sha}`.
 - Intents ({n_labels}): {labels}
 {entity_line}- Fallback threshold: {threshold:.4f}: below this confidence the bot hands off to a human
   (picked on validation data so answered messages are right at least {precision:.0%} of the time).
-
+{scope_line}
 ## Intended use
 Routing customer-support chat messages to an intent, or to a human when unsure. Not for decisions
 about people; not for languages or domains absent from the training data.
@@ -82,8 +82,19 @@ def write_artifact(
                 entity_line=f"- Entity types: {', '.join(entity_types(result.tags))}\n" if result.tags else "",
                 threshold=threshold,
                 precision=train_cfg["fallback_precision"],
+                scope_line=_scope_line(meta, train_cfg),
                 metrics=metrics_markdown,
             )
         )
         digest = write_manifest(staging)
     return digest
+
+
+def _scope_line(meta: dict, train_cfg: dict) -> str:
+    """The model card's out-of-scope hand-off line; none for an artifact without a scope threshold."""
+    if meta.get("scope_threshold") is None:
+        return ""
+    return (
+        f"- Out-of-scope hand-off: below a top intent logit of {meta['scope_threshold']:.3f} the message is like\n"
+        f"  no known intent (picked to cost at most {train_cfg['handoff_in_scope_cost']:.0%} of in-scope answers).\n"
+    )

@@ -18,7 +18,7 @@ from model.data.entities import load_spans
 from model.data.examples import dataset_digest, load_split
 from model.evaluate.evaluation import evaluate, render_markdown
 from model.registry import tracking
-from model.train.calibration import fit_temperature, pick_threshold
+from model.train.calibration import fit_temperature, pick_threshold, scope_threshold
 from model.train.fit import fit
 from model.train.package import write_artifact
 
@@ -69,7 +69,7 @@ def train_step(
         predictor = IntentPredictor(
             result.model, result.tokenizer, result.labels, 0.0, train_cfg.max_length, tags=result.tags
         )
-        predictor.temperature, predictor.threshold = calibrate(predictor, val, train_cfg.fallback_precision)
+        calibrate(predictor, val, train_cfg)
         report = evaluate(predictor, test if len(test) else val, data_cfg.oos_label)
         md = render_markdown(report, "Held-out test split" if len(test) else "Validation split (no test rows)")
         meta = {
@@ -79,6 +79,7 @@ def train_step(
             "config": config,
             "max_length": train_cfg.max_length,
             "temperature": predictor.temperature,
+            "scope_threshold": predictor.scope_threshold,
             "train_seconds": train_seconds,
             "history": result.history,
             "metrics": _headline(report),
@@ -126,17 +127,18 @@ def training_spans(train: pd.DataFrame) -> list[list[dict]] | None:
     return spans if any(spans) else None
 
 
-def calibrate(predictor: IntentPredictor, val: pd.DataFrame, target_precision: float) -> tuple[float, float]:
-    """Fit the temperature on in-scope validation examples, then pick the fallback threshold."""
-    probs = predictor.probabilities(val["text"].tolist())
+def calibrate(predictor: IntentPredictor, val: pd.DataFrame, cfg: TrainConfig) -> None:
+    """Fit the temperature, the fallback threshold and the scope threshold on the in-scope validation
+    examples (``model.train.calibration``), into ``predictor``."""
     index = {name: i for i, name in enumerate(predictor.labels)}
-    known = val["intent"].map(index).notna().to_numpy()
-    temperature = fit_temperature(probs[known], val["intent"][known].map(index).to_numpy(dtype=int))
-    predictor.temperature = temperature
-    probs = predictor.probabilities(val["text"].tolist())
-    best = probs.argmax(axis=1)
-    correct = [predictor.labels[j] == y for j, y in zip(best, val["intent"])]
-    return temperature, pick_threshold(probs.max(axis=1), correct, target_precision)
+    known = val[val["intent"].isin(index)]
+    probs, _, _, top = predictor._run(known["text"].tolist())
+    targets = known["intent"].map(index).to_numpy(dtype=int)
+    predictor.temperature = fit_temperature(probs, targets)
+    probs = predictor.probabilities(known["text"].tolist())
+    correct = probs.argmax(axis=1) == targets
+    predictor.threshold = pick_threshold(probs.max(axis=1), correct, cfg.fallback_precision)
+    predictor.scope_threshold = scope_threshold(top, correct, cfg.handoff_in_scope_cost)
 
 
 def _headline(report: dict) -> dict:
