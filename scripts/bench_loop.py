@@ -6,7 +6,8 @@ intents appear. After the drift check, the same budget of human labels (500 by d
 twice on the shifted window: on the review queue's first items, and on a random draw of logged
 messages. Each labelled set is prepared and trained on the same way. Printed: test accuracy on all
 77 intents (Banking77's test.csv) of the first model and of both retrained ones, and the
-difference, as one JSON line at the end.
+difference, and per strategy the share of the reviewer's planted mistakes prepare's label check
+caught and of right labels it flagged, as one JSON line at the end.
 
     .venv/bin/python scripts/bench_loop.py [--dataset ../shared/datasets/banking77] [--budget 500]
 """
@@ -62,10 +63,13 @@ def main() -> int:
                 results = {}
                 for strategy in ("queue", "random"):
                     got = loop.retrain(strategy)
+                    score = loop.state.record.labelling.label_check_score
                     results[strategy] = {
                         "test_accuracy": got.offline.test_accuracy,
                         "macro_f1": got.offline.macro_f1,
                         "gate_passed": got.passed,
+                        "planted_mistakes_caught": score["caught_share"],  # aim: at least 0.60
+                        "right_labels_flagged": score["right_flagged_share"],  # aim: at most 0.05
                         "labelling": dataclasses.asdict(loop.state.record.labelling),
                     }
             finally:

@@ -105,6 +105,8 @@ class Labelling:
     error_rate: float
     new_intent_labels: int
     new_intents_waiting_for_labels: dict[str, int]
+    label_check: dict = field(default_factory=dict)  # prepare's label check: flagged per source (its datasheet's)
+    label_check_score: dict = field(default_factory=dict)  # annotator.recheck_score: planted mistakes caught
 
 
 @dataclass

@@ -4,8 +4,10 @@ Steps, in order, each a function returning its data: ``read_inputs``; ``redact``
 (before anything else touches the text); ``clean_inputs`` (each rule counts what it removed);
 ``label`` (human labels first and never overwritten; auto-labels only from confident,
 non-fallback, thumbs-up answers; the rest of the interesting answers go to the review queue);
-``balance_examples`` (per-intent cap on auto-labels, intents under the floor reported; entity
-types under theirs are reported in the datasheet);
+``check_new_labels`` (cross-validated confident learning flags likely-wrong new labels: left out
+until a second look confirms them, in the review queue's recheck section); ``balance_examples``
+(per-intent cap on auto-labels, intents under the floor reported; entity types under theirs are
+reported in the datasheet);
 ``split_examples`` (old examples keep their split, new ones never enter the frozen test set unless
 ``grow_test``); and ``write_prepared``: a Parquet snapshot with its digest, a ``datasheet`` and
 the review queue, all at once.
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from data_checks.embeddings import Embedder
 from data_checks.pii import Scanner
 from model.core.config import SAMPLE_DATA, DataConfig, PiiConfig, PrepareConfig, RegistryConfig, required, setting
 from model.core.errors import FlywheelError
@@ -32,7 +35,9 @@ from model.prepare.balancing import balance_examples, split_examples
 from model.prepare.cleaning import clean_inputs
 from model.prepare.datasheet import datasheet, input_summary, labelling_summary, log_to_mlflow, render_datasheet
 from model.prepare.entity_labels import types_of
+from model.prepare.label_check import LabelCheck, check_new_labels
 from model.prepare.labelling import label
+from model.prepare.recheck import second_look_texts, write_recheck
 from model.prepare.review_queue import order_queue, read_labels, write_queue
 
 
@@ -85,7 +90,9 @@ def prepare_step(
     entity_types = inputs.entity_types | set(prep_cfg.new_entity_types)
     labelled = label(cleaned.base, cleaned.human, cleaned.logs, inputs.known_intents, prep_cfg, entity_types)
     queue = order_queue(labelled.review).head(prep_cfg.review_limit)
-    balanced = balance_examples(labelled.examples(), inputs.known_intents, data_cfg, prep_cfg)
+    embed = Embedder(prep_cfg.label_check_encoder, work / "embeddings")  # loads the encoder only if called
+    checked = check_new_labels(labelled, cleaned.human, embed, prep_cfg, data_cfg.oos_label)
+    balanced = balance_examples(checked.kept, inputs.known_intents, data_cfg, prep_cfg)
     examples, overlaps = split_examples(balanced.examples, data_cfg, prep_cfg)
     removed = {**cleaned.removed, "overlaps_test_set": overlaps, "case_duplicates_in_training_set": cleaned.case_twins}
     digest = dataset_digest(examples)
@@ -114,9 +121,10 @@ def prepare_step(
         prep_cfg=prep_cfg,
         data_cfg=data_cfg,
     )
+    sheet["label_check"] = checked.summary(prep_cfg)
     intents = sorted(inputs.known_intents | set(prep_cfg.new_intents))
     sheet, markdown = write_prepared(
-        target, examples, queue, (intents, labelled.entity_types), sheet, prep_cfg.log_to_mlflow, reg_cfg
+        target, examples, (queue, checked), (intents, labelled.entity_types), sheet, prep_cfg.log_to_mlflow, reg_cfg
     )
     result = {
         "snapshot": str(target / "examples.parquet"),
@@ -130,6 +138,7 @@ def prepare_step(
         "below_floor": balanced.below_floor,
         **({"entity_types_below_floor": sheet["entities"]["below_floor"]} if "entities" in sheet else {}),
         "capped": balanced.capped,
+        "label_check": sheet["label_check"],
         "review_queue": sheet["review_queue"],
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -159,6 +168,9 @@ def read_inputs(
     if labels:
         allowed = known_intents | set(prep_cfg.new_intents) | {data_cfg.oos_label}
         human = read_labels(labels, allowed, entity_types | set(prep_cfg.new_entity_types))
+        # a second look from the recheck section confirms its label; placed last, so it wins over the first look
+        human = human.assign(second_look=human["text"].isin(second_look_texts(labels)))
+        human = human.sort_values("second_look", kind="stable").reset_index(drop=True)
     return Inputs(base, logs, human, known_intents, entity_types)
 
 
@@ -180,7 +192,7 @@ def redact(inputs: Inputs, scanner: Scanner, *, with_labels: bool) -> tuple[Inpu
 def write_prepared(
     target: Path,
     examples: pd.DataFrame,
-    queue: pd.DataFrame,
+    review: tuple[pd.DataFrame, LabelCheck],
     vocabulary: tuple[list[str], list[str]],
     sheet: dict,
     log_run: bool,
@@ -188,6 +200,7 @@ def write_prepared(
 ) -> tuple[dict, str]:
     """Write the snapshot, review queue and datasheet to a temporary folder and move it to ``target``.
 
+    ``review``: the review queue and the label check, whose flagged rows are the queue's recheck section;
     ``vocabulary``: the intents and entity types the review queue offers.
 
     Returns the datasheet as written (with the review queue's files and the MLflow run) and its markdown.
@@ -195,7 +208,9 @@ def write_prepared(
     with replacing(target) as tmp:
         tmp.mkdir()
         examples.to_parquet(tmp / "examples.parquet", index=False)
+        queue, checked = review
         written = write_queue(queue, tmp / "review", *vocabulary)
+        written |= write_recheck(checked.flagged, tmp / "review", vocabulary[1])
         sheet = {**sheet, "review_queue": {k: str(target / "review" / Path(v).name) for k, v in written.items()}}
         markdown = render_datasheet(sheet)
         if log_run:
