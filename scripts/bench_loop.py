@@ -8,8 +8,9 @@ messages. Each labelled set is prepared and trained on the same way. Printed: te
 77 intents (Banking77's test.csv) of the first model and of both retrained ones, and the
 difference, as one JSON line at the end; with it, how many of the held-back intents prepare's
 candidate new intents found (``held_back_clusters``: a cluster whose majority is that intent, at
-least 70% of its members; ``model.prepare.discovery.discovery_figures``). With
-``--cluster-decisions N`` the queue's reviewer first judges N candidates, one label each.
+least 70% of its members; ``model.prepare.discovery.discovery_figures``), and per strategy the
+share of the reviewer's planted mistakes prepare's label check caught and of right labels it
+flagged. With ``--cluster-decisions N`` the queue's reviewer first judges N candidates, one label each.
 
     .venv/bin/python scripts/bench_loop.py [--dataset ../shared/datasets/banking77] [--budget 500]
 """
@@ -70,10 +71,13 @@ def main() -> int:
                 results = {}
                 for strategy in ("queue", "random"):
                     got = loop.retrain(strategy)
+                    score = loop.state.record.labelling.label_check_score
                     results[strategy] = {
                         "test_accuracy": got.offline.test_accuracy,
                         "macro_f1": got.offline.macro_f1,
                         "gate_passed": got.passed,
+                        "planted_mistakes_caught": score["caught_share"],  # aim: at least 0.60
+                        "right_labels_flagged": score["right_flagged_share"],  # aim: at most 0.05
                         "labelling": dataclasses.asdict(loop.state.record.labelling),
                     }
             finally:

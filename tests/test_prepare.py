@@ -23,7 +23,8 @@ from scripts.cli import main
 from tests.conftest import local_registry, write_subset
 from tests.snapshot_fixtures import event, make_snapshot
 
-NO_MLFLOW = PrepareConfig(log_to_mlflow=False)
+# these tests label texts as other intents on purpose; the label check has its own (tests/test_label_check.py)
+NO_MLFLOW = PrepareConfig(log_to_mlflow=False, label_check=False)
 
 
 @pytest.fixture
@@ -153,7 +154,11 @@ def test_prepare_end_to_end(tmp_path, base_csv, base_df):
     ok = logs[(logs["thumbs"] == "up") & (logs["confidence"] >= 0.9) & ~logs["fallback"]]
     assert set(auto["conversation_id"]) <= set(ok["conversation_id"])
     assert "i'd like to know where my parcel went" not in set(df["text"])
-    assert len(auto) == result["labelling"]["auto_labelled"] > 10
+    # every auto-label is trained on but those the label check flagged (they wait in the recheck section)
+    recheck = pd.read_csv(out / "review" / "recheck.csv", dtype=str, keep_default_na=False)
+    assert len(auto) + len(recheck) == result["labelling"]["auto_labelled"] > 10
+    assert result["label_check"]["flagged"].get("auto", 0) == len(recheck)
+    assert not set(recheck["text"]) & set(df["text"])
     # the frozen test set is exactly the old one; nothing new went into it; no text on both sides
     base_split = assign_splits(load_examples(base_csv, DataConfig()), DataConfig())
     assert set(df.loc[df["split"] == "test", "text"]) == set(base_split.loc[base_split["split"] == "test", "text"])

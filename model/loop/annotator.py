@@ -5,7 +5,8 @@ can run unattended. ``queue`` takes the queue's order (most informative first); 
 the same number of logged messages at random, the baseline the queue has to beat. A mistake
 replaces the true intent with another one the reviewer could have picked, chosen at random.
 The output is the CSV the review queue hands out, with ``intent`` filled in, so ``flywheel prepare
---labels`` reads it exactly as it reads a person's work.
+--labels`` reads it exactly as it reads a person's work; ``recheck_score`` measures how many of the
+planted mistakes prepare's label check caught.
 
 With ``cluster_decisions`` (``LoopConfig``), the reviewer first judges that many of the candidate new
 intents prepare proposes (``model.prepare.discovery``), in their order (``name_clusters``): a
@@ -33,6 +34,7 @@ import pandas as pd
 
 from model.core.errors import FlywheelError
 from model.data.entities import dump_spans, load_spans
+from model.prepare.cleaning import exact_key, normalise
 from model.prepare.discovery import MIN_PURITY, cluster_purity
 from model.prepare.entity_labels import COLUMN as ENTITIES
 from model.prepare.entity_labels import cells, place_spans
@@ -100,6 +102,26 @@ def label(
         labelled[ENTITIES] = marked
     wrong = sum(a != b for a, b in zip(given, true))
     return labelled, {"labelled": len(labelled), "wrong_labels": int(wrong), "error_rate": error_rate}
+
+
+def recheck_score(flagged: list[str], texts: list[str], given: list[str], true: list[str]) -> dict:
+    """How the label check did on the reviewer's labels: the share of planted mistakes (a ``given``
+    intent that is not the ``true`` one) among the ``flagged`` texts, and the share of right labels
+    flagged; texts are compared as prepare compares them (normalised, case-blind). A label prepare
+    never checked (an out-of-scope one, one of an intent too small to check) counts as not flagged."""
+    flagged_keys = {exact_key(normalise(t)) for t in flagged}
+    hit = [exact_key(normalise(t)) in flagged_keys for t in texts]
+    wrong = [g != t for g, t in zip(given, true)]
+    mistakes, caught = sum(wrong), sum(h and w for h, w in zip(hit, wrong))
+    right, right_flagged = len(wrong) - mistakes, sum(h and not w for h, w in zip(hit, wrong))
+    return {
+        "labels": len(wrong),
+        "planted_mistakes": mistakes,
+        "planted_mistakes_caught": caught,
+        "right_labels_flagged": right_flagged,
+        "caught_share": round(caught / mistakes, 4) if mistakes else None,
+        "right_flagged_share": round(right_flagged / right, 4) if right else None,
+    }
 
 
 def _marked(queued: str, sent: str, cell: str) -> str:

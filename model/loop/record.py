@@ -111,6 +111,8 @@ class Labelling:
     clusters_judged: int = 0
     clusters_named: int = 0
     cluster_labels: int = 0
+    label_check: dict = field(default_factory=dict)  # prepare's label check: flagged per source (its datasheet's)
+    label_check_score: dict = field(default_factory=dict)  # annotator.recheck_score: planted mistakes caught
 
 
 @dataclass

@@ -82,10 +82,9 @@ def labelled_training_set(
     # the held-back intents, and entity types only they use, are new to the seed set: declared, not typos
     new_types = sorted(types_of(state.plan.pool) - types_of(state.plan.seed))
     prep_cfg = dataclasses.replace(cfgs.prepare, new_intents=list(state.held_back), new_entity_types=new_types)
-    # the review queue alone first (nothing logged to MLflow): what the reviewer is handed
-    queue_run, _ = _prepare(
-        snapshot, None, "queue", tag, dataclasses.replace(prep_cfg, log_to_mlflow=False), state, cfgs, work
-    )
+    # the review queue alone first (nothing logged to MLflow, no labels to check): what the reviewer is handed
+    queue_cfg = dataclasses.replace(prep_cfg, log_to_mlflow=False, label_check=False)
+    queue_run, _ = _prepare(snapshot, None, "queue", tag, queue_cfg, state, cfgs, work)
     queue = pd.read_csv(queue_run["review_queue"]["csv"], dtype={"request_id": str, "conversation_id": str})
     found = discovery_figures(
         queue_run["review_queue"]["new_intent_candidates_json"], state.truth, set(state.held_back)
@@ -115,6 +114,8 @@ def labelled_training_set(
         new_intents_waiting_for_labels=prepared["labelling"]["new_intents_waiting_for_labels"],
         discovery=found,
         **clusters,
+        label_check=prepared["label_check"],
+        label_check_score=_recheck_score(prepared, labelled, state),
     )
     return examples, prepared["rows"]
 
@@ -135,6 +136,14 @@ def _named_clusters(
     path.parent.mkdir(parents=True, exist_ok=True)
     named.to_csv(path, index=False)
     return path, stats
+
+
+def _recheck_score(prepared: dict, labelled: pd.DataFrame, state: LoopState) -> dict:
+    """``annotator.recheck_score`` of the reviewer's labels against the human rows prepare flagged."""
+    recheck = pd.read_csv(prepared["review_queue"]["recheck_csv"], dtype=str, keep_default_na=False)
+    flagged = recheck.loc[recheck["source"] == "human", "text"].tolist()
+    true = [state.truth[r] for r in labelled["request_id"]]
+    return annotator.recheck_score(flagged, labelled["text"].tolist(), labelled["intent"].tolist(), true)
 
 
 def _prepare(

@@ -140,6 +140,7 @@ def log_to_mlflow(df: pd.DataFrame, target: Path, sheet: dict, markdown: str, re
                 "rows": len(df),
                 "auto_labelled": sheet["labelling"]["auto_labelled"],
                 "review_candidates": sheet["labelling"]["review_candidates"],
+                "label_check_flagged": sum(sheet.get("label_check", {}).get("flagged", {}).values()),
                 **{f"removed_{k}": v for k, v in sheet["removed"].items()},
                 **{f"pii_{src}_{k}": v for src, c in sheet["pii_found"].items() for k, v in c.items()},
             }
@@ -175,6 +176,8 @@ def render_datasheet(sheet: dict) -> str:
         f"(earlier kept), {lab['review_candidates']} to review ({lab['review_exported']} exported).",
         "",
     ]
+    if sheet.get("label_check"):
+        lines += render_label_check(sheet["label_check"])
     if lab["new_intents"]:
         lines += [f"New intents: {', '.join(lab['new_intents'])}", ""]
     if lab.get("new_intents_waiting_for_labels"):
@@ -246,3 +249,28 @@ def render_entities(section: dict) -> list[str]:
     for kind, p in section["by_type_and_split"].items():
         lines.append(f"| {kind} | {sum(p.values())} | {p.get('train', 0)} | {p.get('val', 0)} | {p.get('test', 0)} |")
     return lines
+
+
+def render_label_check(section: dict) -> list[str]:
+    """The datasheet's label-check line: what was flagged per source, or why nothing was checked."""
+    if not section["enabled"]:
+        return ["Label check: off.", ""]
+    if section["skipped"]:
+        lines = [f"Label check: not run ({section['skipped']})."]
+    else:
+        checked = sum(section["checked"].values())
+        flagged = sum(section["flagged"].values())
+        flags = section["flagged"]
+        per_source = ", ".join(f"{src} {flags.get(src, 0)} of {n}" for src, n in section["checked"].items())
+        lines = [
+            f"Label check ({section['method']}, {section['folds']} folds): "
+            f"**{flagged} of {checked} new labels flagged** ({per_source}), "
+            "left out until a second look confirms them (review/recheck.csv)."
+        ]
+    if section["confirmed_kept"]:
+        lines.append(f"{section['confirmed_kept']} labels confirmed by a second look kept unchecked.")
+    if section["unchecked_intents"]:
+        lines.append(
+            "Intents too small to check: " + ", ".join(f"{k} ({v})" for k, v in section["unchecked_intents"].items())
+        )
+    return [" ".join(lines), ""]

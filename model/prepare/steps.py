@@ -6,8 +6,10 @@ Steps, in order, each a function returning its data: ``read_inputs``; ``redact``
 non-fallback, thumbs-up answers; the rest of the interesting answers go to the review queue, in
 turns from clusters of similar messages, the clusters also proposed as new intents:
 ``model.prepare.clusters``, ``model.prepare.discovery``);
-``balance_examples`` (per-intent cap on auto-labels, intents under the floor reported; entity
-types under theirs are reported in the datasheet);
+``check_new_labels`` (cross-validated confident learning flags likely-wrong new labels: left out
+until a second look confirms them, in the review queue's recheck section); ``balance_examples``
+(per-intent cap on auto-labels, intents under the floor reported; entity types under theirs are
+reported in the datasheet);
 ``split_examples`` (old examples keep their split; new human labels join test by the text-hash rule
 with ``grow_test``, auto-labels never); and ``write_prepared``: a Parquet snapshot with its digest, a ``datasheet`` and
 the review queue, all at once.
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from data_checks.embeddings import Embedder
 from data_checks.pii import Scanner
 from model.core.config import SAMPLE_DATA, DataConfig, PiiConfig, PrepareConfig, RegistryConfig, required, setting
 from model.core.errors import FlywheelError
@@ -36,7 +39,9 @@ from model.prepare.clusters import cluster_review, diverse_order, embed
 from model.prepare.datasheet import datasheet, input_summary, labelling_summary, log_to_mlflow, render_datasheet
 from model.prepare.discovery import candidate_summary, propose_intents, read_cluster_names, write_candidates
 from model.prepare.entity_labels import types_of
+from model.prepare.label_check import LabelCheck, check_new_labels
 from model.prepare.labelling import Labelled, label
+from model.prepare.recheck import second_look_texts, write_recheck
 from model.prepare.review_queue import read_labels, write_queue
 
 
@@ -100,7 +105,9 @@ def prepare_step(
     entity_types = inputs.entity_types | set(prep_cfg.new_entity_types)
     labelled = label(cleaned.base, cleaned.human, cleaned.logs, inputs.known_intents, prep_cfg, entity_types)
     queue, candidates = review_queue(labelled, prep_cfg, work)
-    balanced = balance_examples(labelled.examples(), inputs.known_intents, data_cfg, prep_cfg)
+    embed = Embedder(prep_cfg.label_check_encoder, work / "embeddings")  # loads the encoder only if called
+    checked = check_new_labels(labelled, cleaned.human, embed, prep_cfg, data_cfg.oos_label)
+    balanced = balance_examples(checked.kept, inputs.known_intents, data_cfg, prep_cfg)
     examples, overlaps = split_examples(balanced.examples, data_cfg, prep_cfg)
     removed = {**cleaned.removed, "overlaps_test_set": overlaps, "case_duplicates_in_training_set": cleaned.case_twins}
     digest = dataset_digest(examples)
@@ -133,8 +140,9 @@ def prepare_step(
         data_cfg=data_cfg,
     )
     sheet["new_intent_candidates"] = candidate_summary(candidates)
+    sheet["label_check"] = checked.summary(prep_cfg)
     intents = sorted(inputs.known_intents | set(prep_cfg.new_intents))
-    review = (queue, candidates)
+    review = (queue, candidates, checked)
     sheet, markdown = write_prepared(
         target, examples, review, (intents, labelled.entity_types), sheet, prep_cfg.log_to_mlflow, reg_cfg
     )
@@ -150,6 +158,7 @@ def prepare_step(
         "below_floor": balanced.below_floor,
         **({"entity_types_below_floor": sheet["entities"]["below_floor"]} if "entities" in sheet else {}),
         "capped": balanced.capped,
+        "label_check": sheet["label_check"],
         "review_queue": sheet["review_queue"],
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -185,8 +194,11 @@ def read_inputs(
     if labels:
         allowed = known_intents | set(prep_cfg.new_intents) | {data_cfg.oos_label}
         human = read_labels(labels, allowed, entity_types | set(prep_cfg.new_entity_types))
+        # a second look from the recheck section confirms its label; placed last, so it wins over the first look
+        human = human.assign(second_look=human["text"].isin(second_look_texts(labels)))
+        human = human.sort_values("second_look", kind="stable").reset_index(drop=True)
     if cluster_names:
-        named = read_cluster_names(cluster_names)
+        named = read_cluster_names(cluster_names).assign(second_look=False)
         named = named[~named["text"].map(exact_key).isin(set(human["text"].map(exact_key)))]
         human = pd.concat([human, named], ignore_index=True)
     return Inputs(base, logs, human, known_intents, entity_types)
@@ -219,7 +231,7 @@ def redact(inputs: Inputs, scanner: Scanner, *, with_labels: bool) -> tuple[Inpu
 def write_prepared(
     target: Path,
     examples: pd.DataFrame,
-    review: tuple[pd.DataFrame, list[dict]],
+    review: tuple[pd.DataFrame, list[dict], LabelCheck],
     vocabulary: tuple[list[str], list[str]],
     sheet: dict,
     log_run: bool,
@@ -227,16 +239,17 @@ def write_prepared(
 ) -> tuple[dict, str]:
     """Write the snapshot, review queue and datasheet to a temporary folder and move it to ``target``.
 
-    ``review``: the review queue and the candidate new intents; ``vocabulary``: the intents and
-    entity types the review queue offers.
+    ``review``: the review queue, the candidate new intents and the label check, whose flagged rows
+    are the queue's recheck section; ``vocabulary``: the intents and entity types the review queue offers.
 
     Returns the datasheet as written (with the review queue's files and the MLflow run) and its markdown.
     """
     with replacing(target) as tmp:
         tmp.mkdir()
         examples.to_parquet(tmp / "examples.parquet", index=False)
-        queue, candidates = review
+        queue, candidates, checked = review
         written = {**write_queue(queue, tmp / "review", *vocabulary), **write_candidates(candidates, tmp / "review")}
+        written |= write_recheck(checked.flagged, tmp / "review", vocabulary[1])
         sheet = {**sheet, "review_queue": {k: str(target / "review" / Path(v).name) for k, v in written.items()}}
         markdown = render_datasheet(sheet)
         if log_run:
