@@ -171,6 +171,42 @@ def test_new_intents_are_reported_with_their_test_support_and_not_gated():
     assert "new intents" not in [c.name for c in decide(same, {**same, "model_intents": ["a", "b"]}, CFG).checks]
 
 
+def _with_out_of_scope(report_: dict, handed_off: int, n: int = 20) -> dict:
+    """``report_`` plus ``n`` out-of-scope test examples, the first ``handed_off`` of them handed off."""
+    extra = [
+        {"id": f"o{i}", "intent": "oos", "predicted": "a", "confidence": 0.5, "fallback": i < handed_off}
+        for i in range(n)
+    ]
+    return {
+        **report_,
+        "examples": report_["examples"] + extra,
+        "oos_label": "oos",
+        "oos_recall": handed_off / n,
+        "n_out_of_scope": n,
+    }
+
+
+@pytest.mark.parametrize(
+    ("champion_caught", "challenger_caught", "passes"),
+    [(16, 16, True), (16, 14, True), (16, 8, False)],  # the same; two fewer (noise); half lost: a new sink
+)
+def test_out_of_scope_hand_off_is_paired_against_the_champion(champion_caught, challenger_caught, passes):
+    champion = _with_out_of_scope(report([True] * 100), champion_caught)
+    challenger = _with_out_of_scope(report([True] * 100), challenger_caught)
+    decision = decide(challenger, champion, CFG)
+    (check,) = [c for c in decision.checks if c.name == "out-of-scope hand-off"]
+    assert check.passed is passes and decision.passed is passes
+    assert f"only the champion handed off {champion_caught - challenger_caught}" in check.detail
+
+
+def test_a_first_model_must_hand_off_enough_out_of_scope_messages():
+    assert decide(_with_out_of_scope(report([True] * 100), 12), None, CFG).passed
+    low = decide(_with_out_of_scope(report([True] * 100), 6), None, CFG)
+    assert low.reasons == [
+        "out-of-scope recall floor: 0.300 of 20 out-of-scope messages handed off (floor 0.50; no champion yet)"
+    ]
+
+
 def test_intent_with_little_support_is_not_gated():
     champion = report([True] * 90 + [False] * 10, f1={"a": 0.9, "b": 0.9})
     challenger = report([True] * 90 + [False] * 10, f1={"a": 0.9, "b": 0.2})

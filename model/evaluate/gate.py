@@ -176,7 +176,7 @@ def _out_of_scope_floor(report: dict, cfg: GateConfig) -> list[Check]:
         return []
     recall = report["oos_recall"]
     detail = f"{recall:.3f} of {n} out-of-scope messages handed off (floor {cfg.min_oos_recall:.2f}; no champion yet)"
-    return [Check("out-of-scope recall floor", recall >= cfg.min_oos_recall, detail)]
+    return [Check("out-of-scope recall floor", bool(recall >= cfg.min_oos_recall), detail)]
 
 
 def _out_of_scope(challenger: dict, champion: dict, cfg: GateConfig) -> list[Check]:
@@ -195,7 +195,7 @@ def _out_of_scope(challenger: dict, champion: dict, cfg: GateConfig) -> list[Che
         f"{len(pairs)} out-of-scope messages; only the champion handed off {lost}, only the challenger {won}; "
         f"p={p:.2g} (reject below {cfg.alpha})"
     )
-    return [Check("out-of-scope hand-off", p >= cfg.alpha, detail)]
+    return [Check("out-of-scope hand-off", bool(p >= cfg.alpha), detail)]
 
 
 def _new_intents(challenger: dict, champion: dict) -> list[Check]:
