@@ -12,7 +12,7 @@ least 70% of its members; ``model.prepare.discovery.discovery_figures``), and pe
 share of the reviewer's planted mistakes prepare's label check caught and of right labels it
 flagged. With ``--cluster-decisions N`` the queue's reviewer first judges N candidates, one label each.
 
-    .venv/bin/python scripts/bench_loop.py [--dataset ../shared/datasets/banking77] [--budget 500]
+    .venv/bin/python scripts/bench_loop.py [--dataset ../shared/datasets/banking77] [--budget 500] [--seeds 7 8 9]
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 from model.core.config import DEFAULT_CONFIG, PROJECT_ROOT
 from model.core.settings import load_config
@@ -43,20 +45,41 @@ def main() -> int:
     parser.add_argument(
         "--cluster-decisions", type=int, help="candidate new intents the queue's reviewer judges, one label each"
     )
-    parser.add_argument("--keep", help="keep the work folder here instead of a temporary one")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[7, 8, 9],
+        help="loop seeds (held-back intents, traffic, reviewer mistakes)",
+    )
+    parser.add_argument("--keep", help="keep the work folders under this folder instead of temporary ones")
     args = parser.parse_args()
+    runs = []
+    for seed in args.seeds:
+        figures = one_run(args, seed)
+        if figures is None:
+            return 1
+        print(json.dumps(figures, default=str), flush=True)  # one line per seed, as each finishes
+        runs.append(figures)
+    print(summary_table(runs), file=sys.stderr)
+    print(json.dumps({"seeds": args.seeds, "summary": summarise(runs)}, default=str))
+    return 0
 
+
+def one_run(args: argparse.Namespace, seed: int) -> dict | None:
+    """One turn of the loop with loop seed ``seed``: the first model, then both strategies; None without drift."""
     loop_cfg = dataclasses.replace(
         load_config("loop"),
         held_back_fraction=args.held_back / 77,
         label_budget=args.budget,
         requests_after_shift=args.shifted_requests,
+        seed=seed,
     )
     if args.cluster_decisions is not None:
         loop_cfg = dataclasses.replace(loop_cfg, cluster_decisions=args.cluster_decisions)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
-        work = Path(args.keep or tmp).resolve()
+        work = (Path(args.keep) / f"seed-{seed}" if args.keep else Path(tmp)).resolve()
         work.mkdir(parents=True, exist_ok=True)
         cfgs = load_configs(DEFAULT_CONFIG, loop_cfg, work)
         cfgs.data = dataclasses.replace(cfgs.data, val_fraction=0.1)  # Banking77 has no validation split: carve 10%
@@ -66,25 +89,15 @@ def main() -> int:
                 loop.setup()
                 loop.first_model()
                 if not loop.traffic_and_drift():
-                    print("no drift found: nothing to compare", file=sys.stderr)
-                    return 1
-                results = {}
-                for strategy in ("queue", "random"):
-                    got = loop.retrain(strategy)
-                    score = loop.state.record.labelling.label_check_score
-                    results[strategy] = {
-                        "test_accuracy": got.offline.test_accuracy,
-                        "macro_f1": got.offline.macro_f1,
-                        "gate_passed": got.passed,
-                        "planted_mistakes_caught": score["caught_share"],  # aim: at least 0.60
-                        "right_labels_flagged": score["right_flagged_share"],  # aim: at most 0.05
-                        "labelling": dataclasses.asdict(loop.state.record.labelling),
-                    }
+                    print(f"seed {seed}: no drift found: nothing to compare", file=sys.stderr)
+                    return None
+                results = {strategy: _retrain(loop, strategy) for strategy in ("queue", "random")}
             finally:
                 loop.close()
         state = loop.state
         before = state.record.offline[0]
-    figures = {
+    return {
+        "seed": seed,
         "dataset": args.dataset,
         "known_intents": len(state.known),
         "held_back_intents": len(state.held_back),
@@ -100,8 +113,77 @@ def main() -> int:
         ),
         "wall_seconds": round(time.monotonic() - started, 1),
     }
-    print(json.dumps(figures, default=str))
-    return 0
+
+
+def _retrain(loop: Loop, strategy: str) -> dict:
+    got = loop.retrain(strategy)
+    labelling = loop.state.record.labelling
+    score = labelling.label_check_score
+    return {
+        "test_accuracy": got.offline.test_accuracy,
+        "macro_f1": got.offline.macro_f1,
+        "gate_passed": got.passed,
+        "new_intent_labels": labelling.new_intent_labels,
+        "planted_mistakes_caught": score["caught_share"],  # aim: at least 0.60
+        "right_labels_flagged": score["right_flagged_share"],  # aim: at most 0.05
+        "labelling": dataclasses.asdict(labelling),
+    }
+
+
+def _mean_spread(values: list[float]) -> dict:
+    """Mean, and the spread as min-max: with 3 seeds a standard deviation says little more."""
+    return {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values))}
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Per strategy, over the seeds: accuracy, gate passes, labels on new intents, the label check's figures."""
+    out: dict = {"first_model_accuracy": _mean_spread([r["before"]["test_accuracy"] for r in runs])}
+    for strategy in ("queue", "random"):
+        rows = [r[f"after_{strategy}"] for r in runs]
+        out[strategy] = {
+            "test_accuracy": _mean_spread([r["test_accuracy"] for r in rows]),
+            "gate_passed": sum(bool(r["gate_passed"]) for r in rows),
+            "new_intent_labels": _mean_spread([r["new_intent_labels"] for r in rows]),
+            "planted_mistakes_caught": _mean_spread([r["planted_mistakes_caught"] for r in rows]),
+            "right_labels_flagged": _mean_spread([r["right_labels_flagged"] for r in rows]),
+        }
+    found = [r["held_back_clusters"] for r in runs]
+    out["held_back_found"] = _mean_spread([f["held_back_found"] for f in found])
+    purities = [p for f in found for p in f["found_purity"].values()]
+    out["found_purity"] = _mean_spread(purities) if purities else None
+    out["queue_minus_random_points"] = _mean_spread([r["queue_minus_random_accuracy_points"] for r in runs])
+    return out
+
+
+def summary_table(runs: list[dict]) -> str:
+    """The README's table: one row per strategy, mean over the seeds with the min-max spread."""
+    s = summarise(runs)
+
+    def cell(m: dict, scale: float = 100.0, unit: str = "%") -> str:
+        return f"{m['mean'] * scale:.2f}{unit} ({m['min'] * scale:.2f}-{m['max'] * scale:.2f})"
+
+    found = s["held_back_found"]
+    held = runs[0]["held_back_intents"]
+    lines = [
+        f"first model: {cell(s['first_model_accuracy'])} on all intents; seeds {[r['seed'] for r in runs]}",
+        "| strategy | accuracy, all intents | gate passed | labels on new intents | planted mistakes caught "
+        "| correct labels flagged |",
+        "|---|---|---|---|---|---|",
+    ]
+    for strategy in ("queue", "random"):
+        q = s[strategy]
+        lines.append(
+            f"| {strategy} | {cell(q['test_accuracy'])} | {q['gate_passed']} of {len(runs)} "
+            f"| {cell(q['new_intent_labels'], 1.0, '')} | {cell(q['planted_mistakes_caught'])} "
+            f"| {cell(q['right_labels_flagged'])} |"
+        )
+    purity = s["found_purity"]
+    lines.append(
+        f"held-back intents found as a candidate cluster (purity >= 0.7): {cell(found, 1.0, '')} of {held}"
+        + (f", purity {cell(purity, 1.0, '')}" if purity else "")
+    )
+    lines.append(f"queue minus random: {cell(s['queue_minus_random_points'], 1.0, ' points')}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
