@@ -132,10 +132,11 @@ def test_unreachable_predictor_is_an_error_naming_its_url():
 
 
 def with_threshold(tiny_artifact: dict, folder, threshold: float) -> str:
-    """A copy of the tiny model with another fallback threshold (and a manifest, hence a digest, of its own)."""
+    """A copy of the tiny model with another fallback threshold and no out-of-scope hand-off, so the
+    threshold alone decides (and a manifest, hence a digest, of its own)."""
     shutil.copytree(tiny_artifact["artifact"], folder)
     meta = json.loads((folder / "meta.json").read_text())
-    (folder / "meta.json").write_text(json.dumps({**meta, "fallback_threshold": threshold}))
+    (folder / "meta.json").write_text(json.dumps({**meta, "fallback_threshold": threshold, "scope_threshold": None}))
     (folder / MANIFEST).unlink()
     write_manifest(folder)
     return str(folder)
