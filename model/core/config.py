@@ -291,9 +291,11 @@ class LoopConfig:
         "candidate new intents the simulated reviewer judges before labelling one by one, each one label of the "
         "budget, named or not (model/loop/annotator.py); 0: one by one only, as a reviewer without the CSV",
     )
-    canary_percent: int = setting(30, "canary share during the demo: enough traffic to decide within a few looks")
+    canary_percent: int = setting(
+        50, "canary share during the demo: equal arms compare rates with the fewest requests (two like models too)"
+    )
     look_requests: int = setting(600, "requests between two canary analyses, as the hourly canary.yml would see them")
-    max_looks: int = setting(8, "bounded: after this many looks without a verdict the canary keeps running (hold)")
+    max_looks: int = setting(12, "bounded: after this many looks without a verdict the canary keeps running (hold)")
     requests_after_release: int = setting(300, "traffic on the final stable model, to show where accuracy ends up")
     env: Environment = setting("production", "environment whose manifest the stand-in repository and cluster follow")
     seed: int = setting(7, "picks held-back intents, traffic and reviewer mistakes reproducibly")
