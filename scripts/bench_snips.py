@@ -13,57 +13,35 @@ minutes of training (Joint BERT-base, five times the parameters: 98.6 / 97.0).
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import os
-import resource
 import sys
-import tempfile
 from pathlib import Path
 
-from model.core.config import PROJECT_ROOT, DataConfig, RegistryConfig
-from model.core.settings import load_config
-from model.train.steps import train_step
+from model.core.config import PROJECT_ROOT, DataConfig
+from scripts.bench_training import parse_args, run_figures, train_once
 
 
 def main() -> int:
     default = os.environ.get("FLYWHEEL_SNIPS", str(PROJECT_ROOT.parent / "shared" / "datasets" / "snips"))
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default=default, help="folder with SNIPS' train_*_full.json and validate_*.json")
-    parser.add_argument("--epochs", type=int, help="override the configured number of epochs")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    args = parser.parse_args()
-
-    train_cfg = load_config("train", device=args.device)
-    if args.epochs:
-        train_cfg = dataclasses.replace(train_cfg, epochs=args.epochs)
+    args, train_cfg = parse_args(
+        __doc__.split("\n\n")[0], default, "folder with SNIPS' train_*_full.json and validate_*.json"
+    )
     data_cfg = DataConfig(val_fraction=0.05)  # ~690 validation texts: about the size of SNIPS' usual dev set
-    with tempfile.TemporaryDirectory(prefix="bench-snips-") as tmp:
-        work = Path(tmp)  # the MLflow store and the artifact go here, and go with it
-        registry = RegistryConfig(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
-        summary, _ = train_step(Path(args.dataset), data_cfg, train_cfg, registry, work)
-        report = json.loads((Path(summary["artifact"]) / "meta.json").read_text())
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    peak_mb = usage.ru_maxrss / 1024
+    summary, meta = train_once(Path(args.dataset), data_cfg, train_cfg, "bench-snips-")
     m = summary["metrics"]
-    entities = report.get("entity_metrics", {})
+    entities = meta.get("entity_metrics", {})
+    run = run_figures(summary, train_cfg)
     figures = {
         "intent_accuracy": round(m["accuracy"], 4),
         "slot_micro_f1": round(m.get("entity_f1", float("nan")), 4),
         "slot_f1_per_type": {k: round(v["f1"], 4) for k, v in sorted(entities.get("per_type", {}).items())},
-        "train_seconds": summary["train_seconds"],
-        "peak_rss_mb": round(peak_mb),
-        # CPU seconds of the whole process: unlike wall time, not inflated when other work shares the cores
-        "process_cpu_seconds": round(usage.ru_utime + usage.ru_stime),
-        "device": summary["device"],
-        "epochs": train_cfg.epochs,
-        "examples": summary["counts"],
-        "latency_p95_ms": round(m["latency_p95_ms"], 2),
+        **run,
     }
     print(
         f"intent accuracy {m['accuracy']:.2%}  slot F1 {m.get('entity_f1', float('nan')):.2%}  "
-        f"training {summary['train_seconds'] / 60:.1f} min  peak memory {peak_mb:.0f} MiB  on {summary['device']}",
+        f"training {summary['train_seconds'] / 60:.1f} min  peak memory {run['peak_rss_mb']} MiB  "
+        f"on {summary['device']}",
         file=sys.stderr,
     )
     print(json.dumps(figures))
