@@ -191,13 +191,19 @@ def _podmonitors(env: str) -> dict[str, dict]:
 @pytest.mark.parametrize("env", ENVS)
 def test_podmonitors_follow_the_published_crd_schema(env):
     monitors = _podmonitors(env)
-    assert set(monitors) == {"flywheel-intent", "flywheel-collector"}
+    assert set(monitors) == {"flywheel-intent", "flywheel-queue-proxy", "flywheel-collector"}
     for monitor in monitors.values():
         assert check_podmonitor(monitor, Path("p.yaml")) == []
         assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-    predictor = monitors["flywheel-intent"]["spec"]
+    predictor, queue_proxy = monitors["flywheel-intent"]["spec"], monitors["flywheel-queue-proxy"]["spec"]
     assert predictor["selector"]["matchLabels"]["serving.kserve.io/inferenceservice"] == _isvc(env)["metadata"]["name"]
     assert predictor["podMetricsEndpoints"][0]["portNumber"] == 8080  # Knative renames the port: by number
+    # the same pods; Knative's name for queue-proxy's request-metrics port (UserQueueMetricsPortName)
+    assert queue_proxy["selector"] == predictor["selector"]
+    assert queue_proxy["podMetricsEndpoints"] == [{"port": "http-usermetric", "path": "/metrics", "interval": "30s"}]
+    # canary analysis and the error alert join the two on the revision label (canary_metrics.REVISION)
+    for spec in (predictor, queue_proxy):
+        assert spec["podTargetLabels"] == ["serving.knative.dev/revision"]
 
 
 @pytest.mark.parametrize(
@@ -225,13 +231,15 @@ def test_podmonitor_check_refuses(mutate, message):
     [
         # the labels the manifest gives the InferenceService are not the ones KServe gives its pods
         (
-            "      serving.kserve.io/inferenceservice: intent\n",
-            "      app.kubernetes.io/name: flywheel-intent\n",
+            "on them\n  selector:\n    matchLabels:\n      serving.kserve.io/inferenceservice: intent\n",
+            "on them\n  selector:\n    matchLabels:\n      app.kubernetes.io/name: flywheel-intent\n",
             "PodMonitor flywheel-intent selects no pod",
         ),
         # Knative names the serving container's port user-port on the pod: http1 never matches
         ("    - portNumber: 8080\n", "    - port: http1\n", "scrapes port 'http1', which InferenceService intent"),
         ("    - port: http\n", "    - port: metrics\n", "scrapes port 'metrics', which Deployment flywheel-collector"),
+        # queue-proxy is checked against the ports Knative gives it (checks.QUEUE_PROXY)
+        ("    - port: http-usermetric\n", "    - port: user-metrics\n", "scrapes port 'user-metrics', which Infe"),
         ("      app.kubernetes.io/name: flywheel-collector\n  podMetricsEndpoints", "  podMetricsEndpoints", "empty"),
     ],
 )

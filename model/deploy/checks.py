@@ -31,6 +31,18 @@ ENVIRONMENT_KINDS = ("InferenceService", "Deployment", "Service", "PrometheusRul
 # pkg/apis/serving/v1 UserPortName): a PodMonitor must select those, not the manifest's own labels and port name
 KSERVE_POD_LABEL, KSERVE_COMPONENT = "serving.kserve.io/inferenceservice", ("component", "predictor")
 KNATIVE_USER_PORT = "user-port"
+# the sidecar Knative adds to every revision pod, with its ports as Knative names them (knative/serving
+# pkg/reconciler/revision/resources/queue.go: queueNonServingPorts, queueHTTPPort, queueHTTPSPort;
+# numbers from pkg/networking/constants.go): http-usermetric serves the request metrics
+QUEUE_PROXY = {
+    "name": "queue-proxy",
+    "ports": [
+        {"name": "http-autometric", "containerPort": 9090},
+        {"name": "http-usermetric", "containerPort": 9091},
+        {"name": "queue-port", "containerPort": 8012},
+        {"name": "https-port", "containerPort": 8112},
+    ],
+}
 
 
 def _check_object(doc: dict, path: Path, env: str) -> list[str]:
@@ -70,7 +82,7 @@ def _pods(docs: list[tuple[Path, dict]]) -> list[tuple[str, dict, list[dict]]]:
                 {**c, "ports": [{**p, "name": KNATIVE_USER_PORT} for p in c.get("ports") or []]} for c in containers
             ]
             labels = {KSERVE_POD_LABEL: name, KSERVE_COMPONENT[0]: KSERVE_COMPONENT[1]}
-            pods.append((f"InferenceService {name}'s predictor", labels, renamed))
+            pods.append((f"InferenceService {name}'s predictor", labels, [*renamed, QUEUE_PROXY]))
     return pods
 
 
