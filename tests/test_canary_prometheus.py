@@ -1,7 +1,10 @@
 """Canary analysis from Prometheus: every PromQL expression it sends, built from the same templates
 (``model.deploy.canary_metrics.arm_queries``), evaluated by ``promtool test rules`` on synthetic series
-with the values asserted; the counts the analysis makes of those answers; the bearer token; and
-``no_data``, its own outcome when a version the manifest names has no series at all."""
+shaped as Knative's queue-proxy, the predictor and the collector export them and the PodMonitors label
+them, with the values asserted; the counts the analysis makes of those answers (requests and errors
+from queue-proxy, so failures the model never saw count); the bearer token; ``no_data``, its own outcome
+when a version the manifest names has no series at all; and the errors naming a queue-proxy that is
+not scraped or exports nothing."""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import yaml
 from model.core.config import PROJECT_ROOT, CanaryConfig, DeliveryConfig
 from model.core.errors import FlywheelError
 from model.deploy import manifests
-from model.deploy.canary import NO_DATA, ArmMetrics, analyse
+from model.deploy.canary import NO_DATA, ROLLBACK, ArmMetrics, analyse
 from model.deploy.canary_metrics import TOKEN_ENV, arm_queries, prometheus_arm_metrics
 from model.deploy.delivery import canary_analysis_step
 from model.deploy.monitoring_checks import promtool
@@ -29,23 +32,29 @@ from model.deploy.steps import CanaryAnalysisArgs, canary_analysis_command
 NS = "flywheel-staging"
 WINDOW = 600  # seconds: ten one-minute samples of every counter, evaluated at 20m
 LE = "0.1"  # CanaryConfig's latency budget, 100 ms, as a bucket bound
-CANARY, STABLE, ABSENT = 2, 1, 9
+STABLE, CANARY, METRICS_OFF, UNSCRAPED, CRASHED, ABSENT = 1, 2, 3, 4, 5, 9
+# each version's Knative revision (KServe names them <isvc>-predictor-<generation>)
+REVISION = {v: f"intent-predictor-0000{v}" for v in (STABLE, CANARY, METRICS_OFF, UNSCRAPED, CRASHED)}
 # What each query must answer on the series below (None: no series at all)
 EXPECTED = {
     CANARY: {
-        "requests": 3000,  # 270 + 30 a minute
-        "errors": 300,  # the 503s
+        "model_requests": 2000,  # what the model itself answered: 190 + 10 a minute
+        "requests": 2500,  # what queue-proxy answered: 250 a minute
+        "errors": 600,  # its 500s (the model's), 502s, 503s and 504s
+        "scraped": 1,
         "fallbacks": 120,
         "escalations": 30,
         "thumbs_up": 70,  # summed over the feedback's arm label (it changes on promotion)
         "thumbs_down": 20,
-        "timed": 3000,
-        "within": 2700,
-        "p99": 0.375,  # rank 2970 of 3000, half way into the (0.25, 0.5] bucket
+        "timed": 2000,
+        "within": 1800,
+        "p99": 0.375,  # rank 1980 of 2000, half way into the (0.25, 0.5] bucket
     },
     STABLE: {
-        "requests": 10000,
+        "model_requests": 10100,
+        "requests": 10100,  # two pods; 100 of them answered 400 (bad input: not an error)
         "errors": None,  # no failure yet: no series
+        "scraped": 1,
         "fallbacks": 500,
         "escalations": None,
         "thumbs_up": None,
@@ -55,43 +64,135 @@ EXPECTED = {
         "p99": 0.1,
     },
 }
-EXPECTED[ABSENT] = dict.fromkeys(EXPECTED[CANARY])  # a version nothing serves: no series for any query
+NOTHING = dict.fromkeys(EXPECTED[CANARY])
+EXPECTED |= {
+    # Knative's config-observability left at request-metrics-protocol: none: port 9091 refuses every scrape
+    METRICS_OFF: {**NOTHING, "model_requests": 1000, "scraped": 0},
+    # no PodMonitor flywheel-queue-proxy (or no target of it for this revision)
+    UNSCRAPED: {**NOTHING, "model_requests": 1000, "scraped": None},
+    # the model was OOM-killed after loading: its series ended at 12m; every request since is queue-proxy's 502
+    CRASHED: {**NOTHING, "model_requests": 0, "scraped": 1, "requests": 400, "errors": 400},
+    ABSENT: NOTHING,  # a version nothing serves: no series for any query
+}
+OTELHTTP = {
+    # the attributes otelhttp gives http.server.request.duration (opentelemetry-go-contrib
+    # instrumentation/net/http/otelhttp v0.64.0, internal/semconv/server.go MetricAttributes), the
+    # route tag queue-proxy adds (knative/serving pkg/queue/routetag_handler.go; kn:disabled without
+    # tag-header routing), and the scope labels of OpenTelemetry's Prometheus exporter (exporters/
+    # prometheus/exporter.go; otel_scope_schema_url is empty, so Prometheus drops it)
+    "http_request_method": "POST",
+    "kn_route_tag": "kn:disabled",
+    "network_protocol_name": "http",
+    "network_protocol_version": "1.1",
+    "otel_scope_name": "go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp",
+    "otel_scope_version": "0.64.0",
+    "url_scheme": "http",
+}
 
 
-def _series(name: str, per_minute: int, namespace: str = NS, **labels) -> dict:
-    text = ", ".join(f'{k}="{v}"' for k, v in {"namespace": namespace, "pod": "p", **labels}.items())
-    return {"series": f"{name}{{{text}}}", "values": f"0+{per_minute}x30"}
+def _pod(revision: str, replica: str = "a") -> str:
+    return f"{revision}-deployment-7d9c8f-{replica}2k4p"
+
+
+def _series(name: str, values: str | int, namespace: str = NS, **labels) -> dict:
+    """``values``: a count per minute from 0, or promtool's own notation."""
+    text = ", ".join(f'{k}="{v}"' for k, v in {"namespace": namespace, **labels}.items())
+    return {"series": f"{name}{{{text}}}", "values": values if isinstance(values, str) else f"0+{values}x30"}
+
+
+def _target(job: str, revision: str, replica: str, namespace: str, **labels) -> dict:
+    """The labels prometheus-operator gives a PodMonitor's target (pkg/prometheus/promcfg.go): container,
+    pod, job <namespace>/<name>, endpoint for a port given by name; podTargetLabels' revision."""
+    target = {"job": f"{namespace}/{job}", "pod": _pod(revision, replica), **labels}
+    return {**target, "serving_knative_dev_revision": revision} if revision else target
+
+
+def queue_proxy(revision: str, code: int, per_minute: int, replica: str = "a", namespace: str = NS) -> dict:
+    """``per_minute`` requests answered ``code``, as queue-proxy exports them and PodMonitor
+    flywheel-queue-proxy scrapes them."""
+    labels = {
+        **OTELHTTP,
+        "http_response_status_code": str(code),
+        "server_address": f"intent-predictor.{namespace}.svc.cluster.local",
+        **_target("flywheel-queue-proxy", revision, replica, namespace, container="queue-proxy"),
+        "endpoint": "http-usermetric",
+        "instance": "10.0.0.7:9091",
+    }
+    return _series("http_server_request_duration_seconds_count", per_minute, namespace, **labels)
+
+
+def queue_proxy_up(revision: str, value: int, replica: str = "a") -> dict:
+    labels = _target("flywheel-queue-proxy", revision, replica, NS, container="queue-proxy", endpoint="http-usermetric")
+    return _series("up", f"{value}x30", instance="10.0.0.7:9091", **labels)
+
+
+def predictor(name: str, version: int, values: str | int, replica: str = "a", namespace: str = NS, **labels) -> dict:
+    """The model container's series as PodMonitor flywheel-intent scrapes them (by port number: no endpoint label)."""
+    target = _target("flywheel-intent", REVISION[version], replica, namespace, container="kserve-container")
+    return _series(name, values, namespace, **target, instance="10.0.0.7:8080", model_version=str(version), **labels)
+
+
+def feedback(kind: str, version: int, per_minute: int, arm: str) -> dict:
+    """The collector's counter: arm and model version, no revision."""
+    labels = {"job": f"{NS}/flywheel-collector", "pod": "flywheel-collector-1", "arm": arm, "kind": kind}
+    return _series("flywheel_feedback_total", per_minute, model_version=str(version), **labels)
 
 
 def input_series() -> list[dict]:
-    """The predictor's series (model_version only) and the collector's feedback (arm and model_version)."""
-    c, s = {"model_version": str(CANARY)}, {"model_version": str(STABLE)}
     out = [
-        _series("flywheel_requests_total", 270, code="200", **c),
-        _series("flywheel_requests_total", 30, code="503", **c),
-        _series("flywheel_fallbacks_total", 12, **c),
-        _series("flywheel_feedback_total", 3, kind="escalated", arm="canary", **c),
-        _series("flywheel_feedback_total", 6, kind="thumbs_up", arm="canary", **c),
-        _series("flywheel_feedback_total", 1, kind="thumbs_up", arm="stable", **c),
-        _series("flywheel_feedback_total", 2, kind="thumbs_down", arm="canary", **c),
-        _series("flywheel_request_duration_seconds_count", 300, **c),
-        _series("flywheel_requests_total", 1000, code="200", **s),
-        _series("flywheel_fallbacks_total", 50, **s),
-        _series("flywheel_request_duration_seconds_count", 1000, **s),
-        # the same version in the other environment: never counted here
-        _series("flywheel_requests_total", 999, namespace="flywheel-production", code="200", **c),
+        # canary v2, one pod: the model answers 190 a minute and fails 10 itself (500); queue-proxy
+        # answers 40 more that never reached an answer: 502 (the container restarting after an OOM
+        # kill), 503 (queue full), 504 (the revision's timeout)
+        *(
+            queue_proxy(REVISION[CANARY], code, n)
+            for code, n in ((200, 190), (500, 10), (502, 30), (503, 10), (504, 10))
+        ),
+        queue_proxy_up(REVISION[CANARY], 1),
+        predictor("flywheel_requests_total", CANARY, 190, code="200"),
+        predictor("flywheel_requests_total", CANARY, 10, code="500"),
+        predictor("flywheel_fallbacks_total", CANARY, 12),
+        predictor("flywheel_request_duration_seconds_count", CANARY, 200),
+        feedback("escalated", CANARY, 3, "canary"),
+        feedback("thumbs_up", CANARY, 6, "canary"),
+        feedback("thumbs_up", CANARY, 1, "stable"),
+        feedback("thumbs_down", CANARY, 2, "canary"),
+        # stable v1, two pods; bad input answered 400 by the model, through queue-proxy
+        queue_proxy(REVISION[STABLE], 200, 600),
+        queue_proxy(REVISION[STABLE], 400, 10),
+        queue_proxy(REVISION[STABLE], 200, 400, replica="b"),
+        queue_proxy_up(REVISION[STABLE], 1),
+        queue_proxy_up(REVISION[STABLE], 1, replica="b"),
+        predictor("flywheel_requests_total", STABLE, 600, code="200"),
+        predictor("flywheel_requests_total", STABLE, 10, code="400"),
+        predictor("flywheel_requests_total", STABLE, 400, replica="b", code="200"),
+        predictor("flywheel_fallbacks_total", STABLE, 50),
+        predictor("flywheel_request_duration_seconds_count", STABLE, 1000),
+        # v3: queue-proxy's metrics port refuses scrapes; v4: queue-proxy not scraped at all
+        queue_proxy_up(REVISION[METRICS_OFF], 0),
+        predictor("flywheel_requests_total", METRICS_OFF, 100, code="200"),
+        predictor("flywheel_requests_total", UNSCRAPED, 100, code="200"),
+        # v5: the model loaded (its counter created at 0), then was OOM-killed at 12m: its series went
+        # stale, and queue-proxy answers 502 to every request its revision gets
+        predictor("flywheel_requests_total", CRASHED, "0x12 stale", code="200"),
+        queue_proxy(REVISION[CRASHED], 502, 40),
+        queue_proxy_up(REVISION[CRASHED], 1),
+        # never counted: the same revision name and version in the other environment, a revision no
+        # model in the window reported (an old one draining), a series without the revision label
+        queue_proxy(REVISION[CANARY], 502, 999, namespace="flywheel-production"),
+        predictor("flywheel_requests_total", CANARY, 999, namespace="flywheel-production", code="200"),
+        queue_proxy("intent-predictor-00000", 502, 999),
+        queue_proxy("", 502, 999),
+        # a predictor of v2 scraped without the revision label (a scrape config without podTargetLabels)
+        _series("flywheel_requests_total", "0x30", job=f"{NS}/other", pod="p", model_version=str(CANARY), code="200"),
     ]
     # some of the predictor's bucket bounds (model.serve.metrics.LATENCY_BUCKETS), 0.15 beside the budget's 0.1
-    buckets = (("0.05", 100, 500), (LE, 270, 990), ("0.15", 280, 995), ("0.25", 294, 1000), ("0.5", 300, 1000))
-    for le, canary, stable in buckets:
+    buckets = (("0.05", 60, 500), (LE, 180, 990), ("0.15", 186, 995), ("0.25", 196, 1000), ("0.5", 200, 1000))
+    for le, canary, stable in buckets + (("+Inf", 200, 1000),):
         out += [
-            _series("flywheel_request_duration_seconds_bucket", canary, le=le, **c),
-            _series("flywheel_request_duration_seconds_bucket", stable, le=le, **s),
+            predictor("flywheel_request_duration_seconds_bucket", CANARY, canary, le=le),
+            predictor("flywheel_request_duration_seconds_bucket", STABLE, stable, le=le),
         ]
-    return out + [
-        _series("flywheel_request_duration_seconds_bucket", per_minute, le="+Inf", model_version=str(v))
-        for v, per_minute in ((CANARY, 300), (STABLE, 1000))
-    ]
+    return out
 
 
 def _expr_test(query: str, value) -> dict:
@@ -170,9 +271,35 @@ def test_the_counts_are_made_from_those_answers(monkeypatch):
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     with prometheus() as (url, seen):
         arms = prometheus_arm_metrics(url, NS, {"stable": STABLE, "canary": CANARY}, WINDOW, slow_ms=100)
-    assert arms["canary"] == ArmMetrics(3000, 300, 120, 30, 70, 20, slow=300, latency_p99_ms=375.0, model_version=2)
-    assert arms["stable"] == ArmMetrics(10000, 0, 500, 0, 0, 0, slow=100, latency_p99_ms=100.0, model_version=1)
+    # requests and errors are queue-proxy's: 500 more requests than the model answered, 600 errors where it saw 100
+    assert arms["canary"] == ArmMetrics(2500, 600, 120, 30, 70, 20, slow=200, latency_p99_ms=375.0, model_version=2)
+    assert arms["stable"] == ArmMetrics(10100, 0, 500, 0, 0, 0, slow=100, latency_p99_ms=100.0, model_version=1)
     assert {auth for _, auth in seen} == {None}  # no token, no header
+
+
+def test_a_canary_whose_model_crashed_is_rolled_back_on_queue_proxys_502s(monkeypatch):
+    """The model's own counters saw no request at all; queue-proxy answered 400 with 502."""
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    with prometheus() as (url, _):
+        arms = prometheus_arm_metrics(url, NS, {"stable": STABLE, "canary": CRASHED}, WINDOW, slow_ms=100)
+    assert arms["canary"] == ArmMetrics(400, 400, model_version=CRASHED)
+    verdict = analyse(arms["stable"], arms["canary"], CanaryConfig())
+    assert verdict.decision == ROLLBACK and "error rate is higher on the canary: 100.00%" in verdict.reasons[0]
+
+
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [
+        (METRICS_OFF, "request-metrics-protocol: prometheus in the ConfigMap config-observability"),
+        (UNSCRAPED, "no queue-proxy target for the revision serving v4, so its errors cannot be counted"),
+    ],
+)
+def test_a_queue_proxy_that_reports_nothing_is_an_error_naming_the_fix(monkeypatch, version, message):
+    """Counting the model's errors alone would hide the ones outside it: no figure, but what to set up."""
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    with prometheus() as (url, _), pytest.raises(FlywheelError) as err:
+        prometheus_arm_metrics(url, NS, {"stable": STABLE, "canary": version}, WINDOW, slow_ms=100)
+    assert message in str(err.value)
 
 
 def test_a_version_without_any_series_is_no_data_not_zero_traffic(monkeypatch):
@@ -180,7 +307,8 @@ def test_a_version_without_any_series_is_no_data_not_zero_traffic(monkeypatch):
     with prometheus() as (url, seen):
         arms = prometheus_arm_metrics(url, NS, {"stable": STABLE, "canary": ABSENT}, WINDOW, slow_ms=100)
     assert arms["canary"] == ArmMetrics(0, model_version=ABSENT, no_data=True) and not arms["stable"].no_data
-    assert [q for q, _ in seen if f'model_version="{ABSENT}"' in q] == [arm_queries(NS, ABSENT, WINDOW, LE)["requests"]]
+    asked = [q for q, _ in seen if f'model_version="{ABSENT}"' in q]
+    assert asked == [arm_queries(NS, ABSENT, WINDOW, LE)["model_requests"]]
     verdict = analyse(arms["stable"], arms["canary"], CanaryConfig())
     assert verdict.decision == NO_DATA and "no data for canary (v9)" in verdict.reasons[0]
     # with enough traffic on both arms it is not no_data: the arm being absent is what decides
@@ -228,7 +356,7 @@ def canary_repo(tmp_path, monkeypatch) -> Path:
 
 def test_canary_analysis_says_no_data_and_exits_1(canary_repo, monkeypatch):
     monkeypatch.setenv(TOKEN_ENV, "s3cr3t-token")
-    monkeypatch.setitem(EXPECTED, CANARY, EXPECTED[ABSENT])  # canary v2: nothing scraped
+    monkeypatch.setitem(EXPECTED, CANARY, NOTHING)  # canary v2: nothing scraped
     with prometheus(window=60) as (url, _):  # the canary started seconds ago: the one-minute floor
         result, md = canary_analysis_step("staging", None, url, canary_repo, CanaryConfig(), DeliveryConfig())
         exit_code = canary_analysis_command(

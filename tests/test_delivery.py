@@ -334,8 +334,12 @@ class FakePrometheus(BaseHTTPRequestHandler):
             metric = query.split('kind="')[1].split('"')[0]
         elif "flywheel_fallbacks_total" in query:
             metric = "fallbacks"
-        else:
-            metric = "errors" if 'code=~"5.."' in query else "requests"
+        elif "max_over_time(up{" in query:  # was the revision's queue-proxy scraped
+            metric = "scraped"
+        elif "http_server_request_duration_seconds_count" in query:  # queue-proxy's count
+            metric = "errors" if 'http_response_status_code=~"5.."' in query else "requests"
+        else:  # the model's own count: only whether it exists
+            metric = "model_requests"
         value = self.values.get((arm, metric))
         result = [] if value is None else [{"metric": {}, "value": [1700000000, str(value)]}]
         data = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
@@ -350,6 +354,8 @@ def test_canary_analysis_from_prometheus(repo, store):
     merge(repo, release_step("staging", 1, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
     merge(repo, release_step("staging", 2, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
     values = {
+        ("stable", "model_requests"): 29990,
+        ("stable", "scraped"): 1,
         ("stable", "requests"): 30000.4,
         ("stable", "errors"): 12,
         ("stable", "fallbacks"): 3000,
@@ -359,6 +365,8 @@ def test_canary_analysis_from_prometheus(repo, store):
         ("stable", "p99"): 0.041,
         ("stable", "timed"): 29988,
         ("stable", "within 0.1"): 29950,
+        ("canary", "model_requests"): 2780,
+        ("canary", "scraped"): 1,
         ("canary", "requests"): 3000,
         ("canary", "errors"): 240,
         ("canary", "fallbacks"): 300,
@@ -458,7 +466,8 @@ def test_canary_analysis_from_the_collectors_store(repo, store, tmp_path, monkey
 
 def test_a_latency_budget_that_is_no_histogram_bucket_is_an_error_not_zero():
     """With no bucket at the budget every answer would count as slow and roll back a healthy canary."""
-    values = {("stable", "requests"): 500, ("stable", "timed"): 500}  # no series for le="0.09"
+    values = {("stable", m): 500 for m in ("model_requests", "requests", "timed")} | {("stable", "scraped"): 1}
+    # no series for le="0.09"
     with serving(type("Handler", (FakePrometheus,), {"values": values, "queries": []})) as url:
         with pytest.raises(FlywheelError, match='no series for .*le="0.09"'):
             prometheus_arm_metrics(url, "flywheel-staging", {"stable": 1}, 3600, slow_ms=90)

@@ -1,13 +1,28 @@
 """Per-arm counts for canary analysis: from the collector's store, or from Prometheus (its HTTP query API).
 
-The metric names are the ones the alert rules and the dashboard use (README, "Monitoring"): the
-predictor exports requests, latency and fallbacks labelled ``model_version`` (no ``arm``: a revision
-cannot know its traffic share); the collector exports feedback labelled ``model_version`` too. Each
-arm is queried by the version the manifest gives it. Counts are ``increase`` over the time since the
-canary started, which Git knows: the commit that last changed the environment's InferenceService.
-Every query comes from ``arm_queries``, which the promtool tests (tests/test_canary_prometheus.py)
-run on synthetic series. A Prometheus behind an authenticating proxy takes a bearer token from
-``$FLYWHEEL_PROMETHEUS_TOKEN``; it is sent as a header only, never logged or written to a report.
+From Prometheus, requests and errors come from Knative's queue-proxy, the sidecar in front of the
+model in every revision pod: it counts each request it answers per revision with its status code,
+so a request the model never answered (its container OOM-killed or crashed: 502, the revision's
+timeout: 504, the queue full: 503) is an error of the arm whose revision it reached. The metric is
+OpenTelemetry's ``http.server.request.duration`` from otelhttp, which wraps queue-proxy's whole
+handler chain (knative/serving pkg/queue/sharedmain/handlers.go, ``mainHandler``), exported for
+Prometheus as ``http_server_request_duration_seconds`` with label ``http_response_status_code``
+(knative/pkg observability/metrics/prometheus_enabled.go: UnderscoreEscapingWithSuffixes).
+That is Knative 1.21, which KServe 0.17 to 0.19 install; the same since 1.20. (The revision's name
+is a resource attribute, exported only in ``target_info``: the PodMonitor's ``podTargetLabels``
+put the pod's ``serving.knative.dev/revision`` label on every series instead.)
+
+Which model version a revision serves is what its model says: the predictor's
+``flywheel_requests_total{model_version}`` (created at 0 when the model loads) carries the same
+revision label, and its last value over the window keeps the mapping while the model container is
+down. Latency, fallbacks and feedback come from the model and the collector, labelled
+``model_version``; each arm is queried by the version the manifest gives it (a revision cannot know
+its traffic share). Counts are ``increase`` over the time since the canary started, which Git
+knows: the commit that last changed the environment's InferenceService. Every query comes from
+``arm_queries``, which the promtool tests (tests/test_canary_prometheus.py) run on synthetic series
+shaped as queue-proxy and the predictor export them. A Prometheus behind an authenticating proxy
+takes a bearer token from ``$FLYWHEEL_PROMETHEUS_TOKEN``; it is sent as a header only, never
+logged or written to a report.
 """
 
 from __future__ import annotations
@@ -28,14 +43,22 @@ from model.core.errors import FlywheelError
 from model.core.git import run_git
 from model.deploy.canary import ArmMetrics
 
+# the model's counter, created at 0 when it loads: no series at all means its pods were never scraped
+MODEL_REQUESTS = "flywheel_requests_total{%s}"
+# what the model and the collector count, by model_version
 COUNTS = {
-    "requests": "flywheel_requests_total{%s}",
-    "errors": 'flywheel_requests_total{%s, code=~"5.."}',
     "fallbacks": "flywheel_fallbacks_total{%s}",
     "escalations": 'flywheel_feedback_total{%s, kind="escalated"}',
     "thumbs_up": 'flywheel_feedback_total{%s, kind="thumbs_up"}',
     "thumbs_down": 'flywheel_feedback_total{%s, kind="thumbs_down"}',
 }
+# queue-proxy (PodMonitor flywheel-queue-proxy; prometheus-operator names its job <namespace>/<name>)
+QUEUE_PROXY_JOB = "flywheel-queue-proxy"
+QUEUE_PROXY_REQUESTS = "http_server_request_duration_seconds_count"
+ERROR_CODES = 'http_response_status_code=~"5.."'
+# the pod label serving.knative.dev/revision as podTargetLabels names it (prometheus-operator
+# pkg/prometheus/promcfg.go: sanitizeLabelName)
+REVISION = "serving_knative_dev_revision"
 P99 = "histogram_quantile(0.99, sum by (le) (increase(flywheel_request_duration_seconds_bucket{%s}[%ds])))"
 # answers timed, and those within the budget: the slow ones are the difference
 TIMED = "sum(increase(flywheel_request_duration_seconds_count{%s}[%ds]))"
@@ -82,11 +105,39 @@ def arm_queries(namespace: str, version: int, seconds: int, le: str) -> dict[str
     # (a pod cannot know its traffic share); the manifest says which version is which arm.
     selector = f'namespace="{namespace}", model_version="{version}"'
     window = max(60, int(seconds))
-    queries = {name: f"sum(increase({template % selector}[{window}s]))" for name, template in COUNTS.items()}
+    counted = {"model_requests": MODEL_REQUESTS, **COUNTS}
+    queries = {name: f"sum(increase({template % selector}[{window}s]))" for name, template in counted.items()}
+    # the revisions whose model reported this version at any time in the window (with the revision
+    # label: one missing on both sides would match every revision's queue-proxy)
+    labelled = f'{selector}, {REVISION}!=""'
+    revisions = f"last_over_time({MODEL_REQUESTS % labelled}[{window}s])"
+    served = f"and on (namespace, {REVISION}) {revisions}"
+    proxy = f'namespace="{namespace}", job="{namespace}/{QUEUE_PROXY_JOB}"'
+    queries["requests"] = f"sum(increase({QUEUE_PROXY_REQUESTS}{{{proxy}}}[{window}s]) {served})"
+    queries["errors"] = f"sum(increase({QUEUE_PROXY_REQUESTS}{{{proxy}, {ERROR_CODES}}}[{window}s]) {served})"
+    # 1 if queue-proxy of one of those revisions was scraped, 0 if it never answered a scrape
+    queries["scraped"] = f"max(max_over_time(up{{{proxy}}}[{window}s]) {served})"
     queries["timed"] = TIMED % (selector, window)
     queries["within"] = WITHIN % (selector, le, window)
     queries["p99"] = P99 % (selector, window)
     return queries
+
+
+def _queue_proxy_scraped(scraped: float | None, version: int, where: str) -> None:
+    """Refuse to count from queue-proxy where Prometheus has none of its series for ``version``'s revision."""
+    if scraped is None:
+        raise FlywheelError(
+            f"{where}: no queue-proxy target for the revision serving v{version}, so its errors cannot be "
+            f"counted: apply PodMonitor {QUEUE_PROXY_JOB} (manifests/<env>/podmonitor.yaml; Prometheus "
+            "selects it by the label release), with podTargetLabels serving.knative.dev/revision on it and "
+            "on flywheel-intent"
+        )
+    if scraped == 0:
+        raise FlywheelError(
+            f"{where}: queue-proxy of the revision serving v{version} never answered a scrape on port "
+            "http-usermetric (9091): Knative exports its request metrics only with request-metrics-protocol: "
+            "prometheus in the ConfigMap config-observability (namespace knative-serving), on Knative 1.20 or newer"
+        )
 
 
 def _query(session: requests.Session, url: str, promql: str) -> float | None:
@@ -122,9 +173,12 @@ def prometheus_arm_metrics(
 ) -> dict[str, ArmMetrics]:
     """Counts per arm over the last ``seconds`` (at least a minute), for the model versions the manifest names.
 
-    An arm with no request series at all is ``no_data`` (nothing scraped, or the revision never
-    served), not zero traffic. Another series missing means nothing happened (no errors yet, no
-    feedback). ``slow`` is answers over ``slow_ms``: timed answers minus the histogram bucket ``le`` =
+    An arm whose model has no request series at all is ``no_data`` (its pods were never scraped, or
+    no revision of it became ready), not zero traffic. An arm whose revision's queue-proxy was never
+    scraped is an error naming what to set up (its errors would go uncounted). Another series
+    missing means nothing happened (no request reached queue-proxy yet, no errors, no feedback).
+    ``requests`` and ``errors`` (5xx) are queue-proxy's; the rest is the model's and the collector's.
+    ``slow`` is answers over ``slow_ms``: timed answers minus the histogram bucket ``le`` =
     ``slow_ms``, which must be one of the predictor's bucket bounds (a missing bucket is an error, not zero).
     """
     session = session or prometheus_session()
@@ -133,15 +187,16 @@ def prometheus_arm_metrics(
     arms = {}
     for arm, version in versions.items():
         queries = arm_queries(namespace, version, seconds, le)
-        values = {"requests": _query(session, url, queries["requests"])}
-        if values["requests"] is None:
+        if _query(session, url, queries["model_requests"]) is None:
             arms[arm] = ArmMetrics(requests=0, model_version=version, no_data=True)
             continue
-        values |= {name: _query(session, url, q) for name, q in queries.items() if name != "requests"}
+        _queue_proxy_scraped(_query(session, url, queries["scraped"]), version, where)
+        asked = (name for name in queries if name not in ("model_requests", "scraped"))
+        values = {name: _query(session, url, queries[name]) for name in asked}
         if values["within"] is None and (values["timed"] or 0) > 0:
             raise FlywheelError(f"{where}: no series for {queries['within']!r}")
-        values = {name: value or 0.0 for name, value in values.items()}
-        counts = {name: round(values[name]) for name in COUNTS}
+        values = {name: value or 0.0 for name, value in values.items()}  # no requests reached it yet: 0
+        counts = {name: round(values[name]) for name in ("requests", "errors", *COUNTS)}
         counts["slow"] = max(0, round(values["timed"] - values["within"]))
         for name in ("errors", "fallbacks", "escalations", "slow"):  # increase() extrapolates; keep counts consistent
             counts[name] = min(counts[name], counts["requests"])

@@ -80,8 +80,8 @@ class CanaryAnalysisArgs:
     )
     prometheus_url: str | None = setting(
         None,
-        "instead of --metrics: Prometheus, counts since the canary's merge (a bearer token, if it needs one, "
-        "from $FLYWHEEL_PROMETHEUS_TOKEN)",
+        "instead of --metrics: Prometheus, counts since the canary's merge; requests and errors from Knative's "
+        "queue-proxy (a bearer token, if it needs one, from $FLYWHEEL_PROMETHEUS_TOKEN)",
     )
     store_url: str | None = setting(
         None, "instead of --metrics: the collector's store (SQLAlchemy URL), counted since the canary's merge"
