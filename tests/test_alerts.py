@@ -1,11 +1,13 @@
 """The alert rules Argo CD deploys (manifests/<env>/prometheusrule.yaml): valid for promtool, and each
 alert unit-tested with ``promtool test rules`` on synthetic series shaped like what the PodMonitors
-scrape (predictor series labelled ``model_version`` only, the collector's ``flywheel_arm_info`` naming
-each arm's version), firing where it should and not where it should not."""
+scrape (predictor series labelled ``model_version`` only, queue-proxy's request count labelled by
+revision and status code, the collector's ``flywheel_arm_info`` naming each arm's version), firing
+where it should and not where it should not."""
 
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 from pathlib import Path
 
@@ -27,6 +29,7 @@ ALERTS = {
     "FlywheelArmsUnknown",
     "FlywheelCollectorNotScraped",
     "FlywheelPredictorNotScraped",
+    "FlywheelQueueProxyNotScraped",
 }
 PREDICTOR_SERIES = (
     "flywheel_requests_total",
@@ -56,20 +59,58 @@ def run_promtool_tests(tmp_path: Path, rule: dict, tests: list[dict]) -> None:
     assert done.returncode == 0 and "SUCCESS" in done.stdout, done.stdout + done.stderr
 
 
+def revision(version: str) -> str:
+    """The Knative revision serving ``version`` in these tests (KServe names them <isvc>-predictor-<n>)."""
+    return f"intent-predictor-{int(version):05d}"
+
+
 class Series:
-    """Synthetic series for one environment, labelled as the PodMonitors' targets label them."""
+    """Synthetic series for one environment, labelled as the PodMonitors' targets label them (the
+    predictor's and queue-proxy's with their pod's revision, from podTargetLabels)."""
 
     def __init__(self, env: str):
         self.ns = manifests.namespace(env)
         self.items: list[dict] = []
 
-    def add(self, name: str, labels: dict, per_minute: float = 0, start: float = 0, job: str = "flywheel-intent"):
-        pod = {"flywheel-intent": "intent-predictor-00001-deployment-7d9c-x2k4p"}.get(job, "flywheel-collector-1")
-        merged = {"namespace": self.ns, "job": f"{self.ns}/{job}", "pod": pod, **labels}
+    def add(
+        self,
+        name: str,
+        labels: dict,
+        per_minute: float = 0,
+        start: float = 0,
+        job: str = "flywheel-intent",
+        values: str = "",
+    ):
+        target = {"job": f"{self.ns}/{job}", "pod": "flywheel-collector-1"}
+        if job != "flywheel-collector":  # a revision's pod: the version's, else the first
+            rev = revision(labels.get("model_version", "1"))
+            target = {**target, "pod": f"{rev}-deployment-7d9c-x2k4p", "serving_knative_dev_revision": rev}
+        merged = {"namespace": self.ns, **target, **labels}
         text = ", ".join(f'{k}="{v}"' for k, v in merged.items())
-        values = f"{start}+{per_minute}x{MINUTES}" if per_minute else f"{start}x{MINUTES}"
+        values = values or (f"{start}+{per_minute}x{MINUTES}" if per_minute else f"{start}x{MINUTES}")
         self.items.append({"series": f"{name}{{{text}}}", "values": values})
         return self
+
+    def proxied(self, version: str, code: int, per_minute: float = 0, values: str = ""):
+        """queue-proxy's count of requests to ``version``'s revision answered ``code`` (its labels as
+        exported: otelhttp's attributes and OpenTelemetry's scope; see tests/test_canary_prometheus.py)."""
+        labels = {
+            "http_request_method": "POST",
+            "http_response_status_code": str(code),
+            "kn_route_tag": "kn:disabled",
+            "network_protocol_name": "http",
+            "network_protocol_version": "1.1",
+            "otel_scope_name": "go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp",
+            "otel_scope_version": "0.64.0",
+            "server_address": f"intent-predictor.{self.ns}.svc.cluster.local",
+            "url_scheme": "http",
+            "container": "queue-proxy",
+            "endpoint": "http-usermetric",
+        }
+        pod = f"{revision(version)}-deployment-7d9c-x2k4p"
+        target = {"pod": pod, "serving_knative_dev_revision": revision(version)}
+        name = "http_server_request_duration_seconds_count"
+        return self.add(name, {**labels, **target}, per_minute, job="flywheel-queue-proxy", values=values)
 
     def arm(self, arm: str, version: str, pod: str = "flywheel-collector-1"):
         labels = {"arm": arm, "model_version": version, "pod": pod}
@@ -78,12 +119,19 @@ class Series:
     def up(self, job: str, value: int = 1):
         return self.add("up", {}, start=value, job=job)
 
-    def served(self, version: str, per_minute: int, errors: int = 0, slow: int = 0, fallbacks: int = 0):
-        """``per_minute`` answered requests of ``version``, ``errors`` more failing, ``slow`` of them over 100 ms."""
+    def served(
+        self, version: str, per_minute: int, errors: int = 0, slow: int = 0, fallbacks: int = 0, unanswered: int = 0
+    ):
+        """``per_minute`` answered requests of ``version``, ``errors`` more failing in the model (500),
+        ``unanswered`` more failing outside it (502 from queue-proxy), ``slow`` of them over 100 ms."""
         v = {"model_version": version}
         self.add("flywheel_requests_total", {**v, "code": "200"}, per_minute)
+        self.proxied(version, 200, per_minute)
         if errors:
             self.add("flywheel_requests_total", {**v, "code": "500"}, errors)
+            self.proxied(version, 500, errors)
+        if unanswered:
+            self.proxied(version, 502, unanswered)
         for le, count in (("0.1", per_minute - slow), ("0.5", per_minute), ("+Inf", per_minute)):
             self.add("flywheel_request_duration_seconds_bucket", {**v, "le": le}, count)
         self.add("flywheel_predictions_total", {**v, "intent": "order_status"}, per_minute)
@@ -101,7 +149,8 @@ def _test(s: Series, checks: list[dict]) -> dict:
 
 
 def healthy_collector(s: Series) -> Series:
-    return s.up("flywheel-collector").up("flywheel-intent").arm("stable", "1").arm("canary", "2")
+    s.up("flywheel-collector").up("flywheel-intent").up("flywheel-queue-proxy")
+    return s.arm("stable", "1").arm("canary", "2")
 
 
 def _expect(at: str, alert: str, *fired: dict, ns: str = "", severity: str = "") -> dict:
@@ -152,9 +201,61 @@ def test_a_bad_canary_fires_per_arm_and_a_healthy_stable_does_not(tmp_path, env)
     checks += [
         _expect("60m", alert)
         for alert in ("FlywheelArmWithoutRequests", "FlywheelArmsUnknown")
-        + ("FlywheelCollectorNotScraped", "FlywheelPredictorNotScraped")
+        + ("FlywheelCollectorNotScraped", "FlywheelPredictorNotScraped", "FlywheelQueueProxyNotScraped")
     ]
     run_promtool_tests(tmp_path, _rule(env), [_test(s, checks)])
+
+
+@pytest.mark.real("promtool")
+@pytest.mark.parametrize("env", ENVS)
+def test_errors_outside_the_model_fire_the_error_alert(tmp_path, env):
+    """Canary v2's model answers all it gets without an error; 5% of its requests get queue-proxy's 502
+    (the model container down), which only queue-proxy counts. A 400 (bad input) is no error."""
+    s = healthy_collector(Series(env)).served("1", 6000).served("2", 570, unanswered=30)
+    s.proxied("1", 400, 600)
+    canary = {"arm": "canary", "model_version": "2"}
+    checks = [
+        _expect("20m", "FlywheelErrorRateHigh", canary, ns=s.ns, severity="critical"),
+        _expect("3m", "FlywheelErrorRateHigh", ns=s.ns, severity="critical"),
+    ]
+    run_promtool_tests(tmp_path, _rule(env), [_test(s, checks)])
+
+
+@pytest.mark.real("promtool")
+@pytest.mark.parametrize("env", ENVS)
+def test_the_dashboards_error_panel_counts_queue_proxys_5xx(tmp_path, env):
+    """The panel's query, run on the series above: the canary's 5% of 502s, by arm (none on stable)."""
+    board = yaml.safe_load((MANIFESTS / env / "dashboard.yaml").read_text())
+    panels = json.loads(next(iter(board["data"].values())))["panels"]
+    [expr] = [p["targets"][0]["expr"] for p in panels if p["title"].startswith("Error rate")]
+    s = healthy_collector(Series(env)).served("1", 6000).served("2", 570, unanswered=30)
+    s.proxied("1", 400, 600)
+    canary = {"namespace": s.ns, "model_version": "2", "arm": "canary"}
+    labels = "{" + ", ".join(f'{k}="{v}"' for k, v in canary.items()) + "}"
+    check = {"expr": expr, "eval_time": "20m", "exp_samples": [{"labels": labels, "value": 0.05}]}
+    test = {"interval": "1m", "input_series": s.items, "promql_expr_test": [check]}
+    run_promtool_tests(tmp_path, _rule(env), [test])
+
+
+@pytest.mark.real("promtool")
+def test_a_crashed_model_keeps_its_revisions_errors_on_its_version(tmp_path):
+    """Canary v2's model is OOM-killed at 10m and never comes back: its series go stale, and every
+    request to its revision since is queue-proxy's 502. The revision's version is the one its model
+    reported last in the hour, so the errors stay the canary's."""
+    s = healthy_collector(Series("staging")).served("1", 6000)
+    v2 = {"model_version": "2"}
+    s.add("flywheel_requests_total", {**v2, "code": "200"}, values="0+570x10 stale")
+    s.proxied("2", 200, values=f"0+570x10 5700x{MINUTES - 10}")
+    s.proxied("2", 502, values=f"0x10 0+570x{MINUTES - 10}")
+    canary = {"arm": "canary", "model_version": "2"}
+    checks = [
+        _expect("9m", "FlywheelErrorRateHigh", ns=s.ns, severity="critical"),
+        _expect("20m", "FlywheelErrorRateHigh", canary, ns=s.ns, severity="critical"),
+        _expect("65m", "FlywheelErrorRateHigh", canary, ns=s.ns, severity="critical"),
+        # an hour after its model's last report the revision has no version, and no alert names it
+        _expect("75m", "FlywheelErrorRateHigh", ns=s.ns, severity="critical"),
+    ]
+    run_promtool_tests(tmp_path, _rule("staging"), [_test(s, checks)])
 
 
 @pytest.mark.real("promtool")
@@ -215,6 +316,22 @@ def test_no_predictor_target_up_fires(tmp_path):
     checks = [
         _expect("15m", "FlywheelPredictorNotScraped", {}, ns=s.ns, severity="critical"),
         _expect("15m", "FlywheelCollectorNotScraped", ns=s.ns, severity="critical"),
+    ]
+    run_promtool_tests(tmp_path, _rule("staging"), [_test(s, checks)])
+
+
+@pytest.mark.real("promtool")
+@pytest.mark.parametrize("queue_proxy_up", [None, 0], ids=["no-target", "metrics-off"])
+def test_no_queue_proxy_target_up_fires(tmp_path, queue_proxy_up):
+    """No target (no PodMonitor), or one that never answers (Knative's request-metrics-protocol: none)."""
+    s = healthy_collector(Series("staging"))
+    s.items = [i for i in s.items if not i["series"].startswith("up{") or "flywheel-queue-proxy" not in i["series"]]
+    if queue_proxy_up is not None:
+        s.up("flywheel-queue-proxy", queue_proxy_up)
+    checks = [
+        _expect("5m", "FlywheelQueueProxyNotScraped", ns=s.ns, severity="critical"),  # for: 10m
+        _expect("15m", "FlywheelQueueProxyNotScraped", {}, ns=s.ns, severity="critical"),
+        _expect("15m", "FlywheelPredictorNotScraped", ns=s.ns, severity="critical"),
     ]
     run_promtool_tests(tmp_path, _rule("staging"), [_test(s, checks)])
 

@@ -251,3 +251,22 @@ def test_monitoring_queries_name_series_that_exist():
     assert {name for _, name in used}, "no queries found"
     missing = sorted(f"{path}: {name}" for path, name in used if name not in exported)
     assert not missing, f"not exported by the predictor or the collector: {missing}"
+
+
+def test_queue_proxy_queries_name_the_series_knative_exports():
+    """Every query on queue-proxy names its one series and its label as Knative 1.21 exports them
+    (model.deploy.canary_metrics, from knative/serving's source): a misspelt name would find no series,
+    and the analysis would call queue-proxy unscraped."""
+    from model.deploy.canary_metrics import QUEUE_PROXY_REQUESTS, REVISION
+
+    assert QUEUE_PROXY_REQUESTS == "http_server_request_duration_seconds_count"
+    assert REVISION == "serving_knative_dev_revision"
+    sources = [
+        *(PROJECT_ROOT / "manifests").rglob("prometheusrule.yaml"),
+        *(PROJECT_ROOT / "manifests").rglob("dashboard.yaml"),
+    ]
+    for path in sources:
+        text = path.read_text()
+        assert set(re.findall(r"\bhttp_server_[a-z_]+", text)) == {QUEUE_PROXY_REQUESTS}, path
+        labels = set(re.findall(r"\b(http_response_[a-z_]+|serving_knative_[a-z_]+)", text))
+        assert labels == {"http_response_status_code", REVISION}, path
