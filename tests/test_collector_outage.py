@@ -12,7 +12,6 @@ carry a larger ``xmin`` than that other.
 
 from __future__ import annotations
 
-import bisect
 import json
 import signal
 import socket
@@ -34,6 +33,7 @@ from model.collect.spool import Spool
 from model.core.config import CollectorConfig
 from model.core.errors import FlywheelError
 from model.core.processes import Supervised
+from scripts.bench_collector import out_of_order, stored_xmin
 from scripts.throwaway_postgres import ThrowawayPostgres
 from tests.conftest import require_real_part
 
@@ -98,34 +98,11 @@ def database(cluster) -> str:
         pass
 
 
-def stored(url: str, prefix: str) -> dict[str, int]:
-    """``<event id>/<kind>`` -> xmin (the inserting transaction) of every stored row of one run."""
-    engine = sa.create_engine(url)
-    query = sa.text("SELECT event_id, kind, xmin::text::bigint FROM inference_events WHERE event_id LIKE :p")
-    with engine.connect() as conn:
-        rows = conn.execute(query, {"p": f"{prefix}-%"}).all()
-    engine.dispose()
-    keys = [f"{event_id}/{kind}" for event_id, kind, _ in rows]
-    assert len(keys) == len(set(keys)), "an event is stored twice"
-    return {f"{event_id}/{kind}": xmin for event_id, kind, xmin in rows}
-
-
-def out_of_order(sent: list[tuple[str, float, float]], xmin: dict[str, int]) -> list[str]:
-    """Events stored in an earlier transaction than an event acknowledged before they were sent.
-
-    ``sent``: (key, monotonic time sent, monotonic time acknowledged) of acknowledged events."""
-    acked = sorted((ack, xmin[key]) for key, _, ack in sent)
-    ack_times = [ack for ack, _ in acked]
-    highest, so_far = [], 0
-    for _, x in acked:
-        so_far = max(so_far, x)
-        highest.append(so_far)
-    late = []
-    for key, at, _ in sent:
-        before = bisect.bisect_left(ack_times, at)  # events acknowledged before this one was sent
-        if before and highest[before - 1] > xmin[key]:
-            late.append(key)
-    return late
+def stored(url: str, run: str) -> dict[str, int]:
+    """``<event id>/<kind>`` -> xmin of every stored event of one run; none stored twice."""
+    xmin, rows = stored_xmin(url, run)
+    assert rows == len(xmin), "an event is stored twice"
+    return xmin
 
 
 def free_port() -> int:
