@@ -374,7 +374,8 @@ class Collector:
         return True
 
     async def receive(self, request: Request) -> Response:
-        """Validate, redact, commit, answer: 200 only once the event is committed (or was already stored)."""
+        """Validate, redact, commit, answer: 200 only once the event is committed, to the store (or was already
+        stored) or, while the store cannot take it, to the spool."""
         started = datetime.now(UTC)
         try:
             headers = {k.lower(): v for k, v in request.headers.items()}
