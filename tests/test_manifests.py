@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kubernetes.utils.quantity import parse_quantity
 
-from model.core.config import PROJECT_ROOT
+from model.core.config import PROJECT_ROOT, CollectorConfig
 from model.core.errors import FlywheelError
 from model.core.kserve_sdk import kserve
 from model.deploy import manifests
@@ -169,6 +170,26 @@ def test_collector_service_selects_the_deployment_and_the_logger_reaches_it():
         assert url.startswith(
             f"http://{docs['Service']['metadata']['name']}.{docs['Service']['metadata']['namespace']}.svc"
         )
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_collector_probes_and_spool_survive_a_database_outage(env):
+    """Liveness on the process alone (a restart cures no database outage), readiness on whether an event
+    is kept; the spool on an emptyDir (it outlives a container restart) whose sizeLimit is above the
+    spool's cap, or the kubelet would evict the pod before the collector refuses anything."""
+    deployment = next(d for d in _docs(MANIFESTS / env / "collector.yaml") if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    args = container["args"]
+    spool_dir = args[args.index("--spool-dir") + 1]
+    cap = int(args[args.index("--spool-max-bytes") + 1]) if "--spool-max-bytes" in args else None
+    cap = cap or CollectorConfig().spool_max_bytes
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == spool_dir]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert parse_quantity(volume["emptyDir"]["sizeLimit"]) > cap
+    assert not mount.get("readOnly")
 
 
 @pytest.mark.real("promtool")

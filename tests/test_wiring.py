@@ -10,6 +10,7 @@ import json
 import re
 import shlex
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -219,12 +220,18 @@ def _exported_series() -> set[str]:
     from prometheus_client import CollectorRegistry
 
     from model.collect.arms import ArmMap
-    from model.collect.collector import CollectorMetrics
+    from model.collect.collector import CollectorMetrics, SpoolStatus
     from model.serve.metrics import ServingMetrics
 
     names = set()
+    # the spool's gauges are read from the running collector at scrape time: any collector-shaped object will do
+    collector = SimpleNamespace(spool=SimpleNamespace(bytes=0, events=0, max_bytes=1), store_up=True)
     # the collector's flywheel_arm_info family is there even while its arms folder names no version
-    for make in (ServingMetrics, lambda registry: CollectorMetrics(registry, ArmMap(None))):
+    for make in (
+        ServingMetrics,
+        lambda registry: CollectorMetrics(registry, ArmMap(None)),
+        lambda registry: registry.register(SpoolStatus(collector)),
+    ):
         registry = CollectorRegistry()
         make(registry)
         for family in registry.collect():

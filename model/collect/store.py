@@ -8,7 +8,8 @@ irrelevant.
 
 Writes go through ``GroupCommitWriter`` (an ``AsyncBatcher`` of rows): concurrent events are inserted
 in one transaction and each caller is answered only after that transaction committed, so many events
-share one fsync.
+share one fsync. ``store_unavailable`` tells a store that cannot be reached (the collector then
+spools, ``model.collect.spool``) from one that answered and refused a row.
 """
 
 from __future__ import annotations
@@ -70,12 +71,29 @@ ADDED_COLUMNS = {"inference_events": ("arm", "body_is_json", "redactions")}
 SQLITE_SYNC_MODES = typing.get_args(typing.get_type_hints(CollectorConfig)["sqlite_synchronous"])
 
 
+# libpq waits for the OS's TCP timeout (minutes) on a host that does not answer; a store that is down
+# should fail a connection in seconds, so the collector spools instead of holding KServe's logger
+PG_CONNECT_TIMEOUT_S = 5
+
+
 def open_store(url: str | None, sqlite_synchronous: str = "FULL") -> Engine:
     """An engine on the store, with the tables created; SQLite gets WAL and fsync on commit (FULL).
 
     With NORMAL, SQLite in WAL mode still loses nothing when the process is killed, but a power cut
     or OS crash can lose the last commits.
     """
+    engine = store_engine(url, sqlite_synchronous)
+    try:
+        create_tables(engine)
+    except sa.exc.SQLAlchemyError as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        raise FlywheelError(f"cannot open store {where}: {exc}") from exc
+    return engine
+
+
+def store_engine(url: str | None, sqlite_synchronous: str = "FULL") -> Engine:
+    """An engine on the store, without connecting: a URL or setting that is wrong is a FlywheelError here,
+    a database that is down only fails the first statement (``create_tables``)."""
     if not url:
         raise FlywheelError("no store URL (collect.store_url; the CLI defaults it to the work folder's SQLite file)")
     if sqlite_synchronous.upper() not in SQLITE_SYNC_MODES:
@@ -98,15 +116,32 @@ def open_store(url: str | None, sqlite_synchronous: str = "FULL") -> Engine:
             cur.execute(f"PRAGMA synchronous={sqlite_synchronous.upper()}")
             cur.close()
     elif parsed.get_backend_name() == "postgresql":
-        engine = sa.create_engine(url, pool_pre_ping=True)
+        engine = sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S})
     else:
         raise FlywheelError(f"store URL {url!r}: only sqlite and postgresql are supported")
-    try:
-        metadata.create_all(engine)
-        _add_missing_columns(engine)
-    except sa.exc.SQLAlchemyError as exc:
-        raise FlywheelError(f"cannot open store {parsed.render_as_string(hide_password=True)}: {exc}") from exc
     return engine
+
+
+def create_tables(engine: Engine) -> None:
+    """The tables, created if missing and brought up to date (``ADDED_COLUMNS``); SQLAlchemyError if the store fails."""
+    metadata.create_all(engine)
+    _add_missing_columns(engine)
+
+
+def store_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store could not be reached or used at all (down, restarting, unreachable,
+    out of connections, SQLite's file locked or unwritable), rather than that it refused a row.
+
+    PEP 249's OperationalError is "errors related to the database's operation and not necessarily
+    under the control of the programmer"; psycopg raises it for a refused or lost connection and for
+    an administrator's shutdown (SQLSTATE classes 08, 57), and SQLAlchemy flags a connection it had to
+    drop (``connection_invalidated``).
+    """
+    if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError)):
+        return True
+    if isinstance(exc, sa.exc.TimeoutError):  # no connection free in the pool in time
+        return True
+    return isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
 
 
 def _add_missing_columns(engine: Engine) -> None:
@@ -133,22 +168,27 @@ def _insert(engine: Engine, table: sa.Table):
 class GroupCommitWriter:
     """Inserts rows for concurrent callers in shared transactions; ``await write()`` returns after commit.
 
-    Returns True when the row was new, False when it was already stored (a redelivery). A failed
-    transaction is retried row by row, so one bad row cannot fail its neighbours.
+    Returns True when the row was new, False when it was already stored (a redelivery). A transaction
+    the store refused is retried row by row, so one bad row cannot fail its neighbours; one that failed
+    because the store is unavailable is not (each row would only wait for the same failure).
     """
 
     def __init__(self, engine: Engine, max_batch: int = 512):
         self.engine = engine
         self._statements = {name: _insert(engine, table) for name, table in TABLES.items()}
         self._batcher = AsyncBatcher(
-            self._commit, max_batch_size=max_batch, retry_alone=True, thread_name="flywheel-store"
+            self.commit,
+            max_batch_size=max_batch,
+            retry_alone=lambda exc: not store_unavailable(exc),
+            thread_name="flywheel-store",
         )
 
     async def write(self, table: str, row: dict) -> bool:
         return await self._batcher.submit((table, row))
 
-    def _commit(self, batch: list[tuple[str, dict]]) -> list[bool]:
-        """One transaction for the whole batch; which rows were new comes back from RETURNING."""
+    def commit(self, batch: list[tuple[str, dict]]) -> list[bool]:
+        """One transaction for the whole batch, run on the caller's thread; which rows were new comes
+        back from RETURNING."""
         new_keys: set[tuple] = set()
         with self.engine.begin() as conn:
             for name in {table for table, _ in batch}:

@@ -10,7 +10,8 @@ With ``max_wait_s`` the worker waits up to that long for company before a batch 
 a lone caller (one item waiting, and the last batch held only one): company that is not coming
 would only make it wait. Under concurrency items also pile up while the previous batch runs, so
 batches fill without any wait. With ``retry_alone`` a failed batch of several items is run again one
-item at a time, so one bad item fails only its own caller.
+item at a time, so one bad item fails only its own caller; given a predicate instead of True, only
+when it says so for the batch's exception (a store that is down fails every item alike: no retry).
 
 The predictor (``model.serve``: texts of concurrent requests in one forward pass) and the
 conversation store (``model.collect``: concurrent events in one transaction, one fsync) use it.
@@ -45,7 +46,7 @@ class AsyncBatcher(Generic[Item, Result]):
         max_batch_size: int,
         max_wait_s: float = 0.0,
         weight: Callable[[Item], int] | None = None,
-        retry_alone: bool = False,
+        retry_alone: bool | Callable[[Exception], bool] = False,
         thread_name: str = "flywheel-batch",
     ):
         self._run_batch = run_batch
@@ -84,7 +85,7 @@ class AsyncBatcher(Generic[Item, Result]):
             try:
                 results = await self._run_in_thread(loop, batch)
             except Exception as exc:  # noqa: BLE001 - handed to the callers, the worker carries on
-                if self.retry_alone and len(batch) > 1:
+                if len(batch) > 1 and (self.retry_alone(exc) if callable(self.retry_alone) else self.retry_alone):
                     await self._run_each_alone(loop, batch)
                 else:
                     _fail(batch, exc)

@@ -261,6 +261,21 @@ class CollectorConfig:
         "folder holding the ConfigMap flywheel-arms as files (stable, canary: model versions), as the kubelet "
         "mounts it; every logged answer is attributed to the arm serving its version (unset: arm unknown)",
     )
+    spool_dir: str | None = setting(
+        None,
+        "folder of the spool that keeps acknowledged events while the store is down, replayed on start "
+        "(unset: <work dir>/collector-spool; the manifests put it on an emptyDir, which outlives a container restart)",
+    )
+    spool_max_bytes: int = setting(
+        256 * 2**20,
+        "about 20 minutes of a 100 calls/s service (two ~1 KiB events a call) while the database restarts or "
+        "fails over; past it events are refused (503), never acknowledged and dropped",
+    )
+    store_timeout_s: float = setting(
+        2.0,
+        "a commit takes milliseconds; past this the event is spooled instead, since KServe's logger waits for "
+        "the answer without a timeout of its own and inference waits once its queue of 100 is full",
+    )
 
 
 @dataclass

@@ -85,7 +85,10 @@ def resolve_locations(sections: dict[str, Any], work: Path) -> dict[str, Any]:
         "registry": {
             "tracking_uri": lambda: os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{work / 'mlflow.db'}"
         },
-        "collect": {"store_url": lambda: f"sqlite:///{work / 'conversations.db'}"},
+        "collect": {
+            "store_url": lambda: f"sqlite:///{work / 'conversations.db'}",
+            "spool_dir": lambda: str(work / "collector-spool"),
+        },
         "serve": {"prediction_log": lambda: str(work / "serving" / "predictions.jsonl")},
     }
     resolved = dict(sections)
