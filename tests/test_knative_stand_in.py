@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -171,6 +172,18 @@ def test_the_next_release_after_a_pin_never_reaches_the_rolled_back_model(repo, 
     assert v2 not in svc.active(t + COLD_START_S)  # replaced as latestRevision: its pods go
     with pytest.raises(FlywheelError, match="already rolled back and restored"):
         rollback_step("production", repo, REG, DCFG)
+    # docs/rollout.md's way to end the idle pods before a release: delete the pin once the restored
+    # revision is ready; Git accepts the edit, and only that revision stays active
+    path = repo / ISVC.format(env="production")
+    unpinned_text = re.sub(r"\n *canaryTrafficPercent: 0\b[^\n]*", "", path.read_text())
+    unpinned = manifests.read_rollout(path, manifests.load(path, unpinned_text))
+    assert unpinned == manifests.Rollout(stable=state.stable, previous=state.previous)
+    edited = next(yaml.safe_load_all(unpinned_text))
+    early, ready = copy.deepcopy(svc), copy.deepcopy(svc)
+    assert ready.apply(edited, t + COLD_START_S) is None and answered_by(ready, t + COLD_START_S) == {"1": REQUESTS}
+    assert ready.active(t + COLD_START_S + 1) == [v1_again]
+    early.apply(edited, t + 1)  # not before: without the pin, latestRevision resolves to v2's revision
+    assert answered_by(early, t + 1) == {"2": REQUESTS}
     # now the release: until v4's revision is ready its 10% waits on v1's restored revision, never on v2
     t = t + 600
     merge(repo, release_step("production", third_model, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
