@@ -34,7 +34,8 @@ STEPS = (
     ),
     Step(
         "rollback",
-        "pull request: end the canary, or return to the previous stable model",
+        "pull request: pin users on the previous stable model (ends a canary or undoes a promotion); once pinned, "
+        "restore its env under the pin",
         "model.deploy.steps:rollback_command",
     ),
     Step(

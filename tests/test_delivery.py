@@ -138,14 +138,15 @@ def test_release_promote_rollback_cycle(repo, store):
     assert (state.stable.version, state.canary, state.canary_percent, state.previous.version) == (2, None, None, 1)
     assert "    canaryTrafficPercent:" not in (repo / ISVC.format(env="production")).read_text()
 
-    # rollback with no canary running: back to v1; champion follows once merged, not when proposed
+    # rollback after the promotion: KServe's pin on v2's revision sends everyone back to v1's (no new
+    # revision; tests/test_knative_stand_in.py); champion follows once merged, not when proposed
+    v1, v2 = state.previous, state.stable
     result, body = rollback_step("production", repo, REG, DCFG)
     assert versions.alias_version(REG, versions.CHAMPION) == champion
     assert "registry" not in result and result["champion_on_merge"] == 1
-    assert "`champion` moves back to v1 once this merges" in body
+    assert "`champion` moves back to v1 once this merges" in body and "`canaryTrafficPercent: 0`" in body
     merge(repo, result["pull_request"]["branch"])
-    assert rollout(repo, "production") == manifests.Rollout(stable=rollout(repo, "production").stable)
-    assert rollout(repo, "production").stable.version == 1
+    assert rollout(repo, "production") == manifests.Rollout(stable=v1, canary_percent=0, rolled_back=v2)
     # one commit per pull request on main, each naming what it did
     subjects = git(repo, "log", "--format=%s").splitlines()
     assert subjects[:4] == [
@@ -167,9 +168,10 @@ def test_rollback_of_a_running_canary_pins_the_stable_revision(repo, store):
     merge(repo, result["pull_request"]["branch"])
     state = rollout(repo, "staging")  # the pin: v1 serves everyone from its revision at once
     assert (state.stable.version, state.canary, state.canary_percent, state.rolled_back.version) == (1, None, 0, 2)
-    with pytest.raises(FlywheelError, match="already rolled back"):
-        rollback_step("staging", repo, REG, DCFG)
-    # the next release replaces the pinned revision; its rollback pins again
+    # rolled back again, it would restore v1's env under the pin (proposed here, not merged)
+    restore, body = rollback_step("staging", repo, REG, DCFG)
+    assert restore["stable"] == 1 and "restore v1's env under the pin" in body
+    # releasing the rolled-back model again needs no new revision: it takes its share at once
     merge(repo, release_step("staging", 2, 25, repo, REG, DCFG)[0]["pull_request"]["branch"])
     assert rollout(repo, "staging").canary.version == 2 and rollout(repo, "staging").rolled_back is None
     assert "canaryTrafficPercent: 25" in (repo / ISVC.format(env="staging")).read_text() != before

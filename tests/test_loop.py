@@ -18,6 +18,7 @@ import yaml
 from model.core.settings import load_config
 from model.data.conversations import read_snapshot
 from model.deploy import manifests
+from model.deploy.argocd_health import inferenceservice_health
 from model.loop.configs import load_configs
 from model.loop.orchestrator import without_github
 from model.loop.record import LoopRecord
@@ -104,7 +105,8 @@ def test_whole_loop_finds_drift_retrains_and_promotes_the_canary(tmp_path, tiny_
     config, raw = _config(tmp_path, tiny_bert, intents)
     out = tmp_path / "loop"
     code = main(["demo", "--config", str(config), "--dataset", str(data), "--out", str(out)])
-    assert code == 0, capsys.readouterr().err[-3000:]
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-3000:]
     record = yaml.safe_load((out / "loop.json").read_text())  # JSON is YAML
 
     assert [s["status"] for s in record["stages"]] == ["done"] * 9
@@ -133,7 +135,11 @@ def test_whole_loop_finds_drift_retrains_and_promotes_the_canary(tmp_path, tiny_
     v1, v2 = record["offline"]
     assert (v1["model_version"], v2["model_version"]) == ("1", "2")
     assert v2["test_accuracy"] > v1["test_accuracy"]
-    # 5. canary: traffic split as the manifest said, analysis promoted, manifest and registry follow
+    # 5. canary: traffic routed by the Knative model (a revision per model, the rolled-out one keeps the
+    # rest), analysis promoted, manifest and registry follow; each sync printed the route and Argo CD's health
+    progress = printed.err  # the demo's progress lines
+    assert "-predictor-00002 (v2) 50%, " in progress and "-predictor-00001 (v1) 50%; Argo CD: Healthy" in progress
+    assert "-predictor-00002 (v2) 100%; Argo CD: Healthy" in progress
     traffic = pd.read_parquet(out / "traffic.parquet")
     canary_phase = traffic[traffic["phase"].str.startswith("canary-look")]
     share = (canary_phase["arm"] == "canary").mean()
@@ -186,6 +192,13 @@ def test_whole_loop_rolls_back_a_worse_canary(tmp_path, tiny_bert, subset):
     assert decision == "rollback" == record["canary"]["decision"]
     assert any("higher on the canary" in r for r in record["canary"]["reasons"])
     assert [pr["kind"] for pr in record["pull_requests"]] == ["release", "retrain", "release", "rollback"]
+    # the stand-in cluster routed as KServe does after the pin: v2's revision stays the newest, with 0%
+    status = json.loads((work / "cluster" / "inferenceservice.json").read_text())
+    predictor = status["status"]["components"]["predictor"]
+    v1_rev, v2_rev = predictor["latestRolledoutRevision"], predictor["latestCreatedRevision"]
+    assert (v1_rev[-6:], v2_rev[-6:]) == ("-00001", "-00002")
+    assert [(t["revisionName"], t["percent"]) for t in predictor["traffic"]] == [(v2_rev, 0), (v1_rev, 100)]
+    assert inferenceservice_health(status).status == "Healthy"
     rollout = _isvc(work / "gitops-repo")  # pinned: v1's revision takes everything, v2's takes nothing
     assert (rollout.stable.version, rollout.canary, rollout.canary_percent, rollout.rolled_back.version) == (
         1,

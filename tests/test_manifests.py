@@ -371,6 +371,39 @@ def test_rollout_edit_changes_only_rollout_lines(tmp_path):
     assert (again.canary, again.rolled_back, again.canary_percent) == (v2, None, 10)
 
 
+def test_rollback_after_a_promotion_pins_and_a_second_rollback_restores_under_the_pin():
+    """The states of docs/rollout.md: the pin on the promoted revision, then the stable model's env, pin kept."""
+    path = MANIFESTS / "production" / "inferenceservice.yaml"
+    v1, v2, v3 = (
+        manifests.ModelRef(n, f"s3://models/flywheel-intent/{n}/artifact", c * 64) for n, c in zip((1, 2, 3), "abc")
+    )
+    promoted = manifests.Rollout(stable=v2, previous=v1)
+    text = manifests.write_rollout(path, manifests.load(path), promoted)
+    pin = manifests.roll_back(promoted, path)
+    assert pin == manifests.Rollout(stable=v1, canary_percent=0, rolled_back=v2)  # env still v2: no new revision
+    pinned = manifests.write_rollout(path, manifests.load(path, text), pin)
+    changed = [" ".join(line.split()) for line in pinned.splitlines() if line not in text.splitlines()]
+    assert 'value: "2"' not in changed and "canaryTrafficPercent: 0" in changed[0]
+    assert manifests.read_rollout(path, manifests.load(path, pinned)) == pin
+    # from the pin only the rolled-back model may be released again: another's revision would start
+    # while v2's is the latest ready one, and get its share meanwhile
+    with pytest.raises(FlywheelError, match="still serves rolled-back v2.*`flywheel rollback` once more"):
+        manifests.start_canary(pin, v3, 10, path)
+    assert manifests.start_canary(pin, v3, 0, path).canary == v3  # no share, nothing to leak
+    restored = manifests.roll_back(pin, path)
+    assert restored == manifests.Rollout(stable=v1, canary_percent=0) and restored.served == v1
+    text = manifests.write_rollout(path, manifests.load(path, pinned), restored)
+    assert manifests.read_rollout(path, manifests.load(path, text)) == restored
+    assert "canaryTrafficPercent: 0" in text and '  rolled-back: "' not in text
+    with pytest.raises(FlywheelError, match="already rolled back and restored"):
+        manifests.roll_back(restored, path)
+    with pytest.raises(FlywheelError, match="no canary is running, nothing to promote"):
+        manifests.promote_canary(restored, path)
+    release = manifests.start_canary(restored, v3, 10, path)
+    assert release == manifests.Rollout(stable=v1, canary=v3, canary_percent=10)
+    assert manifests.start_canary(restored, v3, 100, path) == manifests.Rollout(stable=v3, previous=v1)
+
+
 def test_arms_configmap_must_agree_with_the_inferenceservice():
     path = MANIFESTS / "staging" / "inferenceservice.yaml"
     text = path.read_text()

@@ -28,7 +28,7 @@ from model.core.config import PROJECT_ROOT, TrafficConfig
 from model.core.errors import FlywheelError
 from model.core.settings import load_config
 from model.deploy.canary_metrics import store_arm_metrics
-from model.loop.traffic import COLUMNS, case_of, is_correct, react, simulate
+from model.loop.traffic import CANARY, COLUMNS, STABLE, by_percent, case_of, is_correct, plan_messages, react, simulate
 from tests.test_serving import NAME, free_port, start_server, version_of, wait_ready
 
 OOS = "oos"
@@ -115,6 +115,19 @@ def test_bad_traffic_config_is_a_clear_error(values, fragment, tmp_path):
     path.write_text("traffic:\n" + "".join(f"  {k}: {v}\n" for k, v in values.items()))
     with pytest.raises(FlywheelError, match="traffic"):
         load_config("traffic", path)
+
+
+def test_a_route_decides_each_messages_arm_from_the_same_draw_as_a_percent():
+    """The local loop passes its Knative route (LocalCluster.arm_for); a percent is the same walk over the draw."""
+    examples = pd.DataFrame({"text": [f"message {i}" for i in range(400)], "intent": ["order_status"] * 400})
+    cfg = TrafficConfig(seed=3)
+    by_draw = plan_messages(examples, lambda d: CANARY if d < 0.3 else STABLE, cfg, 5)
+    assert [m.arm for m in plan_messages(examples, by_percent(30), cfg, 5)] == [m.arm for m in by_draw]
+    assert 80 < sum(m.arm == CANARY for m in by_draw) < 160
+    with pytest.raises(FlywheelError, match="arm 'shadow'"):
+        plan_messages(examples, lambda d: "shadow", cfg, 5)
+    with pytest.raises(FlywheelError, match="canary_percent or route, not both"):
+        simulate(examples, "http://127.0.0.1:1", "http://127.0.0.1:1", NAME, 10, cfg, "p", route=by_percent(10))
 
 
 def test_default_config_has_the_traffic_section():

@@ -6,7 +6,9 @@ FILE``), shaped as KServe writes it (kserve ``pkg/apis/serving/v1beta1/inference
 ``latestReadyRevision``, ``latestRolledoutRevision`` and ``traffic`` (``revisionName``, ``percent``,
 ``latestRevision``). A promote on a canary that never became ready, or that gets no share, would
 promote a model no user has tried; a release while a revision is still rolling out would judge a
-split that does not exist yet.
+split that does not exist yet. Each refusal also says how Argo CD shows the InferenceService, from
+Argo CD's own health check (``model.deploy.argocd_health``): a rollout in progress is Progressing there,
+not Degraded.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 from pathlib import Path
 
 from model.core.errors import FlywheelError
+from model.deploy.argocd_health import inferenceservice_health
 
 
 def load_status(path: str | Path) -> dict:
@@ -31,7 +34,8 @@ def _ready_problems(status: dict) -> list[str]:
     ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
     if ready is None or ready.get("status") != "True":
         why = f": {ready.get('reason', '')} {ready.get('message', '')}".rstrip() if ready else ""
-        return [f"condition Ready is {ready.get('status') if ready else 'missing'}{why}"]
+        argocd = inferenceservice_health({"kind": "InferenceService", "status": status}).status
+        return [f"condition Ready is {ready.get('status') if ready else 'missing'}{why} (Argo CD shows {argocd})"]
     return []
 
 

@@ -78,17 +78,12 @@ def _ref_line(ref: ModelRef | None) -> str:
 
 def _state_table(before: Rollout, after: Rollout) -> str:
     def pct(r: Rollout) -> str:
-        return "-" if r.canary is None else f"{r.canary_percent}%"
+        return f"{r.canary_percent}%" if r.canary else "0% (pinned on stable)" if r.canary_percent == 0 else "-"
 
-    return "\n".join(
-        [
-            "| | before | after |",
-            "|---|---|---|",
-            f"| stable | {_ref_line(before.stable)} | {_ref_line(after.stable)} |",
-            f"| canary | {_ref_line(before.canary)} | {_ref_line(after.canary)} |",
-            f"| canary traffic | {pct(before)} | {pct(after)} |",
-        ]
-    )
+    rows = [("stable", "stable"), ("canary", "canary"), ("rolled back (newest revision, no traffic)", "rolled_back")]
+    lines = [f"| {name} | {_ref_line(getattr(before, f))} | {_ref_line(getattr(after, f))} |" for name, f in rows]
+    traffic = f"| canary traffic | {pct(before)} | {pct(after)} |"
+    return "\n".join(["| | before | after |", "|---|---|---|", *lines, traffic])
 
 
 def _model_section(info: dict, reg_cfg: RegistryConfig) -> str:
@@ -253,27 +248,37 @@ def promote_env_step(
     return result, body
 
 
+def _rollback_texts(env: str, before: Rollout, after: Rollout) -> tuple[str, str]:
+    """Title and intro of a rollback: the pin of a canary or of a promotion, or the restore (docs/rollout.md)."""
+    old, new, back = before.stable.label(), after.stable.label(), (before.canary or before.stable).label()
+    pin = (
+        f"`canaryTrafficPercent: 0` sends 100% to {new}'s rolled-out revision as soon as Argo CD syncs, without a new "
+        f"revision (no cold start: restoring {new}'s env instead would serve everyone from {back} until the new "
+        f"revision is ready). {back}'s revision stays the newest with no traffic; `flywheel rollback` once more "
+        f"restores {new}'s env under the pin before another model is released."
+    )
+    if before.canary:
+        return f"Roll back {env}: end canary {back}, keep {old}", f"Pins the traffic: {pin}"
+    if before.rolled_back:
+        return f"Roll back {env}: restore {old}'s env under the pin", (
+            f"Names {old} in the env again, keeping `canaryTrafficPercent: 0`: users stay on {old}'s revision while "
+            f"the new one starts; ready, it replaces {before.rolled_back.label()}'s as the newest (docs/rollout.md)."
+        )
+    return f"Roll back {env} from {old} to {new}", (
+        f"Pins the traffic on {old}'s revision: KServe moves its rolled-out revision back to the previous one and {pin}"
+    )
+
+
 def rollback_step(
     env: str, repo: Path, reg_cfg: RegistryConfig, dcfg: DeliveryConfig, analysis: str = "", merge: bool = False
 ) -> tuple[dict, str]:
     t = open_target(repo, env, dcfg)
-    new = manifests.roll_back(t.rollout, t.label)
-    before = t.rollout
-    ended = before.canary or before.stable
+    before, new = t.rollout, manifests.roll_back(t.rollout, t.label)
+    ended = before.canary or before.rolled_back or before.stable
     analysis_md = _analysis_section(analysis, env, before.canary) if before.canary else ""
-    moves_champion = before.canary is None and env == dcfg.champion_env
+    moves_champion = new.stable != before.stable and env == dcfg.champion_env
     registry_line = _champion_follows(reg_cfg, new.stable.version, moves_champion, "back to")
-    if before.canary:
-        title = f"Roll back {env}: end canary v{before.canary.version}, keep v{before.stable.version}"
-        intro = (
-            f"Pins the traffic: `canaryTrafficPercent: 0` sends 100% to the last rolled-out revision, stable "
-            f"{before.stable.label()}, as soon as Argo CD syncs, without a new revision (no cold start: restoring the "
-            f"old model's env instead would serve everyone from the canary until the new revision is ready). "
-            f"v{before.canary.version}'s revision stays the newest with no traffic until the next release replaces it."
-        )
-    else:
-        title = f"Roll back {env} from v{before.stable.version} to v{new.stable.version}"
-        intro = f"Restores the stable model before the last promotion ({new.stable.label()})."
+    title, intro = _rollback_texts(env, before, new)
     pr, body = _propose_rollout(t, new, "rollback", ended.version, title, intro, analysis_md, registry_line)
     result = {
         "env": env,

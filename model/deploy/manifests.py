@@ -5,7 +5,8 @@ The file holds two documents. The InferenceService says what KServe runs: the pr
 ``canaryTrafficPercent`` is present while a canary runs (its share) or after a rollback (0: KServe's
 pin, 100% on the last rolled-out revision at once). The ConfigMap ``flywheel-arms`` beside it is the
 record: which version is stable, which is on the canary, which was stable before and which was
-rolled back (``<role>``, ``<role>-storage-uri``, ``<role>-sha256``). KServe itself never names the
+rolled back (``<role>``, ``<role>-storage-uri``, ``<role>-sha256``). The states, and the rollout
+steps between them, are described in docs/rollout.md. KServe itself never names the
 revision it keeps for the stable share, and the record must not live in the InferenceService's
 annotations: KServe copies those into the Knative revision template, so each change would create a
 revision and roll every pod for nothing (kserve ``pkg/controller/v1beta1/inferenceservice/components/
@@ -59,8 +60,11 @@ class ModelRef:
 class Rollout:
     """What the manifest says serves users.
 
-    ``rolled_back`` is a canary ended by the pin: its revision stays the newest (the env still names
-    it) with 0% of the traffic, until the next release replaces it.
+    ``canary_percent`` 0 is KServe's pin: 100% on the last rolled-out revision, the stable model's.
+    With ``rolled_back`` set, the pin ended a canary or a promotion: the rolled-back model's revision
+    is still the newest (the env still names it) with 0% of the traffic. With neither a canary nor
+    ``rolled_back``, a second rollback restored the stable model's env under the pin: the newest
+    revision serves the stable model too, with 0%, until the next release.
     """
 
     stable: ModelRef | None
@@ -210,9 +214,10 @@ def _check_split(rollout: Rollout, path: Path) -> None:
             f"{path}: rolled-back {back.label()} is recorded, so spec.predictor.canaryTrafficPercent must be 0 "
             f"(KServe's pin on the stable revision), got {percent!r}"
         )
-    if percent is not None and canary is None and back is None:
+    if percent and canary is None and back is None:  # 0 without either: the pin, the stable model restored
         raise FlywheelError(
-            f"{path}: spec.predictor.canaryTrafficPercent is set but ConfigMap {ARMS_CONFIGMAP} names no canary"
+            f"{path}: spec.predictor.canaryTrafficPercent is set ({percent}) "
+            f"but ConfigMap {ARMS_CONFIGMAP} names no canary"
         )
     if canary and rollout.stable and canary.version == rollout.stable.version:
         raise FlywheelError(f"{path}: canary and stable are the same version ({canary.label()})")
@@ -303,9 +308,13 @@ def write_rollout(path: Path, file: IsvcFile, rollout: Rollout) -> str:
 def start_canary(rollout: Rollout, model: ModelRef, percent: int, path: Path) -> Rollout:
     """Put ``model`` on ``percent``% of traffic; the first release of an environment goes straight to stable.
 
-    0% deploys the canary revision without user traffic (tag routing still gives it its own URL). A
-    rolled-back canary's revision is simply replaced: KServe still keeps the stable share on the last
-    rolled-out revision.
+    0% deploys the canary revision without user traffic (tag routing still gives it its own URL).
+
+    While the newest revision serves a rolled-back model, only that model may be released again (its
+    revision takes the share at once, as nothing in the template changes): a new model's revision needs
+    a cold start, and until it is ready Knative resolves ``latestRevision`` to the latest ready
+    revision, so the canary's share would go to the rolled-back model. A second ``rollback`` first
+    restores the stable model's env under the pin (``roll_back``); then any model may be released.
     """
     if not is_percent(percent):
         raise FlywheelError(f"canary percentage must be a whole number from 0 to 100, got {percent!r}")
@@ -314,6 +323,14 @@ def start_canary(rollout: Rollout, model: ModelRef, percent: int, path: Path) ->
         return Rollout(stable=model)
     if rollout.stable.version == model.version:
         raise FlywheelError(f"{path}: {model.label()} is already the stable model")
+    back = rollout.rolled_back
+    if back is not None and back.version != model.version and percent > 0:
+        raise FlywheelError(
+            f"{path}: the newest revision still serves rolled-back {back.label()}; until {model.label()}'s revision "
+            f"is ready, Knative would send the {percent}% meant for it to {back.label()} (latestRevision is the latest "
+            f"ready revision). Run `flywheel rollback` once more first: it restores {rollout.stable.label()}'s env "
+            f"under the pin, and users stay on {rollout.stable.label()} throughout"
+        )
     if percent == 100:  # KServe reads 100% as "roll out fully": that is a promote without a canary phase
         return Rollout(stable=model, previous=rollout.stable)
     return Rollout(rollout.stable, canary=model, canary_percent=percent, previous=rollout.previous)
@@ -327,23 +344,37 @@ def promote_canary(rollout: Rollout, path: Path) -> Rollout:
 
 
 def roll_back(rollout: Rollout, path: Path) -> Rollout:
-    """End a running canary by KServe's pin; with none running, return to the stable model before the last promotion.
+    """KServe's pin, ``canaryTrafficPercent: 0``, which moves users without a new revision; or, once pinned,
+    restore the stable model's env under the pin.
 
-    The pin (``canaryTrafficPercent: 0``) sends 100% to the last rolled-out revision at once, without a
-    new revision. Restoring the old model's env instead would create one, and until it is ready Knative
-    sends all traffic to the latest *ready* revision: the canary being rolled back (kserve
+    - A running canary: the pin sends 100% to the last rolled-out revision, the stable model's, at once.
+    - After a promotion: the same pin on the promoted revision. KServe moves ``latestRolledoutRevision``
+      back to ``previousRolledoutRevision`` when the rolled-out revision, still the newest, is given
+      less than 100% (kserve ``pkg/apis/serving/v1beta1/inference_service_status.go``,
+      ``PropagateStatus``, the else-branch; ``docs/samples/v1beta1/rollout``, "Rollback and pin"), so
+      100% goes to the previous stable model's revision. ``previous`` is then unknown: KServe's
+      ``previousRolledoutRevision`` names that same revision.
+    - Already pinned with a rolled-back model's env: the stable model's env, pin kept. Its new revision
+      starts with 0% (users stay on the rolled-out revision throughout) and, once ready, replaces the
+      rolled-back revision as ``latestRevision``: from then on a release's canary share waits on the
+      stable model while its own revision starts, never on the rolled-back one.
+
+    Restoring the old model's env *instead of* the pin would create a revision, and until it is ready
+    Knative sends all traffic to the latest *ready* revision: the model being rolled back (kserve
     ``ksvc_reconciler.go`` routes ``latestRevision: true``; Knative resolves it to
     ``status.latestReadyRevisionName``).
     """
     if rollout.canary is not None:
         return Rollout(rollout.stable, canary_percent=0, previous=rollout.previous, rolled_back=rollout.canary)
     if rollout.rolled_back is not None:
+        return Rollout(rollout.stable, canary_percent=0, previous=rollout.previous)
+    if rollout.canary_percent == 0:
         raise FlywheelError(
-            f"{path}: canary {rollout.rolled_back.label()} is already rolled back (pinned at 0%); "
-            f"stable {rollout.stable.label()} serves everyone"
+            f"{path}: already rolled back and restored: stable {rollout.stable.label()} serves everyone under the pin "
+            f"(canaryTrafficPercent: 0) until the next release"
         )
     if rollout.previous is not None:
-        return Rollout(stable=rollout.previous)
+        return Rollout(rollout.previous, canary_percent=0, rolled_back=rollout.stable)
     raise FlywheelError(
         f"{path}: no canary is running and no previous stable model is recorded; nothing to roll back to"
     )

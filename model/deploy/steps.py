@@ -132,7 +132,7 @@ def promote_command(args: PromoteArgs, *, registry: RegistryConfig, delivery: De
 
 
 def rollback_command(args: RollbackArgs, *, registry: RegistryConfig, delivery: DeliveryConfig) -> StepResult:
-    """Pull request: end the canary, or return to the stable model before the last promotion."""
+    """Pull request: KServe's pin back to the stable model (a canary, the last promotion); once pinned, the restore."""
     return StepResult(
         *rollback_step(args.env, Path(args.repo), registry, delivery, args.analysis or "", merge=args.merge)
     )

@@ -1,9 +1,10 @@
 """The loop's users on the running stand-in cluster, and what the conversation store makes of them.
 
 ``LiveTraffic.send`` puts a batch of examples through the simulated users (``model.loop.traffic``) to
-whichever models the cluster serves now, and keeps each request's true intent for the simulated
-reviewer. The predictor's logger posts to the collector in the background, so every read of the store
-(``await_logger``, ``window_since``) first waits until the store holds every answered call.
+the revision the cluster's Knative route picks for each (``LocalCluster.arm_for``), and keeps each
+request's true intent for the simulated reviewer. The predictor's logger posts to the collector in the
+background, so every read of the store (``await_logger``, ``window_since``) first waits until the store
+holds every answered call.
 """
 
 from __future__ import annotations
@@ -35,18 +36,18 @@ class LiveTraffic:
         self.cluster, self.store_url, self.cfgs, self.state, self.work = cluster, store_url, cfgs, state, work
 
     def send(self, examples: pd.DataFrame, phase: str, seed_offset: int) -> pd.DataFrame:
-        """Each example as one user's message, split between the arms as the running rollout says."""
-        rollout = self.cluster.running
+        """Each example as one user's message, to the revision the cluster's Knative route picks for it."""
         sent = simulate(
             examples,
             self.cluster.predictor_url,
             self.cluster.collector_url,
             self.cfgs.serve.endpoint,
-            rollout.canary_percent if rollout.canary else None,
+            None,
             self.cfgs.traffic,
             phase,
             oos_label=self.cfgs.data.oos_label,
             seed_offset=seed_offset,
+            route=self.cluster.arm_for,
         )
         self.state.truth.update(zip(sent["request_id"], sent["true_intent"]))
         self.state.traffic.append(sent)

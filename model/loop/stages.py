@@ -104,6 +104,12 @@ class Loop:
         if kind in ("release", "promote", "rollback"):  # what registry.yml does on every push to main
             self._write("reconcile-registry", *reconcile_step(self.repo.path, self.cfgs.registry, self.cfgs.delivery))
 
+    def _sync(self) -> None:
+        """Argo CD syncs main to the stand-in cluster; say how the route splits traffic and what Argo CD shows."""
+        self.cluster.sync()
+        health = self.cluster.health()
+        self.say(f"           cluster: {self.cluster.describe()}; Argo CD: {health.status}")
+
     def _write(self, step: str, result: dict, md: str) -> Path:
         return write_reports(self.reports, step, result, md)
 
@@ -163,7 +169,7 @@ class Loop:
             )
             self._merge("release", result, body)  # champion follows the merge (reconcile-registry)
             self.cluster.start_collector()
-            self.cluster.sync()
+            self._sync()
             self.mark(f"v{v1} serves")
             entry.summary = f"release PR merged; v{v1} is champion and serves {self.cluster.predictor_url}"
 
@@ -255,7 +261,7 @@ class Loop:
                 loop_cfg.env, version, loop_cfg.canary_percent, self.repo.path, cfgs.registry, cfgs.delivery
             )
             self._merge("release", result, body)
-            self.cluster.sync()
+            self._sync()
             self.mark(f"canary v{version} starts")
             outcome, analysis_file = self._analyse(datetime.now(UTC))
             state.record.canary = outcome
@@ -271,7 +277,7 @@ class Loop:
                 )
                 self._merge("rollback", result, body)
                 self.mark(f"v{version} rolled back")
-            self.cluster.sync()
+            self._sync()
             entry.summary = f"{outcome.decision} after {len(outcome.looks)} look(s): {outcome.reasons[0]}"
             return outcome.decision
 

@@ -11,7 +11,9 @@ knows, and ``X-Conversation-Id``), reads the answer, and reacts from the ground 
 
 Probabilities are ``TrafficConfig``'s. A request goes to the canary (``NAME-canary``) with
 probability ``canary_percent``/100, independently per request, as KServe's ingress splits traffic
-between revisions by weight. Routing and reaction are drawn from a generator seeded by
+between revisions by weight; or, given ``route``, to the arm that ``route`` names for the request's
+uniform draw (the local loop passes its cluster stand-in's Knative route: ``LocalCluster.arm_for``).
+Routing and reaction are drawn from a generator seeded by
 ``(seed, seed_offset, row number)``, so they depend neither on thread timing nor on the other rows.
 
 Calls run in a bounded thread pool, one ``requests.Session`` per thread. A failed call becomes a row
@@ -95,12 +97,21 @@ class _Message:
     reaction_draw: float
 
 
-def plan_messages(examples: pd.DataFrame, canary_percent: int, cfg: TrafficConfig, seed_offset: int) -> list[_Message]:
+def by_percent(canary_percent: int) -> Callable[[float], str]:
+    """The canary for a draw below ``canary_percent``/100, else stable (the canary's share comes first)."""
+    return lambda draw: CANARY if draw < canary_percent / 100 else STABLE
+
+
+def plan_messages(
+    examples: pd.DataFrame, route: Callable[[float], str], cfg: TrafficConfig, seed_offset: int
+) -> list[_Message]:
     """Arm and reaction draw of every message, from its own generator: the same whatever the thread timing."""
     messages = []
     for i, (text, intent) in enumerate(zip(examples["text"], examples["intent"])):
         route_draw, reaction_draw = np.random.default_rng([cfg.seed, seed_offset, i]).random(2)
-        arm = CANARY if route_draw < canary_percent / 100 else STABLE
+        arm = route(float(route_draw))
+        if arm not in (STABLE, CANARY):
+            raise FlywheelError(f"the route sent message {i} to arm {arm!r}; the predictor hosts {STABLE} and {CANARY}")
         messages.append(_Message(i, str(text), str(intent), arm, float(reaction_draw)))
     return messages
 
@@ -250,6 +261,7 @@ def simulate(
     oos_label: str = "oos",
     seed_offset: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    route: Callable[[float], str] | None = None,
 ) -> pd.DataFrame:
     """Send every example once as a user message; one row per request, in the examples' order.
 
@@ -265,13 +277,16 @@ def simulate(
     canary_percent = canary_percent or 0
     if not 0 <= canary_percent <= 100:
         raise FlywheelError(f"canary_percent is {canary_percent}: a share of traffic lies in 0..100")
+    if route is not None and canary_percent:
+        raise FlywheelError("give canary_percent or route, not both: the route decides every request's arm")
     if seed_offset < 0:
         raise FlywheelError(f"seed_offset is {seed_offset}: it must be non-negative")
     predictor_url, collector_url = predictor_url.rstrip("/"), collector_url.rstrip("/")
-    endpoints = [endpoint] + ([f"{endpoint}-canary"] if canary_percent else [])
+    messages = plan_messages(examples, route or by_percent(canary_percent), cfg, seed_offset)
+    arms = {m.arm for m in messages} | {STABLE}
+    endpoints = [endpoint] + ([f"{endpoint}-canary"] if CANARY in arms else [])
     check_ready(predictor_url, collector_url, endpoints, cfg.timeout_s)
 
-    messages = plan_messages(examples, canary_percent, cfg, seed_offset)
     total, allowed_failures = len(messages), int(MAX_FAILED_SHARE * len(messages))
     rows: list[dict | None] = [None] * total
     failures: list[str] = []
