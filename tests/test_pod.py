@@ -34,6 +34,7 @@ import sqlalchemy as sa
 
 from model.artifact.manifest import verify
 from model.core.config import ENVIRONMENTS, PROJECT_ROOT
+from model.serve.logger import AGENT_SOURCE_URI, cloudevents_time
 from tests import pod
 
 MANIFESTS = PROJECT_ROOT / "manifests"
@@ -208,13 +209,16 @@ def stop(container: Container) -> int | str:
 
 
 def logger_event(kind: str, request_id: str, body: dict) -> tuple[dict, bytes]:
-    """One CloudEvent as KServe's logger posts it (binary mode; the source is the predictor's pod)."""
+    """One CloudEvent as KServe's logger posts it (binary mode; the agent's fallback source, kserve
+    cmd/agent/main.go; times as kserve pkg/logger/worker.go sets them)."""
+    now = cloudevents_time(datetime.now(UTC))
     headers = {
         "ce-specversion": "1.0",
         "ce-id": request_id,
         "ce-type": f"org.kubeflow.serving.inference.{kind}",
-        "ce-source": "intent-predictor-00001-deployment-6f7c9d5b4-x2k9q",
-        "ce-time": datetime.now(UTC).isoformat(),
+        "ce-source": AGENT_SOURCE_URI,
+        "ce-time": now,
+        "ce-recordedtime": now,
         "ce-inferenceservicename": "intent",
         "ce-namespace": "flywheel-staging",
         "ce-component": "predictor",

@@ -9,7 +9,6 @@ import asyncio
 import dataclasses
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -36,6 +35,7 @@ from model.core.config import PROJECT_ROOT, RESPONSE_CATALOG, DataConfig, Regist
 from model.core.errors import FlywheelError
 from model.core.kserve_sdk import InferRequest, kserve  # kserve parses sys.argv when imported directly
 from model.registry import register
+from model.serve.logger import AGENT_SOURCE_URI
 from model.serve.metrics import ServingMetrics
 from model.serve.prediction_log import PredictionLog
 from model.serve.predictor import MicroBatcher
@@ -610,9 +610,10 @@ def test_concurrent_requests_all_go_through_counted_forward_passes(server):
 
 
 def test_local_logger_posts_calls_to_the_collector(arms, tmp_path):
-    """Local mode: the predictor posts the CloudEvents KServe's logger would (empty ce-endpoint, the pod as the
-    source, the client's Content-Type) to `flywheel collect`, which attributes each answer's arm from its
-    version and the mounted arms ConfigMap; the export joins them."""
+    """Local mode: the predictor posts the CloudEvents KServe's logger would (empty ce-endpoint, the agent's
+    fallback source http://localhost:9081/ from every model, each event's own time, the client's Content-Type)
+    to `flywheel collect`, which attributes each answer's arm from its version and the mounted arms ConfigMap;
+    the export joins them."""
     work, store = tmp_path / "work", f"sqlite:///{tmp_path / 'conversations.db'}"
     work.mkdir()
     arms_dir = tmp_path / "arms"  # the ConfigMap flywheel-arms as the kubelet mounts it
@@ -679,14 +680,13 @@ def test_local_logger_posts_calls_to_the_collector(arms, tmp_path):
     assert {r["entities"] for r in rows.values()} == {"[]"} and v1["entities"] == []  # an intent-only model
     assert [rows[f"local-2/{i}"]["predicted_intent"] for i in (0, 1)] == v2["outputs"][0]["data"]
     assert rows["local-2/1"]["arm"] == "canary" and rows["local-2/1"]["text"] == "b"
-    # exactly what KServe's logger sends: no arm in the headers, the pod (so the revision) as the source
+    # exactly what KServe's logger sends: no arm in the headers, one source for every revision
     assert {e["endpoint"] for e in stored} == {""} and len(stored) == 6
+    assert {e["source"] for e in stored} == {AGENT_SOURCE_URI}
     assert rows["local-3"]["arm"] == "canary" and rows["local-3"]["text"] == "my card is blocked"
     by_call = {(e["event_id"], e["kind"]): e for e in stored}
-    assert re.fullmatch(
-        rf"{NAME}-predictor-\d{{5}}-deployment-[0-9a-f]{{9}}-[0-9a-f]{{5}}", by_call["local-1", "request"]["source"]
-    )
-    assert by_call["local-1", "request"]["source"] != by_call["local-2", "request"]["source"]  # two revisions
+    for call in ("local-1", "local-2", "local-3"):  # ce-time: the request's arrival, then its answer's completion
+        assert by_call[call, "request"]["event_time"] <= by_call[call, "response"]["event_time"]
     assert by_call["local-2", "request"]["content_type"] == "application/json"
     assert by_call["local-3", "request"]["content_type"] == "application/x-www-form-urlencoded"
     assert by_call["local-3", "response"]["content_type"] == "application/x-www-form-urlencoded"

@@ -47,7 +47,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from data_checks.pii import Scanner  # cheap: Presidio itself loads when the first scanner is built
-from model.collect.arms import UNKNOWN, ArmMap, revision_of
+from model.collect.arms import UNKNOWN, ArmMap
 from model.collect.export import answer_version
 from model.collect.redaction import Redact, redact_request, strip_entity_texts
 from model.collect.store import GroupCommitWriter, count_rows, open_store, read_response
@@ -264,7 +264,6 @@ class Collector:
         self.writer = GroupCommitWriter(self.engine)
         self.arm_map = ArmMap(cfg.arms_dir)
         self.metrics = CollectorMetrics(registry, self.arm_map)
-        self._revision_versions: dict[str, str] = {}  # revision -> the version its answers carry
         self._late_counts: set[asyncio.Task] = set()
 
     async def receive(self, request: Request) -> Response:
@@ -294,15 +293,9 @@ class Collector:
         return JSONResponse({"id": row["event_id"], "stored": new, "duplicate": not new})
 
     def attribute(self, row: dict) -> str:
-        """The arm of an inference event: its answer's model version, else what its revision answers with."""
-        revision = revision_of(row["source"])
-        if row["kind"] == "response":
-            version = answer_version(row)
-            if version:
-                self._revision_versions[revision] = version
-        else:
-            version = self._revision_versions.get(revision)
-        return self.arm_map.arm_of(version)
+        """The arm of an inference event: the one serving its answer's model version. A request event is
+        ``unknown``: it names no version, and ``ce-source`` is the same for every revision (``model.collect.arms``)."""
+        return self.arm_map.arm_of(answer_version(row)) if row["kind"] == "response" else UNKNOWN
 
     async def count_feedback(self, kind: str, request_id: str) -> None:
         """Count stored feedback on the answer it names, now or once that answer is stored."""

@@ -168,7 +168,7 @@ class IntentModel(kserve.Model):
     async def preprocess(self, payload, headers: dict[str, str] | None = None) -> ParsedRequest:
         request = parse_request(payload, headers or {}, self.cfg.max_instances, self.cfg.max_text_chars)
         if self.logger is not None:  # logged before predicting: a call that then fails has no response event
-            await self.logger.log("request", self.endpoint, request, request_wire_body(request))
+            await self.logger.log("request", request, request_wire_body(request))
         return request
 
     async def predict(self, request: ParsedRequest, headers=None, response_headers=None) -> PredictedRequest:
@@ -185,7 +185,7 @@ class IntentModel(kserve.Model):
         response = build(endpoint, request, preds, replies)
         if self.logger is not None:
             body = response_wire_body(endpoint, request, response, preds, replies)
-            await self.logger.log("response", endpoint, request, body)
+            await self.logger.log("response", request, body)
         return response
 
     def _observed(self, request: ParsedRequest, preds: list[Prediction], seconds: float) -> list[dict]:
