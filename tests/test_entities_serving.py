@@ -33,7 +33,7 @@ from model.serve import predictor as serve_predictor
 from model.serve.catalog import ResponseCatalog
 from model.serve.logger import LocalLogger, cloudevents_time
 from model.serve.metrics import ServingMetrics
-from model.serve.prediction_log import PredictionLog
+from model.serve.prediction_log import MIN_CAP_BYTES, PredictionLog, read_prediction_log
 from model.serve.protocol import Endpoint, ParsedRequest, v1_response, v2_response
 from tests.snapshot_fixtures import event
 from tests.test_collector import T0, VERSION_OF_ARM, arms_folder, inference_event
@@ -83,7 +83,7 @@ def serve_calls(tmp_path, monkeypatch, with_entities: bool, calls: list[tuple[ob
     the prediction log's records."""
     monkeypatch.setattr(serve_predictor, "open_source", lambda *_: FakePredictor(with_entities))
     catalog = ResponseCatalog({"order_status": "Let me look that up."}, "A colleague will help you.")
-    log = PredictionLog(tmp_path / "predictions.jsonl")
+    log = PredictionLog(tmp_path / "predictions.jsonl", MIN_CAP_BYTES)
     model = serve_predictor.IntentModel(
         NAME, "stable", "unused", ServeConfig(), RegistryConfig(), catalog, ServingMetrics(CollectorRegistry()), log,
         pinned_version=VERSION_OF_ARM["stable"],
@@ -106,7 +106,7 @@ def serve_calls(tmp_path, monkeypatch, with_entities: bool, calls: list[tuple[ob
     finally:
         model.stop()
         log.close()
-    records = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    records = read_prediction_log(tmp_path / "predictions.jsonl")
     return answers, model.logger.sent, records
 
 

@@ -37,7 +37,7 @@ from model.core.kserve_sdk import InferRequest, kserve  # kserve parses sys.argv
 from model.registry import register
 from model.serve.logger import AGENT_SOURCE_URI
 from model.serve.metrics import ServingMetrics
-from model.serve.prediction_log import PredictionLog
+from model.serve.prediction_log import MIN_CAP_BYTES, PredictionLog, prediction_log_files, read_prediction_log
 from model.serve.predictor import MicroBatcher
 from model.serve.serving import ServeArgs, build_models
 from model.train.steps import train_step
@@ -152,6 +152,8 @@ def server(arms, tmp_path_factory):
             arms["shadow"],
             "--prediction_log",
             str(log),
+            "--prediction_log_max_bytes",
+            str(MIN_CAP_BYTES),  # the smallest cap: the rotation test passes it in a few hundred requests
             "--max_instances",
             "8",
             "--max_text_chars",
@@ -260,8 +262,7 @@ def test_v1_and_v2_agree_and_canary_answers_with_its_own_version(server):
 def _log_lines(path: Path, request_id: str, want: int, timeout: float = 10) -> list[dict]:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-        found = [r for r in lines if r["request_id"] == request_id]
+        found = [r for r in read_prediction_log(path) if r["request_id"] == request_id]
         if len(found) >= want:
             return found
         time.sleep(0.1)
@@ -290,6 +291,38 @@ def test_shadow_predicts_too_and_both_are_logged(server):
     assert shadow["primary_intent"] == stable["predicted_intent"]
     assert shadow["agrees_with_primary"] is (shadow["predicted_intent"] == stable["predicted_intent"])
     assert "text" not in by_arm["stable"]  # texts reach the store redacted, through the collector only
+
+
+def test_the_prediction_log_stays_under_its_cap_when_driven_past_it(server):
+    """Over twice the cap (--prediction_log_max_bytes, here the smallest allowed) of predictions through the real
+    server: the log rotates, its files together stay under the cap, each under its quarter, every line whole;
+    the newest predictions are kept and the oldest dropped."""
+    texts = [f"where is my order number {i}" for i in range(8)]
+    conversation = "c" * 200  # ids are logged whole, up to 200 characters: long lines pass the cap sooner
+    ids = [f"rotation-{n:04d}-".ljust(200, "r") for n in range(200)]
+    with httpx.Client(base_url=server["base"], timeout=30) as client:
+        for rid in ids:
+            headers = {"x-request-id": rid, "x-conversation-id": conversation}
+            resp = client.post(f"/v1/models/{NAME}:predict", json={"instances": texts}, headers=headers)
+            assert resp.status_code == 200, resp.text
+    last = _log_lines(server["log"], ids[-1], want=16)  # its 8 stable and 8 shadow lines (the shadow's come later)
+    assert len(last) == 16
+    records = read_prediction_log(server["log"])  # every line of every file parses: rotation splits no line
+    mine = [r for r in records if r["request_id"].startswith("rotation-")]
+    produced = len(ids) * 16 * min(len(json.dumps(r, separators=(",", ":"))) + 1 for r in mine)
+    assert produced > 2 * MIN_CAP_BYTES  # the requests logged more than twice what the cap keeps
+    files = prediction_log_files(server["log"])
+    sizes = [f.stat().st_size for f in files]
+    assert [f.name for f in files] == [f"{server['log'].name}{s}" for s in (".3", ".2", ".1", "")]
+    assert sum(sizes) <= MIN_CAP_BYTES and max(sizes) <= MIN_CAP_BYTES // 4, sizes
+    kept = {r["request_id"] for r in mine}
+    assert ids[0] not in kept and ids[-1] in kept
+
+
+def test_a_prediction_log_cap_too_small_for_its_lines_is_refused(tmp_path):
+    with pytest.raises(FlywheelError, match=f"too small: at least {MIN_CAP_BYTES}.*or 0 for no prediction log"):
+        PredictionLog(tmp_path / "p.jsonl", MIN_CAP_BYTES - 1)
+    assert not (tmp_path / "p.jsonl").exists()
 
 
 BINARY_HEAD = json.dumps(
@@ -741,12 +774,11 @@ def test_the_manifest_pins_the_stable_artifact_and_names_its_version(tiny_artifa
     """In a cluster the manifest passes --stable-sha256/--stable-version: another artifact never gets ready."""
     art = tiny_artifact["artifact"]
     digest = IntentPredictor.load(art).digest
-    log = PredictionLog(tmp_path / "p.jsonl")
 
     def build(sha: str, version: str = ""):
         metrics = ServingMetrics(CollectorRegistry())
         args = ServeArgs(stable=art, stable_sha256=sha, stable_version=version)
-        return build_models(args, ServeConfig(), RegistryConfig(), metrics, log)
+        return build_models(args, ServeConfig(), RegistryConfig(), metrics, None)
 
     (model,) = build(digest, "12")
     assert model.ready and model.version == "12"
@@ -756,4 +788,3 @@ def test_the_manifest_pins_the_stable_artifact_and_names_its_version(tiny_artifa
     assert unpinned.version == f"sha-{digest[:12]}"
     for m in (model, unpinned):
         m.stop()
-    log.close()

@@ -113,7 +113,7 @@ class IntentModel(kserve.Model):
         reg_cfg: RegistryConfig,
         catalog: ResponseCatalog,
         metrics: ServingMetrics,
-        log: PredictionLog,
+        log: PredictionLog | None,
         shadow: IntentModel | None = None,
         expected_sha256: str = "",
         pinned_version: str = "",
@@ -173,7 +173,9 @@ class IntentModel(kserve.Model):
 
     async def predict(self, request: ParsedRequest, headers=None, response_headers=None) -> PredictedRequest:
         preds = await self._batcher.predict(request.texts)
-        self.log.write(self._observed(request, preds, time.perf_counter() - request.started))
+        records = self._observed(request, preds, time.perf_counter() - request.started)
+        if self.log is not None:
+            self.log.write(records)
         if self.shadow is not None:
             self._in_background(self.shadow.shadow_predict(request, preds, self.version))
         return PredictedRequest(request, preds)
@@ -212,4 +214,5 @@ class IntentModel(kserve.Model):
             agree = mine.intent == theirs.intent and mine.fallback == theirs.fallback
             record.update(primary_version=primary_version, primary_intent=theirs.intent, agrees_with_primary=agree)
             self.metrics.shadow_agreement.labels(self.version, primary_version, str(agree).lower()).inc()
-        self.log.write(records)
+        if self.log is not None:
+            self.log.write(records)
