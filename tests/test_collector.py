@@ -634,6 +634,29 @@ def test_texts_without_personal_data_are_stored_as_sent(collector):
     engine.dispose()
 
 
+def test_a_lone_surrogate_in_a_logged_text_is_stored_marked_not_refused(collector, tmp_path):
+    """KServe's logger forwards the client's bytes: a V2 request whose text holds the JSON escape \\ud800 (the
+    predictor answers it 400) reaches the collector as it was sent. No store can encode a lone surrogate; the
+    collector stores the call with U+FFFD in its place, as for bytes that are not UTF-8, and redacts the rest."""
+    client, cfg = collector
+    body = rb'{"inputs":[{"name":"text","shape":[1],"datatype":"BYTES","data":["mail jane.doe@example.com \ud800"]}]}'
+    headers, _ = inference_event("request", "req-lone", "{}", T0)
+    assert client.post("/", content=body, headers=headers).status_code == 200
+    pair = {"instances": ["thanks \U0001f600"]}  # a well-formed pair (json.dumps writes \ud83d\ude00): kept as sent
+    assert post(client, inference_event("request", "req-pair", pair, T0)).status_code == 200
+    comment = rb'{"kind": "thumbs_down", "request_id": "req-lone", "comment": "\udfff broken"}'
+    headers, _ = feedback_event("fb-lone", T0, kind="thumbs_down", request_id="req-lone")
+    assert client.post("/", content=comment, headers=headers).status_code == 200
+    engine = open_store(cfg.store_url)
+    with engine.connect() as conn:
+        bodies = dict(conn.execute(sa.text("SELECT event_id, body FROM inference_events")).all())
+        (stored_comment,) = conn.execute(sa.text("SELECT comment FROM feedback_events")).scalars()
+    engine.dispose()
+    assert json.loads(bodies["req-lone"])["inputs"][0]["data"] == ["mail <EMAIL> \ufffd"]
+    assert bodies["req-pair"] == json.dumps(pair) and json.loads(bodies["req-pair"]) == pair
+    assert stored_comment == "\ufffd broken"
+
+
 def test_feedback_is_counted_for_the_arm_and_version_that_answered(collector):
     """`flywheel_feedback_total{kind, arm, model_version}` is what the alert rules and canary analysis query."""
     client, cfg = collector

@@ -328,6 +328,10 @@ def test_a_prediction_log_cap_too_small_for_its_lines_is_refused(tmp_path):
 BINARY_HEAD = json.dumps(
     {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 20}}]}
 ).encode()
+# the binary extension: a 3-byte text (length-prefixed) after the JSON head
+BINARY_TEXT_HEAD = json.dumps(
+    {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 7}}]}
+).encode()
 BAD_INPUTS = [
     # (what, path suffix, body, headers, status, message fragment)
     (
@@ -466,6 +470,47 @@ BAD_INPUTS = [
         "not a length within the body",
     ),
     ("unknown model", ":predict", b'{"instances": ["hi"]}', {"content-type": "application/json"}, 404, "nope"),
+    # a lone surrogate: a JSON \\u escape that decodes to no character (the bytes a client sends, escape and all)
+    (
+        "v2 lone surrogate",
+        "/infer",
+        rb'{"inputs":[{"name":"text","shape":[1],"datatype":"BYTES","data":["\ud800"]}]}',
+        {"content-type": "application/json"},
+        400,
+        "text 0 holds a lone UTF-16 surrogate (U+D800 at character 0)",
+    ),
+    (
+        "v2 lone low surrogate in the second text",
+        "/infer",
+        rb'{"inputs":[{"name":"text","shape":[2],"datatype":"BYTES","data":["ok","where \udc00 is it"]}]}',
+        {"content-type": "application/json"},
+        400,
+        "text 1 holds a lone UTF-16 surrogate (U+DC00 at character 6)",
+    ),
+    (
+        "v1 lone surrogate",
+        ":predict",
+        rb'{"instances": ["hi \ud83d"]}',
+        {"content-type": "application/json"},
+        400,
+        "surrogate",
+    ),
+    (
+        "v1 lone surrogate form-encoded",  # `curl -d` sends JSON as application/x-www-form-urlencoded
+        ":predict",
+        rb'{"instances": [{"text": "\ud800"}]}',
+        {"content-type": "application/x-www-form-urlencoded"},
+        400,
+        "text 0 holds a lone UTF-16 surrogate",
+    ),
+    (
+        "v2 binary text not UTF-8",
+        "/infer",
+        BINARY_TEXT_HEAD + len(b"\xed\xa0\x80").to_bytes(4, "little") + b"\xed\xa0\x80",
+        {"content-type": "application/octet-stream", "inference-header-content-length": str(len(BINARY_TEXT_HEAD))},
+        400,
+        "using UTF-8",  # the encoded surrogate D800 (ED A0 80), which UTF-8 forbids
+    ),
 ]
 
 

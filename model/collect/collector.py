@@ -49,7 +49,7 @@ from starlette.routing import Route
 from data_checks.pii import Scanner  # cheap: Presidio itself loads when the first scanner is built
 from model.collect.arms import UNKNOWN, ArmMap
 from model.collect.export import answer_version
-from model.collect.redaction import Redact, redact_request, strip_entity_texts
+from model.collect.redaction import Redact, redact_request, storable_json, strip_entity_texts, without_surrogates
 from model.collect.store import GroupCommitWriter, count_rows, open_store, read_response
 from model.core.config import CollectorConfig, PiiConfig
 from model.core.http_guard import BodyLimit, ensure_can_listen
@@ -110,11 +110,13 @@ def _payload(data, event_type: str, redact: Redact) -> tuple[object, str, bool, 
     if data is None:
         raise BadEvent(400, "event has no body")
     if not isinstance(data, (bytes, bytearray, str)):  # structured mode: the data as parsed JSON
-        payload, text, is_json = data, json.dumps(data), True
+        payload = without_surrogates(data)
+        text, is_json = json.dumps(payload), True
     else:
         raw = data.decode("utf-8", errors="replace") if isinstance(data, (bytes, bytearray)) else data
+        raw = without_surrogates(raw)  # a str from structured mode may hold them already
         try:
-            payload, text, is_json = json.loads(raw), raw, True
+            (payload, text), is_json = storable_json(raw), True
         except ValueError:
             if event_type == FEEDBACK_TYPE:
                 raise BadEvent(400, "feedback body is not JSON: send a JSON object") from None
