@@ -62,7 +62,7 @@ def make_events(n: int, run: str) -> list[tuple[str, dict, bytes]]:
         common = {
             "ce-specversion": "1.0",
             "ce-id": rid,
-            "ce-source": "support-bot-predictor-00004-deployment-7d9c8b5f4-abcde",  # the pod, as KServe sends it
+            "ce-source": "http://localhost:9081/",  # every revision's, kserve cmd/agent/main.go
             "ce-inferenceservicename": "support-bot",
             "ce-namespace": "chat",
             "ce-component": "predictor",

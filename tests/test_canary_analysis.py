@@ -7,7 +7,7 @@ import pytest
 
 from model.core.config import CanaryConfig
 from model.core.errors import FlywheelError
-from model.deploy.canary import HOLD, PROMOTE, ROLLBACK, ArmMetrics, analyse, msprt_p_value
+from model.deploy.canary import HOLD, PROMOTE, ROLLBACK, ArmMetrics, analyse, msprt_p_value, render_markdown
 
 CFG = CanaryConfig()
 
@@ -100,6 +100,35 @@ def test_thresholds_come_from_config():
 def test_bad_metrics_are_named(values):
     with pytest.raises(FlywheelError, match="stable"):
         ArmMetrics.from_dict(values, "stable")
+
+
+def unknown(failed: int) -> ArmMetrics:
+    """Failed calls no arm can be charged with, as the collector's store reports them (arm ``unknown``)."""
+    return ArmMetrics(requests=failed, errors=failed)
+
+
+def test_failed_calls_of_unknown_arm_are_charged_to_the_canary_before_it_promotes():
+    """20,000 answers per arm at the same rates promote; 200 failed calls of unknown arm could all be the
+    canary's (a 1% error rate, over the 0.5-point margin), so the promotion holds, naming them."""
+    stable, canary = arm(20000, errors=0), arm(20000, errors=0)
+    assert analyse(stable, canary, CFG, unknown(0)).decision == PROMOTE
+    assert analyse(stable, canary, CFG, unknown(10)).decision == PROMOTE  # 0.05% at worst: within the margin
+    verdict = analyse(stable, canary, CFG, unknown(200))
+    assert verdict.decision == HOLD and verdict.unattributed_errors == 200, verdict.reasons
+    assert any("error rate" in r and "200 failed calls of unknown arm" in r for r in verdict.reasons)
+    errors = verdict.comparisons[0]
+    assert (errors.metric, errors.canary_rate, errors.stable_rate, errors.unattributed) == ("error rate", 0, 0, 200)
+    md = render_markdown(verdict, "staging", "v1", "v2")
+    assert "Arm unknown: 200 calls were never answered" in md
+
+
+def test_failed_calls_of_unknown_arm_never_roll_back():
+    """They may all be the stable arm's: however many, they hold a promotion and roll nothing back."""
+    verdict = analyse(arm(20000, errors=0), arm(2000, errors=0), CFG, unknown(5000))
+    assert verdict.decision == HOLD, verdict.reasons
+    assert not any(c.harmful for c in verdict.comparisons)
+    # what an arm is known to have failed still rolls it back
+    assert analyse(arm(20000), arm(2000, errors=0.02), CFG, unknown(5000)).decision == ROLLBACK
 
 
 def _looks(rng, p_stable, p_canary, looks, batch):

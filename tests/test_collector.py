@@ -33,6 +33,7 @@ from model.core.config import PROJECT_ROOT, CollectorConfig
 from model.core.errors import FlywheelError
 from model.data.conversations import SNAPSHOT_SCHEMA, read_snapshot, snapshot_info
 from model.deploy.canary_metrics import store_arm_metrics
+from model.serve.logger import AGENT_SOURCE_URI, cloudevents_time
 from scripts.cli import main
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -40,27 +41,24 @@ T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 VERSION_OF_ARM = {"stable": "7", "canary": "8"}
 
 
-def pod(version: str) -> str:
-    """A predictor pod's name as Knative makes it: <revision>-deployment-<replicaset>-<pod>."""
-    return f"support-bot-predictor-{int(version):05d}-deployment-6f7c9d{version}b4-x2k{version}q"
-
-
 def inference_event(
     kind: str,
     request_id: str,
     body: dict | str,
     at: datetime,
-    version: str = "7",
     conversation: str = "",
     content_type: str | None = "application/json",
 ) -> tuple[dict, bytes]:
-    """Headers and body of one logger event exactly as KServe's logger posts it (shared/notes/kserve-logger.md):
-    the source is the pod, the endpoint empty, the metadata a JSON object, the Content-Type the client's."""
+    """Headers and body of one logger event exactly as KServe's logger posts it (kserve pkg/logger/worker.go,
+    sendHttpCloudEvent; shared/notes/kserve-logger.md): the agent's fallback source, the same from every revision
+    (cmd/agent/main.go), the call's own time and the send time as the Go SDK writes them, the endpoint empty,
+    the metadata a JSON object, the Content-Type the client's. Which version answered is in a response's body only."""
     attrs = {
         "type": REQUEST_TYPE if kind == "request" else RESPONSE_TYPE,
-        "source": pod(version),
+        "source": AGENT_SOURCE_URI,
         "id": request_id,
-        "time": at.isoformat(),
+        "time": cloudevents_time(at),
+        "recordedtime": cloudevents_time(at + timedelta(milliseconds=3)),
         "inferenceservicename": "support-bot",
         "namespace": "chat",
         "component": "predictor",
@@ -87,7 +85,7 @@ def v1_call(
 ):
     """A V1 call answered by the model version ``arm`` serves: its request and response events."""
     version = VERSION_OF_ARM[arm]
-    req = inference_event("request", request_id, {"instances": texts}, at, version, conversation)
+    req = inference_event("request", request_id, {"instances": texts}, at, conversation)
     preds = [
         {
             "intent": i,
@@ -100,7 +98,7 @@ def v1_call(
         for i in intents
     ]
     resp = inference_event(
-        "response", request_id, {"predictions": preds}, at + timedelta(milliseconds=12), version, conversation
+        "response", request_id, {"predictions": preds}, at + timedelta(milliseconds=12), conversation
     )
     return req, resp
 
@@ -261,8 +259,9 @@ def test_group_commit_tells_each_writer_whether_its_row_was_new(store_url):
     writer = GroupCommitWriter(engine)
 
     def row(i: int) -> dict:
-        return {"event_id": f"gc-{i}", "kind": "request", "event_time": T0, "received_at": T0, "source": pod("7"),
-                "inference_service": "", "namespace": "", "component": "", "endpoint": "default",
+        return {"event_id": f"gc-{i}", "kind": "request", "event_time": T0, "received_at": T0,
+                "source": AGENT_SOURCE_URI, "inference_service": "", "namespace": "", "component": "",
+                "endpoint": "default",
                 "metadata_json": "{}", "content_type": "application/json", "body": "{}"}  # fmt: skip
 
     async def write_all():
@@ -629,6 +628,29 @@ def test_texts_without_personal_data_are_stored_as_sent(collector):
     engine.dispose()
 
 
+def test_a_lone_surrogate_in_a_logged_text_is_stored_marked_not_refused(collector, tmp_path):
+    """KServe's logger forwards the client's bytes: a V2 request whose text holds the JSON escape \\ud800 (the
+    predictor answers it 400) reaches the collector as it was sent. No store can encode a lone surrogate; the
+    collector stores the call with U+FFFD in its place, as for bytes that are not UTF-8, and redacts the rest."""
+    client, cfg = collector
+    body = rb'{"inputs":[{"name":"text","shape":[1],"datatype":"BYTES","data":["mail jane.doe@example.com \ud800"]}]}'
+    headers, _ = inference_event("request", "req-lone", "{}", T0)
+    assert client.post("/", content=body, headers=headers).status_code == 200
+    pair = {"instances": ["thanks \U0001f600"]}  # a well-formed pair (json.dumps writes \ud83d\ude00): kept as sent
+    assert post(client, inference_event("request", "req-pair", pair, T0)).status_code == 200
+    comment = rb'{"kind": "thumbs_down", "request_id": "req-lone", "comment": "\udfff broken"}'
+    headers, _ = feedback_event("fb-lone", T0, kind="thumbs_down", request_id="req-lone")
+    assert client.post("/", content=comment, headers=headers).status_code == 200
+    engine = open_store(cfg.store_url)
+    with engine.connect() as conn:
+        bodies = dict(conn.execute(sa.text("SELECT event_id, body FROM inference_events")).all())
+        (stored_comment,) = conn.execute(sa.text("SELECT comment FROM feedback_events")).scalars()
+    engine.dispose()
+    assert json.loads(bodies["req-lone"])["inputs"][0]["data"] == ["mail <EMAIL> \ufffd"]
+    assert bodies["req-pair"] == json.dumps(pair) and json.loads(bodies["req-pair"]) == pair
+    assert stored_comment == "\ufffd broken"
+
+
 def test_feedback_is_counted_for_the_arm_and_version_that_answered(collector):
     """`flywheel_feedback_total{kind, arm, model_version}` is what the alert rules and canary analysis query."""
     client, cfg = collector
@@ -687,19 +709,27 @@ def test_arms_follow_the_mounted_configmap_without_a_restart(collector, tmp_path
     assert 'flywheel_arm_info{arm="canary",model_version="8"} 1.0' in client.get("/metrics").text
 
 
-def test_calls_without_an_answer_count_for_the_arm_of_their_revision(collector):
-    """KServe logs no response for a failed call: its pod's revision, seen answering for a version, tells the arm."""
+def test_a_call_without_an_answer_is_arm_unknown_not_the_last_answering_version(collector):
+    """Every revision sends ce-source http://localhost:9081/ (kserve cmd/agent/main.go) and a failed call has no
+    response event: its request is arm unknown, never charged to the version that answered last."""
     client, cfg = collector
     for i in range(3):
         for event in v1_call(f"ok-{i}", ["hi"], ["talk_to_human"], T0 + timedelta(seconds=i), arm="canary"):
             assert post(client, event).status_code == 200
     for event in v1_call("ok-stable", ["hi"], ["talk_to_human"], T0, arm="stable"):
         assert post(client, event).status_code == 200
-    failed = inference_event("request", "failed-1", {"instances": ["boom"]}, T0 + timedelta(seconds=5), version="8")
-    headers, body = failed
-    # another pod of the same revision (replica): the revision, not the pod, names the version
-    headers["ce-source"] = headers["ce-source"].rsplit("-", 2)[0] + "-77aa99bb1-zz9zz"
-    assert client.post("/events", content=body, headers=headers).status_code == 200
+    # the canary answered last on the one source there is; this call then failed (no 200, no response event)
+    failed = inference_event("request", "failed-1", {"instances": ["boom"]}, T0 + timedelta(seconds=5))
+    assert failed[0]["ce-source"] == AGENT_SOURCE_URI and post(client, failed).status_code == 200
+    engine = open_store(cfg.store_url)
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT event_id, kind, arm, source FROM inference_events")).all()
+    engine.dispose()
+    arm_of = {(event_id, kind): arm for event_id, kind, arm, _ in stored}
+    assert {source for *_, source in stored} == {AGENT_SOURCE_URI}  # nothing in the source tells revisions apart
+    assert arm_of["failed-1", "request"] == "unknown"
+    assert arm_of["ok-2", "response"] == "canary" and arm_of["ok-stable", "response"] == "stable"
     arms = store_arm_metrics(cfg.store_url, VERSION_OF_ARM, T0, T0 + timedelta(hours=1), 1000.0)
-    assert (arms["canary"].requests, arms["canary"].errors) == (4, 1)
+    assert (arms["canary"].requests, arms["canary"].errors) == (3, 0)
     assert (arms["stable"].requests, arms["stable"].errors) == (1, 0)
+    assert (arms["unknown"].requests, arms["unknown"].errors, arms["unknown"].model_version) == (1, 1, None)

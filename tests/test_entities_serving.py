@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -31,9 +31,9 @@ from model.core.kserve_sdk import InferRequest, kserve
 from model.data.conversations import read_snapshot, write_snapshot
 from model.serve import predictor as serve_predictor
 from model.serve.catalog import ResponseCatalog
-from model.serve.logger import LocalLogger
+from model.serve.logger import LocalLogger, cloudevents_time
 from model.serve.metrics import ServingMetrics
-from model.serve.prediction_log import PredictionLog
+from model.serve.prediction_log import MIN_CAP_BYTES, PredictionLog, read_prediction_log
 from model.serve.protocol import Endpoint, ParsedRequest, v1_response, v2_response
 from tests.snapshot_fixtures import event
 from tests.test_collector import T0, VERSION_OF_ARM, arms_folder, inference_event
@@ -74,9 +74,8 @@ class CapturingLogger(LocalLogger):
         super().__init__("http://collector.invalid/", NAME, registry=CollectorRegistry())
         self.sent: list[tuple[dict, bytes]] = []
 
-    async def _run(self) -> None:
-        while True:
-            self.sent.append(await self._queue.get())
+    async def _send(self, client, headers: dict[str, str], body: bytes) -> None:
+        self.sent.append((headers, body))
 
 
 def serve_calls(tmp_path, monkeypatch, with_entities: bool, calls: list[tuple[object, dict]]):
@@ -84,7 +83,7 @@ def serve_calls(tmp_path, monkeypatch, with_entities: bool, calls: list[tuple[ob
     the prediction log's records."""
     monkeypatch.setattr(serve_predictor, "open_source", lambda *_: FakePredictor(with_entities))
     catalog = ResponseCatalog({"order_status": "Let me look that up."}, "A colleague will help you.")
-    log = PredictionLog(tmp_path / "predictions.jsonl")
+    log = PredictionLog(tmp_path / "predictions.jsonl", MIN_CAP_BYTES)
     model = serve_predictor.IntentModel(
         NAME, "stable", "unused", ServeConfig(), RegistryConfig(), catalog, ServingMetrics(CollectorRegistry()), log,
         pinned_version=VERSION_OF_ARM["stable"],
@@ -107,7 +106,7 @@ def serve_calls(tmp_path, monkeypatch, with_entities: bool, calls: list[tuple[ob
     finally:
         model.stop()
         log.close()
-    records = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    records = read_prediction_log(tmp_path / "predictions.jsonl")
     return answers, model.logger.sent, records
 
 
@@ -189,6 +188,51 @@ def test_the_prediction_log_keeps_entities_without_the_users_characters(tmp_path
     expected = [{k: v for k, v in e.to_dict().items() if k != "text"} for e in raw_entities(PII_TEXT)]
     assert record["entities"] == expected and len(expected) == 2
     assert PHONE not in json.dumps(record) and all("text" not in e for e in record["entities"])
+
+
+UPSTREAM_ATTRIBUTES = {  # kserve pkg/logger/worker.go, sendHttpCloudEvent (at aaac4e294dae), no annotations
+    "ce-specversion", "ce-id", "ce-type", "ce-source", "ce-time", "ce-recordedtime", "ce-inferenceservicename",
+    "ce-namespace", "ce-component", "ce-endpoint", "ce-metadata", "content-type",
+}  # fmt: skip
+GO_SDK_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{0,8}[1-9])?Z")  # RFC3339Nano, in UTC
+
+
+def test_the_logger_stand_in_sends_the_attributes_kserves_agent_sends(tmp_path, monkeypatch):
+    """The agent's fallback source (cmd/agent/main.go: no pod name reaches the webhook), ce-time the call's own
+    moment (the request's arrival, the answer's completion) and ce-recordedtime the send time, as the CloudEvents
+    Go SDK writes times; nothing else."""
+    before = datetime.now(UTC)
+    _, sent, _ = serve_calls(tmp_path, monkeypatch, False, [V1_CALL])
+    after = datetime.now(UTC)
+    (request, _), (response, _) = sent
+    assert (request["ce-type"], response["ce-type"]) == (
+        "org.kubeflow.serving.inference.request",
+        "org.kubeflow.serving.inference.response",
+    )
+    times = {}
+    for kind, headers in (("request", request), ("response", response)):
+        assert set(headers) == UPSTREAM_ATTRIBUTES
+        assert headers["ce-source"] == "http://localhost:9081/" and headers["ce-endpoint"] == ""
+        for name in ("ce-time", "ce-recordedtime"):
+            assert GO_SDK_TIME.fullmatch(headers[name]), headers[name]
+            times[kind, name] = datetime.fromisoformat(headers[name])
+    assert before <= times["request", "ce-time"] <= times["response", "ce-time"] <= after
+    for kind in ("request", "response"):  # recorded as sent, after the moment it records
+        assert times[kind, "ce-time"] <= times[kind, "ce-recordedtime"] <= after
+
+
+@pytest.mark.parametrize(
+    ("moment", "written"),
+    [
+        (datetime(2021, 4, 10, 0, 23, 26, 78952, tzinfo=UTC), "2021-04-10T00:23:26.078952Z"),
+        (datetime(2021, 4, 10, 0, 23, 26, 80000, tzinfo=UTC), "2021-04-10T00:23:26.08Z"),  # no trailing zeros
+        (datetime(2021, 4, 10, 0, 23, 26, tzinfo=UTC), "2021-04-10T00:23:26Z"),  # no fraction at all
+        (datetime(2021, 4, 10, 2, 23, 26, 500000, tzinfo=timezone(timedelta(hours=2))), "2021-04-10T00:23:26.5Z"),
+    ],
+)
+def test_times_are_written_as_the_cloudevents_go_sdk_writes_them(moment, written):
+    """sdk-go v2/types/value.go FormatTime: ``v.UTC().Format(time.RFC3339Nano)``."""
+    assert cloudevents_time(moment) == written
 
 
 def test_the_logger_stand_in_sends_entities_exactly_as_the_client_got_them(tmp_path, monkeypatch):

@@ -34,6 +34,7 @@ import sqlalchemy as sa
 
 from model.artifact.manifest import verify
 from model.core.config import ENVIRONMENTS, PROJECT_ROOT
+from model.serve.logger import AGENT_SOURCE_URI, cloudevents_time
 from tests import pod
 
 MANIFESTS = PROJECT_ROOT / "manifests"
@@ -208,13 +209,16 @@ def stop(container: Container) -> int | str:
 
 
 def logger_event(kind: str, request_id: str, body: dict) -> tuple[dict, bytes]:
-    """One CloudEvent as KServe's logger posts it (binary mode; the source is the predictor's pod)."""
+    """One CloudEvent as KServe's logger posts it (binary mode; the agent's fallback source, kserve
+    cmd/agent/main.go; times as kserve pkg/logger/worker.go sets them)."""
+    now = cloudevents_time(datetime.now(UTC))
     headers = {
         "ce-specversion": "1.0",
         "ce-id": request_id,
         "ce-type": f"org.kubeflow.serving.inference.{kind}",
-        "ce-source": "intent-predictor-00001-deployment-6f7c9d5b4-x2k9q",
-        "ce-time": datetime.now(UTC).isoformat(),
+        "ce-source": AGENT_SOURCE_URI,
+        "ce-time": now,
+        "ce-recordedtime": now,
         "ce-inferenceservicename": "intent",
         "ce-namespace": "flywheel-staging",
         "ce-component": "predictor",
@@ -304,7 +308,7 @@ def test_predictor_and_collector_start_as_their_manifests_say(env, installed, re
     assert codes == [0, 0], predictor.output() + collector.output()
     # what they wrote lies on their emptyDirs: the work folder (FLYWHEEL_WORK_DIR) and the store
     served, collected = predictor.volumes["/tmp"], collector.volumes["/tmp"]
-    assert request_id in (served / "flywheel" / "serving" / "predictions.jsonl").read_text()
+    assert not (served / "flywheel" / "serving").exists()  # the manifest turns the prediction log off
     assert (served / "flywheel" / "reports" / "serve.json").is_file()
     assert (collected / "flywheel" / "reports" / "collect.json").is_file()
     engine = sa.create_engine(f"sqlite:///{collected / 'conversations.db'}")

@@ -9,7 +9,6 @@ import asyncio
 import dataclasses
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -36,8 +35,9 @@ from model.core.config import PROJECT_ROOT, RESPONSE_CATALOG, DataConfig, Regist
 from model.core.errors import FlywheelError
 from model.core.kserve_sdk import InferRequest, kserve  # kserve parses sys.argv when imported directly
 from model.registry import register
+from model.serve.logger import AGENT_SOURCE_URI
 from model.serve.metrics import ServingMetrics
-from model.serve.prediction_log import PredictionLog
+from model.serve.prediction_log import MIN_CAP_BYTES, PredictionLog, prediction_log_files, read_prediction_log
 from model.serve.predictor import MicroBatcher
 from model.serve.serving import ServeArgs, build_models
 from model.train.steps import train_step
@@ -152,6 +152,8 @@ def server(arms, tmp_path_factory):
             arms["shadow"],
             "--prediction_log",
             str(log),
+            "--prediction_log_max_bytes",
+            str(MIN_CAP_BYTES),  # the smallest cap: the rotation test passes it in a few hundred requests
             "--max_instances",
             "8",
             "--max_text_chars",
@@ -260,8 +262,7 @@ def test_v1_and_v2_agree_and_canary_answers_with_its_own_version(server):
 def _log_lines(path: Path, request_id: str, want: int, timeout: float = 10) -> list[dict]:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-        found = [r for r in lines if r["request_id"] == request_id]
+        found = [r for r in read_prediction_log(path) if r["request_id"] == request_id]
         if len(found) >= want:
             return found
         time.sleep(0.1)
@@ -292,8 +293,44 @@ def test_shadow_predicts_too_and_both_are_logged(server):
     assert "text" not in by_arm["stable"]  # texts reach the store redacted, through the collector only
 
 
+def test_the_prediction_log_stays_under_its_cap_when_driven_past_it(server):
+    """Over twice the cap (--prediction_log_max_bytes, here the smallest allowed) of predictions through the real
+    server: the log rotates, its files together stay under the cap, each under its quarter, every line whole;
+    the newest predictions are kept and the oldest dropped."""
+    texts = [f"where is my order number {i}" for i in range(8)]
+    conversation = "c" * 200  # ids are logged whole, up to 200 characters: long lines pass the cap sooner
+    ids = [f"rotation-{n:04d}-".ljust(200, "r") for n in range(200)]
+    with httpx.Client(base_url=server["base"], timeout=30) as client:
+        for rid in ids:
+            headers = {"x-request-id": rid, "x-conversation-id": conversation}
+            resp = client.post(f"/v1/models/{NAME}:predict", json={"instances": texts}, headers=headers)
+            assert resp.status_code == 200, resp.text
+    last = _log_lines(server["log"], ids[-1], want=16)  # its 8 stable and 8 shadow lines (the shadow's come later)
+    assert len(last) == 16
+    records = read_prediction_log(server["log"])  # every line of every file parses: rotation splits no line
+    mine = [r for r in records if r["request_id"].startswith("rotation-")]
+    produced = len(ids) * 16 * min(len(json.dumps(r, separators=(",", ":"))) + 1 for r in mine)
+    assert produced > 2 * MIN_CAP_BYTES  # the requests logged more than twice what the cap keeps
+    files = prediction_log_files(server["log"])
+    sizes = [f.stat().st_size for f in files]
+    assert [f.name for f in files] == [f"{server['log'].name}{s}" for s in (".3", ".2", ".1", "")]
+    assert sum(sizes) <= MIN_CAP_BYTES and max(sizes) <= MIN_CAP_BYTES // 4, sizes
+    kept = {r["request_id"] for r in mine}
+    assert ids[0] not in kept and ids[-1] in kept
+
+
+def test_a_prediction_log_cap_too_small_for_its_lines_is_refused(tmp_path):
+    with pytest.raises(FlywheelError, match=f"too small: at least {MIN_CAP_BYTES}.*or 0 for no prediction log"):
+        PredictionLog(tmp_path / "p.jsonl", MIN_CAP_BYTES - 1)
+    assert not (tmp_path / "p.jsonl").exists()
+
+
 BINARY_HEAD = json.dumps(
     {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 20}}]}
+).encode()
+# the binary extension: a 3-byte text (length-prefixed) after the JSON head
+BINARY_TEXT_HEAD = json.dumps(
+    {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 7}}]}
 ).encode()
 BAD_INPUTS = [
     # (what, path suffix, body, headers, status, message fragment)
@@ -433,6 +470,47 @@ BAD_INPUTS = [
         "not a length within the body",
     ),
     ("unknown model", ":predict", b'{"instances": ["hi"]}', {"content-type": "application/json"}, 404, "nope"),
+    # a lone surrogate: a JSON \\u escape that decodes to no character (the bytes a client sends, escape and all)
+    (
+        "v2 lone surrogate",
+        "/infer",
+        rb'{"inputs":[{"name":"text","shape":[1],"datatype":"BYTES","data":["\ud800"]}]}',
+        {"content-type": "application/json"},
+        400,
+        "text 0 holds a lone UTF-16 surrogate (U+D800 at character 0)",
+    ),
+    (
+        "v2 lone low surrogate in the second text",
+        "/infer",
+        rb'{"inputs":[{"name":"text","shape":[2],"datatype":"BYTES","data":["ok","where \udc00 is it"]}]}',
+        {"content-type": "application/json"},
+        400,
+        "text 1 holds a lone UTF-16 surrogate (U+DC00 at character 6)",
+    ),
+    (
+        "v1 lone surrogate",
+        ":predict",
+        rb'{"instances": ["hi \ud83d"]}',
+        {"content-type": "application/json"},
+        400,
+        "surrogate",
+    ),
+    (
+        "v1 lone surrogate form-encoded",  # `curl -d` sends JSON as application/x-www-form-urlencoded
+        ":predict",
+        rb'{"instances": [{"text": "\ud800"}]}',
+        {"content-type": "application/x-www-form-urlencoded"},
+        400,
+        "text 0 holds a lone UTF-16 surrogate",
+    ),
+    (
+        "v2 binary text not UTF-8",
+        "/infer",
+        BINARY_TEXT_HEAD + len(b"\xed\xa0\x80").to_bytes(4, "little") + b"\xed\xa0\x80",
+        {"content-type": "application/octet-stream", "inference-header-content-length": str(len(BINARY_TEXT_HEAD))},
+        400,
+        "using UTF-8",  # the encoded surrogate D800 (ED A0 80), which UTF-8 forbids
+    ),
 ]
 
 
@@ -610,9 +688,10 @@ def test_concurrent_requests_all_go_through_counted_forward_passes(server):
 
 
 def test_local_logger_posts_calls_to_the_collector(arms, tmp_path):
-    """Local mode: the predictor posts the CloudEvents KServe's logger would (empty ce-endpoint, the pod as the
-    source, the client's Content-Type) to `flywheel collect`, which attributes each answer's arm from its
-    version and the mounted arms ConfigMap; the export joins them."""
+    """Local mode: the predictor posts the CloudEvents KServe's logger would (empty ce-endpoint, the agent's
+    fallback source http://localhost:9081/ from every model, each event's own time, the client's Content-Type)
+    to `flywheel collect`, which attributes each answer's arm from its version and the mounted arms ConfigMap;
+    the export joins them."""
     work, store = tmp_path / "work", f"sqlite:///{tmp_path / 'conversations.db'}"
     work.mkdir()
     arms_dir = tmp_path / "arms"  # the ConfigMap flywheel-arms as the kubelet mounts it
@@ -679,14 +758,13 @@ def test_local_logger_posts_calls_to_the_collector(arms, tmp_path):
     assert {r["entities"] for r in rows.values()} == {"[]"} and v1["entities"] == []  # an intent-only model
     assert [rows[f"local-2/{i}"]["predicted_intent"] for i in (0, 1)] == v2["outputs"][0]["data"]
     assert rows["local-2/1"]["arm"] == "canary" and rows["local-2/1"]["text"] == "b"
-    # exactly what KServe's logger sends: no arm in the headers, the pod (so the revision) as the source
+    # exactly what KServe's logger sends: no arm in the headers, one source for every revision
     assert {e["endpoint"] for e in stored} == {""} and len(stored) == 6
+    assert {e["source"] for e in stored} == {AGENT_SOURCE_URI}
     assert rows["local-3"]["arm"] == "canary" and rows["local-3"]["text"] == "my card is blocked"
     by_call = {(e["event_id"], e["kind"]): e for e in stored}
-    assert re.fullmatch(
-        rf"{NAME}-predictor-\d{{5}}-deployment-[0-9a-f]{{9}}-[0-9a-f]{{5}}", by_call["local-1", "request"]["source"]
-    )
-    assert by_call["local-1", "request"]["source"] != by_call["local-2", "request"]["source"]  # two revisions
+    for call in ("local-1", "local-2", "local-3"):  # ce-time: the request's arrival, then its answer's completion
+        assert by_call[call, "request"]["event_time"] <= by_call[call, "response"]["event_time"]
     assert by_call["local-2", "request"]["content_type"] == "application/json"
     assert by_call["local-3", "request"]["content_type"] == "application/x-www-form-urlencoded"
     assert by_call["local-3", "response"]["content_type"] == "application/x-www-form-urlencoded"
@@ -741,12 +819,11 @@ def test_the_manifest_pins_the_stable_artifact_and_names_its_version(tiny_artifa
     """In a cluster the manifest passes --stable-sha256/--stable-version: another artifact never gets ready."""
     art = tiny_artifact["artifact"]
     digest = IntentPredictor.load(art).digest
-    log = PredictionLog(tmp_path / "p.jsonl")
 
     def build(sha: str, version: str = ""):
         metrics = ServingMetrics(CollectorRegistry())
         args = ServeArgs(stable=art, stable_sha256=sha, stable_version=version)
-        return build_models(args, ServeConfig(), RegistryConfig(), metrics, log)
+        return build_models(args, ServeConfig(), RegistryConfig(), metrics, None)
 
     (model,) = build(digest, "12")
     assert model.ready and model.version == "12"
@@ -756,4 +833,3 @@ def test_the_manifest_pins_the_stable_artifact_and_names_its_version(tiny_artifa
     assert unpinned.version == f"sha-{digest[:12]}"
     for m in (model, unpinned):
         m.stop()
-    log.close()

@@ -399,6 +399,7 @@ def test_canary_analysis_counts_per_arm_what_each_arm_was_sent(canary_run, serve
             int((sent["feedback"] == kind).sum()) for kind in ("thumbs_up", "thumbs_down", "escalated")
         )
     assert seen["canary"].fallbacks == seen["canary"].requests and seen["stable"].fallbacks == 0  # the two models
+    assert seen["unknown"].requests == 0  # every call was answered: nothing left that no arm can be charged with
 
 
 def test_same_seed_same_traffic_other_offset_other_draws(servers, sample_df):

@@ -2,17 +2,18 @@
 
 KServe's logger does not say which arm (stable or canary) served a call: ``ce-endpoint`` is the pod's
 ``endpoint`` label, which the v1beta1 controller never sets (kserve ``pkg/webhook/admission/pod/
-agent_injector.go``; see ``shared/notes/kserve-logger.md``), and a Knative revision cannot know its
-traffic share. What the events do carry:
+agent_injector.go``; see ``shared/notes/kserve-logger.md``), a Knative revision cannot know its
+traffic share, and ``ce-source`` is ``http://localhost:9081/`` from every revision (the webhook sees
+a ReplicaSet's pod before it has a name, so the agent's ``--source-uri`` is empty and falls back to
+that, kserve ``cmd/agent/main.go``). What the events do carry is the answer's ``model_version`` (the
+predictor puts it in every V1 and V2 response), which the environment's ConfigMap ``flywheel-arms``
+maps to an arm (``manifests/<env>/inferenceservice.yaml``, written by ``flywheel release/promote/
+rollback``; the collector mounts it as a folder, one file per key, ``stable`` and ``canary``).
 
-- the answer's ``model_version`` (the predictor puts it in every V1 and V2 response), which the
-  environment's ConfigMap ``flywheel-arms`` maps to an arm (``manifests/<env>/inferenceservice.yaml``,
-  written by ``flywheel release/promote/rollback``; the collector mounts it as a folder, one file per
-  key, ``stable`` and ``canary``);
-- ``ce-source``, the pod name (the agent's ``--source-uri`` is ``pod.ObjectMeta.Name``), which in
-  Knative mode starts with the revision: ``<isvc>-predictor-00003-deployment-<replicaset>-<pod>``. A
-  request whose call never got an answer is attributed through its revision: the revision's
-  answered calls say which version it serves.
+A request whose call never got an answer (KServe logs a response only for HTTP 200) names no version,
+so its arm is ``unknown``: it is counted as such, never charged by guess to whichever version answered
+last. Only something that knows the revision can charge a failure to an arm (Knative's queue-proxy
+counts every request per revision with its status code, ``pkg/queue/request_metric.go``).
 
 The mounted files change in place when the ConfigMap changes (the kubelet swaps a ``..data`` link,
 kubernetes ``pkg/volume/util/atomic_writer.go``), so the map is re-read whenever a file's status
@@ -22,20 +23,11 @@ changes, without restarting the collector.
 from __future__ import annotations
 
 import os
-import re
 import threading
 from pathlib import Path
 
 ARM_KEYS = ("stable", "canary")
-UNKNOWN = "unknown"  # a version no arm names (or no map): counted, never guessed
-# Knative names a revision's Deployment <revision>-deployment; its pods add the ReplicaSet and pod hashes
-_POD_OF_REVISION = re.compile(r"^(?P<revision>.+)-deployment-[a-z0-9]+-[a-z0-9]+$")
-
-
-def revision_of(source: str) -> str:
-    """The Knative revision in a logger event's ``ce-source`` (a pod name), else the source itself."""
-    match = _POD_OF_REVISION.match(source)
-    return match.group("revision") if match else source
+UNKNOWN = "unknown"  # no answer, a version no arm names, or no map: counted, never guessed
 
 
 class ArmMap:

@@ -63,9 +63,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from data_checks.pii import Scanner  # cheap: Presidio itself loads when the first scanner is built
-from model.collect.arms import UNKNOWN, ArmMap, revision_of
+from model.collect.arms import UNKNOWN, ArmMap
 from model.collect.export import answer_version
-from model.collect.redaction import Redact, redact_request, strip_entity_texts
+from model.collect.redaction import Redact, redact_request, storable_json, strip_entity_texts, without_surrogates
 from model.collect.spool import Spool
 from model.collect.store import (
     GroupCommitWriter,
@@ -143,11 +143,13 @@ def _payload(data, event_type: str, redact: Redact) -> tuple[object, str, bool, 
     if data is None:
         raise BadEvent(400, "event has no body")
     if not isinstance(data, (bytes, bytearray, str)):  # structured mode: the data as parsed JSON
-        payload, text, is_json = data, json.dumps(data), True
+        payload = without_surrogates(data)
+        text, is_json = json.dumps(payload), True
     else:
         raw = data.decode("utf-8", errors="replace") if isinstance(data, (bytes, bytearray)) else data
+        raw = without_surrogates(raw)  # a str from structured mode may hold them already
         try:
-            payload, text, is_json = json.loads(raw), raw, True
+            (payload, text), is_json = storable_json(raw), True
         except ValueError:
             if event_type == FEEDBACK_TYPE:
                 raise BadEvent(400, "feedback body is not JSON: send a JSON object") from None
@@ -357,7 +359,6 @@ class Collector:
         self.arm_map = ArmMap(cfg.arms_dir)
         self.metrics = CollectorMetrics(registry, self.arm_map)
         registry.register(SpoolStatus(self))
-        self._revision_versions: dict[str, str] = {}  # revision -> the version its answers carry
         self._late_counts: set[asyncio.Task] = set()
 
     def _create_tables(self) -> bool:
@@ -487,15 +488,9 @@ class Collector:
         return [(spooled.table, spooled.row, new) for spooled, new in zip(batch, news)]
 
     def attribute(self, row: dict) -> str:
-        """The arm of an inference event: its answer's model version, else what its revision answers with."""
-        revision = revision_of(row["source"])
-        if row["kind"] == "response":
-            version = answer_version(row)
-            if version:
-                self._revision_versions[revision] = version
-        else:
-            version = self._revision_versions.get(revision)
-        return self.arm_map.arm_of(version)
+        """The arm of an inference event: the one serving its answer's model version. A request event is
+        ``unknown``: it names no version, and ``ce-source`` is the same for every revision (``model.collect.arms``)."""
+        return self.arm_map.arm_of(answer_version(row)) if row["kind"] == "response" else UNKNOWN
 
     async def count_feedback(self, kind: str, request_id: str) -> None:
         """Count stored feedback on the answer it names, now or once that answer is stored."""

@@ -15,11 +15,15 @@ At export the entities, whose offsets point into the raw text the model saw, are
 redacted text with the map (``data_checks.pii.redacted_span``, the one offset map): one that
 overlaps redacted personal data is dropped, the others shift by the redaction's length changes
 and take their value from the redacted text. Personal data therefore never survives as a value.
+
+A text no store can encode, a lone surrogate (a client's unpaired JSON ``\\ud800`` escape, which the
+predictor refuses with a 400 but KServe's logger forwards as sent), is stored with U+FFFD in its place.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Callable
 
@@ -33,6 +37,31 @@ STRUCTURAL_KEYS = frozenset({"id", "name", "datatype", "shape"})
 STORED_ENTITY_KEYS = ("type", "start", "end", "confidence")
 
 Redact = Callable[[str], tuple[str, list[Finding]]]
+SURROGATE = re.compile("[\ud800-\udfff]")
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # JSON's escape of one: \uD800 to \uDFFF
+
+
+def without_surrogates(value):
+    """``value`` with every surrogate code point in its texts (keys too) replaced by U+FFFD, as the collector
+    replaces bytes that are not UTF-8. JSON's ``\\ud800`` escape decodes to one when unpaired (a pair decodes
+    to one character), and no store can encode it: the call is kept with its text marked where it was broken."""
+    if isinstance(value, str):
+        return SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {without_surrogates(k): without_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_surrogates(v) for v in value]
+    return value
+
+
+def storable_json(raw: str) -> tuple[object, str]:
+    """A JSON text's value and the text to store (``raw`` itself unless a lone surrogate had to be replaced);
+    ValueError if it is not JSON."""
+    value = json.loads(raw)
+    if not SURROGATE_ESCAPE.search(raw):  # nothing else decodes to a surrogate
+        return value, raw
+    storable = without_surrogates(value)
+    return storable, raw if storable == value else json.dumps(storable, ensure_ascii=False)
 
 
 def redact_json(value, redact: Callable[[str], str]):

@@ -197,6 +197,11 @@ class ServeConfig:
     prediction_log: str | None = setting(
         None, "JSON-lines log of every prediction, shadow ones included (unset: <work dir>/serving/predictions.jsonl)"
     )
+    prediction_log_max_bytes: int = setting(
+        64 * 2**20,
+        "the prediction log and its rotated files stay under this (~200,000 predictions); 0 writes none, as the "
+        "manifests do: on a pod it would fill the 256Mi /tmp emptyDir, and the collector keeps every call anyway",
+    )
     logger_url: str | None = setting(
         None,
         "post each call to this collector URL as KServe's logger would; for local mode (in a cluster KServe does it)",

@@ -18,12 +18,18 @@ non-inferior before a promotion. Load on a shared machine or node slows both arm
 rule on one arm's p99 (its third-slowest answer in 300) rolled back healthy canaries by chance on a
 busy machine, and a non-inferiority proof would make promotion wait on how busy the machine is.
 Alpha is split over the tests (Bonferroni).
+
+Failed calls no arm can be charged with (the collector's store knows a request was never answered,
+but not which revision it reached: ``model.deploy.canary_metrics``) are reported as arm ``unknown``
+and enter one question only: the canary's error rate must be shown non-inferior even if every one of
+them was the canary's. They never roll back either arm (they may be the stable one's), and the
+error-rate harm test uses only what each arm is known to have failed.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import NamedTuple
 
 from model.core.config import CanaryConfig
@@ -88,6 +94,7 @@ class RateComparison:
     harmful: bool = False
     noninferior: bool = False
     guardrail: bool = False  # tested for harm only: need not be shown non-inferior to promote
+    unattributed: int = 0  # failed calls of no known arm, charged to the canary in the non-inferiority test
 
 
 @dataclass
@@ -97,6 +104,7 @@ class CanaryVerdict:
     comparisons: list[RateComparison] = field(default_factory=list)
     latency_p99_ms: dict = field(default_factory=dict)
     alpha_per_test: float = 0.0
+    unattributed_errors: int = 0  # arm "unknown": failed calls no arm can be charged with
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -182,8 +190,13 @@ def _rates(stable: ArmMetrics, canary: ArmMetrics, cfg: CanaryConfig) -> list[Ra
     return rates
 
 
-def compare_arms(stable: ArmMetrics, canary: ArmMetrics, cfg: CanaryConfig) -> tuple[list[RateComparison], float]:
-    """Every rate compared, then the slow-answer guardrail; and the alpha each test got (Bonferroni)."""
+def compare_arms(
+    stable: ArmMetrics, canary: ArmMetrics, cfg: CanaryConfig, unattributed: int = 0
+) -> tuple[list[RateComparison], float]:
+    """Every rate compared, then the slow-answer guardrail; and the alpha each test got (Bonferroni).
+
+    The error rate's non-inferiority is tested with the ``unattributed`` failed calls charged to the
+    canary (the worst case), its harm with what each arm is known to have failed."""
     rates = _rates(stable, canary, cfg)
     slow = Rate(
         f"slow-answer rate (over {cfg.latency_budget_ms:.0f} ms)",
@@ -195,13 +208,26 @@ def compare_arms(stable: ArmMetrics, canary: ArmMetrics, cfg: CanaryConfig) -> t
     )
     alpha = cfg.alpha / (len(rates) + 1)
     comparisons = [_compare(r, alpha, cfg.mixture_sd) for r in rates]
+    if unattributed:
+        errors = rates[0]
+        worst = _compare(
+            errors._replace(canary_events=errors.canary_events + unattributed, canary_n=errors.canary_n + unattributed),
+            alpha,
+            cfg.mixture_sd,
+        )
+        comparisons[0] = replace(
+            comparisons[0], p_noninferior=worst.p_noninferior, noninferior=worst.noninferior, unattributed=unattributed
+        )
     comparisons.append(_compare(slow, alpha, cfg.mixture_sd, guardrail=True))
     return comparisons, alpha
 
 
-def analyse(stable: ArmMetrics, canary: ArmMetrics, cfg: CanaryConfig) -> CanaryVerdict:
+def analyse(
+    stable: ArmMetrics, canary: ArmMetrics, cfg: CanaryConfig, unknown: ArmMetrics | None = None
+) -> CanaryVerdict:
     """Promote, hold or roll back; no data when an arm has none. Rollback wins over promote; too little
-    traffic always holds."""
+    traffic always holds. ``unknown``: the failed calls no arm can be charged with, if the source has any."""
+    unattributed = unknown.errors if unknown is not None else 0
     latency = {"stable": stable.latency_p99_ms, "canary": canary.latency_p99_ms}
     unseen = [
         f"{name} (v{arm.model_version})" if arm.model_version is not None else name
@@ -216,6 +242,7 @@ def analyse(stable: ArmMetrics, canary: ArmMetrics, cfg: CanaryConfig) -> Canary
                 "(its pods are not scraped, or its revision never served a request), so nothing can be decided"
             ],
             latency_p99_ms=latency,
+            unattributed_errors=unattributed,
         )
     few = [
         f"{name} has {arm.requests} requests (< {cfg.min_requests_per_arm})"
@@ -223,10 +250,12 @@ def analyse(stable: ArmMetrics, canary: ArmMetrics, cfg: CanaryConfig) -> Canary
         if arm.requests < cfg.min_requests_per_arm
     ]
     if few:
-        return CanaryVerdict(HOLD, ["too little traffic: " + "; ".join(few)], latency_p99_ms=latency)
-    comparisons, alpha = compare_arms(stable, canary, cfg)
+        return CanaryVerdict(
+            HOLD, ["too little traffic: " + "; ".join(few)], latency_p99_ms=latency, unattributed_errors=unattributed
+        )
+    comparisons, alpha = compare_arms(stable, canary, cfg, unattributed)
     decision, reasons = decide(comparisons, alpha, stable, canary, cfg)
-    return CanaryVerdict(decision, reasons, comparisons, latency, alpha)
+    return CanaryVerdict(decision, reasons, comparisons, latency, alpha, unattributed)
 
 
 def decide(
@@ -250,7 +279,9 @@ def decide(
     if pending:
         return HOLD, [
             f"not yet shown: canary's {c.metric} at most {c.margin:.1%} above stable's "
-            f"({c.canary_rate:.2%} vs {c.stable_rate:.2%}, p = {c.p_noninferior:.2g})"
+            f"({c.canary_rate:.2%} vs {c.stable_rate:.2%}, p = {c.p_noninferior:.2g}"
+            + (f", counting the {c.unattributed} failed calls of unknown arm as the canary's" if c.unattributed else "")
+            + ")"
             for c in pending
         ]
     return PROMOTE, [
@@ -281,6 +312,14 @@ def render_markdown(verdict: CanaryVerdict, env: str, stable_label: str, canary_
             + ("not required" if c.guardrail else f"{c.p_noninferior:.3g}")
             + " |"
             for c in verdict.comparisons
+        ]
+    if verdict.unattributed_errors:
+        lines += [
+            "",
+            f"Arm unknown: {verdict.unattributed_errors} calls were never answered, and nothing logged says which "
+            "revision they reached (KServe's logger sends no response event for a failed call, and the same "
+            "`ce-source` from every revision). They are in neither arm's error rate; before a promotion the "
+            "canary's error rate must stay within its margin even if every one of them was the canary's.",
         ]
     lines += [
         "",

@@ -36,8 +36,8 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 import requests
 
-from model.collect.arms import revision_of
-from model.collect.export import answer_version, window_rows
+from model.collect.arms import UNKNOWN
+from model.collect.export import window_rows
 from model.collect.store import open_store
 from model.core.errors import FlywheelError
 from model.core.git import run_git
@@ -213,14 +213,17 @@ def _aware(moment: datetime) -> datetime:
 def store_arm_metrics(
     store_url: str, versions: dict[str, int], since: datetime, until: datetime, slow_ms: float
 ) -> dict[str, ArmMetrics]:
-    """Counts per arm from the collector's store, over calls logged in [since, until).
+    """Counts per arm from the collector's store, over calls logged in [since, until), and the calls no arm
+    can be charged with under ``unknown``.
 
     Answered calls are attributed by the model version in their prediction (what the manifest says
-    each arm runs). Errors are calls whose request was logged without a response (KServe logs a
-    response only for HTTP 200), attributed through the revision in their ``ce-source``: the version
-    that revision's answered calls carry (``model.collect.arms``).
-    A request younger than ``IN_FLIGHT`` may still be answered, so it is not counted yet. ``slow``
-    counts answers whose logged latency exceeds ``slow_ms``.
+    each arm runs). A call whose request was logged without a response failed (KServe logs a response
+    only for HTTP 200), but nothing in its events says which revision it reached: ``ce-source`` is
+    the same for every revision (``model.collect.arms``). So those calls are arm ``unknown``, with as
+    many errors as requests; the analysis charges them to the canary before it promotes, never to
+    either arm as a reason to roll back (``model.deploy.canary``). A request younger than
+    ``IN_FLIGHT`` may still be answered, so it is not counted yet. ``slow`` counts answers whose
+    logged latency exceeds ``slow_ms``.
     """
     engine = open_store(store_url)
     try:
@@ -228,23 +231,18 @@ def store_arm_metrics(
     finally:
         engine.dispose()
     answered = {e["event_id"] for e in events if e["kind"] == "response"}
-    revision_versions = {
-        revision_of(e["source"]): answer_version(e) for e in events if e["kind"] == "response" and answer_version(e)
-    }
     settled = until - IN_FLIGHT
-    unanswered = [
-        e
+    unanswered = sum(
+        1
         for e in events
         if e["kind"] == "request" and e["event_id"] not in answered and _aware(e["event_time"]) < settled
-    ]
+    )
     arms = {}
     for arm, version in versions.items():
         mine = [r for r in rows if r["model_version"] == str(version)]
-        errors = sum(1 for e in unanswered if revision_versions.get(revision_of(e["source"])) == str(version))
         latencies = [r["latency_ms"] for r in mine]
         arms[arm] = ArmMetrics(
-            requests=len(mine) + errors,
-            errors=errors,
+            requests=len(mine),
             fallbacks=sum(r["fallback"] for r in mine),
             escalations=sum(r["escalated"] for r in mine),
             thumbs_up=sum(r["thumbs"] == "up" for r in mine),
@@ -253,6 +251,7 @@ def store_arm_metrics(
             latency_p99_ms=float(np.percentile(latencies, 99)) if latencies else 0.0,
             model_version=version,
         )
+    arms[UNKNOWN] = ArmMetrics(requests=unanswered, errors=unanswered)
     return arms
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from model.collect.arms import UNKNOWN
 from model.core.config import CanaryConfig, DeliveryConfig, RegistryConfig
 from model.core.errors import FlywheelError
 from model.deploy import images, manifests
@@ -361,7 +362,7 @@ def canary_analysis_step(
         seen = arms[arm].model_version
         if seen is not None and seen != version:
             raise FlywheelError(f"{source}: {arm} metrics are for v{seen}, but {path} has {arm} v{version}")
-    verdict = analyse(arms["stable"], arms["canary"], cfg)
+    verdict = analyse(arms["stable"], arms["canary"], cfg, arms.get(UNKNOWN))
     md = render_markdown(verdict, env, rollout.stable.label(), rollout.canary.label()) + f"\nMetrics: {source}.\n"
     return {
         "env": env,

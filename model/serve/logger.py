@@ -1,12 +1,21 @@
 """The local stand-in for KServe's request/response logger: each call posted to the collector.
 
-In a cluster KServe's logger proxy sits in front of the predictor and posts every call; locally
+In a cluster KServe's agent sits in front of the predictor and posts every call; locally
 (``--logger_url``) none does, so the predictor posts the same two binary-mode CloudEvents itself,
-with exactly the attributes the real one sends (kserve ``pkg/logger/worker.go`` sets them from
-``pkg/logger/handler.go``'s LogRequest; ``shared/notes/kserve-logger.md``) and nothing more:
+with exactly the attributes the real one sends and nothing more. Read from kserve at commit
+aaac4e294dae (v0.20.0-rc0-104): ``pkg/logger/handler.go`` (``ServeHTTP``) builds each ``LogRequest``,
+``pkg/logger/worker.go`` (``sendHttpCloudEvent``) turns it into the event:
 
-- ``ce-source`` is the pod name, which in Knative mode starts with the revision; locally each served
-  model is a revision of its own, numbered by its model version (``<isvc>-predictor-0000N-deployment-...``);
+- ``ce-source`` is the agent's ``--source-uri``, which the pod webhook sets to ``pod.Name``
+  (``pkg/webhook/admission/pod/agent_injector.go``); a ReplicaSet's pod (every Knative revision's)
+  reaches the webhook before it has a name, so it is empty and the agent falls back to
+  ``http://localhost:9081/`` (``cmd/agent/main.go``, ``startLogger``): every revision sends the same
+  source, which therefore names no revision and no arm;
+- ``ce-time`` is the call's own moment (``event.SetTime(logReq.OccurrenceTime)``): when the request
+  arrived for the request event, when the answer was complete for the response event;
+- ``ce-recordedtime`` is when the event was sent (``event.SetExtension(RecordedTimeAttr, time.Now())``,
+  since kserve v0.18.0); both times as the CloudEvents Go SDK writes them, RFC 3339 in UTC with up
+  to nine fractional digits and no trailing zeros (cloudevents sdk-go ``v2/types/value.go``, ``FormatTime``);
 - ``ce-endpoint`` is empty (the controller never sets the pod label it comes from): the arm is not here;
 - ``ce-metadata`` is the JSON of the forwarded request headers (``logger.metadataHeaders``), ``{}`` if none;
 - ``Content-Type`` is the client's own, for both events, or none if the client sent none.
@@ -15,14 +24,16 @@ with exactly the attributes the real one sends (kserve ``pkg/logger/worker.go`` 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from datetime import UTC, datetime
 
 import httpx
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
-from model.serve.protocol import Endpoint, ParsedRequest
+from model.serve.protocol import ParsedRequest
+
+# what the agent sends as ce-source when the webhook gave it no pod name: always, for a Knative revision's pods
+AGENT_SOURCE_URI = "http://localhost:9081/"
 
 
 class LocalLogger:
@@ -45,7 +56,7 @@ class LocalLogger:
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
 
-    async def log(self, kind: str, endpoint: Endpoint, request: ParsedRequest, body: dict) -> None:
+    async def log(self, kind: str, request: ParsedRequest, body: dict) -> None:
         """Queue one event of a call, ``request`` (on arrival) or ``response`` (only once answered with 200,
         as KServe's logger does); waits while the queue is full."""
         if self._worker is None or self._worker.done():
@@ -53,9 +64,9 @@ class LocalLogger:
             self._worker = asyncio.get_running_loop().create_task(self._run())
         moment = request.received_at if kind == "request" else datetime.now(UTC)
         headers = {
-            **_common_headers(self.inference_service, endpoint, request),
+            **_common_headers(self.inference_service, request),
             "ce-type": f"org.kubeflow.serving.inference.{kind}",
-            "ce-time": moment.isoformat(),
+            "ce-time": cloudevents_time(moment),
         }
         await self._queue.put((headers, json.dumps(body).encode()))
 
@@ -63,27 +74,31 @@ class LocalLogger:
         async with httpx.AsyncClient(timeout=10) as client:
             while True:
                 headers, body = await self._queue.get()
-                try:
-                    resp = await client.post(self.url, content=body, headers=headers)
-                    self.outcomes.labels("accepted" if resp.status_code == 200 else f"refused_{resp.status_code}").inc()
-                except httpx.HTTPError:
-                    self.outcomes.labels("unreachable").inc()
+                # the agent stamps each event as it sends it (worker.go, sendHttpCloudEvent)
+                await self._send(client, {**headers, "ce-recordedtime": cloudevents_time(datetime.now(UTC))}, body)
+
+    async def _send(self, client: httpx.AsyncClient, headers: dict[str, str], body: bytes) -> None:
+        try:
+            resp = await client.post(self.url, content=body, headers=headers)
+            self.outcomes.labels("accepted" if resp.status_code == 200 else f"refused_{resp.status_code}").inc()
+        except httpx.HTTPError:
+            self.outcomes.labels("unreachable").inc()
 
 
-def pod_name(inference_service: str, version: str) -> str:
-    """A pod name as Knative makes them: <revision>-deployment-<replicaset hash>-<pod hash>, a revision per version."""
-    number = int(version) if version.isdigit() else int(hashlib.sha256(version.encode()).hexdigest()[:4], 16)
-    digest = hashlib.sha256(f"{inference_service}/{version}".encode()).hexdigest()
-    return f"{inference_service}-predictor-{number:05d}-deployment-{digest[:9]}-{digest[9:14]}"
+def cloudevents_time(moment: datetime) -> str:
+    """A timestamp as the CloudEvents Go SDK writes one: UTC, RFC 3339, fractional seconds without trailing zeros."""
+    utc = moment.astimezone(UTC)
+    fraction = f"{utc.microsecond:06d}".rstrip("0")
+    return utc.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if fraction else "") + "Z"
 
 
-def _common_headers(inference_service: str, endpoint: Endpoint, request: ParsedRequest) -> dict[str, str]:
+def _common_headers(inference_service: str, request: ParsedRequest) -> dict[str, str]:
     """The CloudEvent headers both events of a call carry, as KServe's logger sends them."""
     metadata = {"X-Conversation-Id": [request.conversation_id]} if request.conversation_id else {}
     headers = {
         "ce-specversion": "1.0",
         "ce-id": request.request_id,
-        "ce-source": pod_name(inference_service, endpoint.version),
+        "ce-source": AGENT_SOURCE_URI,
         "ce-inferenceservicename": inference_service,
         "ce-namespace": "local",
         "ce-component": "predictor",

@@ -113,7 +113,7 @@ class IntentModel(kserve.Model):
         reg_cfg: RegistryConfig,
         catalog: ResponseCatalog,
         metrics: ServingMetrics,
-        log: PredictionLog,
+        log: PredictionLog | None,
         shadow: IntentModel | None = None,
         expected_sha256: str = "",
         pinned_version: str = "",
@@ -168,12 +168,14 @@ class IntentModel(kserve.Model):
     async def preprocess(self, payload, headers: dict[str, str] | None = None) -> ParsedRequest:
         request = parse_request(payload, headers or {}, self.cfg.max_instances, self.cfg.max_text_chars)
         if self.logger is not None:  # logged before predicting: a call that then fails has no response event
-            await self.logger.log("request", self.endpoint, request, request_wire_body(request))
+            await self.logger.log("request", request, request_wire_body(request))
         return request
 
     async def predict(self, request: ParsedRequest, headers=None, response_headers=None) -> PredictedRequest:
         preds = await self._batcher.predict(request.texts)
-        self.log.write(self._observed(request, preds, time.perf_counter() - request.started))
+        records = self._observed(request, preds, time.perf_counter() - request.started)
+        if self.log is not None:
+            self.log.write(records)
         if self.shadow is not None:
             self._in_background(self.shadow.shadow_predict(request, preds, self.version))
         return PredictedRequest(request, preds)
@@ -185,7 +187,7 @@ class IntentModel(kserve.Model):
         response = build(endpoint, request, preds, replies)
         if self.logger is not None:
             body = response_wire_body(endpoint, request, response, preds, replies)
-            await self.logger.log("response", endpoint, request, body)
+            await self.logger.log("response", request, body)
         return response
 
     def _observed(self, request: ParsedRequest, preds: list[Prediction], seconds: float) -> list[dict]:
@@ -212,4 +214,5 @@ class IntentModel(kserve.Model):
             agree = mine.intent == theirs.intent and mine.fallback == theirs.fallback
             record.update(primary_version=primary_version, primary_intent=theirs.intent, agrees_with_primary=agree)
             self.metrics.shadow_agreement.labels(self.version, primary_version, str(agree).lower()).inc()
-        self.log.write(records)
+        if self.log is not None:
+            self.log.write(records)

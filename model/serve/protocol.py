@@ -127,8 +127,24 @@ def check_texts(texts: list[str], max_instances: int, max_text_chars: int) -> No
     for i, text in enumerate(texts):
         if not text.strip():
             raise InvalidInput(f"text {i} is empty")
+        at = lone_surrogate(text)
+        if at is not None:
+            raise InvalidInput(
+                f"text {i} holds a lone UTF-16 surrogate (U+{ord(text[at]):04X} at character {at}), which is no "
+                "Unicode character: send the text as UTF-8, or a JSON \\u escape as a high and low surrogate pair"
+            )
         if len(text) > max_text_chars:
             raise InvalidInput(f"text {i} is {len(text)} characters long, the limit is {max_text_chars}")
+
+
+def lone_surrogate(text: str) -> int | None:
+    """Where ``text`` holds a surrogate code point, if anywhere: JSON's ``\\ud800`` escape decodes to one,
+    which no encoder (a tokenizer, UTF-8, a database) accepts. A well-formed pair decodes to one character."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
 
 
 def v1_response(endpoint: Endpoint, request: ParsedRequest, preds: list[Prediction], replies: list[str]) -> dict:

@@ -70,7 +70,7 @@ class ServeArgs:
 
 
 def build_models(
-    args: ServeArgs, cfg: ServeConfig, reg_cfg: RegistryConfig, metrics: ServingMetrics, log: PredictionLog
+    args: ServeArgs, cfg: ServeConfig, reg_cfg: RegistryConfig, metrics: ServingMetrics, log: PredictionLog | None
 ) -> list[IntentModel]:
     """Load and verify every model before anything listens; a bad artifact stops the start."""
     if not args.stable:
@@ -98,9 +98,9 @@ def serve_command(args: ServeArgs, *, serve: ServeConfig, registry: RegistryConf
 def serve_step(args: ServeArgs, cfg: ServeConfig, reg_cfg: RegistryConfig) -> tuple[dict, str]:
     """Run the predictor until SIGTERM/SIGINT; return what was served."""
     ensure_can_listen(cfg.host, cfg.http_port)
-    log_path = Path(cfg.prediction_log)
+    log_path = Path(cfg.prediction_log) if cfg.prediction_log_max_bytes else None
     metrics = ServingMetrics()
-    log = PredictionLog(log_path)
+    log = PredictionLog(log_path, cfg.prediction_log_max_bytes) if log_path else None
     models = build_models(args, cfg, reg_cfg, metrics, log)
     if cfg.logger_url:
         logger = LocalLogger(cfg.logger_url, cfg.endpoint)
@@ -125,11 +125,14 @@ def serve_step(args: ServeArgs, cfg: ServeConfig, reg_cfg: RegistryConfig) -> tu
     try:
         server.start(models)
     finally:
-        log.close()
-    return _report(models, cfg, str(log_path), round(time.time() - started, 1))
+        if log is not None:
+            log.close()
+    return _report(models, cfg, str(log_path) if log_path else None, round(time.time() - started, 1))
 
 
-def _report(models: list[IntentModel], cfg: ServeConfig, prediction_log: str, uptime_s: float) -> tuple[dict, str]:
+def _report(
+    models: list[IntentModel], cfg: ServeConfig, prediction_log: str | None, uptime_s: float
+) -> tuple[dict, str]:
     """What was served (each endpoint's arm, version, runtime and source), as the step's result and markdown."""
     served = {m.name: _served(m) for m in models}
     if models[0].shadow is not None:
