@@ -26,7 +26,8 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 from starlette.testclient import TestClient
 
-from model.collect.collector import FEEDBACK_TYPE, REQUEST_TYPE, RESPONSE_TYPE, build_app
+from model.collect.collector import build_app
+from model.collect.events import FEEDBACK_TYPE, REQUEST_TYPE, RESPONSE_TYPE
 from model.collect.export import DIGEST_KEY, export_window
 from model.collect.store import GroupCommitWriter, count_rows, open_store
 from model.core.config import PROJECT_ROOT, CollectorConfig

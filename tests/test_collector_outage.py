@@ -28,7 +28,8 @@ from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 from starlette.testclient import TestClient
 
-from model.collect.collector import REQUEST_TYPE, RESPONSE_TYPE, build_app
+from model.collect.collector import build_app
+from model.collect.events import REQUEST_TYPE, RESPONSE_TYPE
 from model.collect.spool import Spool
 from model.core.config import CollectorConfig
 from model.core.errors import FlywheelError
@@ -316,22 +317,24 @@ def test_the_spool_keeps_order_and_cap_across_reopening(tmp_path):
 
 def test_texts_no_store_can_hold_are_kept_replaced_or_refused_up_front(tmp_path):
     """PostgreSQL refuses NUL in text, and no store takes a lone surrogate: a raw body keeps its event with
-    the NUL replaced (as undecodable bytes are); any other such text is a 400 naming the field. So no
-    spooled event is one the store refuses later, holding up the events behind it."""
+    the NUL replaced (as undecodable bytes are), a body's lone surrogate becomes U+FFFD (test_collector);
+    such a text in an event's attributes is a 400 naming the field. So no spooled event is one the store
+    refuses later, holding up the events behind it."""
     cfg = CollectorConfig(store_url=f"sqlite:///{tmp_path / 's.db'}", spool_dir=str(tmp_path / "spool"))
     headers, _ = logger_event("request", "nul-1", "")
     structured = {"specversion": "1.0", "id": "nul-2", "source": AGENT_SOURCE, "type": REQUEST_TYPE,
                   "inferenceservicename": "bot\x00", "data": {"instances": ["hi"]}}  # fmt: skip
-    feedback = {"specversion": "1.0", "id": "fb-1", "source": "chat", "type": "org.flywheel.feedback"}
-    comment = b'{"kind": "resolved", "conversation_id": "c", "comment": "ok \\ud800"}'
+    lone_attribute = (
+        b'{"specversion": "1.0", "id": "lone-1", "source": "a", "type": "%s", "namespace": "ns\\ud800", "data": {}}'
+        % REQUEST_TYPE.encode()
+    )
     with TestClient(build_app(cfg)) as client:
         kept = client.post("/", content=b"a\x00b", headers={**headers, "content-type": "text/plain"})
         assert kept.status_code == 200
         refused = client.post("/", json=structured, headers={"content-type": "application/cloudevents+json"})
         assert (refused.status_code, refused.json()["error"]) == (400, "inference_service contains a NUL character")
-        fb_headers = {f"ce-{k}": v for k, v in feedback.items()} | {"content-type": "application/json"}
-        lone = client.post("/", content=comment, headers=fb_headers)
-        assert lone.status_code == 400 and lone.json()["error"].startswith("comment is not valid Unicode")
+        lone = client.post("/", content=lone_attribute, headers={"content-type": "application/cloudevents+json"})
+        assert lone.status_code == 400 and lone.json()["error"].startswith("namespace is not valid Unicode"), lone.text
     engine = sa.create_engine(cfg.store_url)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT body FROM inference_events")).scalars().all() == ["a\ufffdb"]

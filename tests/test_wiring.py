@@ -220,7 +220,7 @@ def _exported_series() -> set[str]:
     from prometheus_client import CollectorRegistry
 
     from model.collect.arms import ArmMap
-    from model.collect.collector import CollectorMetrics, SpoolStatus
+    from model.collect.collector_metrics import CollectorMetrics, SpoolStatus
     from model.serve.metrics import ServingMetrics
 
     names = set()
