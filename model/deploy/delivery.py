@@ -19,7 +19,7 @@ import yaml
 
 from model.core.config import CanaryConfig, DeliveryConfig, RegistryConfig
 from model.core.errors import FlywheelError
-from model.deploy import images, manifests
+from model.deploy import images, manifests, storage
 from model.deploy.canary import ArmMetrics, analyse, render_markdown
 from model.deploy.canary_metrics import (
     TOKEN_ENV,
@@ -196,6 +196,9 @@ def release_step(
     t = open_target(repo, env, dcfg)
     manifests.refuse_running_canary(t.rollout, t.label)  # before asking the registry: the clearer reason
     info = versions.resolve_version(reg_cfg, version)
+    refused = storage.problem(info["storage_uri"])  # KServe would refuse it only after the merge
+    if refused:
+        raise FlywheelError(f"{reg_cfg.model_name} v{version}: {refused}")
     model = ModelRef(version, info["storage_uri"], info["sha256"])
     new = manifests.start_canary(t.rollout, model, percent, t.label)
     if new.canary:

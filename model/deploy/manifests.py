@@ -31,6 +31,7 @@ from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from model.core.errors import FlywheelError
+from model.deploy import storage
 
 ENVIRONMENTS = ("staging", "production")
 ISVC_FILE = "inferenceservice.yaml"
@@ -188,8 +189,9 @@ def _ref(data: dict, role: str, path: Path) -> ModelRef | None:
     version, uri, sha = (str(v) for v in values)
     if not version.isdigit() or int(version) < 1:
         raise FlywheelError(f"{where}: {keys[0]} must be a model version number, got {version!r}")
-    if "://" not in uri:
-        raise FlywheelError(f"{where}: {keys[1]} must be a storage URI (s3://, gs://, https://, ...), got {uri!r}")
+    refused = storage.problem(uri)
+    if refused:
+        raise FlywheelError(f"{where}: {keys[1]}: {refused}")
     if not _SHA256.match(sha):
         raise FlywheelError(f"{where}: {keys[2]} must be 64 lowercase hex digits, got {sha!r}")
     return ModelRef(int(version), uri, sha)
