@@ -60,7 +60,7 @@ class Series:
     """Synthetic series for one environment, labelled as the PodMonitors' targets label them."""
 
     def __init__(self, env: str):
-        self.ns = manifests.namespace(env)
+        self.ns = manifests.namespace_of(manifests.isvc_path(PROJECT_ROOT, env))
         self.items: list[dict] = []
 
     def add(self, name: str, labels: dict, per_minute: float = 0, start: float = 0, job: str = "flywheel-intent"):

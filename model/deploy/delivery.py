@@ -322,7 +322,7 @@ def _arm_metrics(
         started = canary_started(repo, manifest)
         # the token stays in the session's header: the report says only that one was sent
         session = prometheus_session()
-        window, namespace = seconds_since(started), manifests.namespace(env)
+        window, namespace = seconds_since(started), manifests.namespace_of(manifest)
         arms = prometheus_arm_metrics(prometheus_url, namespace, arm_versions, window, cfg.latency_budget_ms, session)
         auth = f" (bearer token from ${TOKEN_ENV})" if "Authorization" in session.headers else ""
         since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))

@@ -81,9 +81,13 @@ def require_environment(env: str) -> None:
         raise FlywheelError(f"unknown environment '{env}' (known: {', '.join(ENVIRONMENTS)})")
 
 
-def namespace(env: str) -> str:
-    """The Kubernetes namespace an environment's objects live in (the AppProject allows exactly these)."""
-    return f"flywheel-{env}"
+def namespace_of(path: Path) -> str:
+    """The Kubernetes namespace of an environment, as its InferenceService file ``path`` names it (``flywheel
+    init`` sets it; ``check-manifests`` holds every object of the environment, and its Argo CD Application, to it)."""
+    found = (load(path).isvc.get("metadata") or {}).get("namespace")
+    if not found:
+        raise FlywheelError(f"{path}: the InferenceService names no metadata.namespace")
+    return str(found)
 
 
 def is_percent(value) -> bool:
