@@ -15,6 +15,12 @@ from model.core.command_line import run
 from model.core.steps import Step
 
 STEPS = (
+    # set up a fork
+    Step(
+        "init",
+        "personalise a fork in one commit: repository, image, namespaces, Prometheus release label",
+        "model.deploy.fork:init_command",
+    ),
     # retrain, validate, register
     Step("train", "fine-tune an intent model and write a verified artifact", "model.train.steps:train_command"),
     Step("evaluate", "measure a model on a labelled test set", "model.evaluate.steps:evaluate_command"),

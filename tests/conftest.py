@@ -12,8 +12,13 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import socket
 import subprocess
+import sys
+import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -42,6 +47,42 @@ def isolated_work_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     return work
+
+
+@contextmanager
+def mlflow_server(folder: Path, *server_args: str) -> Iterator[str]:
+    """A real ``mlflow server`` on a free loopback port (its store a SQLite file in ``folder``) for the block;
+    yields its URL."""
+    import requests
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mlflow = str(Path(sys.executable).with_name("mlflow"))
+    store = f"sqlite:///{folder / 'server.db'}"
+    proc = subprocess.Popen(
+        [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--backend-store-uri", store]
+        + list(server_args),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                if requests.get(f"{url}/health", timeout=1).ok:
+                    break
+            except (requests.ConnectionError, requests.Timeout):  # not up yet, or slow on a busy machine
+                pass
+            if proc.poll() is not None:
+                pytest.fail("mlflow server exited during start-up")
+            time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not become healthy in 120 s")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -71,7 +71,7 @@ class Series:
     predictor's and queue-proxy's with their pod's revision, from podTargetLabels)."""
 
     def __init__(self, env: str):
-        self.ns = manifests.namespace(env)
+        self.ns = manifests.namespace_of(manifests.isvc_path(PROJECT_ROOT, env))
         self.items: list[dict] = []
 
     def add(

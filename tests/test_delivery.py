@@ -510,3 +510,51 @@ def test_release_refuses_an_image_named_by_tag_before_anything_is_proposed(repo,
     with pytest.raises(FlywheelError, match="names a tag, which can be pushed again"):
         release_step("staging", 1, 10, repo, REG, DCFG, image="ghcr.io/flywheel-mlops/flywheel:0.2.0")
     assert branches(repo) == ["main"]
+
+
+def _images(repo: Path, env: str) -> set[str]:
+    from model.deploy.images import images_in
+
+    return {i for name in ("inferenceservice.yaml", "collector.yaml") for i in images_in(
+        (repo / "manifests" / env / name).read_text()
+    )}  # fmt: skip
+
+
+def test_production_carries_forward_the_digest_staging_ran(repo, store):
+    """Staging's pinned image goes to production with the release, and the promotion keeps it."""
+    merge(repo, release_step("staging", 1, 10, repo, REG, DCFG, image=IMAGE)[0]["pull_request"]["branch"])
+    result, body = release_step("production", 1, 10, repo, REG, DCFG)
+    assert result["image"] == IMAGE
+    assert f"`{IMAGE}`, carried forward from staging (`manifests/staging/inferenceservice.yaml` on main" in body
+    assert "where it serves v1" in body
+    changed = set(git(repo, "diff", "--name-only", "main", result["pull_request"]["branch"]).splitlines())
+    assert changed == {ISVC.format(env="production"), "manifests/production/collector.yaml"}
+    merge(repo, result["pull_request"]["branch"])
+    assert _images(repo, "production") == {IMAGE}
+    # a new image in staging: production's next release takes it along, its promotion changes no image
+    newer = IMAGE.replace("c" * 64, "d" * 64)
+    merge(repo, release_step("staging", 2, 100, repo, REG, DCFG, image=newer)[0]["pull_request"]["branch"])
+    merge(repo, release_step("production", 2, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    assert _images(repo, "production") == {newer}
+    result, body = promote_env_step("production", None, repo, REG, DCFG)
+    assert result["image"] == newer and "unchanged: the canary's revision already runs it" in body
+    assert git(repo, "diff", "--name-only", "main", result["pull_request"]["branch"]) == ISVC.format(env="production")
+
+
+def test_no_digest_is_carried_from_an_unsettled_or_unpinned_staging(repo, store):
+    # staging names its image by tag (never released with one): production's images stay, and the body says so
+    result, body = release_step("production", 1, 10, repo, REG, DCFG)
+    assert result["image"] is None and "no digest to carry forward" in body
+    merge(repo, result["pull_request"]["branch"])
+    assert _images(repo, "production") == {"ghcr.io/flywheel-mlops/flywheel:main"}
+    # a canary runs in staging: the image its manifest names is the canary's, not its stable model's
+    merge(repo, release_step("staging", 1, 10, repo, REG, DCFG, image=IMAGE)[0]["pull_request"]["branch"])
+    merge(repo, release_step("staging", 2, 10, repo, REG, DCFG, image=IMAGE)[0]["pull_request"]["branch"])
+    head, before = git(repo, "rev-parse", "HEAD"), branches(repo)
+    with pytest.raises(FlywheelError, match="canary v2 runs in staging, so the image it names"):
+        release_step("production", 2, 10, repo, REG, DCFG)
+    _assert_nothing_made(repo, head, before)
+    # an image given explicitly is what gets pinned, whatever staging runs
+    other = IMAGE.replace("c" * 64, "e" * 64)
+    result, body = release_step("production", 2, 10, repo, REG, DCFG, image=other)
+    assert result["image"] == other and f"Image: pinned to `{other}`." in body

@@ -235,7 +235,8 @@ def test_podmonitors_follow_the_published_crd_schema(env):
         (lambda m: m["spec"]["podMetricsEndpoints"][0].update(scheme="ftp"), "is not one of"),
         (lambda m: m["spec"].update(podMetricsEndpoints=[]), "it scrapes nothing"),
         (lambda m: m["spec"].update(selector={}), "empty selects all"),
-        (lambda m: m["metadata"]["labels"].pop("release"), "needs the label release: kube-prometheus-stack"),
+        (lambda m: m["metadata"]["labels"].pop("release"), "needs the label release: <the kube-prometheus-stack"),
+        (lambda m: m["metadata"]["labels"].update(release="-bad-"), "got '-bad-'"),
         (lambda m: m.update(apiVersion="monitoring.coreos.com/v1beta1"), "apiVersion must be monitoring.coreos.com/v1"),
     ],
 )
@@ -286,8 +287,12 @@ def test_the_appproject_must_allow_every_kind_synced(tmp_path):
     assert any("namespaceResourceWhitelist lacks PodMonitor" in e for e in check_manifests(tmp_path))
 
 
+NAMESPACES = {env: f"flywheel-{env}" for env in ENVS}
+
+
 def test_argocd_objects(tmp_path):
-    assert check_argocd(MANIFESTS / "argocd", PROJECT_ROOT) == []
+    assert {env: manifests.namespace_of(MANIFESTS / env / "inferenceservice.yaml") for env in ENVS} == NAMESPACES
+    assert check_argocd(MANIFESTS / "argocd", PROJECT_ROOT, NAMESPACES) == []
     for env in ENVS:
         app = _docs(MANIFESTS / "argocd" / f"{env}.yaml")[0]
         assert app["spec"]["syncPolicy"]["automated"] == {"prune": True, "selfHeal": True}
@@ -312,10 +317,14 @@ def test_argocd_objects(tmp_path):
         )
         .replace("    - https://github.com/flywheel-mlops/flywheel.git", "    - '*'")
     )
-    errors = check_argocd(folder, tmp_path)
+    errors = check_argocd(folder, tmp_path, NAMESPACES)
     assert any("selfheal: unknown field" in e for e in errors), errors
     assert any("must allow exactly" in e for e in errors), errors
     assert any("limited to this one repository" in e for e in errors), errors
+    # the Applications deploy where the environments' InferenceServices live, whatever those namespaces are called
+    moved = check_argocd(MANIFESTS / "argocd", PROJECT_ROOT, {**NAMESPACES, "staging": "acme-staging"})
+    assert any("destination namespace must be acme-staging for staging" in e for e in moved), moved
+    assert any("must allow exactly ['acme-staging', 'flywheel-production']" in e for e in moved), moved
 
 
 @pytest.mark.parametrize("env", ENVS)
@@ -469,3 +478,111 @@ def test_dockerfile_is_pinned_and_non_root():
         assert _container_sc(_isvc(env))["runAsUser"] == uid
         assert deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsUser"] == uid
         assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == uid
+
+
+def _copy(tmp_path: Path) -> Path:
+    shutil.copytree(MANIFESTS, tmp_path / "manifests")
+    return tmp_path / "manifests"
+
+
+def _edit(path: Path, old: str, new: str, count: int = 1) -> None:
+    text = path.read_text()
+    assert text.count(old) == count, (path, old)
+    path.write_text(text.replace(old, new))
+
+
+DIGEST_REF = "ghcr.io/flywheel-mlops/flywheel@sha256:" + "e" * 64
+
+
+@pytest.mark.real("promtool")
+@pytest.mark.parametrize(
+    ("file", "old", "new", "message"),
+    [
+        # both pods run as the ServiceAccount that names the pull secret (Knative resolves tags with it too)
+        ("staging/inferenceservice.yaml", "    serviceAccountName: flywheel\n", "", "serviceAccountName is unset"),
+        (
+            "staging/collector.yaml",
+            "serviceAccountName: flywheel",
+            "serviceAccountName: puller",
+            "names puller, a ServiceAccount this environment lacks",
+        ),
+        (
+            "staging/serviceaccount.yaml",
+            "imagePullSecrets:\n  - name: flywheel-image-pull\n",
+            "",
+            "no imagePullSecrets",
+        ),
+        # the ServiceAccount itself against Kubernetes' schema, strictly
+        ("staging/serviceaccount.yaml", "imagePullSecrets:", "imagePullSecret:", "('imagePullSecret' was unexpected)"),
+        (
+            "staging/serviceaccount.yaml",
+            "  - name: flywheel-image-pull",
+            "  - nam: flywheel-image-pull",
+            "ServiceAccount imagePullSecrets.0: Additional properties are not allowed ('nam' was unexpected)",
+        ),
+        # one image per environment, by digest or by the tag image.yml keeps pushing for main
+        (
+            "staging/collector.yaml",
+            "image: ghcr.io/flywheel-mlops/flywheel:main",
+            f"image: {DIGEST_REF}",
+            "the predictor and the collector must run the same image",
+        ),
+        (
+            "staging/inferenceservice.yaml",
+            "image: ghcr.io/flywheel-mlops/flywheel:main",
+            "image: ghcr.io/flywheel-mlops/flywheel:0.1.0",
+            "runs ghcr.io/flywheel-mlops/flywheel:0.1.0: name the image by digest",
+        ),
+        # every object of an environment in its InferenceService's namespace
+        ("staging/serviceaccount.yaml", "namespace: flywheel-staging", "namespace: default", "must be in namespace"),
+        # one kube-prometheus-stack selects every PodMonitor and PrometheusRule
+        (
+            "production/podmonitor.yaml",
+            "    release: kube-prometheus-stack\n",
+            "    release: monitoring\n",
+            "carry different labels release (['kube-prometheus-stack', 'monitoring'])",
+        ),
+    ],
+)
+def test_check_manifests_holds_images_accounts_and_namespaces_together(tmp_path, file, old, new, message):
+    root = _copy(tmp_path)
+    count = (root / file).read_text().count(old)
+    _edit(root / file, old, new, count)
+    errors = check_manifests(tmp_path)
+    assert any(message in e for e in errors), errors
+
+
+@pytest.mark.real("promtool")
+def test_images_by_digest_pass_and_environments_share_one_repository(tmp_path):
+    root = _copy(tmp_path)
+    for env in ENVS:  # what a release with --image writes
+        for name in ("inferenceservice.yaml", "collector.yaml"):
+            _edit(root / env / name, "ghcr.io/flywheel-mlops/flywheel:main", DIGEST_REF)
+    assert check_manifests(tmp_path) == []
+    for name in ("inferenceservice.yaml", "collector.yaml"):
+        _edit(root / "production" / name, DIGEST_REF, DIGEST_REF.replace("flywheel-mlops", "someone-else"))
+    errors = check_manifests(tmp_path)
+    assert any("the environments run images of" in e and "someone-else" in e for e in errors), errors
+
+
+@pytest.mark.real("promtool")
+def test_the_appproject_must_allow_service_accounts_and_distinct_namespaces(tmp_path):
+    root = _copy(tmp_path)
+    _edit(root / "argocd" / "project.yaml", '    - group: ""\n      kind: ServiceAccount\n', "")
+    assert any("namespaceResourceWhitelist lacks ServiceAccount" in e for e in check_manifests(tmp_path))
+    root = _copy(tmp_path / "same")
+    for path in sorted((root / "production").glob("*.yaml")):
+        path.write_text(path.read_text().replace("flywheel-production", "flywheel-staging"))
+    errors = check_manifests(tmp_path / "same")
+    assert any("must live in different namespaces" in e for e in errors), errors
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_both_pods_run_as_the_service_account_with_the_pull_secret(env):
+    (account,) = _docs(MANIFESTS / env / "serviceaccount.yaml")
+    assert account["imagePullSecrets"] == [{"name": "flywheel-image-pull"}]
+    assert account["automountServiceAccountToken"] is False
+    assert check_core(account, Path("sa.yaml")) == []
+    assert kserve_build(_isvc(env)).spec.predictor.service_account_name == account["metadata"]["name"]
+    deployment = next(d for d in _docs(MANIFESTS / env / "collector.yaml") if d["kind"] == "Deployment")
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]

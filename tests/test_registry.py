@@ -3,76 +3,36 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
 import pytest
-import requests
 from mlflow import MlflowClient
 
-from model.core.config import DataConfig, GateConfig, RegistryConfig
+from model.core.config import DataConfig, DeliveryConfig, GateConfig, RegistryConfig
 from model.core.errors import FlywheelError
 from model.core.reports import write_reports
+from model.deploy.delivery import release_step
 from model.evaluate.steps import gate_step
 from model.registry import store
 from model.registry.steps import promote_step, register_step
-from model.registry.versions import CHAMPION, alias_version
+from model.registry.versions import CHAMPION, alias_version, resolve_version
 from model.train.steps import train_step
 from scripts.cli import main
+from tests.conftest import mlflow_server
 
 # the tiny random model is weak by design: floors at zero let it through the first-model gate
 OPEN_GATE = GateConfig(min_accuracy=0.0, min_macro_f1=0.0, latency_budget_ms=1000)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def mlflow_server(tmp_path, monkeypatch):
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("mlflow")),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                if requests.get(f"{url}/health", timeout=1).ok:
-                    break
-            except (requests.ConnectionError, requests.Timeout):  # not up yet, or slow on a busy machine
-                pass
-            if proc.poll() is not None:
-                pytest.fail("mlflow server exited during start-up")
-            time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not become healthy in 60 s")
+def mlflow_server_url(tmp_path, monkeypatch):
+    # the server serves artifacts itself (its default), stored under --artifacts-destination
+    with mlflow_server(tmp_path, "--artifacts-destination", str(tmp_path / "server-artifacts")) as url:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def _load_champion_in_fresh_process(name: str, env_uri: str | None) -> list[dict]:
@@ -98,8 +58,8 @@ def _train_gate_register(tmp_path, small_csv, cfg, reg):
     return trained, gate_file
 
 
-def test_round_trip_on_a_real_mlflow_server(tmp_path, small_csv, tiny_train_cfg, mlflow_server):
-    reg = RegistryConfig(model_name="intent-server-test", tracking_uri=mlflow_server)
+def test_round_trip_on_a_real_mlflow_server(tmp_path, small_csv, tiny_train_cfg, mlflow_server_url, repo, monkeypatch):
+    reg = RegistryConfig(model_name="intent-server-test", tracking_uri=mlflow_server_url)
     trained, gate_file = _train_gate_register(tmp_path, small_csv, tiny_train_cfg, reg)
 
     first, _ = register_step(Path(trained["artifact"]), gate_file, reg)
@@ -116,10 +76,22 @@ def test_round_trip_on_a_real_mlflow_server(tmp_path, small_csv, tiny_train_cfg,
     assert run.data.params["train.seed"] == str(tiny_train_cfg.seed)
     assert run.inputs.dataset_inputs, "the dataset must be logged as the run's input"
 
-    rows = _load_champion_in_fresh_process(reg.model_name, mlflow_server)
+    rows = _load_champion_in_fresh_process(reg.model_name, mlflow_server_url)
     # the sample data has entity spans, so the model has an entity head and the pyfunc answers its entities
     assert len(rows) == 2 and set(rows[0]) == {"intent", "confidence", "fallback", "entities"}
     assert all(0.0 < r["confidence"] <= 1.0 and isinstance(r["entities"], list) for r in rows)
+
+    # this server proxies artifacts (`mlflow server`'s default): MLflow 3.17 names the model mlflow-artifacts:/...,
+    # which KServe's storage initializer cannot download, so `release` refuses it before any pull request
+    # (the server that works instead: tests/test_storage.py)
+    monkeypatch.delenv("GITHUB_TOKEN", raising=False)
+    assert resolve_version(reg, 1)["storage_uri"].startswith("mlflow-artifacts:/1/models/m-")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout
+    with pytest.raises(FlywheelError, match="v1: storage URI 'mlflow-artifacts:/1/models/m-.*--default-artifact-root"):
+        release_step("staging", 1, 10, repo, reg, DeliveryConfig())
+    done = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/heads"], cwd=repo, capture_output=True)
+    assert done.stdout.decode().split() == ["refs/heads/main"]  # no branch: no pull request
+    assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout == head
 
 
 def test_sqlite_default_and_refusals(tmp_path, small_csv, tiny_train_cfg, isolated_work_dir, registry_cfg):

@@ -5,27 +5,36 @@ argocd/ folder under ``manifests/``, each object by the checker for its kind.
 - PrometheusRule, PodMonitor and the Grafana dashboard: ``model.deploy.monitoring_checks``
 - Argo CD Application and AppProject: ``model.deploy.argocd_checks``
 
-Across objects: each PodMonitor selects pods of its environment and a port they declare, and the
-AppProject allows every kind the environments hold.
+Across objects: each PodMonitor selects pods of its environment and a port they declare; the predictor
+and the collector run one image and a ServiceAccount that can pull it (``model.deploy.image_checks``);
+the environments live in namespaces of their own, which the Argo CD Applications and the AppProject
+name, run images of one repository and carry one Prometheus release label; and the AppProject allows
+every kind the environments hold.
 """
 
 from __future__ import annotations
 
+from contextlib import suppress
 from pathlib import Path
 
 from model.core.errors import FlywheelError
 from model.deploy import manifests
 from model.deploy.argocd_checks import check_argocd
+from model.deploy.image_checks import image_errors, image_repositories, service_account_errors
 from model.deploy.kubernetes_checks import K8S_VERSION, check_core, check_inferenceservice, load_objects
 from model.deploy.monitoring_checks import (
+    MONITORED,
     PROMETHEUS_OPERATOR,
+    RELEASE_LABEL,
     check_dashboard,
     check_podmonitor,
     check_prometheusrule,
     podmonitor_target_errors,
 )
 
-ENVIRONMENT_KINDS = ("InferenceService", "Deployment", "Service", "PrometheusRule", "ConfigMap", "PodMonitor")
+ENVIRONMENT_KINDS = (
+    *("InferenceService", "Deployment", "Service", "PrometheusRule", "ConfigMap", "PodMonitor", "ServiceAccount"),
+)
 # the labels KServe puts on an InferenceService's predictor pods (kserve pkg/constants: InferenceServicePodLabelKey,
 # KServiceComponentLabel), and the name Knative gives the serving container's port on them (knative/serving
 # pkg/apis/serving/v1 UserPortName): a PodMonitor must select those, not the manifest's own labels and port name
@@ -87,27 +96,27 @@ def _pods(docs: list[tuple[Path, dict]]) -> list[tuple[str, dict, list[dict]]]:
 
 
 def check_environment(folder: Path, env: str) -> list[str]:
-    """One environment's folder: each object in its namespace and valid, every kind it needs there, and
-    PodMonitors that find their pods."""
-    errors, kinds, docs = [], [], []
-    namespace = manifests.namespace(env)
+    """One environment's folder: every object in its InferenceService's namespace and valid, every kind it
+    needs there, PodMonitors that find their pods, one image and a ServiceAccount that can pull it."""
+    errors, docs = [], []
     for path in sorted(folder.glob("*.yaml")):
-        for doc in load_objects(path):
-            kinds.append(doc["kind"])
-            docs.append((path, doc))
-            ns = (doc.get("metadata") or {}).get("namespace")
-            if ns != namespace:
-                errors.append(
-                    f"{path}: {doc['kind']} {doc.get('metadata', {}).get('name')} "
-                    f"must be in namespace {namespace}, not {ns}"
-                )
-            errors += _check_object(doc, path, env)
+        docs += [(path, doc) for doc in load_objects(path)]
+    kinds = [doc["kind"] for _, doc in docs]
+    namespace = next((d.get("metadata", {}).get("namespace") for _, d in docs if d["kind"] == "InferenceService"), None)
+    for path, doc in docs:
+        ns = (doc.get("metadata") or {}).get("namespace")
+        if ns != namespace:
+            errors.append(
+                f"{path}: {doc['kind']} {doc.get('metadata', {}).get('name')} "
+                f"must be in namespace {namespace} (its InferenceService's), not {ns}"
+            )
+        errors += _check_object(doc, path, env)
     errors += [f"{folder}: no {needed}" for needed in ENVIRONMENT_KINDS if needed not in kinds]
     pods = _pods(docs)
     for path, doc in docs:
         if doc["kind"] == "PodMonitor" and doc.get("metadata"):
             errors += podmonitor_target_errors(doc, pods, path)
-    return errors
+    return errors + image_errors(docs) + service_account_errors(docs)
 
 
 def _group_kinds(folder: Path) -> set[tuple[str, str]]:
@@ -139,6 +148,34 @@ def _project_kind_errors(root: Path) -> list[str]:
     ]
 
 
+def _namespaces(root: Path) -> dict[str, str]:
+    """Environment -> the namespace its InferenceService names (where that file can be read)."""
+    found = {}
+    for env in manifests.ENVIRONMENTS:
+        with suppress(FlywheelError):  # check_environment names what is wrong with it
+            found[env] = manifests.namespace_of(root / env / manifests.ISVC_FILE)
+    return found
+
+
+def _across_environments(root: Path, namespaces: dict[str, str]) -> list[str]:
+    """The environments live apart, run images of one repository, and are selected by one Prometheus."""
+    errors = []
+    if len(set(namespaces.values())) < len(namespaces):
+        errors.append(f"{root}: the environments must live in different namespaces, got {namespaces}")
+    docs = [(p, d) for env in namespaces for p in sorted((root / env).glob("*.yaml")) for d in load_objects(p)]
+    repositories = image_repositories(docs)
+    if len(repositories) > 1:
+        errors.append(f"{root}: the environments run images of {sorted(repositories)}: a release carries one forward")
+    labels = [(d.get("metadata") or {}).get("labels") or {} for _, d in docs if d["kind"] in MONITORED]
+    releases = {str(found.get(RELEASE_LABEL)) for found in labels}
+    if len(releases) > 1:
+        errors.append(
+            f"{root}: PodMonitors and PrometheusRules carry different labels {RELEASE_LABEL} ({sorted(releases)}): "
+            "one kube-prometheus-stack release selects them all (flywheel init --prometheus-release sets it)"
+        )
+    return errors
+
+
 def check_manifests(repo: Path, manifests_dir: str = "manifests") -> list[str]:
     """Everything under ``manifests_dir``: an empty list when Argo CD may sync it."""
     root = Path(repo) / manifests_dir
@@ -148,7 +185,8 @@ def check_manifests(repo: Path, manifests_dir: str = "manifests") -> list[str]:
             errors.append(f"{root / env}: missing")
             continue
         errors += check_environment(root / env, env)
-    errors += check_argocd(root / "argocd", Path(repo))
+    namespaces = _namespaces(root)
+    errors += _across_environments(root, namespaces) + check_argocd(root / "argocd", Path(repo), namespaces)
     return errors + _project_kind_errors(root)
 
 

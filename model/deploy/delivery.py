@@ -20,7 +20,7 @@ import yaml
 from model.collect.arms import UNKNOWN
 from model.core.config import CanaryConfig, DeliveryConfig, RegistryConfig
 from model.core.errors import FlywheelError
-from model.deploy import images, manifests
+from model.deploy import images, manifests, storage
 from model.deploy.canary import ArmMetrics, analyse, render_markdown
 from model.deploy.canary_metrics import (
     TOKEN_ENV,
@@ -31,9 +31,10 @@ from model.deploy.canary_metrics import (
     seconds_since,
     store_arm_metrics,
 )
+from model.deploy.carry import carried_image, pinned_files, running_image
 from model.deploy.forges import GitHubForge, LocalForge, Proposal, forge_from_env
 from model.deploy.kubernetes_checks import check_inferenceservice
-from model.deploy.manifests import COLLECTOR_FILE, ModelRef, Rollout
+from model.deploy.manifests import ModelRef, Rollout
 from model.registry import store, versions
 
 RETRAIN_REQUESTS = "retrain/requests"  # a merged file here triggers retrain.yml
@@ -143,15 +144,6 @@ def pr_body(*sections: str) -> str:
     return "\n\n".join(filter(None, sections)) + "\n"
 
 
-def _pinned_files(t: Target, isvc_text: str, image: str) -> dict[str, str]:
-    """The InferenceService and the collector with their containers pinned to ``image`` (by digest)."""
-    collector = str(Path(t.rel_path).with_name(COLLECTOR_FILE))
-    return {
-        t.rel_path: images.pin(isvc_text, image, t.label),
-        collector: images.pin(t.forge.read(collector), image, t.label.with_name(COLLECTOR_FILE)),
-    }
-
-
 def _propose_rollout(
     t: Target, new: Rollout, command: str, version: int, title: str, intro: str, *details: str, image: str = ""
 ) -> tuple[dict, str]:
@@ -160,11 +152,8 @@ def _propose_rollout(
     With ``image`` (``REPO@sha256:...``), the same commit pins the predictor and the collector to it.
     """
     text = _render_new(t, new)
-    files = _pinned_files(t, text, image) if image else {t.rel_path: text}
-    image_line = f"Image: predictor and collector pinned to `{images.pinned(image).pinned}`." if image else ""
-    body = pr_body(
-        f"## {title}", intro, _state_table(t.rollout, new), image_line, *details, f"_Opened by `flywheel {command}`._"
-    )
+    files = pinned_files(t.forge, t.rel_path, text, image) if image else {t.rel_path: text}
+    body = pr_body(f"## {title}", intro, _state_table(t.rollout, new), *details, f"_Opened by `flywheel {command}`._")
     proposal = Proposal(branch=f"flywheel/{command}-{t.env}-v{version}", files=files, title=title, body=body)
     return t.forge.propose(proposal), body
 
@@ -192,6 +181,12 @@ def release_step(
     t = open_target(repo, env, dcfg)
     manifests.refuse_running_canary(t.rollout, t.label)  # before asking the registry: the clearer reason
     info = versions.resolve_version(reg_cfg, version)
+    refused = storage.problem(info["storage_uri"])  # KServe would refuse it only after the merge
+    if refused:
+        raise FlywheelError(f"{reg_cfg.model_name} v{version}: {refused}")
+    image, image_line = (
+        (image, f"Image: pinned to `{images.pinned(image).pinned}`.") if image else carried_image(t.forge, env, dcfg)
+    )
     model = ModelRef(version, info["storage_uri"], info["sha256"])
     new = manifests.start_canary(t.rollout, model, percent, t.label)
     if new.canary:
@@ -207,7 +202,8 @@ def release_step(
             if t.rollout.stable is None
             else f"Rolls v{version} out to 100% of {env} at once (canary 100%)."
         )
-    pr, body = _propose_rollout(t, new, "release", version, title, intro, _model_section(info, reg_cfg), image=image)
+    section = _model_section(info, reg_cfg)
+    pr, body = _propose_rollout(t, new, "release", version, title, intro, image_line, section, image=image)
     return {
         "env": env,
         "action": "release",
@@ -236,12 +232,14 @@ def promote_env_step(
         f"The canary takes 100% of {env} traffic and becomes the stable model; "
         f"{t.rollout.stable.label()} is kept as previous stable for `flywheel rollback`."
     )
-    pr, body = _propose_rollout(t, new, "promote", canary.version, title, intro, analysis_md, registry_line)
+    image_line = f"Image: `{running_image(t.doc)}`, unchanged: the canary's revision already runs it."
+    pr, body = _propose_rollout(t, new, "promote", canary.version, title, intro, image_line, analysis_md, registry_line)
     result = {
         "env": env,
         "action": "promote",
         "model_version": canary.version,
         "previous_stable": t.rollout.stable.version,
+        "image": running_image(t.doc),
         "pull_request": pr,
     }
     if moves_champion:
@@ -325,7 +323,7 @@ def _arm_metrics(
         started = canary_started(repo, manifest)
         # the token stays in the session's header: the report says only that one was sent
         session = prometheus_session()
-        window, namespace = seconds_since(started), manifests.namespace(env)
+        window, namespace = seconds_since(started), manifests.namespace_of(manifest)
         arms = prometheus_arm_metrics(prometheus_url, namespace, arm_versions, window, cfg.latency_budget_ms, session)
         auth = f" (bearer token from ${TOKEN_ENV})" if "Authorization" in session.headers else ""
         since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))

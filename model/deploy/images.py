@@ -7,6 +7,8 @@ pins the predictor and the collector by digest makes Git name exactly what runs.
 - **References** follow the distribution grammar (github.com/distribution/reference,
   ``reference.go``): ``registry/path[:tag][@sha256:<64 hex>]``. The registry must be named (a bare
   ``flywheel:1`` would mean Docker Hub), the path is lower case; only sha256 digests are taken.
+  ``repository_of`` derives a GitHub repository's image, ``ghcr.io/<owner>/<name>`` lower-cased, as
+  ``image.yml`` pushes it.
 - **Pinning** (``pin``) sets the ``image`` of every container that runs the same repository, in every
   document of a manifest file, with ruamel.yaml's round trip (comments, order and quoting kept, so
   the diff is the image lines). A reference without a digest, or one naming another repository than
@@ -54,6 +56,9 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
 )
 GHCR = "ghcr.io"
+# The tag .github/workflows/image.yml pushes for the newest build of main (docker/metadata-action's
+# type=ref,event=branch): what the manifests run until the first release pins a digest (image_checks.py)
+PRE_RELEASE_TAG = "main"
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,19 @@ def lower_name(reference: str) -> str:
     return name[: len(name) - len(tag)].lower() + tag + at + digest
 
 
+def repository_of(github_repository: str) -> str:
+    """The image repository ``image.yml`` pushes for the GitHub repository ``OWNER/NAME``: ``ghcr.io/owner/name``
+    (docker/metadata-action lower-cases ``ghcr.io/${{ github.repository }}``)."""
+    name = lower_name(f"{GHCR}/{github_repository}")
+    match = REFERENCE.match(name)
+    if not match or match["tag"] or match["digest"]:
+        raise FlywheelError(
+            f"GitHub repository {github_repository!r} gives the image name {name!r}, which the distribution "
+            "grammar refuses (each path component alphanumeric, separated by '.', '_', '__' or dashes)"
+        )
+    return name
+
+
 def pinned(reference: str) -> ImageRef:
     """``reference``, which must name a digest: a tag alone can be pushed again."""
     ref = parse(reference)
@@ -113,7 +131,7 @@ def pinned(reference: str) -> ImageRef:
 # ---------------------------------------------------------------------------------------- manifests
 
 
-def _yaml() -> YAML:
+def round_trip() -> YAML:
     """The round trip ``model.deploy.manifests`` uses, so a file both write stays byte-for-byte alike."""
     y = YAML()
     y.preserve_quotes = True
@@ -122,16 +140,17 @@ def _yaml() -> YAML:
     return y
 
 
-def _containers(node):
+def containers(node):
+    """Every container mapping (``containers``, ``initContainers``) anywhere in a loaded document."""
     if isinstance(node, dict):
         for key, value in node.items():
             if key in ("containers", "initContainers") and isinstance(value, list):
                 yield from (c for c in value if isinstance(c, CommentedMap))
             else:
-                yield from _containers(value)
+                yield from containers(value)
     elif isinstance(node, list):
         for value in node:
-            yield from _containers(value)
+            yield from containers(value)
 
 
 def pin(text: str, reference: str, path: Path | str) -> str:
@@ -139,11 +158,11 @@ def pin(text: str, reference: str, path: Path | str) -> str:
     to ``reference``, which must carry a digest. Every other byte stays as it was."""
     ref = pinned(reference)
     try:
-        docs = list(_yaml().load_all(text))
+        docs = list(round_trip().load_all(text))
     except YAMLError as exc:
         raise FlywheelError(f"{path}: cannot read YAML: {exc}") from exc
     found = []
-    for container in (c for doc in docs for c in _containers(doc)):
+    for container in (c for doc in docs for c in containers(doc)):
         current = str(container.get("image", ""))
         try:
             runs = parse(current).name
@@ -153,19 +172,20 @@ def pin(text: str, reference: str, path: Path | str) -> str:
             container["image"] = ref.pinned
             found.append(container.get("name"))
     if not found:
-        names = sorted({str(c.get("image")) for doc in docs for c in _containers(doc)})
+        names = sorted({str(c.get("image")) for doc in docs for c in containers(doc)})
         raise FlywheelError(
-            f"{path}: no container runs {ref.name} (images: {names}); moving the manifests to another "
-            "repository is a hand edit in a pull request of its own, not part of a release"
+            f"{path}: no container runs {ref.name} (images: {names}); a fork names its own image repository "
+            "after `flywheel init` (one commit); any other move to another repository is a hand edit in a pull "
+            "request of its own, not part of a release"
         )
     out = io.StringIO()
-    _yaml().dump_all(docs, out)
+    round_trip().dump_all(docs, out)
     return out.getvalue()
 
 
 def images_in(text: str) -> list[str]:
     """Every container image named in a manifest file, in order."""
-    return [str(c.get("image", "")) for doc in _yaml().load_all(text) for c in _containers(doc)]
+    return [str(c.get("image", "")) for doc in round_trip().load_all(text) for c in containers(doc)]
 
 
 # ---------------------------------------------------------------------------------------- registry

@@ -19,7 +19,6 @@ from pathlib import Path
 import yaml
 
 from model.core.errors import FlywheelError
-from model.deploy import manifests
 
 K8S_VERSION = "1.33"  # the Kubernetes minor version the core objects are validated against
 CONTAINER_NEEDS = ("resources", "readinessProbe", "livenessProbe")
@@ -271,7 +270,7 @@ def check_inferenceservice(doc: dict, path: Path, env: str) -> list[str]:
     if predictor.get("minReplicas", 0) > predictor.get("maxReplicas", 0):
         errors.append(f"{path}: minReplicas exceeds maxReplicas")
     logger_url = str((predictor.get("logger") or {}).get("url", ""))
-    namespace = manifests.namespace(env)
+    namespace = (doc.get("metadata") or {}).get("namespace")  # check_environment holds the rest to it
     if f".{namespace}.svc" not in logger_url:
         errors.append(
             f"{path}: spec.predictor.logger.url must point at the collector in {namespace}, got {logger_url!r}"

@@ -32,6 +32,7 @@ from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from model.core.errors import FlywheelError
+from model.deploy import storage
 
 ENVIRONMENTS = ("staging", "production")
 ISVC_FILE = "inferenceservice.yaml"
@@ -84,9 +85,13 @@ def require_environment(env: str) -> None:
         raise FlywheelError(f"unknown environment '{env}' (known: {', '.join(ENVIRONMENTS)})")
 
 
-def namespace(env: str) -> str:
-    """The Kubernetes namespace an environment's objects live in (the AppProject allows exactly these)."""
-    return f"flywheel-{env}"
+def namespace_of(path: Path) -> str:
+    """The Kubernetes namespace of an environment, as its InferenceService file ``path`` names it (``flywheel
+    init`` sets it; ``check-manifests`` holds every object of the environment, and its Argo CD Application, to it)."""
+    found = (load(path).isvc.get("metadata") or {}).get("namespace")
+    if not found:
+        raise FlywheelError(f"{path}: the InferenceService names no metadata.namespace")
+    return str(found)
 
 
 def is_percent(value) -> bool:
@@ -192,8 +197,9 @@ def _ref(data: dict, role: str, path: Path) -> ModelRef | None:
     version, uri, sha = (str(v) for v in values)
     if not version.isdigit() or int(version) < 1:
         raise FlywheelError(f"{where}: {keys[0]} must be a model version number, got {version!r}")
-    if "://" not in uri:
-        raise FlywheelError(f"{where}: {keys[1]} must be a storage URI (s3://, gs://, https://, ...), got {uri!r}")
+    refused = storage.problem(uri)
+    if refused:
+        raise FlywheelError(f"{where}: {keys[1]}: {refused}")
     if not _SHA256.match(sha):
         raise FlywheelError(f"{where}: {keys[2]} must be 64 lowercase hex digits, got {sha!r}")
     return ModelRef(int(version), uri, sha)

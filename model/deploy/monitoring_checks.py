@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -41,8 +42,13 @@ def run_promtool_rules(groups: dict, label: str) -> list[str]:
 
 PROMETHEUS_OPERATOR = "0.79.0"  # the schemas' release: PodMonitor's portNumber is new in it
 SCHEMAS = Path(__file__).with_name("schemas")
-# kube-prometheus-stack's default rule and PodMonitor selectors match its Helm release name
-RELEASE_LABEL = ("release", "kube-prometheus-stack")
+# kube-prometheus-stack's default rule and PodMonitor selectors match its Helm release name: `release:
+# {{ $.Release.Name }}` (prometheus-community/helm-charts charts/kube-prometheus-stack/templates/prometheus/
+# prometheus.yaml, ruleSelectorNilUsesHelmValues / podMonitorSelectorNilUsesHelmValues); flywheel init sets it
+RELEASE_LABEL = "release"
+MONITORED = ("PodMonitor", "PrometheusRule")  # the kinds that Prometheus selects by that label
+# a label value (Kubernetes apimachinery validation.IsValidLabelValue): at most 63, alphanumeric at both ends
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
 def _strict(schema):
@@ -74,10 +80,11 @@ def crd_errors(doc: dict, path: Path) -> list[str]:
         errors.append(f"{path}: {kind} apiVersion must be monitoring.coreos.com/v1")
     found = sorted(_validator(kind).iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
     errors += [f"{path}: {kind} {'.'.join(map(str, e.absolute_path)) or '.'}: {e.message}" for e in found]
-    labels = (doc.get("metadata") or {}).get("labels") or {}
-    if labels.get(RELEASE_LABEL[0]) != RELEASE_LABEL[1]:
+    release = str(((doc.get("metadata") or {}).get("labels") or {}).get(RELEASE_LABEL) or "")
+    if not release or len(release) > 63 or not LABEL_VALUE.match(release):
         errors.append(
-            f"{path}: {kind} needs the label {RELEASE_LABEL[0]}: {RELEASE_LABEL[1]} (its Prometheus selects by it)"
+            f"{path}: {kind} needs the label {RELEASE_LABEL}: <the kube-prometheus-stack Helm release's name>, "
+            f"got {release!r} (its Prometheus selects by it; flywheel init --prometheus-release sets it)"
         )
     return errors
 

@@ -34,7 +34,8 @@ class ReleaseArgs:
     image: str | None = setting(
         None,
         "also pin the predictor and collector images to this REGISTRY/REPO@sha256:<digest> (flywheel resolve-image "
-        "prints it; a tag alone is refused), so Git names exactly what runs (unset: the images stay as they are)",
+        "prints it; a tag alone is refused), so Git names exactly what runs (unset: production carries forward the "
+        "digest staging's manifest pins on the base branch; staging's images stay as they are)",
     )
     cluster_status: str | None = setting(
         None,
