@@ -19,6 +19,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
+from model.core.errors import FlywheelError
 from model.train import checkpoint
 from model.train.fit import fit
 from model.train.steps import run_key
@@ -38,7 +39,10 @@ def train_command(data: str, base_model: str, work: Path) -> list[str]:
 def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(tiny_artifact, tmp_path):
     work = tmp_path / "work"
     command = train_command(tiny_artifact["data"], tiny_artifact["train_cfg"].base_model, work)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # mlflow.set_tracking_uri, in an earlier test's training, exports MLFLOW_TRACKING_URI: this run's store
+    # is the one in its work folder
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     with (tmp_path / "killed.log").open("w") as log:
         killed = subprocess.Popen(command, stdout=log, stderr=log, env=env)
     try:
@@ -124,3 +128,15 @@ def test_the_checkpoint_folder_is_the_same_for_the_same_command_only(tiny_train_
     assert key() == key(checkpoint_every=7), "how often it is saved does not change what is trained"
     assert key() != key(seed=1) and key() != key(epochs=3)
     assert run_key("other", {"data": {"val_fraction": 0.1}, "train": dataclasses.asdict(tiny_train_cfg)}) != key()
+
+
+def test_a_checkpoint_that_cannot_be_read_stops_the_run_with_its_name(tiny_train_cfg, small_train, tmp_path):
+    broken = tmp_path / "checkpoints" / "step-000000004"
+    broken.mkdir(parents=True)
+    (broken / "state.json").write_text(json.dumps({"format": 1, "progress": {"step": 4}}))
+    (broken / "tensors.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(FlywheelError, match=f"{broken}: cannot resume from this checkpoint .*delete"):
+        fit(*small_train, tiny_train_cfg, checkpoints=broken.parent)
+    (broken / "state.json").write_text(json.dumps({"format": 0}))
+    with pytest.raises(FlywheelError, match="checkpoint format 0, expected 1"):
+        checkpoint.read_progress(broken)

@@ -25,11 +25,13 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from model.core.errors import FlywheelError
@@ -66,12 +68,27 @@ def latest(folder: Path | None) -> Path | None:
 
 
 def read_progress(path: Path) -> Progress:
+    """Where the run of checkpoint ``path`` was (and which run it was: ``Progress.run``)."""
+    with _readable(path):
+        return Progress(**_state(path)["progress"])
+
+
+def _state(path: Path) -> dict:
     state = json.loads((path / STATE).read_text())
     if state.get("format") != FORMAT:
+        raise FlywheelError(f"checkpoint format {state.get('format')}, expected {FORMAT}")
+    return state
+
+
+@contextmanager
+def _readable(path: Path):
+    """A checkpoint that cannot be read, or does not fit the model, stops the run with its name."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError, FlywheelError) as exc:
         raise FlywheelError(
-            f"{path}: checkpoint format {state.get('format')}, expected {FORMAT}; delete the folder to start over"
-        )
-    return Progress(**state["progress"])
+            f"{path}: cannot resume from this checkpoint ({exc}); delete {path.parent} to train from the start"
+        ) from exc
 
 
 def save(
@@ -130,29 +147,30 @@ def restore(
 ) -> Progress:
     """Load checkpoint ``path`` into the model, optimizer, scheduler, scaler and generators; return where
     the run was."""
-    progress = read_progress(path)
-    state = json.loads((path / STATE).read_text())
-    tensors = load_file(path / TENSORS)
-    model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
-    per_param: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            per_param.setdefault(int(index), {})[name] = value
-    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in state["optimizer_param_groups"]]
-    optimizer.load_state_dict({"state": per_param, "param_groups": groups})
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["grad_scaler"])
-    rng.bit_generator.state = state["numpy_rng"]
-    version, internal, gauss = state["python_rng"]
-    random.setstate((version, tuple(internal), gauss))
-    device = next(model.parameters()).device
-    if state["world_size"] == world.size:
-        torch.set_rng_state(torch.tensor(state["torch_rng"][world.rank], dtype=torch.uint8))
-        if device.type == "cuda" and state["cuda_rng"]:
-            torch.cuda.set_rng_state(torch.tensor(state["cuda_rng"][world.rank], dtype=torch.uint8), device)
-    else:  # another number of ranks: every rank's dropout stream starts afresh, still from the seed
-        torch.manual_seed(int(np.random.SeedSequence([seed, progress.step, world.rank]).generate_state(1)[0]))
+    with _readable(path):
+        state = _state(path)
+        progress = Progress(**state["progress"])
+        tensors = load_file(path / TENSORS)
+        model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
+        per_param: dict[int, dict] = {}
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                _, index, name = key.split(".", 2)
+                per_param.setdefault(int(index), {})[name] = value
+        groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in state["optimizer_param_groups"]]
+        optimizer.load_state_dict({"state": per_param, "param_groups": groups})
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["grad_scaler"])
+        rng.bit_generator.state = state["numpy_rng"]
+        version, internal, gauss = state["python_rng"]
+        random.setstate((version, tuple(internal), gauss))
+        device = next(model.parameters()).device
+        if state["world_size"] == world.size:
+            torch.set_rng_state(torch.tensor(state["torch_rng"][world.rank], dtype=torch.uint8))
+            if device.type == "cuda" and state["cuda_rng"]:
+                torch.cuda.set_rng_state(torch.tensor(state["cuda_rng"][world.rank], dtype=torch.uint8), device)
+        else:  # another number of ranks: every rank's dropout stream starts afresh, still from the seed
+            torch.manual_seed(int(np.random.SeedSequence([seed, progress.step, world.rank]).generate_state(1)[0]))
     if not world.is_main:  # the loss so far is summed over the ranks once, on rank 0
         progress.running_loss = 0.0
     return progress

@@ -150,6 +150,17 @@ def _optimizer(model: IntentClassifier, cfg: TrainConfig) -> torch.optim.AdamW:
     )
 
 
+@dataclass
+class _Examples:
+    """The training texts as the loop reads them."""
+
+    ids: list[list[int]]  # token ids per text
+    targets: np.ndarray  # intent index per text
+    token_tags: list[list[int]]  # BIO tag index per token (IGNORE where none); empty: no entity head
+    tagged_tokens: np.ndarray  # per text, the tokens the tag loss counts
+    pad_id: int
+
+
 def fit(
     texts: list[str],
     intents: list[str],
@@ -172,38 +183,23 @@ def fit(
     seed_everything(cfg.seed)
     device = world.device
     labels = sorted(set(intents))
-    label_index = {name: i for i, name in enumerate(labels)}
     tags = tag_names([s["type"] for spans in entities or [] for s in spans])
     tags = tags if len(tags) > 1 else []  # no spans at all: an intent-only model
     model, tokenizer = load_pretrained(cfg.base_model, len(labels), HEAD_SCALE, len(tags))
     model.to(device)
-    encoded = tokenizer(list(texts), truncation=True, max_length=cfg.max_length, return_offsets_mapping=bool(tags))
-    ids = encoded["input_ids"]
-    token_tags = _token_tags(encoded, entities, tags) if tags else []
-    tagged_tokens = np.array([sum(t != IGNORE for t in row) for row in token_tags], dtype=np.int64)
-    targets = np.array([label_index[i] for i in intents])
-    pad_id = tokenizer.pad_token_id or 0
+    data = _encode(tokenizer, texts, intents, labels, entities, tags, cfg.max_length)
 
     resume = checkpoint.latest(checkpoints)
     if resume is None:  # a resumed run's weights come from its checkpoint
-        _init_head_at_centroids(model, ids, targets, len(labels), pad_id, device, cfg.batch_size)
-        if tags:
-            _init_tagger_at_centroids(model, ids, token_tags, pad_id, device, cfg.batch_size)
+        _init_heads(model, data, len(labels), device, cfg.batch_size)
     if cfg.freeze_embeddings:
         model.encoder.get_input_embeddings().weight.requires_grad_(False)
 
     optimizer = _optimizer(model, cfg)
-    steps_per_epoch = -(-len(ids) // cfg.batch_size)
+    steps_per_epoch = -(-len(data.ids) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
-    # sums over this rank's examples, divided by the whole batch's count below: the ranks' losses add
-    # up to the one-process run's mean, whatever each rank's share
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum")
-    tag_loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE, reduction="sum")
-
-    amp_dtype = None
-    if device.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = _autocast_dtype(device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     rng = np.random.default_rng(cfg.seed)
@@ -215,9 +211,9 @@ def fit(
         if world.is_main:
             tqdm.write(f"resuming from {resume} (step {progress.step} of {total})", file=sys.stderr)
     net = world.wrap(model)  # DDP under torchrun: backward averages the ranks' gradients
-    lengths = [len(x) for x in ids]
-    resumed_from = progress.step if resume is not None else None
+    lengths = [len(x) for x in data.ids]
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+    resumed_from = progress.step if resume is not None else None
     result = FitResult(model, tokenizer, labels, str(device), progress.history, tags, resumed_from, precision)
     while progress.epoch < cfg.epochs and progress.step < total:
         if progress.batches is None:
@@ -231,27 +227,9 @@ def fit(
             disable=not world.is_main,
         )
         for batch in progress.batches[progress.batches_done :]:
-            batch = np.asarray(batch)
-            mine, weight = world.shard(batch)
-            input_ids, mask = _collate([ids[i] for i in mine], pad_id, device)
-            y = torch.as_tensor(targets[mine], device=device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                if tags:
-                    intent_logits, tag_logits = net(input_ids, mask)
-                    gold = _collate_tags([token_tags[i] for i in mine], device)
-                    tag_loss = tag_loss_fn(tag_logits.float().flatten(0, 1), gold.flatten())
-                    tag_loss = tag_loss / max(int(tagged_tokens[batch].sum()), 1)
-                    loss = loss_fn(intent_logits.float(), y) / len(batch) + cfg.entity_loss_weight * tag_loss
-                else:
-                    loss = loss_fn(net(input_ids, mask).float(), y) / len(batch)
-                loss = loss * weight
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss * world.size).backward()  # DDP's average over the ranks: their sum
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+                loss = _batch_loss(net, data, np.asarray(batch), world, cfg)
+            _step(loss * world.size, model, optimizer, scheduler, scaler)  # DDP averages the ranks': their sum
             progress.running_loss += loss.item()
             progress.batches_done += 1
             progress.step += 1
@@ -261,20 +239,84 @@ def fit(
             if checkpoints is not None and cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0:
                 checkpoint.save(checkpoints, world, progress, model, optimizer, scheduler, scaler, rng)
         bar.close()
-        record = {
-            "epoch": progress.epoch + 1,
-            "train_loss": world.sum([progress.running_loss])[0] / max(progress.batches_done, 1),
-            "steps": progress.step,
-        }
-        if len(val_texts) and world.is_main:
-            record["val_accuracy"] = _accuracy(result, list(val_texts), list(val_intents), cfg.max_length)
-        progress.history.append(record)
-        if world.is_main:
-            line = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
-            tqdm.write(line, file=sys.stderr)  # stdout is the step's JSON
+        _end_epoch(progress, world, result, val_texts, val_intents, cfg.max_length)
         progress = progress.next_epoch()
     model.eval()
     return result
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 on a GPU that has it, else fp16 (with loss scaling); None (fp32) on the CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _init_heads(model: IntentClassifier, data: _Examples, num_labels: int, device, batch_size: int) -> None:
+    _init_head_at_centroids(model, data.ids, data.targets, num_labels, data.pad_id, device, batch_size)
+    if data.token_tags:
+        _init_tagger_at_centroids(model, data.ids, data.token_tags, data.pad_id, device, batch_size)
+
+
+def _step(loss: torch.Tensor, model: nn.Module, optimizer, scheduler, scaler: torch.amp.GradScaler) -> None:
+    """One optimiser step: backward (scaled for fp16), gradients clipped to norm 1, the LR schedule on."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+
+
+def _encode(tokenizer, texts, intents, labels, entities, tags, max_length) -> _Examples:
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, return_offsets_mapping=bool(tags))
+    token_tags = _token_tags(encoded, entities, tags) if tags else []
+    label_index = {name: i for i, name in enumerate(labels)}
+    return _Examples(
+        ids=encoded["input_ids"],
+        targets=np.array([label_index[i] for i in intents]),
+        token_tags=token_tags,
+        tagged_tokens=np.array([sum(t != IGNORE for t in row) for row in token_tags], dtype=np.int64),
+        pad_id=tokenizer.pad_token_id or 0,
+    )
+
+
+def _batch_loss(net: nn.Module, data: _Examples, batch: np.ndarray, world: World, cfg: TrainConfig) -> torch.Tensor:
+    """This rank's part of the batch's loss: sums over its share of the examples (and tagged tokens),
+    divided by the whole batch's counts, so the ranks' parts add up to the one-process run's mean
+    whatever each rank's share; a rank with nothing to do contributes a loss of weight 0."""
+    mine, weight = world.shard(batch)
+    device = world.device
+    input_ids, mask = _collate([data.ids[i] for i in mine], data.pad_id, device)
+    y = torch.as_tensor(data.targets[mine], device=device)
+    smoothing = cfg.label_smoothing
+    if not data.token_tags:
+        loss = nn.functional.cross_entropy(net(input_ids, mask).float(), y, label_smoothing=smoothing, reduction="sum")
+        return loss / len(batch) * weight
+    intent_logits, tag_logits = net(input_ids, mask)
+    gold = _collate_tags([data.token_tags[i] for i in mine], device)
+    tag_loss = nn.functional.cross_entropy(
+        tag_logits.float().flatten(0, 1), gold.flatten(), ignore_index=IGNORE, reduction="sum"
+    )
+    intent_loss = nn.functional.cross_entropy(intent_logits.float(), y, label_smoothing=smoothing, reduction="sum")
+    tagged = max(int(data.tagged_tokens[batch].sum()), 1)
+    return (intent_loss / len(batch) + cfg.entity_loss_weight * tag_loss / tagged) * weight
+
+
+def _end_epoch(progress: checkpoint.Progress, world: World, result: FitResult, val_texts, val_intents, max_length):
+    """The epoch's record (its mean loss over the ranks; validation accuracy, on rank 0) into the history."""
+    record = {
+        "epoch": progress.epoch + 1,
+        "train_loss": world.sum([progress.running_loss])[0] / max(progress.batches_done, 1),
+        "steps": progress.step,
+    }
+    if len(val_texts) and world.is_main:
+        record["val_accuracy"] = _accuracy(result, list(val_texts), list(val_intents), max_length)
+    progress.history.append(record)
+    if world.is_main:
+        line = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+        tqdm.write(line, file=sys.stderr)  # stdout is the step's JSON
 
 
 def _accuracy(result: FitResult, texts: list[str], intents: list[str], max_length: int) -> float:

@@ -4,6 +4,7 @@ artifact and log the MLflow run."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -22,7 +23,7 @@ from model.evaluate.evaluation import evaluate, render_markdown
 from model.registry import tracking
 from model.train import checkpoint, distributed
 from model.train.calibration import fit_temperature, pick_threshold, scope_threshold
-from model.train.fit import fit
+from model.train.fit import FitResult, fit
 from model.train.package import write_artifact
 
 
@@ -75,36 +76,24 @@ def _train(
     digest = dataset_digest(df)
     train, val, test = (df[df["split"] == s] for s in ("train", "val", "test"))
     config = {"data": dataclasses.asdict(data_cfg), "train": dataclasses.asdict(train_cfg)}
-    checkpoints = work / "checkpoints" / run_key(digest, config) if train_cfg.checkpoint_every else None
-    resumed = checkpoint.latest(checkpoints)
-    run = checkpoint.read_progress(resumed).run if resumed else {}  # a resumed run keeps its name and MLflow run
-    name = run.get("name") or time.strftime("%Y%m%d-%H%M%S-") + digest[:8]
+    checkpoints, run, name = _run(work, digest, config)
     target = Path(out) if out else work / "models" / name
     if target.exists():
         raise FlywheelError(f"{target}: already exists; refusing to overwrite an artifact")
-    fit_args = (train["text"].tolist(), train["intent"].tolist(), train_cfg)
-    fit_args += (val["text"].tolist(), val["intent"].tolist())
+    train_model = functools.partial(
+        fit, train["text"].tolist(), train["intent"].tolist(), train_cfg, val["text"].tolist(), val["intent"].tolist(),
+        entities=training_spans(train), world=world, checkpoints=checkpoints,
+    )  # fmt: skip
     if not world.is_main:
-        fit(*fit_args, entities=training_spans(train), world=world, checkpoints=checkpoints)
+        train_model()
         world.barrier()  # until rank 0 has written the artifact and the MLflow run
         return None
     sha = tracking.git_sha()
     started = time.perf_counter()
     with tracking.training_run(reg_cfg, run_name=name, run_id=run.get("mlflow_run_id")) as run_id:
-        result = fit(
-            *fit_args,
-            entities=training_spans(train),
-            world=world,
-            checkpoints=checkpoints,
-            run={"name": name, "mlflow_run_id": run_id},
-        )
+        result = train_model(run={"name": name, "mlflow_run_id": run_id})
         train_seconds = time.perf_counter() - started
-        predictor = IntentPredictor(
-            result.model, result.tokenizer, result.labels, 0.0, train_cfg.max_length, tags=result.tags
-        )
-        calibrate(predictor, val, train_cfg)
-        report = evaluate(predictor, test if len(test) else val, data_cfg.oos_label)
-        md = render_markdown(report, "Held-out test split" if len(test) else "Validation split (no test rows)")
+        predictor, report, md = _calibrated_and_evaluated(result, val, test, data_cfg, train_cfg)
         meta = {
             "dataset_digest": digest,
             "git_sha": sha,
@@ -149,9 +138,7 @@ def _train(
         "dataset_digest": digest,
         "git_sha": sha,
         "device": result.device,
-        "precision": result.precision,
-        "workers": world.size,
-        "resumed_from_step": result.resumed_from_step,
+        **{k: meta[k] for k in ("precision", "workers", "resumed_from_step")},
         "train_seconds": round(train_seconds, 1),
         "fallback_threshold": predictor.threshold,
         "metrics": _headline(report),
@@ -160,12 +147,34 @@ def _train(
     return summary, f"## Training run `{name}`\n\nArtifact: `{target}`\n\n{md}"
 
 
+def _run(work: Path, digest: str, config: dict) -> tuple[Path | None, dict, str]:
+    """The run's checkpoint folder (None: no checkpoints), the run a checkpoint there was written by
+    (``{}`` if none: a resumed run keeps its MLflow run and its name) and the run's name."""
+    checkpoints = work / "checkpoints" / run_key(digest, config) if config["train"]["checkpoint_every"] else None
+    resumed = checkpoint.latest(checkpoints)
+    run = checkpoint.read_progress(resumed).run if resumed else {}
+    return checkpoints, run, run.get("name") or time.strftime("%Y%m%d-%H%M%S-") + digest[:8]
+
+
 def run_key(dataset_digest: str, config: dict) -> str:
     """The checkpoint folder's name: the same data and settings (a rerun of the same command) find the
     same folder; how often checkpoints are written does not change what is trained."""
     train = {k: v for k, v in config["train"].items() if k != "checkpoint_every"}
     text = json.dumps({"dataset": dataset_digest, "data": config["data"], "train": train}, sort_keys=True)
     return "train-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _calibrated_and_evaluated(
+    result: FitResult, val: pd.DataFrame, test: pd.DataFrame, data_cfg: DataConfig, train_cfg: TrainConfig
+) -> tuple[IntentPredictor, dict, str]:
+    """The trained model as a predictor with its fallback calibrated on validation, and its report on the
+    test split (validation when there is none), as data and markdown."""
+    model, tokenizer, labels = result.model, result.tokenizer, result.labels
+    predictor = IntentPredictor(model, tokenizer, labels, 0.0, train_cfg.max_length, tags=result.tags)
+    calibrate(predictor, val, train_cfg)
+    report = evaluate(predictor, test if len(test) else val, data_cfg.oos_label)
+    md = render_markdown(report, "Held-out test split" if len(test) else "Validation split (no test rows)")
+    return predictor, report, md
 
 
 def training_spans(train: pd.DataFrame) -> list[list[dict]] | None:
