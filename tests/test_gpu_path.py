@@ -72,3 +72,8 @@ def test_check_gpu_reads_a_real_training_run_and_flags_one_off_the_gpu(tiny_arti
     ]
     gpu_run = {**found, "device": "cuda", "embedding_device": "cuda:0", "precision": "bf16"}
     assert check_gpu.problems(gpu_run) == []
+    without_onnx = {k: v for k, v in meta.items() if k != "onnx"}  # train.export_onnx: false
+    unexported = check_gpu.figures("GPU", {**tiny_artifact, "device": "cuda", "precision": "bf16"}, without_onnx, 0, {})
+    assert check_gpu.problems({**unexported, "embedding_device": "cuda"}) == [
+        "no ONNX export to check (train.export_onnx is off in the config)"
+    ]
