@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup test-tools demo test bench bench-snips bench-loop bench-serving bench-collector lint lock clean
+.PHONY: setup test-tools demo test bench bench-snips bench-loop bench-serving bench-collector check-gpu lint lock clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,11 @@ bench-serving: setup
 
 bench-collector: setup
 	$(BIN)/python -m scripts.bench_collector
+
+# On a CUDA machine: Banking77 end to end on the GPU (autocast, ONNX parity, peak memory); exits 2
+# on a machine without one. Not part of CI (docs/training.md)
+check-gpu: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m scripts.check_gpu
 
 # Refresh the lock after changing pyproject.toml: resolves in a scratch venv, writes exact versions.
 lock:

@@ -34,6 +34,11 @@ class Embedder:
             self._write_cache(cache)
         return np.stack([cache[k] for k in keys]) if keys else np.zeros((0, _MINILM_WIDTH), dtype=np.float32)
 
+    @property
+    def device(self) -> str:
+        """Where texts are encoded once the encoder is loaded: the GPU when present, as training picks it."""
+        return str(self._device)
+
     def _load(self):
         self._tokenizer, self._model, self._device = _loaded(self.encoder)
 
@@ -82,12 +87,11 @@ def _loaded(encoder: str):
     prepare's review queue both embed, and a loaded encoder is the same whichever cache it feeds."""
     # torch and transformers take seconds to import: texts already in the cache (a re-run, the
     # benchmark's windows) and the drift verdict itself need neither.
-    import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from model.artifact.network import resolve_base_model  # imports torch too
+    from model.artifact.network import pick_device, resolve_base_model  # imports torch too
 
     path = resolve_base_model(encoder)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = pick_device("auto")  # the GPU when present, as training picks it
     return tokenizer, AutoModel.from_pretrained(path).eval().to(device), device

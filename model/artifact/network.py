@@ -25,6 +25,14 @@ from model.core.config import PACKAGED_ENCODER
 from model.core.errors import FlywheelError
 
 
+def pick_device(name: str) -> torch.device:
+    """``auto``: the GPU when torch sees one, else the CPU; training, drift and prepare's embeddings all
+    choose here, so one code path runs on either."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def resolve_base_model(name: str) -> str:
     """The packaged MiniLM's folder for the default name; any other name is passed to transformers."""
     if name == PACKAGED_ENCODER:
@@ -38,7 +46,8 @@ class IntentClassifier(nn.Module):
     def __init__(self, encoder: nn.Module, num_labels: int, scale: float, num_tags: int = 0):
         super().__init__()
         self.encoder = encoder
-        self.dropout = nn.Dropout(0.1)
+        # the heads drop out as the encoder's layers do (MiniLM, BERT: 0.1)
+        self.dropout = nn.Dropout(getattr(encoder.config, "hidden_dropout_prob", 0.1))
         self.head = nn.Linear(encoder.config.hidden_size, num_labels, bias=False)
         self.register_buffer("scale", torch.tensor(float(scale)))
         # no entity types, no head: the state dict (and so the artifact) of an intent-only model is unchanged

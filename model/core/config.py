@@ -61,7 +61,11 @@ class TrainConfig:
     )
     max_length: int = setting(64, "chat messages are short (Banking77: p95 27 tokens); longer costs time for nothing")
     epochs: int = setting(4, "MiniLM needs a few passes; on Banking77 validation accuracy stops rising after 4")
-    batch_size: int = setting(32, "fits a laptop CPU and gives stable gradients on short texts")
+    batch_size: int = setting(
+        32,
+        "examples per optimiser step, split over the workers under torchrun (so N workers train the same steps): "
+        "fits a laptop CPU and gives stable gradients on short texts",
+    )
     learning_rate: float = setting(1e-4, "small encoders like MiniLM want a higher rate than BERT-base's 2e-5")
     head_learning_rate: float = setting(2e-3, "the new head starts from class centroids and needs bigger steps")
     weight_decay: float = setting(0.01, "standard AdamW regularisation for fine-tuning")
@@ -86,6 +90,11 @@ class TrainConfig:
     )
     max_steps: int | None = setting(
         None, "stop after this many optimiser steps (unset: run all epochs); for smoke tests"
+    )
+    checkpoint_every: int | None = setting(
+        200,
+        "optimiser steps between checkpoints (unset: none): a kill loses at most a minute or two of MiniLM on a "
+        "CPU, and each ~180 MB write costs about one step",
     )
     export_onnx: bool = setting(
         True,

@@ -6,6 +6,7 @@ from contextlib import contextmanager
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
 from model.core.config import PROJECT_ROOT, RegistryConfig
 from model.core.errors import FlywheelError
@@ -32,11 +33,24 @@ def _flatten(prefix: str, values: dict) -> dict:
 
 
 @contextmanager
-def training_run(cfg: RegistryConfig, run_name: str):
-    """An MLflow run around training; yields its id. A failure inside marks the run FAILED."""
+def training_run(cfg: RegistryConfig, run_name: str, run_id: str | None = None):
+    """An MLflow run around training; yields its id. A failure inside marks the run FAILED.
+
+    ``run_id``: go on with that run (training resumed from a checkpoint after its process was killed,
+    leaving the run RUNNING) rather than start another; a run this store does not hold starts afresh."""
     connect(cfg)
-    with mlflow.start_run(run_name=run_name) as run:
+    if run_id is not None and not _exists(run_id):
+        run_id = None
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name) as run:
         yield run.info.run_id
+
+
+def _exists(run_id: str) -> bool:
+    try:
+        mlflow.get_run(run_id)
+    except MlflowException:
+        return False
+    return True
 
 
 def log_training(

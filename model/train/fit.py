@@ -4,13 +4,22 @@ With entity spans in the data, the entity head trains in the same steps: the los
 loss plus ``entity_loss_weight`` times the token-tag loss, from one encoder pass (joint training, as
 Joint BERT does). Every example of such data counts as annotated: a text without spans teaches
 that it has no entities. On CUDA it runs under bf16 (or fp16 with loss scaling) autocast; on CPU it
-is bit-for-bit repeatable for a given seed.
+is bit-for-bit repeatable for a given seed, a run resumed from a checkpoint (``model.train.checkpoint``)
+included.
+
+As one of N workers under torchrun (``model.train.distributed``) a rank takes every N-th example of
+each batch; its losses are sums divided by the whole batch's counts, so the ranks' gradients, which
+DDP's all-reduce averages (times N: their sum), are the one-process run's gradient of the batch.
+``batch_size`` is that whole batch: N workers take the same steps as one process, at the same
+learning rates.
 """
 
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,9 +28,11 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from model.artifact.entity_tags import IGNORE, encode, tag_names
-from model.artifact.network import IntentClassifier, load_pretrained
+from model.artifact.network import IntentClassifier, load_pretrained, pick_device
 from model.artifact.predictor import IntentPredictor, pad_batch
 from model.core.config import TrainConfig
+from model.train import checkpoint
+from model.train.distributed import World
 
 HEAD_SCALE = 20.0  # cosine logits in [-20, 20]: sharp enough for softmax, bounded enough for calibration
 
@@ -34,12 +45,8 @@ class FitResult:
     device: str
     history: list[dict] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)  # the entity head's BIO tags; empty: no entity head
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    resumed_from_step: int | None = None  # the checkpoint's step this run went on from; None: trained from scratch
+    precision: str = "fp32"  # the forward passes' autocast dtype: bf16 or fp16 on CUDA
 
 
 def seed_everything(seed: int) -> None:
@@ -143,6 +150,17 @@ def _optimizer(model: IntentClassifier, cfg: TrainConfig) -> torch.optim.AdamW:
     )
 
 
+@dataclass
+class _Examples:
+    """The training texts as the loop reads them."""
+
+    ids: list[list[int]]  # token ids per text
+    targets: np.ndarray  # intent index per text
+    token_tags: list[list[int]]  # BIO tag index per token (IGNORE where none); empty: no entity head
+    tagged_tokens: np.ndarray  # per text, the tokens the tag loss counts
+    pad_id: int
+
+
 def fit(
     texts: list[str],
     intents: list[str],
@@ -150,83 +168,155 @@ def fit(
     val_texts=(),
     val_intents=(),
     entities: list[list[dict]] | None = None,
+    *,
+    world: World | None = None,
+    checkpoints: Path | None = None,
+    run: dict | None = None,
 ) -> FitResult:
     """Train on (text, intent) pairs, and their entity spans when given (one list of
-    ``{start, end, type}`` per text); report validation accuracy after each epoch when given."""
+    ``{start, end, type}`` per text); report validation accuracy after each epoch when given.
+
+    ``world``: this process's place under torchrun (``model.train.distributed``; None: one process).
+    ``checkpoints``: the run's checkpoint folder: resume from its latest checkpoint, and write one every
+    ``cfg.checkpoint_every`` steps (None: neither). ``run`` is saved in them (``Progress.run``)."""
+    world = world or World(device=pick_device(cfg.device))
     seed_everything(cfg.seed)
-    device = pick_device(cfg.device)
+    device = world.device
     labels = sorted(set(intents))
-    label_index = {name: i for i, name in enumerate(labels)}
     tags = tag_names([s["type"] for spans in entities or [] for s in spans])
     tags = tags if len(tags) > 1 else []  # no spans at all: an intent-only model
     model, tokenizer = load_pretrained(cfg.base_model, len(labels), HEAD_SCALE, len(tags))
     model.to(device)
-    encoded = tokenizer(list(texts), truncation=True, max_length=cfg.max_length, return_offsets_mapping=bool(tags))
-    ids = encoded["input_ids"]
-    token_tags = _token_tags(encoded, entities, tags) if tags else []
-    targets = np.array([label_index[i] for i in intents])
-    pad_id = tokenizer.pad_token_id or 0
+    data = _encode(tokenizer, texts, intents, labels, entities, tags, cfg.max_length)
 
-    _init_head_at_centroids(model, ids, targets, len(labels), pad_id, device, cfg.batch_size)
-    if tags:
-        _init_tagger_at_centroids(model, ids, token_tags, pad_id, device, cfg.batch_size)
+    resume = checkpoint.latest(checkpoints)
+    if resume is None:  # a resumed run's weights come from its checkpoint
+        _init_heads(model, data, len(labels), device, cfg.batch_size)
     if cfg.freeze_embeddings:
         model.encoder.get_input_embeddings().weight.requires_grad_(False)
 
     optimizer = _optimizer(model, cfg)
-    steps_per_epoch = -(-len(ids) // cfg.batch_size)
+    steps_per_epoch = -(-len(data.ids) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    tag_loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE)
-
-    amp_dtype = None
-    if device.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = _autocast_dtype(device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     rng = np.random.default_rng(cfg.seed)
-    lengths = [len(x) for x in ids]
-    history: list[dict] = []
-    step = 0
-    result = FitResult(model, tokenizer, labels, str(device), history, tags)
-    for epoch in range(cfg.epochs):
-        model.train()
-        running = 0.0
-        batches = _batches(lengths, cfg.batch_size, rng)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
-        for n, idx in enumerate(bar, start=1):
-            input_ids, mask = _collate([ids[i] for i in idx], pad_id, device)
-            y = torch.as_tensor(targets[idx], device=device)
+    if world.distributed:  # each rank its own dropout masks
+        torch.manual_seed(cfg.seed + world.rank)
+    progress = checkpoint.Progress(run=dict(run or {}))
+    if resume is not None:
+        progress = checkpoint.restore(resume, world, model, optimizer, scheduler, scaler, rng, cfg.seed)
+        if world.is_main:
+            tqdm.write(f"resuming from {resume} (step {progress.step} of {total})", file=sys.stderr)
+    net = world.wrap(model)  # DDP under torchrun: backward averages the ranks' gradients
+    lengths = [len(x) for x in data.ids]
+    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+    resumed_from = progress.step if resume is not None else None
+    result = FitResult(model, tokenizer, labels, str(device), progress.history, tags, resumed_from, precision)
+    while progress.epoch < cfg.epochs and progress.step < total:
+        if progress.batches is None:
+            progress.batches = [b.tolist() for b in _batches(lengths, cfg.batch_size, rng)]
+        net.train()
+        bar = tqdm(
+            total=len(progress.batches),
+            initial=progress.batches_done,
+            desc=f"epoch {progress.epoch + 1}/{cfg.epochs}",
+            leave=False,
+            disable=not world.is_main,
+        )
+        for batch in progress.batches[progress.batches_done :]:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                if tags:
-                    intent_logits, tag_logits = model(input_ids, mask)
-                    gold = _collate_tags([token_tags[i] for i in idx], device)
-                    tag_loss = tag_loss_fn(tag_logits.float().flatten(0, 1), gold.flatten())
-                    loss = loss_fn(intent_logits.float(), y) + cfg.entity_loss_weight * tag_loss
-                else:
-                    loss = loss_fn(model(input_ids, mask).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            running += loss.item()
-            step += 1
-            bar.set_postfix(loss=f"{running / n:.3f}")
-            if step >= total:
+                loss = _batch_loss(net, data, np.asarray(batch), world, cfg)
+            _step(loss * world.size, model, optimizer, scheduler, scaler)  # DDP averages the ranks': their sum
+            progress.running_loss += loss.item()
+            progress.batches_done += 1
+            progress.step += 1
+            bar.update()
+            if progress.step >= total:
                 break
-        record = {"epoch": epoch + 1, "train_loss": running / max(n, 1), "steps": step}
-        if len(val_texts):
-            record["val_accuracy"] = _accuracy(result, list(val_texts), list(val_intents), cfg.max_length)
-        history.append(record)
-        tqdm.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        if step >= total:
-            break
+            if checkpoints is not None and cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0:
+                checkpoint.save(checkpoints, world, progress, model, optimizer, scheduler, scaler, rng)
+        bar.close()
+        _end_epoch(progress, world, result, val_texts, val_intents, cfg.max_length)
+        progress = progress.next_epoch()
     model.eval()
     return result
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 on a GPU that has it, else fp16 (with loss scaling); None (fp32) on the CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _init_heads(model: IntentClassifier, data: _Examples, num_labels: int, device, batch_size: int) -> None:
+    _init_head_at_centroids(model, data.ids, data.targets, num_labels, data.pad_id, device, batch_size)
+    if data.token_tags:
+        _init_tagger_at_centroids(model, data.ids, data.token_tags, data.pad_id, device, batch_size)
+
+
+def _step(loss: torch.Tensor, model: nn.Module, optimizer, scheduler, scaler: torch.amp.GradScaler) -> None:
+    """One optimiser step: backward (scaled for fp16), gradients clipped to norm 1, the LR schedule on."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+
+
+def _encode(tokenizer, texts, intents, labels, entities, tags, max_length) -> _Examples:
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, return_offsets_mapping=bool(tags))
+    token_tags = _token_tags(encoded, entities, tags) if tags else []
+    label_index = {name: i for i, name in enumerate(labels)}
+    return _Examples(
+        ids=encoded["input_ids"],
+        targets=np.array([label_index[i] for i in intents]),
+        token_tags=token_tags,
+        tagged_tokens=np.array([sum(t != IGNORE for t in row) for row in token_tags], dtype=np.int64),
+        pad_id=tokenizer.pad_token_id or 0,
+    )
+
+
+def _batch_loss(net: nn.Module, data: _Examples, batch: np.ndarray, world: World, cfg: TrainConfig) -> torch.Tensor:
+    """This rank's part of the batch's loss: sums over its share of the examples (and tagged tokens),
+    divided by the whole batch's counts, so the ranks' parts add up to the one-process run's mean
+    whatever each rank's share; a rank with nothing to do contributes a loss of weight 0."""
+    mine, weight = world.shard(batch)
+    device = world.device
+    input_ids, mask = _collate([data.ids[i] for i in mine], data.pad_id, device)
+    y = torch.as_tensor(data.targets[mine], device=device)
+    smoothing = cfg.label_smoothing
+    if not data.token_tags:
+        loss = nn.functional.cross_entropy(net(input_ids, mask).float(), y, label_smoothing=smoothing, reduction="sum")
+        return loss / len(batch) * weight
+    intent_logits, tag_logits = net(input_ids, mask)
+    gold = _collate_tags([data.token_tags[i] for i in mine], device)
+    tag_loss = nn.functional.cross_entropy(
+        tag_logits.float().flatten(0, 1), gold.flatten(), ignore_index=IGNORE, reduction="sum"
+    )
+    intent_loss = nn.functional.cross_entropy(intent_logits.float(), y, label_smoothing=smoothing, reduction="sum")
+    tagged = max(int(data.tagged_tokens[batch].sum()), 1)
+    return (intent_loss / len(batch) + cfg.entity_loss_weight * tag_loss / tagged) * weight
+
+
+def _end_epoch(progress: checkpoint.Progress, world: World, result: FitResult, val_texts, val_intents, max_length):
+    """The epoch's record (its mean loss over the ranks; validation accuracy, on rank 0) into the history."""
+    record = {
+        "epoch": progress.epoch + 1,
+        "train_loss": world.sum([progress.running_loss])[0] / max(progress.batches_done, 1),
+        "steps": progress.step,
+    }
+    if len(val_texts) and world.is_main:
+        record["val_accuracy"] = _accuracy(result, list(val_texts), list(val_intents), max_length)
+    progress.history.append(record)
+    if world.is_main:
+        line = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+        tqdm.write(line, file=sys.stderr)  # stdout is the step's JSON
 
 
 def _accuracy(result: FitResult, texts: list[str], intents: list[str], max_length: int) -> float:

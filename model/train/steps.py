@@ -4,6 +4,9 @@ artifact and log the MLflow run."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +21,9 @@ from model.data.entities import load_spans
 from model.data.examples import dataset_digest, load_split
 from model.evaluate.evaluation import evaluate, render_markdown
 from model.registry import tracking
+from model.train import checkpoint, distributed
 from model.train.calibration import fit_temperature, pick_threshold, scope_threshold
-from model.train.fit import fit
+from model.train.fit import FitResult, fit
 from model.train.package import write_artifact
 
 
@@ -33,8 +37,10 @@ def train_command(
     args: TrainArgs, *, data: DataConfig, train: TrainConfig, registry: RegistryConfig, work: Path
 ) -> StepResult:
     """Fine-tune an intent model and write a verified artifact."""
-    summary, md = train_step(Path(args.data), data, train, registry, work, Path(args.out) if args.out else None)
-    return StepResult(summary, md)
+    outcome = train_step(Path(args.data), data, train, registry, work, Path(args.out) if args.out else None)
+    if outcome is None:  # a worker under torchrun: rank 0 has written and reports everything
+        raise SystemExit(0)
+    return StepResult(*outcome)
 
 
 def train_step(
@@ -44,34 +50,50 @@ def train_step(
     reg_cfg: RegistryConfig,
     work: Path,
     out: Path | None = None,
-) -> tuple[dict, str]:
-    """Fine-tune, calibrate the fallback, evaluate on the test split, write the artifact, log the run."""
+) -> tuple[dict, str] | None:
+    """Fine-tune, calibrate the fallback, evaluate on the test split, write the artifact, log the run.
+
+    As one of N processes under torchrun (``model.train.distributed``) every rank trains its share of
+    each batch; rank 0 alone evaluates, writes the artifact and the MLflow run and returns the
+    summary; the other ranks wait until it has, then return None."""
+    world = distributed.join(train_cfg.device)
+    try:
+        return _train(world, data, data_cfg, train_cfg, reg_cfg, work, out)
+    finally:
+        distributed.leave(world)
+
+
+def _train(
+    world: distributed.World,
+    data: Path,
+    data_cfg: DataConfig,
+    train_cfg: TrainConfig,
+    reg_cfg: RegistryConfig,
+    work: Path,
+    out: Path | None,
+) -> tuple[dict, str] | None:
     df = load_split(data, data_cfg)
     digest = dataset_digest(df)
     train, val, test = (df[df["split"] == s] for s in ("train", "val", "test"))
-    name = time.strftime("%Y%m%d-%H%M%S-") + digest[:8]
+    config = {"data": dataclasses.asdict(data_cfg), "train": dataclasses.asdict(train_cfg)}
+    checkpoints, run, name = _run(work, digest, config)
     target = Path(out) if out else work / "models" / name
     if target.exists():
         raise FlywheelError(f"{target}: already exists; refusing to overwrite an artifact")
+    train_model = functools.partial(
+        fit, train["text"].tolist(), train["intent"].tolist(), train_cfg, val["text"].tolist(), val["intent"].tolist(),
+        entities=training_spans(train), world=world, checkpoints=checkpoints,
+    )  # fmt: skip
+    if not world.is_main:
+        train_model()
+        world.barrier()  # until rank 0 has written the artifact and the MLflow run
+        return None
     sha = tracking.git_sha()
-    config = {"data": dataclasses.asdict(data_cfg), "train": dataclasses.asdict(train_cfg)}
     started = time.perf_counter()
-    with tracking.training_run(reg_cfg, run_name=name) as run_id:
-        result = fit(
-            train["text"].tolist(),
-            train["intent"].tolist(),
-            train_cfg,
-            val["text"].tolist(),
-            val["intent"].tolist(),
-            entities=training_spans(train),
-        )
+    with tracking.training_run(reg_cfg, run_name=name, run_id=run.get("mlflow_run_id")) as run_id:
+        result = train_model(run={"name": name, "mlflow_run_id": run_id})
         train_seconds = time.perf_counter() - started
-        predictor = IntentPredictor(
-            result.model, result.tokenizer, result.labels, 0.0, train_cfg.max_length, tags=result.tags
-        )
-        calibrate(predictor, val, train_cfg)
-        report = evaluate(predictor, test if len(test) else val, data_cfg.oos_label)
-        md = render_markdown(report, "Held-out test split" if len(test) else "Validation split (no test rows)")
+        predictor, report, md = _calibrated_and_evaluated(result, val, test, data_cfg, train_cfg)
         meta = {
             "dataset_digest": digest,
             "git_sha": sha,
@@ -81,6 +103,9 @@ def train_step(
             "temperature": predictor.temperature,
             "scope_threshold": predictor.scope_threshold,
             "train_seconds": train_seconds,
+            "workers": world.size,
+            "precision": result.precision,
+            "resumed_from_step": result.resumed_from_step,
             "history": result.history,
             "metrics": _headline(report),
             "counts": df.groupby("split").size().to_dict(),
@@ -104,6 +129,8 @@ def train_step(
             metrics={**_headline(report), "train_seconds": train_seconds},
             artifact_digest=artifact_digest,
         )
+    checkpoint.remove(checkpoints)  # the artifact holds the result: a rerun trains afresh
+    world.barrier()
     summary = {
         "artifact": str(target),
         "artifact_digest": artifact_digest,
@@ -111,12 +138,43 @@ def train_step(
         "dataset_digest": digest,
         "git_sha": sha,
         "device": result.device,
+        **{k: meta[k] for k in ("precision", "workers", "resumed_from_step")},
         "train_seconds": round(train_seconds, 1),
         "fallback_threshold": predictor.threshold,
         "metrics": _headline(report),
         "counts": meta["counts"],
     }
     return summary, f"## Training run `{name}`\n\nArtifact: `{target}`\n\n{md}"
+
+
+def _run(work: Path, digest: str, config: dict) -> tuple[Path | None, dict, str]:
+    """The run's checkpoint folder (None: no checkpoints), the run a checkpoint there was written by
+    (``{}`` if none: a resumed run keeps its MLflow run and its name) and the run's name."""
+    checkpoints = work / "checkpoints" / run_key(digest, config) if config["train"]["checkpoint_every"] else None
+    resumed = checkpoint.latest(checkpoints)
+    run = checkpoint.read_progress(resumed).run if resumed else {}
+    return checkpoints, run, run.get("name") or time.strftime("%Y%m%d-%H%M%S-") + digest[:8]
+
+
+def run_key(dataset_digest: str, config: dict) -> str:
+    """The checkpoint folder's name: the same data and settings (a rerun of the same command) find the
+    same folder; how often checkpoints are written does not change what is trained."""
+    train = {k: v for k, v in config["train"].items() if k != "checkpoint_every"}
+    text = json.dumps({"dataset": dataset_digest, "data": config["data"], "train": train}, sort_keys=True)
+    return "train-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _calibrated_and_evaluated(
+    result: FitResult, val: pd.DataFrame, test: pd.DataFrame, data_cfg: DataConfig, train_cfg: TrainConfig
+) -> tuple[IntentPredictor, dict, str]:
+    """The trained model as a predictor with its fallback calibrated on validation, and its report on the
+    test split (validation when there is none), as data and markdown."""
+    model, tokenizer, labels = result.model, result.tokenizer, result.labels
+    predictor = IntentPredictor(model, tokenizer, labels, 0.0, train_cfg.max_length, tags=result.tags)
+    calibrate(predictor, val, train_cfg)
+    report = evaluate(predictor, test if len(test) else val, data_cfg.oos_label)
+    md = render_markdown(report, "Held-out test split" if len(test) else "Validation split (no test rows)")
+    return predictor, report, md
 
 
 def training_spans(train: pd.DataFrame) -> list[list[dict]] | None:
