@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from model.core.command_line import parser_for
-from model.core.config import DEFAULT_CONFIG, SECTIONS
+from model.core.config import DEFAULT_CONFIG, PROJECT_ROOT, SECTIONS
 from model.core.settings import read_yaml_config
 from model.core.steps import Signature
 from scripts.cli import STEPS, main
@@ -39,6 +40,11 @@ def test_top_level_help_lists_every_step(capsys):
     out = capsys.readouterr().out
     assert all(f"  {name}" in out for name in BY_NAME)
     assert main(["no-such-step"]) == 2 and "unknown step 'no-such-step'" in capsys.readouterr().err
+
+
+def test_the_readme_command_table_has_one_row_per_step():
+    rows = re.findall(r"^\| `flywheel ([a-z-]+)", (PROJECT_ROOT / "README.md").read_text(), re.MULTILINE)
+    assert sorted(rows) == sorted(BY_NAME)
 
 
 def test_installed_entry_point_runs():

@@ -1,12 +1,15 @@
-"""Code tests of the layout: the import contract holds, the serving path loads no training code, and
-modules and functions stay small enough to hold in one's head."""
+"""Code tests of the layout: the import contract holds, the serving path loads no training code,
+modules and functions stay small enough to hold in one's head, and the README's and docs' links lead
+somewhere."""
 
 from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -65,3 +68,49 @@ def test_every_stage_package_says_what_it_owns_and_may_import():
         if init.parent.name in ("configs", "sample_data"):
             continue
         assert doc and "Imports:" in doc, f"{init}: its docstring says what it owns and what it may import"
+
+
+DOCS = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
+
+
+def _prose(text: str) -> str:
+    """Markdown without its code: fenced blocks and inline code spans hold no links."""
+    return re.sub(r"`[^`\n]*`", "", re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL))
+
+
+def _anchors(text: str) -> Iterator[str]:
+    """The heading anchors GitHub makes: lower case, punctuation dropped, spaces to hyphens, repeats numbered."""
+    seen: dict[str, int] = {}
+    for heading in re.findall(r"^#+ (.+)$", re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL), re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.replace("`", "").strip().lower()).replace(" ", "-")
+        seen[slug] = seen.get(slug, -1) + 1
+        yield slug if seen[slug] == 0 else f"{slug}-{seen[slug]}"
+
+
+def _links(page: Path) -> list[str]:
+    return re.findall(r"\]\(([^)\s]+)\)", _prose(page.read_text()))
+
+
+@pytest.mark.parametrize("page", DOCS, ids=lambda p: p.name)
+def test_relative_links_lead_to_files_and_headings_that_exist(page):
+    broken = []
+    for link in _links(page):
+        if re.match(r"[a-z]+:", link):
+            continue  # a web address
+        target, _, anchor = link.partition("#")
+        path = (page.parent / target).resolve() if target else page
+        if not path.exists():
+            broken.append(f"{link}: no file {path}")
+        elif anchor and path.suffix == ".md" and anchor not in set(_anchors(path.read_text())):
+            broken.append(f"{link}: no heading with anchor #{anchor} in {path.name}")
+    assert not broken, f"{page.name}: {broken}"
+
+
+def test_the_readme_links_every_docs_page():
+    linked = {(PROJECT_ROOT / link.partition("#")[0]).resolve() for link in _links(PROJECT_ROOT / "README.md")}
+    assert {p.resolve() for p in DOCS[1:]} <= linked
+
+
+def test_anchors_are_made_as_github_makes_them():
+    text = "# `make demo`: the loop (2026-12-03)\n## The gate's latency\n```\n# not a heading\n```\n## FAQ\n## FAQ\n"
+    assert list(_anchors(text)) == ["make-demo-the-loop-2026-12-03", "the-gates-latency", "faq", "faq-1"]
