@@ -16,7 +16,7 @@ What is covered, and why this way:
   ("where is order 10482913"). The evaluation set checks that they are not mistaken for a phone
   number or a card.
 - Names and street addresses need a named-entity model; the official spaCy models cannot be
-  installed here, so they are out of scope (see README).
+  installed here, so they are out of scope (docs/data.md).
 
 The analyzer runs on Presidio's ``NoOpNlpEngine``: pattern recognizers only, no spaCy model loaded
 (``data_checks.pii_engine`` builds it).

@@ -156,7 +156,7 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def summary_table(runs: list[dict]) -> str:
-    """The README's table: one row per strategy, mean over the seeds with the min-max spread."""
+    """The table docs/benchmarks.md shows: one row per strategy, mean over the seeds with the min-max spread."""
     s = summarise(runs)
 
     def cell(m: dict, scale: float = 100.0, unit: str = "%") -> str:
