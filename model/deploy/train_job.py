@@ -15,7 +15,8 @@
    digest the run recorded, for ``flywheel gate`` and ``flywheel register`` as a runner's training leaves it.
 
 Exit 0 when the job completed and its artifact is here; 1 when it failed or did not finish in time (the
-run is then marked FAILED if the job left it running); 2 on bad input, nothing submitted.
+run is then marked FAILED if the job left it running); 2 on bad input (nothing created), or when the
+cluster refuses the job or reading it (the run marked FAILED).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from model.deploy.training_checks import trainjob_errors
 from model.registry import tracking
 
 KUBECONFIG_ENV = "FLYWHEEL_KUBECONFIG"  # the kubeconfig's text (a CI secret), rather than a file
-POLL_S = 30.0
+POLL_S = 30.0  # a training job takes minutes to hours: a read every 30 s costs the API server nothing
 WAIT_MARGIN_S = 600.0  # for scheduling the controller's last reconcile after the deadline
 BACKEND_TAG = "flywheel.training_backend"
 
