@@ -23,6 +23,11 @@ STEPS = (
     ),
     # retrain, validate, register
     Step("train", "fine-tune an intent model and write a verified artifact", "model.train.steps:train_command"),
+    Step(
+        "train-job",
+        "train on the cluster as a Kubeflow Trainer TrainJob, then download the artifact its MLflow run holds",
+        "model.deploy.train_job:train_job_command",
+    ),
     Step("evaluate", "measure a model on a labelled test set", "model.evaluate.steps:evaluate_command"),
     Step("gate", "decide whether a challenger may replace the champion", "model.evaluate.steps:gate_command"),
     Step("register", "register a gated artifact in MLflow as 'challenger'", "model.registry.steps:register_command"),

@@ -4,6 +4,8 @@ argocd/ folder under ``manifests/``, each object by the checker for its kind.
 - InferenceService, Deployment, Service, ConfigMap: ``model.deploy.kubernetes_checks``
 - PrometheusRule, PodMonitor and the Grafana dashboard: ``model.deploy.monitoring_checks``
 - Argo CD Application and AppProject: ``model.deploy.argocd_checks``
+- ``training/``, when there: the TrainJob template and the training namespace's access objects
+  (``model.deploy.training_checks``)
 
 Across objects: each PodMonitor selects pods of its environment and a port they declare; the predictor
 and the collector run one image and a ServiceAccount that can pull it (``model.deploy.image_checks``);
@@ -31,6 +33,8 @@ from model.deploy.monitoring_checks import (
     check_prometheusrule,
     podmonitor_target_errors,
 )
+from model.deploy.training_checks import check_training
+from model.deploy.trainjob import TRAINER
 
 ENVIRONMENT_KINDS = (
     *("InferenceService", "Deployment", "Service", "PrometheusRule", "ConfigMap", "PodMonitor", "ServiceAccount"),
@@ -187,6 +191,8 @@ def check_manifests(repo: Path, manifests_dir: str = "manifests") -> list[str]:
         errors += check_environment(root / env, env)
     namespaces = _namespaces(root)
     errors += _across_environments(root, namespaces) + check_argocd(root / "argocd", Path(repo), namespaces)
+    if (root / "training").is_dir():  # the optional training backend's (docs/cluster.md)
+        errors += check_training(root / "training")
     return errors + _project_kind_errors(root)
 
 
@@ -212,7 +218,8 @@ def check_manifests_step(repo: Path, manifests_dir: str = "manifests") -> tuple[
         if errors
         else [
             f"All manifests valid (KServe SDK models, Kubernetes {K8S_VERSION} schemas, prometheus-operator "
-            f"{PROMETHEUS_OPERATOR} CRD schemas, promtool, Argo CD fields)."
+            f"{PROMETHEUS_OPERATOR} CRD schemas, Kubeflow Trainer {TRAINER} TrainJob schema, promtool, Argo CD "
+            "fields)."
         ]
     )
     lines += ["", "| environment | stable | canary | canary % |", "|---|---|---|---|"]

@@ -7,7 +7,10 @@ import dataclasses
 import functools
 import hashlib
 import json
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,18 +32,41 @@ from model.train.package import write_artifact
 
 @dataclass
 class TrainArgs:
-    data: str = setting(str(SAMPLE_DATA), "dataset file or folder (CSV/Parquet/JSONL text,intent; Banking77; CLINC150)")
+    data: str = setting(
+        str(SAMPLE_DATA),
+        "dataset file or folder (CSV/Parquet/JSONL text,intent; Banking77; CLINC150), or an artifact URI MLflow "
+        "downloads (runs:/<run id>/<path>, s3://...)",
+    )
     out: str | None = setting(None, "artifact folder to create (unset: <work dir>/models/<time>-<data digest>)")
+    mlflow_run_id: str | None = setting(
+        None,
+        "train in this existing MLflow run and upload the artifact into it (flywheel train-job creates the run with "
+        "the dataset: a cluster job's disk is gone once it ends)",
+    )
 
 
 def train_command(
     args: TrainArgs, *, data: DataConfig, train: TrainConfig, registry: RegistryConfig, work: Path
 ) -> StepResult:
     """Fine-tune an intent model and write a verified artifact."""
-    outcome = train_step(Path(args.data), data, train, registry, work, Path(args.out) if args.out else None)
+    with local_data(args.data, registry, work) as dataset:
+        out = Path(args.out) if args.out else None
+        outcome = train_step(dataset, data, train, registry, work, out, mlflow_run=args.mlflow_run_id)
     if outcome is None:  # a worker under torchrun: rank 0 has written and reports everything
         raise SystemExit(0)
     return StepResult(*outcome)
+
+
+@contextmanager
+def local_data(data: str, reg_cfg: RegistryConfig, work: Path) -> Iterator[Path]:
+    """``data`` as a local path: a path as it is, an artifact URI downloaded for as long as training runs
+    (under torchrun every worker downloads its own copy)."""
+    if not tracking.URI.match(data):
+        yield Path(data)
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work, prefix="data-") as folder:
+        yield tracking.download(reg_cfg, data, Path(folder))
 
 
 def train_step(
@@ -50,15 +76,18 @@ def train_step(
     reg_cfg: RegistryConfig,
     work: Path,
     out: Path | None = None,
+    *,
+    mlflow_run: str | None = None,
 ) -> tuple[dict, str] | None:
     """Fine-tune, calibrate the fallback, evaluate on the test split, write the artifact, log the run.
 
     As one of N processes under torchrun (``model.train.distributed``) every rank trains its share of
     each batch; rank 0 alone evaluates, writes the artifact and the MLflow run and returns the
-    summary; the other ranks wait until it has, then return None."""
+    summary; the other ranks wait until it has, then return None. ``mlflow_run``: an existing run to
+    train in (it must exist), which also receives the artifact folder."""
     world = distributed.join(train_cfg.device)
     try:
-        return _train(world, data, data_cfg, train_cfg, reg_cfg, work, out)
+        return _train(world, data, data_cfg, train_cfg, reg_cfg, work, out, mlflow_run)
     finally:
         distributed.leave(world)
 
@@ -71,6 +100,7 @@ def _train(
     reg_cfg: RegistryConfig,
     work: Path,
     out: Path | None,
+    mlflow_run: str | None,
 ) -> tuple[dict, str] | None:
     df = load_split(data, data_cfg)
     digest = dataset_digest(df)
@@ -90,7 +120,7 @@ def _train(
         return None
     sha = tracking.git_sha()
     started = time.perf_counter()
-    with tracking.training_run(reg_cfg, run_name=name, run_id=run.get("mlflow_run_id")) as run_id:
+    with tracking.training_run(reg_cfg, name, mlflow_run or run.get("mlflow_run_id"), bool(mlflow_run)) as run_id:
         result = train_model(run={"name": name, "mlflow_run_id": run_id})
         train_seconds = time.perf_counter() - started
         predictor, report, md = _calibrated_and_evaluated(result, val, test, data_cfg, train_cfg)
@@ -128,6 +158,7 @@ def _train(
             history=result.history,
             metrics={**_headline(report), "train_seconds": train_seconds},
             artifact_digest=artifact_digest,
+            upload=target if mlflow_run else None,  # the job's disk is gone once it ends
         )
     checkpoint.remove(checkpoints)  # the artifact holds the result: a rerun trains afresh
     world.barrier()
