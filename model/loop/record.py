@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from model.evaluate.steps import GateResult
 from model.loop.plan import DataPlan
 
 
@@ -72,25 +73,22 @@ class DriftOutcome:
 
 @dataclass
 class GateOutcome:
-    """The gate's verdict on the newest model trained.
+    """The gate's verdict on the newest model trained: the gate step's result, kept whole (loop.json carries
+    it flat, as ``flywheel gate`` reports it, beside its markdown and the data)."""
 
-    ``step_result`` is the gate step's result as ``flywheel gate`` reports it (passed, checks, reasons,
-    digests, both evaluations), kept whole: loop.json carries it flat, beside the markdown and the data."""
-
-    step_result: dict
-    markdown: str
+    result: GateResult
     data: str  # which data the model was trained and tested on
 
     @property
     def passed(self) -> bool:
-        return bool(self.step_result["passed"])
+        return self.result.passed
 
     @property
     def reasons(self) -> list[str]:
-        return list(self.step_result.get("reasons", []))
+        return self.result.decision.reasons
 
     def to_json(self) -> dict:
-        return {**self.step_result, "markdown": self.markdown, "data": self.data}
+        return {**self.result.to_json(), "markdown": self.result.markdown, "data": self.data}
 
 
 @dataclass

@@ -53,19 +53,21 @@ def train_gate_register(data: Path, note: str, state: LoopState, cfgs: LoopConfi
     reports = work / "reports"
     trained, md = train_step(data, cfgs.data, cfgs.train, cfgs.registry, work)
     write_reports(reports, "train", trained, md)
-    gated, gate_md, passed = gate_step(trained["artifact"], "auto", data, "test", cfgs.data, cfgs.gate, cfgs.registry)
-    gate_file = write_reports(reports, "gate", gated, gate_md)
-    gate = state.record.gate = GateOutcome(step_result=gated, markdown=gate_md, data=note)
+    gated = gate_step(
+        trained["artifact"], "auto", data, "test", data_cfg=cfgs.data, gate_cfg=cfgs.gate, reg_cfg=cfgs.registry
+    )
+    gate_file = write_reports(reports, "gate", gated.to_json(), gated.markdown)
+    gate = state.record.gate = GateOutcome(result=gated, data=note)
     test = state.plan.test
     scores = evaluate(IntentPredictor.load(Path(trained["artifact"])), test, cfgs.data.oos_label)
     version = None
-    if passed:
+    if gated.passed:
         registered, reg_md = register_step(Path(trained["artifact"]), gate_file, cfgs.registry)
         write_reports(reports, "register", registered, reg_md)
         version = registered["version"]
     offline = OfflineScore(
-        test_accuracy=scores["accuracy"],
-        macro_f1=scores["macro_f1"],
+        test_accuracy=scores.accuracy,
+        macro_f1=scores.macro_f1,
         test_set=f"{len(test)} test rows of all {len(state.known) + len(state.held_back)} intents",
         model_version=NOT_REGISTERED if version is None else str(version),
     )

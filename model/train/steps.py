@@ -20,6 +20,7 @@ from model.core.steps import StepResult
 from model.data.entities import load_spans
 from model.data.examples import dataset_digest, load_split
 from model.evaluate.evaluation import evaluate, render_markdown
+from model.evaluate.report import EvaluationReport
 from model.registry import tracking
 from model.train import checkpoint, distributed
 from model.train.calibration import fit_temperature, pick_threshold, scope_threshold
@@ -109,7 +110,7 @@ def _train(
             "history": result.history,
             "metrics": _headline(report),
             "counts": df.groupby("split").size().to_dict(),
-            **({"entity_metrics": report["entities"]} if "entities" in report else {}),
+            **({"entity_metrics": report.entities.to_json()} if report.entities is not None else {}),
         }
         artifact_digest = write_artifact(
             result,
@@ -166,7 +167,7 @@ def run_key(dataset_digest: str, config: dict) -> str:
 
 def _calibrated_and_evaluated(
     result: FitResult, val: pd.DataFrame, test: pd.DataFrame, data_cfg: DataConfig, train_cfg: TrainConfig
-) -> tuple[IntentPredictor, dict, str]:
+) -> tuple[IntentPredictor, EvaluationReport, str]:
     """The trained model as a predictor with its fallback calibrated on validation, and its report on the
     test split (validation when there is none), as data and markdown."""
     model, tokenizer, labels = result.model, result.tokenizer, result.labels
@@ -199,11 +200,13 @@ def calibrate(predictor: IntentPredictor, val: pd.DataFrame, cfg: TrainConfig) -
     predictor.scope_threshold = scope_threshold(top, correct, cfg.handoff_in_scope_cost)
 
 
-def _headline(report: dict) -> dict:
-    keys = ("accuracy", "macro_f1", "answered_accuracy", "fallback_rate", "ece", "oos_recall")
-    out = {k: report[k] for k in keys if k in report}
-    if "entities" in report:  # span-level micro-F1 over every entity type (exact match)
-        out["entity_f1"] = report["entities"]["micro"]["f1"]
-    out["latency_p95_ms"] = report["latency"]["single_p95_ms"]
-    out["cpu_p95_ms"] = report["latency"]["cpu_p95_ms"]
+def _headline(report: EvaluationReport) -> dict[str, float]:
+    """The figures the summary, the artifact's meta and the MLflow run carry (their names are MLflow metric keys)."""
+    out = {k: getattr(report, k) for k in ("accuracy", "macro_f1", "answered_accuracy", "fallback_rate", "ece")}
+    if report.out_of_scope is not None:
+        out["oos_recall"] = report.out_of_scope.recall
+    if report.entities is not None:  # span-level micro-F1 over every entity type (exact match)
+        out["entity_f1"] = report.entities.micro.f1
+    out["latency_p95_ms"] = report.latency.single_p95_ms
+    out["cpu_p95_ms"] = report.latency.cpu_p95_ms
     return out
