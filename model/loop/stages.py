@@ -165,7 +165,7 @@ class Loop:
             )
         with self.stage("first-release", "Release it by pull request, promote it to champion, start serving") as entry:
             result, body = delivery.release_step(
-                cfgs.loop.env, v1, cfgs.loop.canary_percent, self.repo.path, cfgs.registry, cfgs.delivery
+                cfgs.loop.env, v1, cfgs.loop.canary_percent, self.repo.path, reg_cfg=cfgs.registry, dcfg=cfgs.delivery
             )
             self._merge("release", result, body)  # champion follows the merge (reconcile-registry)
             self.cluster.start_collector()
@@ -258,7 +258,12 @@ class Loop:
             "canary", f"Release v{version} on a {loop_cfg.canary_percent}% canary; analyse until it decides"
         ) as entry:
             result, body = delivery.release_step(
-                loop_cfg.env, version, loop_cfg.canary_percent, self.repo.path, cfgs.registry, cfgs.delivery
+                loop_cfg.env,
+                version,
+                loop_cfg.canary_percent,
+                self.repo.path,
+                reg_cfg=cfgs.registry,
+                dcfg=cfgs.delivery,
             )
             self._merge("release", result, body)
             self._sync()
@@ -293,7 +298,7 @@ class Loop:
             )
             self.users.await_logger(canary_start)  # count every answer, however busy the machine
             analysis, md = delivery.canary_analysis_step(
-                loop_cfg.env, None, "", self.repo.path, cfgs.canary, cfgs.delivery, store_url=self.store_url
+                loop_cfg.env, self.repo.path, cfg=cfgs.canary, dcfg=cfgs.delivery, store_url=self.store_url
             )
             analysis_file = self._write("canary-analysis", analysis, md)
             arms = analysis["arms"]
