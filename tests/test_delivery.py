@@ -442,7 +442,7 @@ def test_canary_analysis_from_the_collectors_store(repo, store, tmp_path, monkey
     merge(repo, release_step("staging", 2, 10, repo, reg_cfg=REG, dcfg=DCFG)[0]["pull_request"]["branch"])
     store_url = f"sqlite:///{tmp_path / 'conversations.db'}"
 
-    def call(client, rid: str, version: str, at: datetime, answered=True, fallback=False, took_ms=20):
+    def call(client, rid: str, version: str, at: datetime, *, answered=True, fallback=False, took_ms=20):
         events = [inference_event("request", rid, {"instances": ["where is my order"]}, at)]
         if answered:
             pred = {"intent": "order_status", "confidence": 0.9, "fallback": fallback, "model_version": version}

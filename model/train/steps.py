@@ -59,7 +59,7 @@ def train_step(
     summary; the other ranks wait until it has, then return None."""
     world = distributed.join(train_cfg.device)
     try:
-        return _train(world, data, data_cfg, train_cfg, reg_cfg, work, out)
+        return _train(world, data, data_cfg=data_cfg, train_cfg=train_cfg, reg_cfg=reg_cfg, work=work, out=out)
     finally:
         distributed.leave(world)
 
@@ -67,6 +67,7 @@ def train_step(
 def _train(
     world: distributed.World,
     data: Path,
+    *,
     data_cfg: DataConfig,
     train_cfg: TrainConfig,
     reg_cfg: RegistryConfig,
@@ -171,7 +172,9 @@ def _calibrated_and_evaluated(
     """The trained model as a predictor with its fallback calibrated on validation, and its report on the
     test split (validation when there is none), as data and markdown."""
     model, tokenizer, labels = result.model, result.tokenizer, result.labels
-    predictor = IntentPredictor(model, tokenizer, labels, 0.0, train_cfg.max_length, tags=result.tags)
+    predictor = IntentPredictor(
+        model, tokenizer, labels, threshold=0.0, max_length=train_cfg.max_length, tags=result.tags
+    )
     calibrate(predictor, val, train_cfg)
     report = evaluate(predictor, test if len(test) else val, data_cfg.oos_label)
     md = render_markdown(report, "Held-out test split" if len(test) else "Validation split (no test rows)")
