@@ -261,13 +261,13 @@ def drift_command(
         *drift_step(
             Path(args.reference),
             Path(args.current),
-            args.model,
-            reference_events,
-            drift,
-            data,
-            registry,
-            report_dir,
-            work,
+            model=args.model,
+            reference_events=reference_events,
+            cfg=drift,
+            data_cfg=data,
+            reg_cfg=registry,
+            report_dir=report_dir,
+            work=work,
         )
     )
 
@@ -275,8 +275,9 @@ def drift_command(
 def drift_step(
     reference: Path,
     current: Path,
-    model: str | None,
-    reference_events: Path | None,
+    *,
+    model: str | None = None,
+    reference_events: Path | None = None,
     cfg: DriftConfig,
     data_cfg: DataConfig,
     reg_cfg: RegistryConfig,

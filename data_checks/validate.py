@@ -175,7 +175,9 @@ def check_data_command(
 ) -> StepResult:
     """Validate logged events and/or a training snapshot with Great Expectations: exit 1 on any failure."""
     events, training, reference = (Path(p) if p else None for p in (args.events, args.training, args.reference))
-    result, md, passed = check_data(events, training, reference, data, prepare, checks, report_dir / "data_docs")
+    result, md, passed = check_data(
+        events, training, reference, data_cfg=data, prep_cfg=prepare, cfg=checks, docs_dir=report_dir / "data_docs"
+    )
     if not passed:
         print("flywheel: check-data failed:\n  " + "\n  ".join(result["failures"]), file=sys.stderr)
     return StepResult(result, md, EXIT_OK if passed else EXIT_REJECTED)
@@ -185,6 +187,7 @@ def check_data(
     events: Path | None,
     training: Path | None,
     reference: Path | None,
+    *,
     data_cfg: DataConfig,
     prep_cfg: PrepareConfig,
     cfg: CheckConfig,

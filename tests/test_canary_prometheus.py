@@ -358,7 +358,9 @@ def test_canary_analysis_says_no_data_and_exits_1(canary_repo, monkeypatch):
     monkeypatch.setenv(TOKEN_ENV, "s3cr3t-token")
     monkeypatch.setitem(EXPECTED, CANARY, NOTHING)  # canary v2: nothing scraped
     with prometheus(window=60) as (url, _):  # the canary started seconds ago: the one-minute floor
-        result, md = canary_analysis_step("staging", None, url, canary_repo, CanaryConfig(), DeliveryConfig())
+        result, md = canary_analysis_step(
+            "staging", canary_repo, cfg=CanaryConfig(), dcfg=DeliveryConfig(), prometheus_url=url
+        )
         exit_code = canary_analysis_command(
             CanaryAnalysisArgs(env="staging", prometheus_url=url, repo=str(canary_repo)),
             canary=CanaryConfig(),

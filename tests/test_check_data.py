@@ -40,7 +40,16 @@ def _check(tmp_path, events_df=None, training_df=None, prep_cfg=None):
     if training_df is not None:
         tr = tmp_path / "training.parquet"
         training_df.to_parquet(tr, index=False)
-    return check_data(ev, tr, SAMPLE_DATA, DataConfig(), prep_cfg, CheckConfig(), tmp_path / "docs", now=NOW)
+    return check_data(
+        ev,
+        tr,
+        SAMPLE_DATA,
+        data_cfg=DataConfig(),
+        prep_cfg=prep_cfg,
+        cfg=CheckConfig(),
+        docs_dir=tmp_path / "docs",
+        now=NOW,
+    )
 
 
 def test_clean_inputs_pass_and_write_data_docs(tmp_path, events, training):

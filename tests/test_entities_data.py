@@ -261,7 +261,9 @@ def _check(tmp_path, events=None, training=None):
         tr = tmp_path / "training.parquet"
         training.to_parquet(tr, index=False)
     docs = tmp_path / "docs"
-    return check_data(ev, tr, SAMPLE_DATA, DataConfig(), PrepareConfig(), CheckConfig(), docs, now=NOW)
+    return check_data(
+        ev, tr, SAMPLE_DATA, data_cfg=DataConfig(), prep_cfg=PrepareConfig(), cfg=CheckConfig(), docs_dir=docs, now=NOW
+    )
 
 
 def _entity_failure(summary, suite) -> str:
@@ -310,8 +312,9 @@ def _prepare(tmp_path, base: pd.DataFrame, cfg: PrepareConfig, out: str):
     snapshot = write_snapshot(make_snapshot(base, n=40), tmp_path / f"{out}-snapshot.parquet")
     work = tmp_path / "work"
     return prepare_step(
-        snapshot, base_csv, None, tmp_path / out, DataConfig(), cfg, PiiConfig(), local_registry(work), work
-    )
+        snapshot, base_csv, None, tmp_path / out,
+        data_cfg=DataConfig(), prep_cfg=cfg, pii_cfg=PiiConfig(), reg_cfg=local_registry(work), work=work,
+    )  # fmt: skip
 
 
 def test_prepare_reports_entity_types_below_the_floor(tmp_path, sample_df):

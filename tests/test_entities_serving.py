@@ -85,8 +85,8 @@ def serve_calls(tmp_path, monkeypatch, with_entities: bool, calls: list[tuple[ob
     catalog = ResponseCatalog({"order_status": "Let me look that up."}, "A colleague will help you.")
     log = PredictionLog(tmp_path / "predictions.jsonl", MIN_CAP_BYTES)
     model = serve_predictor.IntentModel(
-        NAME, "stable", "unused", ServeConfig(), RegistryConfig(), catalog, ServingMetrics(CollectorRegistry()), log,
-        pinned_version=VERSION_OF_ARM["stable"],
+        NAME, "stable", "unused", cfg=ServeConfig(), reg_cfg=RegistryConfig(), catalog=catalog,
+        metrics=ServingMetrics(CollectorRegistry()), log=log, pinned_version=VERSION_OF_ARM["stable"],
     )  # fmt: skip
     model.load()
     model.logger = CapturingLogger()

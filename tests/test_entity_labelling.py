@@ -498,11 +498,11 @@ def test_prepare_carries_human_and_predicted_entities_into_the_training_set_and_
     logs = pd.concat([make_snapshot(base_df, n=30), pd.DataFrame(answers)], ignore_index=True)
     snapshot = write_snapshot(logs, tmp_path / "snapshot.parquet")
     work = tmp_path / "work"
-    args = (DataConfig(), NO_MLFLOW, PiiConfig(), local_registry(work), work)
+    kw = {"data_cfg": DataConfig(), "prep_cfg": NO_MLFLOW, "pii_cfg": PiiConfig(), "reg_cfg": local_registry(work)}
     with pytest.raises(FlywheelError, match=r"unknown entity type\(s\) 'amount' \(line 2\)"):
-        prepare_step(snapshot, base_csv, labels, tmp_path / "refused", *args)
+        prepare_step(snapshot, base_csv, labels, tmp_path / "refused", **kw, work=work)
     declared = PrepareConfig(log_to_mlflow=False, new_entity_types=["amount"])
-    result, _ = prepare_step(snapshot, base_csv, labels, tmp_path / "out", DataConfig(), declared, *args[2:])
+    result, _ = prepare_step(snapshot, base_csv, labels, tmp_path / "out", **kw | {"prep_cfg": declared}, work=work)
     df = pd.read_parquet(tmp_path / "out" / "examples.parquet").set_index("text")
     assert df.loc[new_text, "source"] == "human"
     assert df.loc[new_text, "entities"] == new_spans
@@ -526,8 +526,9 @@ def test_prepare_on_intent_only_data_writes_the_old_queue(tmp_path, sample_df):
     snapshot = write_snapshot(make_snapshot(base_df, n=60), tmp_path / "snapshot.parquet")
     work = tmp_path / "work"
     result, _ = prepare_step(
-        snapshot, base_csv, None, tmp_path / "out", DataConfig(), NO_MLFLOW, PiiConfig(), local_registry(work), work
-    )
+        snapshot, base_csv, None, tmp_path / "out",
+        data_cfg=DataConfig(), prep_cfg=NO_MLFLOW, pii_cfg=PiiConfig(), reg_cfg=local_registry(work), work=work,
+    )  # fmt: skip
     review = tmp_path / "out" / "review"
     intents = sorted(set(base_df["intent"]) - {"oos"})
     assert (review / "review_config.xml").read_text() == labelling_config(intents)

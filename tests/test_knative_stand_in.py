@@ -60,9 +60,9 @@ def sync(repo, svc: KnativeService, now: float):
 
 def released(repo, svc: KnativeService) -> float:
     """v1 rolled out, then v2 on a 10% canary, both ready; returns the time reached."""
-    merge(repo, release_step("production", 1, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    merge(repo, release_step("production", 1, 10, repo, reg_cfg=REG, dcfg=DCFG)[0]["pull_request"]["branch"])
     sync(repo, svc, now=0)
-    merge(repo, release_step("production", 2, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    merge(repo, release_step("production", 2, 10, repo, reg_cfg=REG, dcfg=DCFG)[0]["pull_request"]["branch"])
     sync(repo, svc, now=200)
     assert answered_by(svc, 200 + COLD_START_S / 2) == {"1": REQUESTS}  # the canary is still starting
     split = answered_by(svc, 200 + COLD_START_S)
@@ -154,7 +154,7 @@ def test_the_next_release_after_a_pin_never_reaches_the_rolled_back_model(repo, 
     pinned = copy.deepcopy(svc)
     head = git(repo, "rev-parse", "main")
     with pytest.raises(FlywheelError, match="newest revision still serves rolled-back v2.*`flywheel rollback` once"):
-        release_step("production", third_model, 10, repo, REG, DCFG)
+        release_step("production", third_model, 10, repo, reg_cfg=REG, dcfg=DCFG)
     assert git(repo, "rev-parse", "main") == head and not git(repo, "branch", "--list", "flywheel/release-*-v4")
     # the second rollback restores v1's env under the pin: a new revision with no traffic
     restore, body = rollback_step("production", repo, REG, DCFG)
@@ -186,7 +186,7 @@ def test_the_next_release_after_a_pin_never_reaches_the_rolled_back_model(repo, 
     assert answered_by(early, t + 1) == {"2": REQUESTS}
     # now the release: until v4's revision is ready its 10% waits on v1's restored revision, never on v2
     t = t + 600
-    merge(repo, release_step("production", third_model, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    merge(repo, release_step("production", third_model, 10, repo, reg_cfg=REG, dcfg=DCFG)[0]["pull_request"]["branch"])
     assert sync(repo, svc, t) is not None
     for at in (t, t + 1, t + COLD_START_S / 2):
         assert answered_by(svc, at) == {"1": REQUESTS}, at
@@ -257,9 +257,9 @@ def test_no_promote_or_release_on_a_stale_view_of_the_cluster(repo, store, tmp_p
     """`--cluster-status` (kubectl's JSON of the InferenceService) stops a promote of a canary that is not ready,
     gets no share, or lost its stable share to a recreation; and a release while a revision rolls out."""
     svc = KnativeService("intent", cold_start_s=COLD_START_S)
-    merge(repo, release_step("production", 1, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    merge(repo, release_step("production", 1, 10, repo, reg_cfg=REG, dcfg=DCFG)[0]["pull_request"]["branch"])
     svc.apply(isvc_on_main(repo), now=0)
-    merge(repo, release_step("production", 2, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    merge(repo, release_step("production", 2, 10, repo, reg_cfg=REG, dcfg=DCFG)[0]["pull_request"]["branch"])
     svc.apply(isvc_on_main(repo), now=200)
     status = tmp_path / "isvc.json"
     common = ["--env", "production", "--repo", str(repo), "--report-dir", str(tmp_path / "r")]

@@ -57,8 +57,8 @@ def test_set(slice_data) -> pd.DataFrame:
 
 def test_fine_tuned_minilm_learns_the_intents(good, test_set):
     report = evaluate(good, test_set)
-    assert report["accuracy"] >= 0.85, report["confused_pairs"]
-    assert report["macro_f1"] >= 0.80
+    assert report.accuracy >= 0.85, report.confused_pairs
+    assert report.macro_f1 >= 0.80
 
 
 def test_fine_tuned_minilm_finds_the_entities(good, test_set):
@@ -70,9 +70,9 @@ def test_fine_tuned_minilm_finds_the_entities(good, test_set):
     ("Everest", "144"), which type it picks among near-equal guesses being a coin toss. Those
     messages are handed off; the full report scores them too."""
     report = evaluate(good, test_set[test_set["intent"] != "oos"])
-    per_type = report["entities"]["per_type"]
+    per_type = report.entities.per_type
     assert set(per_type) >= {"order_id", "invoice_number", "product"}
-    assert per_type["order_id"]["f1"] >= 0.80, per_type
+    assert per_type["order_id"].f1 >= 0.80, per_type
     (answer,) = good.predict(["please cancel order #NW88412, I ordered the wrong size"])
     assert [(e.type, e.text) for e in answer.entities] == [("order_id", "NW88412")]
 
@@ -134,5 +134,5 @@ def test_gate_rejects_shuffled_labels_and_accepts_a_better_model(tmp_path, slice
 
     weak_report = evaluate(weak, test_set)
     accepted = decide(good_report, weak_report, cfg)
-    assert good_report["accuracy"] >= weak_report["accuracy"]
+    assert good_report.accuracy >= weak_report.accuracy
     assert accepted.passed, accepted.reasons

@@ -45,8 +45,9 @@ def _snapshot(tmp_path, base_df, extra: list[dict] = (), n: int = 60) -> Path:
 def _run(tmp_path, snapshot, base_csv, labels=None, cfg=NO_MLFLOW, out="prepared"):
     work = tmp_path / "work"
     return prepare_step(
-        snapshot, base_csv, labels, tmp_path / out, DataConfig(), cfg, PiiConfig(), local_registry(work), work
-    )
+        snapshot, base_csv, labels, tmp_path / out,
+        data_cfg=DataConfig(), prep_cfg=cfg, pii_cfg=PiiConfig(), reg_cfg=local_registry(work), work=work,
+    )  # fmt: skip
 
 
 def test_cleaning_rules_count_what_they_remove():
@@ -404,11 +405,11 @@ def test_new_intent_candidates_named_in_one_decision(tmp_path, base_csv, base_df
         base_csv,
         labels,
         tmp_path / "second",
-        DataConfig(),
-        NO_MLFLOW,
-        PiiConfig(),
-        local_registry(work),
-        work,
+        data_cfg=DataConfig(),
+        prep_cfg=NO_MLFLOW,
+        pii_cfg=PiiConfig(),
+        reg_cfg=local_registry(work),
+        work=work,
         cluster_names=tmp_path / "names.csv",
     )
     df = pd.read_parquet(tmp_path / "second" / "examples.parquet").set_index("text")

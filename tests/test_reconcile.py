@@ -83,7 +83,7 @@ def reconcile(repo: Path) -> dict:
 
 
 def test_champion_moves_when_the_change_reaches_main_not_when_the_pull_request_opens(repo, client):
-    released = release_step("production", 1, 10, repo, REG, DCFG)[0]
+    released = release_step("production", 1, 10, repo, reg_cfg=REG, dcfg=DCFG)[0]
     assert reconcile(repo)["result"] == "unchanged" and champion() is None  # open: nothing on main yet
     merge(repo, released)
     got = reconcile(repo)
@@ -91,7 +91,7 @@ def test_champion_moves_when_the_change_reaches_main_not_when_the_pull_request_o
     assert got["commit"] == git(repo, "rev-parse", "HEAD") and got["stable_version"] == 1
     assert got["challenger"] == {"action": "unchanged", "version": 2} and challenger() == 2  # newer: left alone
 
-    merge(repo, release_step("production", 2, 10, repo, REG, DCFG)[0])  # a canary is not the stable model
+    merge(repo, release_step("production", 2, 10, repo, reg_cfg=REG, dcfg=DCFG)[0])  # a canary is not the stable model
     assert reconcile(repo)["result"] == "unchanged" and champion() == 1
 
     # a promote pull request opened, then closed without merging: champion stays
@@ -118,7 +118,7 @@ def test_champion_moves_when_the_change_reaches_main_not_when_the_pull_request_o
 
 
 def test_a_second_run_changes_nothing(repo, client, monkeypatch):
-    merge(repo, release_step("production", 2, 10, repo, REG, DCFG)[0])
+    merge(repo, release_step("production", 2, 10, repo, reg_cfg=REG, dcfg=DCFG)[0])
     first, _ = reconcile_step(repo, REG, DCFG)
     assert first["result"] == "moved" and champion() == 2
 
@@ -133,14 +133,14 @@ def test_a_second_run_changes_nothing(repo, client, monkeypatch):
 
 def test_a_challenger_older_than_the_champion_follows_it(repo, client):
     client.set_registered_model_alias(REG.model_name, versions.CHALLENGER, "1")
-    merge(repo, release_step("production", 2, 10, repo, REG, DCFG)[0])
+    merge(repo, release_step("production", 2, 10, repo, reg_cfg=REG, dcfg=DCFG)[0])
     got = reconcile(repo)
     assert got["challenger"] == {"action": "moved", "version": 2, "previous": 1}
     assert (champion(), challenger()) == (2, 2)
 
 
 def test_staging_never_moves_the_champion(repo, client):
-    merge(repo, release_step("staging", 1, 10, repo, REG, DCFG)[0])
+    merge(repo, release_step("staging", 1, 10, repo, reg_cfg=REG, dcfg=DCFG)[0])
     assert reconcile(repo)["result"] == "unchanged" and champion() is None
 
 
@@ -163,7 +163,7 @@ def _hand_edit_stable(repo: Path, version: int, sha256: str) -> None:
     ],
 )
 def test_a_version_that_may_not_be_champion_is_refused_and_no_alias_moves(repo, client, version, digest, message):
-    merge(repo, release_step("production", 1, 10, repo, REG, DCFG)[0])
+    merge(repo, release_step("production", 1, 10, repo, reg_cfg=REG, dcfg=DCFG)[0])
     reconcile(repo)
     _hand_edit_stable(repo, version, digest or manifests.read_rollout(repo / PROD).stable.sha256)
     with pytest.raises(FlywheelError, match=message) as err:
@@ -173,7 +173,7 @@ def test_a_version_that_may_not_be_champion_is_refused_and_no_alias_moves(repo, 
 
 
 def test_the_cli_step_writes_its_reports_and_exits_2_on_a_refusal(repo, client, tmp_path, capsys):
-    merge(repo, release_step("production", 1, 10, repo, REG, DCFG)[0])
+    merge(repo, release_step("production", 1, 10, repo, reg_cfg=REG, dcfg=DCFG)[0])
     reports = tmp_path / "reports"
     args = ["reconcile-registry", "--repo", str(repo), "--report-dir", str(reports)]
     assert main(args) == 0

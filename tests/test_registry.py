@@ -52,9 +52,9 @@ def _load_champion_in_fresh_process(name: str, env_uri: str | None) -> list[dict
 
 def _train_gate_register(tmp_path, small_csv, cfg, reg):
     trained, _ = train_step(small_csv, DataConfig(), cfg, reg, tmp_path / "work", tmp_path / "artifact")
-    gated, md, passed = gate_step(trained["artifact"], "auto", small_csv, "test", DataConfig(), OPEN_GATE, reg)
-    assert passed, gated["reasons"]
-    gate_file = write_reports(tmp_path / "reports", "gate", gated, md)
+    gated = gate_step(trained["artifact"], "auto", small_csv, data_cfg=DataConfig(), gate_cfg=OPEN_GATE, reg_cfg=reg)
+    assert gated.passed, gated.decision.reasons
+    gate_file = write_reports(tmp_path / "reports", "gate", gated.to_json(), gated.markdown)
     return trained, gate_file
 
 
@@ -88,7 +88,7 @@ def test_round_trip_on_a_real_mlflow_server(tmp_path, small_csv, tiny_train_cfg,
     assert resolve_version(reg, 1)["storage_uri"].startswith("mlflow-artifacts:/1/models/m-")
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout
     with pytest.raises(FlywheelError, match="v1: storage URI 'mlflow-artifacts:/1/models/m-.*--default-artifact-root"):
-        release_step("staging", 1, 10, repo, reg, DeliveryConfig())
+        release_step("staging", 1, 10, repo, reg_cfg=reg, dcfg=DeliveryConfig())
     done = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/heads"], cwd=repo, capture_output=True)
     assert done.stdout.decode().split() == ["refs/heads/main"]  # no branch: no pull request
     assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout == head

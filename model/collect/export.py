@@ -257,13 +257,26 @@ def export_command(args: ExportEventsArgs, *, collect: CollectorConfig, work: Pa
     """Export a window of logged conversations as a snapshot (model/data/conversations.py) with a content digest."""
     return StepResult(
         *export_step(
-            args.start or "", args.end or "", args.days or 0, args.request or "", args.out or "", collect, work
+            collect,
+            work,
+            start=args.start or "",
+            end=args.end or "",
+            days=args.days or 0,
+            request=args.request or "",
+            out=args.out or "",
         )
     )
 
 
 def export_step(
-    start: str, end: str, days: float, request: str, out: str, cfg: CollectorConfig, work: Path
+    cfg: CollectorConfig,
+    work: Path,
+    *,
+    start: str = "",
+    end: str = "",
+    days: float = 0,
+    request: str = "",
+    out: str = "",
 ) -> tuple[dict, str]:
     """Pick the window (exactly one of ``start``, ``days``, ``request``), export it, describe it."""
     chosen = [name for name, given in (("--start", start), ("--days", days > 0), ("--request", request)) if given]

@@ -108,7 +108,13 @@ def release_command(args: ReleaseArgs, *, registry: RegistryConfig, delivery: De
         cluster_status.require(cluster_status.release_problems(status), "release", args.cluster_status)
     return StepResult(
         *release_step(
-            args.env, args.model_version, args.canary, Path(args.repo), registry, delivery, image=args.image or ""
+            args.env,
+            args.model_version,
+            args.canary,
+            Path(args.repo),
+            reg_cfg=registry,
+            dcfg=delivery,
+            image=args.image or "",
         )
     )
 
@@ -146,11 +152,11 @@ def canary_analysis_command(args: CanaryAnalysisArgs, *, canary: CanaryConfig, d
     so the hourly workflow fails visibly instead of holding for ever."""
     result, md = canary_analysis_step(
         args.env,
-        Path(args.metrics) if args.metrics else None,
-        args.prometheus_url or "",
         Path(args.repo),
-        canary,
-        delivery,
+        cfg=canary,
+        dcfg=delivery,
+        metrics=Path(args.metrics) if args.metrics else None,
+        prometheus_url=args.prometheus_url or "",
         store_url=args.store_url or "",
     )
     return StepResult(result, md, EXIT_REJECTED if result.get("decision") == NO_DATA else EXIT_OK)

@@ -16,7 +16,8 @@ collect`` on loopback), simulated users (``model.loop.traffic``) and a simulated
    request follows and is merged;
 6. ``loop.json`` records everything and ``report.html`` shows it (``model.loop.report``).
 
-The stages are ``model.loop.stages.Loop``'s methods; this module runs them in order (``flywheel demo``).
+The stages are ``model.loop.stages.Loop``'s methods; this module runs them in order (``flywheel demo``),
+handing each what the ones before it returned.
 """
 
 from __future__ import annotations
@@ -78,21 +79,24 @@ def run_loop(
         raise FlywheelError(f"{work}: not empty; each loop run starts in a new folder")
     work.mkdir(parents=True, exist_ok=True)
     with without_github():
-        loop = Loop(dataset, work, cfgs, progress)
+        loop, world = Loop(dataset, work, cfgs, progress), None
         try:
-            loop.setup()
-            loop.first_model()
-            if loop.traffic_and_drift() and loop.retrain().passed:
-                loop.canary()
-                loop.after_release()
+            world = loop.setup()
+            first = loop.first_model(world)
+            request = loop.traffic_and_drift(world)
+            if request is not None:
+                challenger = loop.retrain(world, request, first)
+                if challenger.passed:
+                    loop.canary(world, challenger.version)
+                    loop.after_release(world)
         except BaseException:
-            loop.close()
+            loop.close(world)
             try:  # a failed loop still leaves its record and report; the stage's own error is the one raised
-                progress(f"[{loop.clock()}] report of the failed loop: {loop.finish()}")
+                progress(f"[{loop.clock()}] report of the failed loop: {loop.finish(world)}")
             except Exception as exc:
                 progress(f"[{loop.clock()}] could not write the report: {exc}")
             raise
-        loop.close()
-        report = loop.finish()
+        loop.close(world)
+        report = loop.finish(world)
         progress(f"[{loop.clock()}] report: {report}")
-    return loop.state.record, report
+    return loop.record, report

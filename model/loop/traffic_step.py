@@ -55,20 +55,22 @@ def traffic_command(args: TrafficArgs, *, data: DataConfig, traffic: TrafficConf
     out = Path(args.out) if args.out else None
     return StepResult(
         *traffic_step(
-            Path(args.data), args.limit or 0, args.predictor_url, args.collector_url, args.endpoint,
-            args.canary_percent, args.phase, out, data, traffic, work,
+            Path(args.data), args.predictor_url, args.collector_url, endpoint=args.endpoint,
+            canary_percent=args.canary_percent, phase=args.phase, limit=args.limit or 0, out=out,
+            data_cfg=data, cfg=traffic, work=work,
         )
     )  # fmt: skip
 
 
 def traffic_step(
     data: Path,
-    limit: int,
     predictor_url: str,
     collector_url: str,
+    *,
     endpoint: str,
     canary_percent: int,
     phase: str,
+    limit: int,
     out: Path | None,
     data_cfg: DataConfig,
     cfg: TrafficConfig,
@@ -86,8 +88,8 @@ def traffic_step(
             print(f"traffic {phase}: {done}/{total}", file=sys.stderr, flush=True)
 
     frame = simulate(
-        examples, predictor_url, collector_url, endpoint, canary_percent, cfg, phase,
-        data_cfg.oos_label, progress=report,
+        examples, predictor_url, collector_url, endpoint=endpoint, cfg=cfg, phase=phase,
+        canary_percent=canary_percent, oos_label=data_cfg.oos_label, progress=report,
     )  # fmt: skip
     target = out or work / "traffic" / f"{started:%Y%m%dT%H%M%S}-{phase}.parquet"
     with replacing(target) as partial:  # a reader never sees half a file

@@ -35,9 +35,10 @@ def input_summary(
 
 def labelling_summary(
     labelled: Labelled,
+    examples: pd.DataFrame,
+    *,
     exported: int,
     cleaned_logs: int,
-    examples: pd.DataFrame,
     known_intents: set[str],
     waiting: dict[str, int],
     oos_label: str,

@@ -76,7 +76,16 @@ def prepare_command(
     labels, out, names = (Path(p) if p else None for p in (args.labels, args.out, args.cluster_names))
     return StepResult(
         *prepare_step(
-            Path(args.snapshot), Path(args.data), labels, out, data, prepare, pii, registry, work, cluster_names=names
+            Path(args.snapshot),
+            Path(args.data),
+            labels,
+            out,
+            data_cfg=data,
+            prep_cfg=prepare,
+            pii_cfg=pii,
+            reg_cfg=registry,
+            work=work,
+            cluster_names=names,
         )
     )
 
@@ -84,14 +93,14 @@ def prepare_command(
 def prepare_step(
     snapshot: Path,
     data: Path,
-    labels: Path | None,
-    out: Path | None,
+    labels: Path | None = None,
+    out: Path | None = None,
+    *,
     data_cfg: DataConfig,
     prep_cfg: PrepareConfig,
     pii_cfg: PiiConfig,
     reg_cfg: RegistryConfig,
     work: Path,
-    *,
     cluster_names: Path | None = None,
 ) -> tuple[dict, str]:
     """The steps in order (module docstring); returns the step's JSON result and its markdown (the datasheet).
@@ -126,12 +135,12 @@ def prepare_step(
         labelling={
             **labelling_summary(
                 labelled,
-                len(queue),
-                len(cleaned.logs),
                 examples,
-                inputs.known_intents,
-                balanced.waiting,
-                data_cfg.oos_label,
+                exported=len(queue),
+                cleaned_logs=len(cleaned.logs),
+                known_intents=inputs.known_intents,
+                waiting=balanced.waiting,
+                oos_label=data_cfg.oos_label,
             ),
             **labelled.entity_summary(),
         },
@@ -141,10 +150,10 @@ def prepare_step(
     )
     sheet["new_intent_candidates"] = candidate_summary(candidates)
     sheet["label_check"] = checked.summary(prep_cfg)
-    intents = sorted(inputs.known_intents | set(prep_cfg.new_intents))
-    review = (queue, candidates, checked)
+    vocabulary = (sorted(inputs.known_intents | set(prep_cfg.new_intents)), labelled.entity_types)
+    review, log_run = (queue, candidates, checked), prep_cfg.log_to_mlflow
     sheet, markdown = write_prepared(
-        target, examples, review, (intents, labelled.entity_types), sheet, prep_cfg.log_to_mlflow, reg_cfg
+        target, examples, sheet, review=review, vocabulary=vocabulary, log_run=log_run, reg_cfg=reg_cfg
     )
     result = {
         "snapshot": str(target / "examples.parquet"),
@@ -231,9 +240,10 @@ def redact(inputs: Inputs, scanner: Scanner, *, with_labels: bool) -> tuple[Inpu
 def write_prepared(
     target: Path,
     examples: pd.DataFrame,
+    sheet: dict,
+    *,
     review: tuple[pd.DataFrame, list[dict], LabelCheck],
     vocabulary: tuple[list[str], list[str]],
-    sheet: dict,
     log_run: bool,
     reg_cfg: RegistryConfig,
 ) -> tuple[dict, str]:

@@ -109,6 +109,7 @@ class IntentModel(kserve.Model):
         name: str,
         arm: str,
         source: str,
+        *,
         cfg: ServeConfig,
         reg_cfg: RegistryConfig,
         catalog: ResponseCatalog,

@@ -76,15 +76,15 @@ def build_models(
     if not args.stable:
         raise FlywheelError("--stable is required: an artifact folder or a models:/ URI")
     catalog = ResponseCatalog.load(cfg.catalog)
-    parts = (cfg, reg_cfg, catalog, metrics, log)
+    parts = {"cfg": cfg, "reg_cfg": reg_cfg, "catalog": catalog, "metrics": metrics, "log": log}
     shadow = None
     if args.shadow:
-        shadow = IntentModel(f"{cfg.endpoint}-shadow", SHADOW, args.shadow, *parts)
+        shadow = IntentModel(f"{cfg.endpoint}-shadow", SHADOW, args.shadow, **parts)
         shadow.load()
     pins = {"expected_sha256": args.stable_sha256 or "", "pinned_version": args.stable_version or ""}
-    models = [IntentModel(cfg.endpoint, STABLE, args.stable, *parts, shadow, **pins)]
+    models = [IntentModel(cfg.endpoint, STABLE, args.stable, **parts, shadow=shadow, **pins)]
     if args.canary:
-        models.append(IntentModel(f"{cfg.endpoint}-canary", CANARY, args.canary, *parts, shadow))
+        models.append(IntentModel(f"{cfg.endpoint}-canary", CANARY, args.canary, **parts, shadow=shadow))
     for model in models:
         model.load()
     return models

@@ -83,7 +83,7 @@ def _collate_tags(rows: list[list[int]], device: torch.device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _init_head_at_centroids(model: IntentClassifier, ids, targets, num_labels, pad_id, device, batch_size):
+def _init_head_at_centroids(model: IntentClassifier, ids, targets, *, num_labels, pad_id, device, batch_size):
     """Start the head as a nearest-centroid classifier on the pretrained embeddings."""
     model.eval()
     sums = torch.zeros(num_labels, model.head.in_features, device=device)
@@ -187,7 +187,7 @@ def fit(
     tags = tags if len(tags) > 1 else []  # no spans at all: an intent-only model
     model, tokenizer = load_pretrained(cfg.base_model, len(labels), HEAD_SCALE, len(tags))
     model.to(device)
-    data = _encode(tokenizer, texts, intents, labels, entities, tags, cfg.max_length)
+    data = _encode(tokenizer, texts, intents, labels=labels, entities=entities, tags=tags, max_length=cfg.max_length)
 
     resume = checkpoint.latest(checkpoints)
     if resume is None:  # a resumed run's weights come from its checkpoint
@@ -205,9 +205,10 @@ def fit(
     rng = np.random.default_rng(cfg.seed)
     if world.distributed:  # each rank its own dropout masks
         torch.manual_seed(cfg.seed + world.rank)
-    progress = checkpoint.Progress(run=dict(run or {}))
+    progress = checkpoint.Progress(run=dict(run or {}))  # with `saved`, what a checkpoint holds
+    saved = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "rng": rng}
     if resume is not None:
-        progress = checkpoint.restore(resume, world, model, optimizer, scheduler, scaler, rng, cfg.seed)
+        progress = checkpoint.restore(resume, world, **saved, seed=cfg.seed)
         if world.is_main:
             tqdm.write(f"resuming from {resume} (step {progress.step} of {total})", file=sys.stderr)
     net = world.wrap(model)  # DDP under torchrun: backward averages the ranks' gradients
@@ -237,7 +238,7 @@ def fit(
             if progress.step >= total:
                 break
             if checkpoints is not None and cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0:
-                checkpoint.save(checkpoints, world, progress, model, optimizer, scheduler, scaler, rng)
+                checkpoint.save(checkpoints, world, progress, **saved)
         bar.close()
         _end_epoch(progress, world, result, val_texts, val_intents, cfg.max_length)
         progress = progress.next_epoch()
@@ -253,7 +254,9 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
 
 
 def _init_heads(model: IntentClassifier, data: _Examples, num_labels: int, device, batch_size: int) -> None:
-    _init_head_at_centroids(model, data.ids, data.targets, num_labels, data.pad_id, device, batch_size)
+    _init_head_at_centroids(
+        model, data.ids, data.targets, num_labels=num_labels, pad_id=data.pad_id, device=device, batch_size=batch_size
+    )
     if data.token_tags:
         _init_tagger_at_centroids(model, data.ids, data.token_tags, data.pad_id, device, batch_size)
 
@@ -269,7 +272,7 @@ def _step(loss: torch.Tensor, model: nn.Module, optimizer, scheduler, scaler: to
     scheduler.step()
 
 
-def _encode(tokenizer, texts, intents, labels, entities, tags, max_length) -> _Examples:
+def _encode(tokenizer, texts, intents, *, labels, entities, tags, max_length) -> _Examples:
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length, return_offsets_mapping=bool(tags))
     token_tags = _token_tags(encoded, entities, tags) if tags else []
     label_index = {name: i for i, name in enumerate(labels)}
@@ -323,6 +326,8 @@ def _accuracy(result: FitResult, texts: list[str], intents: list[str], max_lengt
     known = [i for i, name in enumerate(intents) if name in result.labels]
     if not known:
         return float("nan")
-    predictor = IntentPredictor(result.model, result.tokenizer, result.labels, 0.0, max_length, tags=result.tags)
+    predictor = IntentPredictor(
+        result.model, result.tokenizer, result.labels, threshold=0.0, max_length=max_length, tags=result.tags
+    )
     predicted = predictor.predict([texts[i] for i in known])
     return float(np.mean([p.intent == intents[i] for p, i in zip(predicted, known)]))

@@ -23,6 +23,7 @@ from model.core.steps import StepResult
 from model.data.entities import load_spans
 from model.data.examples import dataset_digest, load_split
 from model.evaluate.evaluation import evaluate, render_markdown
+from model.evaluate.report import EvaluationReport
 from model.registry import tracking
 from model.train import checkpoint, distributed
 from model.train.calibration import fit_temperature, pick_threshold, scope_threshold
@@ -87,7 +88,16 @@ def train_step(
     train in (it must exist), which also receives the artifact folder."""
     world = distributed.join(train_cfg.device)
     try:
-        return _train(world, data, data_cfg, train_cfg, reg_cfg, work, out, mlflow_run)
+        return _train(
+            world,
+            data,
+            data_cfg=data_cfg,
+            train_cfg=train_cfg,
+            reg_cfg=reg_cfg,
+            work=work,
+            out=out,
+            mlflow_run=mlflow_run,
+        )
     finally:
         distributed.leave(world)
 
@@ -95,6 +105,7 @@ def train_step(
 def _train(
     world: distributed.World,
     data: Path,
+    *,
     data_cfg: DataConfig,
     train_cfg: TrainConfig,
     reg_cfg: RegistryConfig,
@@ -139,7 +150,7 @@ def _train(
             "history": result.history,
             "metrics": _headline(report),
             "counts": df.groupby("split").size().to_dict(),
-            **({"entity_metrics": report["entities"]} if "entities" in report else {}),
+            **({"entity_metrics": report.entities.to_json()} if report.entities is not None else {}),
         }
         artifact_digest = write_artifact(
             result,
@@ -197,11 +208,13 @@ def run_key(dataset_digest: str, config: dict) -> str:
 
 def _calibrated_and_evaluated(
     result: FitResult, val: pd.DataFrame, test: pd.DataFrame, data_cfg: DataConfig, train_cfg: TrainConfig
-) -> tuple[IntentPredictor, dict, str]:
+) -> tuple[IntentPredictor, EvaluationReport, str]:
     """The trained model as a predictor with its fallback calibrated on validation, and its report on the
     test split (validation when there is none), as data and markdown."""
     model, tokenizer, labels = result.model, result.tokenizer, result.labels
-    predictor = IntentPredictor(model, tokenizer, labels, 0.0, train_cfg.max_length, tags=result.tags)
+    predictor = IntentPredictor(
+        model, tokenizer, labels, threshold=0.0, max_length=train_cfg.max_length, tags=result.tags
+    )
     calibrate(predictor, val, train_cfg)
     report = evaluate(predictor, test if len(test) else val, data_cfg.oos_label)
     md = render_markdown(report, "Held-out test split" if len(test) else "Validation split (no test rows)")
@@ -230,11 +243,13 @@ def calibrate(predictor: IntentPredictor, val: pd.DataFrame, cfg: TrainConfig) -
     predictor.scope_threshold = scope_threshold(top, correct, cfg.handoff_in_scope_cost)
 
 
-def _headline(report: dict) -> dict:
-    keys = ("accuracy", "macro_f1", "answered_accuracy", "fallback_rate", "ece", "oos_recall")
-    out = {k: report[k] for k in keys if k in report}
-    if "entities" in report:  # span-level micro-F1 over every entity type (exact match)
-        out["entity_f1"] = report["entities"]["micro"]["f1"]
-    out["latency_p95_ms"] = report["latency"]["single_p95_ms"]
-    out["cpu_p95_ms"] = report["latency"]["cpu_p95_ms"]
+def _headline(report: EvaluationReport) -> dict[str, float]:
+    """The figures the summary, the artifact's meta and the MLflow run carry (their names are MLflow metric keys)."""
+    out = {k: getattr(report, k) for k in ("accuracy", "macro_f1", "answered_accuracy", "fallback_rate", "ece")}
+    if report.out_of_scope is not None:
+        out["oos_recall"] = report.out_of_scope.recall
+    if report.entities is not None:  # span-level micro-F1 over every entity type (exact match)
+        out["entity_f1"] = report.entities.micro.f1
+    out["latency_p95_ms"] = report.latency.single_p95_ms
+    out["cpu_p95_ms"] = report.latency.cpu_p95_ms
     return out
