@@ -281,6 +281,14 @@ class CollectorConfig:
         "a commit takes milliseconds; past this the event is spooled instead, since KServe's logger waits for "
         "the answer without a timeout of its own and inference waits once its queue of 100 is full",
     )
+    export_batch_rows: int = setting(
+        20_000,
+        "export-events reads, parses and writes the store's events this many at a time (server-side cursor on "
+        "PostgreSQL): its memory stays flat however long the window",
+    )
+    export_memory_mib: int = setting(
+        1024, "DuckDB's memory for folding feedback into the window's rows and sorting them; past it, it spills to disk"
+    )
 
 
 @dataclass
