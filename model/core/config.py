@@ -246,6 +246,11 @@ class DriftConfig:
     )
     encoder: str = setting(PACKAGED_ENCODER, "sentence encoder for text drift: the packaged MiniLM works offline")
     batch_size: int = setting(128, "encoder batch size: fits CPU memory, keeps a GPU busy")
+    sample_size: int = setting(
+        5000,
+        "rows compared from each side at most, drawn at random (seeded): each test's power depends on the sample, not "
+        "the window, and embedding a month of texts takes hours on a CPU; scripts/bench_drift.py measures it",
+    )
 
 
 @dataclass
