@@ -27,6 +27,7 @@ from presidio_analyzer.predefined_recognizers import (
     PhoneRecognizer,
     UsSsnRecognizer,
 )
+from presidio_analyzer.predefined_recognizers.generic.iban_patterns import regex_per_country
 
 # Presidio's card pattern predates Mastercard's 2221-2720 range (issued since 2017).
 MASTERCARD_2_SERIES = Pattern(
@@ -218,7 +219,9 @@ def plausible_phone(text: str, start: int, end: int) -> bool:
 # checks that scanning so finds exactly what scanning for every entity finds, over the evaluation sets.
 _MIN_CARD_DIGITS = 13  # Presidio's card pattern is 4+3+3+3 digits at least (no letter); the 2-series one 16
 _SSN_DIGITS = 9  # every pattern of Presidio's UsSsnRecognizer is nine digits (no letter)
-_IPV4_DOTS = 3  # a dotted quad; every IPv6 pattern holds a ":"
+_IPV4_DOTS = 3  # a dotted quad (also inside the IPv6 forms ending in one)
+_IPV6_COLONS = 6  # Presidio's IPv6 patterns: "::" (every shortened form), else 7 colons, or 6 before a dotted quad
+_IBAN_COUNTRIES = frozenset(regex_per_country)  # IbanRecognizer.validate_result needs the country's format
 _LETTERS = re.compile(r"[^\W\d_]+")  # a run of letters (and numerals that are no decimal digit, such as "²")
 # The only letters a phone number's match can hold. python-phonenumbers finds each candidate with
 # phonenumbermatcher._PATTERN (v9; compiled UNICODE | IGNORECASE, as this is): an optional lead ("(",
@@ -254,8 +257,9 @@ def candidate_entities(text: str) -> list[str]:
         out.append("CREDIT_CARD")
     if together >= _SSN_DIGITS:
         out.append("US_SSN")
-    if AnyCaseIbanRecognizer.CANDIDATE.search(text):  # the recognizer reports only these candidates
+    # the recognizer reports only these candidates, validated for their country's format (its first two letters)
+    if any(m.group()[:2].upper() in _IBAN_COUNTRIES for m in AnyCaseIbanRecognizer.CANDIDATE.finditer(text)):
         out.append("IBAN_CODE")
-    if ":" in text or text.count(".") >= _IPV4_DOTS:
+    if "::" in text or text.count(":") >= _IPV6_COLONS or text.count(".") >= _IPV4_DOTS:
         out.append("IP_ADDRESS")
     return out

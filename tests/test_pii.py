@@ -241,6 +241,10 @@ PREFILTER_EDGES = [
     "office +44 20 7946 0958 extension 9, mobile 07911 123456 EXTN 4",
     "ring +33 1 23 45 67 89 anexo 12 or 0612345678 int 3",
     "tracking TBA2308S1414 and 1Z8V42E10398, refund $56.58 instead of $49.99",  # letters split the digits
+    "refund to nl91 abna 0417 1643 00 or NL91ABNA0417164300 please",  # an IBAN country's prefix, any case
+    "order NW12345 go out today?",  # an IBAN candidate of no IBAN country
+    "from 2001:db8:85a3:0:0:8a2e:370:7334 and fe80::1 at 10:45:30",  # 7 colons, "::", a time
+    "::ffff:192.0.2.128 and 64:ff9b:1:2:3:4:192.0.2.33",  # IPv6 forms ending in a dotted quad
 ]
 
 
@@ -260,6 +264,7 @@ def test_prefilter_finds_what_the_full_scan_finds():
     assert found_any >= 500  # the sets hold personal data of every kind, not only negatives
     assert scanner._candidates("where is order NW39182? it said 2 days") == []  # most messages skip Presidio
     assert scanner._candidates("tracking TBA2308S1414, refund $56.58 instead of $49.99") == []
+    assert scanner._candidates("Did order #NW12345 go out today? at 10:45 or so") == []
 
 
 def test_prefilter_knows_every_letter_a_phone_number_can_hold():
