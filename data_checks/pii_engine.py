@@ -222,6 +222,9 @@ _SSN_DIGITS = 9  # every pattern of Presidio's UsSsnRecognizer is nine digits (n
 _IPV4_DOTS = 3  # a dotted quad (also inside the IPv6 forms ending in one)
 _IPV6_COLONS = 6  # Presidio's IPv6 patterns: "::" (every shortened form), else 7 colons, or 6 before a dotted quad
 _IBAN_COUNTRIES = frozenset(regex_per_country)  # IbanRecognizer.validate_result needs the country's format
+_IBAN_START = re.compile(r"[A-Za-z]{2}[0-9]{2}")  # how AnyCaseIbanRecognizer.CANDIDATE starts: cheap to look for
+# the entities found in digits alone (no letter but "x"), and the least digits of each in one stretch
+_DIGIT_RUNS = (("PHONE_NUMBER", MIN_PHONE_DIGITS), ("CREDIT_CARD", _MIN_CARD_DIGITS), ("US_SSN", _SSN_DIGITS))
 _LETTERS = re.compile(r"[^\W\d_]+")  # a run of letters (and numerals that are no decimal digit, such as "²")
 # The only letters a phone number's match can hold. python-phonenumbers finds each candidate with
 # phonenumbermatcher._PATTERN (v9; compiled UNICODE | IGNORECASE, as this is): an optional lead ("(",
@@ -247,19 +250,15 @@ def _most_digits_together(text: str) -> int:
 
 def candidate_entities(text: str) -> list[str]:
     """The Presidio entity types ``text`` could hold (a necessary condition per recognizer)."""
-    together = _most_digits_together(text) if sum(map(str.isdigit, text)) >= MIN_PHONE_DIGITS else 0
-    out = []
-    if "@" in text:
-        out.append("EMAIL_ADDRESS")
-    if together >= MIN_PHONE_DIGITS:  # plausible_phone drops any phone number with fewer
-        out.append("PHONE_NUMBER")
-    if together >= _MIN_CARD_DIGITS:
-        out.append("CREDIT_CARD")
-    if together >= _SSN_DIGITS:
-        out.append("US_SSN")
+    out = ["EMAIL_ADDRESS"] if "@" in text else []
+    digits = sum(map(str.isdigit, text))
+    if digits >= MIN_PHONE_DIGITS:  # plausible_phone drops any phone number with fewer
+        together = _most_digits_together(text)
+        out += [kind for kind, least in _DIGIT_RUNS if together >= least]
     # the recognizer reports only these candidates, validated for their country's format (its first two letters)
-    if any(m.group()[:2].upper() in _IBAN_COUNTRIES for m in AnyCaseIbanRecognizer.CANDIDATE.finditer(text)):
-        out.append("IBAN_CODE")
-    if "::" in text or text.count(":") >= _IPV6_COLONS or text.count(".") >= _IPV4_DOTS:
+    if digits >= 2 and _IBAN_START.search(text):
+        if any(m.group()[:2].upper() in _IBAN_COUNTRIES for m in AnyCaseIbanRecognizer.CANDIDATE.finditer(text)):
+            out.append("IBAN_CODE")
+    if "::" in text or text.count(":") >= _IPV6_COLONS or (digits >= 4 and text.count(".") >= _IPV4_DOTS):
         out.append("IP_ADDRESS")
     return out
