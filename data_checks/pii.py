@@ -98,11 +98,15 @@ class Scanner:
         return "".join(out), findings
 
     def redact_many(self, texts: Iterable[str]) -> tuple[list[str], Counter]:
-        """Redact every text; count findings per entity type (for datasheets and reports)."""
+        """Redact every text (each distinct one once: a window repeats its messages); count findings per
+        entity type, every occurrence (for datasheets and reports)."""
         counts: Counter = Counter()
         redacted = []
+        done: dict[str, tuple[str, list[Finding]]] = {}
         for text in texts:
-            clean, findings = self.redact(text)
+            if text not in done:
+                done[text] = self.redact(text)
+            clean, findings = done[text]
             counts.update(f.entity for f in findings)
             redacted.append(clean)
         return redacted, counts
