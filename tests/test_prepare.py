@@ -417,9 +417,9 @@ def test_new_intent_candidates_named_in_one_decision(tmp_path, base_csv, base_df
     assert "gift_wrap" in result["labelling"]["new_intents"]
 
 
-def test_auto_labels_past_the_limit_wait_for_a_later_run(tmp_path, base_csv, base_df):
+def test_auto_labels_past_the_limit_are_left_out_and_counted(tmp_path, base_csv, base_df):
     """auto_label_limit keeps the label check's embedding bounded: past it, a stable pick by text hash
-    (the same texts every run) is auto-labelled and the rest are counted, for a later run."""
+    (the same texts every run) is auto-labelled and the rest are counted."""
     snapshot = _snapshot(tmp_path, base_df, n=90)
     everything, _ = _run(tmp_path, snapshot, base_csv, out="all")
     n = everything["labelling"]["auto_labelled"]
@@ -428,7 +428,7 @@ def test_auto_labels_past_the_limit_wait_for_a_later_run(tmp_path, base_csv, bas
     limited, md = _run(tmp_path, snapshot, base_csv, cfg=limited_cfg, out="limited")
     again, _ = _run(tmp_path, snapshot, base_csv, cfg=limited_cfg, out="again")
     assert limited["labelling"]["auto_labelled"] == 5 and limited["labelling"]["auto_labels_over_limit"] == n - 5
-    assert f"({n - 5} more past auto_label_limit, for a later run)" in md
+    assert f"({n - 5} more trusted answers past auto_label_limit left out)" in md
 
     def auto_texts(folder: str) -> set[str]:
         df = pd.read_parquet(tmp_path / folder / "examples.parquet")

@@ -19,8 +19,8 @@ class PrepareConfig:
     )
     auto_label_limit: int = setting(
         5000,
-        "most auto-labels taken from one window (a stable pick by text hash, so in proportion to each intent's): "
-        "each is embedded for the label check, a minute or two per 5,000 on 2 CPU cores; the rest wait for a later run",
+        "most auto-labels taken from one window (a stable pick by text hash, so in proportion to each intent's): each "
+        "is embedded for the label check, a minute or two per 5,000 on 2 CPU cores; the rest are left out, counted",
     )
     intent_floor: int = setting(20, "an intent with fewer examples has unreliable F1; reported so someone labels more")
     entity_floor: int = setting(

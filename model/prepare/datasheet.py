@@ -175,7 +175,7 @@ def render_datasheet(sheet: dict) -> str:
         "",
         f"Labelling: {lab['auto_labelled']} auto-labelled"
         + (
-            f" ({lab['auto_labels_over_limit']} more past auto_label_limit, for a later run)"
+            f" ({lab['auto_labels_over_limit']} more trusted answers past auto_label_limit left out)"
             if lab.get("auto_labels_over_limit")
             else ""
         )

@@ -37,7 +37,7 @@ class Labelled:
     conflicts: int  # texts whose earlier human label differs from the new one (the earlier one stays)
     entity_types: list[str] = field(default_factory=list)  # the spans' vocabulary (known plus declared)
     spans_lost: dict[str, int] = field(default_factory=dict)  # rows whose spans were dropped, per input
-    auto_over_limit: int = 0  # trusted answers past ``auto_label_limit``, left for a later run
+    auto_over_limit: int = 0  # trusted answers past ``auto_label_limit``, left out
 
     def examples(self) -> pd.DataFrame:
         """The training set to balance and split: existing, new human and auto-labelled rows."""
