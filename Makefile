@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup test-tools demo test bench bench-snips bench-loop bench-serving bench-collector lint lock clean
+.PHONY: setup test-tools demo test bench bench-snips bench-loop bench-serving bench-collector bench-scale lint lock clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,11 @@ bench-serving: setup
 
 bench-collector: setup
 	$(BIN)/python -m scripts.bench_collector
+
+# a month of traffic (1,000,000 requests) through export-events, check-data, prepare and drift, on SQLite and on a
+# throwaway PostgreSQL (test-tools installs its server); BENCH_SCALE_ARGS="--requests 20000 --stores sqlite" for a quick one
+bench-scale: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m scripts.bench_scale $(BENCH_SCALE_ARGS)
 
 # Refresh the lock after changing pyproject.toml: resolves in a scratch venv, writes exact versions.
 lock:

@@ -8,7 +8,7 @@ The same ``spec`` (seed included) gives the same rows.
 Texts are the sample data's messages (``model/sample_data/support.csv``) varied as real traffic
 varies, so most are distinct: order, tracking and invoice numbers and amounts with fresh digits,
 products and dates swapped for others of their type, greetings and sign-offs, a customer's name,
-typos (swapped, dropped, doubled and neighbouring keys), case; about 2% carry an email, a phone or a
+typos (swapped, dropped, doubled and neighbouring keys), case; about 1% carry an email, a phone or a
 card number, which the collector's redaction replaces before the store. About 5% ask for what the
 model was never taught (gift cards, loyalty points, ...): low confidence, fallbacks, the review
 queue's clusters. The served model is simulated: right about 88% of the time on known intents,
@@ -245,7 +245,7 @@ class Traffic:
         tail = r.choice(SUFFIXES) if r.random() < 0.3 else ""
         if r.random() < 0.03:
             tail += r.choice(NAME_OUTROS).format(name=r.choice(FIRST_NAMES))
-        if r.random() < 0.02:
+        if r.random() < 0.01:
             tail += self._pii()
         case = str.upper if upper else str.lower if lower else str
         text, spans = case(head), []
