@@ -133,9 +133,9 @@ def fold_and_write(staged: Staged, out: Path, metadata: dict[bytes, bytes], memo
     with duckdb.connect(str(staged.rows.parent / "fold.duckdb"), config=config) as con:
         con.execute("SET TimeZone = 'UTC'")
         con.execute(FOLD_SQL.replace("$rows", _quoted(staged.rows)).replace("$feedback", _quoted(staged.feedback)))
-        (unmatched,) = con.execute(
+        ((unmatched,),) = con.execute(
             "SELECT count(*) FROM f WHERE event_id NOT IN (SELECT event_id FROM hits)"
-        ).fetchone()
+        ).fetchall()
         ((rows, rated, with_feedback),) = con.execute(
             "SELECT count(*), count(*) FILTER (WHERE thumbs <> ''), "
             "count(*) FILTER (WHERE thumbs <> '' OR abandoned OR escalated OR resolved) FROM snapshot"
