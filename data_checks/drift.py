@@ -1,5 +1,10 @@
 """Drift between the training data and a window of recent logs, measured with Evidently 0.7.
 
+Each side is compared as a random sample of at most ``sample_size`` rows (``sample_rows``, seeded):
+every test below is a two-sample test, valid on random samples of the two distributions, and its
+power depends on the sample's size, not the window's, while embedding a month of texts would take
+hours on a CPU. ``scripts/bench_drift.py`` measures false alarms and detection at that size.
+
 Signals (each an Evidently metric in one report, so the HTML shows all of them):
 
 - ``text``: drift of sentence embeddings (the packaged MiniLM, mean pooling; ``data_checks.embeddings``)
@@ -40,6 +45,7 @@ from model.core.steps import StepResult
 from model.data.conversations import read_snapshot, snapshot_info
 from model.data.examples import load_examples
 
+SAMPLE_SEED = 0  # the rows each side is sampled to: the same window gives the same verdict
 RATES = {"fallback_rate": "fallback", "thumbs_down_rate": "thumbs_down", "escalation_rate": "escalated"}
 PREDICTION_COLUMNS = ("predicted_intent", "confidence", "fallback")
 
@@ -296,10 +302,11 @@ def drift_step(
     # The domain classifier scores a seeded random half of the rows: in arrival order (which depends
     # on thread timing) the same window could score differently; in text order it always scores the same.
     logs = logs.sort_values("text", kind="stable").reset_index(drop=True)
+    ref_sample, cur_sample = sample_rows(train, cfg.sample_size), sample_rows(logs, cfg.sample_size)
     embed = Embedder(cfg.encoder, work / "embeddings", cfg.batch_size)
-    ref_emb, cur_emb = embed(train["text"].tolist()), embed(logs["text"].tolist())
-    ref_frame = reference_frame(train["text"].tolist(), model, reference_events, reg_cfg)
-    snapshot, scores = measure(ref_frame, logs, ref_emb, cur_emb, cfg)
+    ref_emb, cur_emb = embed(ref_sample["text"].tolist()), embed(cur_sample["text"].tolist())
+    baseline = reference_frame(ref_sample["text"].tolist(), model, reference_events, reg_cfg)
+    snapshot, scores = measure(sample_rows(baseline, cfg.sample_size), cur_sample, ref_emb, cur_emb, cfg)
     decision = decide(scores, cfg)
     report_dir.mkdir(parents=True, exist_ok=True)
     html = report_dir / "drift_evidently.html"
@@ -309,6 +316,8 @@ def drift_step(
         f"{logs['timestamp'].min()} to {logs['timestamp'].max()}, model versions "
         f"{', '.join(sorted(map(str, logs['model_version'].unique())))})."
     )
+    if len(cur_sample) < len(logs) or len(ref_sample) < len(train):
+        window += f" Compared: a random sample of {len(ref_sample)} reference and {len(cur_sample)} current rows."
     info = snapshot_info(current, logs)
     result = {
         **decision.to_dict(),
@@ -319,9 +328,21 @@ def drift_step(
         "current_digest": info["content_digest"],
         "events": len(logs),
         "reference_rows": len(train),
+        "compared": {"reference": len(ref_sample), "current": len(cur_sample)},
         "evidently_html": str(html),
     }
     return result, render_markdown(decision, window) + f"\nEvidently report: `{html}`\n"
+
+
+def sample_rows(frame: pd.DataFrame, size: int) -> pd.DataFrame:
+    """At most ``size`` rows of ``frame`` drawn at random without replacement, in their order: seeded, so the
+    same frame always gives the same sample (a window is compared in text order, so its sample is its own)."""
+    if size < 2:
+        raise FlywheelError(f"drift sample_size must be at least 2 (one row per side of the classifier), got {size}")
+    if len(frame) <= size:
+        return frame
+    rows = np.sort(np.random.default_rng(SAMPLE_SEED).choice(len(frame), size, replace=False))
+    return frame.iloc[rows].reset_index(drop=True)
 
 
 def reference_frame(

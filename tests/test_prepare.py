@@ -416,3 +416,42 @@ def test_new_intent_candidates_named_in_one_decision(tmp_path, base_csv, base_df
     assert set(df.loc[GIFT_WRAP[1:], "intent"]) == {"gift_wrap"} and set(df.loc[GIFT_WRAP, "source"]) == {"human"}
     assert df.loc[GIFT_WRAP[0], "intent"] == known[1]
     assert "gift_wrap" in result["labelling"]["new_intents"]
+
+
+def test_auto_labels_past_the_limit_are_left_out_and_counted(tmp_path, base_csv, base_df):
+    """auto_label_limit keeps the label check's embedding bounded: past it, a stable pick by text hash
+    (the same texts every run) is auto-labelled and the rest are counted."""
+    snapshot = _snapshot(tmp_path, base_df, n=90)
+    everything, _ = _run(tmp_path, snapshot, base_csv, out="all")
+    n = everything["labelling"]["auto_labelled"]
+    assert n > 6 and everything["labelling"]["auto_labels_over_limit"] == 0
+    limited_cfg = dataclasses.replace(NO_MLFLOW, auto_label_limit=5)
+    limited, md = _run(tmp_path, snapshot, base_csv, cfg=limited_cfg, out="limited")
+    again, _ = _run(tmp_path, snapshot, base_csv, cfg=limited_cfg, out="again")
+    assert limited["labelling"]["auto_labelled"] == 5 and limited["labelling"]["auto_labels_over_limit"] == n - 5
+    assert f"({n - 5} more trusted answers past auto_label_limit left out)" in md
+
+    def auto_texts(folder: str) -> set[str]:
+        df = pd.read_parquet(tmp_path / folder / "examples.parquet")
+        return set(df.loc[df["source"] == "auto", "text"])
+
+    assert len(auto_texts("limited")) == 5 and auto_texts("limited") == auto_texts("again") < auto_texts("all")
+
+
+def test_only_the_clustered_head_of_the_review_candidates_is_embedded(tmp_path, base_csv, base_df, monkeypatch):
+    """The review queue embeds at most cluster_max_messages candidates, the first in order_queue's order
+    (those it clusters); the others still reach the queue, pooled (cluster -1)."""
+    embedded: list[str] = []
+
+    def fake_embed(texts, cfg, work):  # two directions, so some candidates cluster
+        embedded.extend(texts)
+        return [[1.0, 0.0] if len(t) % 2 else [0.0, 1.0] for t in texts]
+
+    monkeypatch.setattr("model.prepare.steps.embed", fake_embed)
+    cfg = dataclasses.replace(NO_MLFLOW, cluster_max_messages=4, cluster_min_size=2)
+    result, _ = _run(tmp_path, _snapshot(tmp_path, base_df, n=90), base_csv, cfg=cfg)
+    queue = pd.read_csv(result["review_queue"]["csv"], keep_default_na=False)
+    candidates = result["labelling"]["review_candidates"]
+    assert candidates > 4 and len(queue) == min(candidates, cfg.review_limit)
+    assert embedded == list(order_queue(queue)["text"].head(4))  # the least confident, then most frequent
+    assert (queue.loc[~queue["text"].isin(embedded), "cluster"] == -1).all()

@@ -35,14 +35,14 @@ from model.data.conversations import read_snapshot
 from model.data.examples import assign_splits, dataset_digest, load_examples
 from model.prepare.balancing import balance_examples, split_examples
 from model.prepare.cleaning import clean_inputs, exact_key
-from model.prepare.clusters import cluster_review, diverse_order, embed
+from model.prepare.clusters import POOLED, cluster_review, diverse_order, embed
 from model.prepare.datasheet import datasheet, input_summary, labelling_summary, log_to_mlflow, render_datasheet
 from model.prepare.discovery import candidate_summary, propose_intents, read_cluster_names, write_candidates
 from model.prepare.entity_labels import types_of
 from model.prepare.label_check import LabelCheck, check_new_labels
 from model.prepare.labelling import Labelled, label
 from model.prepare.recheck import second_look_texts, write_recheck
-from model.prepare.review_queue import read_labels, write_queue
+from model.prepare.review_queue import order_queue, read_labels, write_queue
 
 
 @dataclass
@@ -214,10 +214,15 @@ def read_inputs(
 
 
 def review_queue(labelled: Labelled, cfg: PrepareConfig, work: Path) -> tuple[pd.DataFrame, list[dict]]:
-    """The review queue (clusters in turns, at most ``review_limit``) and the clusters as candidate intents."""
-    review = labelled.review
-    vectors = embed(list(review["text"]), cfg, work) if cfg.review_encoder and len(review) else None
-    clustered, vectors = cluster_review(review, vectors, cfg)
+    """The review queue (clusters in turns, at most ``review_limit``) and the clusters as candidate intents.
+
+    Only the first ``cluster_max_messages`` candidates (``order_queue``'s order, the ones clustered)
+    are embedded; the rest follow pooled, as ``cluster_review`` pools them."""
+    ordered = order_queue(labelled.review)
+    head, rest = ordered.iloc[: cfg.cluster_max_messages], ordered.iloc[cfg.cluster_max_messages :]
+    vectors = embed(list(head["text"]), cfg, work) if cfg.review_encoder and len(head) else None
+    clustered, vectors = cluster_review(head, vectors, cfg)
+    clustered = pd.concat([clustered, rest.assign(cluster=POOLED)], ignore_index=True)
     candidates = propose_intents(clustered, vectors, cfg, labelled.entity_types)
     return diverse_order(clustered, cfg).head(cfg.review_limit), candidates
 
