@@ -10,6 +10,7 @@ the run ends with one line naming what was not tested and how to get it.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import socket
@@ -26,6 +27,20 @@ import pytest
 
 from model.core.config import PROJECT_ROOT, SAMPLE_DATA, DataConfig, RegistryConfig, TrainConfig
 from scripts.throwaway_postgres import ThrowawayPostgres, postgres_bindir
+
+
+def images_in(text: str) -> list[str]:
+    """Every container image named in a manifest file, in order."""
+    from model.deploy.images import containers, round_trip
+
+    return [str(c.get("image", "")) for doc in round_trip().load_all(text) for c in containers(doc)]
+
+
+def read_prediction_log(path: Path) -> list[dict]:
+    """Every record the predictor's log still keeps, the rotated files included, oldest first."""
+    from model.serve.prediction_log import prediction_log_files
+
+    return [json.loads(line) for p in prediction_log_files(path) for line in p.read_text().splitlines() if line]
 
 
 def local_registry(work: Path, **fields) -> RegistryConfig:

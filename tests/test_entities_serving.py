@@ -33,8 +33,9 @@ from model.serve import predictor as serve_predictor
 from model.serve.catalog import ResponseCatalog
 from model.serve.logger import LocalLogger, cloudevents_time
 from model.serve.metrics import ServingMetrics
-from model.serve.prediction_log import MIN_CAP_BYTES, PredictionLog, read_prediction_log
+from model.serve.prediction_log import MIN_CAP_BYTES, PredictionLog
 from model.serve.protocol import Endpoint, ParsedRequest, v1_response, v2_response
+from tests.conftest import read_prediction_log
 from tests.snapshot_fixtures import event
 from tests.test_collector import T0, VERSION_OF_ARM, arms_folder, inference_event
 

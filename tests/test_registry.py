@@ -17,7 +17,7 @@ from model.core.reports import write_reports
 from model.deploy.delivery import release_step
 from model.evaluate.steps import gate_step
 from model.registry import store
-from model.registry.steps import promote_step, register_step
+from model.registry.steps import register_step, set_champion_step
 from model.registry.versions import CHAMPION, alias_version, resolve_version
 from model.train.steps import train_step
 from scripts.cli import main
@@ -68,7 +68,7 @@ def test_round_trip_on_a_real_mlflow_server(tmp_path, small_csv, tiny_train_cfg,
     assert not again["created"] and again["version"] == 1, "same git SHA + dataset digest must not add a version"
     assert "already registered" in md
 
-    promote_step(None, reg)
+    set_champion_step(None, reg)
     assert alias_version(reg, CHAMPION) == 1
 
     run = mlflow.get_run(trained["mlflow_run_id"])
@@ -107,10 +107,10 @@ def test_sqlite_default_and_refusals(tmp_path, small_csv, tiny_train_cfg, isolat
     with pytest.raises(FlywheelError, match="not .*artifact"):
         register_step(Path(trained["artifact"]), other, reg)
     with pytest.raises(FlywheelError, match="no 'challenger'"):
-        promote_step(None, reg)
+        set_champion_step(None, reg)
 
     registered, _ = register_step(Path(trained["artifact"]), gate_file, reg)
-    promote_step(registered["version"], reg)
+    set_champion_step(registered["version"], reg)
     rows = _load_champion_in_fresh_process(reg.model_name, f"sqlite:///{isolated_work_dir / 'mlflow.db'}")
     assert len(rows) == 2
 
@@ -122,7 +122,7 @@ def test_set_champion_refuses_a_version_that_never_passed_the_gate(
     reg = registry_cfg
     trained, gate_file = _train_gate_register(tmp_path, small_csv, tiny_train_cfg, reg)
     gated, _ = register_step(Path(trained["artifact"]), gate_file, reg)
-    promote_step(gated["version"], reg)
+    set_champion_step(gated["version"], reg)
     client = MlflowClient(store.tracking_uri(reg))
     source = client.get_model_version(reg.model_name, str(gated["version"]))
     by_hand = client.create_model_version(reg.model_name, source.source, run_id=source.run_id)
@@ -135,8 +135,7 @@ def test_set_champion_refuses_a_version_that_never_passed_the_gate(
     assert alias_version(reg, CHAMPION) == gated["version"]  # nothing moved
     assert main(["set-champion", "--version", "99"]) == 2
     assert f"model '{reg.model_name}' has no version 99" in capsys.readouterr().err
-    # the old spelling still works for one release, and says what replaces it
-    assert main(["promote", "--version", str(by_hand.version)]) == 2
-    err = capsys.readouterr().err
-    assert "'promote' without --env is deprecated" in err and "flywheel set-champion" in err
-    assert "has not passed the gate" in err
+    # `promote` is a pull request for an environment: without --env it is refused, the alias stays
+    assert main(["promote", "--version", str(gated["version"])]) == 2
+    assert "the following arguments are required: --env" in capsys.readouterr().err
+    assert alias_version(reg, CHAMPION) == gated["version"]

@@ -37,11 +37,11 @@ from model.core.kserve_sdk import InferRequest, kserve  # kserve parses sys.argv
 from model.registry import register
 from model.serve.logger import AGENT_SOURCE_URI
 from model.serve.metrics import ServingMetrics
-from model.serve.prediction_log import MIN_CAP_BYTES, PredictionLog, prediction_log_files, read_prediction_log
+from model.serve.prediction_log import MIN_CAP_BYTES, PredictionLog, prediction_log_files
 from model.serve.predictor import MicroBatcher
 from model.serve.serving import ServeArgs, build_models
 from model.train.steps import train_step
-from tests.conftest import local_registry, write_subset
+from tests.conftest import local_registry, read_prediction_log, write_subset
 
 NAME = "intent-test"
 CE_ID = "3f1c5b2e-0000-4000-8000-000000000001"

@@ -4,7 +4,6 @@ imports torch, so they start in seconds on a CI runner."""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from model.deploy.delivery import (
     request_retrain_step,
     rollback_step,
 )
-from model.registry.steps import promote_step
 
 REPO_HELP = "Git repository holding the manifests (the pull request is made there, or on GitHub)"
 
@@ -46,9 +44,7 @@ class ReleaseArgs:
 
 @dataclass
 class PromoteArgs:
-    env: Environment | None = setting(
-        None, "environment whose canary takes 100 percent, by pull request (unset: deprecated alias-only spelling)"
-    )
+    env: Environment = required("environment whose canary takes 100 percent, by pull request")
     version: int | None = setting(None, "the canary's version, as a check (unset: whatever the canary runs)")
     repo: str = setting(".", REPO_HELP)
     analysis: str | None = setting(None, "canary-analysis JSON to quote in the pull request (its .md is the text)")
@@ -115,13 +111,6 @@ def release_command(args: ReleaseArgs, *, registry: RegistryConfig, delivery: De
 
 def promote_command(args: PromoteArgs, *, registry: RegistryConfig, delivery: DeliveryConfig) -> StepResult:
     """Pull request: the canary takes 100% and becomes stable (champion moves once it merges in production)."""
-    if args.env is None:
-        print(
-            "flywheel: 'promote' without --env is deprecated and goes in the next release: "
-            "use 'flywheel set-champion [--version N]'",
-            file=sys.stderr,
-        )
-        return StepResult(*promote_step(args.version, registry))
     if args.cluster_status:
         rollout = manifests.read_rollout(manifests.isvc_path(Path(args.repo), args.env, delivery.manifests_dir))
         status = cluster_status.load_status(args.cluster_status)

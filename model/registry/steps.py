@@ -31,7 +31,7 @@ def register_command(args: RegisterArgs, *, registry: RegistryConfig) -> StepRes
 
 def set_champion_command(args: SetChampionArgs, *, registry: RegistryConfig) -> StepResult:
     """Move the registry's 'champion' alias to a gate-passed version (no pull request, nothing deployed)."""
-    return StepResult(*promote_step(args.version, registry))
+    return StepResult(*set_champion_step(args.version, registry))
 
 
 def register_step(model: Path, gate_file: Path, reg_cfg: RegistryConfig) -> tuple[dict, str]:
@@ -54,7 +54,7 @@ def register_step(model: Path, gate_file: Path, reg_cfg: RegistryConfig) -> tupl
     return result, md
 
 
-def promote_step(version: int | None, reg_cfg: RegistryConfig) -> tuple[dict, str]:
+def set_champion_step(version: int | None, reg_cfg: RegistryConfig) -> tuple[dict, str]:
     result = register.promote(reg_cfg, version)
     md = (
         f"**{result['name']} v{result['champion']}** is now `champion` "
