@@ -21,6 +21,7 @@ from transformers import HfArgumentParser
 
 from model.core.config import DEFAULT_CONFIG, SECTIONS, setting, work_dir
 from model.core.errors import FlywheelError
+from model.core.progress import quiet_bars_off_terminal
 from model.core.reports import write_reports
 from model.core.settings import read_yaml_config, resolve_locations
 from model.core.steps import EXIT_ERROR, EXIT_OK, Signature, Step
@@ -93,6 +94,7 @@ def run(steps: Sequence[Step], argv: Sequence[str]) -> int:
         print(f"flywheel: unknown step {argv[0]!r}\n\n{usage(steps)}", file=sys.stderr)
         return EXIT_ERROR
     try:
+        quiet_bars_off_terminal()  # before the step's libraries are imported: some read their switch then
         function = step.load()
         signature = Signature.of(function)
         config_file = _config_file(argv[1:])

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from model.core.config import SAMPLE_DATA, DataConfig, GateConfig, RegistryConfig, required, setting
 from model.core.errors import FlywheelError
+from model.core.progress import bar
 from model.core.steps import EXIT_OK, EXIT_REJECTED, StepResult
 from model.data.examples import load_split
 from model.evaluate.evaluation import evaluate, render_markdown
@@ -80,7 +80,7 @@ def gate_step(
         version = versions.alias_version(reg_cfg, versions.CHAMPION)
         champion = f"models:/{reg_cfg.model_name}@{versions.CHAMPION}" if version is not None else ""
     reports = {}
-    for role, uri in tqdm([("challenger", challenger), ("champion", champion)], desc="evaluating", leave=False):
+    for role, uri in bar([("challenger", challenger), ("champion", champion)], desc="evaluating", leave=False):
         if uri:
             reports[role] = evaluate(open_model(uri, reg_cfg), test, data_cfg.oos_label)
     decision = decide(reports["challenger"], reports.get("champion"), gate_cfg)
