@@ -9,6 +9,7 @@ the run ends with one line naming what was not tested and how to get it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -25,8 +26,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from model.core.config import PROJECT_ROOT, SAMPLE_DATA, DataConfig, RegistryConfig, TrainConfig
+from model.core.config import DEFAULT_CONFIG, PROJECT_ROOT, SAMPLE_DATA, DataConfig, RegistryConfig, TrainConfig
 from scripts.throwaway_postgres import ThrowawayPostgres, postgres_bindir
+
+
+def step_parsers() -> dict:
+    """Every step's parser with the default config's overrides, for checking commands written elsewhere
+    (workflows, the Makefile, manifests) against the flags that exist; imports no step's code."""
+    from model.core.command_line import parser_for
+    from model.core.settings import read_yaml_config
+    from scripts.cli import STEPS
+
+    overrides = read_yaml_config(DEFAULT_CONFIG)
+    return {s.name: parser_for(s, overrides) for s in STEPS}
 
 
 def images_in(text: str) -> list[str]:
@@ -165,7 +177,7 @@ def tiny_artifact(tmp_path_factory, tiny_train_cfg, sample_df) -> dict:
     data = write_subset(sample_df, root / "small.csv")
     work = root / "work"
     summary, _ = train_step(data, DataConfig(), tiny_train_cfg, local_registry(work), work, root / "artifact")
-    return {**summary, "data": str(data), "train_cfg": tiny_train_cfg}
+    return {**dataclasses.asdict(summary), "data": str(data), "train_cfg": tiny_train_cfg}
 
 
 @pytest.fixture(scope="session")

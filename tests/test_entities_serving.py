@@ -262,7 +262,7 @@ def test_served_calls_are_stored_and_exported_with_entities_on_the_redacted_text
         assert raw[raw_order.start : raw_order.end] == entity["value"]  # the same characters as the model tagged
     assert rows["call-v1"]["text"] == f"I am <EMAIL>, call me on <PHONE> about order {ORDER} please"
     assert rows["call-v2/1"]["entities"] == json.dumps([expected_order_entity(PLAIN_TEXT)], separators=(",", ":"))
-    assert result["skipped"] == {"entities_on_personal_data": 2}  # the phone in each PII text
+    assert result.skipped == {"entities_on_personal_data": 2}  # the phone in each PII text
     everything = json.dumps(stored, default=str)
     assert EMAIL not in everything and PHONE not in everything  # neither raw nor as an entity's text
     for e in stored:
@@ -298,7 +298,7 @@ def test_kserve_shaped_events_in_either_order(tmp_path):
     result, rows, stored = collect_and_export(tmp_path, v1 + v2)
     for request_id in ("k-v1", "k-v2"):
         assert json.loads(rows[request_id]["entities"]) == [expected_order_entity(PII_TEXT)]
-    assert result["skipped"] == {"entities_on_personal_data": 2}
+    assert result.skipped == {"entities_on_personal_data": 2}
     assert PHONE not in json.dumps(stored, default=str)
 
 
@@ -314,7 +314,7 @@ def test_without_entities_everything_is_empty_and_stored_as_sent(tmp_path, monke
         tmp_path, [*sent, inference_event("request", "old", {"instances": ["hi"]}, T0), legacy]
     )
     assert {r: rows[r]["entities"] for r in rows} == dict.fromkeys(["call-v1", "call-v2/0", "call-v2/1", "old"], "[]")
-    assert result["skipped"] == {}
+    assert result.skipped == {}
     responses = {e["event_id"]: e["body"] for e in stored if e["kind"] == "response"}
     sent_bodies = {h["ce-id"]: b.decode() for h, b in sent if h["ce-type"].endswith(".response")}
     assert responses == {**sent_bodies, "old": legacy[1].decode()}  # nothing to remove: byte for byte
@@ -357,7 +357,7 @@ def test_an_older_store_gains_the_map_and_its_rows_export_without_entities(tmp_p
     rows = {r["request_id"]: r for r in read_snapshot(tmp_path / "o.parquet").to_dict("records")}
     assert json.loads(rows["plain"]["entities"]) == [{**expected_order_entity(PLAIN_TEXT), "confidence": 0.9}]
     assert rows["redacted"]["entities"] == rows["before"]["entities"] == "[]"
-    assert result["skipped"] == {"entities_unmappable": 1}
+    assert result.skipped == {"entities_unmappable": 1}
 
 
 @pytest.mark.parametrize("strict", [True, False])

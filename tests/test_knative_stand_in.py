@@ -46,7 +46,7 @@ def third_model(registry_dir, tiny_artifact) -> int:
     """A third gated version (v4: v3 of this store never passed the gate), for the release after a rollback."""
     predictor = IntentPredictor.load(tiny_artifact["artifact"])
     meta = {**predictor.meta, "dataset_digest": "dataset-4", "mlflow_run_id": None}
-    return register.register(REG, Path(tiny_artifact["artifact"]), meta, predictor.digest)["version"]
+    return register.register(REG, Path(tiny_artifact["artifact"]), meta, predictor.digest).version
 
 
 def isvc_on_main(repo, env: str = "production") -> dict:

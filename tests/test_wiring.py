@@ -15,9 +15,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from model.core.command_line import parsers
 from model.core.config import PROJECT_ROOT
-from scripts.cli import STEPS
+from tests.conftest import step_parsers
 
 WORKFLOWS = sorted((PROJECT_ROOT / ".github" / "workflows").glob("*.yml"))
 MANIFESTS = sorted((PROJECT_ROOT / "manifests").rglob("*.yaml"))
@@ -103,7 +102,7 @@ def makefile_calls() -> list[tuple[str, list[str]]]:
 
 def problems(argv: list[str]) -> list[str]:
     """What the real parser would refuse in ``flywheel <argv>``; variable values replaced by typed stand-ins."""
-    steps = parsers(STEPS)
+    steps = step_parsers()
     if not argv or argv[0] not in steps:
         return [f"unknown step {argv[0] if argv else '(none)'!r} (steps: {', '.join(steps)})"]
     options = steps[argv[0]]._option_string_actions

@@ -23,14 +23,15 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
+from model.collect.args import ExportEventsArgs
 from model.collect.redaction import answer_entities, entities_on_redacted, request_texts, text_findings
 from model.collect.store import open_store, read_feedback, read_inference
-from model.core.config import CollectorConfig, setting
+from model.core.config import CollectorConfig
 from model.core.errors import FlywheelError
 from model.core.steps import StepResult
 from model.data.conversations import COLUMNS, DIGEST_KEY, WINDOW_KEYS, write_snapshot
 
-__all__ = ["DIGEST_KEY", "answered_rows", "content_digest", "export_step", "export_window"]
+__all__ = ["DIGEST_KEY", "Exported", "answered_rows", "content_digest", "export_step", "export_window"]
 
 THUMBS_OF_KIND = {"thumbs_up": "up", "thumbs_down": "down"}
 
@@ -195,7 +196,21 @@ def window_rows(engine: sa.Engine, start: datetime, end: datetime) -> tuple[list
     return events, rows, skipped
 
 
-def export_window(engine: sa.Engine, start: datetime, end: datetime, out: Path) -> dict:
+@dataclass(frozen=True)
+class Exported:
+    """A window of logged conversations written as a snapshot: where, how much, and its content digest."""
+
+    path: str
+    rows: int  # answered requests (one row per text)
+    requests: int  # logged calls
+    content_digest: str
+    window: dict[str, str]  # start, end (ISO 8601; the end excluded)
+    rated: int  # rows with a thumbs up or down
+    with_feedback: int  # rows with any feedback
+    skipped: dict[str, int]  # what was left out, by reason
+
+
+def export_window(engine: sa.Engine, start: datetime, end: datetime, out: Path) -> Exported:
     """Write the window's answered requests to ``out`` as a conversation snapshot (temporary file + rename)."""
     start, end = _utc(start), _utc(end)
     if end <= start:
@@ -205,16 +220,16 @@ def export_window(engine: sa.Engine, start: datetime, end: datetime, out: Path) 
     digest = content_digest(rows)
     metadata = {DIGEST_KEY: digest.encode(), **dict(zip(WINDOW_KEYS, (t.isoformat().encode() for t in (start, end))))}
     write_snapshot(pd.DataFrame(rows, columns=COLUMNS), out, metadata)
-    return {
-        "path": str(out),
-        "rows": len(rows),
-        "requests": len(request_ids),
-        "content_digest": digest,
-        "window": {"start": start.isoformat(), "end": end.isoformat()},
-        "rated": sum(1 for r in rows if r["thumbs"]),
-        "with_feedback": sum(1 for r in rows if r["thumbs"] or r["abandoned"] or r["escalated"] or r["resolved"]),
-        "skipped": skipped,
-    }
+    return Exported(
+        path=str(out),
+        rows=len(rows),
+        requests=len(request_ids),
+        content_digest=digest,
+        window={"start": start.isoformat(), "end": end.isoformat()},
+        rated=sum(1 for r in rows if r["thumbs"]),
+        with_feedback=sum(1 for r in rows if r["thumbs"] or r["abandoned"] or r["escalated"] or r["resolved"]),
+        skipped=skipped,
+    )
 
 
 def _when(value: str, flag: str) -> datetime:
@@ -240,20 +255,7 @@ def request_window(path: Path) -> tuple[datetime, datetime]:
     return _when(start, f"{path}: window start"), _when(end, f"{path}: window end")
 
 
-@dataclass
-class ExportEventsArgs:
-    start: str | None = setting(
-        None, "window start, ISO 8601 (e.g. 2026-11-01T00:00:00Z); events before it are left out"
-    )
-    end: str | None = setting(None, "window end, ISO 8601, exclusive (unset: now)")
-    days: float | None = setting(None, "instead of --start: the window is the last N days before --end")
-    request: str | None = setting(
-        None, "instead of --start: a retrain request (flywheel request-retrain's JSON), or their folder (the newest)"
-    )
-    out: str | None = setting(None, "snapshot file to write (unset: <work dir>/snapshots/events-<start>-<end>.parquet)")
-
-
-def export_command(args: ExportEventsArgs, *, collect: CollectorConfig, work: Path) -> StepResult:
+def export_command(args: ExportEventsArgs, *, collect: CollectorConfig, work: Path) -> StepResult[Exported]:
     """Export a window of logged conversations as a snapshot (model/data/conversations.py) with a content digest."""
     return StepResult(
         *export_step(
@@ -264,7 +266,7 @@ def export_command(args: ExportEventsArgs, *, collect: CollectorConfig, work: Pa
 
 def export_step(
     start: str, end: str, days: float, request: str, out: str, cfg: CollectorConfig, work: Path
-) -> tuple[dict, str]:
+) -> tuple[Exported, str]:
     """Pick the window (exactly one of ``start``, ``days``, ``request``), export it, describe it."""
     chosen = [name for name, given in (("--start", start), ("--days", days > 0), ("--request", request)) if given]
     if len(chosen) != 1:
@@ -285,11 +287,11 @@ def export_step(
         result = export_window(engine, t0, t1, target)
     finally:
         engine.dispose()
-    left_out = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in result["skipped"].items()) or "nothing"
+    left_out = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in result.skipped.items()) or "nothing"
     md = (
-        f"## Logged conversations {result['window']['start']} to {result['window']['end']}\n\n"
-        f"{result['rows']} answered requests ({result['rated']} rated, {result['with_feedback']} with feedback) "
-        f"from {result['requests']} logged calls in `{result['path']}`, content digest "
-        f"`{result['content_digest']}`. Left out: {left_out}.\n"
+        f"## Logged conversations {result.window['start']} to {result.window['end']}\n\n"
+        f"{result.rows} answered requests ({result.rated} rated, {result.with_feedback} with feedback) "
+        f"from {result.requests} logged calls in `{result.path}`, content digest "
+        f"`{result.content_digest}`. Left out: {left_out}.\n"
     )
     return result, md

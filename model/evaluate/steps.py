@@ -5,48 +5,56 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import pandas as pd
 
-from model.core.config import SAMPLE_DATA, DataConfig, GateConfig, RegistryConfig, required, setting
+from model.core.config import DataConfig, GateConfig, RegistryConfig
 from model.core.errors import FlywheelError
 from model.core.progress import bar
 from model.core.steps import EXIT_OK, EXIT_REJECTED, StepResult
 from model.data.examples import load_split
+from model.evaluate.args import EvaluateArgs, GateArgs
 from model.evaluate.evaluation import evaluate, render_markdown
 from model.evaluate.gate import decide
 from model.evaluate.gate import render_markdown as render_gate
 from model.registry import versions
 from model.registry.versions import open_model
 
-Split = Literal["train", "val", "test", "all"]
+
+@dataclass(frozen=True)
+class Evaluated:
+    """``flywheel evaluate``'s outcome: the evaluation report (``model.evaluate.evaluation``), written as it is."""
+
+    report: dict
+
+    def to_dict(self) -> dict:
+        return self.report
 
 
-@dataclass
-class EvaluateArgs:
-    model: str = required("artifact folder or models:/<name>@<alias> URI")
-    data: str = setting(str(SAMPLE_DATA), "dataset file or folder")
-    split: Split = setting("test", "which split to evaluate on")
+@dataclass(frozen=True)
+class Gated:
+    """The gate's decision (``model.evaluate.gate``) on a challenger, and the two models it compared."""
+
+    passed: bool
+    checks: list[dict]  # name, passed, detail
+    challenger_digest: str
+    champion_digest: str | None
+    summary: dict
+    reasons: list[str]  # the failed checks' details
+    challenger: str
+    champion: str | None  # None: no champion yet, the floors applied
 
 
-@dataclass
-class GateArgs:
-    challenger: str = required("artifact folder or models:/ URI of the candidate")
-    champion: str = setting("auto", "artifact folder or models:/ URI; 'auto' = the registry's champion if any")
-    data: str = setting(str(SAMPLE_DATA), "dataset whose frozen test split both models are compared on")
-    split: Split = setting("test", "split to compare on")
-
-
-def evaluate_command(args: EvaluateArgs, *, data: DataConfig, registry: RegistryConfig) -> StepResult:
+def evaluate_command(args: EvaluateArgs, *, data: DataConfig, registry: RegistryConfig) -> StepResult[Evaluated]:
     """Measure a model on a labelled test set."""
-    return StepResult(*evaluate_step(args.model, Path(args.data), args.split, data, registry))
+    report, md = evaluate_step(args.model, Path(args.data), args.split, data, registry)
+    return StepResult(Evaluated(report), md)
 
 
-def gate_command(args: GateArgs, *, data: DataConfig, gate: GateConfig, registry: RegistryConfig) -> StepResult:
+def gate_command(args: GateArgs, *, data: DataConfig, gate: GateConfig, registry: RegistryConfig) -> StepResult[Gated]:
     """Decide whether a challenger may replace the champion: exit 1 when it may not."""
     result, md, passed = gate_step(args.challenger, args.champion, Path(args.data), args.split, data, gate, registry)
-    return StepResult(result, md, EXIT_OK if passed else EXIT_REJECTED)
+    return StepResult(Gated(**result), md, EXIT_OK if passed else EXIT_REJECTED)
 
 
 def evaluation_set(data: Path, data_cfg: DataConfig, split: str) -> pd.DataFrame:

@@ -6,6 +6,7 @@ the stand-ins for GitHub and the cluster (a local Git repository, ``flywheel ser
 typed record (``record``). ``plan`` decides the data, ``retraining`` makes models, ``live_traffic``
 sends the simulated users of ``traffic`` to the cluster (``traffic_step``: the same users as
 ``flywheel traffic``); ``report`` renders ``templates/report.html.j2`` with ``charts``.
+The steps' flags (``traffic``, ``demo``, ``report``) are in ``args``.
 
 Imports: every other package (the top layer).
 """

@@ -27,9 +27,9 @@ from model.loop.configs import LoopConfigs
 from model.loop.record import GateOutcome, Labelling, LoopState, OfflineScore
 from model.prepare.discovery import discovery_figures
 from model.prepare.entity_labels import types_of
-from model.prepare.steps import prepare_step
+from model.prepare.steps import Prepared, prepare_step
 from model.registry.steps import register_step
-from model.train.steps import train_step
+from model.train.steps import Trained, train_step
 
 NOT_REGISTERED = "not registered (gate rejected)"
 
@@ -38,7 +38,7 @@ NOT_REGISTERED = "not registered (gate rejected)"
 class Candidate:
     """A model trained in the loop: the train step's result, the gate's verdict, its offline score."""
 
-    trained: dict
+    trained: Trained
     gate: GateOutcome
     offline: OfflineScore
     version: int | None  # registered version; None when the gate rejected it
@@ -53,16 +53,16 @@ def train_gate_register(data: Path, note: str, state: LoopState, cfgs: LoopConfi
     reports = work / "reports"
     trained, md = train_step(data, cfgs.data, cfgs.train, cfgs.registry, work)
     write_reports(reports, "train", trained, md)
-    gated, gate_md, passed = gate_step(trained["artifact"], "auto", data, "test", cfgs.data, cfgs.gate, cfgs.registry)
+    gated, gate_md, passed = gate_step(trained.artifact, "auto", data, "test", cfgs.data, cfgs.gate, cfgs.registry)
     gate_file = write_reports(reports, "gate", gated, gate_md)
     gate = state.record.gate = GateOutcome(step_result=gated, markdown=gate_md, data=note)
     test = state.plan.test
-    scores = evaluate(IntentPredictor.load(Path(trained["artifact"])), test, cfgs.data.oos_label)
+    scores = evaluate(IntentPredictor.load(Path(trained.artifact)), test, cfgs.data.oos_label)
     version = None
     if passed:
-        registered, reg_md = register_step(Path(trained["artifact"]), gate_file, cfgs.registry)
+        registered, reg_md = register_step(Path(trained.artifact), gate_file, cfgs.registry)
         write_reports(reports, "register", registered, reg_md)
-        version = registered["version"]
+        version = registered.version
     offline = OfflineScore(
         test_accuracy=scores["accuracy"],
         macro_f1=scores["macro_f1"],
@@ -85,10 +85,8 @@ def labelled_training_set(
     # the review queue alone first (nothing logged to MLflow, no labels to check): what the reviewer is handed
     queue_cfg = dataclasses.replace(prep_cfg, log_to_mlflow=False, label_check=False)
     queue_run, _ = _prepare(snapshot, None, "queue", tag, queue_cfg, state, cfgs, work)
-    queue = pd.read_csv(queue_run["review_queue"]["csv"], dtype={"request_id": str, "conversation_id": str})
-    found = discovery_figures(
-        queue_run["review_queue"]["new_intent_candidates_json"], state.truth, set(state.held_back)
-    )
+    queue = pd.read_csv(queue_run.review_queue["csv"], dtype={"request_id": str, "conversation_id": str})
+    found = discovery_figures(queue_run.review_queue["new_intent_candidates_json"], state.truth, set(state.held_back))
     seed = loop_cfg.seed + label_seed
     intents = sorted(set(state.known) | set(state.held_back)) + [cfgs.data.oos_label]
     names, clusters = _named_clusters(
@@ -103,7 +101,7 @@ def labelled_training_set(
     labels = annotator.write_labels(labelled, work / "labels" / f"{tag}.csv")
     prepared, prep_md = _prepare(snapshot, labels, "retrain", tag, prep_cfg, state, cfgs, work, names)
     write_reports(reports, "prepare", prepared, prep_md)
-    examples = Path(prepared["snapshot"])
+    examples = Path(prepared.snapshot)
     _check_or_refuse(None, examples, state.seed_csv, prep_cfg, cfgs, reports, "the prepared training set")
     state.record.labelling = Labelling(
         strategy=strategy,
@@ -111,24 +109,24 @@ def labelled_training_set(
         queue_length=len(queue),
         **stats,
         new_intent_labels=int(labelled["intent"].isin(state.held_back).sum()),
-        new_intents_waiting_for_labels=prepared["labelling"]["new_intents_waiting_for_labels"],
+        new_intents_waiting_for_labels=prepared.labelling["new_intents_waiting_for_labels"],
         discovery=found,
         **clusters,
-        label_check=prepared["label_check"],
+        label_check=prepared.label_check,
         label_check_score=_recheck_score(prepared, labelled, state),
     )
-    return examples, prepared["rows"]
+    return examples, prepared.rows
 
 
 def _named_clusters(
-    queue_run: dict, strategy: str, intents: list[str], seed: int, state: LoopState, cfgs: LoopConfigs, path: Path
+    queue_run: Prepared, strategy: str, intents: list[str], seed: int, state: LoopState, cfgs: LoopConfigs, path: Path
 ) -> tuple[Path | None, dict]:
     """With ``cluster_decisions`` and the queue strategy, the candidates CSV the reviewer named (and what
     that cost and labelled: ``annotator.name_clusters``); else nothing."""
     decisions = min(cfgs.loop.cluster_decisions, cfgs.loop.label_budget)
     if strategy != "queue" or decisions <= 0:
         return None, {}
-    files = queue_run["review_queue"]
+    files = queue_run.review_queue
     table = pd.read_csv(files["new_intent_candidates"], dtype=str, keep_default_na=False)
     candidates = json.loads(Path(files["new_intent_candidates_json"]).read_text())
     error_rate = cfgs.loop.annotator_error_rate
@@ -138,9 +136,9 @@ def _named_clusters(
     return path, stats
 
 
-def _recheck_score(prepared: dict, labelled: pd.DataFrame, state: LoopState) -> dict:
+def _recheck_score(prepared: Prepared, labelled: pd.DataFrame, state: LoopState) -> dict:
     """``annotator.recheck_score`` of the reviewer's labels against the human rows prepare flagged."""
-    recheck = pd.read_csv(prepared["review_queue"]["recheck_csv"], dtype=str, keep_default_na=False)
+    recheck = pd.read_csv(prepared.review_queue["recheck_csv"], dtype=str, keep_default_na=False)
     flagged = recheck.loc[recheck["source"] == "human", "text"].tolist()
     true = [state.truth[r] for r in labelled["request_id"]]
     return annotator.recheck_score(flagged, labelled["text"].tolist(), labelled["intent"].tolist(), true)
@@ -156,7 +154,7 @@ def _prepare(
     cfgs: LoopConfigs,
     work: Path,
     cluster_names: Path | None = None,
-) -> tuple[dict, str]:
+) -> tuple[Prepared, str]:
     """``flywheel prepare`` on the window and the seed set, into ``datasets/<kind>-<tag>``."""
     out = work / "datasets" / f"{kind}-{tag}"
     return prepare_step(

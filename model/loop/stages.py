@@ -110,7 +110,7 @@ class Loop:
         health = self.cluster.health()
         self.say(f"           cluster: {self.cluster.describe()}; Argo CD: {health.status}")
 
-    def _write(self, step: str, result: dict, md: str) -> Path:
+    def _write(self, step: str, result: object, md: str) -> Path:
         return write_reports(self.reports, step, result, md)
 
     def _draw(self, n: int, new_share: float, seed_offset: int) -> pd.DataFrame:
@@ -160,7 +160,7 @@ class Loop:
                 raise FlywheelError("the first model failed its gate: " + "; ".join(got.gate.reasons))
             v1 = state.first_version = got.version
             entry.summary = (
-                f"v{v1}: accuracy {got.trained['metrics']['accuracy']:.3f} on its own test split, "
+                f"v{v1}: accuracy {got.trained.metrics['accuracy']:.3f} on its own test split, "
                 f"{got.offline.test_accuracy:.3f} on the full test set"
             )
         with self.stage("first-release", "Release it by pull request, promote it to champion, start serving") as entry:
@@ -210,16 +210,16 @@ class Loop:
         )
         drift_file = self._write("drift", result, md)
         state.record.drift = DriftOutcome(
-            drift=result["drift"], reasons=result.get("reasons", []), html=result.get("evidently_html"), markdown=md
+            drift=result.decision.drift, reasons=result.decision.reasons, html=result.evidently_html, markdown=md
         )
-        if not result["drift"]:
+        if not result.decision.drift:
             entry.summary = "no drift found: nothing to retrain"
             return False
         self.mark("drift found")
         requested, body = delivery.request_retrain_step(drift_file, self.repo.path, cfgs.delivery)
         self._merge("retrain", requested, body, step="request-retrain")
         state.retrain_request = self.repo.path / requested["request_file"]
-        entry.summary = f"drift: {'; '.join(result['reasons'][:2])}; retrain PR merged"
+        entry.summary = f"drift: {'; '.join(result.decision.reasons[:2])}; retrain PR merged"
         return True
 
     def retrain(self, strategy: str | None = None, label_seed: int = 0) -> Candidate:

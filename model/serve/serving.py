@@ -17,11 +17,12 @@ from pathlib import Path
 
 from timing_asgi import TimingMiddleware  # kserve's own dependency
 
-from model.core.config import RegistryConfig, ServeConfig, required, setting
+from model.core.config import RegistryConfig, ServeConfig
 from model.core.errors import FlywheelError
 from model.core.http_guard import BodyLimit, ensure_can_listen
 from model.core.kserve_sdk import kserve, kserve_server
 from model.core.steps import StepResult
+from model.serve.args import ServeArgs
 from model.serve.catalog import ResponseCatalog
 from model.serve.logger import LocalLogger
 from model.serve.metrics import ServingMetrics
@@ -53,20 +54,15 @@ class LoopbackModelServer(kserve.ModelServer):
         await super()._serve()
 
 
-@dataclass
-class ServeArgs:
-    stable: str = required(
-        "stable model: artifact folder (as KServe mounts it, /mnt/models) or models:/<name>@<alias> URI"
-    )
-    canary: str | None = setting(None, "canary model, served as <endpoint>-canary (the caller picks the arm)")
-    shadow: str | None = setting(None, "shadow model: predicts on every request, logged and measured, never answers")
-    stable_sha256: str | None = setting(
-        None, "refuse to become ready unless the --stable artifact's manifest digest is this (the manifest records it)"
-    )
-    stable_version: str | None = setting(
-        None,
-        "registry version of the --stable model for logs and metrics (unset: from a models:/ URI, else sha-<digest>)",
-    )
+@dataclass(frozen=True)
+class Served:
+    """What a predictor served until it stopped: each endpoint's arm, version, runtime and source."""
+
+    endpoints: dict[str, dict]  # endpoint -> arm, model_version, runtime, source
+    address: str
+    prediction_log: str | None
+    logger_url: str | None
+    uptime_s: float
 
 
 def build_models(
@@ -90,12 +86,12 @@ def build_models(
     return models
 
 
-def serve_command(args: ServeArgs, *, serve: ServeConfig, registry: RegistryConfig) -> StepResult:
+def serve_command(args: ServeArgs, *, serve: ServeConfig, registry: RegistryConfig) -> StepResult[Served]:
     """Serve stable/canary/shadow models with the KServe ModelServer (V1 and V2 REST) until SIGTERM."""
     return StepResult(*serve_step(args, serve, registry))
 
 
-def serve_step(args: ServeArgs, cfg: ServeConfig, reg_cfg: RegistryConfig) -> tuple[dict, str]:
+def serve_step(args: ServeArgs, cfg: ServeConfig, reg_cfg: RegistryConfig) -> tuple[Served, str]:
     """Run the predictor until SIGTERM/SIGINT; return what was served."""
     ensure_can_listen(cfg.host, cfg.http_port)
     log_path = Path(cfg.prediction_log) if cfg.prediction_log_max_bytes else None
@@ -132,23 +128,17 @@ def serve_step(args: ServeArgs, cfg: ServeConfig, reg_cfg: RegistryConfig) -> tu
 
 def _report(
     models: list[IntentModel], cfg: ServeConfig, prediction_log: str | None, uptime_s: float
-) -> tuple[dict, str]:
+) -> tuple[Served, str]:
     """What was served (each endpoint's arm, version, runtime and source), as the step's result and markdown."""
     served = {m.name: _served(m) for m in models}
     if models[0].shadow is not None:
         served[models[0].shadow.name] = _served(models[0].shadow)
-    result = {
-        "endpoints": served,
-        "address": f"http://{cfg.host}:{cfg.http_port}",
-        "prediction_log": prediction_log,
-        "logger_url": cfg.logger_url,
-        "uptime_s": uptime_s,
-    }
+    result = Served(served, f"http://{cfg.host}:{cfg.http_port}", prediction_log, cfg.logger_url, uptime_s)
     rows = "\n".join(
         f"| `{n}` | {v['arm']} | {v['model_version']} | {v['runtime']} | `{v['source']}` |" for n, v in served.items()
     )
     md = (
-        f"## Predictor on {result['address']}\n\n| endpoint | arm | version | runtime | source |\n"
+        f"## Predictor on {result.address}\n\n| endpoint | arm | version | runtime | source |\n"
         f"|---|---|---|---|---|\n{rows}\n"
     )
     return result, md
