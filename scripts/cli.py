@@ -169,7 +169,7 @@ STEPS = (
     Step(
         "serve",
         "serve stable/canary/shadow models with KServe's ModelServer",
-        "model.serve.serving:serve_command",
+        "model.deploy.serve_step:serve_command",
         args=ServeArgs,
         sections=("serve", "registry"),
     ),

@@ -26,7 +26,7 @@ from model.artifact.predictor import Entity, Prediction
 from model.collect.collector import build_app
 from model.collect.export import export_window
 from model.collect.store import open_store
-from model.core.config import CollectorConfig, RegistryConfig, ServeConfig
+from model.core.config import CollectorConfig, ServeConfig
 from model.core.kserve_sdk import InferRequest, kserve
 from model.data.conversations import read_snapshot, write_snapshot
 from model.serve import predictor as serve_predictor
@@ -82,13 +82,13 @@ class CapturingLogger(LocalLogger):
 def serve_calls(tmp_path, monkeypatch, with_entities: bool, calls: list[tuple[object, dict]]):
     """Each (payload, headers) through the predictor's steps: the client's answers, the logger's events,
     the prediction log's records."""
-    monkeypatch.setattr(serve_predictor, "open_source", lambda *_: FakePredictor(with_entities))
+    monkeypatch.setattr(serve_predictor, "open_artifact", lambda *_: FakePredictor(with_entities))
     catalog = ResponseCatalog({"order_status": "Let me look that up."}, "A colleague will help you.")
     log = PredictionLog(tmp_path / "predictions.jsonl", MIN_CAP_BYTES)
+    source = serve_predictor.ModelSource("unused", VERSION_OF_ARM["stable"])
     model = serve_predictor.IntentModel(
-        NAME, "stable", "unused", ServeConfig(), RegistryConfig(), catalog, ServingMetrics(CollectorRegistry()), log,
-        pinned_version=VERSION_OF_ARM["stable"],
-    )  # fmt: skip
+        NAME, "stable", source, ServeConfig(), catalog, ServingMetrics(CollectorRegistry()), log
+    )
     model.load()
     model.logger = CapturingLogger()
 

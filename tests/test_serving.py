@@ -31,16 +31,15 @@ from model.artifact.manifest import verify
 from model.artifact.predictor import IntentPredictor
 from model.collect.export import export_window
 from model.collect.store import open_store
-from model.core.config import PROJECT_ROOT, RESPONSE_CATALOG, DataConfig, RegistryConfig, ServeConfig
+from model.core.config import PROJECT_ROOT, RESPONSE_CATALOG, DataConfig, ServeConfig
 from model.core.errors import FlywheelError
 from model.core.kserve_sdk import InferRequest, kserve  # kserve parses sys.argv when imported directly
 from model.registry import register
-from model.serve.args import ServeArgs
 from model.serve.logger import AGENT_SOURCE_URI
 from model.serve.metrics import ServingMetrics
 from model.serve.prediction_log import MIN_CAP_BYTES, PredictionLog, prediction_log_files
-from model.serve.predictor import MicroBatcher
-from model.serve.serving import build_models
+from model.serve.predictor import MicroBatcher, ModelSource
+from model.serve.serving import Arms, build_models
 from model.train.steps import train_step
 from tests.conftest import local_registry, read_prediction_log, write_subset
 
@@ -823,8 +822,7 @@ def test_the_manifest_pins_the_stable_artifact_and_names_its_version(tiny_artifa
 
     def build(sha: str, version: str = ""):
         metrics = ServingMetrics(CollectorRegistry())
-        args = ServeArgs(stable=art, stable_sha256=sha, stable_version=version)
-        return build_models(args, ServeConfig(), RegistryConfig(), metrics, None)
+        return build_models(Arms(ModelSource(art, version), stable_sha256=sha), ServeConfig(), metrics, None)
 
     (model,) = build(digest, "12")
     assert model.ready and model.version == "12"

@@ -1,4 +1,5 @@
-"""The ``serve`` step: intent models served by the real ``kserve.ModelServer`` until SIGTERM.
+"""Serving: intent models on the real ``kserve.ModelServer`` until SIGTERM (``flywheel serve`` starts it
+from ``model.deploy.serve_step``, which first resolves ``models:/`` URIs to artifact folders).
 
 One server hosts the stable model as ``NAME``, optionally a canary as ``NAME-canary`` (the local
 stand-in for KServe's traffic split: the caller picks the arm), and optionally a shadow model that
@@ -17,17 +18,14 @@ from pathlib import Path
 
 from timing_asgi import TimingMiddleware  # kserve's own dependency
 
-from model.core.config import RegistryConfig, ServeConfig
-from model.core.errors import FlywheelError
+from model.core.config import ServeConfig
 from model.core.http_guard import BodyLimit, ensure_can_listen
 from model.core.kserve_sdk import kserve, kserve_server
-from model.core.steps import StepResult
-from model.serve.args import ServeArgs
 from model.serve.catalog import ResponseCatalog
 from model.serve.logger import LocalLogger
 from model.serve.metrics import ServingMetrics
 from model.serve.prediction_log import PredictionLog
-from model.serve.predictor import IntentModel
+from model.serve.predictor import IntentModel, ModelSource
 from model.serve.protocol import CANARY, SHADOW, STABLE, check_v2_binary
 
 
@@ -55,6 +53,16 @@ class LoopbackModelServer(kserve.ModelServer):
 
 
 @dataclass(frozen=True)
+class Arms:
+    """What one server hosts: the stable model, optionally a canary and a shadow."""
+
+    stable: ModelSource
+    canary: ModelSource | None = None
+    shadow: ModelSource | None = None
+    stable_sha256: str = ""  # from the manifest: refuse to become ready unless the stable artifact is this one
+
+
+@dataclass(frozen=True)
 class Served:
     """What a predictor served until it stopped: each endpoint's arm, version, runtime and source."""
 
@@ -65,39 +73,29 @@ class Served:
     uptime_s: float
 
 
-def build_models(
-    args: ServeArgs, cfg: ServeConfig, reg_cfg: RegistryConfig, metrics: ServingMetrics, log: PredictionLog | None
-) -> list[IntentModel]:
+def build_models(arms: Arms, cfg: ServeConfig, metrics: ServingMetrics, log: PredictionLog | None) -> list[IntentModel]:
     """Load and verify every model before anything listens; a bad artifact stops the start."""
-    if not args.stable:
-        raise FlywheelError("--stable is required: an artifact folder or a models:/ URI")
     catalog = ResponseCatalog.load(cfg.catalog)
-    parts = (cfg, reg_cfg, catalog, metrics, log)
+    parts = (cfg, catalog, metrics, log)
     shadow = None
-    if args.shadow:
-        shadow = IntentModel(f"{cfg.endpoint}-shadow", SHADOW, args.shadow, *parts)
+    if arms.shadow:
+        shadow = IntentModel(f"{cfg.endpoint}-shadow", SHADOW, arms.shadow, *parts)
         shadow.load()
-    pins = {"expected_sha256": args.stable_sha256 or "", "pinned_version": args.stable_version or ""}
-    models = [IntentModel(cfg.endpoint, STABLE, args.stable, *parts, shadow, **pins)]
-    if args.canary:
-        models.append(IntentModel(f"{cfg.endpoint}-canary", CANARY, args.canary, *parts, shadow))
+    models = [IntentModel(cfg.endpoint, STABLE, arms.stable, *parts, shadow, expected_sha256=arms.stable_sha256)]
+    if arms.canary:
+        models.append(IntentModel(f"{cfg.endpoint}-canary", CANARY, arms.canary, *parts, shadow))
     for model in models:
         model.load()
     return models
 
 
-def serve_command(args: ServeArgs, *, serve: ServeConfig, registry: RegistryConfig) -> StepResult[Served]:
-    """Serve stable/canary/shadow models with the KServe ModelServer (V1 and V2 REST) until SIGTERM."""
-    return StepResult(*serve_step(args, serve, registry))
-
-
-def serve_step(args: ServeArgs, cfg: ServeConfig, reg_cfg: RegistryConfig) -> tuple[Served, str]:
+def serve_step(arms: Arms, cfg: ServeConfig) -> tuple[Served, str]:
     """Run the predictor until SIGTERM/SIGINT; return what was served."""
     ensure_can_listen(cfg.host, cfg.http_port)
     log_path = Path(cfg.prediction_log) if cfg.prediction_log_max_bytes else None
     metrics = ServingMetrics()
     log = PredictionLog(log_path, cfg.prediction_log_max_bytes) if log_path else None
-    models = build_models(args, cfg, reg_cfg, metrics, log)
+    models = build_models(arms, cfg, metrics, log)
     if cfg.logger_url:
         logger = LocalLogger(cfg.logger_url, cfg.endpoint)
         for model in models:
