@@ -118,6 +118,14 @@ def test_help_shows_the_hyphenated_spelling_of_each_flag_first():
     assert main(["train", "--help"]) == 0
 
 
+def test_help_says_which_flags_are_required(capsys):
+    assert main(["promote", "--help"]) == 0
+    options = " ".join(capsys.readouterr().out.split("options:", 1)[1].split())
+    env = options.split("--env {staging,production}", 1)[1].split(" --", 1)[0]
+    assert env.strip() == "environment whose canary takes 100 percent, by pull request (required)"
+    assert "(default: .)" in options.split("--repo REPO", 1)[1].split(" --", 1)[0]
+
+
 def test_the_delivery_steps_and_every_help_start_without_torch_or_mlflow():
     """The table names every flags dataclass without importing any step's code: `flywheel <step> --help`
     and the parsers the wiring tests check load neither PyTorch nor MLflow."""

@@ -31,7 +31,13 @@ def to_bool(value: str) -> bool:
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Each option's spellings, then its value once: ``--batch-size, --batch_size BATCH_SIZE``."""
+    """Each option's spellings, then its value once: ``--batch-size, --batch_size BATCH_SIZE``; after its
+    help, the value that will apply, or "(required)"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.required:
+            return f"{action.help or ''} (required)"
+        return super()._get_help_string(action)
 
     def _format_action_invocation(self, action: argparse.Action) -> str:
         if not action.option_strings or action.nargs == 0:
