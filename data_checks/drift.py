@@ -31,15 +31,16 @@ approximation for the held-out sizes), so the whole verdict has a false-alarm ra
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.stats import chi2_contingency, norm
 
+from data_checks.args import DriftArgs
 from data_checks.embeddings import Embedder
-from model.core.config import SAMPLE_DATA, DataConfig, DriftConfig, RegistryConfig, required, setting
+from model.core.config import DataConfig, DriftConfig, RegistryConfig
 from model.core.errors import FlywheelError
 from model.core.steps import StepResult
 from model.data.conversations import read_snapshot, snapshot_info
@@ -244,23 +245,31 @@ def _metric_values(snapshot) -> dict[str, float]:
     return values
 
 
-@dataclass
-class DriftArgs:
-    current: str = required("conversation snapshot (Parquet) of the recent window")
-    reference: str = setting(str(SAMPLE_DATA), "training snapshot the model learned from (any format `train` reads)")
-    model: str | None = setting(
-        None,
-        "artifact folder or models:/ URI: its predictions on the reference texts are the baseline "
-        "for intent/confidence/fallback",
-    )
-    reference_events: str | None = setting(
-        None, "an earlier window of logs as the baseline for predictions and feedback rates (instead of --model)"
-    )
+@dataclass(frozen=True)
+class DriftReport:
+    """The verdict on one window of logs against the training data, and what was compared."""
+
+    decision: DriftDecision
+    reference: str
+    current: str
+    window: dict[str, str]  # the logs' window (start, end): what `flywheel request-retrain` asks to retrain on
+    current_digest: str
+    events: int
+    reference_rows: int
+    compared: dict[
+        str, int
+    ]  # rows of each side compared: reference and current (a random sample past drift.sample_size)
+    evidently_html: str
+
+    def to_dict(self) -> dict:
+        """The verdict's fields at the top (``drift``: the workflow's step output), then the inputs."""
+        rest = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "decision"}
+        return {**self.decision.to_dict(), **rest}
 
 
 def drift_command(
     args: DriftArgs, *, data: DataConfig, drift: DriftConfig, registry: RegistryConfig, work: Path, report_dir: Path
-) -> StepResult:
+) -> StepResult[DriftReport]:
     """Compare recent logs with the training data (Evidently): one verdict with reasons."""
     reference_events = Path(args.reference_events) if args.reference_events else None
     return StepResult(
@@ -289,7 +298,7 @@ def drift_step(
     reg_cfg: RegistryConfig,
     report_dir: Path,
     work: Path,
-) -> tuple[dict, str]:
+) -> tuple[DriftReport, str]:
     """Training snapshot (reference) vs a window of logs (current): Evidently report, JSON, markdown verdict.
 
     Prediction and feedback signals need a reference for them: ``reference_events`` (an earlier
@@ -319,18 +328,17 @@ def drift_step(
     if len(cur_sample) < len(logs) or len(ref_sample) < len(train):
         window += f" Compared: a random sample of {len(ref_sample)} reference and {len(cur_sample)} current rows."
     info = snapshot_info(current, logs)
-    result = {
-        **decision.to_dict(),
-        "reference": str(reference),
-        "current": str(current),
-        # the data window (and digest) compared: what `flywheel request-retrain` asks to retrain on
-        "window": info["window"],
-        "current_digest": info["content_digest"],
-        "events": len(logs),
-        "reference_rows": len(train),
-        "compared": {"reference": len(ref_sample), "current": len(cur_sample)},
-        "evidently_html": str(html),
-    }
+    result = DriftReport(
+        decision=decision,
+        reference=str(reference),
+        current=str(current),
+        window=info["window"],
+        current_digest=info["content_digest"],
+        events=len(logs),
+        reference_rows=len(train),
+        compared={"reference": len(ref_sample), "current": len(cur_sample)},
+        evidently_html=str(html),
+    )
     return result, render_markdown(decision, window) + f"\nEvidently report: `{html}`\n"
 
 

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from model.core.config import SAMPLE_DATA, CheckConfig, DataConfig, PrepareConfig, setting
+from data_checks.args import CheckDataArgs
+from model.core.config import CheckConfig, DataConfig, PrepareConfig
 from model.core.errors import FlywheelError
 from model.core.steps import EXIT_OK, EXIT_REJECTED, StepResult
 from model.data.conversations import ARMS, NO_ENTITIES, THUMBS, read_snapshot
@@ -164,27 +165,26 @@ def _confidence_problem(cell: str) -> str | None:
     return None
 
 
-@dataclass
-class CheckDataArgs:
-    events: str | None = setting(None, "conversation snapshot (Parquet) to check with the 'logged_events' suite")
-    training: str | None = setting(
-        None, "training snapshot (Parquet/CSV/JSONL, e.g. prepare's examples.parquet) for the 'training_snapshot' suite"
-    )
-    reference: str = setting(
-        str(SAMPLE_DATA), "dataset whose intents are the known labels (new ones must be declared with --new-intents)"
-    )
+@dataclass(frozen=True)
+class DataCheck:
+    """Each suite's expectations on its file, and every failure in a sentence."""
+
+    passed: bool
+    suites: list[dict]  # suite, file, rows, defined, ran, passed, failed, success, expectations
+    failures: list[str]
+    data_docs: str  # Great Expectations' Data Docs index
 
 
 def check_data_command(
     args: CheckDataArgs, *, data: DataConfig, prepare: PrepareConfig, checks: CheckConfig, report_dir: Path
-) -> StepResult:
+) -> StepResult[DataCheck]:
     """Validate logged events and/or a training snapshot with Great Expectations: exit 1 on any failure."""
     events, training, reference = (Path(p) if p else None for p in (args.events, args.training, args.reference))
     result, md, passed = check_data(
         events, training, reference, data_cfg=data, prep_cfg=prepare, cfg=checks, docs_dir=report_dir / "data_docs"
     )
     if not passed:
-        print("flywheel: check-data failed:\n  " + "\n  ".join(result["failures"]), file=sys.stderr)
+        print("flywheel: check-data failed:\n  " + "\n  ".join(result.failures), file=sys.stderr)
     return StepResult(result, md, EXIT_OK if passed else EXIT_REJECTED)
 
 
@@ -198,7 +198,7 @@ def check_data(
     cfg: CheckConfig,
     docs_dir: Path,
     now: datetime | None = None,
-) -> tuple[dict, str, bool]:
+) -> tuple[DataCheck, str, bool]:
     """Validate the given files; return the summary, a markdown report and whether everything passed."""
     if events is None and training is None:
         raise FlywheelError("nothing to check: give --events and/or --training")
@@ -268,7 +268,7 @@ def _validate(targets, docs_dir: Path):
     return results
 
 
-def _summarise(results, targets, cfg: CheckConfig, docs_dir: Path) -> tuple[dict, str, bool]:
+def _summarise(results, targets, cfg: CheckConfig, docs_dir: Path) -> tuple[DataCheck, str, bool]:
     suites, failures = [], []
     for result, (suite, df, path) in zip(results, targets):
         defined = len(suite.expectations)
@@ -308,7 +308,7 @@ def _summarise(results, targets, cfg: CheckConfig, docs_dir: Path) -> tuple[dict
         )
     passed = not failures
     docs_index = docs_dir / "index.html"
-    summary = {"passed": passed, "suites": suites, "failures": failures, "data_docs": str(docs_index)}
+    summary = DataCheck(passed, suites, failures, str(docs_index))
     lines = [f"## Data checks: {'passed' if passed else 'FAILED'}", ""]
     lines += [
         f"- `{s['suite']}` on `{s['file']}` ({s['rows']} rows): {s['passed']}/{s['defined']} expectations passed"

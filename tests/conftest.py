@@ -9,7 +9,9 @@ the run ends with one line naming what was not tested and how to get it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import os
 import shutil
 import socket
@@ -24,8 +26,33 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from model.core.config import PROJECT_ROOT, SAMPLE_DATA, DataConfig, RegistryConfig, TrainConfig
+from model.core.config import DEFAULT_CONFIG, PROJECT_ROOT, SAMPLE_DATA, DataConfig, RegistryConfig, TrainConfig
 from scripts.throwaway_postgres import ThrowawayPostgres, postgres_bindir
+
+
+def step_parsers() -> dict:
+    """Every step's parser with the default config's overrides, for checking commands written elsewhere
+    (workflows, the Makefile, manifests) against the flags that exist; imports no step's code."""
+    from model.core.command_line import parser_for
+    from model.core.settings import read_yaml_config
+    from scripts.cli import STEPS
+
+    overrides = read_yaml_config(DEFAULT_CONFIG)
+    return {s.name: parser_for(s, overrides) for s in STEPS}
+
+
+def images_in(text: str) -> list[str]:
+    """Every container image named in a manifest file, in order."""
+    from model.deploy.images import containers, round_trip
+
+    return [str(c.get("image", "")) for doc in round_trip().load_all(text) for c in containers(doc)]
+
+
+def read_prediction_log(path: Path) -> list[dict]:
+    """Every record the predictor's log still keeps, the rotated files included, oldest first."""
+    from model.serve.prediction_log import prediction_log_files
+
+    return [json.loads(line) for p in prediction_log_files(path) for line in p.read_text().splitlines() if line]
 
 
 def local_registry(work: Path, **fields) -> RegistryConfig:
@@ -150,7 +177,7 @@ def tiny_artifact(tmp_path_factory, tiny_train_cfg, sample_df) -> dict:
     data = write_subset(sample_df, root / "small.csv")
     work = root / "work"
     summary, _ = train_step(data, DataConfig(), tiny_train_cfg, local_registry(work), work, root / "artifact")
-    return {**summary, "data": str(data), "train_cfg": tiny_train_cfg}
+    return {**dataclasses.asdict(summary), "data": str(data), "train_cfg": tiny_train_cfg}
 
 
 @pytest.fixture(scope="session")

@@ -23,11 +23,12 @@ import yaml
 from model.core.config import PROJECT_ROOT, CanaryConfig, DeliveryConfig
 from model.core.errors import FlywheelError
 from model.deploy import manifests
+from model.deploy.args import CanaryAnalysisArgs
 from model.deploy.canary import NO_DATA, ROLLBACK, ArmMetrics, analyse
 from model.deploy.canary_metrics import TOKEN_ENV, arm_queries, prometheus_arm_metrics
 from model.deploy.delivery import canary_analysis_step
 from model.deploy.monitoring_checks import promtool
-from model.deploy.steps import CanaryAnalysisArgs, canary_analysis_command
+from model.deploy.steps import canary_analysis_command
 
 NS = "flywheel-staging"
 WINDOW = 600  # seconds: ten one-minute samples of every counter, evaluated at 20m

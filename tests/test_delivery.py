@@ -37,6 +37,7 @@ from model.deploy.delivery import (
 from model.registry import register, versions
 from model.registry.store import tracking_uri
 from scripts.cli import main
+from tests.conftest import images_in
 from tests.test_collector import feedback_event, inference_event
 
 REG = RegistryConfig()  # its tracking URI is set by `registry_dir`, the store every test here shares
@@ -52,7 +53,7 @@ def registry_dir(tmp_path_factory, tiny_artifact):
     predictor = IntentPredictor.load(tiny_artifact["artifact"])
     for i in (1, 2, 3):  # one artifact, three "datasets": registration is idempotent per dataset digest
         meta = {**predictor.meta, "dataset_digest": f"dataset-{i}", "mlflow_run_id": None}
-        assert register.register(REG, Path(tiny_artifact["artifact"]), meta, predictor.digest)["version"] == i
+        assert register.register(REG, Path(tiny_artifact["artifact"]), meta, predictor.digest).version == i
     MlflowClient(tracking_uri(REG)).delete_model_version_tag(REG.model_name, "3", versions.GATE_TAG)
     return work, predictor.digest
 
@@ -268,11 +269,14 @@ def test_cli_exit_codes_and_reports(repo, store, tmp_path, capsys):
     assert main(["check-manifests", "--repo", str(repo), "--report-dir", str(reports)]) == 0
 
 
-def test_promote_without_env_still_moves_only_the_alias(repo, store, tmp_path):
-    head = git(repo, "rev-parse", "HEAD")
-    assert main(["promote", "--version", "2", "--report-dir", str(tmp_path)]) == 0
-    assert versions.alias_version(REG, versions.CHAMPION) == 2
+def test_promote_without_env_is_refused_and_moves_nothing(repo, store, tmp_path, capsys):
+    """Moving the alias alone is `flywheel set-champion`; `promote` is always a pull request for an environment."""
+    head, champion = git(repo, "rev-parse", "HEAD"), versions.alias_version(REG, versions.CHAMPION)
+    assert main(["promote", "--version", "2", "--repo", str(repo), "--report-dir", str(tmp_path)]) == 2
+    assert "the following arguments are required: --env" in capsys.readouterr().err
+    assert versions.alias_version(REG, versions.CHAMPION) == champion
     assert git(repo, "rev-parse", "HEAD") == head and branches(repo) == ["main"]
+    assert not (tmp_path / "promote.json").exists()
 
 
 def test_canary_analysis_reads_the_manifest_and_metrics(repo, store, tmp_path):
@@ -524,8 +528,6 @@ def test_release_refuses_an_image_named_by_tag_before_anything_is_proposed(repo,
 
 
 def _images(repo: Path, env: str) -> set[str]:
-    from model.deploy.images import images_in
-
     return {i for name in ("inferenceservice.yaml", "collector.yaml") for i in images_in(
         (repo / "manifests" / env / name).read_text()
     )}  # fmt: skip

@@ -513,7 +513,7 @@ def test_prepare_carries_human_and_predicted_entities_into_the_training_set_and_
     (task,) = [t for t in tasks if t["data"]["text"] == doubtful]
     (spans,) = [r["value"] for r in task["predictions"][0]["result"] if r["type"] == "labels"]
     assert spans == {**_label(doubtful, "99432", "order_id", "")["value"], "score": 0.66}
-    assert result["labelling"]["entity_rows_dropped"] == {"training_set": 0, "human_labels": 0, "predictions": 0}
+    assert result.labelling["entity_rows_dropped"] == {"training_set": 0, "human_labels": 0, "predictions": 0}
     config = ET.fromstring((tmp_path / "out" / "review" / "review_config.xml").read_text())
     assert [x.attrib["value"] for x in config.iter("Label")] == ["amount", "order_id"]
     csv = pd.read_csv(tmp_path / "out" / "review" / "review_queue.csv", dtype=str, keep_default_na=False)
@@ -535,7 +535,7 @@ def test_prepare_on_intent_only_data_writes_the_old_queue(tmp_path, sample_df):
     tasks = json.loads((review / "review_tasks.json").read_text())
     assert tasks and all([r["type"] for r in t["predictions"][0]["result"]] == ["choices"] for t in tasks)
     assert list(pd.read_csv(review / "review_queue.csv", dtype=str).columns) == QUEUE_COLUMNS
-    assert "entity_rows_dropped" not in result["labelling"]
+    assert "entity_rows_dropped" not in result.labelling
 
 
 # --- the simulated reviewer ---------------------------------------------------------------------------

@@ -122,7 +122,7 @@ TRUTH = [
 
 
 def _without_timing(report: EvaluationReport) -> dict:
-    return {k: v for k, v in report.to_json().items() if k != "latency"}
+    return {k: v for k, v in report.to_dict().items() if k != "latency"}
 
 
 REPORT_KEYS = [  # evaluate.json's keys, in order, as workflows and earlier reports read them
@@ -136,8 +136,8 @@ def test_an_intent_only_model_on_a_test_set_without_entities_is_reported_as_befo
     without_column = evaluate(FakePredictor(), frame())
     empty_cells = evaluate(FakePredictor(), frame([[] for _ in TEXTS]))
     assert without_column.entities is None
-    assert list(without_column.to_json()) == REPORT_KEYS
-    written = without_column.to_json()["examples"]
+    assert list(without_column.to_dict()) == REPORT_KEYS
+    written = without_column.to_dict()["examples"]
     assert all(set(e) == {"id", "intent", "predicted", "confidence", "fallback"} for e in written)
     assert _without_timing(empty_cells) == _without_timing(without_column)
     assert "Entities" not in render_markdown(without_column)
@@ -145,7 +145,7 @@ def test_an_intent_only_model_on_a_test_set_without_entities_is_reported_as_befo
 
 def test_the_written_report_keeps_its_keys_with_entities_and_out_of_scope():
     df = pd.concat([frame(TRUTH), pd.DataFrame({"text": ["tell me a joke"], "intent": ["oos"], "entities": ["[]"]})])
-    written = json.loads(json.dumps(evaluate(FakePredictor(), df.reset_index(drop=True)).to_json()))
+    written = json.loads(json.dumps(evaluate(FakePredictor(), df.reset_index(drop=True)).to_dict()))
     assert list(written) == [*REPORT_KEYS, "entities", "oos_label", "oos_recall", "n_out_of_scope"]
     assert set(written["latency"]) == {"cpu_p50_ms", "cpu_p95_ms", "single_p50_ms", "single_p95_ms"} | {
         "batch_queries_per_s"
@@ -164,7 +164,7 @@ def test_entities_are_scored_per_type_and_recorded_per_example():
     assert ents.per_type["order_id"].support == 2 and ents.per_type["order_id"].recall == 0.5
     assert ents.per_type["amount"].precision == 0.0  # inside the true span, but not its offsets
     assert ents.micro.support == 3 and ents.micro.predicted == 2
-    first = report.to_json()["examples"][0]
+    first = report.to_dict()["examples"][0]
     assert first["entities"] == first["predicted_entities"] == [{"start": 15, "end": 20, "type": "order_id"}]
     assert report.examples[2].entities == report.examples[2].predicted_entities == []
     md = render_markdown(report)

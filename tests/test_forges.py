@@ -567,7 +567,7 @@ def test_a_branch_whose_pull_request_was_merged_or_closed_is_replaced(gh, merged
     gh["main"] = seed(gh, "main", {"README.md": "merged since\n"}, parent=gh["main"])  # main moved on
     pr = forge(gh).propose(p)
     assert pr.number == 2 and pr.replaced == old and gh["pulls"][0]["state"] == "closed"
-    assert pr.to_json()["replaced"] == old and not pr.existing
+    assert pr.to_dict()["replaced"] == old and not pr.existing
     assert writes(gh)[-3:] == [("DELETE", f"/git/refs/heads/{p.branch}"), ("POST", "/git/refs"), ("POST", "/pulls")]
     assert gh["commits"][gh["refs"][f"refs/heads/{p.branch}"]]["parents"] == [gh["main"]]  # from today's main
     assert files_on(gh, p.branch) == files_on(gh, "main") | p.files
@@ -578,7 +578,7 @@ def test_a_rerun_with_its_pull_request_open_writes_nothing(gh):
     since = len(gh["calls"])
     again = forge(gh).propose(change())
     assert again == dataclasses.replace(first, base_sha=None, existing=True)
-    assert again.to_json() == {k: v for k, v in first.to_json().items() if k != "base_sha"} | {"existing": True}
+    assert again.to_dict() == {k: v for k, v in first.to_dict().items() if k != "base_sha"} | {"existing": True}
     assert calls(gh, since) and not writes(gh, since) and len(gh["pulls"]) == 1
 
 
@@ -633,7 +633,7 @@ def test_the_emergency_stop_merges_its_pull_request_or_says_why_not(gh):
     pr = forge(gh).propose(change())
     merged = forge(gh).merge(pr)
     assert merged.merged_commit is not None and gh["refs"]["refs/heads/main"] == merged.merged_commit
-    assert merged.to_json()["merge"] == {"merged": True, "commit": merged.merged_commit}
+    assert merged.to_dict()["merge"] == {"merged": True, "commit": merged.merged_commit}
     assert files_on(gh, "main") == files_on(gh, pr.branch)  # the change is on main: Argo CD syncs it
     gh["protected"] = True
     second = forge(gh).propose(change("newer: 2\n", branch="flywheel/rollback-staging-v3"))

@@ -30,19 +30,29 @@ def test_the_import_contract_holds():
     assert "Contracts: 2 kept, 0 broken." in done.stdout
 
 
-def test_serving_imports_no_training_gate_or_registration_code():
-    """What the serving image loads: the predictor in a fresh interpreter, and nothing from training."""
-    code = (
-        "import json, sys; import model.serve.serving;"
-        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('model', 'data_checks')))))"
-    )
+def _loaded_by(module: str) -> list[str]:
+    """The modules importing ``module`` loads in a fresh interpreter."""
+    code = f"import json, sys; import {module}; print(json.dumps(sorted(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_serving_imports_no_training_gate_registry_or_mlflow():
+    """What the serving image loads: the predictor in a fresh interpreter, and nothing from training,
+    the gate or the registry; no MLflow (a models:/ URI is resolved before the server starts)."""
+    loaded = _loaded_by("model.serve.serving")
     assert "model.serve.serving" in loaded and "model.artifact.predictor" in loaded
-    forbidden = ("model.train", "model.evaluate", "model.registry.register", "model.registry.tracking")
-    assert not [m for m in loaded if m.startswith(forbidden)], loaded
-    assert not [m for m in loaded if m.startswith(("model.prepare", "model.deploy", "model.loop", "data_checks"))]
+    forbidden = ("model.train", "model.evaluate", "model.registry", "model.prepare", "model.deploy", "model.loop")
+    assert not [m for m in loaded if m.startswith((*forbidden, "data_checks"))], loaded
+    assert "mlflow" not in loaded
+
+
+def test_the_serve_step_imports_mlflow_only_for_a_registry_uri():
+    """`flywheel serve` with a folder (as in the pod, /mnt/models) loads the server and no MLflow."""
+    loaded = _loaded_by("model.deploy.serve_step")
+    assert "model.serve.serving" in loaded
+    assert "mlflow" not in loaded and not [m for m in loaded if m.startswith("model.registry")]
 
 
 def _modules() -> list[Path]:

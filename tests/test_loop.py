@@ -190,7 +190,7 @@ def test_whole_loop_rolls_back_a_worse_canary(tmp_path, tiny_bert, subset):
             loop.close(world)
         report = loop.finish(world)
     record = json.loads((work / "loop.json").read_text())
-    assert record == json.loads(json.dumps(loop.record.to_json(), default=str))  # the file is the record
+    assert record == json.loads(json.dumps(loop.record.to_dict(), default=str))  # the file is the record
     assert decision == "rollback" == record["canary"]["decision"]
     assert any("higher on the canary" in r for r in record["canary"]["reasons"])
     assert [pr["kind"] for pr in record["pull_requests"]] == ["release", "retrain", "release", "rollback"]

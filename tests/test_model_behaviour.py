@@ -33,7 +33,7 @@ def slice_data(tmp_path_factory, sample_df) -> Path:
 def _train(root: Path, data: Path, cfg: TrainConfig, name: str) -> IntentPredictor:
     work = root / "work"
     summary, _ = train_step(data, DataConfig(), cfg, local_registry(work), work, root / name)
-    return IntentPredictor.load(summary["artifact"])
+    return IntentPredictor.load(summary.artifact)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def good_artifact(tmp_path_factory, slice_data) -> Path:
     root = tmp_path_factory.mktemp("good")
     work = root / "work"
     return Path(
-        train_step(slice_data, DataConfig(), FAST_MINILM, local_registry(work), work, root / "good")[0]["artifact"]
+        train_step(slice_data, DataConfig(), FAST_MINILM, local_registry(work), work, root / "good")[0].artifact
     )
 
 

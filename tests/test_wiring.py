@@ -16,10 +16,9 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from model.core.command_line import parsers
 from model.core.config import PROJECT_ROOT
-from model.core.steps import Signature
 from scripts.cli import STEPS
+from tests.conftest import step_parsers
 
 WORKFLOWS = sorted((PROJECT_ROOT / ".github" / "workflows").glob("*.yml"))
 MANIFESTS = sorted((PROJECT_ROOT / "manifests").rglob("*.yaml"))
@@ -118,12 +117,12 @@ def docs_calls(paths: list[Path] = DOCS) -> list[tuple[str, list[str]]]:
 
 def problems(argv: list[str]) -> list[str]:
     """What the real parser would refuse in ``flywheel <argv>``; variable values replaced by typed stand-ins."""
-    steps = parsers(STEPS)
+    steps = step_parsers()
     if not argv or argv[0] not in steps:
         return [f"unknown step {argv[0] if argv else '(none)'!r} (steps: {', '.join(steps)})"]
     options = steps[argv[0]]._option_string_actions
     step = next(s for s in STEPS if s.name == argv[0])
-    positional = list(getattr(Signature.of(step.load()).args, "POSITIONAL", ()))  # e.g. flywheel report LOOP_JSON
+    positional = list(getattr(step.args, "POSITIONAL", ()))  # e.g. flywheel report LOOP_JSON
     found, concrete, i = [], [argv[0]], 1
     while i < len(argv):
         token = argv[i]

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from model.core.command_line import parsers
 from model.core.config import PROJECT_ROOT
-from scripts.cli import STEPS
+from tests.conftest import step_parsers
 
 WORKFLOWS = sorted((PROJECT_ROOT / ".github" / "workflows").glob("*.yml"))
 PIPELINES = ("retrain.yml", "drift.yml", "canary.yml", "release.yml", "registry.yml")  # each step a flywheel call
@@ -109,7 +108,7 @@ def _flywheel_calls(name: str) -> list[tuple[str, list[str]]]:
 @pytest.mark.parametrize("name", PIPELINES)
 def test_pipeline_steps_are_flywheel_calls_with_flags_the_step_has(name):
     """Every step is one `flywheel <step>` call, and the step exists and has every flag the workflow passes."""
-    subparsers = parsers(STEPS)
+    subparsers = step_parsers()
     calls = _flywheel_calls(name)
     assert calls, name
     for job_name, (step, *args) in calls:

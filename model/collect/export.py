@@ -21,15 +21,24 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from model.collect.args import ExportEventsArgs
 from model.collect.snapshot_rows import _utc, answer_version, answered_rows, content_digest, feedback_ids
 from model.collect.store import open_store, read_feedback, read_inference
 from model.collect.streamed_export import export_streamed
-from model.core.config import CollectorConfig, setting
+from model.core.config import CollectorConfig
 from model.core.errors import FlywheelError
 from model.core.steps import StepResult
 from model.data.conversations import DIGEST_KEY, WINDOW_KEYS
 
-__all__ = ["DIGEST_KEY", "answer_version", "answered_rows", "content_digest", "export_step", "export_window"]
+__all__ = [
+    "DIGEST_KEY",
+    "Exported",
+    "answer_version",
+    "answered_rows",
+    "content_digest",
+    "export_step",
+    "export_window",
+]
 
 
 def window_rows(engine: sa.Engine, start: datetime, end: datetime) -> tuple[list[dict], list[dict], dict]:
@@ -40,9 +49,23 @@ def window_rows(engine: sa.Engine, start: datetime, end: datetime) -> tuple[list
     return events, rows, skipped
 
 
+@dataclass(frozen=True)
+class Exported:
+    """A window of logged conversations written as a snapshot: where, how much, and its content digest."""
+
+    path: str
+    rows: int  # answered requests (one row per text)
+    requests: int  # logged calls
+    content_digest: str
+    window: dict[str, str]  # start, end (ISO 8601; the end excluded)
+    rated: int  # rows with a thumbs up or down
+    with_feedback: int  # rows with any feedback
+    skipped: dict[str, int]  # what was left out, by reason
+
+
 def export_window(
     engine: sa.Engine, start: datetime, end: datetime, out: Path, cfg: CollectorConfig | None = None
-) -> dict:
+) -> Exported:
     """Write the window's answered requests to ``out`` as a conversation snapshot (temporary file + rename)."""
     cfg = cfg or CollectorConfig()
     start, end = _utc(start), _utc(end)
@@ -50,16 +73,16 @@ def export_window(
         raise FlywheelError(f"export window is empty: end {end.isoformat()} is not after start {start.isoformat()}")
     metadata = dict(zip(WINDOW_KEYS, (t.isoformat().encode() for t in (start, end))))
     written = export_streamed(engine, start, end, Path(out), metadata, cfg.export_batch_rows, cfg.export_memory_mib)
-    return {
-        "path": str(out),
-        "rows": written["rows"],
-        "requests": written["requests"],
-        "content_digest": written["content_digest"],
-        "window": {"start": start.isoformat(), "end": end.isoformat()},
-        "rated": written["rated"],
-        "with_feedback": written["with_feedback"],
-        "skipped": written["skipped"],
-    }
+    return Exported(
+        path=str(out),
+        rows=written["rows"],
+        requests=written["requests"],
+        content_digest=written["content_digest"],
+        window={"start": start.isoformat(), "end": end.isoformat()},
+        rated=written["rated"],
+        with_feedback=written["with_feedback"],
+        skipped=written["skipped"],
+    )
 
 
 def _when(value: str, flag: str) -> datetime:
@@ -85,20 +108,7 @@ def request_window(path: Path) -> tuple[datetime, datetime]:
     return _when(start, f"{path}: window start"), _when(end, f"{path}: window end")
 
 
-@dataclass
-class ExportEventsArgs:
-    start: str | None = setting(
-        None, "window start, ISO 8601 (e.g. 2026-11-01T00:00:00Z); events before it are left out"
-    )
-    end: str | None = setting(None, "window end, ISO 8601, exclusive (unset: now)")
-    days: float | None = setting(None, "instead of --start: the window is the last N days before --end")
-    request: str | None = setting(
-        None, "instead of --start: a retrain request (flywheel request-retrain's JSON), or their folder (the newest)"
-    )
-    out: str | None = setting(None, "snapshot file to write (unset: <work dir>/snapshots/events-<start>-<end>.parquet)")
-
-
-def export_command(args: ExportEventsArgs, *, collect: CollectorConfig, work: Path) -> StepResult:
+def export_command(args: ExportEventsArgs, *, collect: CollectorConfig, work: Path) -> StepResult[Exported]:
     """Export a window of logged conversations as a snapshot (model/data/conversations.py) with a content digest."""
     return StepResult(
         *export_step(
@@ -122,7 +132,7 @@ def export_step(
     days: float = 0,
     request: str = "",
     out: str = "",
-) -> tuple[dict, str]:
+) -> tuple[Exported, str]:
     """Pick the window (exactly one of ``start``, ``days``, ``request``), export it, describe it."""
     chosen = [name for name, given in (("--start", start), ("--days", days > 0), ("--request", request)) if given]
     if len(chosen) != 1:
@@ -143,11 +153,11 @@ def export_step(
         result = export_window(engine, t0, t1, target, cfg)
     finally:
         engine.dispose()
-    left_out = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in result["skipped"].items()) or "nothing"
+    left_out = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in result.skipped.items()) or "nothing"
     md = (
-        f"## Logged conversations {result['window']['start']} to {result['window']['end']}\n\n"
-        f"{result['rows']} answered requests ({result['rated']} rated, {result['with_feedback']} with feedback) "
-        f"from {result['requests']} logged calls in `{result['path']}`, content digest "
-        f"`{result['content_digest']}`. Left out: {left_out}.\n"
+        f"## Logged conversations {result.window['start']} to {result.window['end']}\n\n"
+        f"{result.rows} answered requests ({result.rated} rated, {result.with_feedback} with feedback) "
+        f"from {result.requests} logged calls in `{result.path}`, content digest "
+        f"`{result.content_digest}`. Left out: {left_out}.\n"
     )
     return result, md

@@ -17,6 +17,7 @@ every kind the environments hold.
 from __future__ import annotations
 
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from model.core.errors import FlywheelError
@@ -208,7 +209,14 @@ def _rollout_state(repo: Path, env: str, manifests_dir: str) -> dict | None:
     }
 
 
-def check_manifests_step(repo: Path, manifests_dir: str = "manifests") -> tuple[dict, str, bool]:
+@dataclass(frozen=True)
+class ManifestCheck:
+    passed: bool
+    errors: list[str]  # one sentence per finding, naming the file
+    rollout: dict[str, dict | None]  # per environment: stable, canary, canary_percent (None: unreadable)
+
+
+def check_manifests_step(repo: Path, manifests_dir: str = "manifests") -> tuple[ManifestCheck, str, bool]:
     """The findings, and what each environment serves, as a result and a markdown summary."""
     errors = check_manifests(repo, manifests_dir)
     states = {env: _rollout_state(repo, env, manifests_dir) for env in manifests.ENVIRONMENTS}
@@ -227,4 +235,4 @@ def check_manifests_step(repo: Path, manifests_dir: str = "manifests") -> tuple[
         f"| {env} | {s and s['stable']} | {s and s['canary']} | {s and s['canary_percent']} |"
         for env, s in states.items()
     ]
-    return {"passed": not errors, "errors": errors, "rollout": states}, "\n".join(lines) + "\n", not errors
+    return ManifestCheck(not errors, errors, states), "\n".join(lines) + "\n", not errors

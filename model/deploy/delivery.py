@@ -185,7 +185,7 @@ def release_step(
         "storage_uri": model.storage_uri,
         "sha256": model.sha256,
         "image": images.pinned(image).pinned if image else None,
-        "pull_request": pr.to_json(),
+        "pull_request": pr.to_dict(),
     }, text.body
 
 
@@ -215,7 +215,7 @@ def promote_env_step(
         "model_version": canary.version,
         "previous_stable": t.rollout.stable.version,
         "image": running_image(t.doc),
-        "pull_request": pr.to_json(),
+        "pull_request": pr.to_dict(),
     }
     if moves_champion:
         result["champion_on_merge"] = canary.version  # reconcile-registry moves it once this is on main
@@ -245,7 +245,7 @@ def rollback_step(
         "action": "rollback",
         "ended_version": ended.version,
         "stable": new.stable.version,
-        "pull_request": pr.to_json(),
+        "pull_request": pr.to_dict(),
     }
     if moves_champion:
         result["champion_on_merge"] = new.stable.version  # reconcile-registry moves it once this is on main
@@ -373,5 +373,5 @@ def request_retrain_step(drift_report: Path, repo: Path, dcfg: DeliveryConfig) -
             new_file=True,
         )
     )
-    result = {"requested": True, "drift": True, "request_file": rel, "window": window, "pull_request": pr.to_json()}
+    result = {"requested": True, "drift": True, "request_file": rel, "window": window, "pull_request": pr.to_dict()}
     return result, text.body

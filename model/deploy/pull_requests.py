@@ -2,7 +2,7 @@
 the pull request both forges answer with; and the rule for a branch that already exists, in one place.
 
 ``Forge`` is the protocol ``model.deploy.forges.LocalForge`` and ``model.deploy.github_forge.GitHubForge``
-implement; the delivery steps see only it. ``PullRequest.to_json`` is the ``pull_request`` of a step's
+implement; the delivery steps see only it. ``PullRequest.to_dict`` is the ``pull_request`` of a step's
 result, with the keys it always had (``number``/``url`` only on GitHub, ``existing`` only for a re-run,
 ``replaced`` only where a branch was replaced, ``merge`` only once merged).
 """
@@ -43,7 +43,7 @@ class PullRequest:
     replaced: str | None = None  # the commit of a merged or closed branch of the same name it replaced
     merged_commit: str | None = None  # set by ``Forge.merge`` (the emergency stop): the base's new commit
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         out: dict = {"mode": self.mode, "repository": self.repository, "branch": self.branch, "base": self.base}
         if self.existing:
             out["existing"] = True

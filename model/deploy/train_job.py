@@ -34,10 +34,11 @@ from pathlib import Path
 import yaml
 
 from model.artifact.manifest import verify
-from model.core.config import RegistryConfig, required, setting
+from model.core.config import RegistryConfig
 from model.core.errors import FlywheelError
 from model.core.steps import EXIT_OK, EXIT_REJECTED, StepResult
 from model.deploy import images, trainjob
+from model.deploy.args import TrainJobArgs
 from model.deploy.kubernetes_checks import load_objects
 from model.deploy.training_checks import trainjob_errors
 from model.registry import tracking
@@ -48,14 +49,23 @@ WAIT_MARGIN_S = 600.0  # for scheduling the controller's last reconcile after th
 BACKEND_TAG = "flywheel.training_backend"
 
 
-@dataclass
-class TrainJobArgs:
-    data: str = required("the training set to upload for the job (file or folder), e.g. work/dataset/examples.parquet")
-    image: str = required(
-        "the image the job runs, pinned by digest (REGISTRY/PATH@sha256:...; flywheel resolve-image gives it)"
-    )
-    template: str = setting(f"manifests/{trainjob.TEMPLATE}", "the TrainJob to render and submit")
-    out: str | None = setting(None, "where the trained artifact is downloaded (unset: <work dir>/models/<job name>)")
+@dataclass(frozen=True)
+class TrainJobRun:
+    """What ``flywheel train-job`` did: the job, its end, its MLflow run and, on Complete, the artifact here."""
+
+    state: str  # complete, failed, suspended, running or timed_out (trainjob.JobState.phase)
+    reason: str
+    message: str
+    jobs: str  # each replicated job's counts
+    trainjob: str
+    namespace: str
+    image: str
+    mlflow_run_id: str
+    dataset_uri: str
+    model_uri: str
+    artifact: str | None = None
+    artifact_digest: str | None = None
+    artifact_store_uri: str | None = None
 
 
 class Unavailable(Exception):
@@ -214,7 +224,7 @@ def _end_unfinished(reg_cfg: RegistryConfig, run_id: str) -> None:
         tracking.mark_failed(reg_cfg, run_id)
 
 
-def train_job_command(args: TrainJobArgs, *, registry: RegistryConfig, work: Path) -> StepResult:
+def train_job_command(args: TrainJobArgs, *, registry: RegistryConfig, work: Path) -> StepResult[TrainJobRun]:
     """Train as a Kubeflow Trainer TrainJob, wait for it, download the artifact its MLflow run holds."""
     template, image, data = _inputs(args)
     jobs = TrainJobs(kubernetes_api(), template["metadata"]["namespace"])
@@ -235,12 +245,12 @@ def train_job_command(args: TrainJobArgs, *, registry: RegistryConfig, work: Pat
     }  # fmt: skip
     if state.phase != "complete":
         _end_unfinished(registry, run_id)
-        return StepResult(result, _markdown(result), EXIT_REJECTED)
+        return StepResult(TrainJobRun(**result), _markdown(result), EXIT_REJECTED)
     out = Path(args.out) if args.out else work / "models" / name
     digest = collect_artifact(registry, run_id, out)
     stored = f"{tracking.run_info(registry, run_id).artifact_uri}/{tracking.ARTIFACT_DIR}"
     result.update(artifact=str(out), artifact_digest=digest, artifact_store_uri=stored)
-    return StepResult(result, _markdown(result), EXIT_OK)
+    return StepResult(TrainJobRun(**result), _markdown(result), EXIT_OK)
 
 
 def _markdown(result: dict) -> str:

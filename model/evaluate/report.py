@@ -1,6 +1,6 @@
 """The evaluation report as typed records: what ``evaluate`` returns, the gate decides on and training logs.
 
-Every consumer reads attributes; JSON exists only where the report is written (``to_json``: the
+Every consumer reads attributes; JSON exists only where the report is written (``to_dict``: the
 ``flywheel evaluate`` step's result, the artifact's meta), with the keys and order it always had. The
 optional sections are None where they do not apply: ``entities`` when no span was true or predicted
 (an intent-only model is reported exactly as before entities existed), ``out_of_scope`` when the test
@@ -63,7 +63,7 @@ class Outcome:
     def right(self) -> bool:
         return self.predicted == self.intent
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         out = {k: getattr(self, k) for k in ("id", "intent", "predicted", "confidence", "fallback")}
         if self.entities is not None:
             out["entities"] = [asdict(s) for s in self.entities]
@@ -117,13 +117,13 @@ class EvaluationReport:
         """Each example's outcome by its id, to pair with another model's on the same test set."""
         return {e.id: e for e in self.examples}
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         """The report as ``evaluate.json`` holds it: the fields in order, then the optional sections' keys."""
         out = asdict(self)
         del out["entities"], out["out_of_scope"]
-        out["examples"] = [e.to_json() for e in self.examples]  # spans only when the report has entities
+        out["examples"] = [e.to_dict() for e in self.examples]  # spans only when the report has entities
         if self.entities is not None:
-            out["entities"] = self.entities.to_json()
+            out["entities"] = self.entities.to_dict()
         if self.out_of_scope is not None:
             oos = self.out_of_scope
             out |= {"oos_label": oos.label, "oos_recall": oos.recall, "n_out_of_scope": oos.n}

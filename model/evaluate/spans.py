@@ -42,7 +42,7 @@ class EntityMetrics:
     micro: SpanScores
     per_type: dict[str, SpanScores]
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         return asdict(self)
 
 

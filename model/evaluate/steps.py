@@ -5,38 +5,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import pandas as pd
-from tqdm.auto import tqdm
 
-from model.core.config import SAMPLE_DATA, DataConfig, GateConfig, RegistryConfig, required, setting
+from model.core.config import DataConfig, GateConfig, RegistryConfig
 from model.core.errors import FlywheelError
+from model.core.progress import bar
 from model.core.steps import EXIT_OK, EXIT_REJECTED, StepResult
 from model.data.examples import load_split
+from model.evaluate.args import EvaluateArgs, GateArgs
 from model.evaluate.evaluation import evaluate, render_markdown
 from model.evaluate.gate import GateDecision, decide
 from model.evaluate.gate import render_markdown as render_gate
 from model.evaluate.report import EvaluationReport
 from model.registry import versions
 from model.registry.versions import open_model
-
-Split = Literal["train", "val", "test", "all"]
-
-
-@dataclass
-class EvaluateArgs:
-    model: str = required("artifact folder or models:/<name>@<alias> URI")
-    data: str = setting(str(SAMPLE_DATA), "dataset file or folder")
-    split: Split = setting("test", "which split to evaluate on")
-
-
-@dataclass
-class GateArgs:
-    challenger: str = required("artifact folder or models:/ URI of the candidate")
-    champion: str = setting("auto", "artifact folder or models:/ URI; 'auto' = the registry's champion if any")
-    data: str = setting(str(SAMPLE_DATA), "dataset whose frozen test split both models are compared on")
-    split: Split = setting("test", "split to compare on")
 
 
 @dataclass(frozen=True)
@@ -52,23 +35,25 @@ class GateResult:
     def passed(self) -> bool:
         return self.decision.passed
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         """gate.json: the decision's fields, then what was compared."""
         return {**self.decision.to_dict(), "challenger": self.challenger, "champion": self.champion}
 
 
-def evaluate_command(args: EvaluateArgs, *, data: DataConfig, registry: RegistryConfig) -> StepResult:
+def evaluate_command(args: EvaluateArgs, *, data: DataConfig, registry: RegistryConfig) -> StepResult[EvaluationReport]:
     """Measure a model on a labelled test set."""
     report, md = evaluate_step(args.model, Path(args.data), args.split, data, registry)
-    return StepResult(report.to_json(), md)
+    return StepResult(report, md)
 
 
-def gate_command(args: GateArgs, *, data: DataConfig, gate: GateConfig, registry: RegistryConfig) -> StepResult:
+def gate_command(
+    args: GateArgs, *, data: DataConfig, gate: GateConfig, registry: RegistryConfig
+) -> StepResult[GateResult]:
     """Decide whether a challenger may replace the champion: exit 1 when it may not."""
     gated = gate_step(
         args.challenger, args.champion, Path(args.data), args.split, data_cfg=data, gate_cfg=gate, reg_cfg=registry
     )
-    return StepResult(gated.to_json(), gated.markdown, EXIT_OK if gated.passed else EXIT_REJECTED)
+    return StepResult(gated, gated.markdown, EXIT_OK if gated.passed else EXIT_REJECTED)
 
 
 def evaluation_set(data: Path, data_cfg: DataConfig, split: str) -> pd.DataFrame:
@@ -104,7 +89,7 @@ def gate_step(
         champion = f"models:/{reg_cfg.model_name}@{versions.CHAMPION}" if version is not None else ""
     challenger_report, champion_report = (
         evaluate(open_model(uri, reg_cfg), test, data_cfg.oos_label) if uri else None
-        for uri in tqdm([challenger, champion], desc="evaluating", leave=False)
+        for uri in bar([challenger, champion], desc="evaluating", leave=False)
     )
     decision = decide(challenger_report, champion_report, gate_cfg)
     body = render_gate(decision) + "\n" + render_markdown(challenger_report, f"Challenger `{challenger}`")

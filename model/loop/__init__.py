@@ -7,6 +7,7 @@ the ones before it returned (``world``: what setup made, and the traffic seeds);
 into one typed record (``record``, loop.json). ``plan`` decides the data, ``retraining`` makes models, ``live_traffic``
 sends the simulated users of ``traffic`` to the cluster (``traffic_step``: the same users as
 ``flywheel traffic``); ``report`` renders ``templates/report.html.j2`` with ``charts``.
+The steps' flags (``traffic``, ``demo``, ``report``) are in ``args``.
 
 Imports: every other package (the top layer).
 """

@@ -79,7 +79,7 @@ class LiveTraffic:
         """The store's window [start, end) as the snapshot ``snapshots/<name>.parquet``."""
         with self._store() as engine:
             info = export_window(engine, start, end, self.work / "snapshots" / f"{name}.parquet")
-        return Path(info["path"])
+        return Path(info.path)
 
     @contextmanager
     def _store(self) -> Iterator[Engine]:

@@ -30,9 +30,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.core.config import SAMPLE_DATA, LoopConfig, setting
+from model.core.config import LoopConfig
 from model.core.errors import FlywheelError
 from model.core.steps import StepResult
+from model.loop.args import DemoArgs
 from model.loop.configs import LoopConfigs, load_configs
 from model.loop.record import LoopRecord, summarise
 from model.loop.stages import Loop
@@ -49,15 +50,22 @@ def without_github() -> Iterator[None]:
             os.environ["GITHUB_TOKEN"] = saved
 
 
-@dataclass
-class DemoArgs:
-    dataset: str = setting(
-        str(SAMPLE_DATA), "labelled dataset the loop replays as users (any format `train` reads, e.g. Banking77)"
-    )
-    out: str | None = setting(None, "new folder for everything the loop makes (unset: <work dir>/loop/<time>)")
+@dataclass(frozen=True)
+class LoopTurn:
+    """One turn of the loop: where its report and record are, and each stage's outcome."""
+
+    report: str
+    loop_record: str
+    git_repo: str | None
+    seconds: float | None
+    drift: bool | None  # None: the loop stopped before the drift check
+    gate_passed: bool | None
+    canary_decision: str | None
+    offline: list[dict]  # each candidate's offline score
+    stages: dict[str, dict]  # per stage: status, seconds, summary
 
 
-def demo_command(args: DemoArgs, *, loop: LoopConfig, config_file: Path, work: Path) -> StepResult:
+def demo_command(args: DemoArgs, *, loop: LoopConfig, config_file: Path, work: Path) -> StepResult[LoopTurn]:
     """Turn the whole loop once on one machine: serve, log, drift, retrain, canary, promote; ends in an HTML report.
 
     Every other section comes from ``config_file`` (the servers the loop starts read the same file)."""
@@ -67,7 +75,8 @@ def demo_command(args: DemoArgs, *, loop: LoopConfig, config_file: Path, work: P
     record, report = run_loop(
         Path(args.dataset), out, cfgs, progress=lambda line: print(line, file=sys.stderr, flush=True)
     )
-    return StepResult(*summarise(record, report))
+    result, md = summarise(record, report)
+    return StepResult(LoopTurn(**result), md)
 
 
 def run_loop(

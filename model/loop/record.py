@@ -2,7 +2,7 @@
 report reads). The stages hand each other what they need by return value (``model.loop.world``); each
 stage's outcome is recorded here as it ends, so a loop that stops part-way still leaves its record.
 
-``LoopRecord.to_json`` gives loop.json's content: one key per field, in field order, nested records as
+``LoopRecord.to_dict`` gives loop.json's content: one key per field, in field order, nested records as
 objects. Sections of stages that did not run are null, so a reader sees every key of a stopped loop.
 ``summarise`` turns a record into the ``flywheel demo`` step's result.
 """
@@ -87,8 +87,8 @@ class GateOutcome:
     def reasons(self) -> list[str]:
         return self.result.decision.reasons
 
-    def to_json(self) -> dict:
-        return {**self.result.to_json(), "markdown": self.result.markdown, "data": self.data}
+    def to_dict(self) -> dict:
+        return {**self.result.to_dict(), "markdown": self.result.markdown, "data": self.data}
 
 
 @dataclass
@@ -170,10 +170,10 @@ class LoopRecord:
     finished_at: str | None = None
     seconds: float | None = None
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         """loop.json's content (JSON types, but for numbers numpy may have given)."""
         data = dataclasses.asdict(self)
-        data["gate"] = self.gate.to_json() if self.gate else None
+        data["gate"] = self.gate.to_dict() if self.gate else None
         return data
 
 

@@ -28,9 +28,9 @@ from model.loop.record import GateOutcome, Labelling, OfflineScore
 from model.loop.world import World
 from model.prepare.discovery import discovery_figures
 from model.prepare.entity_labels import types_of
-from model.prepare.steps import prepare_step
+from model.prepare.steps import Prepared, prepare_step
 from model.registry.steps import register_step
-from model.train.steps import train_step
+from model.train.steps import Trained, train_step
 
 NOT_REGISTERED = "not registered (gate rejected)"
 
@@ -39,7 +39,7 @@ NOT_REGISTERED = "not registered (gate rejected)"
 class Candidate:
     """A model trained in the loop: the train step's result, the gate's verdict, its offline score."""
 
-    trained: dict
+    trained: Trained
     gate: GateOutcome
     offline: OfflineScore
     version: int | None  # registered version; None when the gate rejected it
@@ -64,16 +64,16 @@ def train_gate_register(data: Path, note: str, world: World, cfgs: LoopConfigs, 
     trained, md = train_step(data, cfgs.data, cfgs.train, cfgs.registry, work)
     write_reports(reports, "train", trained, md)
     gated = gate_step(
-        trained["artifact"], "auto", data, "test", data_cfg=cfgs.data, gate_cfg=cfgs.gate, reg_cfg=cfgs.registry
+        trained.artifact, "auto", data, "test", data_cfg=cfgs.data, gate_cfg=cfgs.gate, reg_cfg=cfgs.registry
     )
-    gate_file = write_reports(reports, "gate", gated.to_json(), gated.markdown)
+    gate_file = write_reports(reports, "gate", gated, gated.markdown)
     test = world.plan.test
-    scores = evaluate(IntentPredictor.load(Path(trained["artifact"])), test, cfgs.data.oos_label)
+    scores = evaluate(IntentPredictor.load(Path(trained.artifact)), test, cfgs.data.oos_label)
     version = None
     if gated.passed:
-        registered, reg_md = register_step(Path(trained["artifact"]), gate_file, cfgs.registry)
+        registered, reg_md = register_step(Path(trained.artifact), gate_file, cfgs.registry)
         write_reports(reports, "register", registered, reg_md)
-        version = registered["version"]
+        version = registered.version
     offline = OfflineScore(
         test_accuracy=scores.accuracy,
         macro_f1=scores.macro_f1,
@@ -97,8 +97,8 @@ def labelled_training_set(snapshot: Path, strategy: str, world: World, cfgs: Loo
     queue_run, _ = _prepare(
         snapshot, None, datasets / f"queue-{strategy}", world, prep_cfg=queue_cfg, cfgs=cfgs, work=work
     )
-    queue = pd.read_csv(queue_run["review_queue"]["csv"], dtype={"request_id": str, "conversation_id": str})
-    found = discovery_figures(queue_run["review_queue"]["new_intent_candidates_json"], users.truth, set(held_back))
+    queue = pd.read_csv(queue_run.review_queue["csv"], dtype={"request_id": str, "conversation_id": str})
+    found = discovery_figures(queue_run.review_queue["new_intent_candidates_json"], users.truth, set(held_back))
     seed = loop_cfg.seed  # the reviewer's picks (random strategy) and mistakes
     intents = sorted(set(known) | set(held_back)) + [cfgs.data.oos_label]
     names, clusters = _named_clusters(
@@ -117,7 +117,7 @@ def labelled_training_set(snapshot: Path, strategy: str, world: World, cfgs: Loo
         prep_cfg=prep_cfg, cfgs=cfgs, work=work, cluster_names=names,
     )  # fmt: skip
     write_reports(reports, "prepare", prepared, prep_md)
-    examples = Path(prepared["snapshot"])
+    examples = Path(prepared.snapshot)
     _check_or_refuse(
         "the prepared training set", prep_cfg=prep_cfg, cfgs=cfgs, reports=reports,
         training=examples, reference=world.seed_csv,
@@ -128,17 +128,17 @@ def labelled_training_set(snapshot: Path, strategy: str, world: World, cfgs: Loo
         queue_length=len(queue),
         **stats,
         new_intent_labels=int(labelled["intent"].isin(held_back).sum()),
-        new_intents_waiting_for_labels=prepared["labelling"]["new_intents_waiting_for_labels"],
+        new_intents_waiting_for_labels=prepared.labelling["new_intents_waiting_for_labels"],
         discovery=found,
         **clusters,
-        label_check=prepared["label_check"],
+        label_check=prepared.label_check,
         label_check_score=_recheck_score(prepared, labelled, users.truth),
     )
-    return LabelledSet(examples=examples, rows=prepared["rows"], labelling=labelling)
+    return LabelledSet(examples=examples, rows=prepared.rows, labelling=labelling)
 
 
 def _named_clusters(
-    queue_run: dict,
+    queue_run: Prepared,
     strategy: str,
     intents: list[str],
     *,
@@ -152,7 +152,7 @@ def _named_clusters(
     decisions = min(loop_cfg.cluster_decisions, loop_cfg.label_budget)
     if strategy != "queue" or decisions <= 0:
         return None, {}
-    files = queue_run["review_queue"]
+    files = queue_run.review_queue
     table = pd.read_csv(files["new_intent_candidates"], dtype=str, keep_default_na=False)
     candidates = json.loads(Path(files["new_intent_candidates_json"]).read_text())
     named, stats = annotator.name_clusters(
@@ -163,9 +163,9 @@ def _named_clusters(
     return path, stats
 
 
-def _recheck_score(prepared: dict, labelled: pd.DataFrame, truth: dict[str, str]) -> dict:
+def _recheck_score(prepared: Prepared, labelled: pd.DataFrame, truth: dict[str, str]) -> dict:
     """``annotator.recheck_score`` of the reviewer's labels against the human rows prepare flagged."""
-    recheck = pd.read_csv(prepared["review_queue"]["recheck_csv"], dtype=str, keep_default_na=False)
+    recheck = pd.read_csv(prepared.review_queue["recheck_csv"], dtype=str, keep_default_na=False)
     flagged = recheck.loc[recheck["source"] == "human", "text"].tolist()
     true = [truth[r] for r in labelled["request_id"]]
     return annotator.recheck_score(flagged, labelled["text"].tolist(), labelled["intent"].tolist(), true)
@@ -181,7 +181,7 @@ def _prepare(
     cfgs: LoopConfigs,
     work: Path,
     cluster_names: Path | None = None,
-) -> tuple[dict, str]:
+) -> tuple[Prepared, str]:
     """``flywheel prepare`` on the window and the seed set, into ``out``."""
     return prepare_step(
         snapshot,

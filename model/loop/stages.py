@@ -111,7 +111,7 @@ class Loop:
         health = cluster.health()
         self.say(f"           cluster: {cluster.describe()}; Argo CD: {health.status}")
 
-    def _write(self, step: str, result: dict, md: str) -> Path:
+    def _write(self, step: str, result: object, md: str) -> Path:
         return write_reports(self.reports, step, result, md)
 
     def _send(self, world: World, batch: Batch, n: int, new_share: float) -> pd.DataFrame:
@@ -172,7 +172,7 @@ class Loop:
                 raise FlywheelError("the first model failed its gate: " + "; ".join(first.gate.reasons))
             v1 = first.version
             entry.summary = (
-                f"v{v1}: accuracy {first.trained['metrics']['accuracy']:.3f} on its own test split, "
+                f"v{v1}: accuracy {first.trained.metrics['accuracy']:.3f} on its own test split, "
                 f"{first.offline.test_accuracy:.3f} on the full test set"
             )
         with self.stage("first-release", "Release it by pull request, promote it to champion, start serving") as entry:
@@ -221,15 +221,15 @@ class Loop:
         )
         drift_file = self._write("drift", result, md)
         self.record.drift = DriftOutcome(
-            drift=result["drift"], reasons=result.get("reasons", []), html=result.get("evidently_html"), markdown=md
+            drift=result.decision.drift, reasons=result.decision.reasons, html=result.evidently_html, markdown=md
         )
-        if not result["drift"]:
+        if not result.decision.drift:
             entry.summary = "no drift found: nothing to retrain"
             return None
         self.mark("drift found")
         requested, body = delivery.request_retrain_step(drift_file, world.repo.path, cfgs.delivery)
         self._merge(world.repo, "retrain", requested, body, step="request-retrain")
-        entry.summary = f"drift: {'; '.join(result['reasons'][:2])}; retrain PR merged"
+        entry.summary = f"drift: {'; '.join(result.decision.reasons[:2])}; retrain PR merged"
         return world.repo.path / requested["request_file"]
 
     def retrain(self, world: World, request: Path, first: Candidate, strategy: str | None = None) -> Candidate:
@@ -332,7 +332,7 @@ class Loop:
         record.git_repo = str(world.repo.path) if world else None
         record.finished_at = datetime.now(UTC).isoformat()
         record.seconds = round(time.monotonic() - self.started, 1)
-        loop_json = record.to_json()
+        loop_json = record.to_dict()
         write_text(self.work / "loop.json", json.dumps(loop_json, indent=2, default=str) + "\n")
         return render_report(loop_json, self.work / "report.html")
 

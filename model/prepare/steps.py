@@ -27,12 +27,13 @@ import pandas as pd
 
 from data_checks.embeddings import Embedder
 from data_checks.pii import Scanner
-from model.core.config import SAMPLE_DATA, DataConfig, PiiConfig, PrepareConfig, RegistryConfig, required, setting
+from model.core.config import DataConfig, PiiConfig, PrepareConfig, RegistryConfig
 from model.core.errors import FlywheelError
 from model.core.files import replacing
 from model.core.steps import StepResult
 from model.data.conversations import read_snapshot
 from model.data.examples import assign_splits, dataset_digest, load_examples
+from model.prepare.args import PrepareArgs
 from model.prepare.balancing import balance_examples, split_examples
 from model.prepare.cleaning import clean_inputs, exact_key
 from model.prepare.clusters import POOLED, cluster_review, diverse_order, embed
@@ -45,22 +46,24 @@ from model.prepare.recheck import second_look_texts, write_recheck
 from model.prepare.review_queue import order_queue, read_labels, write_queue
 
 
-@dataclass
-class PrepareArgs:
-    snapshot: str = required(
-        "conversation snapshot (Parquet, the collector's export; schema in model/data/conversations.py)"
-    )
-    data: str = setting(str(SAMPLE_DATA), "current training set (any format `train` reads)")
-    labels: str | None = setting(
-        None, "human labels to merge: Label Studio JSON export or the review CSV with 'intent' filled in"
-    )
-    cluster_names: str | None = setting(
-        None,
-        "the review folder's new_intent_candidates.csv, 'name' filled in: a named cluster's messages get that intent",
-    )
-    out: str | None = setting(
-        None, "folder to create for the prepared snapshot (unset: <work dir>/datasets/<time>-<digest>)"
-    )
+@dataclass(frozen=True)
+class Prepared:
+    """The next training set: where it is, what went in and out, and what waits for a reviewer."""
+
+    snapshot: str  # examples.parquet
+    dataset_digest: str
+    rows: int
+    datasheet: str  # datasheet.json beside the snapshot
+    mlflow_run_id: str | None  # with prepare.log_to_mlflow
+    removed: dict[str, int]  # rows each cleaning rule removed
+    pii_found: dict[str, dict]  # per input, personal data found and redacted, by type
+    labelling: dict  # human and auto labels, the review queue's length, intents waiting for labels
+    below_floor: dict[str, int]  # intent -> examples, for intents under the floor
+    entity_types_below_floor: dict | None  # None for intent-only data
+    capped: dict[str, int]  # intent -> auto-labels left out by the cap
+    label_check: dict  # the cross-validated check of the new labels
+    review_queue: dict[str, str]  # the review folder's files, by kind
+    seconds: float
 
 
 def prepare_command(
@@ -71,7 +74,7 @@ def prepare_command(
     pii: PiiConfig,
     registry: RegistryConfig,
     work: Path,
-) -> StepResult:
+) -> StepResult[Prepared]:
     """Turn logged conversations into the next training set (redact, clean, label, balance, split)."""
     labels, out, names = (Path(p) if p else None for p in (args.labels, args.out, args.cluster_names))
     return StepResult(
@@ -102,8 +105,8 @@ def prepare_step(
     reg_cfg: RegistryConfig,
     work: Path,
     cluster_names: Path | None = None,
-) -> tuple[dict, str]:
-    """The steps in order (module docstring); returns the step's JSON result and its markdown (the datasheet).
+) -> tuple[Prepared, str]:
+    """The steps in order (module docstring); returns the step's outcome and its markdown (the datasheet).
 
     ``cluster_names``: a candidates CSV with names filled in (``model.prepare.discovery``)."""
     started = time.perf_counter()
@@ -155,22 +158,22 @@ def prepare_step(
     sheet, markdown = write_prepared(
         target, examples, sheet, review=review, vocabulary=vocabulary, log_run=log_run, reg_cfg=reg_cfg
     )
-    result = {
-        "snapshot": str(target / "examples.parquet"),
-        "dataset_digest": digest,
-        "rows": len(examples),
-        "datasheet": str(target / "datasheet.json"),
-        "mlflow_run_id": sheet.get("mlflow_run_id"),
-        "removed": removed,
-        "pii_found": pii_found,
-        "labelling": sheet["labelling"],
-        "below_floor": balanced.below_floor,
-        **({"entity_types_below_floor": sheet["entities"]["below_floor"]} if "entities" in sheet else {}),
-        "capped": balanced.capped,
-        "label_check": sheet["label_check"],
-        "review_queue": sheet["review_queue"],
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+    result = Prepared(
+        snapshot=str(target / "examples.parquet"),
+        dataset_digest=digest,
+        rows=len(examples),
+        datasheet=str(target / "datasheet.json"),
+        mlflow_run_id=sheet.get("mlflow_run_id"),
+        removed=removed,
+        pii_found=pii_found,
+        labelling=sheet["labelling"],
+        below_floor=balanced.below_floor,
+        entity_types_below_floor=sheet["entities"]["below_floor"] if "entities" in sheet else None,
+        capped=balanced.capped,
+        label_check=sheet["label_check"],
+        review_queue=sheet["review_queue"],
+        seconds=round(time.perf_counter() - started, 1),
+    )
     return result, f"Prepared `{target / 'examples.parquet'}`\n\n{markdown}"
 
 

@@ -17,20 +17,19 @@ learning rates.
 from __future__ import annotations
 
 import random
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from model.artifact.entity_tags import IGNORE, encode, tag_names
 from model.artifact.network import IntentClassifier, load_pretrained, pick_device
 from model.artifact.predictor import IntentPredictor, pad_batch
 from model.core.config import TrainConfig
+from model.core.progress import bar, say
 from model.train import checkpoint
 from model.train.distributed import World
 
@@ -88,7 +87,7 @@ def _init_head_at_centroids(model: IntentClassifier, ids, targets, *, num_labels
     model.eval()
     sums = torch.zeros(num_labels, model.head.in_features, device=device)
     order = np.argsort([len(x) for x in ids])
-    for start in tqdm(range(0, len(order), batch_size * 2), desc="centroids", leave=False):
+    for start in bar(range(0, len(order), batch_size * 2), desc="centroids", leave=False):
         idx = order[start : start + batch_size * 2]
         input_ids, mask = _collate([ids[i] for i in idx], pad_id, device)
         sums.index_add_(0, torch.as_tensor(targets[idx], device=device), model.embed(input_ids, mask).float())
@@ -210,7 +209,7 @@ def fit(
     if resume is not None:
         progress = checkpoint.restore(resume, world, **saved, seed=cfg.seed)
         if world.is_main:
-            tqdm.write(f"resuming from {resume} (step {progress.step} of {total})", file=sys.stderr)
+            say(f"resuming from {resume} (step {progress.step} of {total})")
     net = world.wrap(model)  # DDP under torchrun: backward averages the ranks' gradients
     lengths = [len(x) for x in data.ids]
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
@@ -220,12 +219,12 @@ def fit(
         if progress.batches is None:
             progress.batches = [b.tolist() for b in _batches(lengths, cfg.batch_size, rng)]
         net.train()
-        bar = tqdm(
+        epoch_bar = bar(
             total=len(progress.batches),
             initial=progress.batches_done,
             desc=f"epoch {progress.epoch + 1}/{cfg.epochs}",
             leave=False,
-            disable=not world.is_main,
+            hidden=not world.is_main,
         )
         for batch in progress.batches[progress.batches_done :]:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -234,12 +233,12 @@ def fit(
             progress.running_loss += loss.item()
             progress.batches_done += 1
             progress.step += 1
-            bar.update()
+            epoch_bar.update()
             if progress.step >= total:
                 break
             if checkpoints is not None and cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0:
                 checkpoint.save(checkpoints, world, progress, **saved)
-        bar.close()
+        epoch_bar.close()
         _end_epoch(progress, world, result, val_texts, val_intents, cfg.max_length)
         progress = progress.next_epoch()
     model.eval()
@@ -319,7 +318,7 @@ def _end_epoch(progress: checkpoint.Progress, world: World, result: FitResult, v
     progress.history.append(record)
     if world.is_main:
         line = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
-        tqdm.write(line, file=sys.stderr)  # stdout is the step's JSON
+        say(line)  # one line per epoch, on a terminal or not
 
 
 def _accuracy(result: FitResult, texts: list[str], intents: list[str], max_length: int) -> float:

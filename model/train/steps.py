@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from model.artifact.predictor import IntentPredictor
-from model.core.config import SAMPLE_DATA, DataConfig, RegistryConfig, TrainConfig, setting
+from model.core.config import DataConfig, RegistryConfig, TrainConfig
 from model.core.errors import FlywheelError
 from model.core.steps import StepResult
 from model.data.entities import load_spans
@@ -26,29 +26,34 @@ from model.evaluate.evaluation import evaluate, render_markdown
 from model.evaluate.report import EvaluationReport
 from model.registry import tracking
 from model.train import checkpoint, distributed
+from model.train.args import TrainArgs
 from model.train.calibration import fit_temperature, pick_threshold, scope_threshold
 from model.train.fit import FitResult, fit
 from model.train.package import write_artifact
 
 
-@dataclass
-class TrainArgs:
-    data: str = setting(
-        str(SAMPLE_DATA),
-        "dataset file or folder (CSV/Parquet/JSONL text,intent; Banking77; CLINC150), or an artifact URI MLflow "
-        "downloads (runs:/<run id>/<path>, s3://...)",
-    )
-    out: str | None = setting(None, "artifact folder to create (unset: <work dir>/models/<time>-<data digest>)")
-    mlflow_run_id: str | None = setting(
-        None,
-        "train in this existing MLflow run and upload the artifact into it (flywheel train-job creates the run with "
-        "the dataset: a cluster job's disk is gone once it ends)",
-    )
+@dataclass(frozen=True)
+class Trained:
+    """What a training run made: the artifact, its lineage, how it ran and its headline test metrics."""
+
+    artifact: str  # the artifact folder
+    artifact_digest: str
+    mlflow_run_id: str
+    dataset_digest: str
+    git_sha: str | None
+    device: str
+    precision: str  # fp32, bf16 or fp16
+    workers: int  # processes under torchrun (1 alone)
+    resumed_from_step: int | None  # the checkpoint's step when the run resumed one
+    train_seconds: float
+    fallback_threshold: float
+    metrics: dict[str, float]  # accuracy, macro_f1, ... (``_headline``)
+    counts: dict[str, int]  # examples per split
 
 
 def train_command(
     args: TrainArgs, *, data: DataConfig, train: TrainConfig, registry: RegistryConfig, work: Path
-) -> StepResult:
+) -> StepResult[Trained]:
     """Fine-tune an intent model and write a verified artifact."""
     with local_data(args.data, registry, work) as dataset:
         out = Path(args.out) if args.out else None
@@ -79,7 +84,7 @@ def train_step(
     out: Path | None = None,
     *,
     mlflow_run: str | None = None,
-) -> tuple[dict, str] | None:
+) -> tuple[Trained, str] | None:
     """Fine-tune, calibrate the fallback, evaluate on the test split, write the artifact, log the run.
 
     As one of N processes under torchrun (``model.train.distributed``) every rank trains its share of
@@ -112,7 +117,7 @@ def _train(
     work: Path,
     out: Path | None,
     mlflow_run: str | None,
-) -> tuple[dict, str] | None:
+) -> tuple[Trained, str] | None:
     df = load_split(data, data_cfg)
     digest = dataset_digest(df)
     train, val, test = (df[df["split"] == s] for s in ("train", "val", "test"))
@@ -150,7 +155,7 @@ def _train(
             "history": result.history,
             "metrics": _headline(report),
             "counts": df.groupby("split").size().to_dict(),
-            **({"entity_metrics": report.entities.to_json()} if report.entities is not None else {}),
+            **({"entity_metrics": report.entities.to_dict()} if report.entities is not None else {}),
         }
         artifact_digest = write_artifact(
             result,
@@ -173,19 +178,21 @@ def _train(
         )
     checkpoint.remove(checkpoints)  # the artifact holds the result: a rerun trains afresh
     world.barrier()
-    summary = {
-        "artifact": str(target),
-        "artifact_digest": artifact_digest,
-        "mlflow_run_id": run_id,
-        "dataset_digest": digest,
-        "git_sha": sha,
-        "device": result.device,
-        **{k: meta[k] for k in ("precision", "workers", "resumed_from_step")},
-        "train_seconds": round(train_seconds, 1),
-        "fallback_threshold": predictor.threshold,
-        "metrics": _headline(report),
-        "counts": meta["counts"],
-    }
+    summary = Trained(
+        artifact=str(target),
+        artifact_digest=artifact_digest,
+        mlflow_run_id=run_id,
+        dataset_digest=digest,
+        git_sha=sha,
+        device=result.device,
+        precision=result.precision,
+        workers=world.size,
+        resumed_from_step=result.resumed_from_step,
+        train_seconds=round(train_seconds, 1),
+        fallback_threshold=predictor.threshold,
+        metrics=_headline(report),
+        counts=meta["counts"],
+    )
     return summary, f"## Training run `{name}`\n\nArtifact: `{target}`\n\n{md}"
 
 
