@@ -5,7 +5,8 @@ over a synthetic window of answered requests, timed with each step's peak memory
 
 The window is generated once (``scripts/synthetic_window.py``, ``scripts/synthetic_traffic.py``:
 ``--requests`` requests over the 30 days before now, plus a tenth as many in the 30 days before that,
-the earlier window drift compares with) and written into each store: a SQLite file, a throwaway PostgreSQL (``scripts/throwaway_postgres.py``).
+the earlier window drift compares with) and written into each store: a SQLite file, a throwaway
+PostgreSQL (``scripts/throwaway_postgres.py``).
 Then, store by store, each step runs as its own ``flywheel`` process, as the retrain and drift workflows run them, in a
 fresh work folder (caches cold): the export of the window, the data checks on it, prepare (default
 config: MLflow run included) and drift (``--reference-events``: the earlier window, exported first).
