@@ -79,7 +79,9 @@ class PredictedRequest:
 
 
 def open_source(source: str, reg_cfg: RegistryConfig, runtime: str) -> IntentPredictor:
-    """The predictor of an artifact folder (as KServe mounts it) or of an MLflow ``models:/`` URI."""
+    """The predictor of an artifact folder (as KServe mounts it) or of an MLflow ``models:/`` URI, on
+    ``runtime`` ("artifact": the one the artifact serves, which its gate measured)."""
+    runtime = None if runtime == "artifact" else runtime
     if not source.startswith("models:/"):
         return IntentPredictor.load(Path(source), runtime=runtime)
     from model.registry.versions import open_model  # mlflow takes seconds to import: only for a registry URI
@@ -194,7 +196,7 @@ class IntentModel(kserve.Model):
     def _observed(self, request: ParsedRequest, preds: list[Prediction], seconds: float) -> list[dict]:
         """Count the predictions in the metrics; their prediction log records."""
         self.metrics.observe(self.version, preds, seconds)
-        return prediction_records(self.endpoint, request, preds, seconds)
+        return prediction_records(self.endpoint, request, preds, seconds, runtime=self.predictor.runtime)
 
     def _in_background(self, work) -> None:
         task = asyncio.get_running_loop().create_task(work)
