@@ -29,7 +29,7 @@ def main() -> int:
     )
     data_cfg = DataConfig(val_fraction=0.05)  # ~690 validation texts: about the size of SNIPS' usual dev set
     summary, meta = train_once(Path(args.dataset), data_cfg, train_cfg, "bench-snips-")
-    m = summary["metrics"]
+    m = summary.metrics
     entities = meta.get("entity_metrics", {})
     run = run_figures(summary, train_cfg)
     figures = {
@@ -40,8 +40,8 @@ def main() -> int:
     }
     print(
         f"intent accuracy {m['accuracy']:.2%}  slot F1 {m.get('entity_f1', float('nan')):.2%}  "
-        f"training {summary['train_seconds'] / 60:.1f} min  peak memory {run['peak_rss_mb']} MiB  "
-        f"on {summary['device']}",
+        f"training {summary.train_seconds / 60:.1f} min  peak memory {run['peak_rss_mb']} MiB  "
+        f"on {summary.device}",
         file=sys.stderr,
     )
     print(json.dumps(figures))

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import resource
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from model.core.config import DataConfig, RegistryConfig, TrainConfig
@@ -28,13 +29,22 @@ def parse_args(description: str, dataset_default: str, dataset_help: str) -> tup
     return args, train_cfg
 
 
-def train_once(dataset: Path, data_cfg: DataConfig, train_cfg: TrainConfig, prefix: str) -> tuple[Trained, dict]:
-    """The train step's summary and the artifact's meta.json; the MLflow store and artifact go with the temp folder."""
+def train_once(
+    dataset: Path,
+    data_cfg: DataConfig,
+    train_cfg: TrainConfig,
+    prefix: str,
+    measure: Callable[[Path], dict] | None = None,
+) -> tuple[Trained, dict]:
+    """The train step's summary and the artifact's meta.json; the MLflow store and artifact go with the temp folder.
+    ``measure``: run on the artifact folder before it goes; what it returns is the meta's ``measured``."""
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         work = Path(tmp)
         registry = RegistryConfig(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
         summary, _ = train_step(dataset, data_cfg, train_cfg, registry, work)
         meta = json.loads((Path(summary.artifact) / "meta.json").read_text())
+        if measure is not None:
+            meta["measured"] = measure(Path(summary.artifact))
     return summary, meta
 
 

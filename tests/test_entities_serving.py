@@ -60,6 +60,7 @@ class FakePredictor:
 
     labels = ["order_status"]
     digest = "0" * 64
+    runtime = "onnx-int8"
 
     def __init__(self, with_entities: bool):
         self.with_entities = with_entities

@@ -84,6 +84,7 @@ class FakePredictor:
     labels = sorted(set(INTENTS))
     threshold = 0.5
     digest = "fake"
+    runtime = served_runtime = "torch"
 
     def __init__(self, answers: dict[str, list[tuple[str, int, int]]] | None = None):
         self.answers = answers or {}
@@ -128,7 +129,7 @@ def _without_timing(report: EvaluationReport) -> dict:
 REPORT_KEYS = [  # evaluate.json's keys, in order, as workflows and earlier reports read them
     *("n_examples", "n_in_scope", "test_digest", "model_digest", "model_intents", "fallback_threshold"),
     *("accuracy", "macro_f1", "answered_accuracy", "fallback_rate", "ece", "per_intent", "confused_pairs"),
-    *("latency", "examples"),
+    *("latency", "examples", "runtime", "served_runtime"),
 ]
 
 

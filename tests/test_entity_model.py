@@ -171,9 +171,9 @@ def test_joint_model_finds_entities_it_never_saw_in_both_runtimes(joint):
     assert json.loads((folder / "labels.json").read_text())["entity_tags"] == tag_names(["amount", "order_id"])
     graph = onnx.load(str(folder / "model.onnx"))
     assert [o.name for o in graph.graph.output] == ["logits", "tag_logits"]
-    onnx_predictor = IntentPredictor.load(folder)
+    onnx_predictor = IntentPredictor.load(folder, runtime="onnx-fp32")
     torch_predictor = IntentPredictor.load(folder, runtime="torch")
-    assert onnx_predictor.runtime == "onnx" and torch_predictor.runtime == "torch"
+    assert onnx_predictor.runtime == "onnx-fp32" and torch_predictor.runtime == "torch"
     truth = [{(s["type"], s["start"], s["end"], s["value"]) for s in r["entities"]} for r in joint["test"]]
     found = _found(onnx_predictor, joint["test"])
     assert found == _found(torch_predictor, joint["test"])  # the ONNX export carries the entity head exactly

@@ -243,3 +243,18 @@ def test_cpu_time_leaves_out_time_spent_waiting():
     lat = _latency(WaitingPredictor(), [f"t{i}" for i in range(10)], batch_seconds=1.0)
     assert lat.single_p50_ms >= 20.0
     assert lat.cpu_p95_ms < 10.0
+
+
+@pytest.mark.parametrize(
+    ("measured", "served", "passes"), [("onnx-int8", "onnx-int8", True), ("torch", "onnx-int8", False)]
+)
+def test_the_challenger_must_be_measured_on_the_runtime_its_artifact_serves(measured, served, passes):
+    """What passes the gate must be what users get: a report of another runtime than the served one is rejected."""
+    challenger = dataclasses.replace(report([True] * 95 + [False] * 5), runtime=measured, served_runtime=served)
+    decision = decide(challenger, report([True] * 90 + [False] * 10), CFG)
+    (check,) = [c for c in decision.checks if c.name == "served runtime"]
+    assert (check.passed, decision.passed) == (passes, passes)
+    assert check.detail.startswith(f"measured on {measured}") and (
+        passes or f"the artifact serves {served}" in check.detail
+    )
+    assert f"(measured on {measured})" in render_markdown(decision)

@@ -1,5 +1,6 @@
 """The ONNX Runtime path on a tiny random BERT: export checked at packaging, sealed by the manifest,
-the same probabilities as PyTorch, PyTorch when the artifact has no model.onnx, and the server on both."""
+the same probabilities as PyTorch, PyTorch when the artifact has no model.onnx, and the server on both.
+(The int8 copy and its parity check: tests/test_int8_runtime.py.)"""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -17,10 +19,12 @@ from model.artifact.manifest import MANIFEST, verify, write_manifest
 from model.artifact.network import build_from_artifact
 from model.artifact.onnx_runtime import OPSET, OnnxLogits
 from model.artifact.predictor import IntentPredictor
+from model.core.config import TrainConfig
 from model.core.errors import FlywheelError
 from model.train import onnx_export
 from model.train.fit import FitResult
 from model.train.package import write_artifact
+from model.train.runtimes import export_runtimes, torch_only
 from tests.test_serving import NAME, free_port, server_output, start_server, stop_server, wait_ready
 
 # one word to far past max_length (64 tokens): every batch below mixes lengths, so it is padded,
@@ -57,9 +61,9 @@ def test_packaging_writes_a_checked_model_onnx_under_the_manifest(tiny_artifact)
 
 
 def test_onnx_and_torch_give_the_same_predictions_on_padded_batches(tiny_artifact):
-    ort = IntentPredictor.load(tiny_artifact["artifact"])
+    ort = IntentPredictor.load(tiny_artifact["artifact"], runtime="onnx-fp32")
     pt = IntentPredictor.load(tiny_artifact["artifact"], runtime="torch")
-    assert (ort.runtime, ort.meta["runtime"], ort.model) == ("onnx", "onnx", None)
+    assert (ort.runtime, ort.meta["runtime"], ort.model) == ("onnx-fp32", "onnx-fp32", None)
     assert (pt.runtime, pt.meta["runtime"]) == ("torch", "torch")
     assert ort.temperature == pt.temperature and ort.threshold == pt.threshold
     reference = pt.probabilities(TEXTS, batch_size=1)  # one text per pass: no padding at all
@@ -83,7 +87,7 @@ def test_tampered_model_onnx_refuses_to_load(artifact):
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
-    for runtime in ("onnx", "torch"):  # the manifest covers it whichever runtime would run
+    for runtime in ("onnx-int8", "onnx-fp32", "torch"):  # the manifest covers it whichever runtime would run
         with pytest.raises(FlywheelError, match="model.onnx: sha256 does not match"):
             IntentPredictor.load(artifact, runtime=runtime)
 
@@ -92,10 +96,13 @@ def test_artifact_without_model_onnx_loads_with_torch(artifact, tiny_artifact):
     (artifact / "model.onnx").unlink()
     with pytest.raises(FlywheelError, match="model.onnx: listed in MANIFEST.sha256 but missing"):
         IntentPredictor.load(artifact)
-    write_manifest(artifact)  # an artifact packaged without ONNX (older, or train.export_onnx: false)
+    (artifact / "model.int8.onnx").unlink()  # an artifact packaged before int8, without ONNX: names no runtime
+    meta = json.loads((artifact / "meta.json").read_text())
+    (artifact / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "served_runtime"}))
+    write_manifest(artifact)
     predictor = IntentPredictor.load(artifact)
     assert predictor.runtime == "torch" and predictor.meta["runtime"] == "torch"
-    reference = IntentPredictor.load(tiny_artifact["artifact"]).probabilities(TEXTS)
+    reference = IntentPredictor.load(tiny_artifact["artifact"], runtime="onnx-fp32").probabilities(TEXTS)
     np.testing.assert_allclose(predictor.probabilities(TEXTS), reference, atol=1e-4, rtol=0)
 
 
@@ -103,7 +110,7 @@ def test_a_sealed_but_unreadable_model_onnx_is_named(artifact):
     (artifact / "model.onnx").write_bytes(b"not a protobuf")
     write_manifest(artifact)  # sealed as it is: the manifest says nothing about what is inside
     with pytest.raises(FlywheelError, match="model.onnx: ONNX Runtime cannot load it"):
-        IntentPredictor.load(artifact)
+        IntentPredictor.load(artifact, runtime="onnx-fp32")
     assert IntentPredictor.load(artifact, runtime="torch").runtime == "torch"
 
 
@@ -122,19 +129,31 @@ def _fit_result(folder: Path) -> FitResult:
 
 def _meta(folder: Path) -> dict:
     meta = json.loads((folder / "meta.json").read_text())
-    return {k: v for k, v in meta.items() if k not in ("onnx", "fallback_threshold")}
+    return {k: v for k, v in meta.items() if k not in ("onnx", "int8", "served_runtime", "fallback_threshold")}
+
+
+def repackage(source: Path, target: Path, cfg: TrainConfig | None = None, texts: list[str] = TEXTS) -> str:
+    """Package ``source``'s weights again into ``target`` as training does: ONNX export, int8 copy, parity
+    check on ``texts`` (with the source's calibrated thresholds), then the sealed artifact."""
+    result = _fit_result(source)
+    predictor = IntentPredictor.load(source, runtime="torch")
+    exports = target.with_name(target.name + "-exports")
+    exports.mkdir()
+    check = pd.DataFrame({"text": texts})
+    served = export_runtimes(result, predictor, check, exports, cfg or TrainConfig())
+    return write_artifact(
+        result, target, threshold=predictor.threshold, meta=_meta(source), metrics_markdown="-", served=served
+    )
 
 
 def test_write_artifact_exports_onnx_from_the_weights(tmp_path, tiny_artifact):
     source = Path(tiny_artifact["artifact"])
     target = tmp_path / "repackaged"
-    write_artifact(
-        _fit_result(source), target, threshold=0.5, meta=_meta(source), metrics_markdown="-", check_texts=TEXTS
-    )
+    repackage(source, target)
     verify(target)
     assert json.loads((target / "meta.json").read_text())["onnx"]["max_abs_probability_diff"] < 1e-4
     np.testing.assert_allclose(
-        IntentPredictor.load(target).probabilities(TEXTS),
+        IntentPredictor.load(target, runtime="onnx-fp32").probabilities(TEXTS),
         IntentPredictor.load(source, runtime="torch").probabilities(TEXTS),
         atol=1e-4,
         rtol=0,
@@ -155,10 +174,9 @@ def test_an_export_that_differs_from_pytorch_stops_the_artifact(tmp_path, tiny_a
     source = Path(tiny_artifact["artifact"])
     target = tmp_path / "never"
     with pytest.raises(FlywheelError, match="ONNX export differs from PyTorch: probabilities differ by up to"):
-        write_artifact(
-            _fit_result(source), target, threshold=0.5, meta=_meta(source), metrics_markdown="-", check_texts=TEXTS
-        )
+        repackage(source, target)
     assert not target.exists()
+    assert not (tmp_path / "never-exports" / "model.onnx").exists()
     assert not list(tmp_path.glob(".never.*")), "the staging folder is removed"
 
 
@@ -166,16 +184,20 @@ def test_export_can_be_switched_off(tmp_path, tiny_artifact):
     source = Path(tiny_artifact["artifact"])
     meta = _meta(source)
     meta["config"]["train"]["export_onnx"] = False
-    write_artifact(_fit_result(source), tmp_path / "plain", threshold=0.5, meta=meta, metrics_markdown="-")
-    assert not (tmp_path / "plain" / "model.onnx").exists()
+    served = torch_only(IntentPredictor.load(source, runtime="torch"))
+    write_artifact(
+        _fit_result(source), tmp_path / "plain", threshold=0.5, meta=meta, metrics_markdown="-", served=served
+    )
+    assert not list((tmp_path / "plain").glob("*.onnx"))
     assert IntentPredictor.load(tmp_path / "plain").runtime == "torch"
+    assert "Served runtime: `torch`" in (tmp_path / "plain" / "MODEL_CARD.md").read_text()
 
 
-@pytest.mark.parametrize("runtime, access_log", [("onnx", "false"), ("torch", "true")])
+@pytest.mark.parametrize("runtime, access_log", [("onnx-fp32", "false"), ("torch", "true")])
 def test_server_answers_v1_and_v2_with_either_runtime(tiny_artifact, tmp_path, runtime, access_log):
     """Each runtime's server answers what the other runtime computes in process; no per-request log
     lines unless asked for (kserve's timing line never)."""
-    other = IntentPredictor.load(tiny_artifact["artifact"], runtime="torch" if runtime == "onnx" else "onnx")
+    other = IntentPredictor.load(tiny_artifact["artifact"], runtime="torch" if runtime == "onnx-fp32" else "onnx-fp32")
     expected = other.predict(TEXTS)
     work, port = tmp_path / "work", free_port()
     args = ["--stable", tiny_artifact["artifact"], "--runtime", runtime, "--access_log", access_log]

@@ -289,6 +289,7 @@ def test_shadow_predicts_too_and_both_are_logged(server):
         == offline_predictions(server["arms"]["shadow"], ["my parcel never arrived"])[0].intent
     )
     assert shadow["primary_intent"] == stable["predicted_intent"]
+    assert stable["runtime"] == shadow["runtime"] == "onnx-int8"  # what each artifact's gate measured
     assert shadow["agrees_with_primary"] is (shadow["predicted_intent"] == stable["predicted_intent"])
     assert "text" not in by_arm["stable"]  # texts reach the store redacted, through the collector only
 

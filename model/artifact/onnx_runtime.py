@@ -1,9 +1,10 @@
-"""ONNX Runtime over the artifact's ``model.onnx``: the classifier's logits from token ids and mask.
+"""ONNX Runtime over the artifact's ``model.onnx`` or its int8 copy: the classifier's logits from token ids and mask.
 
 The graph is the whole ``IntentClassifier`` (encoder, mean pooling, cosine head, and the entity
 head when the model has one), fp32, with dynamic batch and sequence axes; its outputs are
 ``logits`` (batch x intents) and, with entities, ``tag_logits`` (batch x tokens x tags).
-``model.train.onnx_export`` writes it and checks it against PyTorch before the artifact is sealed.
+``model.train.onnx_export`` writes it and checks it against PyTorch before the artifact is sealed;
+``model.train.int8`` writes ``model.int8.onnx`` beside it (int8 weights) when it passes the parity check.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import onnxruntime as ort
 from model.core.errors import FlywheelError
 
 ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+# the runtimes an artifact can be served with, and the graph each runs ("torch": model.safetensors)
+ONNX_RUNTIMES = {"onnx-int8": INT8_FILE, "onnx-fp32": ONNX_FILE}
 OPSET = 17
 INPUTS = ("input_ids", "attention_mask")
 OUTPUTS = ("logits", "tag_logits")  # the second only for a model with an entity head
@@ -56,6 +60,7 @@ class OnnxLogits:
             raise FlywheelError(f"{path}: graph inputs are {names}, expected {list(INPUTS)}")
         # ONNX Runtime sessions may run concurrently; it releases the GIL while it computes
         self.threads = threads or cpu_cores()
+        self.runtime = "onnx-int8" if Path(path).name == INT8_FILE else "onnx-fp32"
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="flywheel-onnx")
 
     def outputs(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, ...]:

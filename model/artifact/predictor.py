@@ -1,8 +1,11 @@
 """Run a verified model artifact: texts in, intents, confidences, fallback flags and entities out.
 
-Two runtimes compute the same logits: ONNX Runtime on the artifact's ``model.onnx`` (checked
-against PyTorch when the artifact was packaged; faster on CPU) and PyTorch on ``model.safetensors``
-(any device; artifacts without ``model.onnx``; and the model being trained).
+Three runtimes compute the logits: ONNX Runtime on the artifact's int8 copy ``model.int8.onnx``
+("onnx-int8": fastest on CPU, kept only where it agreed with fp32 at packaging), on ``model.onnx``
+("onnx-fp32": checked against PyTorch when the artifact was packaged), and PyTorch on
+``model.safetensors`` ("torch": any device; artifacts without ONNX; the model being trained). Which one
+serves is decided once, at packaging, and written in ``meta.json`` as ``served_runtime``: ``load``
+runs that one unless told otherwise, so evaluation and the gate measure what users get.
 """
 
 from __future__ import annotations
@@ -19,16 +22,18 @@ from transformers import AutoTokenizer
 from model.artifact.entity_tags import Entity, decode
 from model.artifact.manifest import read_json, verify
 from model.artifact.network import build_from_artifact
-from model.artifact.onnx_runtime import ONNX_FILE, OnnxLogits
+from model.artifact.onnx_runtime import ONNX_FILE, ONNX_RUNTIMES, OnnxLogits
 from model.core.errors import FlywheelError
 
-RUNTIMES = ("onnx", "torch")
+RUNTIMES = (*ONNX_RUNTIMES, "torch")
 # Texts per forward pass; texts are sorted by token count first, so a pass pads little. ONNX Runtime
 # has little overhead per call, so small chunks win (MiniLM, 32 chat messages: 3.8 ms CPU per text
-# in chunks of 8, 5.4 ms in one pass); PyTorch's per-call overhead wants bigger ones.
+# in chunks of 8, 5.4 ms in one pass; int8, the sample data's 1175 texts: 1.34 ms in chunks of 8, 1.22
+# in passes of 32, 2.06 one at a time, so 8 still leaves a chunk per core at 16 concurrent texts for
+# 10% more CPU); PyTorch's per-call overhead wants bigger ones.
 FORWARD_BATCH = {"onnx": 8, "torch": 64}
 
-__all__ = ["Entity", "IntentPredictor", "Prediction", "pad_batch", "softmax"]
+__all__ = ["Entity", "IntentPredictor", "Prediction", "pad_batch", "served_runtime", "softmax"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,8 @@ class IntentPredictor:
         if (model is None) == (onnx is None):
             raise ValueError("give exactly one of a PyTorch model and an ONNX Runtime session")
         self.model, self.onnx, self.tokenizer = model, onnx, tokenizer
-        self.runtime = "onnx" if onnx is not None else "torch"
+        self.runtime = onnx.runtime if onnx is not None else "torch"
+        self.served_runtime = self.runtime  # load: the runtime the artifact names, which may differ from this one
         self.labels = list(labels)
         self.tags = list(tags)
         self.threshold = float(threshold)
@@ -81,23 +87,29 @@ class IntentPredictor:
             self.device = torch.device("cpu")
 
     @classmethod
-    def load(cls, folder: str | Path, device: str = "cpu", runtime: str = "onnx") -> IntentPredictor:
+    def load(cls, folder: str | Path, device: str = "cpu", runtime: str | None = None) -> IntentPredictor:
         """Load an artifact only after its sha256 manifest verifies.
 
-        ``runtime="onnx"`` runs ``model.onnx`` with ONNX Runtime when the artifact has one and the
-        device is the CPU, else PyTorch; ``"torch"`` always runs PyTorch. ``meta["runtime"]`` says which.
+        ``runtime`` None runs the artifact's served runtime (``served_runtime``) on the CPU and
+        PyTorch on another device; a runtime named here (benchmarks, diagnosis) must have its file.
+        ``meta["runtime"]`` says which runs, ``meta["served_runtime"]`` which the artifact names.
         """
-        if runtime not in RUNTIMES:
+        if runtime is not None and runtime not in RUNTIMES:
             raise FlywheelError(f"unknown runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
         folder = Path(folder)
         digest = verify(folder)
         label_map = read_json(folder, "labels.json")
         labels, tags = label_map["labels"], label_map.get("entity_tags", [])
         meta = read_json(folder, "meta.json")
+        served = served_runtime(folder, meta)
+        runtime = runtime or (served if device == "cpu" else "torch")
         model = onnx = None
-        if runtime == "onnx" and device == "cpu" and (folder / ONNX_FILE).is_file():
+        if runtime in ONNX_RUNTIMES:
+            if not (folder / ONNX_RUNTIMES[runtime]).is_file():
+                why = meta.get("int8", {}).get("reason", "") if runtime == "onnx-int8" else ""
+                raise FlywheelError(f"{folder}: no {ONNX_RUNTIMES[runtime]}, so no {runtime} runtime. {why}".strip())
             tokenizer = AutoTokenizer.from_pretrained(folder)
-            onnx = OnnxLogits(folder / ONNX_FILE)
+            onnx = OnnxLogits(folder / ONNX_RUNTIMES[runtime])
         else:
             model, tokenizer = build_from_artifact(folder, len(labels), len(tags))
             model.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
@@ -113,8 +125,25 @@ class IntentPredictor:
             onnx=onnx,
             tags=tags,
         )
-        predictor.meta = {**meta, "runtime": predictor.runtime}
+        predictor.meta = {**meta, "runtime": predictor.runtime, "served_runtime": served}
+        predictor.served_runtime = served
         predictor.digest = digest
+        return predictor
+
+    def on_onnx(self, onnx: OnnxLogits) -> IntentPredictor:
+        """This predictor (tokenizer, labels, calibrated thresholds) computing its logits with ``onnx``."""
+        predictor = IntentPredictor(
+            None,
+            self.tokenizer,
+            self.labels,
+            threshold=self.threshold,
+            max_length=self.max_length,
+            meta={**self.meta, "scope_threshold": self.scope_threshold},
+            temperature=self.temperature,
+            onnx=onnx,
+            tags=self.tags,
+        )
+        predictor.digest = self.digest
         return predictor
 
     def probabilities(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
@@ -156,7 +185,7 @@ class IntentPredictor:
         multiple of the cores and of equal size, so a batch of 8 still uses every core (measured at
         8 clients: 257-271 req/s against 163-165 with one chunk of 8) and no core waits on a longer chunk."""
         if self.onnx is None:
-            return FORWARD_BATCH[self.runtime]
+            return FORWARD_BATCH["torch"]
         chunks = self.onnx.threads * max(1, math.ceil(n / (self.onnx.threads * FORWARD_BATCH["onnx"])))
         return max(1, math.ceil(n / chunks))
 
@@ -186,6 +215,17 @@ class IntentPredictor:
             )
             for i, j in enumerate(best)
         ]
+
+
+def served_runtime(folder: Path, meta: dict) -> str:
+    """The runtime the artifact serves: ``meta["served_runtime"]``, decided at packaging; an artifact
+    packaged before int8 names none: onnx-fp32 when it has ``model.onnx``, else torch."""
+    named = meta.get("served_runtime")
+    if named is not None and named not in RUNTIMES:
+        raise FlywheelError(f"{folder}: meta.json names served runtime {named!r}, not one of {', '.join(RUNTIMES)}")
+    if named is not None:
+        return named
+    return "onnx-fp32" if (Path(folder) / ONNX_FILE).is_file() else "torch"
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -103,6 +103,12 @@ class TrainConfig:
     onnx_tolerance: float = setting(
         1e-4, "largest probability difference ONNX Runtime may show against PyTorch; fp32 export gives ~1e-6"
     )
+    int8_min_intent_agreement: float = setting(
+        0.995, "the int8 copy serves only if its top intent is fp32's on this share of validation texts"
+    )
+    int8_max_entity_f1_drop: float = setting(
+        0.01, "... and its entity span F1 on validation is at most this below fp32's (one point); else fp32 serves"
+    )
 
 
 @dataclass
@@ -183,9 +189,10 @@ class ServeConfig:
         "flywheel-intent", "model name in the URL: /v1/models/NAME:predict; the canary is NAME-canary"
     )
     catalog: str = setting(str(RESPONSE_CATALOG), "YAML mapping intent -> reply text, plus 'fallback' for the hand-off")
-    runtime: Literal["onnx", "torch"] = setting(
-        "onnx",
-        "onnx: ONNX Runtime where the artifact has model.onnx (same probabilities, faster on CPU); torch: PyTorch",
+    runtime: Literal["artifact", "onnx-int8", "onnx-fp32", "torch"] = setting(
+        "artifact",
+        "artifact: the runtime the artifact names, the one its gate measured; the others serve what was not gated "
+        "(benchmarks, diagnosis) and say so in every prediction log record",
     )
     max_batch_size: int = setting(32, "MiniLM on CPU doubles its throughput from 1 to 32 texts per forward pass")
     max_batch_wait_ms: float = setting(

@@ -25,7 +25,8 @@ def example_id(text: str) -> str:
 
 
 def evaluate(predictor: IntentPredictor, test: pd.DataFrame, oos_label: str = "oos") -> EvaluationReport:
-    """Metrics of ``predictor`` on ``test`` (columns text, intent, optionally entities), with per-example outcomes.
+    """Metrics of ``predictor`` on ``test`` (columns text, intent, optionally entities), with per-example outcomes,
+    and the runtime that computed them beside the one the artifact serves.
 
     ``accuracy`` and ``macro_f1`` are top-1 over in-scope examples (the standard benchmark figures);
     ``answered_accuracy`` counts an in-scope example right only if it was answered (not handed off);
@@ -51,9 +52,9 @@ def evaluate(predictor: IntentPredictor, test: pd.DataFrame, oos_label: str = "o
     confused = Counter(
         (t, q) for t, q, ok, ins in zip(truth_arr, predicted, correct, in_scope) if ins and not ok
     ).most_common(10)
-    true_spans, predicted_spans = _true_spans(test), [_keys(p) for p in preds]
-    entities = entity_metrics(true_spans, predicted_spans)
-    spans = zip(true_spans, predicted_spans) if entities is not None else ((None, None) for _ in texts)
+    truth_spans, predicted_spans = true_spans(test), [span_keys(p) for p in preds]
+    entities = entity_metrics(truth_spans, predicted_spans)
+    spans = zip(truth_spans, predicted_spans) if entities is not None else ((None, None) for _ in texts)
     n_in = int(in_scope.sum())
     return EvaluationReport(
         n_examples=len(texts),
@@ -85,10 +86,12 @@ def evaluate(predictor: IntentPredictor, test: pd.DataFrame, oos_label: str = "o
             if (~in_scope).any()
             else None
         ),
+        runtime=predictor.runtime,
+        served_runtime=predictor.served_runtime,
     )
 
 
-def _true_spans(test: pd.DataFrame) -> list[list[Key]]:
+def true_spans(test: pd.DataFrame) -> list[list[Key]]:
     """Each example's true spans from the ``entities`` column (none when the column is missing)."""
     if "entities" not in test.columns:
         return [[] for _ in range(len(test))]
@@ -98,7 +101,7 @@ def _true_spans(test: pd.DataFrame) -> list[list[Key]]:
     ]
 
 
-def _keys(prediction: Prediction) -> list[Key]:
+def span_keys(prediction: Prediction) -> list[Key]:
     return [(e.type, e.start, e.end) for e in prediction.entities]
 
 
@@ -145,6 +148,7 @@ def render_markdown(report: EvaluationReport, title: str = "Evaluation") -> str:
         "",
         "| metric | value |",
         "|---|---|",
+        f"| runtime | {report.runtime or 'not recorded'} |",
         f"| examples (in scope) | {report.n_examples} ({report.n_in_scope}) |",
         f"| accuracy | {report.accuracy:.4f} |",
         f"| macro-F1 | {report.macro_f1:.4f} |",

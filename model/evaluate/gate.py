@@ -37,14 +37,15 @@ class Headline:
     accuracy: float
     macro_f1: float
     entity_micro_f1: float | None = None  # only when the report has entity metrics
+    runtime: str = ""  # what the figures were measured on
 
     @classmethod
     def of(cls, report: EvaluationReport) -> Headline:
         entities = report.entities.micro.f1 if report.entities is not None else None
-        return cls(report.accuracy, report.macro_f1, entities)
+        return cls(report.accuracy, report.macro_f1, entities, report.runtime)
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        return {k: v for k, v in asdict(self).items() if v is not None and v != ""}
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class GateDecision:
 
 def decide(challenger: EvaluationReport, champion: EvaluationReport | None, cfg: GateConfig) -> GateDecision:
     """Gate ``challenger`` against ``champion`` (evaluation reports from model.evaluate.evaluation)."""
-    checks = [_latency(challenger, cfg)]
+    checks = [*_served_runtime(challenger), _latency(challenger, cfg)]
     if champion is None:
         checks += [
             Check(
@@ -119,6 +120,18 @@ def decide(challenger: EvaluationReport, champion: EvaluationReport | None, cfg:
         challenger=Headline.of(challenger),
         champion=Headline.of(champion) if champion else None,
     )
+
+
+def _served_runtime(report: EvaluationReport) -> list[Check]:
+    """The challenger was measured on the runtime its artifact serves (int8 where it passed the parity check
+    at packaging, else fp32): what passes the gate is what users get. No check for a report without runtimes."""
+    if not report.runtime:
+        return []
+    same = report.runtime == report.served_runtime
+    detail = f"measured on {report.runtime}" + (
+        ", the runtime the artifact serves" if same else f", but the artifact serves {report.served_runtime}"
+    )
+    return [Check("served runtime", same, detail)]
 
 
 def _latency(report: EvaluationReport, cfg: GateConfig) -> Check:
@@ -315,5 +328,10 @@ def render_markdown(decision: GateDecision) -> str:
     for c in decision.checks:
         lines.append(f"| {c.name} | {'pass' if c.passed else '**fail**'} | {c.detail} |")
     champion = decision.champion_digest[:12] if decision.champion_digest else "none (absolute floors)"
-    lines += ["", f"Challenger artifact `{decision.challenger_digest[:12]}`, champion `{champion}`."]
+    challenger = f"`{decision.challenger_digest[:12]}`{_measured_on(decision.challenger)}"
+    lines += ["", f"Challenger artifact {challenger}, champion `{champion}`{_measured_on(decision.champion)}."]
     return "\n".join(lines) + "\n"
+
+
+def _measured_on(headline: Headline | None) -> str:
+    return f" (measured on {headline.runtime})" if headline is not None and headline.runtime else ""

@@ -108,6 +108,8 @@ class EvaluationReport:
     examples: list[Outcome]
     entities: EntityMetrics | None = None
     out_of_scope: OutOfScope | None = None
+    runtime: str = ""  # what computed the predictions: onnx-int8, onnx-fp32 or torch ("": not recorded)
+    served_runtime: str = ""  # what the artifact serves (``meta.json``); the gate wants the two equal
 
     def scores(self, intent: str) -> Scores:
         """``intent``'s scores; NOT_SCORED where the report has none (the model does not know it, no test example)."""

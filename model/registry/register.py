@@ -82,6 +82,7 @@ def register(cfg: RegistryConfig, artifact_dir: Path, meta: dict, artifact_diges
             "git_sha": sha,
             "dataset_digest": digest,
             "artifact_digest": artifact_digest,
+            "served_runtime": meta.get("served_runtime", ""),  # what the gate measured and what will serve
             GATE_TAG: "passed",
         },
     )

@@ -77,13 +77,22 @@ def log_training(
     history: list[dict],
     metrics: dict,
     artifact_digest: str,
+    served_runtime: str,
     upload: Path | None = None,
 ) -> None:
-    """Record config, git SHA, the dataset as input (with its digest), per-epoch and final metrics; ``upload``:
+    """Record config, git SHA, the dataset as input (with its digest), per-epoch and final metrics (measured on
+    ``served_runtime``, a tag of the run); ``upload``:
     the sealed artifact folder, uploaded into the run as ``artifact/`` (a cluster job's disk is gone once it
     ends: ``flywheel train-job`` downloads it from there)."""
     mlflow.log_params(_flatten("", config))
-    mlflow.set_tags({"git_sha": sha, "dataset_digest": dataset_digest, "artifact_digest": artifact_digest})
+    mlflow.set_tags(
+        {
+            "git_sha": sha,
+            "dataset_digest": dataset_digest,
+            "artifact_digest": artifact_digest,
+            "served_runtime": served_runtime,  # the runtime the metrics were measured on, and that will serve
+        }
+    )
     ds = mlflow.data.from_pandas(dataset, source=dataset_source, name="intents", digest=dataset_digest[:32])
     mlflow.log_input(ds, context="training")
     for record in history:

@@ -124,8 +124,9 @@ def resolve_version(cfg: RegistryConfig, version: int) -> dict:
     }
 
 
-def open_model(model: str, reg_cfg: RegistryConfig, runtime: str = "onnx") -> IntentPredictor:
-    """A predictor from an artifact folder or an MLflow ``models:/`` URI (runtime: see IntentPredictor.load)."""
+def open_model(model: str, reg_cfg: RegistryConfig, runtime: str | None = None) -> IntentPredictor:
+    """A predictor from an artifact folder or an MLflow ``models:/`` URI, on the runtime the artifact serves
+    (``runtime``: another one, see IntentPredictor.load)."""
     # the predictor brings PyTorch, seconds to import: the delivery steps read versions and run no model
     from model.artifact.predictor import IntentPredictor
 

@@ -67,9 +67,10 @@ def _without_text(entity: Entity) -> dict:
 
 
 def prediction_records(
-    endpoint: Endpoint, request: ParsedRequest, preds: list[Prediction], seconds: float
+    endpoint: Endpoint, request: ParsedRequest, preds: list[Prediction], seconds: float, *, runtime: str
 ) -> list[dict]:
-    """One log record per text of a request: ids, prediction (entities included), who answered and how long it took."""
+    """One log record per text of a request: ids, prediction (entities included), who answered, on which
+    runtime (onnx-int8, onnx-fp32, torch) and how long it took."""
     now = datetime.now(UTC).isoformat()
     return [
         {
@@ -84,6 +85,7 @@ def prediction_records(
             "model_version": endpoint.version,
             "arm": endpoint.arm,
             "endpoint": endpoint.name,
+            "runtime": runtime,
             "latency_ms": round(seconds * 1000, 3),
         }
         for i, p in enumerate(preds)

@@ -92,8 +92,9 @@ class ModelSource:
 
 
 def open_artifact(folder: Path, runtime: str) -> IntentPredictor:
-    """The predictor of an artifact folder, its manifest verified (``IntentPredictor.load``)."""
-    return IntentPredictor.load(folder, runtime=runtime)
+    """The predictor of an artifact folder, its manifest verified (``IntentPredictor.load``), on ``runtime``
+    ("artifact": the one the artifact serves, which its gate measured)."""
+    return IntentPredictor.load(folder, runtime=None if runtime == "artifact" else runtime)
 
 
 class IntentModel(kserve.Model):
@@ -186,7 +187,7 @@ class IntentModel(kserve.Model):
     def _observed(self, request: ParsedRequest, preds: list[Prediction], seconds: float) -> list[dict]:
         """Count the predictions in the metrics; their prediction log records."""
         self.metrics.observe(self.version, preds, seconds)
-        return prediction_records(self.endpoint, request, preds, seconds)
+        return prediction_records(self.endpoint, request, preds, seconds, runtime=self.predictor.runtime)
 
     def _in_background(self, work) -> None:
         task = asyncio.get_running_loop().create_task(work)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -12,7 +13,7 @@ from model.artifact.manifest import write_manifest
 from model.core.errors import FlywheelError
 from model.core.files import replacing
 from model.train.fit import FitResult
-from model.train.onnx_export import export_checked
+from model.train.runtimes import ServedRuntime
 
 MODEL_CARD = """# Intent classifier `{name}`
 
@@ -21,12 +22,13 @@ Fine-tuned from `{base_model}` on dataset `{dataset_digest}` at git `{git_sha}`.
 - Intents ({n_labels}): {labels}
 {entity_line}- Fallback threshold: {threshold:.4f}: below this confidence the bot hands off to a human
   (picked on validation data so answered messages are right at least {precision:.0%} of the time).
-{scope_line}
+{scope_line}- Served runtime: `{runtime}`: {runtime_reason}. Evaluation and the gate measure this runtime.
+
 ## Intended use
 Routing customer-support chat messages to an intent, or to a human when unsure. Not for decisions
 about people; not for languages or domains absent from the training data.
 
-## Metrics (held-out test split)
+## Metrics (held-out test split, served runtime)
 {metrics}
 """
 
@@ -38,31 +40,21 @@ def write_artifact(
     threshold: float,
     meta: dict,
     metrics_markdown: str,
-    check_texts: list[str] = (),
+    served: ServedRuntime,
 ) -> str:
     """Save weights, tokenizer, labels, meta and model card; seal with a manifest. Returns the digest.
 
-    With ``train.export_onnx`` in ``meta["config"]``, also ``model.onnx``, exported from these weights and
-    checked against PyTorch on ``check_texts`` first: an export that differs stops the artifact.
+    ``served`` (``model.train.runtimes``): the runtime packaging decided on, with its ONNX files (moved
+    in, so the manifest covers them), meta.json's sections and the model card's line.
     """
     train_cfg = meta["config"]["train"]
     if target.exists():
         raise FlywheelError(f"{target}: already exists; refusing to overwrite an artifact")
     with replacing(target) as staging:  # a crash leaves no artifact or a whole one, never half of one
         staging.mkdir()
-        if train_cfg.get("export_onnx", False):
-            meta = {
-                **meta,
-                "onnx": export_checked(
-                    result.model,
-                    result.tokenizer,
-                    list(check_texts),
-                    staging,
-                    max_length=meta["max_length"],
-                    temperature=meta.get("temperature", 1.0),
-                    tolerance=train_cfg["onnx_tolerance"],
-                ),
-            }
+        for path in served.files:
+            shutil.move(path, staging / path.name)
+        meta = {**meta, **served.meta}
         state = {k: v.detach().contiguous().cpu() for k, v in result.model.state_dict().items()}
         save_file(state, staging / "model.safetensors")
         result.model.encoder.config.save_pretrained(staging)
@@ -83,6 +75,8 @@ def write_artifact(
                 threshold=threshold,
                 precision=train_cfg["fallback_precision"],
                 scope_line=_scope_line(meta, train_cfg),
+                runtime=served.runtime,
+                runtime_reason=served.card,
                 metrics=metrics_markdown,
             )
         )

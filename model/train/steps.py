@@ -30,6 +30,7 @@ from model.train.args import TrainArgs
 from model.train.calibration import fit_temperature, pick_threshold, scope_threshold
 from model.train.fit import FitResult, fit
 from model.train.package import write_artifact
+from model.train.runtimes import ServedRuntime, export_runtimes, torch_only
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Trained:
     resumed_from_step: int | None  # the checkpoint's step when the run resumed one
     train_seconds: float
     fallback_threshold: float
+    served_runtime: str  # onnx-int8, onnx-fp32 or torch: what serves, and what the metrics were measured on
     metrics: dict[str, float]  # accuracy, macro_f1, ... (``_headline``)
     counts: dict[str, int]  # examples per split
 
@@ -139,32 +141,29 @@ def _train(
     with tracking.training_run(reg_cfg, name, mlflow_run or run.get("mlflow_run_id"), bool(mlflow_run)) as run_id:
         result = train_model(run={"name": name, "mlflow_run_id": run_id})
         train_seconds = time.perf_counter() - started
-        predictor, report, md = _calibrated_and_evaluated(result, val, test, data_cfg, train_cfg)
-        meta = {
-            "dataset_digest": digest,
-            "git_sha": sha,
-            "mlflow_run_id": run_id,
-            "config": config,
-            "max_length": train_cfg.max_length,
-            "temperature": predictor.temperature,
-            "scope_threshold": predictor.scope_threshold,
-            "train_seconds": train_seconds,
-            "workers": world.size,
-            "precision": result.precision,
-            "resumed_from_step": result.resumed_from_step,
-            "history": result.history,
-            "metrics": _headline(report),
-            "counts": df.groupby("split").size().to_dict(),
-            **({"entity_metrics": report.entities.to_dict()} if report.entities is not None else {}),
-        }
-        artifact_digest = write_artifact(
-            result,
-            target,
-            threshold=predictor.threshold,
-            meta=meta,
-            metrics_markdown=md,
-            check_texts=(val if len(val) else train)["text"].tolist(),
-        )
+        with served_runtime(result, val if len(val) else train, train_cfg, target, data_cfg.oos_label) as served:
+            predictor = served.predictor
+            report, md = _evaluated(predictor, test if len(test) else val, data_cfg, bool(len(test)))
+            meta = {
+                "dataset_digest": digest,
+                "git_sha": sha,
+                "mlflow_run_id": run_id,
+                "config": config,
+                "max_length": train_cfg.max_length,
+                "temperature": predictor.temperature,
+                "scope_threshold": predictor.scope_threshold,
+                "train_seconds": train_seconds,
+                "workers": world.size,
+                "precision": result.precision,
+                "resumed_from_step": result.resumed_from_step,
+                "history": result.history,
+                "metrics": _headline(report),
+                "counts": df.groupby("split").size().to_dict(),
+                **({"entity_metrics": report.entities.to_dict()} if report.entities is not None else {}),
+            }
+            artifact_digest = write_artifact(
+                result, target, threshold=predictor.threshold, meta=meta, metrics_markdown=md, served=served
+            )
         tracking.log_training(
             config=config,
             dataset=df,
@@ -172,8 +171,9 @@ def _train(
             dataset_digest=digest,
             sha=sha,
             history=result.history,
-            metrics={**_headline(report), "train_seconds": train_seconds},
+            metrics={**_headline(report), "train_seconds": train_seconds, **_parity_metrics(served.meta)},
             artifact_digest=artifact_digest,
+            served_runtime=served.runtime,
             upload=target if mlflow_run else None,  # the job's disk is gone once it ends
         )
     checkpoint.remove(checkpoints)  # the artifact holds the result: a rerun trains afresh
@@ -181,8 +181,8 @@ def _train(
     from_meta = ("mlflow_run_id", "dataset_digest", "git_sha", "precision", "workers", "resumed_from_step", "metrics")
     summary = Trained(
         artifact=str(target), artifact_digest=artifact_digest, device=result.device,
-        train_seconds=round(train_seconds, 1), fallback_threshold=predictor.threshold, counts=meta["counts"],
-        **{key: meta[key] for key in from_meta},
+        train_seconds=round(train_seconds, 1), fallback_threshold=predictor.threshold, served_runtime=served.runtime,
+        counts=meta["counts"], **{key: meta[key] for key in from_meta},
     )  # fmt: skip
     return summary, f"## Training run `{name}`\n\nArtifact: `{target}`\n\n{md}"
 
@@ -204,19 +204,45 @@ def run_key(dataset_digest: str, config: dict) -> str:
     return "train-" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _calibrated_and_evaluated(
-    result: FitResult, val: pd.DataFrame, test: pd.DataFrame, data_cfg: DataConfig, train_cfg: TrainConfig
-) -> tuple[IntentPredictor, EvaluationReport, str]:
-    """The trained model as a predictor with its fallback calibrated on validation, and its report on the
-    test split (validation when there is none), as data and markdown."""
+@contextmanager
+def served_runtime(
+    result: FitResult, val: pd.DataFrame, train_cfg: TrainConfig, target: Path, oos_label: str
+) -> Iterator[ServedRuntime]:
+    """The trained model calibrated on validation (``val``), exported to ONNX with its int8 copy checked on
+    the in-scope validation texts, and the runtime that will serve it (``model.train.runtimes``); the files
+    wait beside ``target`` for the block. Out-of-scope texts are left out of the parity check: no intent is
+    right for them, their top two are near-ties that rounding reorders (MiniLM, 1 epoch: all 3 of 145
+    validation texts whose top intent int8 changed), and they are handed off whichever comes first."""
     model, tokenizer, labels = result.model, result.tokenizer, result.labels
     predictor = IntentPredictor(
         model, tokenizer, labels, threshold=0.0, max_length=train_cfg.max_length, tags=result.tags
     )
     calibrate(predictor, val, train_cfg)
-    report = evaluate(predictor, test if len(test) else val, data_cfg.oos_label)
-    md = render_markdown(report, "Held-out test split" if len(test) else "Validation split (no test rows)")
-    return predictor, report, md
+    if not train_cfg.export_onnx:
+        yield torch_only(predictor)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)  # beside it: sealing the artifact moves them in by a rename
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.export-") as exports:
+        yield export_runtimes(result, predictor, val[val["intent"] != oos_label], Path(exports), train_cfg)
+
+
+def _evaluated(
+    predictor: IntentPredictor, test: pd.DataFrame, data_cfg: DataConfig, held_out: bool
+) -> tuple[EvaluationReport, str]:
+    """The served predictor's report on the test split (validation when there is none), as data and markdown."""
+    report = evaluate(predictor, test, data_cfg.oos_label)
+    return report, render_markdown(report, "Held-out test split" if held_out else "Validation split (no test rows)")
+
+
+def _parity_metrics(meta: dict) -> dict[str, float]:
+    """The int8 parity check's figures as MLflow metrics (none for an artifact without ONNX)."""
+    int8 = meta.get("int8")
+    if not int8:
+        return {}
+    out = {"int8_accepted": float(int8["accepted"]), "int8_intent_agreement": int8["intent_agreement"]}
+    if int8["entity_f1_int8"] is not None:
+        out |= {"int8_entity_f1": int8["entity_f1_int8"], "fp32_entity_f1": int8["entity_f1_fp32"]}
+    return out
 
 
 def training_spans(train: pd.DataFrame) -> list[list[dict]] | None:
