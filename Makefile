@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup test-tools demo test bench bench-snips bench-loop bench-serving bench-collector check-gpu lint lock clean
+.PHONY: setup test-tools demo test test-fast bench bench-snips bench-loop bench-serving bench-collector check-gpu lint lock clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ test-tools:
 
 test: test-tools setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+# The edit-test loop: the code and data tests, no training and no servers (tests/README.md)
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests/code tests/data
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m scripts.bench_banking77

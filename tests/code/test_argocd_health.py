@@ -16,7 +16,7 @@ from model.core.errors import FlywheelError
 from model.deploy.argocd_health import Health, inferenceservice_health, script
 from model.loop.knative import KnativeService
 
-UPSTREAM = Path(__file__).parent / "data" / "argocd-inferenceservice"
+UPSTREAM = Path(__file__).parent / "argocd-inferenceservice"
 CASES = yaml.safe_load((UPSTREAM / "health_test.yaml").read_text())["tests"]
 
 

@@ -14,8 +14,8 @@ from model.core.config import SAMPLE_DATA, CheckConfig, DataConfig, PrepareConfi
 from model.data.conversations import write_snapshot
 from model.data.examples import assign_splits, load_examples
 from scripts.cli import main
-from tests.conftest import write_subset
-from tests.snapshot_fixtures import make_snapshot
+from tests.helpers.data import write_subset
+from tests.helpers.snapshots import make_snapshot
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)  # the fixtures' events are from 2026-11-20
 

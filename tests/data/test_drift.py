@@ -14,8 +14,8 @@ from data_checks.embeddings import Embedder
 from model.core.config import DriftConfig
 from model.data.conversations import write_snapshot
 from scripts.cli import main
-from tests.conftest import write_subset
-from tests.snapshot_fixtures import make_snapshot
+from tests.helpers.data import write_subset
+from tests.helpers.snapshots import make_snapshot
 
 CFG = DriftConfig(alpha=0.01, min_rate_change=0.02)
 TEXT_OK = {"method": "auc", "score": 0.505, "n_reference": 5000, "n_current": 1000}
@@ -186,16 +186,3 @@ def test_intent_test_is_a_two_sample_test():
     assert _chi2_homogeneity(
         pd.Series(rng.choice(intents, 3000, p=p)), pd.Series(rng.choice(intents, 1000, p=shifted)), None, 0.01
     )[1]
-
-
-def test_cli_drift_with_model_baseline(tmp_path, sample_df, tiny_artifact, tiny_bert):
-    current = write_snapshot(make_snapshot(sample_df, n=40), tmp_path / "current.parquet")
-    result = _drift_cli(
-        tiny_bert,
-        tmp_path / "reports",
-        reference=tiny_artifact["data"],
-        current=current,
-        model=tiny_artifact["artifact"],
-    )
-    assert {s["name"] for s in result["signals"]} == {"text", "predicted_intent", "confidence", "fallback_rate"}
-    assert set(result["skipped"]) == {"thumbs_down_rate", "escalation_rate"}

@@ -21,8 +21,9 @@ from model.data.examples import assign_splits, dataset_digest, load_examples, va
 from model.data.readers import decode
 from model.prepare.cleaning import normalise
 from model.prepare.steps import prepare_step
-from tests.conftest import local_registry, write_subset
-from tests.snapshot_fixtures import make_snapshot
+from tests.helpers.data import write_subset
+from tests.helpers.registry import local_registry
+from tests.helpers.snapshots import make_snapshot
 
 CFG = DataConfig(min_examples_per_intent=2)
 NOW = datetime(2026, 11, 27, tzinfo=UTC)  # the snapshot fixtures' events are from 2026-11-20

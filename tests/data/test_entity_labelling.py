@@ -21,8 +21,9 @@ from model.prepare.label_studio import labelling_config, to_tasks
 from model.prepare.labelling import label
 from model.prepare.review_queue import QUEUE_COLUMNS, read_labels, write_queue
 from model.prepare.steps import prepare_step
-from tests.conftest import local_registry, write_subset
-from tests.snapshot_fixtures import event, make_snapshot
+from tests.helpers.data import write_subset
+from tests.helpers.registry import local_registry
+from tests.helpers.snapshots import event, make_snapshot
 
 NO_MLFLOW = PrepareConfig(log_to_mlflow=False)
 TYPES = ["amount", "order_id"]

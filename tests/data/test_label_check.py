@@ -17,8 +17,8 @@ from model.prepare.label_check import check_new_labels
 from model.prepare.labelling import Labelled
 from model.prepare.recheck import second_look_texts, write_recheck
 from model.prepare.steps import prepare_step
-from tests.conftest import local_registry
-from tests.snapshot_fixtures import make_snapshot
+from tests.helpers.registry import local_registry
+from tests.helpers.snapshots import make_snapshot
 
 INTENTS = ("billing", "delivery", "refund", "password")
 CFG = PrepareConfig(log_to_mlflow=False)

@@ -20,10 +20,11 @@ from model.prepare.cleaning import clean, near_key, normalise
 from model.prepare.review_queue import order_queue
 from model.prepare.steps import prepare_step
 from scripts.cli import main
-from tests.conftest import local_registry, write_subset
-from tests.snapshot_fixtures import event, make_snapshot
+from tests.helpers.data import write_subset
+from tests.helpers.registry import local_registry
+from tests.helpers.snapshots import event, make_snapshot
 
-# these tests label texts as other intents on purpose; the label check has its own (tests/test_label_check.py)
+# these tests label texts as other intents on purpose; the label check has its own (tests/data/test_label_check.py)
 NO_MLFLOW = PrepareConfig(log_to_mlflow=False, label_check=False)
 
 

@@ -1,4 +1,4 @@
-"""A container of a manifest, started on this machine as the kubelet would start it (tests/test_pod.py).
+"""A container of a manifest, started on this machine as the kubelet would start it (tests/servers/test_pod.py).
 
 What the kubelet and the container runtime do, and what stands in for them here:
 

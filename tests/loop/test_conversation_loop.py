@@ -19,8 +19,8 @@ import pytest
 
 from model.core.config import PROJECT_ROOT
 from scripts.cli import main
-from tests.conftest import write_subset
-from tests.test_collector import feedback_event, inference_event
+from tests.helpers.data import write_subset
+from tests.helpers.events import feedback_event, inference_event
 
 FIVE_INTENTS = ["account_locked", "apply_promo_code", "cancel_membership", "cancel_order", "change_shipping_address"]
 

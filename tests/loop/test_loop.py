@@ -24,7 +24,7 @@ from model.loop.orchestrator import without_github
 from model.loop.record import LoopRecord
 from model.loop.stages import Loop
 from scripts.cli import main
-from tests.conftest import write_subset
+from tests.helpers.data import write_subset
 
 # loop.json's top-level keys, in order: what the report and other readers of the record rely on
 LOOP_JSON_KEYS = (

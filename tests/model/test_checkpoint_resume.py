@@ -1,7 +1,7 @@
 """Checkpoints and resume: a `flywheel train` process killed with SIGKILL mid-training, run again with
 the same command, ends with the very weights of an uninterrupted run (CPU, tiny BERT, dropout on),
 in the MLflow run it had started; checkpoints are safetensors plus JSON, written whole or not at all.
-Two workers killed and resumed: tests/test_distributed_training.py."""
+Two workers killed and resumed: tests/model/test_distributed_training.py."""
 
 from __future__ import annotations
 

@@ -29,7 +29,8 @@ from model.core.config import DataConfig, TrainConfig
 from model.data.examples import load_split
 from model.train.distributed import World
 from model.train.steps import train_step
-from tests.conftest import local_registry, write_subset
+from tests.helpers.data import write_subset
+from tests.helpers.registry import local_registry
 
 FLYWHEEL = str(Path(sys.executable).with_name("flywheel"))
 # tests/conftest.py's tiny_train_cfg but for the batch (the data fixture's); ONNX export is tested with the artifact

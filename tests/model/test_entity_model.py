@@ -25,7 +25,8 @@ from model.artifact.predictor import IntentPredictor
 from model.core.config import DataConfig, TrainConfig
 from model.data.entities import dump_spans
 from model.train.steps import train_step
-from tests.conftest import local_registry, write_subset
+from tests.helpers.data import write_subset
+from tests.helpers.registry import local_registry
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,9 @@ from model.evaluate.evaluation import evaluate
 from model.evaluate.gate import decide
 from model.evaluate.steps import evaluation_set
 from model.train.steps import train_step
-from tests.conftest import local_registry, write_subset
-from tests.test_serving import free_port, start_server, stop_server, wait_ready
+from tests.helpers.data import write_subset
+from tests.helpers.registry import local_registry
+from tests.helpers.serving import free_port, start_server, stop_server, wait_ready
 
 pytestmark = pytest.mark.slow
 FAST_MINILM = TrainConfig(epochs=3, batch_size=16)

@@ -21,7 +21,7 @@ from model.core.errors import FlywheelError
 from model.train import onnx_export
 from model.train.fit import FitResult
 from model.train.package import write_artifact
-from tests.test_serving import NAME, free_port, server_output, start_server, stop_server, wait_ready
+from tests.helpers.serving import NAME, free_port, server_output, start_server, stop_server, wait_ready
 
 # one word to far past max_length (64 tokens): every batch below mixes lengths, so it is padded,
 # and the longest is truncated

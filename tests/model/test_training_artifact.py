@@ -15,7 +15,7 @@ from model.artifact.predictor import IntentPredictor
 from model.core.config import DataConfig
 from model.core.errors import FlywheelError
 from model.train.steps import train_step
-from tests.conftest import local_registry
+from tests.helpers.registry import local_registry
 
 
 @pytest.fixture

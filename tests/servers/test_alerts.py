@@ -95,7 +95,7 @@ class Series:
 
     def proxied(self, version: str, code: int, per_minute: float = 0, values: str = ""):
         """queue-proxy's count of requests to ``version``'s revision answered ``code`` (its labels as
-        exported: otelhttp's attributes and OpenTelemetry's scope; see tests/test_canary_prometheus.py)."""
+        exported: otelhttp's attributes and OpenTelemetry's scope; see tests/servers/test_canary_prometheus.py)."""
         labels = {
             "http_request_method": "POST",
             "http_response_status_code": str(code),

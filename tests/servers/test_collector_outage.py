@@ -36,7 +36,7 @@ from model.core.errors import FlywheelError
 from model.core.processes import Supervised
 from scripts.bench_collector import out_of_order, stored_xmin
 from scripts.throwaway_postgres import ThrowawayPostgres
-from tests.conftest import require_real_part
+from tests.helpers.real_parts import require_real_part
 
 AGENT_SOURCE = "http://localhost:9081/"  # what a Knative pod's agent sends (kserve cmd/agent/main.go)
 

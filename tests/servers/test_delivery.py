@@ -1,6 +1,6 @@
 """Release, promote and rollback as pull requests: on a temporary copy of the manifests in its own Git
 repository (never this project's Git), with a real MLflow registry holding gated tiny models. The same
-steps on GitHub, against a stand-in for its REST API, are in tests/test_forges.py."""
+steps on GitHub, against a stand-in for its REST API, are in tests/servers/test_forges.py."""
 
 from __future__ import annotations
 
@@ -8,21 +8,16 @@ import hashlib
 import json
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from mlflow import MlflowClient
 from starlette.testclient import TestClient
 
-from model.artifact.predictor import IntentPredictor
 from model.collect.collector import build_app
-from model.core.config import PROJECT_ROOT, CanaryConfig, CollectorConfig, DeliveryConfig, RegistryConfig
+from model.core.config import PROJECT_ROOT, CanaryConfig, CollectorConfig
 from model.core.errors import FlywheelError
 from model.deploy import manifests
 from model.deploy.canary_metrics import prometheus_arm_metrics
@@ -34,62 +29,11 @@ from model.deploy.delivery import (
     request_retrain_step,
     rollback_step,
 )
-from model.registry import register, versions
-from model.registry.store import tracking_uri
+from model.registry import versions
 from scripts.cli import main
-from tests.test_collector import feedback_event, inference_event
-
-REG = RegistryConfig()  # its tracking URI is set by `registry_dir`, the store every test here shares
-DCFG = DeliveryConfig()
-ISVC = "manifests/{env}/inferenceservice.yaml"
-
-
-@pytest.fixture(scope="module")
-def registry_dir(tmp_path_factory, tiny_artifact):
-    """An MLflow store with v1 and v2 gated, and v3 registered without passing the gate."""
-    work = tmp_path_factory.mktemp("delivery-work")
-    REG.tracking_uri = f"sqlite:///{work / 'mlflow.db'}"  # what the CLI resolves for --work-dir work
-    predictor = IntentPredictor.load(tiny_artifact["artifact"])
-    for i in (1, 2, 3):  # one artifact, three "datasets": registration is idempotent per dataset digest
-        meta = {**predictor.meta, "dataset_digest": f"dataset-{i}", "mlflow_run_id": None}
-        assert register.register(REG, Path(tiny_artifact["artifact"]), meta, predictor.digest)["version"] == i
-    MlflowClient(tracking_uri(REG)).delete_model_version_tag(REG.model_name, "3", versions.GATE_TAG)
-    return work, predictor.digest
-
-
-@pytest.fixture
-def store(registry_dir, monkeypatch):
-    work, digest = registry_dir
-    monkeypatch.setenv("FLYWHEEL_WORK_DIR", str(work))
-    monkeypatch.delenv("GITHUB_TOKEN", raising=False)
-    monkeypatch.delenv("GITHUB_REPOSITORY", raising=False)
-    return digest
-
-
-@contextmanager
-def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
-    """A local HTTP server answering with ``handler`` for the block; yields its URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
-
-
-def merge(repo: Path, branch: str) -> None:
-    git(repo, "merge", "-q", "--ff-only", branch)
-
-
-def branches(repo: Path) -> list[str]:
-    return git(repo, "branch", "--format=%(refname:short)").splitlines()
+from tests.helpers.delivery import DCFG, ISVC, REG, drift_report, serving
+from tests.helpers.events import feedback_event, inference_event
+from tests.helpers.git import branches, git, merge
 
 
 def rollout(repo: Path, env: str) -> manifests.Rollout:
@@ -127,7 +71,7 @@ def test_release_promote_rollback_cycle(repo, store):
     assert "Puts v2 on 10% of production traffic" in body
 
     # promote: v2 stable, canary gone; production is the champion environment, but opening (or merging)
-    # the pull request moves no alias: reconcile-registry does on main (tests/test_reconcile.py)
+    # the pull request moves no alias: reconcile-registry does on main (tests/servers/test_reconcile.py)
     champion = versions.alias_version(REG, versions.CHAMPION)
     result, body = promote_env_step("production", None, repo, REG, DCFG)
     assert versions.alias_version(REG, versions.CHAMPION) == champion
@@ -139,7 +83,7 @@ def test_release_promote_rollback_cycle(repo, store):
     assert "    canaryTrafficPercent:" not in (repo / ISVC.format(env="production")).read_text()
 
     # rollback after the promotion: KServe's pin on v2's revision sends everyone back to v1's (no new
-    # revision; tests/test_knative_stand_in.py); champion follows once merged, not when proposed
+    # revision; tests/servers/test_knative_stand_in.py); champion follows once merged, not when proposed
     v1, v2 = state.previous, state.stable
     result, body = rollback_step("production", repo, REG, DCFG)
     assert versions.alias_version(REG, versions.CHAMPION) == champion
@@ -392,23 +336,8 @@ def test_canary_analysis_from_prometheus(repo, store):
     assert all("[60s]" in q for q in queries)
 
 
-def _drift_report(tmp_path: Path, drift: bool) -> Path:
-    report = tmp_path / "drift.json"
-    report.write_text(
-        json.dumps(
-            {
-                "drift": drift,
-                "reasons": ["fallback rate 9% -> 21%"],
-                "window": {"start": "2026-11-20T00:00:00Z", "end": "2026-11-27T00:00:00Z"},
-            }
-        )
-    )
-    report.with_suffix(".md").write_text("## Drift report\n\nfallback rate 9% -> 21%\n")
-    return report
-
-
 def test_retrain_request_locally(repo, tmp_path):
-    result, body = request_retrain_step(_drift_report(tmp_path, True), repo, DCFG)
+    result, body = request_retrain_step(drift_report(tmp_path, True), repo, DCFG)
     pr = result["pull_request"]
     assert result["requested"] and result["request_file"].startswith("retrain/requests/")
     assert git(repo, "diff", "--name-only", "main", pr["branch"]) == result["request_file"]
@@ -416,7 +345,7 @@ def test_retrain_request_locally(repo, tmp_path):
     assert request["window"]["start"] == "2026-11-20T00:00:00Z" and request["reason"] == "drift"
     assert "## Drift report" in body and "2026-11-20T00:00:00Z to 2026-11-27T00:00:00Z" in body
     head, before = git(repo, "rev-parse", "HEAD"), branches(repo)
-    result, _ = request_retrain_step(_drift_report(tmp_path, False), repo, DCFG)
+    result, _ = request_retrain_step(drift_report(tmp_path, False), repo, DCFG)
     assert result == {"requested": False, "drift": False}
     (tmp_path / "bad.json").write_text('{"drift": "maybe"}')
     with pytest.raises(FlywheelError, match="true/false 'drift' verdict"):

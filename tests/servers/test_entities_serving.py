@@ -35,8 +35,8 @@ from model.serve.logger import LocalLogger, cloudevents_time
 from model.serve.metrics import ServingMetrics
 from model.serve.prediction_log import MIN_CAP_BYTES, PredictionLog, read_prediction_log
 from model.serve.protocol import Endpoint, ParsedRequest, v1_response, v2_response
-from tests.snapshot_fixtures import event
-from tests.test_collector import T0, VERSION_OF_ARM, arms_folder, inference_event
+from tests.helpers.events import T0, VERSION_OF_ARM, arms_folder, inference_event
+from tests.helpers.snapshots import event
 
 EMAIL, PHONE, ORDER = "jane.doe@example.com", "+44 7911 123456", "12345"
 # an e-mail before the order number (the offsets move) and a phone number the model tags too (dropped)

@@ -22,11 +22,8 @@ from model.core.errors import FlywheelError
 from model.deploy import delivery, forges, manifests
 from model.deploy.delivery import release_step, request_retrain_step
 from model.deploy.forges import GitHubForge, LocalForge, Proposal, forge_from_env, github_retry
-from tests import test_delivery as delivery_tests
+from tests.helpers.delivery import DCFG, ISVC, REG, drift_report, serving
 
-registry_dir = delivery_tests.registry_dir  # the MLflow store with v1, v2 gated and v3 not (made for this module)
-store = delivery_tests.store
-REG, DCFG, ISVC = delivery_tests.REG, delivery_tests.DCFG, delivery_tests.ISVC
 REPO, TOKEN = "acme/flywheel", "ghs_test_token"
 STAGING = ISVC.format(env="staging")
 DOCS = "https://docs.github.com/rest"
@@ -307,7 +304,7 @@ def gh():
         "main",
         {ISVC.format(env=env): (PROJECT_ROOT / ISVC.format(env=env)).read_text() for env in manifests.ENVIRONMENTS},
     )
-    with delivery_tests.serving(type("Handler", (FakeGitHub,), {"state": s})) as url:
+    with serving(type("Handler", (FakeGitHub,), {"state": s})) as url:
         s["url"] = url
         yield s
 
@@ -410,7 +407,7 @@ def test_github_bad_input_makes_no_call_that_writes(github, tmp_path):
 
 
 def test_retrain_request_on_github_creates_a_new_file(github, tmp_path):
-    result, body = request_retrain_step(delivery_tests._drift_report(tmp_path, True), tmp_path, DCFG)
+    result, body = request_retrain_step(drift_report(tmp_path, True), tmp_path, DCFG)
     pr, path = result["pull_request"], result["request_file"]
     assert (
         path not in files_on(github, "main") and json.loads(files_on(github, pr["branch"])[path])["reason"] == "drift"

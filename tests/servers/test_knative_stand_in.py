@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - the fixtures registry_dir and store come from tests/test_delivery.py
 """The delivery steps against a stand-in that routes like KServe + Knative (model/loop/knative.py).
 
 Each test merges real `flywheel release/promote/rollback` pull requests into a temporary GitOps
@@ -26,7 +25,8 @@ from model.deploy.delivery import promote_env_step, release_step, rollback_step
 from model.loop.knative import DISALLOWED_ANNOTATIONS, KnativeService, revision_template
 from model.registry import register
 from scripts.cli import main
-from tests.test_delivery import DCFG, ISVC, REG, git, merge, registry_dir, store  # noqa: F401 - fixtures
+from tests.helpers.delivery import DCFG, ISVC, REG
+from tests.helpers.git import git, merge
 
 COLD_START_S = 90.0
 REQUESTS = 2000
@@ -228,7 +228,7 @@ def test_kserve_keeps_its_default_disallowed_annotations_out_of_the_revision_tem
 
 def test_an_inferenceservice_recreated_mid_canary_gives_the_canary_everything(repo, store):
     """KServe keeps the stable share only in its status: a recreated object has none. check-manifests
-    therefore requires Argo CD never to delete or prune the InferenceService (tests/test_manifests.py)."""
+    therefore requires Argo CD never to delete or prune the InferenceService (tests/code/test_manifests.py)."""
     svc = KnativeService("intent", cold_start_s=COLD_START_S)
     now = released(repo, svc)
     recreated = KnativeService("intent", cold_start_s=COLD_START_S)

@@ -2,7 +2,7 @@
 manifest's container spec (command/args with Kubernetes' ``$(VAR)`` expansion, env, volumes,
 securityContext) and the Dockerfile's ENTRYPOINT/ENV/USER, from a non-editable install of the
 package, as uid 10001 with a read-only root filesystem and only the manifest's writable volumes
-writable (bubblewrap; ``tests/pod.py`` says what stands in for the kubelet). Both become ready on their
+writable (bubblewrap; ``tests/helpers/pod.py`` says what stands in for the kubelet). Both become ready on their
 readiness probe and answer: V1 and V2 calls, a KServe logger CloudEvent.
 
 One change from the manifest, for a shared test machine: the ``--http-port`` value (the container port
@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from model.artifact.manifest import verify
 from model.core.config import ENVIRONMENTS, PROJECT_ROOT
 from model.serve.logger import AGENT_SOURCE_URI, cloudevents_time
-from tests import pod
+from tests.helpers import pod
 
 MANIFESTS = PROJECT_ROOT / "manifests"
 PREDICTOR = ("inferenceservice.yaml", "kserve-container")

@@ -27,7 +27,7 @@ from model.deploy.delivery import promote_env_step, release_step, rollback_step
 from model.deploy.reconcile import reconcile_step
 from model.registry import register, versions
 from scripts.cli import main
-from tests.conftest import IDENTITY
+from tests.helpers.git import IDENTITY
 
 REG = RegistryConfig()  # its tracking URI is set by `registry_dir`
 DCFG = DeliveryConfig()

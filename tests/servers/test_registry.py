@@ -21,7 +21,7 @@ from model.registry.steps import promote_step, register_step
 from model.registry.versions import CHAMPION, alias_version, resolve_version
 from model.train.steps import train_step
 from scripts.cli import main
-from tests.conftest import mlflow_server
+from tests.helpers.registry import mlflow_server
 
 # the tiny random model is weak by design: floors at zero let it through the first-model gate
 OPEN_GATE = GateConfig(min_accuracy=0.0, min_macro_f1=0.0, latency_budget_ms=1000)
@@ -83,7 +83,7 @@ def test_round_trip_on_a_real_mlflow_server(tmp_path, small_csv, tiny_train_cfg,
 
     # this server proxies artifacts (`mlflow server`'s default): MLflow 3.17 names the model mlflow-artifacts:/...,
     # which KServe's storage initializer cannot download, so `release` refuses it before any pull request
-    # (the server that works instead: tests/test_storage.py)
+    # (the server that works instead: tests/servers/test_storage.py)
     monkeypatch.delenv("GITHUB_TOKEN", raising=False)
     assert resolve_version(reg, 1)["storage_uri"].startswith("mlflow-artifacts:/1/models/m-")
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout

@@ -10,8 +10,6 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,7 +25,6 @@ import sqlalchemy as sa
 import yaml
 from prometheus_client import CollectorRegistry
 
-from model.artifact.manifest import verify
 from model.artifact.predictor import IntentPredictor
 from model.collect.export import export_window
 from model.collect.store import open_store
@@ -41,71 +38,11 @@ from model.serve.prediction_log import MIN_CAP_BYTES, PredictionLog, prediction_
 from model.serve.predictor import MicroBatcher
 from model.serve.serving import ServeArgs, build_models
 from model.train.steps import train_step
-from tests.conftest import local_registry, write_subset
+from tests.helpers.data import write_subset
+from tests.helpers.registry import local_registry
+from tests.helpers.serving import NAME, free_port, server_output, start_server, stop_server, version_of, wait_ready
 
-NAME = "intent-test"
 CE_ID = "3f1c5b2e-0000-4000-8000-000000000001"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(args: list[str], work: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    work.mkdir(parents=True, exist_ok=True)
-    output = open(work / "server.log", "w")  # a file, not a pipe: a full pipe would block the server's logging
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "scripts.cli",
-            "serve",
-            "--http_port",
-            str(port),
-            "--endpoint",
-            NAME,
-            "--work-dir",
-            str(work),
-            *args,
-        ],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=output,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    """SIGTERM, as Kubernetes stops a pod: the server drains and writes its report; killed if it hangs."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-
-
-def server_output(work: Path) -> str:
-    return (work / "server.log").read_text()
-
-
-def wait_ready(proc: subprocess.Popen, base: str, work: Path, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}:\n{server_output(work)}")
-        try:
-            if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise AssertionError(f"server not ready within {timeout}s:\n{server_output(work)}")
 
 
 def _other_model(tmp_path_factory, sample_df, tiny_train_cfg, name: str, n_intents: int, seed: int) -> str:
@@ -129,11 +66,6 @@ def arms(tiny_artifact, tmp_path_factory, sample_df, tiny_train_cfg) -> dict[str
 def offline_predictions(artifact: str, texts: list[str]) -> list:
     """What the artifact predicts in this process: what its arm must answer."""
     return IntentPredictor.load(artifact).predict(texts)
-
-
-def version_of(artifact: str) -> str:
-    """The version a model served from a folder reports: its artifact digest."""
-    return f"sha-{verify(artifact)[:12]}"
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Model locations KServe can download (model/deploy/storage.py): KServe's ``ValidateStorageURI`` as its
 source says (kserve pkg/controller/v1beta1/inferenceservice/utils/utils.go), on URIs shaped as MLflow
 3.17 gives them; and ``flywheel release`` accepting what a real ``mlflow server`` set up as the refusal
-says hands out. (A default server's mlflow-artifacts:/ location refused: tests/test_registry.py, on its
+says hands out. (A default server's mlflow-artifacts:/ location refused: tests/servers/test_registry.py, on its
 server.)"""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from model.core.config import DeliveryConfig, RegistryConfig
+from model.core.config import PROJECT_ROOT, DeliveryConfig, RegistryConfig
 from model.core.errors import FlywheelError
 from model.deploy import manifests, storage
 from model.deploy.delivery import release_step
 from model.registry import versions
 from model.registry.store import connect
-from tests.conftest import mlflow_server
-from tests.test_delivery import branches
+from tests.helpers.git import branches
+from tests.helpers.registry import mlflow_server
 
 LOGGED = "1/models/m-4f0c3b6f8e2d4c1a9b7e5d3c1a0f2e4d/artifacts"  # MLflow 3: <experiment>/models/m-<id>/artifacts
 INTENT = "artifacts/intent_model"  # the folder inside the logged model that `release` names
@@ -68,7 +68,7 @@ def test_the_refusal_says_what_the_location_is():
 
 def test_the_manifests_refuse_a_location_kserve_cannot_download():
     """check-manifests reads the rollout record with the same rule."""
-    path = manifests.isvc_path(Path(__file__).parents[1], "staging")
+    path = manifests.isvc_path(PROJECT_ROOT, "staging")
     uri = f"mlflow-artifacts:/{LOGGED}/{INTENT}"
     edited = path.read_text().replace(
         '  stable: ""', f'  stable: "1"\n  stable-storage-uri: "{uri}"\n  stable-sha256: "{"a" * 64}"'

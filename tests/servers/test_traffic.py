@@ -29,7 +29,7 @@ from model.core.errors import FlywheelError
 from model.core.settings import load_config
 from model.deploy.canary_metrics import store_arm_metrics
 from model.loop.traffic import CANARY, COLUMNS, STABLE, by_percent, case_of, is_correct, plan_messages, react, simulate
-from tests.test_serving import NAME, free_port, start_server, version_of, wait_ready
+from tests.helpers.serving import NAME, free_port, start_server, version_of, wait_ready
 
 OOS = "oos"
 # every reaction certain: the feedback says exactly which kind of answer the user got
