@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 
 from model.core.command_line import parser_for
-from model.core.config import DEFAULT_CONFIG, SECTIONS
+from model.core.config import DEFAULT_CONFIG, SECTIONS, DataConfig, TrainConfig
 from model.core.settings import read_yaml_config
 from model.core.steps import Signature
 from scripts.cli import STEPS, main
@@ -24,13 +27,66 @@ def test_every_step_has_help(step, capsys):
     assert "--config" in out and "--work-dir" in out and BY_NAME[step].help in out
 
 
-def test_each_step_is_declared_once_by_its_function():
-    """The table names each step once; each function's signature asks only for known sections."""
+def wiring_mistakes(function) -> list[str]:
+    """Where ``function`` would not take what the dispatcher (model/core/command_line.py) passes it: each
+    section parameter gets that section's dataclass, ``args`` the step's flags dataclass (whose
+    ``POSITIONAL`` names are among its fields), ``work``, ``report_dir`` and ``config_file`` a Path."""
+    try:
+        signature = Signature.of(function)
+    except TypeError as exc:  # a parameter that is neither a section nor injected
+        return [str(exc)]
+    hints = typing.get_type_hints(function)
+    expected = {s: SECTIONS[s] for s in signature.sections} | {name: Path for name in signature.injected}
+    mistakes = [f"{n}: {hints.get(n)} where the CLI passes {t}" for n, t in expected.items() if hints.get(n) is not t]
+    if "args" not in inspect.signature(function).parameters:
+        return mistakes
+    if not dataclasses.is_dataclass(signature.args):
+        return [*mistakes, f"args: {signature.args} is not a dataclass of flags"]
+    fields = {f.name for f in dataclasses.fields(signature.args)}
+    return mistakes + [
+        f"POSITIONAL {n!r} is no field" for n in getattr(signature.args, "POSITIONAL", ()) if n not in fields
+    ]
+
+
+@dataclasses.dataclass
+class Flags:
+    POSITIONAL = ("record",)
+    record: str = ""
+
+
+@dataclasses.dataclass
+class MisnamedPositional:
+    POSITIONAL = ("recrod",)
+    record: str = ""
+
+
+def swapped_sections(args: Flags, *, data: TrainConfig, train: DataConfig) -> None: ...
+def work_as_text(args: Flags, *, work: str) -> None: ...
+def flags_as_a_dict(args: dict) -> None: ...
+def misspelt_section(args: Flags, *, trian: TrainConfig) -> None: ...
+def positional_not_a_field(args: MisnamedPositional) -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("function", "mistake"),
+    [
+        (swapped_sections, f"data: {TrainConfig} where the CLI passes {DataConfig}"),
+        (swapped_sections, f"train: {DataConfig} where the CLI passes {TrainConfig}"),
+        (work_as_text, f"work: {str} where the CLI passes {Path}"),
+        (flags_as_a_dict, "is not a dataclass of flags"),
+        (misspelt_section, "parameters ['trian'] are neither sections nor injected"),
+        (positional_not_a_field, "POSITIONAL 'recrod' is no field"),
+    ],
+)
+def test_a_wiring_mistake_is_found(function, mistake):
+    assert any(mistake in m for m in wiring_mistakes(function)), wiring_mistakes(function)
+
+
+def test_each_step_is_declared_once_and_takes_what_the_cli_passes():
+    """The table names each step once; each function says what it does and takes what dispatch passes it."""
     assert len(BY_NAME) == len(STEPS)
-    for step in STEPS:
-        signature = Signature.of(step.load())
-        assert set(signature.sections) <= set(SECTIONS), step.name
-        assert step.load().__doc__, f"{step.name}: the function says what the step does"
+    assert all(step.load().__doc__ for step in STEPS), "each step's function says what the step does"
+    assert {step.name: wiring_mistakes(step.load()) for step in STEPS} == {step.name: [] for step in STEPS}
 
 
 def test_top_level_help_lists_every_step(capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,9 +60,89 @@ def test_modules_and_functions_are_small(path):
     assert not long, f"{path}: {', '.join(long)}"
 
 
-def test_every_stage_package_says_what_it_owns_and_may_import():
-    for init in sorted((PROJECT_ROOT / "model").glob("*/__init__.py")):
-        doc = ast.get_docstring(ast.parse(init.read_text()))
-        if init.parent.name in ("configs", "sample_data"):
-            continue
-        assert doc and "Imports:" in doc, f"{init}: its docstring says what it owns and what it may import"
+def _stage_packages() -> list[str]:
+    inits = sorted((PROJECT_ROOT / "model").glob("*/__init__.py")) + [PROJECT_ROOT / "data_checks" / "__init__.py"]
+    names = [".".join(init.parent.relative_to(PROJECT_ROOT).parts) for init in inits]
+    return [name for name in names if name not in ("model.configs", "model.sample_data")]  # data, no code
+
+
+def declared_imports(docstring: str) -> set[str]:
+    """The project modules a package's docstring lists after ``Imports:``, up to the first semicolon or the
+    paragraph's end (``model.x``, ``data_checks``, ``model.x.y`` for one module of a package); "nothing
+    else from this project" lists none."""
+    _, found, rest = docstring.partition("Imports:")
+    assert found, "the docstring says what the package may import, after 'Imports:'"
+    said = re.split(r";|\n\s*\n", rest, maxsplit=1)[0]
+    named = set(re.findall(r"``((?:model|data_checks)(?:\.\w+)*)``", said))
+    assert named or "nothing else from this project" in said, f"no project module named in: {said!r}"
+    return named
+
+
+def actual_imports(graph, package: str) -> set[str]:
+    """Every module of another stage package that a module of ``package`` imports (at any depth)."""
+    inside = {package} | graph.find_descendants(package)
+    return {target for module in inside for target in graph.find_modules_directly_imported_by(module)} - inside
+
+
+def _owner(module: str) -> str:
+    return ".".join(module.split(".")[: 1 if module.startswith("data_checks") else 2])
+
+
+def mismatches(declared: set[str], imported: set[str]) -> list[str]:
+    """How a package's ``Imports:`` line (``declared``) and the modules it imports differ: a stage package
+    imported but not listed, one listed but never imported, and, where the line names single modules of
+    a package (``model.registry.versions``), any other module of it imported."""
+    said, done = {_owner(m) for m in declared}, {_owner(m) for m in imported}
+    problems = [f"imports {p}, not listed" for p in sorted(done - said)]
+    problems += [f"lists {p}, never imports it" for p in sorted(said - done)]
+    for owner in sorted((said & done) - declared):  # listed by some of its modules only
+        named = [m for m in declared if _owner(m) == owner]
+        beyond = [m for m in sorted(imported) if _owner(m) == owner and not any(m.startswith(n) for n in named)]
+        problems += [f"imports {m}, beyond the {sorted(named)} listed" for m in beyond]
+    return problems
+
+
+@pytest.fixture(scope="module")
+def import_graph():
+    import grimp  # import-linter's graph of the project's imports (`make lint`)
+
+    return grimp.build_graph("model", "data_checks")
+
+
+@pytest.mark.parametrize("package", _stage_packages())
+def test_each_package_lists_exactly_what_it_imports(package, import_graph):
+    """A stage package's ``__init__`` docstring says what it owns and, after ``Imports:``, what it imports."""
+    doc = ast.get_docstring(ast.parse((PROJECT_ROOT / package.replace(".", "/") / "__init__.py").read_text()))
+    assert doc, f"{package}: its docstring says what it owns and what it may import"
+    assert mismatches(declared_imports(doc), actual_imports(import_graph, package)) == [], package
+
+
+@pytest.mark.parametrize(
+    ("docstring", "listed"),
+    [
+        ("Owns x.\n\nImports: ``model.core`` only.", {"model.core"}),
+        ("Imports: ``model.core``, ``model.registry.versions`` (URIs)", {"model.core", "model.registry.versions"}),
+        (
+            "Imports: ``data_checks`` (redaction), ``model.data``; ``model.loop`` imports it",
+            {"data_checks", "model.data"},
+        ),
+        ("Imports: ``model.core``.\n\nUsed by ``model.train``.", {"model.core"}),
+        ("Imports: nothing else from this project (the bottom layer).", set()),
+    ],
+)
+def test_the_imports_line_is_read_as_written(docstring, listed):
+    assert declared_imports(docstring) == listed
+
+
+@pytest.mark.parametrize(
+    ("declared", "problem"),
+    [
+        ({"model.core"}, "imports model.artifact, not listed"),
+        ({"model.core", "model.artifact", "model.registry", "model.train"}, "lists model.train, never imports it"),
+        ({"model.core", "model.artifact", "model.registry.store"}, "imports model.registry.versions, beyond"),
+    ],
+)
+def test_a_wrong_imports_line_is_caught(declared, problem):
+    imported = {"model.core.config", "model.artifact.predictor", "model.registry.versions"}
+    assert mismatches({"model.core", "model.artifact", "model.registry.versions"}, imported) == []
+    assert any(p.startswith(problem) for p in mismatches(declared, imported)), mismatches(declared, imported)

@@ -5,19 +5,16 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import tomllib
 from html.parser import HTMLParser
-from importlib import resources
 
 import numpy as np
 import pandas as pd
 import plotly.offline
 import pytest
 
-from model.core.config import PROJECT_ROOT
 from model.core.errors import FlywheelError
 from model.loop.record import LoopRecord, StageEntry
-from model.loop.report import TEMPLATE, outcome_line, render_report
+from model.loop.report import outcome_line, render_report
 from scripts.cli import main
 
 T0 = pd.Timestamp("2026-11-27T10:00:00Z")
@@ -325,12 +322,6 @@ def test_a_typed_record_of_a_stopped_loop_renders(tmp_path):
     html = render_report(record.to_json(), tmp_path / "r.html").read_text()
     assert "no first model → drift check not reached → failed at Setup" in html
     assert "Drift check: not reached." in html and "Registry: not reached." in html
-
-
-def test_the_template_ships_with_the_package():
-    assert resources.files("model.loop").joinpath("templates", TEMPLATE).is_file()
-    package_data = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    assert TEMPLATE.endswith(".j2") and "templates/*.j2" in package_data["model.loop"]  # a wheel carries it
 
 
 def test_empty_traffic_file_renders_without_time_charts(loop, tmp_path):
