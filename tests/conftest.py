@@ -13,6 +13,7 @@ The folders hold the tests by kind (tests/README.md): ``code``, ``data``, ``mode
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections import Counter
@@ -143,6 +144,10 @@ def store_url(request, tmp_path) -> str:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "real(name): runs a real system tool (see tests/helpers/real_parts.py)")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # one compute thread per worker, for torch here and in the processes it starts (before torch is
+        # imported): the workers share the cores instead of each running a thread per core on all of them
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def pytest_runtest_setup(item):
@@ -165,7 +170,7 @@ def pytest_unconfigure(config):
         terminalreporter.write_line(f"NOT TESTED for real, missing {parts}: {HOW_TO_GET}", yellow=True, bold=True)
 
 
-# ---- the fast subset ------------------------------------------------------------------------------
+# ---- the fast subset, and the order files run in ----------------------------------------------------
 
 FAST_FOLDERS = ("code", "data")  # `make test-fast`: no training, no servers (tests/README.md)
 # fixtures that train a model or start a server, and the folder a test that needs one belongs in
@@ -174,6 +179,9 @@ NOT_FAST = {
     "postgres_server": "starts PostgreSQL: tests/servers",
     "store_url": "starts PostgreSQL: tests/servers",
 }
+# the folders by how long a file of theirs takes, longest first: pytest-xdist hands out whole files
+# (`--dist loadfile`) in this order, so the longest start first and none is left running alone at the end
+FOLDER_ORDER = ("model", "loop", "servers", "data", "code")
 
 
 def _folder(item) -> str:
@@ -183,12 +191,16 @@ def _folder(item) -> str:
 
 def pytest_collection_modifyitems(config, items):
     """Keep `make test-fast` fast: a code or data test that asks for training or a server stops the run at
-    collection, naming where it belongs."""
+    collection, naming where it belongs. Then order the files: those with a ``slow`` test first, then by
+    folder (``FOLDER_ORDER``); the tests of a file keep their order."""
     for item in items:
         heavy = [f"{name} ({why})" for name, why in NOT_FAST.items() if name in item.fixturenames]
         heavy += ["the slow mark (fine-tunes MiniLM): tests/model"] if item.get_closest_marker("slow") else []
         if _folder(item) in FAST_FOLDERS and heavy:
             raise pytest.UsageError(f"{item.nodeid}: tests/{_folder(item)} is in `make test-fast`, but it uses {heavy}")
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    rank = {folder: i for i, folder in enumerate(FOLDER_ORDER)}
+    items.sort(key=lambda item: (item.path not in slow_files, rank.get(_folder(item), len(rank))))
 
 
 # ---- a GitOps repository ---------------------------------------------------------------------------
