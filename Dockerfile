@@ -15,12 +15,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     FLYWHEEL_WORK_DIR=/tmp/flywheel
 
 WORKDIR /app
-# dependencies first (the lock changes less often than the code), CPU-only torch
+# CPU-only torch by default. The training image for a cluster's GPUs (image.yml, tag <sha>-cuda) is built with
+# TORCH_INDEX=https://pypi.org/simple: PyPI's Linux torch wheel is the CUDA build (docs/cluster.md)
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# dependencies first (the lock changes less often than the code)
 COPY pyproject.toml requirements.lock README.md ./
 COPY model ./model
 COPY data_checks ./data_checks
 COPY scripts ./scripts
-RUN pip install --constraint requirements.lock --extra-index-url https://download.pytorch.org/whl/cpu . \
+RUN pip install --constraint requirements.lock --extra-index-url "$TORCH_INDEX" . \
     && groupadd --gid 10001 flywheel \
     && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin flywheel
 

@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup test-tools demo test test-fast bench bench-snips bench-loop bench-serving bench-collector check-gpu lint lock clean
+.PHONY: setup test-tools demo test test-fast bench bench-snips bench-loop bench-serving bench-collector bench-scale check-gpu lint lock clean
 
 setup: $(STAMP)
 
@@ -53,6 +53,10 @@ bench-collector: setup
 # on a machine without one. Not part of CI (docs/training.md)
 check-gpu: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m scripts.check_gpu
+# a month of traffic (1,000,000 requests) through export-events, check-data, prepare and drift, on SQLite and on a
+# throwaway PostgreSQL (test-tools installs its server); BENCH_SCALE_ARGS="--requests 20000 --stores sqlite" for a quick one
+bench-scale: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m scripts.bench_scale $(BENCH_SCALE_ARGS)
 
 # Refresh the lock after changing pyproject.toml: resolves in a scratch venv, writes exact versions.
 lock:

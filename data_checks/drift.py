@@ -1,5 +1,10 @@
 """Drift between the training data and a window of recent logs, measured with Evidently 0.7.
 
+Each side is compared as a random sample of at most ``sample_size`` rows (``sample_rows``, seeded):
+every test below is a two-sample test, valid on random samples of the two distributions, and its
+power depends on the sample's size, not the window's, while embedding a month of texts would take
+hours on a CPU. ``scripts/bench_drift.py`` measures false alarms and detection at that size.
+
 Signals (each an Evidently metric in one report, so the HTML shows all of them):
 
 - ``text``: drift of sentence embeddings (the packaged MiniLM, mean pooling; ``data_checks.embeddings``)
@@ -26,20 +31,22 @@ approximation for the held-out sizes), so the whole verdict has a false-alarm ra
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.stats import chi2_contingency, norm
 
+from data_checks.args import DriftArgs
 from data_checks.embeddings import Embedder
-from model.core.config import SAMPLE_DATA, DataConfig, DriftConfig, RegistryConfig, required, setting
+from model.core.config import DataConfig, DriftConfig, RegistryConfig
 from model.core.errors import FlywheelError
 from model.core.steps import StepResult
 from model.data.conversations import read_snapshot, snapshot_info
 from model.data.examples import load_examples
 
+SAMPLE_SEED = 0  # the rows each side is sampled to: the same window gives the same verdict
 RATES = {"fallback_rate": "fallback", "thumbs_down_rate": "thumbs_down", "escalation_rate": "escalated"}
 PREDICTION_COLUMNS = ("predicted_intent", "confidence", "fallback")
 
@@ -238,36 +245,44 @@ def _metric_values(snapshot) -> dict[str, float]:
     return values
 
 
-@dataclass
-class DriftArgs:
-    current: str = required("conversation snapshot (Parquet) of the recent window")
-    reference: str = setting(str(SAMPLE_DATA), "training snapshot the model learned from (any format `train` reads)")
-    model: str | None = setting(
-        None,
-        "artifact folder or models:/ URI: its predictions on the reference texts are the baseline "
-        "for intent/confidence/fallback",
-    )
-    reference_events: str | None = setting(
-        None, "an earlier window of logs as the baseline for predictions and feedback rates (instead of --model)"
-    )
+@dataclass(frozen=True)
+class DriftReport:
+    """The verdict on one window of logs against the training data, and what was compared."""
+
+    decision: DriftDecision
+    reference: str
+    current: str
+    window: dict[str, str]  # the logs' window (start, end): what `flywheel request-retrain` asks to retrain on
+    current_digest: str
+    events: int
+    reference_rows: int
+    compared: dict[
+        str, int
+    ]  # rows of each side compared: reference and current (a random sample past drift.sample_size)
+    evidently_html: str
+
+    def to_dict(self) -> dict:
+        """The verdict's fields at the top (``drift``: the workflow's step output), then the inputs."""
+        rest = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "decision"}
+        return {**self.decision.to_dict(), **rest}
 
 
 def drift_command(
     args: DriftArgs, *, data: DataConfig, drift: DriftConfig, registry: RegistryConfig, work: Path, report_dir: Path
-) -> StepResult:
+) -> StepResult[DriftReport]:
     """Compare recent logs with the training data (Evidently): one verdict with reasons."""
     reference_events = Path(args.reference_events) if args.reference_events else None
     return StepResult(
         *drift_step(
             Path(args.reference),
             Path(args.current),
-            args.model,
-            reference_events,
-            drift,
-            data,
-            registry,
-            report_dir,
-            work,
+            model=args.model,
+            reference_events=reference_events,
+            cfg=drift,
+            data_cfg=data,
+            reg_cfg=registry,
+            report_dir=report_dir,
+            work=work,
         )
     )
 
@@ -275,14 +290,15 @@ def drift_command(
 def drift_step(
     reference: Path,
     current: Path,
-    model: str | None,
-    reference_events: Path | None,
+    *,
+    model: str | None = None,
+    reference_events: Path | None = None,
     cfg: DriftConfig,
     data_cfg: DataConfig,
     reg_cfg: RegistryConfig,
     report_dir: Path,
     work: Path,
-) -> tuple[dict, str]:
+) -> tuple[DriftReport, str]:
     """Training snapshot (reference) vs a window of logs (current): Evidently report, JSON, markdown verdict.
 
     Prediction and feedback signals need a reference for them: ``reference_events`` (an earlier
@@ -295,10 +311,11 @@ def drift_step(
     # The domain classifier scores a seeded random half of the rows: in arrival order (which depends
     # on thread timing) the same window could score differently; in text order it always scores the same.
     logs = logs.sort_values("text", kind="stable").reset_index(drop=True)
+    ref_sample, cur_sample = sample_rows(train, cfg.sample_size), sample_rows(logs, cfg.sample_size)
     embed = Embedder(cfg.encoder, work / "embeddings", cfg.batch_size)
-    ref_emb, cur_emb = embed(train["text"].tolist()), embed(logs["text"].tolist())
-    ref_frame = reference_frame(train["text"].tolist(), model, reference_events, reg_cfg)
-    snapshot, scores = measure(ref_frame, logs, ref_emb, cur_emb, cfg)
+    ref_emb, cur_emb = embed(ref_sample["text"].tolist()), embed(cur_sample["text"].tolist())
+    baseline = reference_frame(ref_sample["text"].tolist(), model, reference_events, reg_cfg)
+    snapshot, scores = measure(sample_rows(baseline, cfg.sample_size), cur_sample, ref_emb, cur_emb, cfg)
     decision = decide(scores, cfg)
     report_dir.mkdir(parents=True, exist_ok=True)
     html = report_dir / "drift_evidently.html"
@@ -308,19 +325,32 @@ def drift_step(
         f"{logs['timestamp'].min()} to {logs['timestamp'].max()}, model versions "
         f"{', '.join(sorted(map(str, logs['model_version'].unique())))})."
     )
+    if len(cur_sample) < len(logs) or len(ref_sample) < len(train):
+        window += f" Compared: a random sample of {len(ref_sample)} reference and {len(cur_sample)} current rows."
     info = snapshot_info(current, logs)
-    result = {
-        **decision.to_dict(),
-        "reference": str(reference),
-        "current": str(current),
-        # the data window (and digest) compared: what `flywheel request-retrain` asks to retrain on
-        "window": info["window"],
-        "current_digest": info["content_digest"],
-        "events": len(logs),
-        "reference_rows": len(train),
-        "evidently_html": str(html),
-    }
+    result = DriftReport(
+        decision=decision,
+        reference=str(reference),
+        current=str(current),
+        window=info["window"],
+        current_digest=info["content_digest"],
+        events=len(logs),
+        reference_rows=len(train),
+        compared={"reference": len(ref_sample), "current": len(cur_sample)},
+        evidently_html=str(html),
+    )
     return result, render_markdown(decision, window) + f"\nEvidently report: `{html}`\n"
+
+
+def sample_rows(frame: pd.DataFrame, size: int) -> pd.DataFrame:
+    """At most ``size`` rows of ``frame`` drawn at random without replacement, in their order: seeded, so the
+    same frame always gives the same sample (a window is compared in text order, so its sample is its own)."""
+    if size < 2:
+        raise FlywheelError(f"drift sample_size must be at least 2 (one row per side of the classifier), got {size}")
+    if len(frame) <= size:
+        return frame
+    rows = np.sort(np.random.default_rng(SAMPLE_SEED).choice(len(frame), size, replace=False))
+    return frame.iloc[rows].reset_index(drop=True)
 
 
 def reference_frame(

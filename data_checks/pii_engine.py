@@ -27,6 +27,7 @@ from presidio_analyzer.predefined_recognizers import (
     PhoneRecognizer,
     UsSsnRecognizer,
 )
+from presidio_analyzer.predefined_recognizers.generic.iban_patterns import regex_per_country
 
 # Presidio's card pattern predates Mastercard's 2221-2720 range (issued since 2017).
 MASTERCARD_2_SERIES = Pattern(
@@ -198,14 +199,66 @@ def named_otherwise(text: str, start: int, end: int) -> bool:
 
 _DATE = re.compile(r"^\d{1,2}[./-]\d{1,2}[./-]\d{2,4}$|^\d{4}[./-]\d{1,2}[./-]\d{1,2}$")
 # Subscriber numbers with an area code have at least 8 digits in every region configured by default.
-_MIN_PHONE_DIGITS = 8
+MIN_PHONE_DIGITS = 8
 
 
 def plausible_phone(text: str, start: int, end: int) -> bool:
     span = text[start:end]
-    if sum(ch.isdigit() for ch in span) < _MIN_PHONE_DIGITS or _DATE.match(span):
+    if sum(ch.isdigit() for ch in span) < MIN_PHONE_DIGITS or _DATE.match(span):
         return False
     if start > 0 and text[start - 1] in "-_/" and start > 1 and text[start - 2].isalnum():
         return False  # the tail of an id such as NWP-89527113
     # A phone cue wins over an id word further off ("my mobile is ..., order 123"): privacy first.
     return phone_cued(text, start, end) or not named_otherwise(text, start, end)
+
+
+# What a text must hold for each recognizer here to find anything in it, read off the recognizer: a
+# text is analyzed for the entities it could hold only, and not at all when it could hold none
+# (``Scanner.scan``): most chat messages ("where is order NW39182", "tracking TBA2308S1414, $56.58")
+# can hold none. Phone numbers cost most (a python-phonenumbers pass per region). tests/test_pii.py
+# checks that scanning so finds exactly what scanning for every entity finds, over the evaluation sets.
+_MIN_CARD_DIGITS = 13  # Presidio's card pattern is 4+3+3+3 digits at least (no letter); the 2-series one 16
+_SSN_DIGITS = 9  # every pattern of Presidio's UsSsnRecognizer is nine digits (no letter)
+_IPV4_DOTS = 3  # a dotted quad (also inside the IPv6 forms ending in one)
+_IPV6_COLONS = 6  # Presidio's IPv6 patterns: "::" (every shortened form), else 7 colons, or 6 before a dotted quad
+_IBAN_COUNTRIES = frozenset(regex_per_country)  # IbanRecognizer.validate_result needs the country's format
+_IBAN_START = re.compile(r"[A-Za-z]{2}[0-9]{2}")  # how AnyCaseIbanRecognizer.CANDIDATE starts: cheap to look for
+# the entities found in digits alone (no letter but "x"), and the least digits of each in one stretch
+_DIGIT_RUNS = (("PHONE_NUMBER", MIN_PHONE_DIGITS), ("CREDIT_CARD", _MIN_CARD_DIGITS), ("US_SSN", _SSN_DIGITS))
+_LETTERS = re.compile(r"[^\W\d_]+")  # a run of letters (and numerals that are no decimal digit, such as "²")
+# The only letters a phone number's match can hold. python-phonenumbers finds each candidate with
+# phonenumbermatcher._PATTERN (v9; compiled UNICODE | IGNORECASE, as this is): an optional lead ("(",
+# "+"), then blocks of decimal digits joined by at most 4 of phonenumberutil._VALID_PUNCTUATION (whose
+# only letters are "x" and the katakana "ー"), then an optional extension (its labels, then digits:
+# phonenumberutil._create_extn_pattern). It starts with a lead or a digit and ends with a digit or
+# "#", so a run of letters in it is one of these whole. Presidio's phone results are such matches or
+# parts of one.
+_PHONE_LETTERS = re.compile(
+    r"[xー]{1,4}|e?xt(?:ensi[oó])?n?|n|\uff45?\uff58\uff54\uff4e?|\uff58|доб|anexo|int|\uff49\uff4e\uff54", re.I
+)
+
+
+def _most_digits_together(text: str) -> int:
+    """The most digits (``isdigit``, as ``plausible_phone`` counts) in one stretch of ``text`` between
+    runs of letters that no phone number, card number or SSN can hold (``_PHONE_LETTERS``)."""
+    most, start = 0, 0
+    for run in _LETTERS.finditer(text):
+        if not _PHONE_LETTERS.fullmatch(run.group()):
+            most, start = max(most, sum(map(str.isdigit, text[start : run.start()]))), run.end()
+    return max(most, sum(map(str.isdigit, text[start:])))
+
+
+def candidate_entities(text: str) -> list[str]:
+    """The Presidio entity types ``text`` could hold (a necessary condition per recognizer)."""
+    out = ["EMAIL_ADDRESS"] if "@" in text else []
+    digits = sum(map(str.isdigit, text))
+    if digits >= MIN_PHONE_DIGITS:  # plausible_phone drops any phone number with fewer
+        together = _most_digits_together(text)
+        out += [kind for kind, least in _DIGIT_RUNS if together >= least]
+    # the recognizer reports only these candidates, validated for their country's format (its first two letters)
+    if digits >= 2 and _IBAN_START.search(text):
+        if any(m.group()[:2].upper() in _IBAN_COUNTRIES for m in AnyCaseIbanRecognizer.CANDIDATE.finditer(text)):
+            out.append("IBAN_CODE")
+    if "::" in text or text.count(":") >= _IPV6_COLONS or (digits >= 4 and text.count(".") >= _IPV4_DOTS):
+        out.append("IP_ADDRESS")
+    return out

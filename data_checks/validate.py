@@ -31,10 +31,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from model.core.config import SAMPLE_DATA, CheckConfig, DataConfig, PrepareConfig, setting
+from data_checks.args import CheckDataArgs
+from model.core.config import CheckConfig, DataConfig, PrepareConfig
 from model.core.errors import FlywheelError
 from model.core.steps import EXIT_OK, EXIT_REJECTED, StepResult
-from model.data.conversations import ARMS, THUMBS, read_snapshot
+from model.data.conversations import ARMS, NO_ENTITIES, THUMBS, read_snapshot
 from model.data.conversations import COLUMNS as EVENT_COLUMNS
 from model.data.entities import cell_problem, is_blank, load_spans
 from model.data.examples import COLUMNS as EXAMPLE_COLUMNS
@@ -134,21 +135,26 @@ def training_suite(intents: set[str], data_cfg: DataConfig, prep_cfg: PrepareCon
 
 
 def with_entity_problems(df: pd.DataFrame, *, predicted: bool) -> pd.DataFrame:
-    """``df`` plus ``entity_problem``: why the row's ``entities`` do not fit its ``text``, else None.
+    """``df`` with ``entity_problem`` added in place: why the row's ``entities`` do not fit its ``text``, else None.
 
     ``predicted``: the spans are a model's answer (the conversation snapshot), each also carrying a
     confidence in [0, 1]. A row without entities (or a frame without the column) has no problem:
     whether the column must exist is the schema expectations' business.
     """
     if not {"text", "entities"} <= set(df.columns):
-        return df.assign(**{ENTITY_PROBLEM: None})
+        df[ENTITY_PROBLEM] = None
+        return df
     problems = []
     for text, cell in zip(df["text"], df["entities"]):
+        if isinstance(cell, str) and cell == NO_ENTITIES:  # most rows: no span, nothing to check
+            problems.append(None)
+            continue
         problem = cell_problem(cell, text) if isinstance(text, str) else None
         if problem is None and predicted and isinstance(cell, str) and not is_blank(cell):
             problem = _confidence_problem(cell)
         problems.append(problem)
-    return df.assign(**{ENTITY_PROBLEM: pd.Series(problems, index=df.index, dtype=object)})
+    df[ENTITY_PROBLEM] = pd.Series(problems, index=df.index, dtype=object)
+    return df
 
 
 def _confidence_problem(cell: str) -> str | None:
@@ -159,25 +165,26 @@ def _confidence_problem(cell: str) -> str | None:
     return None
 
 
-@dataclass
-class CheckDataArgs:
-    events: str | None = setting(None, "conversation snapshot (Parquet) to check with the 'logged_events' suite")
-    training: str | None = setting(
-        None, "training snapshot (Parquet/CSV/JSONL, e.g. prepare's examples.parquet) for the 'training_snapshot' suite"
-    )
-    reference: str = setting(
-        str(SAMPLE_DATA), "dataset whose intents are the known labels (new ones must be declared with --new-intents)"
-    )
+@dataclass(frozen=True)
+class DataCheck:
+    """Each suite's expectations on its file, and every failure in a sentence."""
+
+    passed: bool
+    suites: list[dict]  # suite, file, rows, defined, ran, passed, failed, success, expectations
+    failures: list[str]
+    data_docs: str  # Great Expectations' Data Docs index
 
 
 def check_data_command(
     args: CheckDataArgs, *, data: DataConfig, prepare: PrepareConfig, checks: CheckConfig, report_dir: Path
-) -> StepResult:
+) -> StepResult[DataCheck]:
     """Validate logged events and/or a training snapshot with Great Expectations: exit 1 on any failure."""
     events, training, reference = (Path(p) if p else None for p in (args.events, args.training, args.reference))
-    result, md, passed = check_data(events, training, reference, data, prepare, checks, report_dir / "data_docs")
+    result, md, passed = check_data(
+        events, training, reference, data_cfg=data, prep_cfg=prepare, cfg=checks, docs_dir=report_dir / "data_docs"
+    )
     if not passed:
-        print("flywheel: check-data failed:\n  " + "\n  ".join(result["failures"]), file=sys.stderr)
+        print("flywheel: check-data failed:\n  " + "\n  ".join(result.failures), file=sys.stderr)
     return StepResult(result, md, EXIT_OK if passed else EXIT_REJECTED)
 
 
@@ -185,25 +192,28 @@ def check_data(
     events: Path | None,
     training: Path | None,
     reference: Path | None,
+    *,
     data_cfg: DataConfig,
     prep_cfg: PrepareConfig,
     cfg: CheckConfig,
     docs_dir: Path,
     now: datetime | None = None,
-) -> tuple[dict, str, bool]:
+) -> tuple[DataCheck, str, bool]:
     """Validate the given files; return the summary, a markdown report and whether everything passed."""
     if events is None and training is None:
         raise FlywheelError("nothing to check: give --events and/or --training")
     now = now or datetime.now(UTC)
     targets = []
+    # each file is read once, its derived columns added in place, and that one frame is what the
+    # expectations and the report of offending rows read: a month's window is held once, not copied
     if events is not None:
-        logs = with_entity_problems(read_snapshot(events, strict=False), predicted=True)
+        logs = with_entity_problems(_row_numbered(read_snapshot(events, strict=False)), predicted=True)
         targets.append((events_suite(cfg, now), logs, events))
     if training is not None:
         # as it is (no schema fixes): the expectations judge it, and a blank cell is a missing value
-        df = read_table(training, blanks_as_missing=True)
+        df = _row_numbered(read_table(training, blanks_as_missing=True))
         if "text" in df.columns:  # case-blind duplicates; a derived column the built-in expectation can check
-            df = df.assign(text_casefolded=df["text"].astype("string").str.casefold())
+            df["text_casefolded"] = df["text"].astype("string").str.casefold()
         df = with_entity_problems(df, predicted=False)
         intents = set()
         if reference is not None:
@@ -211,6 +221,15 @@ def check_data(
         targets.append((training_suite(intents, data_cfg, prep_cfg), df, training))
     results = _validate(targets, docs_dir)
     return _summarise(results, targets, cfg, docs_dir)
+
+
+def _row_numbered(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` indexed 0..n-1, as the rows the report names are numbered (a file read is already)."""
+    return (
+        df
+        if isinstance(df.index, pd.RangeIndex) and df.index.start == 0 and df.index.step == 1
+        else df.reset_index(drop=True)
+    )
 
 
 def _validate(targets, docs_dir: Path):
@@ -244,12 +263,12 @@ def _validate(targets, docs_dir: Path):
                 result_format={"result_format": "COMPLETE", "partial_unexpected_count": 20},
             )
         )
-        run = checkpoint.run(batch_parameters={"dataframe": df.reset_index(drop=True)})
+        run = checkpoint.run(batch_parameters={"dataframe": df})
         results.extend(run.run_results.values())
     return results
 
 
-def _summarise(results, targets, cfg: CheckConfig, docs_dir: Path) -> tuple[dict, str, bool]:
+def _summarise(results, targets, cfg: CheckConfig, docs_dir: Path) -> tuple[DataCheck, str, bool]:
     suites, failures = [], []
     for result, (suite, df, path) in zip(results, targets):
         defined = len(suite.expectations)
@@ -265,7 +284,7 @@ def _summarise(results, targets, cfg: CheckConfig, docs_dir: Path) -> tuple[dict
                 "column": conf.kwargs.get("column"),
                 "success": bool(r.success) and not raised,
                 "ran": not raised,
-                "observed": _offending(r.result, df.reset_index(drop=True), cfg.shown_rows),
+                "observed": _offending(r.result, df, cfg.shown_rows),
             }
             if raised:
                 item["error"] = error
@@ -289,7 +308,7 @@ def _summarise(results, targets, cfg: CheckConfig, docs_dir: Path) -> tuple[dict
         )
     passed = not failures
     docs_index = docs_dir / "index.html"
-    summary = {"passed": passed, "suites": suites, "failures": failures, "data_docs": str(docs_index)}
+    summary = DataCheck(passed, suites, failures, str(docs_index))
     lines = [f"## Data checks: {'passed' if passed else 'FAILED'}", ""]
     lines += [
         f"- `{s['suite']}` on `{s['file']}` ({s['rows']} rows): {s['passed']}/{s['defined']} expectations passed"

@@ -1,6 +1,7 @@
 """Calibration and speed of ``flywheel drift`` on Banking77.
 
     .venv/bin/python scripts/bench_drift.py [--dataset ../shared/datasets/banking77] [--trials 20] [--window 2000]
+        [--sample-size N]
 
 10 of the 77 intents are held out as "never seen by the model". The served model is simulated by a
 logistic regression on MiniLM embeddings of the other intents' train.csv rows (what matters to
@@ -13,6 +14,9 @@ feedback is simulated from correctness (wrong answers: 60% thumbs down, fallback
   19 of 20 flagged.
 - speed: 100,000 reference rows against 100,000 current rows (sampled with replacement; embeddings
   from the on-disk cache, whose one-off fill time is printed separately); target under 60 s.
+
+Each side is first sampled as ``flywheel drift`` samples it (``drift.sample_rows``, at most
+``--sample-size`` rows, default ``DriftConfig.sample_size``), so the rates are those of the step.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
-from data_checks.drift import decide, measure
+from data_checks.drift import decide, measure, sample_rows
 from data_checks.embeddings import Embedder
 from model.core.config import DriftConfig, work_dir
 from model.data.examples import load_examples
@@ -92,13 +96,14 @@ def calibrate(emb: np.ndarray, model: ServedModel, trials: int, window: int, cfg
     for trial in range(trials):
         trng = np.random.default_rng(1000 + trial)
         perm = trng.permutation(model.seen_idx)
-        ref_idx, pool = perm[: len(perm) // 2], perm[len(perm) // 2 :]
+        ref_idx, pool = _sampled(perm[: len(perm) // 2], cfg), perm[len(perm) // 2 :]
         ref = model.logs(ref_idx, trng)
         n_new = window // 10
         for scenario, cur_idx in (
             ("no drift", pool[:window]),
             ("drift", np.concatenate([pool[: window - n_new], trng.choice(model.unseen_idx, n_new, replace=False)])),
         ):
+            cur_idx = _sampled(cur_idx, cfg)
             cur = model.logs(cur_idx, trng)
             _, scores = measure(ref, cur, emb[ref_idx], emb[cur_idx], cfg)
             decision = decide(scores, cfg)
@@ -109,12 +114,18 @@ def calibrate(emb: np.ndarray, model: ServedModel, trials: int, window: int, cfg
     return flagged, fired
 
 
+def _sampled(idx: np.ndarray, cfg: DriftConfig) -> np.ndarray:
+    """The rows ``flywheel drift`` would compare of these (``sample_rows``)."""
+    return sample_rows(pd.DataFrame({"row": idx}), cfg.sample_size)["row"].to_numpy()
+
+
 def speed(texts: np.ndarray, model: ServedModel, embedder: Embedder, rows: int, cfg: DriftConfig) -> float:
     """Seconds for one check of ``rows`` reference rows against ``rows`` current ones, HTML included."""
     srng = np.random.default_rng(7)
     ref_idx = srng.choice(model.seen_idx, rows)
     cur_idx = srng.choice(len(texts), rows)
     started = time.perf_counter()
+    ref_idx, cur_idx = _sampled(ref_idx, cfg), _sampled(cur_idx, cfg)
     ref_emb, cur_emb = embedder(list(texts[ref_idx])), embedder(list(texts[cur_idx]))
     ref, cur = model.logs(ref_idx, srng), model.logs(cur_idx, srng)
     snapshot, scores = measure(ref, cur, ref_emb, cur_emb, cfg)
@@ -130,8 +141,9 @@ def main() -> int:
     ap.add_argument("--window", type=int, default=2000, help="current window size (events)")
     ap.add_argument("--unseen", type=int, default=10, help="intents the model never saw")
     ap.add_argument("--speed-rows", type=int, default=100_000)
+    ap.add_argument("--sample-size", type=int, default=DriftConfig().sample_size, help="rows compared per side")
     args = ap.parse_args()
-    cfg = DriftConfig()
+    cfg = DriftConfig(sample_size=args.sample_size)
     data = load_examples(Path(args.dataset))  # the folder's train.csv and test.csv, as `train` reads them
     texts, labels = data["text"].to_numpy(), data["intent"].to_numpy()
 
@@ -147,7 +159,10 @@ def main() -> int:
         f"intents; unseen: {', '.join(sorted(model.unseen))}"
     )
     flagged, fired = calibrate(emb, model, args.trials, args.window, cfg)
-    print(f"reference ~{len(model.seen_idx) // 2} rows, current window {args.window} rows, alpha {cfg.alpha}")
+    print(
+        f"reference ~{len(model.seen_idx) // 2} rows, current window {args.window} rows, alpha {cfg.alpha}, "
+        f"each side sampled to at most {cfg.sample_size} rows"
+    )
     print(
         f"no drift (random splits): flagged {flagged['no drift']}/{args.trials} (target <= 1); "
         f"signals {fired['no drift']}"
@@ -157,7 +172,8 @@ def main() -> int:
     )
     seconds = speed(texts, model, embedder, args.speed_rows, cfg)
     print(
-        f"speed: {args.speed_rows} vs {args.speed_rows} rows in {seconds:.1f} s (embeddings from cache, HTML written)"
+        f"speed: {args.speed_rows} vs {args.speed_rows} rows (compared: {min(args.speed_rows, cfg.sample_size)} each) "
+        f"in {seconds:.1f} s (embeddings from cache, HTML written)"
     )
     allowed = max(1, args.trials // 20)
     return 0 if flagged["no drift"] <= allowed and flagged["drift"] >= args.trials - allowed else 1

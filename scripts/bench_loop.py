@@ -32,7 +32,9 @@ from model.core.config import DEFAULT_CONFIG, PROJECT_ROOT
 from model.core.settings import load_config
 from model.loop.configs import load_configs
 from model.loop.orchestrator import without_github
+from model.loop.retraining import Candidate
 from model.loop.stages import Loop
+from model.loop.world import World
 
 
 def main() -> int:
@@ -84,25 +86,30 @@ def one_run(args: argparse.Namespace, seed: int) -> dict | None:
         cfgs = load_configs(DEFAULT_CONFIG, loop_cfg, work)
         cfgs.data = dataclasses.replace(cfgs.data, val_fraction=0.1)  # Banking77 has no validation split: carve 10%
         with without_github():
-            loop = Loop(Path(args.dataset), work, cfgs, progress=lambda line: print(line, file=sys.stderr, flush=True))
+            loop, world = (
+                Loop(Path(args.dataset), work, cfgs, progress=lambda line: print(line, file=sys.stderr, flush=True)),
+                None,
+            )
             try:
-                loop.setup()
-                loop.first_model()
-                if not loop.traffic_and_drift():
+                world = loop.setup()
+                first = loop.first_model(world)
+                request = loop.traffic_and_drift(world)
+                if request is None:
                     print(f"seed {seed}: no drift found: nothing to compare", file=sys.stderr)
                     return None
-                results = {strategy: _retrain(loop, strategy) for strategy in ("queue", "random")}
+                results = {
+                    strategy: _retrain(loop, world, request, first, strategy) for strategy in ("queue", "random")
+                }
             finally:
-                loop.close()
-        state = loop.state
-        before = state.record.offline[0]
+                loop.close(world)
+        before = first.offline
     return {
         "seed": seed,
         "dataset": args.dataset,
-        "known_intents": len(state.known),
-        "held_back_intents": len(state.held_back),
+        "known_intents": len(world.intents.known_at_start),
+        "held_back_intents": len(world.intents.held_back),
         "label_budget": args.budget,
-        "test_rows": len(state.plan.test),
+        "test_rows": len(world.plan.test),
         "before": {"test_accuracy": before.test_accuracy, "macro_f1": before.macro_f1},
         "after_queue": results["queue"],
         "after_random": results["random"],
@@ -115,9 +122,9 @@ def one_run(args: argparse.Namespace, seed: int) -> dict | None:
     }
 
 
-def _retrain(loop: Loop, strategy: str) -> dict:
-    got = loop.retrain(strategy)
-    labelling = loop.state.record.labelling
+def _retrain(loop: Loop, world: World, request: Path, first: Candidate, strategy: str) -> dict:
+    got = loop.retrain(world, request, first, strategy)
+    labelling = loop.record.labelling
     score = labelling.label_check_score
     return {
         "test_accuracy": got.offline.test_accuracy,
@@ -156,7 +163,7 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def summary_table(runs: list[dict]) -> str:
-    """The README's table: one row per strategy, mean over the seeds with the min-max spread."""
+    """The table docs/benchmarks.md shows: one row per strategy, mean over the seeds with the min-max spread."""
     s = summarise(runs)
 
     def cell(m: dict, scale: float = 100.0, unit: str = "%") -> str:

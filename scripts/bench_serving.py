@@ -170,7 +170,7 @@ def train_default(root: Path) -> str:
     work = root / "work"
     registry = RegistryConfig(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
     summary, _ = train_step(SAMPLE_DATA, DataConfig(), load_config("train", epochs=1), registry, work, root / "model")
-    return summary["artifact"]
+    return summary.artifact
 
 
 def accuracy(answers: dict[int, tuple], labels: list[str], oos: str = "oos") -> float:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from model.core.config import DataConfig, RegistryConfig, TrainConfig
 from model.core.settings import load_config
-from model.train.steps import train_step
+from model.train.steps import Trained, train_step
 
 
 def parse_args(description: str, dataset_default: str, dataset_help: str) -> tuple[argparse.Namespace, TrainConfig]:
@@ -28,27 +28,27 @@ def parse_args(description: str, dataset_default: str, dataset_help: str) -> tup
     return args, train_cfg
 
 
-def train_once(dataset: Path, data_cfg: DataConfig, train_cfg: TrainConfig, prefix: str) -> tuple[dict, dict]:
+def train_once(dataset: Path, data_cfg: DataConfig, train_cfg: TrainConfig, prefix: str) -> tuple[Trained, dict]:
     """The train step's summary and the artifact's meta.json; the MLflow store and artifact go with the temp folder."""
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         work = Path(tmp)
         registry = RegistryConfig(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
         summary, _ = train_step(dataset, data_cfg, train_cfg, registry, work)
-        meta = json.loads((Path(summary["artifact"]) / "meta.json").read_text())
+        meta = json.loads((Path(summary.artifact) / "meta.json").read_text())
     return summary, meta
 
 
-def run_figures(summary: dict, train_cfg: TrainConfig) -> dict:
+def run_figures(summary: Trained, train_cfg: TrainConfig) -> dict:
     """Training time, peak memory and CPU of this process, device, epochs, split sizes, one-query p95."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
-        "train_seconds": summary["train_seconds"],
+        "train_seconds": summary.train_seconds,
         "peak_rss_mb": round(usage.ru_maxrss / 1024),
         # CPU seconds of the whole process (training and evaluation): unlike wall time, not inflated
         # when other work shares the cores
         "process_cpu_seconds": round(usage.ru_utime + usage.ru_stime),
-        "device": summary["device"],
+        "device": summary.device,
         "epochs": train_cfg.epochs,
-        "examples": summary["counts"],
-        "latency_p95_ms": round(summary["metrics"]["latency_p95_ms"], 2),
+        "examples": summary.counts,
+        "latency_p95_ms": round(summary.metrics["latency_p95_ms"], 2),
     }

@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -28,6 +29,9 @@ import torch
 from model.core.config import PROJECT_ROOT, DataConfig
 from model.core.errors import FlywheelError
 from model.core.settings import load_config
+
+if TYPE_CHECKING:  # the training stack: seconds to import, only with a GPU (as in main)
+    from model.train.steps import Trained
 
 EXIT_OK, EXIT_FAILED, EXIT_NO_GPU = 0, 1, 2
 
@@ -73,15 +77,15 @@ def main() -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def figures(gpu: str, summary: dict, meta: dict, peak_bytes: int, embedding: dict) -> dict:
+def figures(gpu: str, summary: Trained, meta: dict, peak_bytes: int, embedding: dict) -> dict:
     """The check's figures from the train step's summary, the artifact's meta.json and ``embed``'s."""
     return {
         "gpu": gpu,
-        "device": summary["device"],
-        "precision": summary["precision"],
-        "test_accuracy": round(summary["metrics"]["accuracy"], 4),
-        "test_macro_f1": round(summary["metrics"]["macro_f1"], 4),
-        "train_seconds": summary["train_seconds"],
+        "device": summary.device,
+        "precision": summary.precision,
+        "test_accuracy": round(summary.metrics["accuracy"], 4),
+        "test_macro_f1": round(summary.metrics["macro_f1"], 4),
+        "train_seconds": summary.train_seconds,
         "epochs": meta["config"]["train"]["epochs"],
         "peak_gpu_memory_mib": round(peak_bytes / 2**20),
         "onnx_max_abs_probability_diff": meta.get("onnx", {}).get("max_abs_probability_diff"),

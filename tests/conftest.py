@@ -13,6 +13,7 @@ The folders hold the tests by kind (tests/README.md): ``code``, ``data``, ``mode
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -104,7 +105,7 @@ def tiny_artifact(tmp_path_factory, tiny_train_cfg, sample_df) -> dict:
     data = write_subset(sample_df, root / "small.csv")
     work = root / "work"
     summary, _ = train_step(data, DataConfig(), tiny_train_cfg, local_registry(work), work, root / "artifact")
-    return {**summary, "data": str(data), "train_cfg": tiny_train_cfg}
+    return {**dataclasses.asdict(summary), "data": str(data), "train_cfg": tiny_train_cfg}
 
 
 @pytest.fixture(scope="session")

@@ -51,6 +51,7 @@ class IntentPredictor:
         model,
         tokenizer,
         labels: list[str],
+        *,
         threshold: float,
         max_length: int,
         meta: dict | None = None,
@@ -105,12 +106,12 @@ class IntentPredictor:
             model,
             tokenizer,
             labels,
-            meta["fallback_threshold"],
-            meta["max_length"],
-            meta,
-            meta.get("temperature", 1.0),
-            onnx,
-            tags,
+            threshold=meta["fallback_threshold"],
+            max_length=meta["max_length"],
+            meta=meta,
+            temperature=meta.get("temperature", 1.0),
+            onnx=onnx,
+            tags=tags,
         )
         predictor.meta = {**meta, "runtime": predictor.runtime}
         predictor.digest = digest

@@ -47,6 +47,7 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -350,12 +351,23 @@ def build_app(
     return app
 
 
-def collect_command(*, collect: CollectorConfig, pii: PiiConfig) -> StepResult:
+@dataclass(frozen=True)
+class CollectorRun:
+    """What a collector served, once it stopped: where, into which store, and what it holds and still waits."""
+
+    address: str
+    store: str  # the store's URL, password hidden
+    started: str  # ISO 8601
+    stored_rows: dict[str, int] | None  # rows per table; None when the store was down at shutdown
+    spool: dict  # folder, events waiting for the store
+
+
+def collect_command(*, collect: CollectorConfig, pii: PiiConfig) -> StepResult[CollectorRun]:
     """Store KServe logger CloudEvents and user feedback, personal data redacted (idempotent, durable on 200)."""
     return StepResult(*collect_step(collect, pii))
 
 
-def collect_step(cfg: CollectorConfig, pii_cfg: PiiConfig | None = None) -> tuple[dict, str]:
+def collect_step(cfg: CollectorConfig, pii_cfg: PiiConfig | None = None) -> tuple[CollectorRun, str]:
     """Run the collector until SIGTERM/SIGINT."""
     ensure_can_listen(cfg.host, cfg.http_port)
     app = build_app(cfg, pii_cfg=pii_cfg)
@@ -369,20 +381,20 @@ def collect_step(cfg: CollectorConfig, pii_cfg: PiiConfig | None = None) -> tupl
         counts = count_rows(app.state.engine)
     except sa.exc.SQLAlchemyError:
         counts = None  # the store is down: what was not written waits in the spool
-    result = {
-        "address": f"http://{cfg.host}:{cfg.http_port}",
-        "store": app.state.engine.url.render_as_string(hide_password=True),
-        "started": started.isoformat(),
-        "stored_rows": counts,
-        "spool": {"folder": str(app.state.spool.folder), "events": app.state.spool.events},
-    }
+    result = CollectorRun(
+        address=f"http://{cfg.host}:{cfg.http_port}",
+        store=app.state.engine.url.render_as_string(hide_password=True),
+        started=started.isoformat(),
+        stored_rows=counts,
+        spool={"folder": str(app.state.spool.folder), "events": app.state.spool.events},
+    )
     stored = (
         f"{counts['inference']} inference events, {counts['feedback']} feedback events"
         if counts
         else "unavailable at shutdown"
     )
     md = (
-        f"## Collector on {result['address']}\n\nStore `{result['store']}`: {stored}. "
-        f"Spool `{result['spool']['folder']}`: {result['spool']['events']} events waiting for the store.\n"
+        f"## Collector on {result.address}\n\nStore `{result.store}`: {stored}. "
+        f"Spool `{result.spool['folder']}`: {result.spool['events']} events waiting for the store.\n"
     )
     return result, md

@@ -15,6 +15,7 @@ spools, ``model.collect.spool``) from one that answered and refused a row.
 from __future__ import annotations
 
 import typing
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -219,6 +220,19 @@ def read_inference(engine: Engine, start: datetime, end: datetime) -> list[dict]
     ids = sa.select(ie.c.event_id).where(ie.c.event_time >= start, ie.c.event_time < end).distinct()
     with engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(sa.select(ie).where(ie.c.event_id.in_(ids)))]
+
+
+def stream_inference(engine: Engine, start: datetime, end: datetime, batch: int) -> Iterator[list[dict]]:
+    """``read_inference``'s events, ordered by event id then kind (a call's events next to each other),
+    ``batch`` at a time from one server-side cursor (PostgreSQL; SQLite's cursors read lazily anyway)."""
+    ie = inference_events
+    ids = sa.select(ie.c.event_id).where(ie.c.event_time >= start, ie.c.event_time < end)
+    query = sa.select(ie).where(ie.c.event_id.in_(ids)).order_by(ie.c.event_id, ie.c.kind)
+    with engine.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=batch).execute(query)
+        names = list(result.keys())
+        for part in result.partitions():
+            yield [dict(zip(names, row)) for row in part]
 
 
 def read_response(engine: Engine, request_id: str) -> dict | None:

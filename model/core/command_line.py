@@ -1,13 +1,15 @@
 """``flywheel <step>``: the parser, help and dispatch made from the table of steps (``scripts/cli.py``).
 
-Each step's parser is built from its function's signature (``model.core.steps``): ``--config``,
-``--work-dir`` and ``--report-dir``, the step's own flags, then every field of each section it
-reads. The YAML overrides are read first and set as the parser's defaults, so ``--help`` shows the
-values that will apply. The work folder is resolved here, once, and passed down.
+Each step's parser is built from its row (``model.core.steps``): ``--config``, ``--work-dir`` and
+``--report-dir``, the step's own flags, then every field of each section it reads, one help section
+per config section (``model.core.flags``). The YAML overrides are read first and become the
+parser's defaults, so ``--help`` shows the values that will apply. The work folder is resolved here,
+once, and passed down; the step's typed outcome becomes JSON here, and nowhere else.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -17,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import HfArgumentParser
-
 from model.core.config import DEFAULT_CONFIG, SECTIONS, setting, work_dir
 from model.core.errors import FlywheelError
-from model.core.reports import write_reports
+from model.core.flags import add_dataclass, new_parser
+from model.core.progress import quiet_bars_off_terminal
+from model.core.reports import as_json, write_reports
 from model.core.settings import read_yaml_config, resolve_locations
-from model.core.steps import EXIT_ERROR, EXIT_OK, Signature, Step
+from model.core.steps import EXIT_ERROR, EXIT_OK, Step
 
 
 @dataclass
@@ -35,25 +37,22 @@ class CommonArgs:
     report_dir: str | None = setting(None, "where <step>.json and <step>.md go (unset: <work dir>/reports)")
 
 
-def parser_for(step: Step, signature: Signature, overrides: dict[str, dict[str, Any]]) -> HfArgumentParser:
+def parser_for(step: Step, overrides: dict[str, dict[str, Any]]) -> argparse.ArgumentParser:
     """The step's parser, its defaults already the values that will apply (YAML over dataclass)."""
-    types = [CommonArgs, *([signature.args] if signature.args else []), *(SECTIONS[s] for s in signature.sections)]
-    parser = HfArgumentParser(types, prog=f"flywheel {step.name}", description=step.help)
-    for section in signature.sections:
-        parser.set_defaults(**overrides.get(section, {}))
+    parser = new_parser(f"flywheel {step.name}", step.help)
+    add_dataclass(parser, CommonArgs)
+    if step.args is not None:
+        add_dataclass(parser, step.args)
+    for section in step.sections:
+        add_dataclass(
+            parser, SECTIONS[section], f"config section {section!r} (YAML: {section}:)", overrides.get(section)
+        )
     return parser
 
 
-def parsers(steps: Sequence[Step]) -> dict[str, HfArgumentParser]:
-    """Every step's parser with the default config's overrides: for checking commands written elsewhere
-    (workflows, the Makefile) against the flags that exist."""
-    overrides = read_yaml_config(DEFAULT_CONFIG)
-    return {s.name: parser_for(s, Signature.of(s.load()), overrides) for s in steps}
-
-
-def _positional(signature: Signature, argv: list[str]) -> list[str]:
+def _positional(step: Step, argv: list[str]) -> list[str]:
     """A step's positional arguments (``POSITIONAL`` on its flags dataclass) as the flags they stand for."""
-    names = list(getattr(signature.args, "POSITIONAL", ()))
+    names = list(getattr(step.args, "POSITIONAL", ()))
     out = []
     for arg in argv:
         if names and not arg.startswith("-") and (not out or not out[-1].startswith("--") or "=" in out[-1]):
@@ -78,8 +77,8 @@ def usage(steps: Sequence[Step]) -> str:
     return "usage: flywheel <step> [flags]   (flywheel <step> --help lists its flags)\n\nsteps:\n" + "\n".join(listed)
 
 
-def _instances(types: list[type], namespace: dict) -> list:
-    return [t(**{f.name: namespace[f.name] for f in dataclasses.fields(t) if f.name in namespace}) for t in types]
+def _instance(dataclass: type, namespace: dict):
+    return dataclass(**{f.name: namespace[f.name] for f in dataclasses.fields(dataclass) if f.name in namespace})
 
 
 def run(steps: Sequence[Step], argv: Sequence[str]) -> int:
@@ -93,30 +92,29 @@ def run(steps: Sequence[Step], argv: Sequence[str]) -> int:
         print(f"flywheel: unknown step {argv[0]!r}\n\n{usage(steps)}", file=sys.stderr)
         return EXIT_ERROR
     try:
-        function = step.load()
-        signature = Signature.of(function)
         config_file = _config_file(argv[1:])
-        overrides = read_yaml_config(config_file)
-        parser = parser_for(step, signature, overrides)
+        parser = parser_for(step, read_yaml_config(config_file))
         try:
-            namespace = vars(parser.parse_args(_positional(signature, argv[1:])))
+            namespace = vars(parser.parse_args(_positional(step, argv[1:])))
         except SystemExit as exc:  # --help (0), or argparse's own message about a bad flag (2)
             return int(exc.code or 0)
-        common = _instances([CommonArgs], namespace)[0]
-        args = _instances([signature.args], namespace)[0] if signature.args else None
+        quiet_bars_off_terminal()  # before the step's libraries are imported: some read their switch then
+        function = step.load()
+        common = _instance(CommonArgs, namespace)
         work = Path(common.work_dir).resolve() if common.work_dir else work_dir()
-        sections = dict(zip(signature.sections, _instances([SECTIONS[s] for s in signature.sections], namespace)))
+        sections = {s: _instance(SECTIONS[s], namespace) for s in step.sections}
         report_dir = Path(common.report_dir) if common.report_dir else work / "reports"
         injected = {"work": work, "report_dir": report_dir, "config_file": config_file.resolve()}
-        kwargs = {**resolve_locations(sections, work), **{k: injected[k] for k in signature.injected}}
-        result = function(args, **kwargs) if signature.args else function(**kwargs)
-        write_reports(report_dir, step.name, result.data, result.markdown)
+        kwargs = {**resolve_locations(sections, work), **{k: injected[k] for k in step.injected}}
+        result = function(_instance(step.args, namespace), **kwargs) if step.args else function(**kwargs)
+        data = as_json(result.outcome)
+        write_reports(report_dir, step.name, data, result.markdown)
     except FlywheelError as exc:
         print(f"flywheel: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    print(json.dumps(result.data, indent=2, default=str))
+    print(json.dumps(data, indent=2, default=str))
     print(result.markdown, file=sys.stderr)
-    github_outputs(result.data)
+    github_outputs(data)
     return result.exit_code
 
 

@@ -255,6 +255,11 @@ class DriftConfig:
     )
     encoder: str = setting(PACKAGED_ENCODER, "sentence encoder for text drift: the packaged MiniLM works offline")
     batch_size: int = setting(128, "encoder batch size: fits CPU memory, keeps a GPU busy")
+    sample_size: int = setting(
+        5000,
+        "rows compared from each side at most, drawn at random (seeded): each test's power depends on the sample, not "
+        "the window, and embedding a month of texts takes hours on a CPU; scripts/bench_drift.py measures it",
+    )
 
 
 @dataclass
@@ -289,6 +294,14 @@ class CollectorConfig:
         2.0,
         "a commit takes milliseconds; past this the event is spooled instead, since KServe's logger waits for "
         "the answer without a timeout of its own and inference waits once its queue of 100 is full",
+    )
+    export_batch_rows: int = setting(
+        20_000,
+        "export-events reads, parses and writes the store's events this many at a time (server-side cursor on "
+        "PostgreSQL): its memory stays flat however long the window",
+    )
+    export_memory_mib: int = setting(
+        1024, "DuckDB's memory for folding feedback into the window's rows and sorting them; past it, it spills to disk"
     )
 
 

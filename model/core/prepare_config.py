@@ -17,6 +17,11 @@ class PrepareConfig:
     auto_label_min_confidence: float = setting(
         0.9, "auto-labels only where the model was sure, not a fallback, and the user said thumbs up"
     )
+    auto_label_limit: int = setting(
+        5000,
+        "most auto-labels taken from one window (a stable pick by text hash, so in proportion to each intent's): each "
+        "is embedded for the label check, a minute or two per 5,000 on 2 CPU cores; the rest are left out, counted",
+    )
     intent_floor: int = setting(20, "an intent with fewer examples has unreliable F1; reported so someone labels more")
     entity_floor: int = setting(
         20, "an entity type with fewer spans has unreliable span F1 (one miss moves it by 0.05); reported, not dropped"
@@ -55,7 +60,9 @@ class PrepareConfig:
         "a big confusion gets more labels than a small one, never all of them",
     )
     cluster_max_messages: int = setting(
-        5000, "clustering holds an n x n distance matrix: past this many, the rest follow unclustered"
+        5000,
+        "the most worth labelling are embedded and clustered (an n x n distance matrix); past this many the rest "
+        "follow unclustered, unembedded: a month's review candidates would take an hour to embed on a CPU",
     )
     candidate_examples: int = setting(5, "typical messages shown per proposed intent: enough to judge it at a glance")
     candidate_name_words: int = setting(3, "words in a suggested intent name: 'card_arrive_waiting' reads as a name")

@@ -109,6 +109,8 @@ ENTITY_KEYS = ("start", "end", "type", "value", "confidence")  # one entity of t
 
 def dump_entities(entities: list[dict]) -> str:
     """The canonical ``entities`` cell: compact JSON, sorted by start, keys in ``ENTITY_KEYS`` order."""
+    if not entities:  # most answers
+        return NO_ENTITIES
     ordered = sorted(entities, key=lambda e: (e["start"], e["end"]))
     return json.dumps([{k: e[k] for k in ENTITY_KEYS} for e in ordered], ensure_ascii=False, separators=(",", ":"))
 

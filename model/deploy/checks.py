@@ -4,6 +4,8 @@ argocd/ folder under ``manifests/``, each object by the checker for its kind.
 - InferenceService, Deployment, Service, ConfigMap: ``model.deploy.kubernetes_checks``
 - PrometheusRule, PodMonitor and the Grafana dashboard: ``model.deploy.monitoring_checks``
 - Argo CD Application and AppProject: ``model.deploy.argocd_checks``
+- ``training/``, when there: the TrainJob template and the training namespace's access objects
+  (``model.deploy.training_checks``)
 
 Across objects: each PodMonitor selects pods of its environment and a port they declare; the predictor
 and the collector run one image and a ServiceAccount that can pull it (``model.deploy.image_checks``);
@@ -15,6 +17,7 @@ every kind the environments hold.
 from __future__ import annotations
 
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from model.core.errors import FlywheelError
@@ -31,6 +34,8 @@ from model.deploy.monitoring_checks import (
     check_prometheusrule,
     podmonitor_target_errors,
 )
+from model.deploy.training_checks import check_training
+from model.deploy.trainjob import TRAINER
 
 ENVIRONMENT_KINDS = (
     *("InferenceService", "Deployment", "Service", "PrometheusRule", "ConfigMap", "PodMonitor", "ServiceAccount"),
@@ -187,6 +192,8 @@ def check_manifests(repo: Path, manifests_dir: str = "manifests") -> list[str]:
         errors += check_environment(root / env, env)
     namespaces = _namespaces(root)
     errors += _across_environments(root, namespaces) + check_argocd(root / "argocd", Path(repo), namespaces)
+    if (root / "training").is_dir():  # the optional training backend's (docs/cluster.md)
+        errors += check_training(root / "training")
     return errors + _project_kind_errors(root)
 
 
@@ -202,7 +209,14 @@ def _rollout_state(repo: Path, env: str, manifests_dir: str) -> dict | None:
     }
 
 
-def check_manifests_step(repo: Path, manifests_dir: str = "manifests") -> tuple[dict, str, bool]:
+@dataclass(frozen=True)
+class ManifestCheck:
+    passed: bool
+    errors: list[str]  # one sentence per finding, naming the file
+    rollout: dict[str, dict | None]  # per environment: stable, canary, canary_percent (None: unreadable)
+
+
+def check_manifests_step(repo: Path, manifests_dir: str = "manifests") -> tuple[ManifestCheck, str, bool]:
     """The findings, and what each environment serves, as a result and a markdown summary."""
     errors = check_manifests(repo, manifests_dir)
     states = {env: _rollout_state(repo, env, manifests_dir) for env in manifests.ENVIRONMENTS}
@@ -212,7 +226,8 @@ def check_manifests_step(repo: Path, manifests_dir: str = "manifests") -> tuple[
         if errors
         else [
             f"All manifests valid (KServe SDK models, Kubernetes {K8S_VERSION} schemas, prometheus-operator "
-            f"{PROMETHEUS_OPERATOR} CRD schemas, promtool, Argo CD fields)."
+            f"{PROMETHEUS_OPERATOR} CRD schemas, Kubeflow Trainer {TRAINER} TrainJob schema, promtool, Argo CD "
+            "fields)."
         ]
     )
     lines += ["", "| environment | stable | canary | canary % |", "|---|---|---|---|"]
@@ -220,4 +235,4 @@ def check_manifests_step(repo: Path, manifests_dir: str = "manifests") -> tuple[
         f"| {env} | {s and s['stable']} | {s and s['canary']} | {s and s['canary_percent']} |"
         for env, s in states.items()
     ]
-    return {"passed": not errors, "errors": errors, "rollout": states}, "\n".join(lines) + "\n", not errors
+    return ManifestCheck(not errors, errors, states), "\n".join(lines) + "\n", not errors

@@ -21,6 +21,7 @@ from model.collect.arms import UNKNOWN
 from model.core.config import CanaryConfig, DeliveryConfig, RegistryConfig
 from model.core.errors import FlywheelError
 from model.deploy import images, manifests, storage
+from model.deploy.bodies import Text, render
 from model.deploy.canary import ArmMetrics, analyse, render_markdown
 from model.deploy.canary_metrics import (
     TOKEN_ENV,
@@ -32,7 +33,7 @@ from model.deploy.canary_metrics import (
     store_arm_metrics,
 )
 from model.deploy.carry import carried_image, pinned_files, running_image
-from model.deploy.forges import GitHubForge, LocalForge, Proposal, forge_from_env
+from model.deploy.forges import Forge, Proposal, PullRequest, forge_from_env
 from model.deploy.kubernetes_checks import check_inferenceservice
 from model.deploy.manifests import ModelRef, Rollout
 from model.registry import store, versions
@@ -45,7 +46,7 @@ SOURCES = "give exactly one of --metrics (a JSON file), --store-url or --prometh
 class Target:
     """An environment's InferenceService as the base branch holds it, and the forge to propose a change through."""
 
-    forge: GitHubForge | LocalForge
+    forge: Forge
     env: str
     rel_path: str  # inside the repository
     label: Path  # how errors name the file
@@ -74,43 +75,17 @@ def _render_new(t: Target, new: Rollout) -> str:
     return text
 
 
-def _ref_line(ref: ModelRef | None) -> str:
-    return f"v{ref.version} (`{ref.storage_uri}`, sha256 `{ref.sha256[:12]}…`)" if ref else "none"
-
-
-def _state_table(before: Rollout, after: Rollout) -> str:
-    def pct(r: Rollout) -> str:
-        return f"{r.canary_percent}%" if r.canary else "0% (pinned on stable)" if r.canary_percent == 0 else "-"
-
-    rows = [("stable", "stable"), ("canary", "canary"), ("rolled back (newest revision, no traffic)", "rolled_back")]
-    lines = [f"| {name} | {_ref_line(getattr(before, f))} | {_ref_line(getattr(after, f))} |" for name, f in rows]
-    traffic = f"| canary traffic | {pct(before)} | {pct(after)} |"
-    return "\n".join(["| | before | after |", "|---|---|---|", *lines, traffic])
-
-
-def _model_section(info: dict, reg_cfg: RegistryConfig) -> str:
+def _mlflow_link(info: dict, reg_cfg: RegistryConfig) -> str:
+    """Where a reviewer finds the version in MLflow: its page on a tracking server, else the store's URI."""
     uri = store.tracking_uri(reg_cfg)
-    run = info.get("run_id")
-    link = (
-        f"{uri.rstrip('/')}/#/models/{reg_cfg.model_name}/versions/{info['version']}" if uri.startswith("http") else uri
-    )
-    lines = [
-        f"### {reg_cfg.model_name} v{info['version']}",
-        "",
-        f"- MLflow: {link} (run `{run}`)",
-        f"- git SHA `{info.get('git_sha')}`, dataset digest `{str(info.get('dataset_digest'))[:12]}`",
-        f"- artifact `{info['storage_uri']}`",
-        f"- sha256 `{info['sha256']}`",
-        "- gate: passed",
-    ]
-    metrics = {
-        k: v
-        for k, v in sorted((info.get("metrics") or {}).items())
-        if "/" not in k and not k.startswith(("train_", "val_"))
-    }
-    if metrics:
-        lines += ["", "| metric | value |", "|---|---|"] + [f"| {k} | {v:.4g} |" for k, v in metrics.items()]
-    return "\n".join(lines)
+    if not uri.startswith("http"):
+        return uri
+    return f"{uri.rstrip('/')}/#/models/{reg_cfg.model_name}/versions/{info['version']}"
+
+
+def _shown_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The run's top-level test metrics, by name (per-step series and training-time figures left out)."""
+    return {k: v for k, v in sorted(metrics.items()) if "/" not in k and not k.startswith(("train_", "val_"))}
 
 
 def _read_json(path: Path, what: str):
@@ -139,23 +114,15 @@ def _analysis_section(path: str, env: str, canary: ModelRef | None) -> str:
     return _markdown_beside(Path(path), f"Canary analysis: **{analysis.get('decision')}**\n")
 
 
-def pr_body(*sections: str) -> str:
-    """A pull-request body: the non-empty sections, a blank line apart."""
-    return "\n\n".join(filter(None, sections)) + "\n"
-
-
-def _propose_rollout(
-    t: Target, new: Rollout, command: str, version: int, title: str, intro: str, *details: str, image: str = ""
-) -> tuple[dict, str]:
-    """Propose ``new`` as one commit on ``flywheel/<command>-<env>-v<version>``: the pull request and its body.
+def _propose_rollout(t: Target, new: Rollout, command: str, version: int, text: Text, image: str = "") -> PullRequest:
+    """Propose ``new`` as one commit on ``flywheel/<command>-<env>-v<version>``, titled and described by ``text``.
 
     With ``image`` (``REPO@sha256:...``), the same commit pins the predictor and the collector to it.
     """
-    text = _render_new(t, new)
-    files = pinned_files(t.forge, t.rel_path, text, image) if image else {t.rel_path: text}
-    body = pr_body(f"## {title}", intro, _state_table(t.rollout, new), *details, f"_Opened by `flywheel {command}`._")
-    proposal = Proposal(branch=f"flywheel/{command}-{t.env}-v{version}", files=files, title=title, body=body)
-    return t.forge.propose(proposal), body
+    manifest = _render_new(t, new)
+    files = pinned_files(t.forge, t.rel_path, manifest, image) if image else {t.rel_path: manifest}
+    branch = f"flywheel/{command}-{t.env}-v{version}"
+    return t.forge.propose(Proposal(branch=branch, files=files, title=text.title, body=text.body))
 
 
 def _champion_follows(reg_cfg: RegistryConfig, version: int, moves: bool, verb: str) -> str:
@@ -170,7 +137,14 @@ def _champion_follows(reg_cfg: RegistryConfig, version: int, moves: bool, verb: 
 
 
 def release_step(
-    env: str, version: int, percent: int, repo: Path, reg_cfg: RegistryConfig, dcfg: DeliveryConfig, image: str = ""
+    env: str,
+    version: int,
+    percent: int,
+    repo: Path,
+    *,
+    reg_cfg: RegistryConfig,
+    dcfg: DeliveryConfig,
+    image: str = "",
 ) -> tuple[dict, str]:
     if image:
         images.pinned(image)  # a tag alone, or no reference at all, is refused before anything else
@@ -189,21 +163,20 @@ def release_step(
     )
     model = ModelRef(version, info["storage_uri"], info["sha256"])
     new = manifests.start_canary(t.rollout, model, percent, t.label)
-    if new.canary:
-        title = f"Release {reg_cfg.model_name} v{version} to {env} on a {percent}% canary"
-        intro = (
-            f"Puts v{version} on {percent}% of {env} traffic; stable {t.rollout.stable.label()} keeps the rest. "
-            f"Merge to start the canary; `canary.yml` then proposes a promote or a rollback."
-        )
-    else:
-        title = f"Release {reg_cfg.model_name} v{version} to {env}"
-        intro = (
-            f"No stable model serves {env} yet, so v{version} takes all traffic (no canary phase)."
-            if t.rollout.stable is None
-            else f"Rolls v{version} out to 100% of {env} at once (canary 100%)."
-        )
-    section = _model_section(info, reg_cfg)
-    pr, body = _propose_rollout(t, new, "release", version, title, intro, image_line, section, image=image)
+    text = render(
+        "release.md.j2",
+        model_name=reg_cfg.model_name,
+        env=env,
+        version=version,
+        percent=percent,
+        before=t.rollout,
+        after=new,
+        image_line=image_line,
+        info=info,
+        mlflow_link=_mlflow_link(info, reg_cfg),
+        metrics=_shown_metrics(info["metrics"]),
+    )
+    pr = _propose_rollout(t, new, "release", version, text, image=image)
     return {
         "env": env,
         "action": "release",
@@ -212,8 +185,8 @@ def release_step(
         "storage_uri": model.storage_uri,
         "sha256": model.sha256,
         "image": images.pinned(image).pinned if image else None,
-        "pull_request": pr,
-    }, body
+        "pull_request": pr.to_dict(),
+    }, text.body
 
 
 def promote_env_step(
@@ -224,48 +197,29 @@ def promote_env_step(
     canary = t.rollout.canary
     if version is not None and version != canary.version:
         raise FlywheelError(f"{t.label}: the canary is v{canary.version}, not v{version}")
-    analysis_md = _analysis_section(analysis, env, canary)
     moves_champion = env == dcfg.champion_env
-    registry_line = _champion_follows(reg_cfg, canary.version, moves_champion, "to")
-    title = f"Promote {reg_cfg.model_name} v{canary.version} to stable in {env}"
-    intro = (
-        f"The canary takes 100% of {env} traffic and becomes the stable model; "
-        f"{t.rollout.stable.label()} is kept as previous stable for `flywheel rollback`."
+    text = render(
+        "promote.md.j2",
+        model_name=reg_cfg.model_name,
+        env=env,
+        before=t.rollout,
+        after=new,
+        image=running_image(t.doc),
+        analysis=_analysis_section(analysis, env, canary),
+        registry_line=_champion_follows(reg_cfg, canary.version, moves_champion, "to"),
     )
-    image_line = f"Image: `{running_image(t.doc)}`, unchanged: the canary's revision already runs it."
-    pr, body = _propose_rollout(t, new, "promote", canary.version, title, intro, image_line, analysis_md, registry_line)
+    pr = _propose_rollout(t, new, "promote", canary.version, text)
     result = {
         "env": env,
         "action": "promote",
         "model_version": canary.version,
         "previous_stable": t.rollout.stable.version,
         "image": running_image(t.doc),
-        "pull_request": pr,
+        "pull_request": pr.to_dict(),
     }
     if moves_champion:
         result["champion_on_merge"] = canary.version  # reconcile-registry moves it once this is on main
-    return result, body
-
-
-def _rollback_texts(env: str, before: Rollout, after: Rollout) -> tuple[str, str]:
-    """Title and intro of a rollback: the pin of a canary or of a promotion, or the restore (docs/rollout.md)."""
-    old, new, back = before.stable.label(), after.stable.label(), (before.canary or before.stable).label()
-    pin = (
-        f"`canaryTrafficPercent: 0` sends 100% to {new}'s rolled-out revision as soon as Argo CD syncs, without a new "
-        f"revision (no cold start: restoring {new}'s env instead would serve everyone from {back} until the new "
-        f"revision is ready). {back}'s revision stays the newest with no traffic; `flywheel rollback` once more "
-        f"restores {new}'s env under the pin before another model is released."
-    )
-    if before.canary:
-        return f"Roll back {env}: end canary {back}, keep {old}", f"Pins the traffic: {pin}"
-    if before.rolled_back:
-        return f"Roll back {env}: restore {old}'s env under the pin", (
-            f"Names {old} in the env again, keeping `canaryTrafficPercent: 0`: users stay on {old}'s revision while "
-            f"the new one starts; ready, it replaces {before.rolled_back.label()}'s as the newest (docs/rollout.md)."
-        )
-    return f"Roll back {env} from {old} to {new}", (
-        f"Pins the traffic on {old}'s revision: KServe moves its rolled-out revision back to the previous one and {pin}"
-    )
+    return result, text.body
 
 
 def rollback_step(
@@ -274,23 +228,28 @@ def rollback_step(
     t = open_target(repo, env, dcfg)
     before, new = t.rollout, manifests.roll_back(t.rollout, t.label)
     ended = before.canary or before.rolled_back or before.stable
-    analysis_md = _analysis_section(analysis, env, before.canary) if before.canary else ""
     moves_champion = new.stable != before.stable and env == dcfg.champion_env
-    registry_line = _champion_follows(reg_cfg, new.stable.version, moves_champion, "back to")
-    title, intro = _rollback_texts(env, before, new)
-    pr, body = _propose_rollout(t, new, "rollback", ended.version, title, intro, analysis_md, registry_line)
+    text = render(
+        "rollback.md.j2",
+        env=env,
+        before=before,
+        after=new,
+        analysis=_analysis_section(analysis, env, before.canary) if before.canary else "",
+        registry_line=_champion_follows(reg_cfg, new.stable.version, moves_champion, "back to"),
+    )
+    pr = _propose_rollout(t, new, "rollback", ended.version, text)
+    if merge:  # the emergency stop: the pin reaches main now, where Argo CD's self-heal keeps it
+        pr = t.forge.merge(pr)
     result = {
         "env": env,
         "action": "rollback",
         "ended_version": ended.version,
         "stable": new.stable.version,
-        "pull_request": pr,
+        "pull_request": pr.to_dict(),
     }
-    if merge:  # the emergency stop: the pin reaches main now, where Argo CD's self-heal keeps it
-        pr["merge"] = t.forge.merge(pr)
     if moves_champion:
         result["champion_on_merge"] = new.stable.version  # reconcile-registry moves it once this is on main
-    return result, body
+    return result, text.body
 
 
 def read_arm_metrics(path: Path) -> dict[str, ArmMetrics]:
@@ -305,14 +264,14 @@ def read_arm_metrics(path: Path) -> dict[str, ArmMetrics]:
 
 
 def _arm_metrics(
-    env: str,
     manifest: Path,
     arm_versions: dict[str, int],
+    repo: Path,
+    cfg: CanaryConfig,
+    *,
     metrics: Path | None,
     prometheus_url: str,
     store_url: str,
-    repo: Path,
-    cfg: CanaryConfig,
 ) -> tuple[dict[str, ArmMetrics], str]:
     """Each arm's counts from the source given (the store, Prometheus, else the file), and how the report names it."""
     if store_url:
@@ -333,14 +292,16 @@ def _arm_metrics(
 
 def canary_analysis_step(
     env: str,
-    metrics: Path | None,
-    prometheus_url: str,
     repo: Path,
+    *,
     cfg: CanaryConfig,
     dcfg: DeliveryConfig,
+    metrics: Path | None = None,
+    prometheus_url: str = "",
     store_url: str = "",
 ) -> tuple[dict, str]:
-    """Decide from a metrics JSON file, or from the collector's store or Prometheus since the canary started."""
+    """Decide from a metrics JSON file, or from the collector's store or Prometheus since the canary started
+    (exactly one of ``metrics``, ``prometheus_url``, ``store_url``)."""
     sources = sum(map(bool, (metrics, prometheus_url, store_url)))
     if sources > 1:  # refused even when no canary runs
         raise FlywheelError(SOURCES)
@@ -355,7 +316,9 @@ def canary_analysis_step(
     if not sources:
         raise FlywheelError(SOURCES)
     arm_versions = {"stable": rollout.stable.version, "canary": rollout.canary.version}
-    arms, source = _arm_metrics(env, path, arm_versions, metrics, prometheus_url, store_url, Path(repo), cfg)
+    arms, source = _arm_metrics(
+        path, arm_versions, Path(repo), cfg, metrics=metrics, prometheus_url=prometheus_url, store_url=store_url
+    )
     for arm, version in arm_versions.items():
         seen = arms[arm].model_version
         if seen is not None and seen != version:
@@ -399,21 +362,16 @@ def request_retrain_step(drift_report: Path, repo: Path, dcfg: DeliveryConfig) -
     }
     rel = f"{RETRAIN_REQUESTS}/{stamp}.json"
     span = f"{window.get('start', '?')} to {window.get('end', '?')}" if window else "the latest window"
-    title = f"Retrain: drift in logged conversations ({span})"
-    body = pr_body(
-        f"## {title}",
-        f"Merging this adds `{rel}`; `retrain.yml` then prepares data from the window, "
-        "trains, evaluates, gates, registers and opens a release pull request.",
-        _markdown_beside(path, "\n".join(f"- {r}" for r in request["drift_reasons"])),
-        "_Opened by `flywheel request-retrain`._",
-    )
+    drift = _markdown_beside(path, "\n".join(f"- {r}" for r in request["drift_reasons"]))
+    text = render("retrain.md.j2", span=span, request_file=rel, drift=drift)
     pr = forge_from_env(Path(repo), dcfg.base_branch).propose(
         Proposal(
             branch=f"flywheel/retrain-{stamp}",
             files={rel: json.dumps(request, indent=2) + "\n"},
-            title=title,
-            body=body,
+            title=text.title,
+            body=text.body,
             new_file=True,
         )
     )
-    return {"requested": True, "drift": True, "request_file": rel, "window": window, "pull_request": pr}, body
+    result = {"requested": True, "drift": True, "request_file": rel, "window": window, "pull_request": pr.to_dict()}
+    return result, text.body

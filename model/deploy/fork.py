@@ -33,11 +33,12 @@ from pathlib import Path
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
-from model.core.config import DeliveryConfig, setting
+from model.core.config import DeliveryConfig
 from model.core.errors import FlywheelError
 from model.core.git import run_git
 from model.core.steps import StepResult
 from model.deploy import images, manifests
+from model.deploy.args import InitArgs
 from model.deploy.monitoring_checks import LABEL_VALUE, MONITORED, RELEASE_LABEL
 
 ARGOCD = "argocd"
@@ -48,25 +49,6 @@ GITHUB = re.compile(
     rf"(?P<owner>{_OWNER})/(?P<name>{_NAME})(?:\.git)?/?$"
 )
 NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # a DNS-1123 label, at most 63 characters
-
-
-@dataclass
-class InitArgs:
-    repository: str | None = setting(
-        None, "the fork on GitHub: OWNER/NAME, or its https or ssh URL (unset: `git remote get-url origin`)"
-    )
-    staging_namespace: str | None = setting(
-        None, "namespace of the staging environment (unset: as the manifests say; shipped: flywheel-staging)"
-    )
-    production_namespace: str | None = setting(
-        None, "namespace of the production environment (unset: as the manifests say; shipped: flywheel-production)"
-    )
-    prometheus_release: str | None = setting(
-        None,
-        "Helm release name of kube-prometheus-stack: its Prometheus selects PodMonitors and PrometheusRules by the "
-        "label release: <name> (unset: as the manifests say; shipped: kube-prometheus-stack)",
-    )
-    repo: str = setting(".", "the checkout to personalise; its working tree must be clean (one commit is made)")
 
 
 @dataclass(frozen=True)
@@ -299,7 +281,20 @@ def _commit(repo: Path, files: dict[str, str], message: str) -> str:
     return _git(repo, "rev-parse", "HEAD")
 
 
-def init_command(args: InitArgs, *, delivery: DeliveryConfig) -> StepResult:
+@dataclass(frozen=True)
+class Personalised:
+    """What the fork's manifests name now, and the commit that made them say it (None: nothing changed)."""
+
+    repository: str  # OWNER/NAME
+    repo_url: str
+    image: str
+    namespaces: dict[str, str]  # environment -> namespace
+    prometheus_release: str
+    changed: list[str]  # files, relative to the repository
+    commit: str | None
+
+
+def init_command(args: InitArgs, *, delivery: DeliveryConfig) -> StepResult[Personalised]:
     """Personalise a fork in one commit: repository, image, namespaces, Prometheus release label."""
     given = Path(args.repo)
     top = run_git(given, "rev-parse", "--show-toplevel", check=False) if given.is_dir() else None
@@ -322,15 +317,9 @@ def init_command(args: InitArgs, *, delivery: DeliveryConfig) -> StepResult:
         f"Prometheus release {fork.prometheus_release}"
     )
     commit = _commit(repo, files, f"flywheel init: personalise this fork\n\n{summary}.\n") if files else None
-    data = {
-        "repository": fork.repository,
-        "repo_url": fork.repo_url,
-        "image": fork.image,
-        "namespaces": fork.namespaces,
-        "prometheus_release": fork.prometheus_release,
-        "changed": sorted(files),
-        "commit": commit,
-    }
+    data = Personalised(
+        fork.repository, fork.repo_url, fork.image, fork.namespaces, fork.prometheus_release, sorted(files), commit
+    )
     done = (
         f"Committed `{commit[:12]}`, changing:\n\n" + "".join(f"- `{f}`\n" for f in sorted(files))
         if commit

@@ -183,11 +183,6 @@ def pin(text: str, reference: str, path: Path | str) -> str:
     return out.getvalue()
 
 
-def images_in(text: str) -> list[str]:
-    """Every container image named in a manifest file, in order."""
-    return [str(c.get("image", "")) for doc in round_trip().load_all(text) for c in containers(doc)]
-
-
 # ---------------------------------------------------------------------------------------- registry
 
 

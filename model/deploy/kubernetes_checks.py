@@ -176,7 +176,7 @@ KNATIVE_FLAG_OF_VOLUME = {  # emptyDir, configMap, secret, projected and downwar
 CONTAINER_SECURITY = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True}
 
 
-def _security_errors(path: Path, c: dict) -> list[str]:
+def security_errors(path: Path, c: dict) -> list[str]:
     """What ``c``'s own securityContext lacks of this project's hardening."""
     sc = c.get("securityContext") or {}
     where = f"{path}: container {c.get('name')} securityContext"
@@ -203,7 +203,7 @@ def _container_errors(path: Path, containers: list[dict]) -> list[str]:
         missing = [k for k in CONTAINER_NEEDS if k not in c]
         if missing:
             errors.append(f"{path}: container {c.get('name')} lacks {', '.join(missing)}")
-        errors += _security_errors(path, c)
+        errors += security_errors(path, c)
     return errors
 
 

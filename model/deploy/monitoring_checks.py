@@ -3,13 +3,12 @@ check rules`` on its groups), the PodMonitors (their CRD's published schema, and
 and the Grafana dashboard's queries (through promtool too).
 
 The CRD schemas are prometheus-operator's own (``schemas/``: the ``openAPIV3Schema`` of each CRD of
-the oldest operator release this project supports, descriptions removed), read with ``jsonschema``;
-unknown fields are refused, as ``kubernetes-validate`` does for the core kinds in strict mode.
+the oldest operator release this project supports, descriptions removed), checked by
+``model.deploy.crd_schemas``, unknown fields refused.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import shutil
@@ -20,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from model.core.errors import FlywheelError
+from model.deploy.crd_schemas import schema_errors
 
 
 def promtool() -> str:
@@ -41,7 +41,6 @@ def run_promtool_rules(groups: dict, label: str) -> list[str]:
 
 
 PROMETHEUS_OPERATOR = "0.79.0"  # the schemas' release: PodMonitor's portNumber is new in it
-SCHEMAS = Path(__file__).with_name("schemas")
 # kube-prometheus-stack's default rule and PodMonitor selectors match its Helm release name: `release:
 # {{ $.Release.Name }}` (prometheus-community/helm-charts charts/kube-prometheus-stack/templates/prometheus/
 # prometheus.yaml, ruleSelectorNilUsesHelmValues / podMonitorSelectorNilUsesHelmValues); flywheel init sets it
@@ -51,35 +50,13 @@ MONITORED = ("PodMonitor", "PrometheusRule")  # the kinds that Prometheus select
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
-def _strict(schema):
-    """``schema`` with unknown fields refused wherever an object lists its fields (as ``kubectl --validate=strict``)."""
-    if isinstance(schema, list):
-        return [_strict(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: _strict(v) if k != "enum" else v for k, v in schema.items()}
-    if "properties" in schema and "additionalProperties" not in schema:
-        if not schema.get("x-kubernetes-preserve-unknown-fields"):
-            out["additionalProperties"] = False
-    return out
-
-
-@functools.cache
-def _validator(kind: str):
-    import jsonschema  # only check-manifests needs it
-
-    schema = json.loads((SCHEMAS / f"{kind.lower()}.v1.json").read_text())
-    return jsonschema.Draft7Validator(_strict(schema))
-
-
 def crd_errors(doc: dict, path: Path) -> list[str]:
     """What ``doc``'s kind's CRD schema (prometheus-operator's own) refuses in it."""
     kind = doc.get("kind")
     errors = []
     if doc.get("apiVersion") != "monitoring.coreos.com/v1":
         errors.append(f"{path}: {kind} apiVersion must be monitoring.coreos.com/v1")
-    found = sorted(_validator(kind).iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
-    errors += [f"{path}: {kind} {'.'.join(map(str, e.absolute_path)) or '.'}: {e.message}" for e in found]
+    errors += [f"{path}: {kind} {e}" for e in schema_errors(doc, f"{str(kind).lower()}.v1.json")]
     release = str(((doc.get("metadata") or {}).get("labels") or {}).get(RELEASE_LABEL) or "")
     if not release or len(release) > 63 or not LABEL_VALUE.match(release):
         errors.append(

@@ -20,24 +20,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.core.config import DeliveryConfig, RegistryConfig, setting
+from model.core.config import DeliveryConfig, RegistryConfig
 from model.core.errors import FlywheelError
 from model.core.git import run_git
 from model.core.steps import StepResult
 from model.deploy import manifests
+from model.deploy.args import ReconcileArgs
 from model.registry import store, versions
 
 UNCHANGED, MOVED = "unchanged", "moved"
 
 
-@dataclass
-class ReconcileArgs:
-    repo: str = setting(".", "checked-out repository whose manifests say what serves users (the commit on main)")
+@dataclass(frozen=True)
+class Reconciled:
+    """What the champion environment's manifest names as stable, and what that did to the aliases."""
+
+    env: str
+    manifest: str  # relative to the repository
+    commit: str | None
+    stable_version: int | None  # None: nothing released yet
+    result: str  # MOVED or UNCHANGED
+    champion: dict  # {"action", "version"[, "previous"]}
+    challenger: dict | None  # as champion; None when nothing is released yet
 
 
 def reconcile_registry_command(
     args: ReconcileArgs, *, registry: RegistryConfig, delivery: DeliveryConfig
-) -> StepResult:
+) -> StepResult[Reconciled]:
     """Set the registry's 'champion' to the stable model the champion environment's manifest names."""
     return StepResult(*reconcile_step(Path(args.repo), registry, delivery))
 
@@ -54,15 +63,16 @@ def _move(client, reg_cfg: RegistryConfig, alias: str, version: int, previous: i
     return {"action": MOVED, "version": version, "previous": previous}
 
 
-def reconcile_step(repo: Path, reg_cfg: RegistryConfig, dcfg: DeliveryConfig) -> tuple[dict, str]:
+def reconcile_step(repo: Path, reg_cfg: RegistryConfig, dcfg: DeliveryConfig) -> tuple[Reconciled, str]:
     """Move ``champion`` (and a stale ``challenger``) to what the manifest says; every check before any move."""
     env = dcfg.champion_env
     path = manifests.isvc_path(repo, env, dcfg.manifests_dir)
     stable = manifests.read_rollout(path).stable
     rel = f"{dcfg.manifests_dir}/{env}/{manifests.ISVC_FILE}"
-    result = {"env": env, "manifest": rel, "commit": _commit(repo), "stable_version": None}
+    commit = _commit(repo)
     if stable is None:  # nothing released yet: there is no champion to follow
-        result.update(result=UNCHANGED, champion={"action": UNCHANGED, "version": None}, challenger=None)
+        nothing = {"action": UNCHANGED, "version": None}
+        result = Reconciled(env, rel, commit, None, UNCHANGED, nothing, None)
         return result, f"## Registry follows {env}\n\nNo stable model in `{rel}` yet: no alias moved.\n"
     client = store.connect(reg_cfg)
     try:
@@ -76,32 +86,29 @@ def reconcile_step(repo: Path, reg_cfg: RegistryConfig, dcfg: DeliveryConfig) ->
         )
     champion = versions.alias_version(reg_cfg, versions.CHAMPION)
     challenger = versions.alias_version(reg_cfg, versions.CHALLENGER)
-    result["stable_version"] = stable.version
-    result["champion"] = _move(client, reg_cfg, versions.CHAMPION, stable.version, champion)
+    champion_move = _move(client, reg_cfg, versions.CHAMPION, stable.version, champion)
     stale = challenger is None or challenger < stable.version
-    result["challenger"] = (
+    challenger_move = (
         _move(client, reg_cfg, versions.CHALLENGER, stable.version, challenger)
         if stale
         else {"action": UNCHANGED, "version": challenger}
     )
-    moved = MOVED in (result["champion"]["action"], result["challenger"]["action"])
-    result["result"] = MOVED if moved else UNCHANGED
+    moved = MOVED in (champion_move["action"], challenger_move["action"])
+    result = Reconciled(env, rel, commit, stable.version, MOVED if moved else UNCHANGED, champion_move, challenger_move)
     return result, _markdown(result, reg_cfg)
 
 
-def _markdown(result: dict, reg_cfg: RegistryConfig) -> str:
+def _markdown(result: Reconciled, reg_cfg: RegistryConfig) -> str:
     def line(alias: str) -> str:
-        got = result[alias]
+        got = getattr(result, alias)
         if got["action"] == UNCHANGED:
             return f"- `{alias}`: v{got['version']}, unchanged"
         before = f"v{got['previous']}" if got.get("previous") else "none"
         return f"- `{alias}`: {before} → **v{got['version']}**"
 
-    commit = (result["commit"] or "?")[:12]
+    commit = (result.commit or "?")[:12]
     return (
-        f"## Registry follows {result['env']}\n\n"
-        f"`{result['manifest']}` at `{commit}` names v{result['stable_version']} as stable; "
-        f"{reg_cfg.model_name} aliases: {result['result']}.\n\n"
-        + "\n".join(map(line, ("champion", "challenger")))
-        + "\n"
+        f"## Registry follows {result.env}\n\n"
+        f"`{result.manifest}` at `{commit}` names v{result.stable_version} as stable; "
+        f"{reg_cfg.model_name} aliases: {result.result}.\n\n" + "\n".join(map(line, ("champion", "challenger"))) + "\n"
     )

@@ -15,11 +15,12 @@ entity metrics get no entity check at all, so an intent-only model is gated exac
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from scipy.stats import binomtest
 
 from model.core.config import GateConfig
+from model.evaluate.report import EvaluationReport, Outcome
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,30 @@ class Check:
 
 
 @dataclass(frozen=True)
+class Headline:
+    """A model's headline figures, as the gate's summary shows them beside the checks."""
+
+    accuracy: float
+    macro_f1: float
+    entity_micro_f1: float | None = None  # only when the report has entity metrics
+
+    @classmethod
+    def of(cls, report: EvaluationReport) -> Headline:
+        entities = report.entities.micro.f1 if report.entities is not None else None
+        return cls(report.accuracy, report.macro_f1, entities)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
 class GateDecision:
     passed: bool
     checks: list[Check]
     challenger_digest: str
     champion_digest: str | None
-    summary: dict = field(default_factory=dict)
+    challenger: Headline
+    champion: Headline | None  # None: no champion yet (absolute floors)
 
     @property
     def reasons(self) -> list[str]:
@@ -43,34 +62,45 @@ class GateDecision:
         return [f"{c.name}: {c.detail}" for c in self.checks if not c.passed]
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "reasons": self.reasons}
+        """The decision as gate.json holds it (``flywheel register`` reads passed, reasons, challenger_digest)."""
+        return {
+            "passed": self.passed,
+            "checks": [asdict(c) for c in self.checks],
+            "challenger_digest": self.challenger_digest,
+            "champion_digest": self.champion_digest,
+            "summary": {
+                "challenger": self.challenger.to_dict(),
+                "champion": self.champion.to_dict() if self.champion else None,
+            },
+            "reasons": self.reasons,
+        }
 
 
-def decide(challenger: dict, champion: dict | None, cfg: GateConfig) -> GateDecision:
+def decide(challenger: EvaluationReport, champion: EvaluationReport | None, cfg: GateConfig) -> GateDecision:
     """Gate ``challenger`` against ``champion`` (evaluation reports from model.evaluate.evaluation)."""
     checks = [_latency(challenger, cfg)]
     if champion is None:
         checks += [
             Check(
                 "accuracy floor",
-                challenger["accuracy"] >= cfg.min_accuracy,
-                f"{challenger['accuracy']:.4f} (floor {cfg.min_accuracy:.2f}; no champion yet)",
+                challenger.accuracy >= cfg.min_accuracy,
+                f"{challenger.accuracy:.4f} (floor {cfg.min_accuracy:.2f}; no champion yet)",
             ),
             Check(
                 "macro-F1 floor",
-                challenger["macro_f1"] >= cfg.min_macro_f1,
-                f"{challenger['macro_f1']:.4f} (floor {cfg.min_macro_f1:.2f}; no champion yet)",
+                challenger.macro_f1 >= cfg.min_macro_f1,
+                f"{challenger.macro_f1:.4f} (floor {cfg.min_macro_f1:.2f}; no champion yet)",
             ),
             *_entity_floor(challenger, cfg),
             *_out_of_scope_floor(challenger, cfg),
         ]
-    elif challenger["test_digest"] != champion["test_digest"]:
+    elif challenger.test_digest != champion.test_digest:
         checks.append(
             Check(
                 "same test set",
                 False,
-                f"evaluations used different test sets ({challenger['test_digest'][:12]} vs "
-                f"{champion['test_digest'][:12]}); they cannot be compared",
+                f"evaluations used different test sets ({challenger.test_digest[:12]} vs "
+                f"{champion.test_digest[:12]}); they cannot be compared",
             )
         )
     else:
@@ -81,22 +111,19 @@ def decide(challenger: dict, champion: dict | None, cfg: GateConfig) -> GateDeci
             *_out_of_scope(challenger, champion, cfg),
             *_per_entity_type(challenger, champion, cfg),
         ]
-    summary = {
-        "challenger": _headline(challenger),
-        "champion": _headline(champion) if champion else None,
-    }
     return GateDecision(
         passed=all(c.passed for c in checks),
         checks=checks,
-        challenger_digest=challenger["model_digest"],
-        champion_digest=champion["model_digest"] if champion else None,
-        summary=summary,
+        challenger_digest=challenger.model_digest,
+        champion_digest=champion.model_digest if champion else None,
+        challenger=Headline.of(challenger),
+        champion=Headline.of(champion) if champion else None,
     )
 
 
-def _latency(report: dict, cfg: GateConfig) -> Check:
+def _latency(report: EvaluationReport, cfg: GateConfig) -> Check:
     """CPU time per query, not wall time: the verdict must not depend on how busy the machine is."""
-    p95, wall = report["latency"]["cpu_p95_ms"], report["latency"]["single_p95_ms"]
+    p95, wall = report.latency.cpu_p95_ms, report.latency.single_p95_ms
     return Check(
         "latency",
         p95 <= cfg.latency_budget_ms,
@@ -104,12 +131,11 @@ def _latency(report: dict, cfg: GateConfig) -> Check:
     )
 
 
-def _mcnemar(challenger: dict, champion: dict, cfg: GateConfig) -> Check:
-    champ = {e["id"]: e for e in champion["examples"]}
+def _mcnemar(challenger: EvaluationReport, champion: EvaluationReport, cfg: GateConfig) -> Check:
+    champ = champion.outcomes()
     only_champion_right = only_challenger_right = 0
-    for e in challenger["examples"]:
-        other = champ[e["id"]]
-        a, b = e["predicted"] == e["intent"], other["predicted"] == other["intent"]
+    for e in challenger.examples:
+        a, b = e.right, champ[e.id].right
         only_champion_right += b and not a
         only_challenger_right += a and not b
     discordant = only_champion_right + only_challenger_right
@@ -117,39 +143,38 @@ def _mcnemar(challenger: dict, champion: dict, cfg: GateConfig) -> Check:
     return Check(
         "not significantly worse",
         p >= cfg.alpha,
-        f"accuracy {challenger['accuracy']:.4f} vs champion {champion['accuracy']:.4f}; "
+        f"accuracy {challenger.accuracy:.4f} vs champion {champion.accuracy:.4f}; "
         f"only the champion right on {only_champion_right}, only the challenger on {only_challenger_right}; "
         f"McNemar one-sided p={p:.4g} (reject below {cfg.alpha})",
     )
 
 
-def _paired_loss(challenger: dict, champion: dict, intent: str) -> tuple[int, int, float]:
+def _paired_loss(challenger: EvaluationReport, champion: EvaluationReport, intent: str) -> tuple[int, int, float]:
     """On the test examples that concern ``intent`` (its own, and those either model predicted as it):
     how often only the champion was right, only the challenger, and the one-sided exact McNemar p."""
-    champ = {e["id"]: e for e in champion["examples"]}
+    champ = champion.outcomes()
     lost = won = 0
-    for e in challenger["examples"]:
-        other = champ.get(e["id"])
-        if other is None or intent not in (e["intent"], e["predicted"], other["predicted"]):
+    for e in challenger.examples:
+        other: Outcome | None = champ.get(e.id)
+        if other is None or intent not in (e.intent, e.predicted, other.predicted):
             continue
-        a, b = e["predicted"] == e["intent"], other["predicted"] == other["intent"]
+        a, b = e.right, other.right
         lost += b and not a
         won += a and not b
     return lost, won, binomtest(lost, lost + won, 0.5, alternative="greater").pvalue if lost + won else 1.0
 
 
-def _per_intent(challenger: dict, champion: dict, cfg: GateConfig) -> Check:
+def _per_intent(challenger: EvaluationReport, champion: EvaluationReport, cfg: GateConfig) -> Check:
     """An intent rejects only a loss that is both large (more than ``max_f1_drop`` F1) and shown: the
     paired test on its examples is significant at ``alpha`` divided by the number of gated intents
     (Bonferroni), so a few hundred test examples do not reject an improvement for one unlucky intent
     of twenty examples. A large drop within noise is a warning in the pull-request body."""
-    known = set(champion.get("model_intents", champion["per_intent"]))  # a new intent has nothing to lose
-    gated = [n for n, m in champion["per_intent"].items() if m["support"] >= cfg.min_support and n in known]
+    known = set(champion.model_intents)  # a new intent has nothing to lose
+    gated = [n for n, m in champion.per_intent.items() if m.support >= cfg.min_support and n in known]
     alpha = cfg.alpha / max(len(gated), 1)
     losses, within_noise = [], []
     for name in gated:
-        old = champion["per_intent"][name]["f1"]
-        new = challenger["per_intent"].get(name, {"f1": 0.0})["f1"]
+        old, new = champion.per_intent[name].f1, challenger.scores(name).f1
         if old - new <= cfg.max_f1_drop:
             continue
         lost, won, p = _paired_loss(challenger, champion, name)
@@ -169,113 +194,108 @@ def _per_intent(challenger: dict, champion: dict, cfg: GateConfig) -> Check:
     return Check("per-intent F1", not losses, detail)
 
 
-def _out_of_scope_floor(report: dict, cfg: GateConfig) -> list[Check]:
+def _out_of_scope_floor(report: EvaluationReport, cfg: GateConfig) -> list[Check]:
     """With no champion: out-of-scope recall at least ``min_oos_recall``, where the test set has enough of them."""
-    n = report.get("n_out_of_scope", 0)
-    if n < cfg.min_support:
+    oos = report.out_of_scope
+    if oos is None or oos.n < cfg.min_support:
         return []
-    recall = report["oos_recall"]
+    recall, n = oos.recall, oos.n
     detail = f"{recall:.3f} of {n} out-of-scope messages handed off (floor {cfg.min_oos_recall:.2f}; no champion yet)"
     return [Check("out-of-scope recall floor", bool(recall >= cfg.min_oos_recall), detail)]
 
 
-def _out_of_scope(challenger: dict, champion: dict, cfg: GateConfig) -> list[Check]:
+def _out_of_scope(challenger: EvaluationReport, champion: EvaluationReport, cfg: GateConfig) -> list[Check]:
     """Out-of-scope messages the champion handed off and the challenger answers: rejected when the
     one-sided exact paired test shows it at ``alpha`` (a new intent that became a sink for them)."""
-    label = challenger.get("oos_label")
-    champ = {e["id"]: e for e in champion["examples"]}
-    pairs = [(e, champ[e["id"]]) for e in challenger["examples"] if e["intent"] == label and e["id"] in champ]
+    if challenger.out_of_scope is None:
+        return []
+    label, champ = challenger.out_of_scope.label, champion.outcomes()
+    pairs = [(e, champ[e.id]) for e in challenger.examples if e.intent == label and e.id in champ]
     if len(pairs) < cfg.min_support:
         return []
-    lost = sum(b["fallback"] and not a["fallback"] for a, b in pairs)  # only the champion handed it off
-    won = sum(a["fallback"] and not b["fallback"] for a, b in pairs)
+    lost = sum(b.fallback and not a.fallback for a, b in pairs)  # only the champion handed it off
+    won = sum(a.fallback and not b.fallback for a, b in pairs)
     p = binomtest(lost, lost + won, 0.5, alternative="greater").pvalue if lost + won else 1.0
+    was = champion.out_of_scope.recall if champion.out_of_scope else float("nan")
     detail = (
-        f"recall {challenger['oos_recall']:.3f} vs champion {champion.get('oos_recall', float('nan')):.3f} on "
+        f"recall {challenger.out_of_scope.recall:.3f} vs champion {was:.3f} on "
         f"{len(pairs)} out-of-scope messages; only the champion handed off {lost}, only the challenger {won}; "
         f"p={p:.2g} (reject below {cfg.alpha})"
     )
     return [Check("out-of-scope hand-off", bool(p >= cfg.alpha), detail)]
 
 
-def _new_intents(challenger: dict, champion: dict) -> list[Check]:
+def _new_intents(challenger: EvaluationReport, champion: EvaluationReport) -> list[Check]:
     """The intents the challenger knows and the champion does not: what the retrain was for, scored
     on the test set's examples of them (human labels join it; ``prepare.grow_test``). Reported, not
     gated: the champion, which never predicts them, has nothing there to lose. No new intent, no check."""
-    new = sorted(set(challenger.get("model_intents", ())) - set(champion.get("model_intents", ())))
+    new = sorted(set(challenger.model_intents) - set(champion.model_intents))
     if not new:
         return []
-    scores = {name: challenger["per_intent"].get(name, {"f1": 0.0, "support": 0}) for name in new}
-    tested = [n for n in new if scores[n]["support"]]
-    total = sum(scores[n]["support"] for n in tested)
+    scores = {name: challenger.scores(name) for name in new}
+    tested = [n for n in new if scores[n].support]
+    total = sum(scores[n].support for n in tested)
     detail = f"{len(new)} new: F1 on {total} test examples: " + (
-        ", ".join(f"{n} {scores[n]['f1']:.3f} ({scores[n]['support']})" for n in tested) or "none"
+        ", ".join(f"{n} {scores[n].f1:.3f} ({scores[n].support})" for n in tested) or "none"
     )
-    untested = [n for n in new if not scores[n]["support"]]
+    untested = [n for n in new if not scores[n].support]
     if untested:
         detail += "; warning, no test example yet (not evaluated): " + ", ".join(untested)
     return [Check("new intents", True, detail)]
 
 
-def _headline(report: dict) -> dict:
-    out = {k: report[k] for k in ("accuracy", "macro_f1")}
-    if "entities" in report:
-        out["entity_micro_f1"] = report["entities"]["micro"]["f1"]
-    return out
-
-
-def _entity_floor(report: dict, cfg: GateConfig) -> list[Check]:
+def _entity_floor(report: EvaluationReport, cfg: GateConfig) -> list[Check]:
     """With no champion: a floor on entity micro-F1, when entities were evaluated on enough true spans."""
-    if "entities" not in report:
+    if report.entities is None:
         return []
-    micro = report["entities"]["micro"]
+    micro = report.entities.micro
     if cfg.min_entity_f1 is None:
-        detail = f"{micro['f1']:.4f} on {micro['support']} true spans: reported, not gated (gate.min_entity_f1 unset)"
+        detail = f"{micro.f1:.4f} on {micro.support} true spans: reported, not gated (gate.min_entity_f1 unset)"
         return [Check("entity micro-F1 floor", True, detail)]
-    if micro["support"] < cfg.min_entity_support:
-        detail = f"{micro['f1']:.4f} on {micro['support']} true spans: not gated (fewer than {cfg.min_entity_support})"
+    if micro.support < cfg.min_entity_support:
+        detail = f"{micro.f1:.4f} on {micro.support} true spans: not gated (fewer than {cfg.min_entity_support})"
         return [Check("entity micro-F1 floor", True, detail)]
     return [
         Check(
             "entity micro-F1 floor",
-            micro["f1"] >= cfg.min_entity_f1,
-            f"{micro['f1']:.4f} on {micro['support']} true spans (floor {cfg.min_entity_f1:.2f}; no champion yet)",
+            micro.f1 >= cfg.min_entity_f1,
+            f"{micro.f1:.4f} on {micro.support} true spans (floor {cfg.min_entity_f1:.2f}; no champion yet)",
         )
     ]
 
 
-def _per_entity_type(challenger: dict, champion: dict, cfg: GateConfig) -> list[Check]:
+def _per_entity_type(challenger: EvaluationReport, champion: EvaluationReport, cfg: GateConfig) -> list[Check]:
     """Span F1 per entity type against the champion's, gated where the champion's report has enough true spans.
 
     A type the champion was scored on that is missing from the challenger's report counts as F1 0.
     No check when neither report has entity metrics; nothing to lose when the champion's has no true span.
     """
-    old, new = champion.get("entities"), challenger.get("entities")
+    old, new = champion.entities, challenger.entities
     if old is None and new is None:
         return []
     name = "per-entity-type F1"
-    if old is None or old["micro"]["support"] == 0:
-        scored = f" (challenger micro-F1 {new['micro']['f1']:.3f})" if new else ""
+    if old is None or old.micro.support == 0:
+        scored = f" (challenger micro-F1 {new.micro.f1:.3f})" if new else ""
         return [Check(name, True, f"the champion was scored on no true entity span: nothing to compare{scored}")]
     if new is None:
         return [
             Check(
                 name,
                 False,
-                f"the champion was scored on {old['micro']['support']} entity spans (micro-F1 "
-                f"{old['micro']['f1']:.3f}); the challenger has no entity metrics",
+                f"the champion was scored on {old.micro.support} entity spans (micro-F1 "
+                f"{old.micro.f1:.3f}); the challenger has no entity metrics",
             )
         ]
     losses, small = [], []
-    for kind, was in old["per_type"].items():
-        now = new["per_type"].get(kind)
-        if was["support"] < cfg.min_entity_support:
-            small.append(f"{kind} ({was['support']})")
-        elif was["f1"] - (now["f1"] if now else 0.0) > cfg.max_entity_f1_drop:
+    for kind, was in old.per_type.items():
+        now = new.per_type.get(kind)  # None: a type the challenger's report lacks, F1 0
+        if was.support < cfg.min_entity_support:
+            small.append(f"{kind} ({was.support})")
+        elif was.f1 - (now.f1 if now else 0.0) > cfg.max_entity_f1_drop:
             losses.append(
-                f"{kind} {was['f1']:.3f}→" + (f"{now['f1']:.3f}" if now else "0.000 (not in the challenger's report)")
+                f"{kind} {was.f1:.3f}→" + (f"{now.f1:.3f}" if now else "0.000 (not in the challenger's report)")
             )
-    gated = len(old["per_type"]) - len(small)
+    gated = len(old.per_type) - len(small)
     detail = (
         (f"lost more than {cfg.max_entity_f1_drop:.2f} F1: " + ", ".join(losses))
         if losses

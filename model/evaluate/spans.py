@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 Key = tuple[str, int, int]  # (type, start, end): what must be equal for a match
@@ -21,6 +22,28 @@ class Tally(NamedTuple):
     hits: int  # true positives
     false_positives: int
     misses: int  # false negatives
+
+
+@dataclass(frozen=True)
+class SpanScores:
+    """Precision, recall and F1 of exact span matches; ``support``: true spans, ``predicted``: predicted ones."""
+
+    precision: float
+    recall: float
+    f1: float
+    support: int
+    predicted: int
+
+
+@dataclass(frozen=True)
+class EntityMetrics:
+    """The evaluation report's entity section: micro-averaged over every type, and per type."""
+
+    micro: SpanScores
+    per_type: dict[str, SpanScores]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def match_spans(truth: Iterable[Key], predicted: Iterable[Key]) -> dict[str, Tally]:
@@ -34,11 +57,10 @@ def match_spans(truth: Iterable[Key], predicted: Iterable[Key]) -> dict[str, Tal
     return {kind: Tally(*c) for kind, c in counts.items()}
 
 
-def entity_metrics(truth: list[list[Key]], predicted: list[list[Key]]) -> dict | None:
-    """``report["entities"]`` over examples (``truth[i]`` and ``predicted[i]`` belong to example i):
-    ``{"micro": m, "per_type": {type: m}}``, each ``m`` with precision, recall, f1, support (true
-    spans) and predicted (predicted spans). None when no span is true or predicted: an intent-only
-    model on a test set without entities is reported exactly as before entities existed.
+def entity_metrics(truth: list[list[Key]], predicted: list[list[Key]]) -> EntityMetrics | None:
+    """The report's entities over examples (``truth[i]`` and ``predicted[i]`` belong to example i).
+    None when no span is true or predicted: an intent-only model on a test set without entities is
+    reported exactly as before entities existed.
     """
     if len(truth) != len(predicted):
         raise ValueError(f"{len(truth)} examples of true spans but {len(predicted)} of predicted ones")
@@ -51,22 +73,21 @@ def entity_metrics(truth: list[list[Key]], predicted: list[list[Key]]) -> dict |
     if not totals:
         return None
     micro = Tally(*(sum(t[i] for t in totals.values()) for i in range(3)))
-    return {
-        "micro": _scores(micro),
-        "per_type": {kind: _scores(Tally(*totals[kind])) for kind in sorted(totals)},
-    }
+    return EntityMetrics(
+        micro=_scores(micro), per_type={kind: _scores(Tally(*totals[kind])) for kind in sorted(totals)}
+    )
 
 
-def _scores(t: Tally) -> dict:
+def _scores(t: Tally) -> SpanScores:
     """Precision, recall and F1 of one tally; 0 where a denominator is 0 (sklearn's zero_division=0)."""
     predicted, support = t.hits + t.false_positives, t.hits + t.misses
     precision = t.hits / predicted if predicted else 0.0
     recall = t.hits / support if support else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "support": support, "predicted": predicted}
+    return SpanScores(precision, recall, f1, support, predicted)
 
 
-def markdown_table(metrics: dict) -> list[str]:
+def markdown_table(metrics: EntityMetrics) -> list[str]:
     """The entity table of an evaluation's markdown: worst type first, then the micro average."""
     lines = [
         "Entities (exact span match: type, start and end):",
@@ -74,9 +95,7 @@ def markdown_table(metrics: dict) -> list[str]:
         "| entity type | precision | recall | F1 | support | predicted |",
         "|---|---|---|---|---|---|",
     ]
-    rows = sorted(metrics["per_type"].items(), key=lambda kv: (kv[1]["f1"], kv[0]))
-    for name, m in [*rows, ("**all types (micro)**", metrics["micro"])]:
-        lines.append(
-            f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} | {m['predicted']} |"
-        )
+    rows = sorted(metrics.per_type.items(), key=lambda kv: (kv[1].f1, kv[0]))
+    for name, m in [*rows, ("**all types (micro)**", metrics.micro)]:
+        lines.append(f"| {name} | {m.precision:.3f} | {m.recall:.3f} | {m.f1:.3f} | {m.support} | {m.predicted} |")
     return lines

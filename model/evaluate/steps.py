@@ -5,48 +5,55 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import pandas as pd
-from tqdm.auto import tqdm
 
-from model.core.config import SAMPLE_DATA, DataConfig, GateConfig, RegistryConfig, required, setting
+from model.core.config import DataConfig, GateConfig, RegistryConfig
 from model.core.errors import FlywheelError
+from model.core.progress import bar
 from model.core.steps import EXIT_OK, EXIT_REJECTED, StepResult
 from model.data.examples import load_split
+from model.evaluate.args import EvaluateArgs, GateArgs
 from model.evaluate.evaluation import evaluate, render_markdown
-from model.evaluate.gate import decide
+from model.evaluate.gate import GateDecision, decide
 from model.evaluate.gate import render_markdown as render_gate
+from model.evaluate.report import EvaluationReport
 from model.registry import versions
 from model.registry.versions import open_model
 
-Split = Literal["train", "val", "test", "all"]
+
+@dataclass(frozen=True)
+class GateResult:
+    """The gate step's outcome: the decision, what was compared, and the pull-request body."""
+
+    decision: GateDecision
+    challenger: str  # artifact folder or models:/ URI, as given
+    champion: str | None  # None: no champion yet (absolute floors)
+    markdown: str
+
+    @property
+    def passed(self) -> bool:
+        return self.decision.passed
+
+    def to_dict(self) -> dict:
+        """gate.json: the decision's fields, then what was compared."""
+        return {**self.decision.to_dict(), "challenger": self.challenger, "champion": self.champion}
 
 
-@dataclass
-class EvaluateArgs:
-    model: str = required("artifact folder or models:/<name>@<alias> URI")
-    data: str = setting(str(SAMPLE_DATA), "dataset file or folder")
-    split: Split = setting("test", "which split to evaluate on")
-
-
-@dataclass
-class GateArgs:
-    challenger: str = required("artifact folder or models:/ URI of the candidate")
-    champion: str = setting("auto", "artifact folder or models:/ URI; 'auto' = the registry's champion if any")
-    data: str = setting(str(SAMPLE_DATA), "dataset whose frozen test split both models are compared on")
-    split: Split = setting("test", "split to compare on")
-
-
-def evaluate_command(args: EvaluateArgs, *, data: DataConfig, registry: RegistryConfig) -> StepResult:
+def evaluate_command(args: EvaluateArgs, *, data: DataConfig, registry: RegistryConfig) -> StepResult[EvaluationReport]:
     """Measure a model on a labelled test set."""
-    return StepResult(*evaluate_step(args.model, Path(args.data), args.split, data, registry))
+    report, md = evaluate_step(args.model, Path(args.data), args.split, data, registry)
+    return StepResult(report, md)
 
 
-def gate_command(args: GateArgs, *, data: DataConfig, gate: GateConfig, registry: RegistryConfig) -> StepResult:
+def gate_command(
+    args: GateArgs, *, data: DataConfig, gate: GateConfig, registry: RegistryConfig
+) -> StepResult[GateResult]:
     """Decide whether a challenger may replace the champion: exit 1 when it may not."""
-    result, md, passed = gate_step(args.challenger, args.champion, Path(args.data), args.split, data, gate, registry)
-    return StepResult(result, md, EXIT_OK if passed else EXIT_REJECTED)
+    gated = gate_step(
+        args.challenger, args.champion, Path(args.data), args.split, data_cfg=data, gate_cfg=gate, reg_cfg=registry
+    )
+    return StepResult(gated, gated.markdown, EXIT_OK if gated.passed else EXIT_REJECTED)
 
 
 def evaluation_set(data: Path, data_cfg: DataConfig, split: str) -> pd.DataFrame:
@@ -60,7 +67,7 @@ def evaluation_set(data: Path, data_cfg: DataConfig, split: str) -> pd.DataFrame
 
 def evaluate_step(
     model: str, data: Path, split: str, data_cfg: DataConfig, reg_cfg: RegistryConfig
-) -> tuple[dict, str]:
+) -> tuple[EvaluationReport, str]:
     report = evaluate(open_model(model, reg_cfg), evaluation_set(data, data_cfg, split), data_cfg.oos_label)
     return report, render_markdown(report, f"Evaluation of `{model}` on `{data}` ({split})")
 
@@ -69,22 +76,23 @@ def gate_step(
     challenger: str,
     champion: str,
     data: Path,
-    split: str,
+    split: str = "test",
+    *,
     data_cfg: DataConfig,
     gate_cfg: GateConfig,
     reg_cfg: RegistryConfig,
-) -> tuple[dict, str, bool]:
+) -> GateResult:
     """Evaluate both models on the same frozen test set, in the same process, then decide."""
     test = evaluation_set(data, data_cfg, split)
     if champion == "auto":
         version = versions.alias_version(reg_cfg, versions.CHAMPION)
         champion = f"models:/{reg_cfg.model_name}@{versions.CHAMPION}" if version is not None else ""
-    reports = {}
-    for role, uri in tqdm([("challenger", challenger), ("champion", champion)], desc="evaluating", leave=False):
-        if uri:
-            reports[role] = evaluate(open_model(uri, reg_cfg), test, data_cfg.oos_label)
-    decision = decide(reports["challenger"], reports.get("champion"), gate_cfg)
-    body = render_gate(decision) + "\n" + render_markdown(reports["challenger"], f"Challenger `{challenger}`")
-    if "champion" in reports:
-        body += "\n" + render_markdown(reports["champion"], f"Champion `{champion}`")
-    return {**decision.to_dict(), "challenger": challenger, "champion": champion or None}, body, decision.passed
+    challenger_report, champion_report = (
+        evaluate(open_model(uri, reg_cfg), test, data_cfg.oos_label) if uri else None
+        for uri in bar([challenger, champion], desc="evaluating", leave=False)
+    )
+    decision = decide(challenger_report, champion_report, gate_cfg)
+    body = render_gate(decision) + "\n" + render_markdown(challenger_report, f"Challenger `{challenger}`")
+    if champion_report is not None:
+        body += "\n" + render_markdown(champion_report, f"Champion `{champion}`")
+    return GateResult(decision, challenger, champion or None, body)

@@ -156,6 +156,7 @@ def name_clusters(
     candidates: list[dict],
     truth_by_request: dict[str, str],
     intents: list[str],
+    *,
     decisions: int,
     error_rate: float,
     seed: int,

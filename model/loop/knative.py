@@ -187,13 +187,6 @@ class KnativeService:
             names.add(self.revisions[-1].name)  # the latest created, for the latestRevision target
         return [r for r in self.revisions if r.name in names]
 
-    def pods_ready(self, revision: Revision, now: float) -> bool:
-        """Whether ``revision`` has pods to answer now; if not, the activator holds its requests."""
-        if revision not in self.active(now):
-            return False
-        started = max(revision.ready_at, self.active_since.get(revision.name, revision.created_at) + self.cold_start_s)
-        return now >= started
-
     def route(self, draw: float, now: float) -> Revision:
         """The revision that answers a request whose uniform draw in [0, 1) is ``draw``."""
         edge = 0.0

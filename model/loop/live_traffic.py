@@ -1,10 +1,10 @@
 """The loop's users on the running stand-in cluster, and what the conversation store makes of them.
 
 ``LiveTraffic.send`` puts a batch of examples through the simulated users (``model.loop.traffic``) to
-the revision the cluster's Knative route picks for each (``LocalCluster.arm_for``), and keeps each
-request's true intent for the simulated reviewer. The predictor's logger posts to the collector in the
-background, so every read of the store (``await_logger``, ``window_since``) first waits until the store
-holds every answered call.
+the revision the cluster's Knative route picks for each (``LocalCluster.arm_for``), and keeps what
+was sent (``sent``) and each request's true intent for the simulated reviewer (``truth``). The
+predictor's logger posts to the collector in the background, so every read of the store
+(``await_logger``, ``window_since``) first waits until the store holds every answered call.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from model.collect.export import export_window, window_rows
 from model.collect.store import open_store
 from model.core.errors import FlywheelError
 from model.loop.configs import LoopConfigs
-from model.loop.record import LoopState
 from model.loop.stand_in import LocalCluster
 from model.loop.traffic import simulate
 
@@ -30,10 +29,12 @@ LOGGER_DEADLINE_S = 120  # far above the logger's delay on a loaded 2-core machi
 
 
 class LiveTraffic:
-    """Simulated users of ``cluster``; what they send and the truth behind it go into ``state``."""
+    """Simulated users of ``cluster``, keeping what they sent and the truth behind it."""
 
-    def __init__(self, cluster: LocalCluster, store_url: str, cfgs: LoopConfigs, state: LoopState, work: Path):
-        self.cluster, self.store_url, self.cfgs, self.state, self.work = cluster, store_url, cfgs, state, work
+    def __init__(self, cluster: LocalCluster, store_url: str, cfgs: LoopConfigs, work: Path):
+        self.cluster, self.store_url, self.cfgs, self.work = cluster, store_url, cfgs, work
+        self.sent: list[pd.DataFrame] = []  # each batch of requests, as sent (traffic.COLUMNS)
+        self.truth: dict[str, str] = {}  # request id → true intent, for the simulated reviewer
 
     def send(self, examples: pd.DataFrame, phase: str, seed_offset: int) -> pd.DataFrame:
         """Each example as one user's message, to the revision the cluster's Knative route picks for it."""
@@ -41,22 +42,21 @@ class LiveTraffic:
             examples,
             self.cluster.predictor_url,
             self.cluster.collector_url,
-            self.cfgs.serve.endpoint,
-            None,
-            self.cfgs.traffic,
-            phase,
+            endpoint=self.cfgs.serve.endpoint,
+            cfg=self.cfgs.traffic,
+            phase=phase,
             oos_label=self.cfgs.data.oos_label,
             seed_offset=seed_offset,
             route=self.cluster.arm_for,
         )
-        self.state.truth.update(zip(sent["request_id"], sent["true_intent"]))
-        self.state.traffic.append(sent)
+        self.truth.update(zip(sent["request_id"], sent["true_intent"]))
+        self.sent.append(sent)
         return sent
 
     def await_logger(self, start: datetime) -> None:
         """Return once the store holds every call answered since ``start``: the predictor's logger posts
         in the background, so what a step reads must not depend on how quickly it did (a busy machine)."""
-        expected = sum(int((t["status"] == 200).sum()) for t in self.state.traffic if t["time"].min() >= start)
+        expected = sum(int((t["status"] == 200).sum()) for t in self.sent if t["time"].min() >= start)
         deadline = time.monotonic() + LOGGER_DEADLINE_S
         with self._store() as engine:
             while True:
@@ -79,7 +79,7 @@ class LiveTraffic:
         """The store's window [start, end) as the snapshot ``snapshots/<name>.parquet``."""
         with self._store() as engine:
             info = export_window(engine, start, end, self.work / "snapshots" / f"{name}.parquet")
-        return Path(info["path"])
+        return Path(info.path)
 
     @contextmanager
     def _store(self) -> Iterator[Engine]:

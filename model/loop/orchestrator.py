@@ -16,7 +16,8 @@ collect`` on loopback), simulated users (``model.loop.traffic``) and a simulated
    request follows and is merged;
 6. ``loop.json`` records everything and ``report.html`` shows it (``model.loop.report``).
 
-The stages are ``model.loop.stages.Loop``'s methods; this module runs them in order (``flywheel demo``).
+The stages are ``model.loop.stages.Loop``'s methods; this module runs them in order (``flywheel demo``),
+handing each what the ones before it returned.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.core.config import SAMPLE_DATA, LoopConfig, setting
+from model.core.config import LoopConfig
 from model.core.errors import FlywheelError
 from model.core.steps import StepResult
+from model.loop.args import DemoArgs
 from model.loop.configs import LoopConfigs, load_configs
 from model.loop.record import LoopRecord, summarise
 from model.loop.stages import Loop
@@ -48,15 +50,22 @@ def without_github() -> Iterator[None]:
             os.environ["GITHUB_TOKEN"] = saved
 
 
-@dataclass
-class DemoArgs:
-    dataset: str = setting(
-        str(SAMPLE_DATA), "labelled dataset the loop replays as users (any format `train` reads, e.g. Banking77)"
-    )
-    out: str | None = setting(None, "new folder for everything the loop makes (unset: <work dir>/loop/<time>)")
+@dataclass(frozen=True)
+class LoopTurn:
+    """One turn of the loop: where its report and record are, and each stage's outcome."""
+
+    report: str
+    loop_record: str
+    git_repo: str | None
+    seconds: float | None
+    drift: bool | None  # None: the loop stopped before the drift check
+    gate_passed: bool | None
+    canary_decision: str | None
+    offline: list[dict]  # each candidate's offline score
+    stages: dict[str, dict]  # per stage: status, seconds, summary
 
 
-def demo_command(args: DemoArgs, *, loop: LoopConfig, config_file: Path, work: Path) -> StepResult:
+def demo_command(args: DemoArgs, *, loop: LoopConfig, config_file: Path, work: Path) -> StepResult[LoopTurn]:
     """Turn the whole loop once on one machine: serve, log, drift, retrain, canary, promote; ends in an HTML report.
 
     Every other section comes from ``config_file`` (the servers the loop starts read the same file)."""
@@ -66,7 +75,8 @@ def demo_command(args: DemoArgs, *, loop: LoopConfig, config_file: Path, work: P
     record, report = run_loop(
         Path(args.dataset), out, cfgs, progress=lambda line: print(line, file=sys.stderr, flush=True)
     )
-    return StepResult(*summarise(record, report))
+    result, md = summarise(record, report)
+    return StepResult(LoopTurn(**result), md)
 
 
 def run_loop(
@@ -78,21 +88,24 @@ def run_loop(
         raise FlywheelError(f"{work}: not empty; each loop run starts in a new folder")
     work.mkdir(parents=True, exist_ok=True)
     with without_github():
-        loop = Loop(dataset, work, cfgs, progress)
+        loop, world = Loop(dataset, work, cfgs, progress), None
         try:
-            loop.setup()
-            loop.first_model()
-            if loop.traffic_and_drift() and loop.retrain().passed:
-                loop.canary()
-                loop.after_release()
+            world = loop.setup()
+            first = loop.first_model(world)
+            request = loop.traffic_and_drift(world)
+            if request is not None:
+                challenger = loop.retrain(world, request, first)
+                if challenger.passed:
+                    loop.canary(world, challenger.version)
+                    loop.after_release(world)
         except BaseException:
-            loop.close()
+            loop.close(world)
             try:  # a failed loop still leaves its record and report; the stage's own error is the one raised
-                progress(f"[{loop.clock()}] report of the failed loop: {loop.finish()}")
+                progress(f"[{loop.clock()}] report of the failed loop: {loop.finish(world)}")
             except Exception as exc:
                 progress(f"[{loop.clock()}] could not write the report: {exc}")
             raise
-        loop.close()
-        report = loop.finish()
+        loop.close(world)
+        report = loop.finish(world)
         progress(f"[{loop.clock()}] report: {report}")
-    return loop.state.record, report
+    return loop.record, report

@@ -1,7 +1,8 @@
-"""The loop's state in one typed record: ``LoopRecord`` is what ``loop.json`` holds (and the report reads);
-``LoopState`` adds what the stages hand each other and nothing writes out (data frames, paths, versions).
+"""What one turn of the loop did, as one typed record: ``LoopRecord`` is what ``loop.json`` holds (and the
+report reads). The stages hand each other what they need by return value (``model.loop.world``); each
+stage's outcome is recorded here as it ends, so a loop that stops part-way still leaves its record.
 
-``LoopRecord.to_json`` gives loop.json's content: one key per field, in field order, nested records as
+``LoopRecord.to_dict`` gives loop.json's content: one key per field, in field order, nested records as
 objects. Sections of stages that did not run are null, so a reader sees every key of a stopped loop.
 ``summarise`` turns a record into the ``flywheel demo`` step's result.
 """
@@ -11,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from model.loop.plan import DataPlan
+if TYPE_CHECKING:  # the gate step brings PyTorch; the report reads records without it
+    from model.evaluate.steps import GateResult
 
 
 @dataclass
@@ -72,25 +73,22 @@ class DriftOutcome:
 
 @dataclass
 class GateOutcome:
-    """The gate's verdict on the newest model trained.
+    """The gate's verdict on the newest model trained: the gate step's result, kept whole (loop.json carries
+    it flat, as ``flywheel gate`` reports it, beside its markdown and the data)."""
 
-    ``step_result`` is the gate step's result as ``flywheel gate`` reports it (passed, checks, reasons,
-    digests, both evaluations), kept whole: loop.json carries it flat, beside the markdown and the data."""
-
-    step_result: dict
-    markdown: str
+    result: GateResult
     data: str  # which data the model was trained and tested on
 
     @property
     def passed(self) -> bool:
-        return bool(self.step_result["passed"])
+        return self.result.passed
 
     @property
     def reasons(self) -> list[str]:
-        return list(self.step_result.get("reasons", []))
+        return self.result.decision.reasons
 
-    def to_json(self) -> dict:
-        return {**self.step_result, "markdown": self.markdown, "data": self.data}
+    def to_dict(self) -> dict:
+        return {**self.result.to_dict(), "markdown": self.result.markdown, "data": self.data}
 
 
 @dataclass
@@ -172,35 +170,11 @@ class LoopRecord:
     finished_at: str | None = None
     seconds: float | None = None
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         """loop.json's content (JSON types, but for numbers numpy may have given)."""
         data = dataclasses.asdict(self)
-        data["gate"] = self.gate.to_json() if self.gate else None
+        data["gate"] = self.gate.to_dict() if self.gate else None
         return data
-
-
-@dataclass
-class LoopState:
-    """The record being written, and what the stages hand each other without writing it out."""
-
-    record: LoopRecord
-    plan: DataPlan | None = None  # setup: seed set, traffic pool, full test set
-    seed_csv: Path | None = None  # setup: the seed set as the steps read it
-    truth: dict[str, str] = field(default_factory=dict)  # request id → true intent, for the simulated reviewer
-    traffic: list[pd.DataFrame] = field(default_factory=list)  # each batch of simulated requests, as sent
-    first_version: int | None = None  # first-model: the registered version that serves first
-    challenger: int | None = None  # retrain: the version that passed the gate
-    reference_window: Path | None = None  # traffic: the snapshot before the shift
-    current_window: Path | None = None  # traffic: the snapshot of the shifted traffic
-    retrain_request: Path | None = None  # drift: the merged retrain request (its window is exported)
-
-    @property
-    def known(self) -> list[str]:
-        return self.record.intents.known_at_start
-
-    @property
-    def held_back(self) -> list[str]:
-        return self.record.intents.held_back
 
 
 def summarise(record: LoopRecord, report: Path) -> tuple[dict, str]:

@@ -15,9 +15,7 @@ import functools
 import json
 import os
 import urllib.parse
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import pandas as pd
 import plotly.offline
@@ -25,11 +23,11 @@ from jinja2 import Environment, PackageLoader, Template
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from model.core.config import required, setting
 from model.core.errors import FlywheelError
 from model.core.files import write_text
 from model.core.git import git, run_git
 from model.core.steps import StepResult
+from model.loop.args import ReportArgs
 from model.loop.charts import RATED, pct, render_charts, version_label
 from model.loop.record import LoopRecord
 
@@ -42,7 +40,7 @@ _markdown = MarkdownIt("js-default")
 
 
 def render_report(record: dict, out: Path) -> Path:
-    """Write the report for ``record`` (loop.json's content: ``LoopRecord.to_json()``) to ``out`` (through a
+    """Write the report for ``record`` (loop.json's content: ``LoopRecord.to_dict()``) to ``out`` (through a
     temporary file) and return its path."""
     out = Path(out)
     traffic = load_traffic(record.get("traffic"))
@@ -217,14 +215,13 @@ def _template() -> Template:
     return env.get_template(TEMPLATE)
 
 
-@dataclass
-class ReportArgs:
-    POSITIONAL: ClassVar[tuple[str, ...]] = ("loop_json",)  # flywheel report LOOP_JSON
-    loop_json: str = required("the loop record (loop.json) of a `flywheel demo` run")
-    out: str | None = setting(None, "HTML file to write (unset: report.html beside the loop record)")
+@dataclasses.dataclass(frozen=True)
+class RenderedReport:
+    report: str  # the HTML file
+    loop_record: str
 
 
-def report_command(args: ReportArgs) -> StepResult:
+def report_command(args: ReportArgs) -> StepResult[RenderedReport]:
     """Render the HTML report of a loop from its record (loop.json), e.g. after changing the template."""
     source = Path(args.loop_json)
     try:
@@ -232,4 +229,4 @@ def report_command(args: ReportArgs) -> StepResult:
     except (OSError, json.JSONDecodeError) as exc:
         raise FlywheelError(f"loop record {source}: {exc}") from exc
     out = render_report(record, Path(args.out) if args.out else source.with_name("report.html"))
-    return StepResult({"report": str(out), "loop_record": str(source)}, f"Loop report: `{out}`\n")
+    return StepResult(RenderedReport(str(out), str(source)), f"Loop report: `{out}`\n")

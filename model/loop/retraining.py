@@ -2,7 +2,7 @@
 (checked, queued for review, labelled by the simulated reviewer within budget, prepared, checked again;
 how many held-back intents the candidate new intents found is recorded with the labelling),
 and a training set becomes a candidate (trained, gated against the champion, registered if it passed,
-scored on the full test set). Each fills its section of the loop record.
+scored on the full test set). Each returns its outcome; the stage that called it records it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pandas as pd
 
 from data_checks.validate import check_data
 from model.artifact.predictor import IntentPredictor
-from model.core.config import PrepareConfig
+from model.core.config import LoopConfig, PrepareConfig
 from model.core.errors import FlywheelError
 from model.core.reports import write_reports
 from model.data.conversations import read_snapshot
@@ -24,12 +24,13 @@ from model.evaluate.evaluation import evaluate
 from model.evaluate.steps import gate_step
 from model.loop import annotator
 from model.loop.configs import LoopConfigs
-from model.loop.record import GateOutcome, Labelling, LoopState, OfflineScore
+from model.loop.record import GateOutcome, Labelling, OfflineScore
+from model.loop.world import World
 from model.prepare.discovery import discovery_figures
 from model.prepare.entity_labels import types_of
-from model.prepare.steps import prepare_step
+from model.prepare.steps import Prepared, prepare_step
 from model.registry.steps import register_step
-from model.train.steps import train_step
+from model.train.steps import Trained, train_step
 
 NOT_REGISTERED = "not registered (gate rejected)"
 
@@ -38,7 +39,7 @@ NOT_REGISTERED = "not registered (gate rejected)"
 class Candidate:
     """A model trained in the loop: the train step's result, the gate's verdict, its offline score."""
 
-    trained: dict
+    trained: Trained
     gate: GateOutcome
     offline: OfflineScore
     version: int | None  # registered version; None when the gate rejected it
@@ -48,141 +49,168 @@ class Candidate:
         return self.gate.passed
 
 
-def train_gate_register(data: Path, note: str, state: LoopState, cfgs: LoopConfigs, work: Path) -> Candidate:
+@dataclass
+class LabelledSet:
+    """A training set made from a logged window: where it is, its rows, and what the reviewer did."""
+
+    examples: Path
+    rows: int
+    labelling: Labelling
+
+
+def train_gate_register(data: Path, note: str, world: World, cfgs: LoopConfigs, work: Path) -> Candidate:
     """Train on ``data``, evaluate on the full test set, gate against the champion, register if passed."""
     reports = work / "reports"
     trained, md = train_step(data, cfgs.data, cfgs.train, cfgs.registry, work)
     write_reports(reports, "train", trained, md)
-    gated, gate_md, passed = gate_step(trained["artifact"], "auto", data, "test", cfgs.data, cfgs.gate, cfgs.registry)
-    gate_file = write_reports(reports, "gate", gated, gate_md)
-    gate = state.record.gate = GateOutcome(step_result=gated, markdown=gate_md, data=note)
-    test = state.plan.test
-    scores = evaluate(IntentPredictor.load(Path(trained["artifact"])), test, cfgs.data.oos_label)
+    gated = gate_step(
+        trained.artifact, "auto", data, "test", data_cfg=cfgs.data, gate_cfg=cfgs.gate, reg_cfg=cfgs.registry
+    )
+    gate_file = write_reports(reports, "gate", gated, gated.markdown)
+    test = world.plan.test
+    scores = evaluate(IntentPredictor.load(Path(trained.artifact)), test, cfgs.data.oos_label)
     version = None
-    if passed:
-        registered, reg_md = register_step(Path(trained["artifact"]), gate_file, cfgs.registry)
+    if gated.passed:
+        registered, reg_md = register_step(Path(trained.artifact), gate_file, cfgs.registry)
         write_reports(reports, "register", registered, reg_md)
-        version = registered["version"]
+        version = registered.version
     offline = OfflineScore(
-        test_accuracy=scores["accuracy"],
-        macro_f1=scores["macro_f1"],
-        test_set=f"{len(test)} test rows of all {len(state.known) + len(state.held_back)} intents",
+        test_accuracy=scores.accuracy,
+        macro_f1=scores.macro_f1,
+        test_set=f"{len(test)} test rows of all {len(world.intents.known_at_start + world.intents.held_back)} intents",
         model_version=NOT_REGISTERED if version is None else str(version),
     )
-    state.record.offline.append(offline)
-    return Candidate(trained=trained, gate=gate, offline=offline, version=version)
+    return Candidate(trained=trained, gate=GateOutcome(result=gated, data=note), offline=offline, version=version)
 
 
-def labelled_training_set(
-    snapshot: Path, strategy: str, tag: str, label_seed: int, state: LoopState, cfgs: LoopConfigs, work: Path
-) -> tuple[Path, int]:
-    """The training set made from the logged window ``snapshot`` and the reviewer's labels: (its path, rows)."""
-    loop_cfg, reports = cfgs.loop, work / "reports"
-    _check_or_refuse(snapshot, None, None, cfgs.prepare, cfgs, reports, "the exported window")
+def labelled_training_set(snapshot: Path, strategy: str, world: World, cfgs: LoopConfigs, work: Path) -> LabelledSet:
+    """The training set made from the logged window ``snapshot`` and the reviewer's labels (``strategy``)."""
+    loop_cfg, reports, plan, users = cfgs.loop, work / "reports", world.plan, world.users
+    known, held_back = world.intents.known_at_start, world.intents.held_back
+    _check_or_refuse("the exported window", prep_cfg=cfgs.prepare, cfgs=cfgs, reports=reports, events=snapshot)
     # the held-back intents, and entity types only they use, are new to the seed set: declared, not typos
-    new_types = sorted(types_of(state.plan.pool) - types_of(state.plan.seed))
-    prep_cfg = dataclasses.replace(cfgs.prepare, new_intents=list(state.held_back), new_entity_types=new_types)
+    new_types = sorted(types_of(plan.pool) - types_of(plan.seed))
+    prep_cfg = dataclasses.replace(cfgs.prepare, new_intents=list(held_back), new_entity_types=new_types)
     # the review queue alone first (nothing logged to MLflow, no labels to check): what the reviewer is handed
     queue_cfg = dataclasses.replace(prep_cfg, log_to_mlflow=False, label_check=False)
-    queue_run, _ = _prepare(snapshot, None, "queue", tag, queue_cfg, state, cfgs, work)
-    queue = pd.read_csv(queue_run["review_queue"]["csv"], dtype={"request_id": str, "conversation_id": str})
-    found = discovery_figures(
-        queue_run["review_queue"]["new_intent_candidates_json"], state.truth, set(state.held_back)
+    datasets, labels_dir = work / "datasets", work / "labels"
+    queue_run, _ = _prepare(
+        snapshot, None, datasets / f"queue-{strategy}", world, prep_cfg=queue_cfg, cfgs=cfgs, work=work
     )
-    seed = loop_cfg.seed + label_seed
-    intents = sorted(set(state.known) | set(state.held_back)) + [cfgs.data.oos_label]
+    queue = pd.read_csv(queue_run.review_queue["csv"], dtype={"request_id": str, "conversation_id": str})
+    found = discovery_figures(queue_run.review_queue["new_intent_candidates_json"], users.truth, set(held_back))
+    seed = loop_cfg.seed  # the reviewer's picks (random strategy) and mistakes
+    intents = sorted(set(known) | set(held_back)) + [cfgs.data.oos_label]
     names, clusters = _named_clusters(
-        queue_run, strategy, intents, seed, state, cfgs, work / "labels" / f"{tag}-clusters.csv"
-    )
+        queue_run, strategy, intents, truth=users.truth, seed=seed, loop_cfg=loop_cfg,
+        path=labels_dir / f"{strategy}-clusters.csv",
+    )  # fmt: skip
     # the named clusters' messages are labelled already: the one-by-one labels go to the rest
     unnamed = queue[~queue["text"].isin(clusters.pop("named_texts", []))]
     budget = loop_cfg.label_budget - clusters.get("clusters_judged", 0)
     items = annotator.pick(unnamed, read_snapshot(snapshot), budget, strategy, seed)
-    entities = annotator.true_entities(state.traffic, state.plan.pool)
-    labelled, stats = annotator.label(items, state.truth, intents, loop_cfg.annotator_error_rate, seed, entities)
-    labels = annotator.write_labels(labelled, work / "labels" / f"{tag}.csv")
-    prepared, prep_md = _prepare(snapshot, labels, "retrain", tag, prep_cfg, state, cfgs, work, names)
+    entities = annotator.true_entities(users.sent, plan.pool)
+    labelled, stats = annotator.label(items, users.truth, intents, loop_cfg.annotator_error_rate, seed, entities)
+    labels = annotator.write_labels(labelled, labels_dir / f"{strategy}.csv")
+    prepared, prep_md = _prepare(
+        snapshot, labels, datasets / f"retrain-{strategy}", world,
+        prep_cfg=prep_cfg, cfgs=cfgs, work=work, cluster_names=names,
+    )  # fmt: skip
     write_reports(reports, "prepare", prepared, prep_md)
-    examples = Path(prepared["snapshot"])
-    _check_or_refuse(None, examples, state.seed_csv, prep_cfg, cfgs, reports, "the prepared training set")
-    state.record.labelling = Labelling(
+    examples = Path(prepared.snapshot)
+    _check_or_refuse(
+        "the prepared training set", prep_cfg=prep_cfg, cfgs=cfgs, reports=reports,
+        training=examples, reference=world.seed_csv,
+    )  # fmt: skip
+    labelling = Labelling(
         strategy=strategy,
         budget=loop_cfg.label_budget,
         queue_length=len(queue),
         **stats,
-        new_intent_labels=int(labelled["intent"].isin(state.held_back).sum()),
-        new_intents_waiting_for_labels=prepared["labelling"]["new_intents_waiting_for_labels"],
+        new_intent_labels=int(labelled["intent"].isin(held_back).sum()),
+        new_intents_waiting_for_labels=prepared.labelling["new_intents_waiting_for_labels"],
         discovery=found,
         **clusters,
-        label_check=prepared["label_check"],
-        label_check_score=_recheck_score(prepared, labelled, state),
+        label_check=prepared.label_check,
+        label_check_score=_recheck_score(prepared, labelled, users.truth),
     )
-    return examples, prepared["rows"]
+    return LabelledSet(examples=examples, rows=prepared.rows, labelling=labelling)
 
 
 def _named_clusters(
-    queue_run: dict, strategy: str, intents: list[str], seed: int, state: LoopState, cfgs: LoopConfigs, path: Path
+    queue_run: Prepared,
+    strategy: str,
+    intents: list[str],
+    *,
+    truth: dict[str, str],
+    seed: int,
+    loop_cfg: LoopConfig,
+    path: Path,
 ) -> tuple[Path | None, dict]:
     """With ``cluster_decisions`` and the queue strategy, the candidates CSV the reviewer named (and what
     that cost and labelled: ``annotator.name_clusters``); else nothing."""
-    decisions = min(cfgs.loop.cluster_decisions, cfgs.loop.label_budget)
+    decisions = min(loop_cfg.cluster_decisions, loop_cfg.label_budget)
     if strategy != "queue" or decisions <= 0:
         return None, {}
-    files = queue_run["review_queue"]
+    files = queue_run.review_queue
     table = pd.read_csv(files["new_intent_candidates"], dtype=str, keep_default_na=False)
     candidates = json.loads(Path(files["new_intent_candidates_json"]).read_text())
-    error_rate = cfgs.loop.annotator_error_rate
-    named, stats = annotator.name_clusters(table, candidates, state.truth, intents, decisions, error_rate, seed)
+    named, stats = annotator.name_clusters(
+        table, candidates, truth, intents, decisions=decisions, error_rate=loop_cfg.annotator_error_rate, seed=seed
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     named.to_csv(path, index=False)
     return path, stats
 
 
-def _recheck_score(prepared: dict, labelled: pd.DataFrame, state: LoopState) -> dict:
+def _recheck_score(prepared: Prepared, labelled: pd.DataFrame, truth: dict[str, str]) -> dict:
     """``annotator.recheck_score`` of the reviewer's labels against the human rows prepare flagged."""
-    recheck = pd.read_csv(prepared["review_queue"]["recheck_csv"], dtype=str, keep_default_na=False)
+    recheck = pd.read_csv(prepared.review_queue["recheck_csv"], dtype=str, keep_default_na=False)
     flagged = recheck.loc[recheck["source"] == "human", "text"].tolist()
-    true = [state.truth[r] for r in labelled["request_id"]]
+    true = [truth[r] for r in labelled["request_id"]]
     return annotator.recheck_score(flagged, labelled["text"].tolist(), labelled["intent"].tolist(), true)
 
 
 def _prepare(
     snapshot: Path,
     labels: Path | None,
-    kind: str,
-    tag: str,
+    out: Path,
+    world: World,
+    *,
     prep_cfg: PrepareConfig,
-    state: LoopState,
     cfgs: LoopConfigs,
     work: Path,
     cluster_names: Path | None = None,
-) -> tuple[dict, str]:
-    """``flywheel prepare`` on the window and the seed set, into ``datasets/<kind>-<tag>``."""
-    out = work / "datasets" / f"{kind}-{tag}"
+) -> tuple[Prepared, str]:
+    """``flywheel prepare`` on the window and the seed set, into ``out``."""
     return prepare_step(
         snapshot,
-        state.seed_csv,
+        world.seed_csv,
         labels,
         out,
-        cfgs.data,
-        prep_cfg,
-        cfgs.pii,
-        cfgs.registry,
-        work,
+        data_cfg=cfgs.data,
+        prep_cfg=prep_cfg,
+        pii_cfg=cfgs.pii,
+        reg_cfg=cfgs.registry,
+        work=work,
         cluster_names=cluster_names,
     )
 
 
 def _check_or_refuse(
-    events: Path | None,
-    training: Path | None,
-    reference: Path | None,
+    what: str,
+    *,
     prep_cfg: PrepareConfig,
     cfgs: LoopConfigs,
     reports: Path,
-    what: str,
+    events: Path | None = None,
+    training: Path | None = None,
+    reference: Path | None = None,
 ) -> None:
     """``flywheel check-data``; the loop stops where a real pipeline would."""
-    _, md, ok = check_data(events, training, reference, cfgs.data, prep_cfg, cfgs.checks, reports / "data-docs")
+    docs = reports / "data-docs"
+    _, md, ok = check_data(
+        events, training, reference, data_cfg=cfgs.data, prep_cfg=prep_cfg, cfg=cfgs.checks, docs_dir=docs
+    )
     if not ok:
         raise FlywheelError(f"check-data refused {what} {events or training}:\n{md}")

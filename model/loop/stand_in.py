@@ -60,9 +60,8 @@ class StandInRepo:
         git(path, "commit", "--quiet", "-m", "Manifests as Argo CD syncs them (copied from Flywheel)", env=IDENTITY)
         return cls(path)
 
-    def merge(self, pull_request: dict) -> str:
+    def merge(self, branch: str) -> str:
         """Merge a proposed branch into ``main`` (fast-forward: its one commit lands as it is)."""
-        branch = pull_request["branch"]
         git(self.path, "merge", "--quiet", "--ff-only", branch, env=IDENTITY)
         return git(self.path, "rev-parse", "HEAD").strip()
 
@@ -82,6 +81,7 @@ class LocalCluster:
         repo: StandInRepo,
         env: str,
         work: Path,
+        *,
         config_file: Path,
         model_name: str,
         endpoint: str,

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from model.core.config import SAMPLE_DATA, CollectorConfig, DataConfig, ServeConfig, TrafficConfig, setting
+from model.core.config import DataConfig, TrafficConfig
 from model.core.files import replacing
 from model.core.steps import StepResult
 from model.data.examples import load_examples
+from model.loop.args import TrafficArgs
 from model.loop.traffic import simulate
 
 
@@ -34,46 +35,49 @@ def summarize(frame: pd.DataFrame) -> dict:
     return arms
 
 
-@dataclass
-class TrafficArgs:
-    data: str = setting(str(SAMPLE_DATA), "labelled messages to replay as users (any format `train` reads)")
-    limit: int | None = setting(
-        None, "send at most this many messages (unset: all), after shuffling with the traffic seed"
-    )
-    predictor_url: str = setting(f"http://{ServeConfig.host}:{ServeConfig.http_port}", "the running `flywheel serve`")
-    collector_url: str = setting(
-        f"http://{CollectorConfig.host}:{CollectorConfig.http_port}", "the running `flywheel collect`"
-    )
-    endpoint: str = setting(ServeConfig.endpoint, "the predictor's model name; the canary is <endpoint>-canary")
-    canary_percent: int = setting(0, "share of messages (0-100) sent to the canary, each drawn independently")
-    phase: str = setting("traffic", "label stored on every row (e.g. before-shift, canary)")
-    out: str | None = setting(None, "Parquet file of the rows (unset: <work dir>/traffic/<time>-<phase>.parquet)")
+@dataclass(frozen=True)
+class TrafficRun:
+    """One phase of simulated users: what was sent where, and per arm what came back."""
+
+    phase: str
+    data: str
+    requests: int
+    canary_percent: int
+    predictor_url: str
+    collector_url: str
+    started: str  # ISO 8601
+    rows: str  # the Parquet file of the rows
+    arms: dict[str, dict]  # per arm: model versions, requests, failed, accuracy, fallback rate, feedback
 
 
-def traffic_command(args: TrafficArgs, *, data: DataConfig, traffic: TrafficConfig, work: Path) -> StepResult:
+def traffic_command(
+    args: TrafficArgs, *, data: DataConfig, traffic: TrafficConfig, work: Path
+) -> StepResult[TrafficRun]:
     """Simulated users: send labelled messages through the predictor, react from the truth to the collector."""
     out = Path(args.out) if args.out else None
     return StepResult(
         *traffic_step(
-            Path(args.data), args.limit or 0, args.predictor_url, args.collector_url, args.endpoint,
-            args.canary_percent, args.phase, out, data, traffic, work,
+            Path(args.data), args.predictor_url, args.collector_url, endpoint=args.endpoint,
+            canary_percent=args.canary_percent, phase=args.phase, limit=args.limit or 0, out=out,
+            data_cfg=data, cfg=traffic, work=work,
         )
     )  # fmt: skip
 
 
 def traffic_step(
     data: Path,
-    limit: int,
     predictor_url: str,
     collector_url: str,
+    *,
     endpoint: str,
     canary_percent: int,
     phase: str,
+    limit: int,
     out: Path | None,
     data_cfg: DataConfig,
     cfg: TrafficConfig,
     work: Path,
-) -> tuple[dict, str]:
+) -> tuple[TrafficRun, str]:
     """Replay a labelled dataset (shuffled with the traffic seed, at most ``limit`` messages) as users."""
     examples = load_examples(data, data_cfg)[["text", "intent"]]
     examples = examples.sample(frac=1, random_state=cfg.seed).reset_index(drop=True)
@@ -86,24 +90,24 @@ def traffic_step(
             print(f"traffic {phase}: {done}/{total}", file=sys.stderr, flush=True)
 
     frame = simulate(
-        examples, predictor_url, collector_url, endpoint, canary_percent, cfg, phase,
-        data_cfg.oos_label, progress=report,
+        examples, predictor_url, collector_url, endpoint=endpoint, cfg=cfg, phase=phase,
+        canary_percent=canary_percent, oos_label=data_cfg.oos_label, progress=report,
     )  # fmt: skip
     target = out or work / "traffic" / f"{started:%Y%m%dT%H%M%S}-{phase}.parquet"
     with replacing(target) as partial:  # a reader never sees half a file
         frame.to_parquet(partial, index=False)
     arms = summarize(frame)
-    result = {
-        "phase": phase,
-        "data": str(data),
-        "requests": len(frame),
-        "canary_percent": canary_percent,
-        "predictor_url": predictor_url,
-        "collector_url": collector_url,
-        "started": started.isoformat(),
-        "rows": str(target),
-        "arms": arms,
-    }
+    result = TrafficRun(
+        phase=phase,
+        data=str(data),
+        requests=len(frame),
+        canary_percent=canary_percent,
+        predictor_url=predictor_url,
+        collector_url=collector_url,
+        started=started.isoformat(),
+        rows=str(target),
+        arms=arms,
+    )
     lines = "\n".join(
         f"| {arm} | {', '.join(a['model_versions'])} | {a['requests']} | {a['failed']} | {a['accuracy']} | "
         f"{a['fallback_rate']} | {', '.join(f'{k} {n}' for k, n in sorted(a['feedback'].items())) or 'none'} |"

@@ -6,6 +6,7 @@ digest and a datasheet; the review queue itself (CSV and Label Studio tasks with
 intent and entity spans pre-annotated, spread over clusters of similar messages, its recheck
 section of flagged labels, and their import) and the candidate new intents those clusters make
 (named in one decision each).
+The step's flags are in ``args``, apart so that the step table imports none of this.
 
 Imports: ``model.core``, ``model.data``, ``model.artifact``, ``model.registry``, ``data_checks``.
 """

@@ -12,7 +12,6 @@ on what it already says); a text in test and elsewhere leaves the elsewhere.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 
 import pandas as pd
@@ -20,6 +19,7 @@ import pandas as pd
 from model.core.config import DataConfig, PrepareConfig
 from model.data.examples import assign_splits, in_test_share
 from model.prepare.cleaning import exact_key
+from model.prepare.labelling import stable_rank
 
 
 @dataclass
@@ -48,10 +48,6 @@ def balance_examples(
     return Balanced(kept, capped, below_floor, waiting)
 
 
-def _stable_rank(texts: pd.Series) -> pd.Series:
-    return texts.map(lambda t: hashlib.sha256(t.encode()).hexdigest())
-
-
 def balance(df: pd.DataFrame, cfg: PrepareConfig, oos_label: str) -> tuple[pd.DataFrame, dict, dict]:
     """Cap each intent by leaving out auto-labels (never human, seed or test rows); report those under the floor."""
     counts = df.loc[df["intent"] != oos_label, "intent"].value_counts()
@@ -63,7 +59,7 @@ def balance(df: pd.DataFrame, cfg: PrepareConfig, oos_label: str) -> tuple[pd.Da
         candidates = df[(df["intent"] == intent) & (df["source"] == "auto") & (df["split"] != "test")]
         excess = min(n - cfg.intent_cap, len(candidates))
         if excess:
-            order = _stable_rank(candidates["text"]).sort_values().index[:excess]
+            order = stable_rank(candidates["text"]).sort_values().index[:excess]
             drop_idx.extend(order)
             capped[intent] = int(excess)
     df = df.drop(index=drop_idx)

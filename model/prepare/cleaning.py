@@ -26,6 +26,12 @@ _DIGITS = re.compile(r"\d+")
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"), None)
 
 
+def per_text(texts: pd.Series, rule) -> pd.Series:
+    """``rule`` of each text, computed once per distinct text: a window repeats its messages."""
+    distinct = texts.unique()
+    return texts.map(dict(zip(distinct, map(rule, distinct))))
+
+
 def normalise(text: str) -> str:
     """NFKC (full-width letters, ligatures, non-breaking spaces), no invisible characters, single spaces."""
     text = unicodedata.normalize("NFKC", str(text)).translate(_INVISIBLE)
@@ -48,8 +54,7 @@ def near_key(text: str) -> str:
 
 def is_noise(text: str, min_letters: int) -> bool:
     """Too few letters to carry an intent once placeholders are set aside ("???", "ok", "<EMAIL>", "1234")."""
-    letters = sum(ch.isalpha() for ch in _PLACEHOLDER.sub(" ", text))
-    return letters < min_letters
+    return sum(map(str.isalpha, _PLACEHOLDER.sub(" ", text))) < min_letters
 
 
 def clean(
@@ -69,7 +74,7 @@ def clean(
     """
     removed: dict[str, int] = {}
     df = df.copy()
-    df["text"] = df["text"].map(normalise)
+    df["text"] = per_text(df["text"], normalise)
 
     def drop(rule: str, mask: pd.Series) -> None:
         nonlocal df
@@ -77,10 +82,10 @@ def clean(
         df = df[~mask]
 
     drop("empty", df["text"] == "")
-    drop("noise", df["text"].map(lambda t: is_noise(t, min_letters)))
+    drop("noise", per_text(df["text"], lambda t: is_noise(t, min_letters)).astype(bool))
     drop("too_short", df["text"].str.len() < min_chars)
     drop("too_long", df["text"].str.len() > max_chars)
-    df = df.assign(_exact=df["text"].map(exact_key), _near=df["text"].map(near_key))
+    df = df.assign(_exact=per_text(df["text"], exact_key), _near=per_text(df["text"], near_key))
     df["traffic"] = df.groupby("_near")["_near"].transform("size").astype(int)
     drop("duplicate_of_training_set", df["_exact"].isin(known_texts or set()))
     drop("near_duplicate_of_training_set", df["_near"].isin(known_near or set()))

@@ -35,9 +35,10 @@ def input_summary(
 
 def labelling_summary(
     labelled: Labelled,
+    examples: pd.DataFrame,
+    *,
     exported: int,
     cleaned_logs: int,
-    examples: pd.DataFrame,
     known_intents: set[str],
     waiting: dict[str, int],
     oos_label: str,
@@ -45,12 +46,15 @@ def labelling_summary(
     """The datasheet's ``labelling`` section: where labels came from, what was queued, new intents."""
     return {
         "auto_labelled": len(labelled.auto),
+        "auto_labels_over_limit": labelled.auto_over_limit,
         "human_new": len(labelled.new_human),
         "human_relabelled": labelled.relabelled,
         "human_conflicts_kept": labelled.conflicts,
         "review_candidates": len(labelled.review),
         "review_exported": exported,
-        "unused_unrated_or_unsure": int(cleaned_logs - len(labelled.auto) - len(labelled.review)),
+        "unused_unrated_or_unsure": int(
+            cleaned_logs - len(labelled.auto) - labelled.auto_over_limit - len(labelled.review)
+        ),
         "new_intents": sorted(set(examples["intent"]) - known_intents - {oos_label}),
         "new_intents_waiting_for_labels": waiting,
     }
@@ -170,7 +174,13 @@ def render_datasheet(sheet: dict) -> str:
         "|---|---:|",
         *[f"| {rule} | {n} |" for rule, n in sheet["removed"].items()],
         "",
-        f"Labelling: {lab['auto_labelled']} auto-labelled, {lab['human_new']} new human labels, "
+        f"Labelling: {lab['auto_labelled']} auto-labelled"
+        + (
+            f" ({lab['auto_labels_over_limit']} more trusted answers past auto_label_limit left out)"
+            if lab.get("auto_labels_over_limit")
+            else ""
+        )
+        + f", {lab['human_new']} new human labels, "
         f"{lab['human_relabelled']} relabelled by humans, "
         f"{lab['human_conflicts_kept']} conflicts with earlier human labels "
         f"(earlier kept), {lab['review_candidates']} to review ({lab['review_exported']} exported).",

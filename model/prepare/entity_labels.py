@@ -95,6 +95,9 @@ def predicted_column(logs: pd.DataFrame, known: set[str]) -> tuple[pd.Series, in
     such rows there were. The snapshot's cells hold ``start, end, type, value, confidence``."""
     out, lost = [], 0
     for text, cell in zip(logs["text"], cells(logs)):
+        if cell == NONE:  # most answers: no entity to place
+            out.append(NONE)
+            continue
         spans = _read_predicted(cell)
         fit = spans is not None and all(s["type"] in known for s in spans)
         placed = place_spans(text, spans) if fit else None

@@ -12,7 +12,7 @@ that many, those whose given label has the lowest out-of-sample probability firs
 slips are scattered thinly over thousands of pairs of intents: on Banking77 with 5% planted
 mistakes, cleanlab's per-pair pruning (``prune_by_noise_rate``, its default) caught about 70% of
 them, ranking all rows against the one estimated total 93 to 100%, flagging 2% of the right labels
-(the README says how this was measured).
+(docs/benchmarks.md says how this was measured).
 
 Only this run's new labels may be flagged: the labels file's rows and the auto-labels. The seed set
 and earlier runs' rows are the reference the classifier learns from, not rechecked. A label that

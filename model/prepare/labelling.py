@@ -14,6 +14,7 @@ answer predicting an entity type the training set does not know.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -36,6 +37,7 @@ class Labelled:
     conflicts: int  # texts whose earlier human label differs from the new one (the earlier one stays)
     entity_types: list[str] = field(default_factory=list)  # the spans' vocabulary (known plus declared)
     spans_lost: dict[str, int] = field(default_factory=dict)  # rows whose spans were dropped, per input
+    auto_over_limit: int = 0  # trusted answers past ``auto_label_limit``, left out
 
     def examples(self) -> pd.DataFrame:
         """The training set to balance and split: existing, new human and auto-labelled rows."""
@@ -74,11 +76,10 @@ def label(
     new_human = new_human_examples(human, base, logs)
     # a text a human labelled is neither auto-labelled nor queued for review again
     unlabelled = logs[~logs["text"].map(exact_key).isin(human_labels)]
-    auto = auto_labels(unlabelled, known_intents, cfg)
+    auto, over_limit = auto_labels(unlabelled, known_intents, cfg)
     lost = {"training_set": lost_base, "human_labels": lost_human + lost_relabel, "predictions": lost_logs}
-    return Labelled(
-        base, new_human, auto, review_candidates(unlabelled), relabelled, conflicts, sorted(entity_types), lost
-    )
+    review = review_candidates(unlabelled)
+    return Labelled(base, new_human, auto, review, relabelled, conflicts, sorted(entity_types), lost, over_limit)
 
 
 def apply_human_labels(
@@ -130,9 +131,19 @@ def may_auto_label(logs: pd.DataFrame, known_intents: set[str], cfg: PrepareConf
     )
 
 
-def auto_labels(logs: pd.DataFrame, known_intents: set[str], cfg: PrepareConfig) -> pd.DataFrame:
-    """The logged messages whose answer may be trusted as their label (``may_auto_label``), with the
-    model's predicted entities (placed by ``label``; none where the logs have no ``entities``)."""
+def auto_labels(logs: pd.DataFrame, known_intents: set[str], cfg: PrepareConfig) -> tuple[pd.DataFrame, int]:
+    """The logged messages whose answer may be trusted as their label (``may_auto_label``), at most
+    ``auto_label_limit`` of them (those first by text hash: the same texts every run, each intent in
+    proportion to its share), with the model's predicted entities (placed by ``label``; none where the
+    logs have no ``entities``); and how many trusted answers were past the limit."""
     trusted = logs[may_auto_label(logs, known_intents, cfg)]
+    over = max(0, len(trusted) - cfg.auto_label_limit)
+    if over:
+        trusted = trusted.loc[stable_rank(trusted["text"]).sort_values(kind="stable").index[: cfg.auto_label_limit]]
     entities = entity_labels.cells(trusted).map(entity_labels.canonical)
-    return trusted.assign(intent=trusted["predicted_intent"], source="auto", split="", **{ENTITIES: entities})
+    return trusted.assign(intent=trusted["predicted_intent"], source="auto", split="", **{ENTITIES: entities}), over
+
+
+def stable_rank(texts: pd.Series) -> pd.Series:
+    """A rank of texts that depends on nothing but each text (its sha256): which auto-labels a limit keeps."""
+    return texts.map(lambda t: hashlib.sha256(t.encode()).hexdigest())

@@ -27,40 +27,43 @@ import pandas as pd
 
 from data_checks.embeddings import Embedder
 from data_checks.pii import Scanner
-from model.core.config import SAMPLE_DATA, DataConfig, PiiConfig, PrepareConfig, RegistryConfig, required, setting
+from model.core.config import DataConfig, PiiConfig, PrepareConfig, RegistryConfig
 from model.core.errors import FlywheelError
 from model.core.files import replacing
 from model.core.steps import StepResult
 from model.data.conversations import read_snapshot
 from model.data.examples import assign_splits, dataset_digest, load_examples
+from model.prepare.args import PrepareArgs
 from model.prepare.balancing import balance_examples, split_examples
 from model.prepare.cleaning import clean_inputs, exact_key
-from model.prepare.clusters import cluster_review, diverse_order, embed
+from model.prepare.clusters import POOLED, cluster_review, diverse_order, embed
 from model.prepare.datasheet import datasheet, input_summary, labelling_summary, log_to_mlflow, render_datasheet
 from model.prepare.discovery import candidate_summary, propose_intents, read_cluster_names, write_candidates
 from model.prepare.entity_labels import types_of
 from model.prepare.label_check import LabelCheck, check_new_labels
 from model.prepare.labelling import Labelled, label
 from model.prepare.recheck import second_look_texts, write_recheck
-from model.prepare.review_queue import read_labels, write_queue
+from model.prepare.review_queue import order_queue, read_labels, write_queue
 
 
-@dataclass
-class PrepareArgs:
-    snapshot: str = required(
-        "conversation snapshot (Parquet, the collector's export; schema in model/data/conversations.py)"
-    )
-    data: str = setting(str(SAMPLE_DATA), "current training set (any format `train` reads)")
-    labels: str | None = setting(
-        None, "human labels to merge: Label Studio JSON export or the review CSV with 'intent' filled in"
-    )
-    cluster_names: str | None = setting(
-        None,
-        "the review folder's new_intent_candidates.csv, 'name' filled in: a named cluster's messages get that intent",
-    )
-    out: str | None = setting(
-        None, "folder to create for the prepared snapshot (unset: <work dir>/datasets/<time>-<digest>)"
-    )
+@dataclass(frozen=True)
+class Prepared:
+    """The next training set: where it is, what went in and out, and what waits for a reviewer."""
+
+    snapshot: str  # examples.parquet
+    dataset_digest: str
+    rows: int
+    datasheet: str  # datasheet.json beside the snapshot
+    mlflow_run_id: str | None  # with prepare.log_to_mlflow
+    removed: dict[str, int]  # rows each cleaning rule removed
+    pii_found: dict[str, dict]  # per input, personal data found and redacted, by type
+    labelling: dict  # human and auto labels, the review queue's length, intents waiting for labels
+    below_floor: dict[str, int]  # intent -> examples, for intents under the floor
+    entity_types_below_floor: dict | None  # None for intent-only data
+    capped: dict[str, int]  # intent -> auto-labels left out by the cap
+    label_check: dict  # the cross-validated check of the new labels
+    review_queue: dict[str, str]  # the review folder's files, by kind
+    seconds: float
 
 
 def prepare_command(
@@ -71,12 +74,21 @@ def prepare_command(
     pii: PiiConfig,
     registry: RegistryConfig,
     work: Path,
-) -> StepResult:
+) -> StepResult[Prepared]:
     """Turn logged conversations into the next training set (redact, clean, label, balance, split)."""
     labels, out, names = (Path(p) if p else None for p in (args.labels, args.out, args.cluster_names))
     return StepResult(
         *prepare_step(
-            Path(args.snapshot), Path(args.data), labels, out, data, prepare, pii, registry, work, cluster_names=names
+            Path(args.snapshot),
+            Path(args.data),
+            labels,
+            out,
+            data_cfg=data,
+            prep_cfg=prepare,
+            pii_cfg=pii,
+            reg_cfg=registry,
+            work=work,
+            cluster_names=names,
         )
     )
 
@@ -84,17 +96,17 @@ def prepare_command(
 def prepare_step(
     snapshot: Path,
     data: Path,
-    labels: Path | None,
-    out: Path | None,
+    labels: Path | None = None,
+    out: Path | None = None,
+    *,
     data_cfg: DataConfig,
     prep_cfg: PrepareConfig,
     pii_cfg: PiiConfig,
     reg_cfg: RegistryConfig,
     work: Path,
-    *,
     cluster_names: Path | None = None,
-) -> tuple[dict, str]:
-    """The steps in order (module docstring); returns the step's JSON result and its markdown (the datasheet).
+) -> tuple[Prepared, str]:
+    """The steps in order (module docstring); returns the step's outcome and its markdown (the datasheet).
 
     ``cluster_names``: a candidates CSV with names filled in (``model.prepare.discovery``)."""
     started = time.perf_counter()
@@ -126,12 +138,12 @@ def prepare_step(
         labelling={
             **labelling_summary(
                 labelled,
-                len(queue),
-                len(cleaned.logs),
                 examples,
-                inputs.known_intents,
-                balanced.waiting,
-                data_cfg.oos_label,
+                exported=len(queue),
+                cleaned_logs=len(cleaned.logs),
+                known_intents=inputs.known_intents,
+                waiting=balanced.waiting,
+                oos_label=data_cfg.oos_label,
             ),
             **labelled.entity_summary(),
         },
@@ -141,27 +153,27 @@ def prepare_step(
     )
     sheet["new_intent_candidates"] = candidate_summary(candidates)
     sheet["label_check"] = checked.summary(prep_cfg)
-    intents = sorted(inputs.known_intents | set(prep_cfg.new_intents))
-    review = (queue, candidates, checked)
+    vocabulary = (sorted(inputs.known_intents | set(prep_cfg.new_intents)), labelled.entity_types)
+    review, log_run = (queue, candidates, checked), prep_cfg.log_to_mlflow
     sheet, markdown = write_prepared(
-        target, examples, review, (intents, labelled.entity_types), sheet, prep_cfg.log_to_mlflow, reg_cfg
+        target, examples, sheet, review=review, vocabulary=vocabulary, log_run=log_run, reg_cfg=reg_cfg
     )
-    result = {
-        "snapshot": str(target / "examples.parquet"),
-        "dataset_digest": digest,
-        "rows": len(examples),
-        "datasheet": str(target / "datasheet.json"),
-        "mlflow_run_id": sheet.get("mlflow_run_id"),
-        "removed": removed,
-        "pii_found": pii_found,
-        "labelling": sheet["labelling"],
-        "below_floor": balanced.below_floor,
-        **({"entity_types_below_floor": sheet["entities"]["below_floor"]} if "entities" in sheet else {}),
-        "capped": balanced.capped,
-        "label_check": sheet["label_check"],
-        "review_queue": sheet["review_queue"],
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+    result = Prepared(
+        snapshot=str(target / "examples.parquet"),
+        dataset_digest=digest,
+        rows=len(examples),
+        datasheet=str(target / "datasheet.json"),
+        mlflow_run_id=sheet.get("mlflow_run_id"),
+        removed=removed,
+        pii_found=pii_found,
+        labelling=sheet["labelling"],
+        below_floor=balanced.below_floor,
+        entity_types_below_floor=sheet["entities"]["below_floor"] if "entities" in sheet else None,
+        capped=balanced.capped,
+        label_check=sheet["label_check"],
+        review_queue=sheet["review_queue"],
+        seconds=round(time.perf_counter() - started, 1),
+    )
     return result, f"Prepared `{target / 'examples.parquet'}`\n\n{markdown}"
 
 
@@ -205,10 +217,15 @@ def read_inputs(
 
 
 def review_queue(labelled: Labelled, cfg: PrepareConfig, work: Path) -> tuple[pd.DataFrame, list[dict]]:
-    """The review queue (clusters in turns, at most ``review_limit``) and the clusters as candidate intents."""
-    review = labelled.review
-    vectors = embed(list(review["text"]), cfg, work) if cfg.review_encoder and len(review) else None
-    clustered, vectors = cluster_review(review, vectors, cfg)
+    """The review queue (clusters in turns, at most ``review_limit``) and the clusters as candidate intents.
+
+    Only the first ``cluster_max_messages`` candidates (``order_queue``'s order, the ones clustered)
+    are embedded; the rest follow pooled, as ``cluster_review`` pools them."""
+    ordered = order_queue(labelled.review)
+    head, rest = ordered.iloc[: cfg.cluster_max_messages], ordered.iloc[cfg.cluster_max_messages :]
+    vectors = embed(list(head["text"]), cfg, work) if cfg.review_encoder and len(head) else None
+    clustered, vectors = cluster_review(head, vectors, cfg)
+    clustered = pd.concat([clustered, rest.assign(cluster=POOLED)], ignore_index=True)
     candidates = propose_intents(clustered, vectors, cfg, labelled.entity_types)
     return diverse_order(clustered, cfg).head(cfg.review_limit), candidates
 
@@ -231,9 +248,10 @@ def redact(inputs: Inputs, scanner: Scanner, *, with_labels: bool) -> tuple[Inpu
 def write_prepared(
     target: Path,
     examples: pd.DataFrame,
+    sheet: dict,
+    *,
     review: tuple[pd.DataFrame, list[dict], LabelCheck],
     vocabulary: tuple[list[str], list[str]],
-    sheet: dict,
     log_run: bool,
     reg_cfg: RegistryConfig,
 ) -> tuple[dict, str]:

@@ -5,6 +5,7 @@ The serving path never imports this module (the import contract in pyproject.tom
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib.metadata import version as pkg_version
 from pathlib import Path
 
@@ -33,7 +34,25 @@ SIGNATURE = ModelSignature(
 )
 
 
-def register(cfg: RegistryConfig, artifact_dir: Path, meta: dict, artifact_digest: str) -> dict:
+@dataclass(frozen=True)
+class Registered:
+    """A gated artifact's model version, now the ``challenger``."""
+
+    name: str
+    version: int
+    created: bool  # False: the same git SHA and dataset digest were registered before, as this version
+    alias: str
+    model_uri: str
+
+
+@dataclass(frozen=True)
+class ChampionMoved:
+    name: str
+    champion: int
+    previous_champion: int | None
+
+
+def register(cfg: RegistryConfig, artifact_dir: Path, meta: dict, artifact_digest: str) -> Registered:
     """Register an artifact as a new version with alias ``challenger``.
 
     Idempotent: a version with the same git SHA and dataset digest is reused, not duplicated.
@@ -43,7 +62,7 @@ def register(cfg: RegistryConfig, artifact_dir: Path, meta: dict, artifact_diges
     for mv in all_versions(client, cfg.model_name):
         if mv.tags.get("git_sha") == sha and mv.tags.get("dataset_digest") == digest:
             client.set_registered_model_alias(cfg.model_name, CHALLENGER, mv.version)
-            return {"name": cfg.model_name, "version": int(mv.version), "created": False, "alias": CHALLENGER}
+            return _registered(cfg, int(mv.version), created=False)
     packages = ("mlflow", "torch", "transformers", "safetensors", "pandas", "onnxruntime")  # onnxruntime: model.onnx
     requirements = [f"{p}=={pkg_version(p)}" for p in packages]
     with mlflow.start_run(run_id=_run_in_store(client, meta.get("mlflow_run_id"))):
@@ -67,13 +86,11 @@ def register(cfg: RegistryConfig, artifact_dir: Path, meta: dict, artifact_diges
         },
     )
     client.set_registered_model_alias(cfg.model_name, CHALLENGER, mv.version)
-    return {
-        "name": cfg.model_name,
-        "version": int(mv.version),
-        "created": True,
-        "alias": CHALLENGER,
-        "model_uri": f"models:/{cfg.model_name}/{mv.version}",
-    }
+    return _registered(cfg, int(mv.version), created=True)
+
+
+def _registered(cfg: RegistryConfig, version: int, *, created: bool) -> Registered:
+    return Registered(cfg.model_name, version, created, CHALLENGER, f"models:/{cfg.model_name}/{version}")
 
 
 def _run_in_store(client: MlflowClient, run_id: str | None) -> str | None:
@@ -86,7 +103,7 @@ def _run_in_store(client: MlflowClient, run_id: str | None) -> str | None:
         return None
 
 
-def promote(cfg: RegistryConfig, version: int | None = None) -> dict:
+def promote(cfg: RegistryConfig, version: int | None = None) -> ChampionMoved:
     """Move ``champion`` to ``version`` (default: the current challenger)."""
     client = connect(cfg)
     if version is None:
@@ -96,4 +113,4 @@ def promote(cfg: RegistryConfig, version: int | None = None) -> dict:
     gated_version(client, cfg, version, "promoted to champion")
     previous = alias_version(cfg, CHAMPION)
     client.set_registered_model_alias(cfg.model_name, CHAMPION, str(version))
-    return {"name": cfg.model_name, "champion": int(version), "previous_champion": previous}
+    return ChampionMoved(cfg.model_name, int(version), previous)

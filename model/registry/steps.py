@@ -3,38 +3,28 @@ users is `flywheel promote --env`, a pull request)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from model.artifact.manifest import read_json, verify
-from model.core.config import RegistryConfig, required, setting
+from model.core.config import RegistryConfig
 from model.core.errors import FlywheelError
 from model.core.steps import StepResult
 from model.registry import register
+from model.registry.args import RegisterArgs, SetChampionArgs
+from model.registry.register import ChampionMoved, Registered
 
 
-@dataclass
-class RegisterArgs:
-    model: str = required("artifact folder to register")
-    gate: str = required("gate decision JSON (from flywheel gate) that passed this artifact")
-
-
-@dataclass
-class SetChampionArgs:
-    version: int | None = setting(None, "gate-passed model version to make champion (unset: the current challenger)")
-
-
-def register_command(args: RegisterArgs, *, registry: RegistryConfig) -> StepResult:
+def register_command(args: RegisterArgs, *, registry: RegistryConfig) -> StepResult[Registered]:
     """Register a gated artifact in MLflow as 'challenger'."""
     return StepResult(*register_step(Path(args.model), Path(args.gate), registry))
 
 
-def set_champion_command(args: SetChampionArgs, *, registry: RegistryConfig) -> StepResult:
+def set_champion_command(args: SetChampionArgs, *, registry: RegistryConfig) -> StepResult[ChampionMoved]:
     """Move the registry's 'champion' alias to a gate-passed version (no pull request, nothing deployed)."""
-    return StepResult(*promote_step(args.version, registry))
+    return StepResult(*set_champion_step(args.version, registry))
 
 
-def register_step(model: Path, gate_file: Path, reg_cfg: RegistryConfig) -> tuple[dict, str]:
+def register_step(model: Path, gate_file: Path, reg_cfg: RegistryConfig) -> tuple[Registered, str]:
     """Register a gated artifact as the new ``challenger``; refuse one the gate did not pass."""
     digest = verify(model)  # every file as sealed, else FlywheelError naming the file
     try:
@@ -49,15 +39,13 @@ def register_step(model: Path, gate_file: Path, reg_cfg: RegistryConfig) -> tupl
     if not decision.get("passed"):
         raise FlywheelError(f"{gate_file}: the gate rejected this model: {'; '.join(decision.get('reasons', []))}")
     result = register.register(reg_cfg, model, read_json(model, "meta.json"), digest)
-    verb = "registered as" if result["created"] else "already registered as"
-    md = f"Model `{model}` {verb} **{result['name']} v{result['version']}** (alias `{result['alias']}`).\n"
+    verb = "registered as" if result.created else "already registered as"
+    md = f"Model `{model}` {verb} **{result.name} v{result.version}** (alias `{result.alias}`).\n"
     return result, md
 
 
-def promote_step(version: int | None, reg_cfg: RegistryConfig) -> tuple[dict, str]:
+def set_champion_step(version: int | None, reg_cfg: RegistryConfig) -> tuple[ChampionMoved, str]:
     result = register.promote(reg_cfg, version)
-    md = (
-        f"**{result['name']} v{result['champion']}** is now `champion` "
-        f"(was: {('v' + str(result['previous_champion'])) if result['previous_champion'] else 'none'}).\n"
-    )
+    was = f"v{result.previous_champion}" if result.previous_champion else "none"
+    md = f"**{result.name} v{result.champion}** is now `champion` (was: {was}).\n"
     return result, md

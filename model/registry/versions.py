@@ -1,8 +1,11 @@
 """MLflow Model Registry, read side: versions of the intent model, the challenger/champion aliases, the
-sealed artifact behind each version, and opening a model from a folder or a ``models:/`` URI."""
+sealed artifact behind each version (fetched for a predictor by ``fetch_model``), and opening a model
+from a folder or a ``models:/`` URI."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +24,7 @@ if TYPE_CHECKING:  # for the annotation only: open_model imports it when it runs
 CHALLENGER, CHAMPION = "challenger", "champion"
 ARTIFACT_KEY = "intent_model"  # the artifact folder's name among the MLflow model's artifacts
 GATE_TAG = "gate"
+MODEL_URI = re.compile(r"models:/([^/@]+)(?:/(\d+)|@(.+))")  # models:/<name>/<version> or models:/<name>@<alias>
 
 
 def all_versions(client: MlflowClient, name: str):
@@ -65,6 +69,20 @@ def download_artifact(cfg: RegistryConfig, model_uri: str) -> Path:
     if not folder.is_dir():
         raise FlywheelError(f"{model_uri}: no intent artifact inside (looked for {folder})")
     return folder
+
+
+def fetch_model(cfg: RegistryConfig, model_uri: str) -> tuple[Path, int]:
+    """The local artifact folder behind a ``models:/`` URI and the version it names (an alias read now):
+    what a predictor needs before it starts, as KServe's storage initializer fetches a storage URI."""
+    match = MODEL_URI.fullmatch(model_uri)
+    if match is None:
+        raise FlywheelError(f"{model_uri!r} is not models:/<name>/<version> or models:/<name>@<alias>")
+    name, number, alias = match.groups()
+    folder = download_artifact(cfg, model_uri)
+    version = int(number) if number else alias_version(replace(cfg, model_name=name), alias)
+    if version is None:  # the alias moved away between the download and now
+        raise FlywheelError(f"{model_uri}: model '{name}' has no alias '{alias}'")
+    return folder, version
 
 
 def _artifact_name(local: Path) -> str:

@@ -2,11 +2,12 @@
 micro-batching, Prometheus metrics, the prediction log, the response catalog and the local
 stand-in for KServe's request logger.
 
-``serving`` is the ``serve`` step (the models loaded, the server started); ``predictor`` the
-``kserve.Model`` of one arm; ``protocol`` V1/V2 parsing and answers; ``metrics``,
-``prediction_log``, ``logger`` and ``catalog`` the parts that hang on the predictor.
+``serving`` starts the server (the models loaded, then listening); ``predictor`` the
+``kserve.Model`` of one arm, opened from an artifact folder; ``protocol`` V1/V2 parsing and answers;
+``metrics``, ``prediction_log``, ``logger`` and ``catalog`` the parts that hang on the predictor;
+``args`` the ``serve`` step's flags (the step itself, which fetches ``models:/`` URIs from the
+registry first, is ``model.deploy.serve_step``).
 
-Imports: ``model.core``, ``model.artifact``, and ``model.registry.versions`` to open ``models:/``
-URIs; never training, the gate or registration (a contract in pyproject.toml, and a test that
-imports the predictor in a fresh interpreter).
+Imports: ``model.core``, ``model.artifact``; never training, the gate, the registry or MLflow (a
+contract in pyproject.toml, and a test that imports the server in a fresh interpreter).
 """

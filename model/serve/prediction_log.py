@@ -11,7 +11,7 @@ Rotation is the standard library's ``logging.handlers.RotatingFileHandler``: the
 (oldest); when the current file would pass its share it is renamed ``.1`` and the oldest dropped.
 Each line is written whole, so every file holds complete lines. The shipped manifests turn the log
 off (cap 0): on a pod it would only fill the ``/tmp`` emptyDir, while KServe's logger and the
-collector already keep every call. ``read_prediction_log`` reads the rotated files too, oldest first.
+collector already keep every call. ``prediction_log_files`` lists the files, oldest first.
 A file that cannot be written (a full disk) is reported on stderr by the handler, never to the user.
 """
 
@@ -60,11 +60,6 @@ def prediction_log_files(path: Path) -> list[Path]:
     """The log's files that exist, oldest first: ``path.3`` ... ``path.1``, then ``path``."""
     candidates = [path.with_name(f"{path.name}.{i}") for i in range(FILES - 1, 0, -1)] + [path]
     return [p for p in candidates if p.is_file()]
-
-
-def read_prediction_log(path: Path) -> list[dict]:
-    """Every record still kept, the rotated files included, oldest first."""
-    return [json.loads(line) for p in prediction_log_files(path) for line in p.read_text().splitlines() if line]
 
 
 def _without_text(entity: Entity) -> dict:

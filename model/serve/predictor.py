@@ -15,15 +15,14 @@ forward pass for many users instead of many passes that compete for the CPU.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from model.artifact.predictor import IntentPredictor, Prediction
 from model.core.batching import AsyncBatcher
-from model.core.config import RegistryConfig, ServeConfig
+from model.core.config import ServeConfig
 from model.core.errors import FlywheelError
 from model.core.kserve_sdk import kserve
 from model.serve.catalog import ResponseCatalog
@@ -39,8 +38,6 @@ from model.serve.protocol import (
     v1_response,
     v2_response,
 )
-
-MODEL_URI = re.compile(r"models:/([^/@]+)(?:/(\d+)|@(.+))")
 
 
 class MicroBatcher:
@@ -78,27 +75,25 @@ class PredictedRequest:
     predictions: list[Prediction]
 
 
-def open_source(source: str, reg_cfg: RegistryConfig, runtime: str) -> IntentPredictor:
-    """The predictor of an artifact folder (as KServe mounts it) or of an MLflow ``models:/`` URI."""
-    if not source.startswith("models:/"):
-        return IntentPredictor.load(Path(source), runtime=runtime)
-    from model.registry.versions import open_model  # mlflow takes seconds to import: only for a registry URI
+@dataclass(frozen=True)
+class ModelSource:
+    """A model as the server gets it: an artifact folder (KServe's storage initializer puts it at
+    /mnt/models), the registry version to report, and where it came from. A ``models:/`` URI is
+    resolved to its folder and version where serving starts (``model.deploy.serve_step``), so this
+    package never talks to MLflow."""
 
-    return open_model(source, reg_cfg, runtime)
+    folder: str
+    version: str = ""  # unset: sha-<artifact digest prefix> (a folder does not know its registry version)
+    origin: str = ""  # what the user named, e.g. models:/flywheel-intent@champion (unset: the folder)
+
+    @property
+    def label(self) -> str:
+        return self.origin or self.folder
 
 
-def source_version(source: str, predictor: IntentPredictor, reg_cfg: RegistryConfig) -> str:
-    """The MLflow version number for a ``models:/`` URI, else ``sha-<artifact digest prefix>``."""
-    match = MODEL_URI.fullmatch(source)
-    if match and match.group(2):
-        return match.group(2)
-    if match:
-        from model.registry.versions import alias_version  # mlflow: only for a registry URI, as above
-
-        version = alias_version(replace(reg_cfg, model_name=match.group(1)), match.group(3))
-        if version is not None:
-            return str(version)
-    return f"sha-{predictor.digest[:12]}"
+def open_artifact(folder: Path, runtime: str) -> IntentPredictor:
+    """The predictor of an artifact folder, its manifest verified (``IntentPredictor.load``)."""
+    return IntentPredictor.load(folder, runtime=runtime)
 
 
 class IntentModel(kserve.Model):
@@ -108,21 +103,19 @@ class IntentModel(kserve.Model):
         self,
         name: str,
         arm: str,
-        source: str,
+        model: ModelSource,
+        *,
         cfg: ServeConfig,
-        reg_cfg: RegistryConfig,
         catalog: ResponseCatalog,
         metrics: ServingMetrics,
         log: PredictionLog | None,
         shadow: IntentModel | None = None,
         expected_sha256: str = "",
-        pinned_version: str = "",
     ):
         super().__init__(name)
-        self.arm, self.source, self.cfg, self.reg_cfg = arm, source, cfg, reg_cfg
+        self.arm, self.model, self.source, self.cfg = arm, model, model.label, cfg
         self.catalog, self.metrics, self.log, self.shadow = catalog, metrics, log, shadow
         self.expected_sha256 = expected_sha256  # from the manifest: a different artifact never becomes ready
-        self.pinned_version = pinned_version  # the registry version the manifest names (a folder does not know it)
         self.predictor: IntentPredictor | None = None
         self.version = ""
         self.logger: LocalLogger | None = None  # set by serve_step in local mode
@@ -135,14 +128,14 @@ class IntentModel(kserve.Model):
 
     def load(self) -> bool:
         """Ready only once the artifact's manifest verified and the catalog covers every intent."""
-        self.predictor = open_source(self.source, self.reg_cfg, self.cfg.runtime)
+        self.predictor = open_artifact(Path(self.model.folder), self.cfg.runtime)
         if self.expected_sha256 and self.predictor.digest != self.expected_sha256:
             raise FlywheelError(
                 f"{self.arm} model {self.source}: artifact digest {self.predictor.digest} is not "
                 f"{self.expected_sha256}, the one the manifest records"
             )
         self.catalog.check_covers(self.predictor.labels, f"{self.arm} model {self.source}")
-        self.version = self.pinned_version or source_version(self.source, self.predictor, self.reg_cfg)
+        self.version = self.model.version or f"sha-{self.predictor.digest[:12]}"
         self._batcher = MicroBatcher(self._forward, self.cfg.max_batch_size, self.cfg.max_batch_wait_ms / 1000)
         self.metrics.add_endpoint(self.name, self.version)
         self.ready = True

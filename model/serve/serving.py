@@ -1,4 +1,5 @@
-"""The ``serve`` step: intent models served by the real ``kserve.ModelServer`` until SIGTERM.
+"""Serving: intent models on the real ``kserve.ModelServer`` until SIGTERM (``flywheel serve`` starts it
+from ``model.deploy.serve_step``, which first resolves ``models:/`` URIs to artifact folders).
 
 One server hosts the stable model as ``NAME``, optionally a canary as ``NAME-canary`` (the local
 stand-in for KServe's traffic split: the caller picks the arm), and optionally a shadow model that
@@ -17,16 +18,14 @@ from pathlib import Path
 
 from timing_asgi import TimingMiddleware  # kserve's own dependency
 
-from model.core.config import RegistryConfig, ServeConfig, required, setting
-from model.core.errors import FlywheelError
+from model.core.config import ServeConfig
 from model.core.http_guard import BodyLimit, ensure_can_listen
 from model.core.kserve_sdk import kserve, kserve_server
-from model.core.steps import StepResult
 from model.serve.catalog import ResponseCatalog
 from model.serve.logger import LocalLogger
 from model.serve.metrics import ServingMetrics
 from model.serve.prediction_log import PredictionLog
-from model.serve.predictor import IntentModel
+from model.serve.predictor import IntentModel, ModelSource
 from model.serve.protocol import CANARY, SHADOW, STABLE, check_v2_binary
 
 
@@ -53,55 +52,52 @@ class LoopbackModelServer(kserve.ModelServer):
         await super()._serve()
 
 
-@dataclass
-class ServeArgs:
-    stable: str = required(
-        "stable model: artifact folder (as KServe mounts it, /mnt/models) or models:/<name>@<alias> URI"
-    )
-    canary: str | None = setting(None, "canary model, served as <endpoint>-canary (the caller picks the arm)")
-    shadow: str | None = setting(None, "shadow model: predicts on every request, logged and measured, never answers")
-    stable_sha256: str | None = setting(
-        None, "refuse to become ready unless the --stable artifact's manifest digest is this (the manifest records it)"
-    )
-    stable_version: str | None = setting(
-        None,
-        "registry version of the --stable model for logs and metrics (unset: from a models:/ URI, else sha-<digest>)",
-    )
+@dataclass(frozen=True)
+class Arms:
+    """What one server hosts: the stable model, optionally a canary and a shadow."""
+
+    stable: ModelSource
+    canary: ModelSource | None = None
+    shadow: ModelSource | None = None
+    stable_sha256: str = ""  # from the manifest: refuse to become ready unless the stable artifact is this one
 
 
-def build_models(
-    args: ServeArgs, cfg: ServeConfig, reg_cfg: RegistryConfig, metrics: ServingMetrics, log: PredictionLog | None
-) -> list[IntentModel]:
+@dataclass(frozen=True)
+class Served:
+    """What a predictor served until it stopped: each endpoint's arm, version, runtime and source."""
+
+    endpoints: dict[str, dict]  # endpoint -> arm, model_version, runtime, source
+    address: str
+    prediction_log: str | None
+    logger_url: str | None
+    uptime_s: float
+
+
+def build_models(arms: Arms, cfg: ServeConfig, metrics: ServingMetrics, log: PredictionLog | None) -> list[IntentModel]:
     """Load and verify every model before anything listens; a bad artifact stops the start."""
-    if not args.stable:
-        raise FlywheelError("--stable is required: an artifact folder or a models:/ URI")
     catalog = ResponseCatalog.load(cfg.catalog)
-    parts = (cfg, reg_cfg, catalog, metrics, log)
+    parts = {"cfg": cfg, "catalog": catalog, "metrics": metrics, "log": log}
     shadow = None
-    if args.shadow:
-        shadow = IntentModel(f"{cfg.endpoint}-shadow", SHADOW, args.shadow, *parts)
+    if arms.shadow:
+        shadow = IntentModel(f"{cfg.endpoint}-shadow", SHADOW, arms.shadow, **parts)
         shadow.load()
-    pins = {"expected_sha256": args.stable_sha256 or "", "pinned_version": args.stable_version or ""}
-    models = [IntentModel(cfg.endpoint, STABLE, args.stable, *parts, shadow, **pins)]
-    if args.canary:
-        models.append(IntentModel(f"{cfg.endpoint}-canary", CANARY, args.canary, *parts, shadow))
+    models = [
+        IntentModel(cfg.endpoint, STABLE, arms.stable, **parts, shadow=shadow, expected_sha256=arms.stable_sha256)
+    ]
+    if arms.canary:
+        models.append(IntentModel(f"{cfg.endpoint}-canary", CANARY, arms.canary, **parts, shadow=shadow))
     for model in models:
         model.load()
     return models
 
 
-def serve_command(args: ServeArgs, *, serve: ServeConfig, registry: RegistryConfig) -> StepResult:
-    """Serve stable/canary/shadow models with the KServe ModelServer (V1 and V2 REST) until SIGTERM."""
-    return StepResult(*serve_step(args, serve, registry))
-
-
-def serve_step(args: ServeArgs, cfg: ServeConfig, reg_cfg: RegistryConfig) -> tuple[dict, str]:
+def serve_step(arms: Arms, cfg: ServeConfig) -> tuple[Served, str]:
     """Run the predictor until SIGTERM/SIGINT; return what was served."""
     ensure_can_listen(cfg.host, cfg.http_port)
     log_path = Path(cfg.prediction_log) if cfg.prediction_log_max_bytes else None
     metrics = ServingMetrics()
     log = PredictionLog(log_path, cfg.prediction_log_max_bytes) if log_path else None
-    models = build_models(args, cfg, reg_cfg, metrics, log)
+    models = build_models(arms, cfg, metrics, log)
     if cfg.logger_url:
         logger = LocalLogger(cfg.logger_url, cfg.endpoint)
         for model in models:
@@ -132,23 +128,17 @@ def serve_step(args: ServeArgs, cfg: ServeConfig, reg_cfg: RegistryConfig) -> tu
 
 def _report(
     models: list[IntentModel], cfg: ServeConfig, prediction_log: str | None, uptime_s: float
-) -> tuple[dict, str]:
+) -> tuple[Served, str]:
     """What was served (each endpoint's arm, version, runtime and source), as the step's result and markdown."""
     served = {m.name: _served(m) for m in models}
     if models[0].shadow is not None:
         served[models[0].shadow.name] = _served(models[0].shadow)
-    result = {
-        "endpoints": served,
-        "address": f"http://{cfg.host}:{cfg.http_port}",
-        "prediction_log": prediction_log,
-        "logger_url": cfg.logger_url,
-        "uptime_s": uptime_s,
-    }
+    result = Served(served, f"http://{cfg.host}:{cfg.http_port}", prediction_log, cfg.logger_url, uptime_s)
     rows = "\n".join(
         f"| `{n}` | {v['arm']} | {v['model_version']} | {v['runtime']} | `{v['source']}` |" for n, v in served.items()
     )
     md = (
-        f"## Predictor on {result['address']}\n\n| endpoint | arm | version | runtime | source |\n"
+        f"## Predictor on {result.address}\n\n| endpoint | arm | version | runtime | source |\n"
         f"|---|---|---|---|---|\n{rows}\n"
     )
     return result, md

@@ -95,6 +95,7 @@ def save(
     folder: Path,
     world: World,
     progress: Progress,
+    *,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler,
@@ -138,6 +139,7 @@ def save(
 def restore(
     path: Path,
     world: World,
+    *,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler,

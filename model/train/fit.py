@@ -17,20 +17,19 @@ learning rates.
 from __future__ import annotations
 
 import random
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from model.artifact.entity_tags import IGNORE, encode, tag_names
 from model.artifact.network import IntentClassifier, load_pretrained, pick_device
 from model.artifact.predictor import IntentPredictor, pad_batch
 from model.core.config import TrainConfig
+from model.core.progress import bar, say
 from model.train import checkpoint
 from model.train.distributed import World
 
@@ -83,12 +82,12 @@ def _collate_tags(rows: list[list[int]], device: torch.device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _init_head_at_centroids(model: IntentClassifier, ids, targets, num_labels, pad_id, device, batch_size):
+def _init_head_at_centroids(model: IntentClassifier, ids, targets, *, num_labels, pad_id, device, batch_size):
     """Start the head as a nearest-centroid classifier on the pretrained embeddings."""
     model.eval()
     sums = torch.zeros(num_labels, model.head.in_features, device=device)
     order = np.argsort([len(x) for x in ids])
-    for start in tqdm(range(0, len(order), batch_size * 2), desc="centroids", leave=False):
+    for start in bar(range(0, len(order), batch_size * 2), desc="centroids", leave=False):
         idx = order[start : start + batch_size * 2]
         input_ids, mask = _collate([ids[i] for i in idx], pad_id, device)
         sums.index_add_(0, torch.as_tensor(targets[idx], device=device), model.embed(input_ids, mask).float())
@@ -187,7 +186,7 @@ def fit(
     tags = tags if len(tags) > 1 else []  # no spans at all: an intent-only model
     model, tokenizer = load_pretrained(cfg.base_model, len(labels), HEAD_SCALE, len(tags))
     model.to(device)
-    data = _encode(tokenizer, texts, intents, labels, entities, tags, cfg.max_length)
+    data = _encode(tokenizer, texts, intents, labels=labels, entities=entities, tags=tags, max_length=cfg.max_length)
 
     resume = checkpoint.latest(checkpoints)
     if resume is None:  # a resumed run's weights come from its checkpoint
@@ -205,11 +204,12 @@ def fit(
     rng = np.random.default_rng(cfg.seed)
     if world.distributed:  # each rank its own dropout masks
         torch.manual_seed(cfg.seed + world.rank)
-    progress = checkpoint.Progress(run=dict(run or {}))
+    progress = checkpoint.Progress(run=dict(run or {}))  # with `saved`, what a checkpoint holds
+    saved = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "rng": rng}
     if resume is not None:
-        progress = checkpoint.restore(resume, world, model, optimizer, scheduler, scaler, rng, cfg.seed)
+        progress = checkpoint.restore(resume, world, **saved, seed=cfg.seed)
         if world.is_main:
-            tqdm.write(f"resuming from {resume} (step {progress.step} of {total})", file=sys.stderr)
+            say(f"resuming from {resume} (step {progress.step} of {total})")
     net = world.wrap(model)  # DDP under torchrun: backward averages the ranks' gradients
     lengths = [len(x) for x in data.ids]
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
@@ -219,12 +219,12 @@ def fit(
         if progress.batches is None:
             progress.batches = [b.tolist() for b in _batches(lengths, cfg.batch_size, rng)]
         net.train()
-        bar = tqdm(
+        epoch_bar = bar(
             total=len(progress.batches),
             initial=progress.batches_done,
             desc=f"epoch {progress.epoch + 1}/{cfg.epochs}",
             leave=False,
-            disable=not world.is_main,
+            hidden=not world.is_main,
         )
         for batch in progress.batches[progress.batches_done :]:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -233,12 +233,12 @@ def fit(
             progress.running_loss += loss.item()
             progress.batches_done += 1
             progress.step += 1
-            bar.update()
+            epoch_bar.update()
             if progress.step >= total:
                 break
             if checkpoints is not None and cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0:
-                checkpoint.save(checkpoints, world, progress, model, optimizer, scheduler, scaler, rng)
-        bar.close()
+                checkpoint.save(checkpoints, world, progress, **saved)
+        epoch_bar.close()
         _end_epoch(progress, world, result, val_texts, val_intents, cfg.max_length)
         progress = progress.next_epoch()
     model.eval()
@@ -253,7 +253,9 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
 
 
 def _init_heads(model: IntentClassifier, data: _Examples, num_labels: int, device, batch_size: int) -> None:
-    _init_head_at_centroids(model, data.ids, data.targets, num_labels, data.pad_id, device, batch_size)
+    _init_head_at_centroids(
+        model, data.ids, data.targets, num_labels=num_labels, pad_id=data.pad_id, device=device, batch_size=batch_size
+    )
     if data.token_tags:
         _init_tagger_at_centroids(model, data.ids, data.token_tags, data.pad_id, device, batch_size)
 
@@ -269,7 +271,7 @@ def _step(loss: torch.Tensor, model: nn.Module, optimizer, scheduler, scaler: to
     scheduler.step()
 
 
-def _encode(tokenizer, texts, intents, labels, entities, tags, max_length) -> _Examples:
+def _encode(tokenizer, texts, intents, *, labels, entities, tags, max_length) -> _Examples:
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length, return_offsets_mapping=bool(tags))
     token_tags = _token_tags(encoded, entities, tags) if tags else []
     label_index = {name: i for i, name in enumerate(labels)}
@@ -316,13 +318,15 @@ def _end_epoch(progress: checkpoint.Progress, world: World, result: FitResult, v
     progress.history.append(record)
     if world.is_main:
         line = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
-        tqdm.write(line, file=sys.stderr)  # stdout is the step's JSON
+        say(line)  # one line per epoch, on a terminal or not
 
 
 def _accuracy(result: FitResult, texts: list[str], intents: list[str], max_length: int) -> float:
     known = [i for i, name in enumerate(intents) if name in result.labels]
     if not known:
         return float("nan")
-    predictor = IntentPredictor(result.model, result.tokenizer, result.labels, 0.0, max_length, tags=result.tags)
+    predictor = IntentPredictor(
+        result.model, result.tokenizer, result.labels, threshold=0.0, max_length=max_length, tags=result.tags
+    )
     predicted = predictor.predict([texts[i] for i in known])
     return float(np.mean([p.intent == intents[i] for p, i in zip(predicted, known)]))

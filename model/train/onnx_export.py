@@ -86,9 +86,10 @@ def export_checked(
     model: torch.nn.Module,
     tokenizer,
     texts: list[str],
+    folder: Path,
+    *,
     max_length: int,
     temperature: float,
-    folder: Path,
     tolerance: float,
 ) -> dict:
     """Export into ``folder`` and check it; raise FlywheelError (and leave no model.onnx) if ORT differs."""

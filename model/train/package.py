@@ -57,10 +57,10 @@ def write_artifact(
                     result.model,
                     result.tokenizer,
                     list(check_texts),
-                    meta["max_length"],
-                    meta.get("temperature", 1.0),
                     staging,
-                    train_cfg["onnx_tolerance"],
+                    max_length=meta["max_length"],
+                    temperature=meta.get("temperature", 1.0),
+                    tolerance=train_cfg["onnx_tolerance"],
                 ),
             }
         state = {k: v.detach().contiguous().cpu() for k, v in result.model.state_dict().items()}

@@ -7,40 +7,72 @@ import dataclasses
 import functools
 import hashlib
 import json
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from model.artifact.predictor import IntentPredictor
-from model.core.config import SAMPLE_DATA, DataConfig, RegistryConfig, TrainConfig, setting
+from model.core.config import DataConfig, RegistryConfig, TrainConfig
 from model.core.errors import FlywheelError
 from model.core.steps import StepResult
 from model.data.entities import load_spans
 from model.data.examples import dataset_digest, load_split
 from model.evaluate.evaluation import evaluate, render_markdown
+from model.evaluate.report import EvaluationReport
 from model.registry import tracking
 from model.train import checkpoint, distributed
+from model.train.args import TrainArgs
 from model.train.calibration import fit_temperature, pick_threshold, scope_threshold
 from model.train.fit import FitResult, fit
 from model.train.package import write_artifact
 
 
-@dataclass
-class TrainArgs:
-    data: str = setting(str(SAMPLE_DATA), "dataset file or folder (CSV/Parquet/JSONL text,intent; Banking77; CLINC150)")
-    out: str | None = setting(None, "artifact folder to create (unset: <work dir>/models/<time>-<data digest>)")
+@dataclass(frozen=True)
+class Trained:
+    """What a training run made: the artifact, its lineage, how it ran and its headline test metrics."""
+
+    artifact: str  # the artifact folder
+    artifact_digest: str
+    mlflow_run_id: str
+    dataset_digest: str
+    git_sha: str | None
+    device: str
+    precision: str  # fp32, bf16 or fp16
+    workers: int  # processes under torchrun (1 alone)
+    resumed_from_step: int | None  # the checkpoint's step when the run resumed one
+    train_seconds: float
+    fallback_threshold: float
+    metrics: dict[str, float]  # accuracy, macro_f1, ... (``_headline``)
+    counts: dict[str, int]  # examples per split
 
 
 def train_command(
     args: TrainArgs, *, data: DataConfig, train: TrainConfig, registry: RegistryConfig, work: Path
-) -> StepResult:
+) -> StepResult[Trained]:
     """Fine-tune an intent model and write a verified artifact."""
-    outcome = train_step(Path(args.data), data, train, registry, work, Path(args.out) if args.out else None)
+    with local_data(args.data, registry, work) as dataset:
+        out = Path(args.out) if args.out else None
+        outcome = train_step(dataset, data, train, registry, work, out, mlflow_run=args.mlflow_run_id)
     if outcome is None:  # a worker under torchrun: rank 0 has written and reports everything
         raise SystemExit(0)
     return StepResult(*outcome)
+
+
+@contextmanager
+def local_data(data: str, reg_cfg: RegistryConfig, work: Path) -> Iterator[Path]:
+    """``data`` as a local path: a path as it is, an artifact URI downloaded for as long as training runs
+    (under torchrun every worker downloads its own copy)."""
+    if not tracking.URI.match(data):
+        yield Path(data)
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work, prefix="data-") as folder:
+        yield tracking.download(reg_cfg, data, Path(folder))
 
 
 def train_step(
@@ -50,15 +82,27 @@ def train_step(
     reg_cfg: RegistryConfig,
     work: Path,
     out: Path | None = None,
-) -> tuple[dict, str] | None:
+    *,
+    mlflow_run: str | None = None,
+) -> tuple[Trained, str] | None:
     """Fine-tune, calibrate the fallback, evaluate on the test split, write the artifact, log the run.
 
     As one of N processes under torchrun (``model.train.distributed``) every rank trains its share of
     each batch; rank 0 alone evaluates, writes the artifact and the MLflow run and returns the
-    summary; the other ranks wait until it has, then return None."""
+    summary; the other ranks wait until it has, then return None. ``mlflow_run``: an existing run to
+    train in (it must exist), which also receives the artifact folder."""
     world = distributed.join(train_cfg.device)
     try:
-        return _train(world, data, data_cfg, train_cfg, reg_cfg, work, out)
+        return _train(
+            world,
+            data,
+            data_cfg=data_cfg,
+            train_cfg=train_cfg,
+            reg_cfg=reg_cfg,
+            work=work,
+            out=out,
+            mlflow_run=mlflow_run,
+        )
     finally:
         distributed.leave(world)
 
@@ -66,12 +110,14 @@ def train_step(
 def _train(
     world: distributed.World,
     data: Path,
+    *,
     data_cfg: DataConfig,
     train_cfg: TrainConfig,
     reg_cfg: RegistryConfig,
     work: Path,
     out: Path | None,
-) -> tuple[dict, str] | None:
+    mlflow_run: str | None,
+) -> tuple[Trained, str] | None:
     df = load_split(data, data_cfg)
     digest = dataset_digest(df)
     train, val, test = (df[df["split"] == s] for s in ("train", "val", "test"))
@@ -90,7 +136,7 @@ def _train(
         return None
     sha = tracking.git_sha()
     started = time.perf_counter()
-    with tracking.training_run(reg_cfg, run_name=name, run_id=run.get("mlflow_run_id")) as run_id:
+    with tracking.training_run(reg_cfg, name, mlflow_run or run.get("mlflow_run_id"), bool(mlflow_run)) as run_id:
         result = train_model(run={"name": name, "mlflow_run_id": run_id})
         train_seconds = time.perf_counter() - started
         predictor, report, md = _calibrated_and_evaluated(result, val, test, data_cfg, train_cfg)
@@ -109,7 +155,7 @@ def _train(
             "history": result.history,
             "metrics": _headline(report),
             "counts": df.groupby("split").size().to_dict(),
-            **({"entity_metrics": report["entities"]} if "entities" in report else {}),
+            **({"entity_metrics": report.entities.to_dict()} if report.entities is not None else {}),
         }
         artifact_digest = write_artifact(
             result,
@@ -128,22 +174,25 @@ def _train(
             history=result.history,
             metrics={**_headline(report), "train_seconds": train_seconds},
             artifact_digest=artifact_digest,
+            upload=target if mlflow_run else None,  # the job's disk is gone once it ends
         )
     checkpoint.remove(checkpoints)  # the artifact holds the result: a rerun trains afresh
     world.barrier()
-    summary = {
-        "artifact": str(target),
-        "artifact_digest": artifact_digest,
-        "mlflow_run_id": run_id,
-        "dataset_digest": digest,
-        "git_sha": sha,
-        "device": result.device,
-        **{k: meta[k] for k in ("precision", "workers", "resumed_from_step")},
-        "train_seconds": round(train_seconds, 1),
-        "fallback_threshold": predictor.threshold,
-        "metrics": _headline(report),
-        "counts": meta["counts"],
-    }
+    summary = Trained(
+        artifact=str(target),
+        artifact_digest=artifact_digest,
+        mlflow_run_id=run_id,
+        dataset_digest=digest,
+        git_sha=sha,
+        device=result.device,
+        precision=result.precision,
+        workers=world.size,
+        resumed_from_step=result.resumed_from_step,
+        train_seconds=round(train_seconds, 1),
+        fallback_threshold=predictor.threshold,
+        metrics=_headline(report),
+        counts=meta["counts"],
+    )
     return summary, f"## Training run `{name}`\n\nArtifact: `{target}`\n\n{md}"
 
 
@@ -166,11 +215,13 @@ def run_key(dataset_digest: str, config: dict) -> str:
 
 def _calibrated_and_evaluated(
     result: FitResult, val: pd.DataFrame, test: pd.DataFrame, data_cfg: DataConfig, train_cfg: TrainConfig
-) -> tuple[IntentPredictor, dict, str]:
+) -> tuple[IntentPredictor, EvaluationReport, str]:
     """The trained model as a predictor with its fallback calibrated on validation, and its report on the
     test split (validation when there is none), as data and markdown."""
     model, tokenizer, labels = result.model, result.tokenizer, result.labels
-    predictor = IntentPredictor(model, tokenizer, labels, 0.0, train_cfg.max_length, tags=result.tags)
+    predictor = IntentPredictor(
+        model, tokenizer, labels, threshold=0.0, max_length=train_cfg.max_length, tags=result.tags
+    )
     calibrate(predictor, val, train_cfg)
     report = evaluate(predictor, test if len(test) else val, data_cfg.oos_label)
     md = render_markdown(report, "Held-out test split" if len(test) else "Validation split (no test rows)")
@@ -199,11 +250,13 @@ def calibrate(predictor: IntentPredictor, val: pd.DataFrame, cfg: TrainConfig) -
     predictor.scope_threshold = scope_threshold(top, correct, cfg.handoff_in_scope_cost)
 
 
-def _headline(report: dict) -> dict:
-    keys = ("accuracy", "macro_f1", "answered_accuracy", "fallback_rate", "ece", "oos_recall")
-    out = {k: report[k] for k in keys if k in report}
-    if "entities" in report:  # span-level micro-F1 over every entity type (exact match)
-        out["entity_f1"] = report["entities"]["micro"]["f1"]
-    out["latency_p95_ms"] = report["latency"]["single_p95_ms"]
-    out["cpu_p95_ms"] = report["latency"]["cpu_p95_ms"]
+def _headline(report: EvaluationReport) -> dict[str, float]:
+    """The figures the summary, the artifact's meta and the MLflow run carry (their names are MLflow metric keys)."""
+    out = {k: getattr(report, k) for k in ("accuracy", "macro_f1", "answered_accuracy", "fallback_rate", "ece")}
+    if report.out_of_scope is not None:
+        out["oos_recall"] = report.out_of_scope.recall
+    if report.entities is not None:  # span-level micro-F1 over every entity type (exact match)
+        out["entity_f1"] = report.entities.micro.f1
+    out["latency_p95_ms"] = report.latency.single_p95_ms
+    out["cpu_p95_ms"] = report.latency.cpu_p95_ms
     return out

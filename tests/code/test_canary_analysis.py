@@ -12,7 +12,7 @@ from model.deploy.canary import HOLD, PROMOTE, ROLLBACK, ArmMetrics, analyse, ms
 CFG = CanaryConfig()
 
 
-def arm(n, errors=0.001, fallbacks=0.10, escalations=0.03, rated=0.3, down=0.15, slow=0.002, p99=40.0):
+def arm(n, *, errors=0.001, fallbacks=0.10, escalations=0.03, rated=0.3, down=0.15, slow=0.002, p99=40.0):
     """An arm with n requests and the given rates (ratings: share of requests rated; down: share of ratings;
     slow: share of answers over the latency budget)."""
     ratings = int(n * rated)

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
+import re
 import subprocess
 import sys
-import typing
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from model.core.command_line import parser_for
-from model.core.config import DEFAULT_CONFIG, SECTIONS, DataConfig, TrainConfig
+from model.core.config import DEFAULT_CONFIG, PROJECT_ROOT, SECTIONS, DataConfig, RegistryConfig, setting
+from model.core.reports import as_json
 from model.core.settings import read_yaml_config
-from model.core.steps import Signature
+from model.core.steps import Step, StepResult, WiringError, wiring_problems
+from model.registry.args import RegisterArgs
+from model.registry.register import Registered
 from scripts.cli import STEPS, main
+from tests.helpers.cli import step_parsers
 
 BY_NAME = {s.name: s for s in STEPS}
 
@@ -27,66 +30,117 @@ def test_every_step_has_help(step, capsys):
     assert "--config" in out and "--work-dir" in out and BY_NAME[step].help in out
 
 
-def wiring_mistakes(function) -> list[str]:
-    """Where ``function`` would not take what the dispatcher (model/core/command_line.py) passes it: each
-    section parameter gets that section's dataclass, ``args`` the step's flags dataclass (whose
-    ``POSITIONAL`` names are among its fields), ``work``, ``report_dir`` and ``config_file`` a Path."""
-    try:
-        signature = Signature.of(function)
-    except TypeError as exc:  # a parameter that is neither a section nor injected
-        return [str(exc)]
-    hints = typing.get_type_hints(function)
-    expected = {s: SECTIONS[s] for s in signature.sections} | {name: Path for name in signature.injected}
-    mistakes = [f"{n}: {hints.get(n)} where the CLI passes {t}" for n, t in expected.items() if hints.get(n) is not t]
-    if "args" not in inspect.signature(function).parameters:
-        return mistakes
-    if not dataclasses.is_dataclass(signature.args):
-        return [*mistakes, f"args: {signature.args} is not a dataclass of flags"]
-    fields = {f.name for f in dataclasses.fields(signature.args)}
-    return mistakes + [
-        f"POSITIONAL {n!r} is no field" for n in getattr(signature.args, "POSITIONAL", ()) if n not in fields
-    ]
+@pytest.mark.parametrize("step", STEPS, ids=lambda s: s.name)
+def test_every_row_matches_its_function(step):
+    """What a row declares (flags dataclass, config sections, injected values) is what its function takes,
+    and the function returns a typed outcome: checked on the function's real signature and annotations."""
+    function = step.load()  # raises WiringError naming any difference
+    assert wiring_problems(step, function) == []
+    assert function.__doc__, f"{step.name}: the function says what the step does"
 
 
-@dataclasses.dataclass
-class Flags:
-    POSITIONAL = ("record",)
-    record: str = ""
+def test_each_step_is_named_once():
+    assert len(BY_NAME) == len(STEPS)
 
 
-@dataclasses.dataclass
-class MisnamedPositional:
-    POSITIONAL = ("recrod",)
-    record: str = ""
+@dataclass
+class _Flags:
+    model: str = setting("", "an artifact")
 
 
-def swapped_sections(args: Flags, *, data: TrainConfig, train: DataConfig) -> None: ...
-def work_as_text(args: Flags, *, work: str) -> None: ...
-def flags_as_a_dict(args: dict) -> None: ...
-def misspelt_section(args: Flags, *, trian: TrainConfig) -> None: ...
-def positional_not_a_field(args: MisnamedPositional) -> None: ...
+@dataclass(frozen=True)
+class _Done:
+    version: int
+
+
+def _register_like(args: RegisterArgs, *, registry: RegistryConfig) -> StepResult[Registered]:
+    """A step function as the table's register row declares it."""
+
+
+def _untyped(args: RegisterArgs, *, registry: RegistryConfig) -> StepResult:
+    """Returns a StepResult without saying of what."""
 
 
 @pytest.mark.parametrize(
-    ("function", "mistake"),
+    ("row", "function", "problem"),
     [
-        (swapped_sections, f"data: {TrainConfig} where the CLI passes {DataConfig}"),
-        (swapped_sections, f"train: {DataConfig} where the CLI passes {TrainConfig}"),
-        (work_as_text, f"work: {str} where the CLI passes {Path}"),
-        (flags_as_a_dict, "is not a dataclass of flags"),
-        (misspelt_section, "parameters ['trian'] are neither sections nor injected"),
-        (positional_not_a_field, "POSITIONAL 'recrod' is no field"),
+        (dict(args=RegisterArgs, sections=("registry",)), _register_like, None),
+        (dict(args=RegisterArgs, sections=("registry", "data")), _register_like, "the row declares ['data']"),
+        (dict(args=RegisterArgs), _register_like, "it reads ['registry'], which the row does not declare"),
+        (dict(args=_Flags, sections=("registry",)), _register_like, "its `args` is RegisterArgs, the row's is _Flags"),
+        (dict(sections=("registry",)), _register_like, "it takes ['args'] but the row declares no args"),
+        (dict(args=RegisterArgs, sections=("registry",), injected=("work",)), _register_like, "declares ['work']"),
+        (dict(args=RegisterArgs, sections=("registry",)), _untyped, "not StepResult[<a dataclass>]"),
     ],
 )
-def test_a_wiring_mistake_is_found(function, mistake):
-    assert any(mistake in m for m in wiring_mistakes(function)), wiring_mistakes(function)
+def test_a_row_that_disagrees_with_its_function_is_named(row, function, problem):
+    step = Step("x", "a step", "tests.code.test_cli:_", **row)
+    problems = wiring_problems(step, function)
+    assert (problems == []) if problem is None else any(problem in p for p in problems), problems
 
 
-def test_each_step_is_declared_once_and_takes_what_the_cli_passes():
-    """The table names each step once; each function says what it does and takes what dispatch passes it."""
-    assert len(BY_NAME) == len(STEPS)
-    assert all(step.load().__doc__ for step in STEPS), "each step's function says what the step does"
-    assert {step.name: wiring_mistakes(step.load()) for step in STEPS} == {step.name: [] for step in STEPS}
+def test_a_miswired_row_fails_when_the_step_loads_not_when_it_runs():
+    """The real register function under a row that declares the wrong section: refused at load, naming both."""
+    row = Step("register", "x", "model.registry.steps:register_command", RegisterArgs, sections=("data",))
+    with pytest.raises(WiringError, match=r"step 'register': model.registry.steps:register_command does not match"):
+        row.load()
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (dict(sections=("trian",)), "unknown config section 'trian'"),
+        (dict(injected=("workdir",)), "'workdir' is not injected"),
+        (dict(args=DataConfig()), "is not a dataclass"),
+    ],
+)
+def test_a_row_naming_what_does_not_exist_fails_when_the_table_is_built(row, message):
+    with pytest.raises(WiringError, match=message):
+        Step("x", "a step", "model.registry.steps:register_command", **row)
+
+
+def test_a_step_outcome_is_typed_and_becomes_json_only_when_written():
+    with pytest.raises(TypeError, match="not dict"):
+        StepResult({"version": 1}, "")
+    nested = {"path": PROJECT_ROOT, "done": (_Done(3),), "decision": Registered("m", 2, True, "challenger", "u")}
+    assert as_json(nested) == {
+        "path": str(PROJECT_ROOT),
+        "done": [{"version": 3}],
+        "decision": {"name": "m", "version": 2, "created": True, "alias": "challenger", "model_uri": "u"},
+    }
+
+
+def test_help_shows_the_hyphenated_spelling_of_each_flag_first():
+    for name, parser in step_parsers().items():
+        for action in parser._actions:
+            first = action.option_strings[0] if action.option_strings else "--"
+            assert "_" not in first, f"flywheel {name}: {action.option_strings}"
+    assert main(["train", "--help"]) == 0
+
+
+def test_help_says_which_flags_are_required(capsys):
+    assert main(["promote", "--help"]) == 0
+    options = " ".join(capsys.readouterr().out.split("options:", 1)[1].split())
+    env = options.split("--env {staging,production}", 1)[1].split(" --", 1)[0]
+    assert env.strip() == "environment whose canary takes 100 percent, by pull request (required)"
+    assert "(default: .)" in options.split("--repo REPO", 1)[1].split(" --", 1)[0]
+
+
+def test_the_delivery_steps_and_every_help_start_without_torch_or_mlflow():
+    """The table names every flags dataclass without importing any step's code: `flywheel <step> --help`
+    and the parsers the wiring tests check load neither PyTorch nor MLflow."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from scripts.cli import STEPS, main\n"
+        "from tests.helpers.cli import step_parsers\n"
+        "step_parsers()\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert all(main([s.name, '--help']) == 0 for s in STEPS)\n"
+        "print(sorted(m for m in ('torch', 'mlflow', 'transformers') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_top_level_help_lists_every_step(capsys):
@@ -94,6 +148,11 @@ def test_top_level_help_lists_every_step(capsys):
     out = capsys.readouterr().out
     assert all(f"  {name}" in out for name in BY_NAME)
     assert main(["no-such-step"]) == 2 and "unknown step 'no-such-step'" in capsys.readouterr().err
+
+
+def test_the_readme_command_table_has_one_row_per_step():
+    rows = re.findall(r"^\| `flywheel ([a-z-]+)", (PROJECT_ROOT / "README.md").read_text(), re.MULTILINE)
+    assert sorted(rows) == sorted(BY_NAME)
 
 
 def test_installed_entry_point_runs():
@@ -147,8 +206,7 @@ def test_bad_flag_choice_exits_2_with_the_allowed_values(capsys):
 
 
 def _parsed(argv: list[str], config: Path) -> dict:
-    step = BY_NAME[argv[0]]
-    return vars(parser_for(step, Signature.of(step.load()), read_yaml_config(config)).parse_args(argv[1:]))
+    return vars(parser_for(BY_NAME[argv[0]], read_yaml_config(config)).parse_args(argv[1:]))
 
 
 def test_flags_override_yaml_which_overrides_the_defaults(tmp_path):

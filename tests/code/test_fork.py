@@ -17,6 +17,7 @@ from model.deploy import images, manifests
 from model.deploy.checks import check_manifests
 from model.deploy.fork import github_repository
 from scripts.cli import main
+from tests.helpers.delivery import images_in
 
 SHIPPED = {"flywheel-staging", "flywheel-production", "release: kube-prometheus-stack", "flywheel-mlops/flywheel"}
 DIGEST = "sha256:" + "f" * 64
@@ -113,7 +114,7 @@ def test_init_personalises_a_fork_in_one_commit(fork, tmp_path):
         assert manifests.namespace_of(fork / f"manifests/{env}/inferenceservice.yaml") == ns
         for name in ("inferenceservice.yaml", "collector.yaml"):
             text = (fork / "manifests" / env / name).read_text()
-            assert images.images_in(text) == ["ghcr.io/acme-corp/support.bot:main"]
+            assert images_in(text) == ["ghcr.io/acme-corp/support.bot:main"]
     # nothing of the shipped names is left where Argo CD or Prometheus reads it, and only those values changed
     for rel in ENV_FILES:
         text = (fork / rel).read_text()
@@ -144,7 +145,7 @@ def test_pinning_accepts_the_forks_own_repository_once_init_ran(fork, tmp_path):
     with pytest.raises(FlywheelError, match="a fork names its own image repository after `flywheel init`"):
         images.pin(path.read_text(), own, path)
     assert init(fork, report_dir=tmp_path)[0] == 0
-    assert images.images_in(images.pin(path.read_text(), own, path)) == [own]
+    assert images_in(images.pin(path.read_text(), own, path)) == [own]
 
 
 @pytest.mark.real("promtool")

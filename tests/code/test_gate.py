@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -9,52 +10,61 @@ import pytest
 from model.core.config import GateConfig
 from model.evaluate.evaluation import _latency
 from model.evaluate.gate import decide, render_markdown
+from model.evaluate.report import EvaluationReport, Latency, Outcome, OutOfScope, Scores
 
 CFG = GateConfig(
     alpha=0.05, min_support=10, max_f1_drop=0.05, latency_budget_ms=50, min_accuracy=0.8, min_macro_f1=0.75
 )
 
 
-def report(correct: list[bool], *, digest="T", cpu_p95=10.0, wall_p95=12.0, f1=None, model="m"):
-    """An evaluation report with the given per-example outcomes over intents a/b."""
+def report(
+    correct: list[bool], *, digest="T", cpu_p95=10.0, wall_p95=12.0, f1=None, model="m", intents=None, support=None
+) -> EvaluationReport:
+    """An evaluation report with the given per-example outcomes over intents a/b (``support``: per intent,
+    where not 50; ``intents``: what the model knows, where not the intents scored)."""
     examples = [
-        {
-            "id": f"e{i}",
-            "intent": "a" if i % 2 else "b",
-            "predicted": ("a" if i % 2 else "b") if ok else "x",
-            "confidence": 0.9,
-            "fallback": False,
-        }
+        Outcome(f"e{i}", "a" if i % 2 else "b", ("a" if i % 2 else "b") if ok else "x", 0.9, False)
         for i, ok in enumerate(correct)
     ]
     acc = sum(correct) / len(correct)
     f1 = f1 or {"a": acc, "b": acc}
-    return {
-        "test_digest": digest,
-        "model_digest": model,
-        "accuracy": acc,
-        "macro_f1": sum(f1.values()) / len(f1),
-        "latency": {"cpu_p95_ms": cpu_p95, "single_p95_ms": wall_p95},
-        "per_intent": {k: {"f1": v, "support": 50, "precision": v, "recall": v} for k, v in f1.items()},
-        "examples": examples,
-    }
+    support = {k: 50 for k in f1} | (support or {})
+    return EvaluationReport(
+        n_examples=len(examples),
+        n_in_scope=len(examples),
+        test_digest=digest,
+        model_digest=model,
+        model_intents=list(intents or f1),
+        fallback_threshold=0.5,
+        accuracy=acc,
+        macro_f1=sum(f1.values()) / len(f1),
+        answered_accuracy=acc,
+        fallback_rate=0.0,
+        ece=0.0,
+        per_intent={k: Scores(precision=v, recall=v, f1=v, support=support[k]) for k, v in f1.items()},
+        confused_pairs=[],
+        latency=Latency(cpu_p50_ms=cpu_p95, cpu_p95_ms=cpu_p95, single_p50_ms=wall_p95, single_p95_ms=wall_p95,
+                        batch_queries_per_s=100.0),
+        examples=examples,
+    )  # fmt: skip
+
+
+def predicting(report_: EvaluationReport, intent: str, n: int, answer: str) -> EvaluationReport:
+    """``report_`` with the first ``n`` examples of ``intent`` answered as ``answer``."""
+    ids = [e.id for e in report_.examples if e.intent == intent][:n]
+    examples = [dataclasses.replace(e, predicted=answer) if e.id in ids else e for e in report_.examples]
+    return dataclasses.replace(report_, examples=examples)
 
 
 SAME_F1 = {"a": 0.9, "b": 0.9}  # isolates the overall test from the per-intent one
 
 
-def trade(lost_b: int, won_a: int, f1: dict) -> tuple[dict, dict]:
+def trade(lost_b: int, won_a: int, f1: dict) -> tuple[EvaluationReport, EvaluationReport]:
     """Champion and challenger on the same 100 examples: the challenger gets ``lost_b`` of intent b's
     examples wrong that the champion got right, and ``won_a`` of a's right that the champion got wrong,
     so overall they stay close and only the per-intent check can tell."""
-    champion = report([True] * 100, f1=SAME_F1)
-    challenger = report([True] * 100, f1=f1)
-    b_examples = [e for e in challenger["examples"] if e["intent"] == "b"][:lost_b]
-    for e in b_examples:
-        e["predicted"] = "a"
-    a_examples = [e for e in champion["examples"] if e["intent"] == "a"][:won_a]
-    for e in a_examples:
-        e["predicted"] = "x"
+    champion = predicting(report([True] * 100, f1=SAME_F1), "a", won_a, "x")
+    challenger = predicting(report([True] * 100, f1=f1), "b", lost_b, "a")
     return challenger, champion
 
 
@@ -156,34 +166,23 @@ def test_a_drop_within_noise_is_a_warning_and_a_real_one_names_its_evidence():
 
 def test_new_intents_are_reported_with_their_test_support_and_not_gated():
     """What the retrain was for: intents the champion does not know, scored on the grown test set."""
-    champion = report([True] * 100, f1={"a": 0.9, "b": 0.9, "c": 0.0, "d": 0.0})
-    challenger = report([True] * 100, f1={"a": 0.9, "b": 0.9, "c": 0.75, "d": 0.0})
-    champion["model_intents"], challenger["model_intents"] = ["a", "b"], ["a", "b", "c", "d"]
-    challenger["per_intent"]["c"]["support"] = 12
-    challenger["per_intent"]["d"]["support"] = 0
+    champion = report([True] * 100, f1={"a": 0.9, "b": 0.9, "c": 0.0, "d": 0.0}, intents=["a", "b"])
+    challenger = report([True] * 100, f1={"a": 0.9, "b": 0.9, "c": 0.75, "d": 0.0}, support={"c": 12, "d": 0})
     decision = decide(challenger, champion, CFG)
     (check,) = [c for c in decision.checks if c.name == "new intents"]
     assert decision.passed and check.passed
     untested = "warning, no test example yet (not evaluated): d"
     assert check.detail == f"2 new: F1 on 12 test examples: c 0.750 (12); {untested}"
-    same = report([True] * 100)
-    same["model_intents"] = ["a", "b"]
-    assert "new intents" not in [c.name for c in decide(same, {**same, "model_intents": ["a", "b"]}, CFG).checks]
+    same = report([True] * 100, intents=["a", "b"])
+    assert "new intents" not in [c.name for c in decide(same, same, CFG).checks]
 
 
-def _with_out_of_scope(report_: dict, handed_off: int, n: int = 20) -> dict:
+def _with_out_of_scope(report_: EvaluationReport, handed_off: int, n: int = 20) -> EvaluationReport:
     """``report_`` plus ``n`` out-of-scope test examples, the first ``handed_off`` of them handed off."""
-    extra = [
-        {"id": f"o{i}", "intent": "oos", "predicted": "a", "confidence": 0.5, "fallback": i < handed_off}
-        for i in range(n)
-    ]
-    return {
-        **report_,
-        "examples": report_["examples"] + extra,
-        "oos_label": "oos",
-        "oos_recall": handed_off / n,
-        "n_out_of_scope": n,
-    }
+    extra = [Outcome(f"o{i}", "oos", "a", 0.5, i < handed_off) for i in range(n)]
+    return dataclasses.replace(
+        report_, examples=report_.examples + extra, out_of_scope=OutOfScope("oos", handed_off / n, n)
+    )
 
 
 @pytest.mark.parametrize(
@@ -208,9 +207,8 @@ def test_a_first_model_must_hand_off_enough_out_of_scope_messages():
 
 
 def test_intent_with_little_support_is_not_gated():
-    champion = report([True] * 90 + [False] * 10, f1={"a": 0.9, "b": 0.9})
+    champion = report([True] * 90 + [False] * 10, f1={"a": 0.9, "b": 0.9}, support={"b": 5})
     challenger = report([True] * 90 + [False] * 10, f1={"a": 0.9, "b": 0.2})
-    champion["per_intent"]["b"]["support"] = 5
     assert decide(challenger, champion, CFG).passed
 
 
@@ -243,5 +241,5 @@ def test_cpu_time_leaves_out_time_spent_waiting():
             return []
 
     lat = _latency(WaitingPredictor(), [f"t{i}" for i in range(10)], batch_seconds=1.0)
-    assert lat["single_p50_ms"] >= 20.0
-    assert lat["cpu_p95_ms"] < 10.0
+    assert lat.single_p50_ms >= 20.0
+    assert lat.cpu_p95_ms < 10.0

@@ -1,5 +1,6 @@
-"""Code tests of the layout: the import contract holds, the serving path loads no training code, and
-modules and functions stay small enough to hold in one's head."""
+"""Code tests of the layout: the import contract holds, the serving path loads no training code,
+modules and functions stay small enough to hold in one's head, each package's ``Imports:`` line is
+true, and the README's and docs' links lead somewhere."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,19 +30,29 @@ def test_the_import_contract_holds():
     assert "Contracts: 2 kept, 0 broken." in done.stdout
 
 
-def test_serving_imports_no_training_gate_or_registration_code():
-    """What the serving image loads: the predictor in a fresh interpreter, and nothing from training."""
-    code = (
-        "import json, sys; import model.serve.serving;"
-        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('model', 'data_checks')))))"
-    )
+def _loaded_by(module: str) -> list[str]:
+    """The modules importing ``module`` loads in a fresh interpreter."""
+    code = f"import json, sys; import {module}; print(json.dumps(sorted(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_serving_imports_no_training_gate_registry_or_mlflow():
+    """What the serving image loads: the predictor in a fresh interpreter, and nothing from training,
+    the gate or the registry; no MLflow (a models:/ URI is resolved before the server starts)."""
+    loaded = _loaded_by("model.serve.serving")
     assert "model.serve.serving" in loaded and "model.artifact.predictor" in loaded
-    forbidden = ("model.train", "model.evaluate", "model.registry.register", "model.registry.tracking")
-    assert not [m for m in loaded if m.startswith(forbidden)], loaded
-    assert not [m for m in loaded if m.startswith(("model.prepare", "model.deploy", "model.loop", "data_checks"))]
+    forbidden = ("model.train", "model.evaluate", "model.registry", "model.prepare", "model.deploy", "model.loop")
+    assert not [m for m in loaded if m.startswith((*forbidden, "data_checks"))], loaded
+    assert "mlflow" not in loaded
+
+
+def test_the_serve_step_imports_mlflow_only_for_a_registry_uri():
+    """`flywheel serve` with a folder (as in the pod, /mnt/models) loads the server and no MLflow."""
+    loaded = _loaded_by("model.deploy.serve_step")
+    assert "model.serve.serving" in loaded
+    assert "mlflow" not in loaded and not [m for m in loaded if m.startswith("model.registry")]
 
 
 def _modules() -> list[Path]:
@@ -146,3 +158,49 @@ def test_a_wrong_imports_line_is_caught(declared, problem):
     imported = {"model.core.config", "model.artifact.predictor", "model.registry.versions"}
     assert mismatches({"model.core", "model.artifact", "model.registry.versions"}, imported) == []
     assert any(p.startswith(problem) for p in mismatches(declared, imported)), mismatches(declared, imported)
+
+
+DOCS = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
+
+
+def _prose(text: str) -> str:
+    """Markdown without its code: fenced blocks and inline code spans hold no links."""
+    return re.sub(r"`[^`\n]*`", "", re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL))
+
+
+def _anchors(text: str) -> Iterator[str]:
+    """The heading anchors GitHub makes: lower case, punctuation dropped, spaces to hyphens, repeats numbered."""
+    seen: dict[str, int] = {}
+    for heading in re.findall(r"^#+ (.+)$", re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL), re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.replace("`", "").strip().lower()).replace(" ", "-")
+        seen[slug] = seen.get(slug, -1) + 1
+        yield slug if seen[slug] == 0 else f"{slug}-{seen[slug]}"
+
+
+def _links(page: Path) -> list[str]:
+    return re.findall(r"\]\(([^)\s]+)\)", _prose(page.read_text()))
+
+
+@pytest.mark.parametrize("page", DOCS, ids=lambda p: p.name)
+def test_relative_links_lead_to_files_and_headings_that_exist(page):
+    broken = []
+    for link in _links(page):
+        if re.match(r"[a-z]+:", link):
+            continue  # a web address
+        target, _, anchor = link.partition("#")
+        path = (page.parent / target).resolve() if target else page
+        if not path.exists():
+            broken.append(f"{link}: no file {path}")
+        elif anchor and path.suffix == ".md" and anchor not in set(_anchors(path.read_text())):
+            broken.append(f"{link}: no heading with anchor #{anchor} in {path.name}")
+    assert not broken, f"{page.name}: {broken}"
+
+
+def test_the_readme_links_every_docs_page():
+    linked = {(PROJECT_ROOT / link.partition("#")[0]).resolve() for link in _links(PROJECT_ROOT / "README.md")}
+    assert {p.resolve() for p in DOCS[1:]} <= linked
+
+
+def test_anchors_are_made_as_github_makes_them():
+    text = "# `make demo`: the loop (2026-12-03)\n## The gate's latency\n```\n# not a heading\n```\n## FAQ\n## FAQ\n"
+    assert list(_anchors(text)) == ["make-demo-the-loop-2026-12-03", "the-gates-latency", "faq", "faq-1"]

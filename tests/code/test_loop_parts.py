@@ -19,6 +19,7 @@ from model.loop import annotator
 from model.loop.plan import draw_traffic, plan_data, response_catalog, split_intents
 from model.loop.report import git_history
 from model.loop.stand_in import StandInRepo
+from model.loop.world import AFTER_RELEASE, BEFORE_SHIFT, SHIFTED, canary_look
 from model.prepare.review_queue import read_labels
 from model.serve.catalog import ResponseCatalog
 
@@ -123,6 +124,23 @@ def test_annotator_random_strategy_draws_distinct_logged_texts():
         annotator.label(_queue(3), {}, ["a"], 0.0, seed=1)
 
 
+def test_each_batch_of_traffic_has_its_own_named_seeds():
+    """Every batch draws its messages and its users' reactions from streams no other batch uses, with the
+    numbers earlier loops were run with (the same loop.seed sends the same traffic as before)."""
+    batches = [BEFORE_SHIFT, SHIFTED, *(canary_look(n) for n in range(1, LoopConfig().max_looks + 1)), AFTER_RELEASE]
+    for seed in ("phase", "draw", "react"):
+        assert len({getattr(b, seed) for b in batches}) == len(batches), seed
+    assert [(b.draw, b.react) for b in (BEFORE_SHIFT, SHIFTED, canary_look(1), AFTER_RELEASE)] == [
+        (0, 1),
+        (1, 2),
+        (11, 11),
+        (99, 99),
+    ]
+    pool = pd.DataFrame({"text": [f"t{i}" for i in range(50)], "intent": ["a", "b"] * 25})
+    drawn = [draw_traffic(pool, 20, [], 0.0, 7 + b.draw)["text"].tolist() for b in (BEFORE_SHIFT, SHIFTED)]
+    assert drawn[0] != drawn[1]
+
+
 def test_stand_in_repository_merges_one_commit_per_pull_request(tmp_path, monkeypatch):
     monkeypatch.delenv("GITHUB_TOKEN", raising=False)
     repo = StandInRepo.create(tmp_path / "repo")
@@ -136,7 +154,7 @@ def test_stand_in_repository_merges_one_commit_per_pull_request(tmp_path, monkey
     monkeypatch.setenv("GIT_COMMITTER_EMAIL", "t@localhost")
     result, _ = request_retrain_step(report, repo.path, DeliveryConfig())
     assert not (repo.path / result["request_file"]).exists()  # proposed, not merged
-    commit = repo.merge(result["pull_request"])
+    commit = repo.merge(result["pull_request"]["branch"])
     assert (repo.path / result["request_file"]).is_file()
     log = git_history(repo.path)["log"]
     assert commit.startswith(log[0]["commit"]) and len(log) == 2

@@ -319,7 +319,7 @@ def test_a_loop_that_stopped_early_says_what_was_not_reached(tmp_path):
 def test_a_typed_record_of_a_stopped_loop_renders(tmp_path):
     """What the loop writes when its first stage fails: every section null, the stage failed."""
     record = LoopRecord(dataset="sample", started_at="2026-11-27T10:00:00Z", stages=[StageEntry("setup", "Setup")])
-    html = render_report(record.to_json(), tmp_path / "r.html").read_text()
+    html = render_report(record.to_dict(), tmp_path / "r.html").read_text()
     assert "no first model → drift check not reached → failed at Setup" in html
     assert "Drift check: not reached." in html and "Registry: not reached." in html
 

@@ -1,11 +1,10 @@
 """Every `flywheel ...` call written outside Python (workflow `run:` steps, the containers of the
-manifests, the Dockerfile, the Makefile) names a real step and only flags that step knows, checked
-with the CLI's own parser; and the step outputs the workflows branch on are ones the steps write."""
+manifests, the Dockerfile, the Makefile, the shell blocks of the README and docs/) names a real step
+and only flags that step knows, checked with the CLI's own parser; and the step outputs the workflows
+branch on are ones the steps write."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 import shlex
@@ -15,20 +14,18 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from model.core.command_line import parsers
 from model.core.config import PROJECT_ROOT
-from scripts.cli import STEPS
+from tests.helpers.cli import problems
 
 WORKFLOWS = sorted((PROJECT_ROOT / ".github" / "workflows").glob("*.yml"))
 MANIFESTS = sorted((PROJECT_ROOT / "manifests").rglob("*.yaml"))
-SHELL_OPERATORS = {"&&", "||", ";", "|"}
-# A value filled in at run time: GitHub expression, shell variable, Kubernetes $(VAR) expansion.
-VARIABLE = re.compile(r"\$\{\{.*\}\}|^\$[({]?[A-Za-z_][A-Za-z0-9_]*[)}]?$")
+DOCS = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
+SHELL_OPERATORS = {"&&", "||", ";", "|", "&"}
 
 
-def _calls_in_shell(command: str) -> list[list[str]]:
+def _calls_in_shell(command: str, comments: bool = False) -> list[list[str]]:
     """The argument lists following each `flywheel` (any path to it) in a shell command line."""
-    tokens = shlex.split(command, posix=True)
+    tokens = shlex.split(command, comments=comments, posix=True)
     calls, command_starts = [], True  # only a command word runs a program, not an argument such as "flywheel"
     for i, token in enumerate(tokens):
         if command_starts and (token == "flywheel" or token.endswith("/flywheel")):
@@ -101,52 +98,33 @@ def makefile_calls() -> list[tuple[str, list[str]]]:
     return out
 
 
-def problems(argv: list[str]) -> list[str]:
-    """What the real parser would refuse in ``flywheel <argv>``; variable values replaced by typed stand-ins."""
-    steps = parsers(STEPS)
-    if not argv or argv[0] not in steps:
-        return [f"unknown step {argv[0] if argv else '(none)'!r} (steps: {', '.join(steps)})"]
-    options = steps[argv[0]]._option_string_actions
-    found, concrete, i = [], [argv[0]], 1
-    while i < len(argv):
-        token = argv[i]
-        flag, has_value, value = token.partition("=")
-        if not flag.startswith("--"):
-            found.append(f"{token!r} is not a flag (steps take no positional arguments)")
-            i += 1
-            continue
-        if flag not in options:  # exact names only: argparse would also take a prefix, which hides typos
-            found.append(f"unknown flag {flag} for `flywheel {argv[0]}`")
-            i += 1
-            continue
-        action = options[flag]
-        if not has_value and action.nargs != 0:
-            following = argv[i + 1] if i + 1 < len(argv) else None
-            if action.nargs == "?" and (following is None or following.startswith("--")):
-                value = None  # a bare boolean flag
-            else:
-                value, i = following, i + 1
-        if value is not None and VARIABLE.search(value):
-            value = str(action.choices[0]) if action.choices else {int: "1", float: "1.5"}.get(action.type, "stand-in")
-        concrete += [flag] if value is None else [flag, value]
-        i += 1
-    if not found:
-        err = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(err):
-                steps[argv[0]].parse_args(concrete[1:])
-        except SystemExit:
-            found.append(f"the parser refuses it: {err.getvalue().strip().splitlines()[-1]}")
-    return found
+def docs_calls(paths: list[Path] = DOCS) -> list[tuple[str, list[str]]]:
+    """The `flywheel` calls in markdown files' shell blocks (comments and line continuations as a shell reads them)."""
+    out = []
+    for path in paths:
+        for block in re.findall(r"^```(?:bash|sh|shell)\n(.*?)^```", path.read_text(), re.MULTILINE | re.DOTALL):
+            for line in block.replace("\\\n", " ").splitlines():
+                if "flywheel" in line:
+                    name = path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path
+                    out += [(f"{name}: {line.strip()}", argv) for argv in _calls_in_shell(line, comments=True)]
+    return out
 
 
-ALL_CALLS = [*workflow_calls(), *[(w, a) for w, a, _ in manifest_calls()], *dockerfile_calls(), *makefile_calls()]
+ALL_CALLS = [
+    *workflow_calls(),
+    *[(w, a) for w, a, _ in manifest_calls()],
+    *dockerfile_calls(),
+    *makefile_calls(),
+    *docs_calls(),
+]
 
 
 def test_every_place_that_runs_flywheel_is_found():
     where = " ".join(w for w, _ in ALL_CALLS)
     for name in ("canary.yml", "ci.yml", "drift.yml", "release.yml", "retrain.yml", "Dockerfile", "Makefile"):
         assert name in where
+    for page in ("docs/data.md", "docs/delivery.md", "docs/loop.md", "docs/model.md", "docs/serving.md"):
+        assert page in where
     runs = {(w.split(" container")[0], a[0]) for w, a, _ in manifest_calls()}
     for env in ("staging", "production"):
         assert (f"manifests/{env}/collector.yaml", "collect") in runs
@@ -171,6 +149,21 @@ def test_flywheel_call_parses_with_the_real_cli(where, argv):
 )
 def test_the_check_catches_mismatches(argv, fragment):
     assert any(fragment in p for p in problems(argv)), problems(argv)
+
+
+def test_docs_shell_blocks_are_read_as_a_shell_reads_them(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "```bash\nflywheel drift --reference a \\\n    --current b   # or --bogus\nflywheel collect &\n```\n"
+        "```python\nflywheel train --not-shell\n```\n"
+    )
+    assert [argv for _, argv in docs_calls([page])] == [["drift", "--reference", "a", "--current", "b"], ["collect"]]
+
+
+def test_positional_only_where_the_step_declares_it():
+    assert problems(["report", "work/loop/x/loop.json", "--out", "report.html"]) == []
+    assert any("is not a flag" in p for p in problems(["report", "a.json", "b.json"]))
+    assert any("is not a flag" in p for p in problems(["drift", "snapshot.parquet"]))
 
 
 def test_variables_stand_in_for_values_not_flags():

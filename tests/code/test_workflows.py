@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from model.core.command_line import parsers
 from model.core.config import PROJECT_ROOT
-from scripts.cli import STEPS
+from tests.helpers.cli import step_parsers
 
 WORKFLOWS = sorted((PROJECT_ROOT / ".github" / "workflows").glob("*.yml"))
 PIPELINES = ("retrain.yml", "drift.yml", "canary.yml", "release.yml", "registry.yml")  # each step a flywheel call
@@ -109,7 +108,7 @@ def _flywheel_calls(name: str) -> list[tuple[str, list[str]]]:
 @pytest.mark.parametrize("name", PIPELINES)
 def test_pipeline_steps_are_flywheel_calls_with_flags_the_step_has(name):
     """Every step is one `flywheel <step>` call, and the step exists and has every flag the workflow passes."""
-    subparsers = parsers(STEPS)
+    subparsers = step_parsers()
     calls = _flywheel_calls(name)
     assert calls, name
     for job_name, (step, *args) in calls:
@@ -122,7 +121,7 @@ def test_pipeline_steps_are_flywheel_calls_with_flags_the_step_has(name):
 def test_the_pipelines_together_run_the_whole_loop():
     called = {step for name in PIPELINES for _, (step, *_) in _flywheel_calls(name)}
     assert {
-        *("export-events", "check-data", "prepare", "train", "evaluate", "gate", "register", "release"),
+        *("export-events", "check-data", "prepare", "train", "train-job", "evaluate", "gate", "register", "release"),
         *("drift", "request-retrain", "canary-analysis", "promote", "rollback", "reconcile-registry"),
     } <= called
 
@@ -151,6 +150,62 @@ def test_the_registry_follows_main_only():
 def test_train_runner_is_configurable_with_cpu_fallback():
     train = _load(PROJECT_ROOT / ".github" / "workflows" / "retrain.yml")["jobs"]["train"]
     assert train["runs-on"] == "${{ fromJSON(vars.FLYWHEEL_TRAIN_RUNNER || '\"ubuntu-24.04\"') }}"
+
+
+def test_the_training_backend_is_a_repository_variable_with_the_runner_as_default():
+    jobs = _load(PROJECT_ROOT / ".github" / "workflows" / "retrain.yml")["jobs"]
+    assert jobs["train"]["if"] == "vars.FLYWHEEL_TRAINING_BACKEND != 'kubeflow'"  # unset: the runner
+    assert jobs["train-on-cluster"]["if"] == "vars.FLYWHEEL_TRAINING_BACKEND == 'kubeflow'"
+    gate = jobs["gate"]
+    assert set(gate["needs"]) == {"train", "train-on-cluster"}  # one of them runs, the other is skipped
+    assert gate["if"] == (
+        "${{ !cancelled() && (needs.train.result == 'success' || needs.train-on-cluster.result == 'success') }}"
+    )
+    # either way the gate finds the artifact where it looks: the workflow artifact `model`, from work/model
+    for name in ("train", "train-on-cluster"):
+        uploads = [s["with"] for s in jobs[name]["steps"] if s.get("uses", "").startswith("actions/upload-artifact@")]
+        assert uploads == [{"name": "model", "path": "work/model", "retention-days": 14}], name
+    calls = [argv for job, argv in _flywheel_calls("retrain.yml") if job == "train-on-cluster"]
+    assert [argv[0] for argv in calls] == ["resolve-image", "train-job"]
+    assert calls[1][calls[1].index("--out") + 1] == "work/model"
+    assert calls[1][calls[1].index("--data") + 1] == "work/dataset/examples.parquet"
+
+
+def test_the_cluster_credentials_reach_the_train_job_step_only():
+    """The kubeconfig (one namespace's ServiceAccount) is in the environment of the one step that submits."""
+    path = PROJECT_ROOT / ".github" / "workflows" / "retrain.yml"
+    doc = _load(path)
+    holders = [
+        (job_name, step.get("name"))
+        for job_name, _job, step in _steps(doc)
+        if "FLYWHEEL_TRAINING_KUBECONFIG" in str(step.get("env", {}))
+    ]
+    assert holders == [
+        ("train-on-cluster", "Train as a TrainJob on the cluster; download the artifact from its MLflow run")
+    ]
+    assert path.read_text().count("${{ secrets.FLYWHEEL_TRAINING_KUBECONFIG }}") == 1
+    (step,) = [s for _, _, s in _steps(doc) if "FLYWHEEL_TRAINING_KUBECONFIG" in str(s.get("env", {}))]
+    assert step["env"]["FLYWHEEL_KUBECONFIG"] == "${{ secrets.FLYWHEEL_TRAINING_KUBECONFIG }}"
+    assert shlex.split(step["run"])[1] == "train-job"
+
+
+def test_the_training_image_is_built_for_the_cluster_backend_only():
+    """image.yml pushes <sha>-cuda (PyPI's CUDA torch) only when the backend is kubeflow; retrain.yml runs it."""
+    steps = _load(PROJECT_ROOT / ".github" / "workflows" / "image.yml")["jobs"]["build"]["steps"]
+    cuda = [s for s in steps if "cuda" in str(s)]
+    assert [s.get("id") for s in cuda] == ["meta-cuda", None]
+    assert {s["if"] for s in cuda} == {"vars.FLYWHEEL_TRAINING_BACKEND == 'kubeflow'"}
+    assert cuda[0]["with"]["tags"].split() == [
+        "type=sha,format=long,prefix=,suffix=-cuda",
+        "type=ref,event=branch,suffix=-cuda",
+        "type=ref,event=tag,suffix=-cuda",
+    ]
+    assert cuda[1]["with"]["build-args"] == "TORCH_INDEX=https://pypi.org/simple"
+    assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in (PROJECT_ROOT / "Dockerfile").read_text()
+    (resolve,) = [
+        argv for job, argv in _flywheel_calls("retrain.yml") if job == "train-on-cluster" and argv[0] == "resolve-image"
+    ]
+    assert resolve[resolve.index("--image") + 1] == "ghcr.io/$GITHUB_REPOSITORY:$GITHUB_SHA-cuda"
 
 
 def test_zizmor_finds_nothing():

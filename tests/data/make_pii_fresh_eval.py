@@ -22,7 +22,7 @@ Labels: ``{"text", "pii": [{"type", "value", "region"?, "kind"?}], "keep": [{"ty
 
 How fresh it is: the templates came in three batches. The cue rule was changed after the first two
 (phrasings such as "WhatsApp only:", "I'm on ...", id words such as "receipt"); the third batch and
-this seed were then drawn and measured once, with no change to the scanner after (README has the
+this seed were then drawn and measured once, with no change to the scanner after (docs/benchmarks.md has the
 figures). A new batch of templates and a new seed is the way to re-check it later.
 """
 

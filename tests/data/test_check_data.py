@@ -11,6 +11,7 @@ import pytest
 
 from data_checks.validate import EVENTS_SUITE, TRAINING_SUITE, check_data
 from model.core.config import SAMPLE_DATA, CheckConfig, DataConfig, PrepareConfig
+from model.core.reports import as_json
 from model.data.conversations import write_snapshot
 from model.data.examples import assign_splits, load_examples
 from scripts.cli import main
@@ -40,17 +41,26 @@ def _check(tmp_path, events_df=None, training_df=None, prep_cfg=None):
     if training_df is not None:
         tr = tmp_path / "training.parquet"
         training_df.to_parquet(tr, index=False)
-    return check_data(ev, tr, SAMPLE_DATA, DataConfig(), prep_cfg, CheckConfig(), tmp_path / "docs", now=NOW)
+    return check_data(
+        ev,
+        tr,
+        SAMPLE_DATA,
+        data_cfg=DataConfig(),
+        prep_cfg=prep_cfg,
+        cfg=CheckConfig(),
+        docs_dir=tmp_path / "docs",
+        now=NOW,
+    )
 
 
 def test_clean_inputs_pass_and_write_data_docs(tmp_path, events, training):
     write_snapshot(events, tmp_path / "typed.parquet")  # the collector's exact schema also passes
     summary, md, passed = _check(tmp_path, pd.read_parquet(tmp_path / "typed.parquet"), training)
-    assert passed, summary["failures"]
-    assert [s["suite"] for s in summary["suites"]] == [EVENTS_SUITE, TRAINING_SUITE]
-    assert all(s["ran"] == s["defined"] == s["passed"] for s in summary["suites"])
-    assert summary["suites"][0]["defined"] >= 40 and summary["suites"][1]["defined"] >= 15
-    docs = Path(summary["data_docs"])
+    assert passed, summary.failures
+    assert [s["suite"] for s in summary.suites] == [EVENTS_SUITE, TRAINING_SUITE]
+    assert all(s["ran"] == s["defined"] == s["passed"] for s in summary.suites)
+    assert summary.suites[0]["defined"] >= 40 and summary.suites[1]["defined"] >= 15
+    docs = Path(summary.data_docs)
     assert docs.is_file() and list((docs.parent / "validations").rglob("*.html"))
     assert "passed" in md
 
@@ -58,10 +68,10 @@ def test_clean_inputs_pass_and_write_data_docs(tmp_path, events, training):
 def _fails(summary, suite, expectation, column, *fragments):
     hits = [
         f
-        for f in summary["failures"]
+        for f in summary.failures
         if f"suite '{suite}'" in f and expectation in f and (column is None or f"column '{column}'" in f)
     ]
-    assert hits, summary["failures"]
+    assert hits, summary.failures
     for fragment in fragments:
         assert any(fragment in h for h in hits), (fragment, hits)
 
@@ -98,7 +108,7 @@ def test_events_with_planted_personal_data_name_rows_not_values(tmp_path, events
         "row 6, entities ['EMAIL']",
         "req-00006",
     )
-    dumped = json.dumps(summary) + md + "".join(p.read_text() for p in (tmp_path / "docs").rglob("*.html"))
+    dumped = json.dumps(as_json(summary)) + md + "".join(p.read_text() for p in (tmp_path / "docs").rglob("*.html"))
     assert "4111 1111" not in dumped and "jane.doe" not in dumped  # the check does not copy what it found
 
 
@@ -106,8 +116,8 @@ def test_events_missing_column_fails_and_counts_what_did_not_run(tmp_path, event
     summary, _, passed = _check(tmp_path, events_df=events.drop(columns=["arm"]))
     assert not passed
     _fails(summary, EVENTS_SUITE, "expect_column_to_exist", "arm")
-    assert any("expectations ran" in f and "only" in f for f in summary["failures"])
-    suite = summary["suites"][0]
+    assert any("expectations ran" in f and "only" in f for f in summary.failures)
+    suite = summary.suites[0]
     assert suite["ran"] < suite["defined"]
 
 
@@ -169,7 +179,7 @@ def test_new_intent_passes_once_declared(tmp_path, training):
     _, _, passed = _check(tmp_path, training_df=df)
     assert not passed
     summary, _, passed = _check(tmp_path, training_df=df, prep_cfg=PrepareConfig(new_intents=["gift_wrap"]))
-    assert passed, summary["failures"]
+    assert passed, summary.failures
 
 
 def test_cli_exit_codes_and_reports(tmp_path, events, capsys):

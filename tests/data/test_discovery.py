@@ -247,10 +247,14 @@ def test_simulated_reviewer_names_pure_clusters_one_label_each():
     truth |= {f"m{i}": "new2" if i < 5 else "old" for i in range(10)}  # 0.5: left unnamed
     truth |= {f"q{i}": "new3" for i in range(4)}
     table = pd.DataFrame({"cluster": ["1", "2", "3"], "name": ["", "", ""]})
-    named, stats = name_clusters(table, candidates, truth, ["new1", "new2", "new3", "old"], 2, 0.0, 7)
+    named, stats = name_clusters(
+        table, candidates, truth, ["new1", "new2", "new3", "old"], decisions=2, error_rate=0.0, seed=7
+    )
     # two decisions: the first two clusters judged (each one label), only the pure one named
     assert list(named["name"]) == ["new1", "", ""]
     assert (stats["clusters_judged"], stats["clusters_named"], stats["cluster_labels"]) == (2, 1, 10)
     assert stats["named_texts"] == [f"p{i}" for i in range(10)]
-    wrong, _ = name_clusters(table, candidates, truth, ["new1", "new2", "new3", "old"], 3, 1.0, 7)
+    wrong, _ = name_clusters(
+        table, candidates, truth, ["new1", "new2", "new3", "old"], decisions=3, error_rate=1.0, seed=7
+    )
     assert wrong.loc[0, "name"] not in {"", "new1"} and wrong.loc[2, "name"] != "new3"

@@ -10,9 +10,10 @@ import pytest
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
-from data_checks.drift import _chi2_homogeneity, auc_threshold, decide, measure
+from data_checks.drift import _chi2_homogeneity, auc_threshold, decide, measure, sample_rows
 from data_checks.embeddings import Embedder
 from model.core.config import DriftConfig
+from model.core.errors import FlywheelError
 from model.data.conversations import write_snapshot
 from scripts.cli import main
 from tests.helpers.data import write_subset
@@ -164,6 +165,32 @@ def test_cli_drift_writes_report_and_the_right_verdict(tmp_path, sample_df, tiny
     assert (rd / "drift_evidently.html").stat().st_size > 10_000
     md = (rd / "drift.md").read_text()
     assert md.startswith("## Drift check:") and "| signal | method |" in md
+
+
+@pytest.mark.parametrize("drifted", [False, True], ids=["same distribution", "shifted"])
+def test_cli_drift_on_samples_keeps_the_verdict(tmp_path, sample_df, tiny_bert, drifted):
+    """With sample_size under every side's length the step compares random samples of each: the same
+    verdict as on the whole windows (the test above), and the result says how many rows it compared."""
+    in_scope = int((sample_df["intent"] != "oos").sum())
+    ref = _as_training_csv(make_snapshot(sample_df, n=in_scope, seed=2), tmp_path / "ref.csv")
+    window = make_snapshot(sample_df, n=60)
+    current = write_snapshot(_shifted(window) if drifted else window, tmp_path / "current.parquet")
+    earlier = write_snapshot(make_snapshot(sample_df, n=60, seed=1), tmp_path / "earlier.parquet")
+    flags = {"reference": ref, "current": current, "reference_events": earlier, "sample_size": 45}
+    result = _drift_cli(tiny_bert, tmp_path / "reports", **flags)
+    assert result["drift"] is drifted, result["reasons"]
+    assert result["compared"] == {"reference": 45, "current": 45} and result["events"] == 60
+    assert "random sample of 45 reference and 45 current rows" in (tmp_path / "reports" / "drift.md").read_text()
+
+
+def test_sample_rows_is_seeded_without_replacement_and_in_order():
+    frame = pd.DataFrame({"text": [f"t{i:03d}" for i in range(300)]})
+    sample = sample_rows(frame, 50)
+    assert len(sample) == 50 and sample["text"].is_unique and sample["text"].is_monotonic_increasing
+    assert sample.equals(sample_rows(frame, 50)) and not sample.equals(frame.head(50))
+    assert sample_rows(frame, 300) is frame
+    with pytest.raises(FlywheelError, match="sample_size"):
+        sample_rows(frame, 1)
 
 
 def test_cli_drift_refuses_an_empty_window(tmp_path, sample_df, tiny_bert):

@@ -262,12 +262,14 @@ def _check(tmp_path, events=None, training=None):
         tr = tmp_path / "training.parquet"
         training.to_parquet(tr, index=False)
     docs = tmp_path / "docs"
-    return check_data(ev, tr, SAMPLE_DATA, DataConfig(), PrepareConfig(), CheckConfig(), docs, now=NOW)
+    return check_data(
+        ev, tr, SAMPLE_DATA, data_cfg=DataConfig(), prep_cfg=PrepareConfig(), cfg=CheckConfig(), docs_dir=docs, now=NOW
+    )
 
 
 def _entity_failure(summary, suite) -> str:
-    hits = [f for f in summary["failures"] if f"suite '{suite}'" in f and "column 'entity_problem'" in f]
-    assert len(hits) == 1, summary["failures"]
+    hits = [f for f in summary.failures if f"suite '{suite}'" in f and "column 'entity_problem'" in f]
+    assert len(hits) == 1, summary.failures
     return hits[0]
 
 
@@ -275,7 +277,7 @@ def test_check_data_catches_bad_spans_in_a_training_snapshot(tmp_path, sample_df
     training = _training(tmp_path, sample_df)
     assert (training["entities"] != "[]").any()  # the sample data's spans pass
     summary, _, passed = _check(tmp_path, training=training)
-    assert passed, summary["failures"]
+    assert passed, summary.failures
     bad = training.copy()
     text = bad.loc[2, "text"]
     bad.loc[2, "entities"] = json.dumps([{"start": 0, "end": 3, "type": "order_id", "value": "zzz"}])
@@ -296,7 +298,7 @@ def test_check_data_catches_bad_predicted_entities_in_events(tmp_path, sample_df
     good = {"start": 0, "end": 2, "type": "greeting", "value": text[:2], "confidence": 0.9}
     events.loc[1, "entities"] = json.dumps([good])
     summary, _, passed = _check(tmp_path, events=events)
-    assert passed, summary["failures"]
+    assert passed, summary.failures
     events.loc[3, "entities"] = json.dumps([{**good, "value": events.loc[3, "text"][:2], "confidence": 1.7}])
     events.loc[5, "entities"] = json.dumps([{**good, "start": 400, "end": 405}])
     summary, _, passed = _check(tmp_path, events=events)
@@ -311,8 +313,9 @@ def _prepare(tmp_path, base: pd.DataFrame, cfg: PrepareConfig, out: str):
     snapshot = write_snapshot(make_snapshot(base, n=40), tmp_path / f"{out}-snapshot.parquet")
     work = tmp_path / "work"
     return prepare_step(
-        snapshot, base_csv, None, tmp_path / out, DataConfig(), cfg, PiiConfig(), local_registry(work), work
-    )
+        snapshot, base_csv, None, tmp_path / out,
+        data_cfg=DataConfig(), prep_cfg=cfg, pii_cfg=PiiConfig(), reg_cfg=local_registry(work), work=work,
+    )  # fmt: skip
 
 
 def test_prepare_reports_entity_types_below_the_floor(tmp_path, sample_df):
@@ -330,7 +333,7 @@ def test_prepare_reports_entity_types_below_the_floor(tmp_path, sample_df):
     assert {k: sum(v.values()) for k, v in section["by_type_and_split"].items()} == dict(counts)
     assert section["floor"] == 10 and section["below_floor"] == {k: n for k, n in counts.items() if n < 10}
     assert section["below_floor"]["gift_card"] == 1 and max(counts.values()) >= 10
-    assert result["entity_types_below_floor"] == section["below_floor"]
+    assert result.entity_types_below_floor == section["below_floor"]
     assert "Entity types below the floor of 10 spans" in md and "gift_card (1)" in md
     assert "| entity type | spans | train | val | test |" in md
 
@@ -340,6 +343,6 @@ def test_prepare_without_entities_writes_the_datasheet_as_before(tmp_path, sampl
     base = sample_df.loc[sample_df["intent"].isin(keep), ["text", "intent"]].reset_index(drop=True)
     result, md = _prepare(tmp_path, base, PrepareConfig(log_to_mlflow=False), "plain")
     sheet = json.loads((tmp_path / "plain" / "datasheet.json").read_text())
-    assert "entities" not in sheet and "entity_types_below_floor" not in result
+    assert "entities" not in sheet and result.entity_types_below_floor is None
     assert "entity type" not in md
     assert set(pd.read_parquet(tmp_path / "plain" / "examples.parquet")["entities"]) == {"[]"}

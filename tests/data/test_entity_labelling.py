@@ -499,11 +499,11 @@ def test_prepare_carries_human_and_predicted_entities_into_the_training_set_and_
     logs = pd.concat([make_snapshot(base_df, n=30), pd.DataFrame(answers)], ignore_index=True)
     snapshot = write_snapshot(logs, tmp_path / "snapshot.parquet")
     work = tmp_path / "work"
-    args = (DataConfig(), NO_MLFLOW, PiiConfig(), local_registry(work), work)
+    kw = {"data_cfg": DataConfig(), "prep_cfg": NO_MLFLOW, "pii_cfg": PiiConfig(), "reg_cfg": local_registry(work)}
     with pytest.raises(FlywheelError, match=r"unknown entity type\(s\) 'amount' \(line 2\)"):
-        prepare_step(snapshot, base_csv, labels, tmp_path / "refused", *args)
+        prepare_step(snapshot, base_csv, labels, tmp_path / "refused", **kw, work=work)
     declared = PrepareConfig(log_to_mlflow=False, new_entity_types=["amount"])
-    result, _ = prepare_step(snapshot, base_csv, labels, tmp_path / "out", DataConfig(), declared, *args[2:])
+    result, _ = prepare_step(snapshot, base_csv, labels, tmp_path / "out", **kw | {"prep_cfg": declared}, work=work)
     df = pd.read_parquet(tmp_path / "out" / "examples.parquet").set_index("text")
     assert df.loc[new_text, "source"] == "human"
     assert df.loc[new_text, "entities"] == new_spans
@@ -514,7 +514,7 @@ def test_prepare_carries_human_and_predicted_entities_into_the_training_set_and_
     (task,) = [t for t in tasks if t["data"]["text"] == doubtful]
     (spans,) = [r["value"] for r in task["predictions"][0]["result"] if r["type"] == "labels"]
     assert spans == {**_label(doubtful, "99432", "order_id", "")["value"], "score": 0.66}
-    assert result["labelling"]["entity_rows_dropped"] == {"training_set": 0, "human_labels": 0, "predictions": 0}
+    assert result.labelling["entity_rows_dropped"] == {"training_set": 0, "human_labels": 0, "predictions": 0}
     config = ET.fromstring((tmp_path / "out" / "review" / "review_config.xml").read_text())
     assert [x.attrib["value"] for x in config.iter("Label")] == ["amount", "order_id"]
     csv = pd.read_csv(tmp_path / "out" / "review" / "review_queue.csv", dtype=str, keep_default_na=False)
@@ -527,15 +527,16 @@ def test_prepare_on_intent_only_data_writes_the_old_queue(tmp_path, sample_df):
     snapshot = write_snapshot(make_snapshot(base_df, n=60), tmp_path / "snapshot.parquet")
     work = tmp_path / "work"
     result, _ = prepare_step(
-        snapshot, base_csv, None, tmp_path / "out", DataConfig(), NO_MLFLOW, PiiConfig(), local_registry(work), work
-    )
+        snapshot, base_csv, None, tmp_path / "out",
+        data_cfg=DataConfig(), prep_cfg=NO_MLFLOW, pii_cfg=PiiConfig(), reg_cfg=local_registry(work), work=work,
+    )  # fmt: skip
     review = tmp_path / "out" / "review"
     intents = sorted(set(base_df["intent"]) - {"oos"})
     assert (review / "review_config.xml").read_text() == labelling_config(intents)
     tasks = json.loads((review / "review_tasks.json").read_text())
     assert tasks and all([r["type"] for r in t["predictions"][0]["result"]] == ["choices"] for t in tasks)
     assert list(pd.read_csv(review / "review_queue.csv", dtype=str).columns) == QUEUE_COLUMNS
-    assert "entity_rows_dropped" not in result["labelling"]
+    assert "entity_rows_dropped" not in result.labelling
 
 
 # --- the simulated reviewer ---------------------------------------------------------------------------

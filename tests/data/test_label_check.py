@@ -158,20 +158,26 @@ def test_prepare_leaves_flagged_labels_out_until_a_second_look(tmp_path, sample_
     pd.DataFrame({"text": [wrong, *right], "intent": ["cancel_order", "cancel_order", "order_status"]}).to_csv(
         labels, index=False
     )
-    args = (DataConfig(), CFG, PiiConfig(), local_registry(tmp_path / "work"), tmp_path / "work")
-    result, md = prepare_step(snapshot, base_csv, labels, tmp_path / "first", *args)
+    kw = {
+        "data_cfg": DataConfig(),
+        "prep_cfg": CFG,
+        "pii_cfg": PiiConfig(),
+        "reg_cfg": local_registry(tmp_path / "work"),
+    }
+    kw["work"] = tmp_path / "work"
+    result, md = prepare_step(snapshot, base_csv, labels, tmp_path / "first", **kw)
     examples = pd.read_parquet(tmp_path / "first" / "examples.parquet")
     assert wrong not in set(examples["text"]) and set(right) <= set(examples["text"])
-    recheck = pd.read_csv(result["review_queue"]["recheck_csv"], dtype=str, keep_default_na=False)
+    recheck = pd.read_csv(result.review_queue["recheck_csv"], dtype=str, keep_default_na=False)
     row = recheck.set_index("text").loc[wrong]
     assert (row["given_intent"], row["suggested_intent"], row["source"]) == ("cancel_order", "reset_password", "human")
-    assert result["label_check"]["flagged"]["human"] >= 1 and "Label check" in md
+    assert result.label_check["flagged"]["human"] >= 1 and "Label check" in md
     for answer, out in (("cancel_order", "confirmed"), ("reset_password", "relabelled")):
         recheck.assign(intent=answer).to_csv(tmp_path / f"{out}.csv", index=False)
-        again, _ = prepare_step(snapshot, base_csv, tmp_path / f"{out}.csv", tmp_path / out, *args)
+        again, _ = prepare_step(snapshot, base_csv, tmp_path / f"{out}.csv", tmp_path / out, **kw)
         kept = pd.read_parquet(tmp_path / out / "examples.parquet").set_index("text")
         assert kept.loc[wrong, "intent"] == answer and kept.loc[wrong, "source"] == "human", out
-        assert again["label_check"]["confirmed_kept"] == len(recheck)
+        assert again.label_check["confirmed_kept"] == len(recheck)
 
 
 @pytest.mark.parametrize(

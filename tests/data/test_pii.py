@@ -220,3 +220,79 @@ def test_phone_recall_and_keep_rates_on_the_fresh_set():
     for typ, target in KEEP_TARGETS.items():
         assert result["keep"][typ]["rate"] >= target, (typ, result["keep_failures"])
     assert result["targets_missed"] == []
+
+
+# texts at the edges of the prefilter's conditions (pii_engine.candidate_entities): IPv6 without a digit,
+# a bare dotted quad, digits other than ASCII ones, digit counts just under and at each threshold
+PREFILTER_EDGES = [
+    "connect from :: please",
+    "my ip is fe80::1ff:fe23:4567:890a",
+    "logged in from 1.2.3.4",
+    "call me on ٠٦١٢٣٤٥٦٧٨",  # Arabic-Indic digits: python-phonenumbers reads them
+    "call me on ０６１２３４５６７８",  # full-width digits
+    "call me on 0612 3456",  # 8 digits
+    "call me on 0612 345",  # 7 digits
+    "ssn 078-05-1120 and 078 05 1120",
+    "card 4111 111 111 111",  # 13 digits
+    "write to a@b.co",
+    "IBAN GB82 WEST 1234 5698 7654 32",
+    "call me on 090ー1234ー5678",  # katakana prolonged sound mark: python-phonenumbers' punctuation
+    "call 0612 34 x 56 78 or +1 212 736 5000 ext. 12",  # "x" joins blocks; an extension's label
+    "office +44 20 7946 0958 extension 9, mobile 07911 123456 EXTN 4",
+    "ring +33 1 23 45 67 89 anexo 12 or 0612345678 int 3",
+    "tracking TBA2308S1414 and 1Z8V42E10398, refund $56.58 instead of $49.99",  # letters split the digits
+    "refund to nl91 abna 0417 1643 00 or NL91ABNA0417164300 please",  # an IBAN country's prefix, any case
+    "order NW12345 go out today?",  # an IBAN candidate of no IBAN country
+    "from 2001:db8:85a3:0:0:8a2e:370:7334 and fe80::1 at 10:45:30",  # 7 colons, "::", a time
+    "::ffff:192.0.2.128 and 64:ff9b:1:2:3:4:192.0.2.33",  # IPv6 forms ending in a dotted quad
+]
+
+
+def test_prefilter_finds_what_the_full_scan_finds():
+    """The scanner analyzes a text only for the entities it could hold (pii_engine.candidate_entities):
+    over both evaluation sets and the edges above, Presidio finds exactly what it finds looking for all."""
+    scanner = Scanner()
+    texts = [r["text"] for path in (EVAL_SET, FRESH_EVAL_SET) for r in read_eval_set(path)] + PREFILTER_EDGES
+    found_any = 0
+    for text in texts:
+        full = scanner.engine.analyze(text, language="en", score_threshold=scanner.cfg.min_score)
+        entities = scanner._candidates(text)  # analyze() given no entities would look for all
+        narrow = entities and scanner.engine.analyze(text, "en", entities, score_threshold=scanner.cfg.min_score)
+        key = lambda r: (r.entity_type, r.start, r.end, r.score)  # noqa: E731
+        assert sorted(map(key, narrow)) == sorted(map(key, full)), text
+        found_any += bool(full)
+    assert found_any >= 500  # the sets hold personal data of every kind, not only negatives
+    assert scanner._candidates("where is order NW39182? it said 2 days") == []  # most messages skip Presidio
+    assert scanner._candidates("tracking TBA2308S1414, refund $56.58 instead of $49.99") == []
+    assert scanner._candidates("Did order #NW12345 go out today? at 10:45 or so") == []
+
+
+def test_prefilter_knows_every_letter_a_phone_number_can_hold():
+    """pii_engine._PHONE_LETTERS keeps together the digits around any letter python-phonenumbers'
+    matcher puts inside a number: its punctuation's letters (read from the installed library) and
+    its extension labels."""
+    import re
+
+    from phonenumbers import phonenumberutil
+
+    from data_checks.pii_engine import _PHONE_LETTERS
+
+    punctuation = re.compile(f"[{phonenumberutil._VALID_PUNCTUATION}]", re.UNICODE | re.IGNORECASE)
+    letters = [chr(c) for c in range(0x110000) if punctuation.fullmatch(chr(c)) and chr(c).isalpha()]
+    assert letters and all(_PHONE_LETTERS.fullmatch(c * 4) for c in letters), letters
+    labels = [
+        "ext",
+        "xt",
+        "extn",
+        "extension",
+        "EXTENSIÓN",
+        "extensio",
+        "ｅｘｔ",
+        "ｘｔｎ",
+        "доб",
+        "anexo",
+        "x",
+        "int",
+        "ｉｎｔ",
+    ]
+    assert all(_PHONE_LETTERS.fullmatch(label) for label in labels)

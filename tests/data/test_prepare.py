@@ -46,8 +46,9 @@ def _snapshot(tmp_path, base_df, extra: list[dict] = (), n: int = 60) -> Path:
 def _run(tmp_path, snapshot, base_csv, labels=None, cfg=NO_MLFLOW, out="prepared"):
     work = tmp_path / "work"
     return prepare_step(
-        snapshot, base_csv, labels, tmp_path / out, DataConfig(), cfg, PiiConfig(), local_registry(work), work
-    )
+        snapshot, base_csv, labels, tmp_path / out,
+        data_cfg=DataConfig(), prep_cfg=cfg, pii_cfg=PiiConfig(), reg_cfg=local_registry(work), work=work,
+    )  # fmt: skip
 
 
 def test_cleaning_rules_count_what_they_remove():
@@ -157,8 +158,8 @@ def test_prepare_end_to_end(tmp_path, base_csv, base_df):
     assert "i'd like to know where my parcel went" not in set(df["text"])
     # every auto-label is trained on but those the label check flagged (they wait in the recheck section)
     recheck = pd.read_csv(out / "review" / "recheck.csv", dtype=str, keep_default_na=False)
-    assert len(auto) + len(recheck) == result["labelling"]["auto_labelled"] > 10
-    assert result["label_check"]["flagged"].get("auto", 0) == len(recheck)
+    assert len(auto) + len(recheck) == result.labelling["auto_labelled"] > 10
+    assert result.label_check["flagged"].get("auto", 0) == len(recheck)
     assert not set(recheck["text"]) & set(df["text"])
     # the frozen test set is exactly the old one; nothing new went into it; no text on both sides
     base_split = assign_splits(load_examples(base_csv, DataConfig()), DataConfig())
@@ -187,7 +188,7 @@ def test_prepare_end_to_end(tmp_path, base_csv, base_df):
     assert list(csv["text"]) == [t["data"]["text"] for t in tasks] and set(csv["intent"]) == {""}
     assert 'name="intent"' in (out / "review" / "review_config.xml").read_text()
     # MLflow: a prepare run with the snapshot as input, digest tag, and the conversation ids
-    run = mlflow.get_run(result["mlflow_run_id"])
+    run = mlflow.get_run(result.mlflow_run_id)
     assert run.data.tags["dataset_digest"] == sheet["dataset_digest"]
     assert run.inputs.dataset_inputs[0].dataset.digest == sheet["dataset_digest"][:32]
     ids = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/conversation_ids.txt").split()
@@ -215,7 +216,7 @@ def test_human_labels_win_and_are_never_overwritten(tmp_path, base_csv, base_df)
     assert df.loc[seed_text, "intent"] == other and df.loc[seed_text, "source"] == "human"
     assert df.loc[new_text, "intent"] == other and df.loc[new_text, "source"] == "human"
     assert df.loc[new_text, "conversation_id"] == "conv-00200"
-    assert result["labelling"]["human_conflicts_kept"] == 1 and result["labelling"]["human_relabelled"] == 1
+    assert result.labelling["human_conflicts_kept"] == 1 and result.labelling["human_relabelled"] == 1
 
 
 def test_label_studio_round_trip(tmp_path, base_csv, base_df):
@@ -261,7 +262,7 @@ def test_unknown_label_refused_unless_declared_new(tmp_path, base_csv, base_df):
     declared = PrepareConfig(log_to_mlflow=False, new_intents=["gift_wrap"], intent_floor=20)
     # three labels are too few to split and learn (min_examples_per_intent 8): left out until there are more
     result, md = _run(tmp_path, snapshot, base_csv, labels=labels, cfg=declared)
-    assert result["labelling"]["new_intents_waiting_for_labels"] == {"gift_wrap": 3} and "gift_wrap (3)" in md
+    assert result.labelling["new_intents_waiting_for_labels"] == {"gift_wrap": 3} and "gift_wrap (3)" in md
     assert "gift_wrap" not in set(pd.read_parquet(tmp_path / "prepared" / "examples.parquet")["intent"])
     texts += [
         "gift wrapping available?",
@@ -273,7 +274,7 @@ def test_unknown_label_refused_unless_declared_new(tmp_path, base_csv, base_df):
     ]
     pd.DataFrame({"text": texts, "intent": ["gift_wrap"] * len(texts)}).to_csv(labels, index=False)
     result, md = _run(tmp_path, snapshot, base_csv, labels=labels, cfg=declared, out="prepared-9")
-    assert result["below_floor"] == {"gift_wrap": 9} and "gift_wrap (9)" in md
+    assert result.below_floor == {"gift_wrap": 9} and "gift_wrap (9)" in md
     sheet = json.loads((tmp_path / "prepared-9" / "datasheet.json").read_text())
     assert "gift_wrap" in sheet["labelling"]["new_intents"] and not sheet["labelling"]["new_intents_waiting_for_labels"]
 
@@ -283,7 +284,7 @@ def test_texts_differing_only_in_case_are_one_example(tmp_path, base_df):
     base = tmp_path / "twins.csv"
     pd.concat([base_df, twin]).to_csv(base, index=False)
     result, _ = _run(tmp_path, _snapshot(tmp_path, base_df), base)
-    assert result["removed"]["case_duplicates_in_training_set"] == 1
+    assert result.removed["case_duplicates_in_training_set"] == 1
     texts = pd.read_parquet(tmp_path / "prepared" / "examples.parquet")["text"].str.casefold()
     assert texts.is_unique
 
@@ -294,7 +295,7 @@ def test_cap_leaves_out_auto_labels_only(tmp_path, base_csv, base_df):
     result, _ = _run(tmp_path, snapshot, base_csv, cfg=PrepareConfig(log_to_mlflow=False, intent_cap=cap))
     df = pd.read_parquet(tmp_path / "prepared" / "examples.parquet")
     counts = df[df["intent"] != "oos"]["intent"].value_counts()
-    assert result["capped"] and counts.max() <= cap
+    assert result.capped and counts.max() <= cap
     assert (df["source"] == "seed").sum() == len(base_df)  # no seed example was dropped
 
 
@@ -388,7 +389,7 @@ def test_new_intent_candidates_named_in_one_decision(tmp_path, base_csv, base_df
     snapshot = _snapshot(tmp_path, base_df, extra)
     result, md = _run(tmp_path, snapshot, base_csv, out="first")
     review = tmp_path / "first" / "review"
-    assert result["review_queue"]["new_intent_candidates"] == str(review / "new_intent_candidates.csv")
+    assert result.review_queue["new_intent_candidates"] == str(review / "new_intent_candidates.csv")
     table = pd.read_csv(review / "new_intent_candidates.csv", dtype=str, keep_default_na=False)
     members = [{m["text"] for m in json.loads(cell)} for cell in table["members"]]
     (row,) = [n for n, m in enumerate(members) if m & set(GIFT_WRAP)]
@@ -405,14 +406,53 @@ def test_new_intent_candidates_named_in_one_decision(tmp_path, base_csv, base_df
         base_csv,
         labels,
         tmp_path / "second",
-        DataConfig(),
-        NO_MLFLOW,
-        PiiConfig(),
-        local_registry(work),
-        work,
+        data_cfg=DataConfig(),
+        prep_cfg=NO_MLFLOW,
+        pii_cfg=PiiConfig(),
+        reg_cfg=local_registry(work),
+        work=work,
         cluster_names=tmp_path / "names.csv",
     )
     df = pd.read_parquet(tmp_path / "second" / "examples.parquet").set_index("text")
     assert set(df.loc[GIFT_WRAP[1:], "intent"]) == {"gift_wrap"} and set(df.loc[GIFT_WRAP, "source"]) == {"human"}
     assert df.loc[GIFT_WRAP[0], "intent"] == known[1]
-    assert "gift_wrap" in result["labelling"]["new_intents"]
+    assert "gift_wrap" in result.labelling["new_intents"]
+
+
+def test_auto_labels_past_the_limit_are_left_out_and_counted(tmp_path, base_csv, base_df):
+    """auto_label_limit keeps the label check's embedding bounded: past it, a stable pick by text hash
+    (the same texts every run) is auto-labelled and the rest are counted."""
+    snapshot = _snapshot(tmp_path, base_df, n=90)
+    everything, _ = _run(tmp_path, snapshot, base_csv, out="all")
+    n = everything.labelling["auto_labelled"]
+    assert n > 6 and everything.labelling["auto_labels_over_limit"] == 0
+    limited_cfg = dataclasses.replace(NO_MLFLOW, auto_label_limit=5)
+    limited, md = _run(tmp_path, snapshot, base_csv, cfg=limited_cfg, out="limited")
+    again, _ = _run(tmp_path, snapshot, base_csv, cfg=limited_cfg, out="again")
+    assert limited.labelling["auto_labelled"] == 5 and limited.labelling["auto_labels_over_limit"] == n - 5
+    assert f"({n - 5} more trusted answers past auto_label_limit left out)" in md
+
+    def auto_texts(folder: str) -> set[str]:
+        df = pd.read_parquet(tmp_path / folder / "examples.parquet")
+        return set(df.loc[df["source"] == "auto", "text"])
+
+    assert len(auto_texts("limited")) == 5 and auto_texts("limited") == auto_texts("again") < auto_texts("all")
+
+
+def test_only_the_clustered_head_of_the_review_candidates_is_embedded(tmp_path, base_csv, base_df, monkeypatch):
+    """The review queue embeds at most cluster_max_messages candidates, the first in order_queue's order
+    (those it clusters); the others still reach the queue, pooled (cluster -1)."""
+    embedded: list[str] = []
+
+    def fake_embed(texts, cfg, work):  # two directions, so some candidates cluster
+        embedded.extend(texts)
+        return [[1.0, 0.0] if len(t) % 2 else [0.0, 1.0] for t in texts]
+
+    monkeypatch.setattr("model.prepare.steps.embed", fake_embed)
+    cfg = dataclasses.replace(NO_MLFLOW, cluster_max_messages=4, cluster_min_size=2)
+    result, _ = _run(tmp_path, _snapshot(tmp_path, base_df, n=90), base_csv, cfg=cfg)
+    queue = pd.read_csv(result.review_queue["csv"], keep_default_na=False)
+    candidates = result.labelling["review_candidates"]
+    assert candidates > 4 and len(queue) == min(candidates, cfg.review_limit)
+    assert embedded == list(order_queue(queue)["text"].head(4))  # the least confident, then most frequent
+    assert (queue.loc[~queue["text"].isin(embedded), "cluster"] == -1).all()

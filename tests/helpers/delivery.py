@@ -1,6 +1,6 @@
 """The delivery tests' configs (one registry config every delivery test shares, its tracking URI set by
 the ``registry_dir`` fixture in tests/servers/conftest.py), a drift report as `flywheel drift` writes
-it, and a local HTTP server for the stand-ins of GitHub and Prometheus."""
+it, a local HTTP server for the stand-ins of GitHub and Prometheus, and the images a manifest names."""
 
 from __future__ import annotations
 
@@ -45,3 +45,10 @@ def drift_report(tmp_path: Path, drift: bool) -> Path:
     )
     report.with_suffix(".md").write_text("## Drift report\n\nfallback rate 9% -> 21%\n")
     return report
+
+
+def images_in(text: str) -> list[str]:
+    """Every container image named in a manifest file, in order."""
+    from model.deploy.images import containers, round_trip
+
+    return [str(c.get("image", "")) for doc in round_trip().load_all(text) for c in containers(doc)]

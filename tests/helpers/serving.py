@@ -1,7 +1,9 @@
-"""``flywheel serve`` (the kserve ModelServer) as a process on a free loopback port, as the tests start it."""
+"""``flywheel serve`` (the kserve ModelServer) as a process on a free loopback port, as the tests start it;
+and the records its prediction log keeps."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -82,3 +84,10 @@ def wait_ready(proc: subprocess.Popen, base: str, work: Path, timeout: float = 1
 def version_of(artifact: str) -> str:
     """The version a model served from a folder reports: its artifact digest."""
     return f"sha-{verify(artifact)[:12]}"
+
+
+def read_prediction_log(path: Path) -> list[dict]:
+    """Every record the predictor's log still keeps, the rotated files included, oldest first."""
+    from model.serve.prediction_log import prediction_log_files
+
+    return [json.loads(line) for p in prediction_log_files(path) for line in p.read_text().splitlines() if line]

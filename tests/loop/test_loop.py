@@ -175,20 +175,22 @@ def test_whole_loop_rolls_back_a_worse_canary(tmp_path, tiny_bert, subset):
     cfgs = load_configs(config, load_config("loop", config), work)
     with without_github():
         loop = Loop(data, work, cfgs, progress=lambda line: None)
+        world = loop.setup()
         try:
-            loop.setup()
-            loop.first_model()
-            assert loop.traffic_and_drift()
+            first = loop.first_model(world)
+            request = loop.traffic_and_drift(world)
+            assert request is not None
             # a diverged fine-tune: what a mistyped learning rate does
             loop.cfgs.train = dataclasses.replace(loop.cfgs.train, learning_rate=0.5, head_learning_rate=5.0)
-            assert loop.retrain().passed  # the lax gate lets it through
-            decision = loop.canary()
-            loop.after_release()
+            challenger = loop.retrain(world, request, first)
+            assert challenger.passed  # the lax gate lets it through
+            decision = loop.canary(world, challenger.version)
+            loop.after_release(world)
         finally:
-            loop.close()
-        report = loop.finish()
+            loop.close(world)
+        report = loop.finish(world)
     record = json.loads((work / "loop.json").read_text())
-    assert record == json.loads(json.dumps(loop.state.record.to_json(), default=str))  # the file is the record
+    assert record == json.loads(json.dumps(loop.record.to_dict(), default=str))  # the file is the record
     assert decision == "rollback" == record["canary"]["decision"]
     assert any("higher on the canary" in r for r in record["canary"]["reasons"])
     assert [pr["kind"] for pr in record["pull_requests"]] == ["release", "retrain", "release", "rollback"]

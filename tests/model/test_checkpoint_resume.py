@@ -62,6 +62,10 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(tiny_artifa
     resumed = json.loads(again.stdout)
     assert resumed["resumed_from_step"] >= progress.step
     assert f"resuming from {work / 'checkpoints'}" in again.stderr
+    # stderr is a pipe, not a terminal: no bar frames (model.core.progress), one line per epoch instead
+    assert "\r" not in again.stderr
+    epochs = [line.split()[0] for line in again.stderr.splitlines() if line.startswith("epoch=")]
+    assert epochs == ["epoch=1", "epoch=2"]
 
     uninterrupted = Path(tiny_artifact["artifact"])  # the same settings, trained in one go
     weights = load_file(Path(resumed["artifact"]) / "model.safetensors")

@@ -152,9 +152,9 @@ def test_two_workers_train_the_model_one_process_trains(two_workers, data, tiny_
     work = tmp_path / "work"
     one, _ = train_step(data, DataConfig(), cfg, local_registry(work), work)
     two = two_workers["summary"]
-    assert (one["workers"], two["workers"]) == (1, 2)
-    assert abs(two["metrics"]["accuracy"] - one["metrics"]["accuracy"]) <= 0.01
-    history = [json.loads((Path(s["artifact"]) / "meta.json").read_text())["history"] for s in (one, two)]
+    assert (one.workers, two["workers"]) == (1, 2)
+    assert abs(two["metrics"]["accuracy"] - one.metrics["accuracy"]) <= 0.01
+    history = [json.loads((Path(s) / "meta.json").read_text())["history"] for s in (one.artifact, two["artifact"])]
     assert [r["steps"] for r in history[0]] == [r["steps"] for r in history[1]], "the same optimiser steps"
     for a, b in zip(*history):  # the same losses, up to float rounding (different sums of the same terms)
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)

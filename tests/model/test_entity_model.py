@@ -24,7 +24,7 @@ from model.artifact.entity_tags import IGNORE, decode, encode, tag_names
 from model.artifact.predictor import IntentPredictor
 from model.core.config import DataConfig, TrainConfig
 from model.data.entities import dump_spans
-from model.train.steps import train_step
+from model.train.steps import Trained, train_step
 from tests.helpers.data import write_subset
 from tests.helpers.registry import local_registry
 
@@ -168,7 +168,7 @@ def _found(predictor: IntentPredictor, rows: list[dict]) -> list[set]:
 
 
 def test_joint_model_finds_entities_it_never_saw_in_both_runtimes(joint):
-    folder = Path(joint["summary"]["artifact"])
+    folder = Path(joint["summary"].artifact)
     assert json.loads((folder / "labels.json").read_text())["entity_tags"] == tag_names(["amount", "order_id"])
     graph = onnx.load(str(folder / "model.onnx"))
     assert [o.name for o in graph.graph.output] == ["logits", "tag_logits"]
@@ -181,11 +181,11 @@ def test_joint_model_finds_entities_it_never_saw_in_both_runtimes(joint):
     hits = sum(len(t & f) for t, f in zip(truth, found))
     assert hits / sum(len(t) for t in truth) >= 0.9
     assert sum(len(f - t) for t, f in zip(truth, found)) <= 2  # hardly a false entity, none on the hand-off chats
-    assert joint["summary"]["metrics"]["entity_f1"] >= 0.9  # the train step's own evaluation agrees
+    assert joint["summary"].metrics["entity_f1"] >= 0.9  # the train step's own evaluation agrees
 
 
 @pytest.fixture(scope="module")
-def intent_only(tmp_path_factory, sample_df, tiny_train_cfg) -> dict:
+def intent_only(tmp_path_factory, sample_df, tiny_train_cfg) -> Trained:
     """The tiny model trained on the sample slice with its entity annotations removed."""
     root = tmp_path_factory.mktemp("intent-only")
     data = write_subset(sample_df.drop(columns="entities"), root / "data.csv")
@@ -194,11 +194,11 @@ def intent_only(tmp_path_factory, sample_df, tiny_train_cfg) -> dict:
 
 
 def test_intent_only_model_has_no_entity_head(intent_only, tiny_artifact):
-    folder = Path(intent_only["artifact"])
+    folder = Path(intent_only.artifact)
     assert json.loads((folder / "labels.json").read_text()).keys() == {"labels"}
     assert not [k for k in load_file(folder / "model.safetensors") if k.startswith("tagger")]
     assert [o.name for o in onnx.load(str(folder / "model.onnx")).graph.output] == ["logits"]
-    assert "entity_f1" not in intent_only["metrics"] and "Entity types" not in (folder / "MODEL_CARD.md").read_text()
+    assert "entity_f1" not in intent_only.metrics and "Entity types" not in (folder / "MODEL_CARD.md").read_text()
     predictions = IntentPredictor.load(folder).predict(["where is my order NW12345", "I want a refund"])
     assert all(p.entities == () for p in predictions)
     # the same data with its entities trains the same intent head beside an entity head

@@ -37,7 +37,7 @@ def _train(root: Path, data: Path, cfg: TrainConfig, name: str) -> IntentPredict
     work = root / "work"
     cfg = dataclasses.replace(cfg, export_onnx=False)
     summary, _ = train_step(data, DataConfig(), cfg, local_registry(work), work, root / name)
-    return IntentPredictor.load(summary["artifact"])
+    return IntentPredictor.load(summary.artifact)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def good_artifact(tmp_path_factory, slice_data) -> Path:
     root = tmp_path_factory.mktemp("good")
     work = root / "work"
     return Path(
-        train_step(slice_data, DataConfig(), FAST_MINILM, local_registry(work), work, root / "good")[0]["artifact"]
+        train_step(slice_data, DataConfig(), FAST_MINILM, local_registry(work), work, root / "good")[0].artifact
     )
 
 
@@ -61,8 +61,8 @@ def test_set(slice_data) -> pd.DataFrame:
 
 def test_fine_tuned_minilm_learns_the_intents(good, test_set):
     report = evaluate(good, test_set)
-    assert report["accuracy"] >= 0.85, report["confused_pairs"]
-    assert report["macro_f1"] >= 0.80
+    assert report.accuracy >= 0.85, report.confused_pairs
+    assert report.macro_f1 >= 0.80
 
 
 def test_fine_tuned_minilm_finds_the_entities(good, test_set):
@@ -74,9 +74,9 @@ def test_fine_tuned_minilm_finds_the_entities(good, test_set):
     ("Everest", "144"), which type it picks among near-equal guesses being a coin toss. Those
     messages are handed off; the full report scores them too."""
     report = evaluate(good, test_set[test_set["intent"] != "oos"])
-    per_type = report["entities"]["per_type"]
+    per_type = report.entities.per_type
     assert set(per_type) >= {"order_id", "invoice_number", "product"}
-    assert per_type["order_id"]["f1"] >= 0.80, per_type
+    assert per_type["order_id"].f1 >= 0.80, per_type
     (answer,) = good.predict(["please cancel order #NW88412, I ordered the wrong size"])
     assert [(e.type, e.text) for e in answer.entities] == [("order_id", "NW88412")]
 
@@ -138,5 +138,5 @@ def test_gate_rejects_shuffled_labels_and_accepts_a_better_model(tmp_path, slice
 
     weak_report = evaluate(weak, test_set)
     accepted = decide(good_report, weak_report, cfg)
-    assert good_report["accuracy"] >= weak_report["accuracy"]
+    assert good_report.accuracy >= weak_report.accuracy
     assert accepted.passed, accepted.reasons

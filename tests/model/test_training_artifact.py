@@ -78,7 +78,7 @@ def test_training_is_deterministic_on_cpu(tmp_path, tiny_artifact):
         tmp_path / "b",
     )
     wa = load_file(Path(tiny_artifact["artifact"]) / "model.safetensors")
-    wb = load_file(Path(again["artifact"]) / "model.safetensors")
+    wb = load_file(Path(again.artifact) / "model.safetensors")
     assert wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 

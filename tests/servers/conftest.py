@@ -29,7 +29,7 @@ def registry_dir(tmp_path_factory, tiny_artifact):
     predictor = IntentPredictor.load(tiny_artifact["artifact"])
     for i in (1, 2, 3):  # one artifact, three "datasets": registration is idempotent per dataset digest
         meta = {**predictor.meta, "dataset_digest": f"dataset-{i}", "mlflow_run_id": None}
-        assert register.register(REG, Path(tiny_artifact["artifact"]), meta, predictor.digest)["version"] == i
+        assert register.register(REG, Path(tiny_artifact["artifact"]), meta, predictor.digest).version == i
     MlflowClient(tracking_uri(REG)).delete_model_version_tag(REG.model_name, "3", versions.GATE_TAG)
     return work, predictor.digest
 

@@ -23,11 +23,12 @@ import yaml
 from model.core.config import PROJECT_ROOT, CanaryConfig, DeliveryConfig
 from model.core.errors import FlywheelError
 from model.deploy import manifests
+from model.deploy.args import CanaryAnalysisArgs
 from model.deploy.canary import NO_DATA, ROLLBACK, ArmMetrics, analyse
 from model.deploy.canary_metrics import TOKEN_ENV, arm_queries, prometheus_arm_metrics
 from model.deploy.delivery import canary_analysis_step
 from model.deploy.monitoring_checks import promtool
-from model.deploy.steps import CanaryAnalysisArgs, canary_analysis_command
+from model.deploy.steps import canary_analysis_command
 
 NS = "flywheel-staging"
 WINDOW = 600  # seconds: ten one-minute samples of every counter, evaluated at 20m
@@ -358,7 +359,9 @@ def test_canary_analysis_says_no_data_and_exits_1(canary_repo, monkeypatch):
     monkeypatch.setenv(TOKEN_ENV, "s3cr3t-token")
     monkeypatch.setitem(EXPECTED, CANARY, NOTHING)  # canary v2: nothing scraped
     with prometheus(window=60) as (url, _):  # the canary started seconds ago: the one-minute floor
-        result, md = canary_analysis_step("staging", None, url, canary_repo, CanaryConfig(), DeliveryConfig())
+        result, md = canary_analysis_step(
+            "staging", canary_repo, cfg=CanaryConfig(), dcfg=DeliveryConfig(), prometheus_url=url
+        )
         exit_code = canary_analysis_command(
             CanaryAnalysisArgs(env="staging", prometheus_url=url, repo=str(canary_repo)),
             canary=CanaryConfig(),

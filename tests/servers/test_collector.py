@@ -77,7 +77,7 @@ def test_request_and_response_join_in_either_order(collector, tmp_path):
         resp = post(client, event)
         assert resp.status_code == 200 and resp.json()["stored"] is True
     result = export_window(open_store(cfg.store_url), T0, T0 + timedelta(hours=1), tmp_path / "out.parquet")
-    assert result["rows"] == 3 and result["requests"] == 2
+    assert result.rows == 3 and result.requests == 2
     rows = {r["request_id"]: r for r in pq.read_table(tmp_path / "out.parquet").to_pylist()}
     assert set(rows) == {"req-a", "req-b/0", "req-b/1"}  # several texts in one request: <ce-id>/<i>
     a = rows["req-a"]
@@ -231,8 +231,8 @@ def test_feedback_is_folded_into_the_answer_it_follows(collector, tmp_path):
     assert rows.loc["req-g", flags].tolist() == ["", False, False, False]
     assert rows.loc["req-m/0", flags].tolist() == ["", False, False, True]
     assert rows.loc["req-m/1", flags].tolist() == ["up", False, False, True]
-    assert result["rated"] == 2 and result["with_feedback"] == 4
-    assert result["skipped"] == {}  # fb-g names a request no export reads: never fetched
+    assert result.rated == 2 and result.with_feedback == 4
+    assert result.skipped == {}  # fb-g names a request no export reads: never fetched
 
 
 def test_only_answered_requests_become_rows(collector, tmp_path):
@@ -245,8 +245,8 @@ def test_only_answered_requests_become_rows(collector, tmp_path):
         assert post(client, event).status_code == 200
     result = export_window(open_store(cfg.store_url), T0, T0 + timedelta(hours=1), tmp_path / "a.parquet")
     assert read_snapshot(tmp_path / "a.parquet")["request_id"].tolist() == ["req-ok"]
-    assert result["requests"] == 3
-    assert result["skipped"] == {"feedback_without_answer": 1, "no_request": 1, "no_response": 1}
+    assert result.requests == 3
+    assert result.skipped == {"feedback_without_answer": 1, "no_request": 1, "no_response": 1}
 
 
 def test_v2_bodies_are_understood(collector, tmp_path):
@@ -302,7 +302,7 @@ def test_any_content_type_is_stored_and_a_json_body_read_as_json(collector, tmp_
         assert answer.status_code == 200 and answer.json()["stored"] is True, answer.text
     result = export_window(open_store(cfg.store_url), T0, T0 + timedelta(hours=1), tmp_path / "ct.parquet")
     (row,) = read_snapshot(tmp_path / "ct.parquet").to_dict("records")
-    assert result["rows"] == 1 and (row["text"], row["arm"], row["model_version"]) == (
+    assert result.rows == 1 and (row["text"], row["arm"], row["model_version"]) == (
         "where is my parcel",
         "canary",
         "8",
@@ -393,12 +393,12 @@ def test_export_window_digest_and_schema(collector, tmp_path):
     table = pq.read_table(tmp_path / "a.parquet")
     assert sorted(table.column("request_id").to_pylist()) == ["req-1", "req-2", "req-3"]
     assert table.schema.remove_metadata() == SNAPSHOT_SCHEMA
-    assert table.schema.metadata[DIGEST_KEY].decode() == first["content_digest"] == again["content_digest"]
+    assert table.schema.metadata[DIGEST_KEY].decode() == first.content_digest == again.content_digest
     post(client, feedback_event("fb-late", T0 + timedelta(hours=5), kind="thumbs_up", request_id="req-2"))
     changed = export_window(engine, T0, T0 + timedelta(minutes=60), tmp_path / "c.parquet")
-    assert changed["content_digest"] != first["content_digest"] and changed["rows"] == first["rows"]
+    assert changed.content_digest != first.content_digest and changed.rows == first.rows
     empty = export_window(engine, T0 + timedelta(days=3), T0 + timedelta(days=4), tmp_path / "empty.parquet")
-    assert empty["rows"] == 0 and pq.read_table(tmp_path / "empty.parquet").schema.remove_metadata() == SNAPSHOT_SCHEMA
+    assert empty.rows == 0 and pq.read_table(tmp_path / "empty.parquet").schema.remove_metadata() == SNAPSHOT_SCHEMA
 
 
 def test_bad_store_url_is_a_clear_error():
@@ -502,14 +502,12 @@ def test_times_with_an_offset_land_in_the_right_utc_window(collector, tmp_path):
         assert post(client, event).status_code == 200
     engine = open_store(cfg.store_url)
     inside = export_window(engine, T0 - timedelta(minutes=1), T0 + timedelta(minutes=1), tmp_path / "in.parquet")
-    assert inside["rows"] == 1
+    assert inside.rows == 1
     (row,) = pq.read_table(tmp_path / "in.parquet").to_pylist()
     assert row["timestamp"] == T0 and row["latency_ms"] == pytest.approx(12.0)
     window_in_plus_two = (T0 + timedelta(minutes=1)).astimezone(plus_two)
-    assert export_window(engine, T0.astimezone(plus_two), window_in_plus_two, tmp_path / "b.parquet")["rows"] == 1
-    assert (
-        export_window(engine, T0 + timedelta(minutes=30), T0 + timedelta(hours=3), tmp_path / "o.parquet")["rows"] == 0
-    )
+    assert export_window(engine, T0.astimezone(plus_two), window_in_plus_two, tmp_path / "b.parquet").rows == 1
+    assert export_window(engine, T0 + timedelta(minutes=30), T0 + timedelta(hours=3), tmp_path / "o.parquet").rows == 0
 
 
 PII_TEXT = "I am jane.doe@example.com, card 4111 1111 1111 1111, call me on +44 7911 123456"

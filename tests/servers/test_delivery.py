@@ -31,7 +31,7 @@ from model.deploy.delivery import (
 )
 from model.registry import versions
 from scripts.cli import main
-from tests.helpers.delivery import DCFG, ISVC, REG, drift_report, serving
+from tests.helpers.delivery import DCFG, ISVC, REG, drift_report, images_in, serving
 from tests.helpers.events import feedback_event, inference_event
 from tests.helpers.git import branches, git, merge
 
@@ -43,7 +43,7 @@ def rollout(repo: Path, env: str) -> manifests.Rollout:
 def test_release_promote_rollback_cycle(repo, store):
     digest = store
     # first release: no stable model yet, so v1 takes all traffic
-    result, body = release_step("production", 1, 10, repo, REG, DCFG)
+    result, body = release_step("production", 1, 10, repo, reg_cfg=REG, dcfg=DCFG)
     pr = result["pull_request"]
     assert pr["mode"] == "local" and pr["branch"] == "flywheel/release-production-v1"
     assert git(repo, "rev-parse", "HEAD") == pr["base_sha"]  # the checked-out branch did not move
@@ -64,7 +64,7 @@ def test_release_promote_rollback_cycle(repo, store):
     )
 
     # v2 on a 10% canary
-    result, body = release_step("production", 2, 10, repo, REG, DCFG)
+    result, body = release_step("production", 2, 10, repo, reg_cfg=REG, dcfg=DCFG)
     merge(repo, result["pull_request"]["branch"])
     state = rollout(repo, "production")
     assert (state.stable.version, state.canary.version, state.canary_percent) == (1, 2, 10)
@@ -102,9 +102,9 @@ def test_release_promote_rollback_cycle(repo, store):
 
 
 def test_rollback_of_a_running_canary_pins_the_stable_revision(repo, store):
-    merge(repo, release_step("staging", 1, 25, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    merge(repo, release_step("staging", 1, 25, repo, reg_cfg=REG, dcfg=DCFG)[0]["pull_request"]["branch"])
     before = (repo / ISVC.format(env="staging")).read_text()
-    merge(repo, release_step("staging", 2, 25, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    merge(repo, release_step("staging", 2, 25, repo, reg_cfg=REG, dcfg=DCFG)[0]["pull_request"]["branch"])
     champion = versions.alias_version(REG, versions.CHAMPION)
     result, body = rollback_step("staging", repo, REG, DCFG)
     assert result["ended_version"] == 2 and result["stable"] == 1
@@ -116,7 +116,7 @@ def test_rollback_of_a_running_canary_pins_the_stable_revision(repo, store):
     restore, body = rollback_step("staging", repo, REG, DCFG)
     assert restore["stable"] == 1 and "restore v1's env under the pin" in body
     # releasing the rolled-back model again needs no new revision: it takes its share at once
-    merge(repo, release_step("staging", 2, 25, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    merge(repo, release_step("staging", 2, 25, repo, reg_cfg=REG, dcfg=DCFG)[0]["pull_request"]["branch"])
     assert rollout(repo, "staging").canary.version == 2 and rollout(repo, "staging").rolled_back is None
     assert "canaryTrafficPercent: 25" in (repo / ISVC.format(env="staging")).read_text() != before
     assert versions.alias_version(REG, versions.CHAMPION) == champion  # staging never moves the champion
@@ -131,11 +131,11 @@ def _assert_nothing_made(repo: Path, head: str, before: list[str]) -> None:
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda r: release_step("qa", 1, 10, r, REG, DCFG), "unknown environment 'qa'"),
-        (lambda r: release_step("staging", 99, 10, r, REG, DCFG), "has no version 99"),
-        (lambda r: release_step("staging", 3, 10, r, REG, DCFG), "has not passed the gate"),
-        (lambda r: release_step("staging", 1, 101, r, REG, DCFG), "from 0 to 100"),
-        (lambda r: release_step("staging", 1, -5, r, REG, DCFG), "from 0 to 100"),
+        (lambda r: release_step("qa", 1, 10, r, reg_cfg=REG, dcfg=DCFG), "unknown environment 'qa'"),
+        (lambda r: release_step("staging", 99, 10, r, reg_cfg=REG, dcfg=DCFG), "has no version 99"),
+        (lambda r: release_step("staging", 3, 10, r, reg_cfg=REG, dcfg=DCFG), "has not passed the gate"),
+        (lambda r: release_step("staging", 1, 101, r, reg_cfg=REG, dcfg=DCFG), "from 0 to 100"),
+        (lambda r: release_step("staging", 1, -5, r, reg_cfg=REG, dcfg=DCFG), "from 0 to 100"),
         (lambda r: promote_env_step("staging", None, r, REG, DCFG), "no canary is running, nothing to promote"),
         (lambda r: rollback_step("staging", r, REG, DCFG), "nothing to roll back to"),
     ],
@@ -148,25 +148,27 @@ def test_bad_input_makes_no_branch_and_no_commit(repo, store, call, message):
 
 
 def test_second_release_while_a_canary_runs_is_refused(repo, store):
-    merge(repo, release_step("staging", 1, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
-    merge(repo, release_step("staging", 2, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    merge(repo, release_step("staging", 1, 10, repo, reg_cfg=REG, dcfg=DCFG)[0]["pull_request"]["branch"])
+    merge(repo, release_step("staging", 2, 10, repo, reg_cfg=REG, dcfg=DCFG)[0]["pull_request"]["branch"])
     head, before = git(repo, "rev-parse", "HEAD"), branches(repo)
     with pytest.raises(FlywheelError, match="canary v2 is still running"):
-        release_step("staging", 1, 10, repo, REG, DCFG)
+        release_step("staging", 1, 10, repo, reg_cfg=REG, dcfg=DCFG)
     with pytest.raises(FlywheelError, match="the canary is v2, not v1"):
         promote_env_step("staging", 1, repo, REG, DCFG)
     _assert_nothing_made(repo, head, before)
 
 
 def test_rerun_finds_its_open_proposal_and_a_different_change_is_refused(repo, store):
-    first = release_step("staging", 1, 10, repo, REG, DCFG)[0]["pull_request"]
+    first = release_step("staging", 1, 10, repo, reg_cfg=REG, dcfg=DCFG)[0]["pull_request"]
     merge(repo, first["branch"])
-    proposed = release_step("staging", 2, 10, repo, REG, DCFG)[0]["pull_request"]
+    proposed = release_step("staging", 2, 10, repo, reg_cfg=REG, dcfg=DCFG)[0]["pull_request"]
     head, before = git(repo, "rev-parse", "HEAD"), branches(repo)
-    again = release_step("staging", 2, 10, repo, REG, DCFG)[0]["pull_request"]  # e.g. the hourly workflow again
+    again = release_step("staging", 2, 10, repo, reg_cfg=REG, dcfg=DCFG)[0][
+        "pull_request"
+    ]  # e.g. the hourly workflow again
     assert again["existing"] and again["commit"] == proposed["commit"]
-    with pytest.raises(FlywheelError, match="already exists with a different change"):
-        release_step("staging", 2, 20, repo, REG, DCFG)
+    with pytest.raises(FlywheelError, match="already has an open pull request with a different change"):
+        release_step("staging", 2, 20, repo, reg_cfg=REG, dcfg=DCFG)
     _assert_nothing_made(repo, head, before)
 
 
@@ -190,7 +192,7 @@ def test_hand_edited_invalid_manifest_is_refused(repo, store, edit, message):
     git(repo, "commit", "-q", "-am", "edit by hand")
     head, before = git(repo, "rev-parse", "HEAD"), branches(repo)
     with pytest.raises(FlywheelError, match=message) as err:
-        release_step("staging", 1, 10, repo, REG, DCFG)
+        release_step("staging", 1, 10, repo, reg_cfg=REG, dcfg=DCFG)
     assert str(path) in str(err.value)
     _assert_nothing_made(repo, head, before)
 
@@ -210,16 +212,19 @@ def test_cli_exit_codes_and_reports(repo, store, tmp_path, capsys):
     assert main(["check-manifests", "--repo", str(repo), "--report-dir", str(reports)]) == 0
 
 
-def test_promote_without_env_still_moves_only_the_alias(repo, store, tmp_path):
-    head = git(repo, "rev-parse", "HEAD")
-    assert main(["promote", "--version", "2", "--report-dir", str(tmp_path)]) == 0
-    assert versions.alias_version(REG, versions.CHAMPION) == 2
+def test_promote_without_env_is_refused_and_moves_nothing(repo, store, tmp_path, capsys):
+    """Moving the alias alone is `flywheel set-champion`; `promote` is always a pull request for an environment."""
+    head, champion = git(repo, "rev-parse", "HEAD"), versions.alias_version(REG, versions.CHAMPION)
+    assert main(["promote", "--version", "2", "--repo", str(repo), "--report-dir", str(tmp_path)]) == 2
+    assert "the following arguments are required: --env" in capsys.readouterr().err
+    assert versions.alias_version(REG, versions.CHAMPION) == champion
     assert git(repo, "rev-parse", "HEAD") == head and branches(repo) == ["main"]
+    assert not (tmp_path / "promote.json").exists()
 
 
 def test_canary_analysis_reads_the_manifest_and_metrics(repo, store, tmp_path):
-    merge(repo, release_step("production", 1, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
-    merge(repo, release_step("production", 2, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    merge(repo, release_step("production", 1, 10, repo, reg_cfg=REG, dcfg=DCFG)[0]["pull_request"]["branch"])
+    merge(repo, release_step("production", 2, 10, repo, reg_cfg=REG, dcfg=DCFG)[0]["pull_request"]["branch"])
     metrics = tmp_path / "metrics.json"
     healthy = {
         "requests": 20000,
@@ -235,7 +240,7 @@ def test_canary_analysis_reads_the_manifest_and_metrics(repo, store, tmp_path):
             {"stable": {**healthy, "model_version": 1}, "canary": {**healthy, "thumbs_down": 2500, "model_version": 2}}
         )
     )
-    result, md = canary_analysis_step("production", metrics, "", repo, CanaryConfig(), DCFG)
+    result, md = canary_analysis_step("production", repo, cfg=CanaryConfig(), dcfg=DCFG, metrics=metrics)
     assert result["decision"] == "rollback" and result["canary_version"] == 2
     assert "thumbs-down rate is higher" in md
     # the analysis goes into the rollback pull request, and must be for this canary
@@ -246,14 +251,21 @@ def test_canary_analysis_reads_the_manifest_and_metrics(repo, store, tmp_path):
     assert "Canary analysis (production): **ROLLBACK**" in body
     metrics.write_text(json.dumps({"stable": {**healthy, "model_version": 7}, "canary": healthy}))
     with pytest.raises(FlywheelError, match="stable metrics are for v7"):
-        canary_analysis_step("production", metrics, "", repo, CanaryConfig(), DCFG)
+        canary_analysis_step("production", repo, cfg=CanaryConfig(), dcfg=DCFG, metrics=metrics)
 
 
 def test_canary_analysis_without_a_canary_says_so(repo, store):
-    result, md = canary_analysis_step("staging", None, "", repo, CanaryConfig(), DCFG)
+    result, md = canary_analysis_step("staging", repo, cfg=CanaryConfig(), dcfg=DCFG)
     assert result["decision"] == "none" and "No canary is running" in md
     with pytest.raises(FlywheelError, match="exactly one of"):  # two sources are refused even with no canary
-        canary_analysis_step("staging", repo / "metrics.json", "http://127.0.0.1:9", repo, CanaryConfig(), DCFG)
+        canary_analysis_step(
+            "staging",
+            repo,
+            cfg=CanaryConfig(),
+            dcfg=DCFG,
+            metrics=repo / "metrics.json",
+            prometheus_url="http://127.0.0.1:9",
+        )
 
 
 class FakePrometheus(BaseHTTPRequestHandler):
@@ -297,8 +309,8 @@ class FakePrometheus(BaseHTTPRequestHandler):
 
 
 def test_canary_analysis_from_prometheus(repo, store):
-    merge(repo, release_step("staging", 1, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
-    merge(repo, release_step("staging", 2, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    merge(repo, release_step("staging", 1, 10, repo, reg_cfg=REG, dcfg=DCFG)[0]["pull_request"]["branch"])
+    merge(repo, release_step("staging", 2, 10, repo, reg_cfg=REG, dcfg=DCFG)[0]["pull_request"]["branch"])
     values = {
         ("stable", "model_requests"): 29990,
         ("stable", "scraped"): 1,
@@ -324,7 +336,7 @@ def test_canary_analysis_from_prometheus(repo, store):
     }  # no escalation series on the canary yet: counts as 0
     queries: list = []
     with serving(type("Handler", (FakePrometheus,), {"values": values, "queries": queries})) as url:
-        result, md = canary_analysis_step("staging", None, url, repo, CanaryConfig(), DCFG)
+        result, md = canary_analysis_step("staging", repo, cfg=CanaryConfig(), dcfg=DCFG, prometheus_url=url)
     assert result["arms"]["stable"]["requests"] == 30000 and result["arms"]["canary"]["escalations"] == 0
     assert result["arms"]["canary"]["latency_p99_ms"] == pytest.approx(45.0)
     assert (result["arms"]["stable"]["slow"], result["arms"]["canary"]["slow"]) == (38, 5)
@@ -357,12 +369,12 @@ def test_canary_analysis_from_the_collectors_store(repo, store, tmp_path, monkey
     """Per-arm counts read from what the collector stored: answers by model version; requests without an answer
     under arm unknown, since KServe's logger names no revision in them (the same ce-source from every one)."""
     now = datetime.now(UTC).replace(microsecond=0)
-    merge(repo, release_step("staging", 1, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    merge(repo, release_step("staging", 1, 10, repo, reg_cfg=REG, dcfg=DCFG)[0]["pull_request"]["branch"])
     monkeypatch.setenv("GIT_COMMITTER_DATE", (now - timedelta(minutes=10)).isoformat())
-    merge(repo, release_step("staging", 2, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    merge(repo, release_step("staging", 2, 10, repo, reg_cfg=REG, dcfg=DCFG)[0]["pull_request"]["branch"])
     store_url = f"sqlite:///{tmp_path / 'conversations.db'}"
 
-    def call(client, rid: str, version: str, at: datetime, answered=True, fallback=False, took_ms=20):
+    def call(client, rid: str, version: str, at: datetime, *, answered=True, fallback=False, took_ms=20):
         events = [inference_event("request", rid, {"instances": ["where is my order"]}, at)]
         if answered:
             pred = {"intent": "order_status", "confidence": 0.9, "fallback": fallback, "model_version": version}
@@ -385,7 +397,7 @@ def test_canary_analysis_from_the_collectors_store(repo, store, tmp_path, monkey
             headers, data = feedback_event(f"fb{i}", at + timedelta(seconds=5), kind="thumbs_down", request_id=f"c{i}")
             assert client.post("/", content=data, headers=headers).status_code == 200
 
-    result, md = canary_analysis_step("staging", None, "", repo, CanaryConfig(), DCFG, store_url=store_url)
+    result, md = canary_analysis_step("staging", repo, cfg=CanaryConfig(), dcfg=DCFG, store_url=store_url)
     stable, canary = result["arms"]["stable"], result["arms"]["canary"]
     assert (stable["requests"], stable["errors"], stable["fallbacks"], stable["model_version"]) == (40, 0, 4, 1)
     assert (canary["requests"], canary["errors"], canary["thumbs_down"], canary["model_version"]) == (12, 0, 5, 2)
@@ -394,7 +406,9 @@ def test_canary_analysis_from_the_collectors_store(repo, store, tmp_path, monkey
     assert result["decision"] == "hold" and "store" in md  # 12 and 40 requests: too little traffic to decide
     assert result["unattributed_errors"] == 3 and "Arm unknown: 3 calls were never answered" in md
     with pytest.raises(FlywheelError, match="exactly one of"):
-        canary_analysis_step("staging", None, "http://127.0.0.1:9", repo, CanaryConfig(), DCFG, store_url=store_url)
+        canary_analysis_step(
+            "staging", repo, cfg=CanaryConfig(), dcfg=DCFG, prometheus_url="http://127.0.0.1:9", store_url=store_url
+        )
 
 
 def test_a_latency_budget_that_is_no_histogram_bucket_is_an_error_not_zero():
@@ -419,7 +433,7 @@ IMAGE = "ghcr.io/flywheel-mlops/flywheel@sha256:" + "c" * 64
 
 @pytest.mark.real("promtool")  # check-manifests runs promtool on the rules
 def test_release_with_an_image_pins_predictor_and_collector_in_one_commit(repo, store):
-    result, body = release_step("staging", 1, 10, repo, REG, DCFG, image=IMAGE)
+    result, body = release_step("staging", 1, 10, repo, reg_cfg=REG, dcfg=DCFG, image=IMAGE)
     branch = result["pull_request"]["branch"]
     assert git(repo, "rev-list", "--count", f"main..{branch}") == "1"
     changed = set(git(repo, "diff", "--name-only", "main", branch).splitlines())
@@ -437,13 +451,11 @@ def test_release_with_an_image_pins_predictor_and_collector_in_one_commit(repo, 
 
 def test_release_refuses_an_image_named_by_tag_before_anything_is_proposed(repo, store):
     with pytest.raises(FlywheelError, match="names a tag, which can be pushed again"):
-        release_step("staging", 1, 10, repo, REG, DCFG, image="ghcr.io/flywheel-mlops/flywheel:0.2.0")
+        release_step("staging", 1, 10, repo, reg_cfg=REG, dcfg=DCFG, image="ghcr.io/flywheel-mlops/flywheel:0.2.0")
     assert branches(repo) == ["main"]
 
 
 def _images(repo: Path, env: str) -> set[str]:
-    from model.deploy.images import images_in
-
     return {i for name in ("inferenceservice.yaml", "collector.yaml") for i in images_in(
         (repo / "manifests" / env / name).read_text()
     )}  # fmt: skip
@@ -451,8 +463,8 @@ def _images(repo: Path, env: str) -> set[str]:
 
 def test_production_carries_forward_the_digest_staging_ran(repo, store):
     """Staging's pinned image goes to production with the release, and the promotion keeps it."""
-    merge(repo, release_step("staging", 1, 10, repo, REG, DCFG, image=IMAGE)[0]["pull_request"]["branch"])
-    result, body = release_step("production", 1, 10, repo, REG, DCFG)
+    merge(repo, release_step("staging", 1, 10, repo, reg_cfg=REG, dcfg=DCFG, image=IMAGE)[0]["pull_request"]["branch"])
+    result, body = release_step("production", 1, 10, repo, reg_cfg=REG, dcfg=DCFG)
     assert result["image"] == IMAGE
     assert f"`{IMAGE}`, carried forward from staging (`manifests/staging/inferenceservice.yaml` on main" in body
     assert "where it serves v1" in body
@@ -462,8 +474,8 @@ def test_production_carries_forward_the_digest_staging_ran(repo, store):
     assert _images(repo, "production") == {IMAGE}
     # a new image in staging: production's next release takes it along, its promotion changes no image
     newer = IMAGE.replace("c" * 64, "d" * 64)
-    merge(repo, release_step("staging", 2, 100, repo, REG, DCFG, image=newer)[0]["pull_request"]["branch"])
-    merge(repo, release_step("production", 2, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    merge(repo, release_step("staging", 2, 100, repo, reg_cfg=REG, dcfg=DCFG, image=newer)[0]["pull_request"]["branch"])
+    merge(repo, release_step("production", 2, 10, repo, reg_cfg=REG, dcfg=DCFG)[0]["pull_request"]["branch"])
     assert _images(repo, "production") == {newer}
     result, body = promote_env_step("production", None, repo, REG, DCFG)
     assert result["image"] == newer and "unchanged: the canary's revision already runs it" in body
@@ -472,18 +484,18 @@ def test_production_carries_forward_the_digest_staging_ran(repo, store):
 
 def test_no_digest_is_carried_from_an_unsettled_or_unpinned_staging(repo, store):
     # staging names its image by tag (never released with one): production's images stay, and the body says so
-    result, body = release_step("production", 1, 10, repo, REG, DCFG)
+    result, body = release_step("production", 1, 10, repo, reg_cfg=REG, dcfg=DCFG)
     assert result["image"] is None and "no digest to carry forward" in body
     merge(repo, result["pull_request"]["branch"])
     assert _images(repo, "production") == {"ghcr.io/flywheel-mlops/flywheel:main"}
     # a canary runs in staging: the image its manifest names is the canary's, not its stable model's
-    merge(repo, release_step("staging", 1, 10, repo, REG, DCFG, image=IMAGE)[0]["pull_request"]["branch"])
-    merge(repo, release_step("staging", 2, 10, repo, REG, DCFG, image=IMAGE)[0]["pull_request"]["branch"])
+    merge(repo, release_step("staging", 1, 10, repo, reg_cfg=REG, dcfg=DCFG, image=IMAGE)[0]["pull_request"]["branch"])
+    merge(repo, release_step("staging", 2, 10, repo, reg_cfg=REG, dcfg=DCFG, image=IMAGE)[0]["pull_request"]["branch"])
     head, before = git(repo, "rev-parse", "HEAD"), branches(repo)
     with pytest.raises(FlywheelError, match="canary v2 runs in staging, so the image it names"):
-        release_step("production", 2, 10, repo, REG, DCFG)
+        release_step("production", 2, 10, repo, reg_cfg=REG, dcfg=DCFG)
     _assert_nothing_made(repo, head, before)
     # an image given explicitly is what gets pinned, whatever staging runs
     other = IMAGE.replace("c" * 64, "e" * 64)
-    result, body = release_step("production", 2, 10, repo, REG, DCFG, image=other)
+    result, body = release_step("production", 2, 10, repo, reg_cfg=REG, dcfg=DCFG, image=other)
     assert result["image"] == other and f"Image: pinned to `{other}`." in body

@@ -26,16 +26,17 @@ from model.artifact.predictor import Entity, Prediction
 from model.collect.collector import build_app
 from model.collect.export import export_window
 from model.collect.store import open_store
-from model.core.config import CollectorConfig, RegistryConfig, ServeConfig
+from model.core.config import CollectorConfig, ServeConfig
 from model.core.kserve_sdk import InferRequest, kserve
 from model.data.conversations import read_snapshot, write_snapshot
 from model.serve import predictor as serve_predictor
 from model.serve.catalog import ResponseCatalog
 from model.serve.logger import LocalLogger, cloudevents_time
 from model.serve.metrics import ServingMetrics
-from model.serve.prediction_log import MIN_CAP_BYTES, PredictionLog, read_prediction_log
+from model.serve.prediction_log import MIN_CAP_BYTES, PredictionLog
 from model.serve.protocol import Endpoint, ParsedRequest, v1_response, v2_response
 from tests.helpers.events import T0, VERSION_OF_ARM, arms_folder, inference_event
+from tests.helpers.serving import read_prediction_log
 from tests.helpers.snapshots import event
 
 EMAIL, PHONE, ORDER = "jane.doe@example.com", "+44 7911 123456", "12345"
@@ -81,13 +82,13 @@ class CapturingLogger(LocalLogger):
 def serve_calls(tmp_path, monkeypatch, with_entities: bool, calls: list[tuple[object, dict]]):
     """Each (payload, headers) through the predictor's steps: the client's answers, the logger's events,
     the prediction log's records."""
-    monkeypatch.setattr(serve_predictor, "open_source", lambda *_: FakePredictor(with_entities))
+    monkeypatch.setattr(serve_predictor, "open_artifact", lambda *_: FakePredictor(with_entities))
     catalog = ResponseCatalog({"order_status": "Let me look that up."}, "A colleague will help you.")
     log = PredictionLog(tmp_path / "predictions.jsonl", MIN_CAP_BYTES)
+    source = serve_predictor.ModelSource("unused", VERSION_OF_ARM["stable"])
     model = serve_predictor.IntentModel(
-        NAME, "stable", "unused", ServeConfig(), RegistryConfig(), catalog, ServingMetrics(CollectorRegistry()), log,
-        pinned_version=VERSION_OF_ARM["stable"],
-    )  # fmt: skip
+        NAME, "stable", source, cfg=ServeConfig(), catalog=catalog, metrics=ServingMetrics(CollectorRegistry()), log=log
+    )
     model.load()
     model.logger = CapturingLogger()
 
@@ -261,7 +262,7 @@ def test_served_calls_are_stored_and_exported_with_entities_on_the_redacted_text
         assert raw[raw_order.start : raw_order.end] == entity["value"]  # the same characters as the model tagged
     assert rows["call-v1"]["text"] == f"I am <EMAIL>, call me on <PHONE> about order {ORDER} please"
     assert rows["call-v2/1"]["entities"] == json.dumps([expected_order_entity(PLAIN_TEXT)], separators=(",", ":"))
-    assert result["skipped"] == {"entities_on_personal_data": 2}  # the phone in each PII text
+    assert result.skipped == {"entities_on_personal_data": 2}  # the phone in each PII text
     everything = json.dumps(stored, default=str)
     assert EMAIL not in everything and PHONE not in everything  # neither raw nor as an entity's text
     for e in stored:
@@ -297,7 +298,7 @@ def test_kserve_shaped_events_in_either_order(tmp_path):
     result, rows, stored = collect_and_export(tmp_path, v1 + v2)
     for request_id in ("k-v1", "k-v2"):
         assert json.loads(rows[request_id]["entities"]) == [expected_order_entity(PII_TEXT)]
-    assert result["skipped"] == {"entities_on_personal_data": 2}
+    assert result.skipped == {"entities_on_personal_data": 2}
     assert PHONE not in json.dumps(stored, default=str)
 
 
@@ -313,7 +314,7 @@ def test_without_entities_everything_is_empty_and_stored_as_sent(tmp_path, monke
         tmp_path, [*sent, inference_event("request", "old", {"instances": ["hi"]}, T0), legacy]
     )
     assert {r: rows[r]["entities"] for r in rows} == dict.fromkeys(["call-v1", "call-v2/0", "call-v2/1", "old"], "[]")
-    assert result["skipped"] == {}
+    assert result.skipped == {}
     responses = {e["event_id"]: e["body"] for e in stored if e["kind"] == "response"}
     sent_bodies = {h["ce-id"]: b.decode() for h, b in sent if h["ce-type"].endswith(".response")}
     assert responses == {**sent_bodies, "old": legacy[1].decode()}  # nothing to remove: byte for byte
@@ -356,7 +357,7 @@ def test_an_older_store_gains_the_map_and_its_rows_export_without_entities(tmp_p
     rows = {r["request_id"]: r for r in read_snapshot(tmp_path / "o.parquet").to_dict("records")}
     assert json.loads(rows["plain"]["entities"]) == [{**expected_order_entity(PLAIN_TEXT), "confidence": 0.9}]
     assert rows["redacted"]["entities"] == rows["before"]["entities"] == "[]"
-    assert result["skipped"] == {"entities_unmappable": 1}
+    assert result.skipped == {"entities_unmappable": 1}
 
 
 @pytest.mark.parametrize("strict", [True, False])

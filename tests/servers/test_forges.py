@@ -6,6 +6,7 @@ repository, and a branch of the same name that already exists (merged, re-run, o
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import re
@@ -22,6 +23,7 @@ from model.core.errors import FlywheelError
 from model.deploy import delivery, forges, manifests
 from model.deploy.delivery import release_step, request_retrain_step
 from model.deploy.forges import GitHubForge, LocalForge, Proposal, forge_from_env, github_retry
+from model.deploy.pull_requests import Forge, PullRequest, rerun_or_replace
 from tests.helpers.delivery import DCFG, ISVC, REG, drift_report, serving
 
 REPO, TOKEN = "acme/flywheel", "ghs_test_token"
@@ -343,7 +345,7 @@ def change(text: str = "new: 1\n", branch: str = "flywheel/release-staging-v9") 
 
 
 def test_github_pull_request_as_one_commit_through_the_rest_api(github, store, tmp_path):
-    result, body = release_step("staging", 1, 10, tmp_path, REG, DCFG)  # tmp_path: no local Git needed
+    result, body = release_step("staging", 1, 10, tmp_path, reg_cfg=REG, dcfg=DCFG)  # tmp_path: no local Git needed
     pr = result["pull_request"]
     assert pr["mode"] == "github" and pr["number"] == 1 and pr["url"].endswith("/acme/flywheel/pull/1")
     branch = "flywheel/release-staging-v1"
@@ -374,7 +376,7 @@ def test_github_pull_request_as_one_commit_through_the_rest_api(github, store, t
     assert (pull["head"], pull["base"], pull["body"], pull["maintainer_can_modify"]) == (branch, "main", body, True)
     # the hourly re-run finds the open pull request and writes nothing
     since = len(github["calls"])
-    again = release_step("staging", 1, 10, tmp_path, REG, DCFG)[0]["pull_request"]
+    again = release_step("staging", 1, 10, tmp_path, reg_cfg=REG, dcfg=DCFG)[0]["pull_request"]
     assert again["existing"] and again["number"] == 1 and again["commit"] == pr["commit"]
     assert calls(github, since) and not writes(github, since) and github["slept"] == []
 
@@ -395,14 +397,14 @@ def test_forge_from_env_sends_to_github_api_url(gh, monkeypatch, tmp_path):
 def test_github_failure_deletes_the_branch_it_made(github, tmp_path):
     github["fail_pulls"] = True
     with pytest.raises(FlywheelError, match="opening the pull request: HTTP 422: Validation Failed"):
-        release_step("staging", 1, 10, tmp_path, REG, DCFG)
+        release_step("staging", 1, 10, tmp_path, reg_cfg=REG, dcfg=DCFG)
     assert list(github["refs"]) == ["refs/heads/main"]
     assert writes(github)[-2:] == [("POST", "/pulls"), ("DELETE", "/git/refs/heads/flywheel/release-staging-v1")]
 
 
 def test_github_bad_input_makes_no_call_that_writes(github, tmp_path):
     with pytest.raises(FlywheelError, match="has not passed the gate"):
-        release_step("staging", 3, 10, tmp_path, REG, DCFG)
+        release_step("staging", 3, 10, tmp_path, reg_cfg=REG, dcfg=DCFG)
     assert calls(github) and not writes(github)
 
 
@@ -429,7 +431,7 @@ def test_a_5xx_is_retried_with_backoff_and_then_succeeds(gh):
         {"method": "POST", "path": "/git/trees", "times": 2, "status": 502, "body": {"message": "Server Error"}}
     )
     pr = forge(gh).propose(change())
-    assert pr["number"] == 1 and files_on(gh, pr["branch"])[STAGING] == "new: 1\n"
+    assert pr.number == 1 and files_on(gh, pr.branch)[STAGING] == "new: 1\n"
     assert [c["status"] for c in gh["calls"] if c["path"].endswith("/git/trees")] == [502, 502, 201]
     assert gh["slept"] == [1.0]  # urllib3's backoff: none before the first retry, then 0.5 * 2
 
@@ -448,7 +450,7 @@ def test_a_write_github_applied_before_its_answer_was_lost_is_not_made_twice(gh)
     gh["faults"].append(lost | {"applied": True})
     pr = forge(gh).propose(change())  # the retried create answers 422 "Reference already exists": ours
     assert [c["status"] for c in gh["calls"] if c["path"].endswith("/git/refs")] == [502, 422]
-    assert pr["number"] == 1 and gh["refs"][f"refs/heads/{pr['branch']}"] == pr["commit"]
+    assert pr.number == 1 and gh["refs"][f"refs/heads/{pr.branch}"] == pr.commit
 
 
 @pytest.mark.parametrize(
@@ -469,7 +471,7 @@ def test_a_rate_limit_is_waited_out_as_github_says(gh, status, message, headers,
         {"method": "POST", "path": "/pulls", "times": 1, "status": status, "body": body, "headers": headers}
     )
     pr = forge(gh, secondary_wait=7).propose(change())
-    assert pr["number"] == 1 and len(gh["pulls"]) == 1
+    assert pr.number == 1 and len(gh["pulls"]) == 1
     assert [c["status"] for c in gh["calls"] if c["path"].endswith("/pulls")] == [status, 201]
     assert len(gh["slept"]) == 1 and wait - 1.1 < gh["slept"][0] <= wait
 
@@ -561,7 +563,8 @@ def test_a_branch_whose_pull_request_was_merged_or_closed_is_replaced(gh, merged
     )
     gh["main"] = seed(gh, "main", {"README.md": "merged since\n"}, parent=gh["main"])  # main moved on
     pr = forge(gh).propose(p)
-    assert pr["number"] == 2 and pr["replaced"] == old and gh["pulls"][0]["state"] == "closed"
+    assert pr.number == 2 and pr.replaced == old and gh["pulls"][0]["state"] == "closed"
+    assert pr.to_dict()["replaced"] == old and not pr.existing
     assert writes(gh)[-3:] == [("DELETE", f"/git/refs/heads/{p.branch}"), ("POST", "/git/refs"), ("POST", "/pulls")]
     assert gh["commits"][gh["refs"][f"refs/heads/{p.branch}"]]["parents"] == [gh["main"]]  # from today's main
     assert files_on(gh, p.branch) == files_on(gh, "main") | p.files
@@ -571,9 +574,8 @@ def test_a_rerun_with_its_pull_request_open_writes_nothing(gh):
     first = forge(gh).propose(change())
     since = len(gh["calls"])
     again = forge(gh).propose(change())
-    assert again == {k: first[k] for k in ("mode", "repository", "branch", "base", "commit", "number", "url")} | {
-        "existing": True
-    }
+    assert again == dataclasses.replace(first, base_sha=None, existing=True)
+    assert again.to_dict() == {k: v for k, v in first.to_dict().items() if k != "base_sha"} | {"existing": True}
     assert calls(gh, since) and not writes(gh, since) and len(gh["pulls"]) == 1
 
 
@@ -582,17 +584,54 @@ def test_an_open_pull_request_with_a_different_change_is_refused(gh):
     since = len(gh["calls"])
     with pytest.raises(
         FlywheelError,
-        match=r"branch flywheel/release-staging-v9 already has open pull request #1 with a different change",
+        match=r"branch flywheel/release-staging-v9 already has an open pull request #1 with a different change",
     ):
         forge(gh).propose(change("new: 2\n"))
-    assert not writes(gh, since) and gh["refs"][f"refs/heads/{first['branch']}"] == first["commit"]
+    assert not writes(gh, since) and gh["refs"][f"refs/heads/{first.branch}"] == first.commit
+
+
+OPEN = PullRequest("github", REPO, "flywheel/x", "main", "c" * 40, number=7, url="https://github.com/acme/pull/7")
+
+
+@pytest.mark.parametrize(
+    ("open_pull_request", "on_branch", "outcome"),
+    [
+        (None, {}, "replace"),  # merged or closed: the same version may be proposed again
+        (OPEN, {STAGING: "new: 1\n", "notes/why.md": "because\n"}, "re-run"),
+        (OPEN, {STAGING: "new: 2\n", "notes/why.md": "because\n"}, "refuse"),
+        (OPEN, {STAGING: "new: 1\n"}, "refuse"),  # a file of the change missing on the branch
+    ],
+)
+def test_the_rule_for_an_existing_branch(open_pull_request, on_branch, outcome):
+    """One rule for both forges: replace a merged or closed branch, find a re-run's open pull request,
+    refuse to overwrite an open one holding something else."""
+    if outcome == "refuse":
+        with pytest.raises(
+            FlywheelError, match=r"acme/flywheel: branch flywheel/release-staging-v9 already has an open "
+        ):
+            rerun_or_replace(change(), open_pull_request, on_branch.get, "GitHub acme/flywheel")
+        return
+    got = rerun_or_replace(change(), open_pull_request, on_branch.get, "GitHub acme/flywheel")
+    assert got == (None if outcome == "replace" else dataclasses.replace(OPEN, existing=True))
+
+
+def test_the_local_forge_replaces_a_merged_branch_and_says_so(repo):
+    forge_ = LocalForge(repo)
+    p = Proposal("flywheel/x", {STAGING: "new: 1\n"}, "First", "first body")
+    first = forge_.propose(p)
+    forge_.merge(first)
+    again = forge_.propose(dataclasses.replace(p, files={STAGING: "new: 2\n"}))  # the branch is merged: replaced
+    assert again.replaced == first.commit and again.base_sha == first.commit and not again.existing
+    assert forge_.propose(dataclasses.replace(p, files={STAGING: "new: 2\n"})).existing  # now open: a re-run
+    assert isinstance(forge_, Forge) and isinstance(GitHubForge("t", REPO, pace=(0, 0)), Forge)
 
 
 def test_the_emergency_stop_merges_its_pull_request_or_says_why_not(gh):
     pr = forge(gh).propose(change())
     merged = forge(gh).merge(pr)
-    assert merged["merged"] is True and gh["refs"]["refs/heads/main"] == merged["commit"]
-    assert files_on(gh, "main") == files_on(gh, pr["branch"])  # the change is on main: Argo CD syncs it
+    assert merged.merged_commit is not None and gh["refs"]["refs/heads/main"] == merged.merged_commit
+    assert merged.to_dict()["merge"] == {"merged": True, "commit": merged.merged_commit}
+    assert files_on(gh, "main") == files_on(gh, pr.branch)  # the change is on main: Argo CD syncs it
     gh["protected"] = True
     second = forge(gh).propose(change("newer: 2\n", branch="flywheel/rollback-staging-v3"))
     with pytest.raises(FlywheelError, match="merging pull request #2.*At least 1 approving review"):

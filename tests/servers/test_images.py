@@ -18,6 +18,7 @@ from model.core.config import ENVIRONMENTS, PROJECT_ROOT
 from model.core.errors import FlywheelError
 from model.deploy import images
 from scripts.cli import main
+from tests.helpers.delivery import images_in
 
 DIGEST = "sha256:" + "ab" * 32
 OTHER = "sha256:" + "cd" * 32
@@ -71,7 +72,7 @@ def test_a_tag_alone_is_refused_for_pinning():
 
 
 def _manifest_image(env: str, name: str) -> str:
-    (image,) = set(images.images_in((PROJECT_ROOT / "manifests" / env / name).read_text()))
+    (image,) = set(images_in((PROJECT_ROOT / "manifests" / env / name).read_text()))
     return image
 
 
@@ -85,13 +86,13 @@ def test_pin_changes_only_the_image_lines(env, name):
     changed = [(a, b) for a, b in zip(text.splitlines(), out.splitlines()) if a != b]
     assert len(text.splitlines()) == len(out.splitlines()) and changed, changed
     assert all(a.split("image:")[0] == b.split("image:")[0] and "image:" in a for a, b in changed), changed
-    assert set(images.images_in(out)) == {f"{repository}@{DIGEST}"}
+    assert set(images_in(out)) == {f"{repository}@{DIGEST}"}
     before, after = list(yaml.safe_load_all(text)), list(yaml.safe_load_all(out))
     assert json.dumps(before).replace(_manifest_image(env, name), "X") == json.dumps(after).replace(
         f"{repository}@{DIGEST}", "X"
     )
     again = images.pin(out, f"{repository}@{OTHER}", path)  # a later release moves the pin
-    assert set(images.images_in(again)) == {f"{repository}@{OTHER}"}
+    assert set(images_in(again)) == {f"{repository}@{OTHER}"}
 
 
 def test_pin_refuses_a_tag_and_another_repository():

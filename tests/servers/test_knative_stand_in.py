@@ -32,12 +32,21 @@ COLD_START_S = 90.0
 REQUESTS = 2000
 
 
+def pods_ready(svc: KnativeService, revision, now: float) -> bool:
+    """Whether ``revision`` has pods to answer now; if not, Knative's activator holds its requests: started
+    ``cold_start_s`` after it was created, or after the route last began to name it (``active_since``)."""
+    if revision not in svc.active(now):
+        return False
+    started = max(revision.ready_at, svc.active_since.get(revision.name, revision.created_at) + svc.cold_start_s)
+    return now >= started
+
+
 @pytest.fixture(scope="module")
 def third_model(registry_dir, tiny_artifact) -> int:
     """A third gated version (v4: v3 of this store never passed the gate), for the release after a rollback."""
     predictor = IntentPredictor.load(tiny_artifact["artifact"])
     meta = {**predictor.meta, "dataset_digest": "dataset-4", "mlflow_run_id": None}
-    return register.register(REG, Path(tiny_artifact["artifact"]), meta, predictor.digest)["version"]
+    return register.register(REG, Path(tiny_artifact["artifact"]), meta, predictor.digest).version
 
 
 def isvc_on_main(repo, env: str = "production") -> dict:
@@ -60,9 +69,9 @@ def sync(repo, svc: KnativeService, now: float):
 
 def released(repo, svc: KnativeService) -> float:
     """v1 rolled out, then v2 on a 10% canary, both ready; returns the time reached."""
-    merge(repo, release_step("production", 1, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    merge(repo, release_step("production", 1, 10, repo, reg_cfg=REG, dcfg=DCFG)[0]["pull_request"]["branch"])
     sync(repo, svc, now=0)
-    merge(repo, release_step("production", 2, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    merge(repo, release_step("production", 2, 10, repo, reg_cfg=REG, dcfg=DCFG)[0]["pull_request"]["branch"])
     sync(repo, svc, now=200)
     assert answered_by(svc, 200 + COLD_START_S / 2) == {"1": REQUESTS}  # the canary is still starting
     split = answered_by(svc, 200 + COLD_START_S)
@@ -76,7 +85,7 @@ def promoted(repo, svc: KnativeService) -> float:
     merge(repo, promote_env_step("production", 2, repo, REG, DCFG)[0]["pull_request"]["branch"])
     assert sync(repo, svc, now) is None and answered_by(svc, now) == {"2": REQUESTS}
     v1 = svc.revisions[0]
-    assert v1 not in svc.active(now + 1) and not svc.pods_ready(v1, now + 1)  # no route names it: scaled to zero
+    assert v1 not in svc.active(now + 1) and not pods_ready(svc, v1, now + 1)  # no route names it: scaled to zero
     return now + 600
 
 
@@ -100,7 +109,7 @@ def test_after_the_rollback_merges_no_request_reaches_the_rolled_back_model(repo
     assert sync(repo, svc, now) is None  # the pin makes no revision: nothing to start
     for t in (now, now + 1, now + COLD_START_S, now + 10 * COLD_START_S):
         assert answered_by(svc, t) == {"1": REQUESTS}, t
-    assert svc.pods_ready(svc.revisions[0], now)  # v1's pods served the other 90% all along
+    assert pods_ready(svc, svc.revisions[0], now)  # v1's pods served the other 90% all along
     state = manifests.read_rollout(repo / ISVC.format(env="production"))
     assert (state.stable.version, state.canary, state.rolled_back.version, state.canary_percent) == (1, None, 2, 0)
     assert "canaryTrafficPercent: 0" in body
@@ -130,7 +139,7 @@ def test_a_rollback_after_a_promotion_is_the_pin_on_the_promoted_revision(repo, 
     assert predictor["latestReadyRevision"] == predictor["latestCreatedRevision"] == v2.name
     assert {(t["revisionName"], t["percent"]) for t in predictor["traffic"]} == {(v2.name, 0), (v1.name, 100)}
     # v1 had scaled to zero once no route named it: its pods start again, the activator holding requests
-    assert not svc.pods_ready(v1, now + 1) and svc.pods_ready(v1, now + COLD_START_S)
+    assert not pods_ready(svc, v1, now + 1) and pods_ready(svc, v1, now + COLD_START_S)
     # what Git names: v1 serves (stable), v2's revision is the newest with no traffic (rolled back)
     state = manifests.read_rollout(repo / ISVC.format(env="production"))
     assert (state.stable.version, state.rolled_back.version, state.canary_percent, state.previous) == (1, 2, 0, None)
@@ -150,11 +159,11 @@ def test_the_next_release_after_a_pin_never_reaches_the_rolled_back_model(repo, 
     merge(repo, rollback_step("production", repo, REG, DCFG)[0]["pull_request"]["branch"])
     sync(repo, svc, now)
     v2 = svc.revisions[1]
-    assert v2 in svc.active(now) and svc.pods_ready(v2, now)  # its minReplicas pods stay, with 0% (docs/rollout.md)
+    assert v2 in svc.active(now) and pods_ready(svc, v2, now)  # its minReplicas pods stay, with 0% (docs/rollout.md)
     pinned = copy.deepcopy(svc)
     head = git(repo, "rev-parse", "main")
     with pytest.raises(FlywheelError, match="newest revision still serves rolled-back v2.*`flywheel rollback` once"):
-        release_step("production", third_model, 10, repo, REG, DCFG)
+        release_step("production", third_model, 10, repo, reg_cfg=REG, dcfg=DCFG)
     assert git(repo, "rev-parse", "main") == head and not git(repo, "branch", "--list", "flywheel/release-*-v4")
     # the second rollback restores v1's env under the pin: a new revision with no traffic
     restore, body = rollback_step("production", repo, REG, DCFG)
@@ -186,7 +195,7 @@ def test_the_next_release_after_a_pin_never_reaches_the_rolled_back_model(repo, 
     assert answered_by(early, t + 1) == {"2": REQUESTS}
     # now the release: until v4's revision is ready its 10% waits on v1's restored revision, never on v2
     t = t + 600
-    merge(repo, release_step("production", third_model, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    merge(repo, release_step("production", third_model, 10, repo, reg_cfg=REG, dcfg=DCFG)[0]["pull_request"]["branch"])
     assert sync(repo, svc, t) is not None
     for at in (t, t + 1, t + COLD_START_S / 2):
         assert answered_by(svc, at) == {"1": REQUESTS}, at
@@ -257,9 +266,9 @@ def test_no_promote_or_release_on_a_stale_view_of_the_cluster(repo, store, tmp_p
     """`--cluster-status` (kubectl's JSON of the InferenceService) stops a promote of a canary that is not ready,
     gets no share, or lost its stable share to a recreation; and a release while a revision rolls out."""
     svc = KnativeService("intent", cold_start_s=COLD_START_S)
-    merge(repo, release_step("production", 1, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    merge(repo, release_step("production", 1, 10, repo, reg_cfg=REG, dcfg=DCFG)[0]["pull_request"]["branch"])
     svc.apply(isvc_on_main(repo), now=0)
-    merge(repo, release_step("production", 2, 10, repo, REG, DCFG)[0]["pull_request"]["branch"])
+    merge(repo, release_step("production", 2, 10, repo, reg_cfg=REG, dcfg=DCFG)[0]["pull_request"]["branch"])
     svc.apply(isvc_on_main(repo), now=200)
     status = tmp_path / "isvc.json"
     common = ["--env", "production", "--repo", str(repo), "--report-dir", str(tmp_path / "r")]

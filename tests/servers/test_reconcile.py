@@ -47,7 +47,7 @@ def registry_dir(tmp_path_factory, tiny_artifact):
     predictor = IntentPredictor.load(tiny_artifact["artifact"])
     for i in (1, 2, 3):
         meta = {**predictor.meta, "dataset_digest": f"dataset-{i}", "mlflow_run_id": None}
-        assert register.register(REG, Path(tiny_artifact["artifact"]), meta, predictor.digest)["version"] == i
+        assert register.register(REG, Path(tiny_artifact["artifact"]), meta, predictor.digest).version == i
     MlflowClient(REG.tracking_uri).delete_model_version_tag(REG.model_name, "3", versions.GATE_TAG)
     return work
 
@@ -83,65 +83,65 @@ def reconcile(repo: Path) -> dict:
 
 
 def test_champion_moves_when_the_change_reaches_main_not_when_the_pull_request_opens(repo, client):
-    released = release_step("production", 1, 10, repo, REG, DCFG)[0]
-    assert reconcile(repo)["result"] == "unchanged" and champion() is None  # open: nothing on main yet
+    released = release_step("production", 1, 10, repo, reg_cfg=REG, dcfg=DCFG)[0]
+    assert reconcile(repo).result == "unchanged" and champion() is None  # open: nothing on main yet
     merge(repo, released)
     got = reconcile(repo)
-    assert got["champion"] == {"action": "moved", "version": 1, "previous": None} and champion() == 1
-    assert got["commit"] == git(repo, "rev-parse", "HEAD") and got["stable_version"] == 1
-    assert got["challenger"] == {"action": "unchanged", "version": 2} and challenger() == 2  # newer: left alone
+    assert got.champion == {"action": "moved", "version": 1, "previous": None} and champion() == 1
+    assert got.commit == git(repo, "rev-parse", "HEAD") and got.stable_version == 1
+    assert got.challenger == {"action": "unchanged", "version": 2} and challenger() == 2  # newer: left alone
 
-    merge(repo, release_step("production", 2, 10, repo, REG, DCFG)[0])  # a canary is not the stable model
-    assert reconcile(repo)["result"] == "unchanged" and champion() == 1
+    merge(repo, release_step("production", 2, 10, repo, reg_cfg=REG, dcfg=DCFG)[0])  # a canary is not the stable model
+    assert reconcile(repo).result == "unchanged" and champion() == 1
 
     # a promote pull request opened, then closed without merging: champion stays
     promoted, body = promote_env_step("production", None, repo, REG, DCFG)
     assert champion() == 1 and "registry" not in promoted and promoted["champion_on_merge"] == 2
     assert "`champion` moves to v2 once this merges" in body
-    assert reconcile(repo)["champion"] == {"action": "unchanged", "version": 1}
+    assert reconcile(repo).champion == {"action": "unchanged", "version": 1}
     git(repo, "branch", "-D", promoted["pull_request"]["branch"])  # closed unmerged
-    assert reconcile(repo)["result"] == "unchanged" and champion() == 1
+    assert reconcile(repo).result == "unchanged" and champion() == 1
 
     # proposed again and merged: now it moves
     merge(repo, promote_env_step("production", None, repo, REG, DCFG)[0])
     assert champion() == 1  # merging alone moves nothing: registry.yml's reconcile does
     got = reconcile(repo)
-    assert got["champion"] == {"action": "moved", "version": 2, "previous": 1} and champion() == 2
+    assert got.champion == {"action": "moved", "version": 2, "previous": 1} and champion() == 2
 
     # a rollback merged: champion back; challenger (v2, still the newest gated version) stays
     rolled_back, body = rollback_step("production", repo, REG, DCFG)
     assert champion() == 2 and rolled_back["champion_on_merge"] == 1 and "moves back to v1 once" in body
     merge(repo, rolled_back)
     got = reconcile(repo)
-    assert got["champion"] == {"action": "moved", "version": 1, "previous": 2} and champion() == 1
-    assert got["challenger"] == {"action": "unchanged", "version": 2} and challenger() == 2
+    assert got.champion == {"action": "moved", "version": 1, "previous": 2} and champion() == 1
+    assert got.challenger == {"action": "unchanged", "version": 2} and challenger() == 2
 
 
 def test_a_second_run_changes_nothing(repo, client, monkeypatch):
-    merge(repo, release_step("production", 2, 10, repo, REG, DCFG)[0])
+    merge(repo, release_step("production", 2, 10, repo, reg_cfg=REG, dcfg=DCFG)[0])
     first, _ = reconcile_step(repo, REG, DCFG)
-    assert first["result"] == "moved" and champion() == 2
+    assert first.result == "moved" and champion() == 2
 
     def refuse(*args, **kwargs):
         raise AssertionError("an alias was written although it was already right")
 
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", refuse)
     again, md = reconcile_step(repo, REG, DCFG)
-    assert again["result"] == "unchanged" and again["champion"] == {"action": "unchanged", "version": 2}
+    assert again.result == "unchanged" and again.champion == {"action": "unchanged", "version": 2}
     assert "`champion`: v2, unchanged" in md and champion() == 2
 
 
 def test_a_challenger_older_than_the_champion_follows_it(repo, client):
     client.set_registered_model_alias(REG.model_name, versions.CHALLENGER, "1")
-    merge(repo, release_step("production", 2, 10, repo, REG, DCFG)[0])
+    merge(repo, release_step("production", 2, 10, repo, reg_cfg=REG, dcfg=DCFG)[0])
     got = reconcile(repo)
-    assert got["challenger"] == {"action": "moved", "version": 2, "previous": 1}
+    assert got.challenger == {"action": "moved", "version": 2, "previous": 1}
     assert (champion(), challenger()) == (2, 2)
 
 
 def test_staging_never_moves_the_champion(repo, client):
-    merge(repo, release_step("staging", 1, 10, repo, REG, DCFG)[0])
-    assert reconcile(repo)["result"] == "unchanged" and champion() is None
+    merge(repo, release_step("staging", 1, 10, repo, reg_cfg=REG, dcfg=DCFG)[0])
+    assert reconcile(repo).result == "unchanged" and champion() is None
 
 
 def _hand_edit_stable(repo: Path, version: int, sha256: str) -> None:
@@ -163,7 +163,7 @@ def _hand_edit_stable(repo: Path, version: int, sha256: str) -> None:
     ],
 )
 def test_a_version_that_may_not_be_champion_is_refused_and_no_alias_moves(repo, client, version, digest, message):
-    merge(repo, release_step("production", 1, 10, repo, REG, DCFG)[0])
+    merge(repo, release_step("production", 1, 10, repo, reg_cfg=REG, dcfg=DCFG)[0])
     reconcile(repo)
     _hand_edit_stable(repo, version, digest or manifests.read_rollout(repo / PROD).stable.sha256)
     with pytest.raises(FlywheelError, match=message) as err:
@@ -173,7 +173,7 @@ def test_a_version_that_may_not_be_champion_is_refused_and_no_alias_moves(repo, 
 
 
 def test_the_cli_step_writes_its_reports_and_exits_2_on_a_refusal(repo, client, tmp_path, capsys):
-    merge(repo, release_step("production", 1, 10, repo, REG, DCFG)[0])
+    merge(repo, release_step("production", 1, 10, repo, reg_cfg=REG, dcfg=DCFG)[0])
     reports = tmp_path / "reports"
     args = ["reconcile-registry", "--repo", str(repo), "--report-dir", str(reports)]
     assert main(args) == 0

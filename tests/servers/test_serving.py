@@ -28,19 +28,28 @@ from prometheus_client import CollectorRegistry
 from model.artifact.predictor import IntentPredictor
 from model.collect.export import export_window
 from model.collect.store import open_store
-from model.core.config import PROJECT_ROOT, RESPONSE_CATALOG, DataConfig, RegistryConfig, ServeConfig
+from model.core.config import PROJECT_ROOT, RESPONSE_CATALOG, DataConfig, ServeConfig
 from model.core.errors import FlywheelError
 from model.core.kserve_sdk import InferRequest, kserve  # kserve parses sys.argv when imported directly
 from model.registry import register
 from model.serve.logger import AGENT_SOURCE_URI
 from model.serve.metrics import ServingMetrics
-from model.serve.prediction_log import MIN_CAP_BYTES, PredictionLog, prediction_log_files, read_prediction_log
-from model.serve.predictor import MicroBatcher
-from model.serve.serving import ServeArgs, build_models
+from model.serve.prediction_log import MIN_CAP_BYTES, PredictionLog, prediction_log_files
+from model.serve.predictor import MicroBatcher, ModelSource
+from model.serve.serving import Arms, build_models
 from model.train.steps import train_step
 from tests.helpers.data import write_subset
 from tests.helpers.registry import local_registry
-from tests.helpers.serving import NAME, free_port, server_output, start_server, stop_server, version_of, wait_ready
+from tests.helpers.serving import (
+    NAME,
+    free_port,
+    read_prediction_log,
+    server_output,
+    start_server,
+    stop_server,
+    version_of,
+    wait_ready,
+)
 
 CE_ID = "3f1c5b2e-0000-4000-8000-000000000001"
 
@@ -50,7 +59,7 @@ def _other_model(tmp_path_factory, sample_df, tiny_train_cfg, name: str, n_inten
     root = tmp_path_factory.mktemp(name)
     data = write_subset(sample_df, root / "data.csv", n_intents=n_intents)
     cfg, work = dataclasses.replace(tiny_train_cfg, seed=seed), root / "work"
-    return train_step(data, DataConfig(), cfg, local_registry(work), work, root / "artifact")[0]["artifact"]
+    return train_step(data, DataConfig(), cfg, local_registry(work), work, root / "artifact")[0].artifact
 
 
 @pytest.fixture(scope="module")
@@ -565,7 +574,7 @@ def test_serves_an_mlflow_model_uri_with_its_registry_version(tiny_artifact, tmp
     reg = local_registry(work)
     predictor = IntentPredictor.load(tiny_artifact["artifact"])
     version = register.register(reg, Path(tiny_artifact["artifact"]), predictor.meta, predictor.digest)
-    register.promote(reg, version["version"])
+    register.promote(reg, version.version)
     port = free_port()
     proc = start_server(["--stable", "models:/flywheel-intent@champion"], work, port)
     try:
@@ -574,7 +583,7 @@ def test_serves_an_mlflow_model_uri_with_its_registry_version(tiny_artifact, tmp
             f"http://127.0.0.1:{port}/v1/models/{NAME}:predict", json={"instances": ["where is my order"]}
         )
         assert resp.status_code == 200
-        assert resp.json()["predictions"][0]["model_version"] == str(version["version"])
+        assert resp.json()["predictions"][0]["model_version"] == str(version.version)
     finally:
         stop_server(proc)
 
@@ -677,7 +686,7 @@ def test_local_logger_posts_calls_to_the_collector(arms, tmp_path):
     finally:
         for p in (proc, collector):
             stop_server(p)
-    assert result["rows"] == 4, (work / "collector.log").read_text()
+    assert result.rows == 4, (work / "collector.log").read_text()
     rows = {r["request_id"]: r for r in pq.read_table(tmp_path / "x.parquet").to_pylist()}
     first = rows["local-1"]
     assert (first["text"], first["predicted_intent"], first["arm"], first["conversation_id"]) == (
@@ -754,8 +763,7 @@ def test_the_manifest_pins_the_stable_artifact_and_names_its_version(tiny_artifa
 
     def build(sha: str, version: str = ""):
         metrics = ServingMetrics(CollectorRegistry())
-        args = ServeArgs(stable=art, stable_sha256=sha, stable_version=version)
-        return build_models(args, ServeConfig(), RegistryConfig(), metrics, None)
+        return build_models(Arms(ModelSource(art, version), stable_sha256=sha), ServeConfig(), metrics, None)
 
     (model,) = build(digest, "12")
     assert model.ready and model.version == "12"

@@ -114,7 +114,7 @@ def test_release_takes_what_a_server_writing_to_the_store_directly_hands_out(
     root = (tmp_path / "store").as_uri()
     with mlflow_server(tmp_path, "--no-serve-artifacts", "--default-artifact-root", root) as url:
         reg = _register_on(url, tmp_path / "model")
-        result, _ = release_step("staging", 1, 10, repo, reg, DeliveryConfig())
+        result, _ = release_step("staging", 1, 10, repo, reg_cfg=reg, dcfg=DeliveryConfig())
     assert result["storage_uri"].startswith(root + "/") and "/models/m-" in result["storage_uri"]
     assert storage.problem(result["storage_uri"]) is None
     assert branches(repo) == ["flywheel/release-staging-v1", "main"]

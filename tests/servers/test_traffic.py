@@ -127,7 +127,16 @@ def test_a_route_decides_each_messages_arm_from_the_same_draw_as_a_percent():
     with pytest.raises(FlywheelError, match="arm 'shadow'"):
         plan_messages(examples, lambda d: "shadow", cfg, 5)
     with pytest.raises(FlywheelError, match="canary_percent or route, not both"):
-        simulate(examples, "http://127.0.0.1:1", "http://127.0.0.1:1", NAME, 10, cfg, "p", route=by_percent(10))
+        simulate(
+            examples,
+            "http://127.0.0.1:1",
+            "http://127.0.0.1:1",
+            endpoint=NAME,
+            canary_percent=10,
+            cfg=cfg,
+            phase="p",
+            route=by_percent(10),
+        )
 
 
 def test_default_config_has_the_traffic_section():
@@ -138,7 +147,7 @@ def test_unreachable_predictor_is_an_error_naming_its_url():
     url = f"http://127.0.0.1:{free_port()}"
     examples = pd.DataFrame({"text": ["where is my order"], "intent": ["order_status"]})
     with pytest.raises(FlywheelError, match=f"predictor.*unreachable at {url}/v2/health/ready"):
-        simulate(examples, url, "http://127.0.0.1:1", NAME, None, TrafficConfig(timeout_s=2), "p")
+        simulate(examples, url, "http://127.0.0.1:1", endpoint=NAME, cfg=TrafficConfig(timeout_s=2), phase="p")
 
 
 # --- against the running predictor and collector ----------------------------------------------
@@ -274,10 +283,10 @@ def canary_run(servers, sample_df):
         examples,
         servers["predictor"],
         servers["collector"],
-        NAME,
-        30,
-        TrafficConfig(),
-        "canary",
+        endpoint=NAME,
+        canary_percent=30,
+        cfg=TrafficConfig(),
+        phase="canary",
         progress=lambda done, total: seen.append((done, total)),
     )
     ids = set(frame["request_id"])
@@ -404,9 +413,10 @@ def test_canary_analysis_counts_per_arm_what_each_arm_was_sent(canary_run, serve
 
 def test_same_seed_same_traffic_other_offset_other_draws(servers, sample_df):
     examples = labelled(sample_df, 60, seed=2)
-    args = (examples, servers["predictor"], servers["collector"], NAME, 50)
-    first, again = simulate(*args, TrafficConfig(seed=11), "repeat"), simulate(*args, TrafficConfig(seed=11), "repeat")
-    other = simulate(*args, TrafficConfig(seed=11), "repeat", seed_offset=1)
+    args, to = (examples, servers["predictor"], servers["collector"]), {"endpoint": NAME, "canary_percent": 50}
+    first = simulate(*args, **to, cfg=TrafficConfig(seed=11), phase="repeat")
+    again = simulate(*args, **to, cfg=TrafficConfig(seed=11), phase="repeat")
+    other = simulate(*args, **to, cfg=TrafficConfig(seed=11), phase="repeat", seed_offset=1)
     assert first["arm"].tolist() == again["arm"].tolist()
     assert first["arm"].tolist() != other["arm"].tolist()
     assert not set(first["request_id"]) & set(again["request_id"])  # a rerun is new traffic, not a redelivery
@@ -422,7 +432,7 @@ def test_same_seed_same_traffic_other_offset_other_draws(servers, sample_df):
     assert first["feedback"][same].tolist() == again["feedback"][same].tolist()
     assert set(first["feedback"]) - {""}, "reactions were drawn"
     # certain reactions: the feedback names the kind of answer each user got
-    certain = simulate(*args, CERTAIN, "certain")
+    certain = simulate(*args, **to, cfg=CERTAIN, phase="certain")
     expected = {"right": "thumbs_up", "wrong": "thumbs_down", "fallback": "escalated"}
     assert certain["feedback"].tolist() == [expected[c] for c in cases_of(certain)]
     assert set(cases_of(certain)) == set(expected)
@@ -430,7 +440,13 @@ def test_same_seed_same_traffic_other_offset_other_draws(servers, sample_df):
 
 def test_no_canary_share_sends_everything_to_stable(servers, sample_df):
     frame = simulate(
-        labelled(sample_df, 40, seed=3), servers["predictor"], servers["collector"], NAME, 0, TrafficConfig(), "stable"
+        labelled(sample_df, 40, seed=3),
+        servers["predictor"],
+        servers["collector"],
+        endpoint=NAME,
+        canary_percent=0,
+        cfg=TrafficConfig(),
+        phase="stable",
     )
     assert (frame["arm"] == "stable").all() and (frame["status"] == 200).all()
 
@@ -439,7 +455,15 @@ def test_failed_requests_are_rows_until_too_many_fail(servers, sample_df):
     examples = labelled(sample_df, 40, seed=4)
     examples.loc[7, "text"] = "x" * 300  # the predictor refuses texts over 200 characters (400)
     before = count_rows(servers["engine"])["feedback"]
-    frame = simulate(examples, servers["predictor"], servers["collector"], NAME, 0, CERTAIN, "errors")
+    frame = simulate(
+        examples,
+        servers["predictor"],
+        servers["collector"],
+        endpoint=NAME,
+        canary_percent=0,
+        cfg=CERTAIN,
+        phase="errors",
+    )
     bad = frame.iloc[7]
     assert bad["status"] == 400 and "300 characters" in bad["error"]
     assert bad["predicted_intent"] == "" and not bad["feedback"]
@@ -449,7 +473,15 @@ def test_failed_requests_are_rows_until_too_many_fail(servers, sample_df):
 
     examples.loc[[3, 11], "text"] = "   "  # now 3 of 40 fail: 7.5%
     with pytest.raises(FlywheelError, match=r"3 of 40 requests failed.*text 0 is empty"):
-        simulate(examples, servers["predictor"], servers["collector"], NAME, 0, CERTAIN, "errors")
+        simulate(
+            examples,
+            servers["predictor"],
+            servers["collector"],
+            endpoint=NAME,
+            canary_percent=0,
+            cfg=CERTAIN,
+            phase="errors",
+        )
 
 
 def test_readiness_is_checked_before_sending(servers):
@@ -457,13 +489,17 @@ def test_readiness_is_checked_before_sending(servers):
     cfg = TrafficConfig(timeout_s=5)
     down = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(FlywheelError, match=f"collector.*unreachable at {down}/healthz"):
-        simulate(examples, servers["predictor"], down, NAME, None, cfg, "p")
+        simulate(examples, servers["predictor"], down, endpoint=NAME, cfg=cfg, phase="p")
     with pytest.raises(FlywheelError, match="model 'no-such-model' on the predictor is not ready"):
-        simulate(examples, servers["predictor"], servers["collector"], "no-such-model", None, cfg, "p")
+        simulate(examples, servers["predictor"], servers["collector"], endpoint="no-such-model", cfg=cfg, phase="p")
     with pytest.raises(FlywheelError, match="lack column"):
-        simulate(examples.rename(columns={"intent": "label"}), servers["predictor"], down, NAME, None, cfg, "p")
+        simulate(
+            examples.rename(columns={"intent": "label"}), servers["predictor"], down, endpoint=NAME, cfg=cfg, phase="p"
+        )
     with pytest.raises(FlywheelError, match="canary_percent is 130"):
-        simulate(examples, servers["predictor"], servers["collector"], NAME, 130, cfg, "p")
+        simulate(
+            examples, servers["predictor"], servers["collector"], endpoint=NAME, canary_percent=130, cfg=cfg, phase="p"
+        )
 
 
 def test_cli_replays_a_dataset_and_reports_per_arm(servers, tmp_path, capsys):
