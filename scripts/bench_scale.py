@@ -3,9 +3,10 @@ over a synthetic window of answered requests, timed with each step's peak memory
 
     .venv/bin/python -m scripts.bench_scale [--requests 1000000] [--stores sqlite,postgresql] [--out work/bench-scale]
 
-The window is generated once (``scripts/synthetic_window.py``: ``--requests`` requests over the 30
-days before now, plus a tenth as many in the 30 days before that, the earlier window drift compares
-with) and written into each store: a SQLite file, a throwaway PostgreSQL (``scripts/throwaway_postgres.py``).
+The window is generated once (``scripts/synthetic_window.py``, ``scripts/synthetic_traffic.py``:
+``--requests`` requests over the 30 days before now, plus a tenth as many in the 30 days before that,
+the earlier window drift compares with) and written into each store: a SQLite file, a throwaway
+PostgreSQL (``scripts/throwaway_postgres.py``).
 Then, store by store, each step runs as its own ``flywheel`` process, as the retrain and drift workflows run them, in a
 fresh work folder (caches cold): the export of the window, the data checks on it, prepare (default
 config: MLflow run included) and drift (``--reference-events``: the earlier window, exported first).
@@ -33,7 +34,8 @@ import sqlalchemy as sa
 
 from data_checks.pii import Scanner
 from model.collect.store import count_rows, open_store
-from scripts.synthetic_window import WindowSpec, fill_store
+from scripts.synthetic_traffic import WindowSpec
+from scripts.synthetic_window import fill_store
 from scripts.throwaway_postgres import ThrowawayPostgres, postgres_bindir
 
 STEPS = ("export-events", "check-data", "prepare", "drift")

@@ -178,21 +178,12 @@ def _train(
         )
     checkpoint.remove(checkpoints)  # the artifact holds the result: a rerun trains afresh
     world.barrier()
+    from_meta = ("mlflow_run_id", "dataset_digest", "git_sha", "precision", "workers", "resumed_from_step", "metrics")
     summary = Trained(
-        artifact=str(target),
-        artifact_digest=artifact_digest,
-        mlflow_run_id=run_id,
-        dataset_digest=digest,
-        git_sha=sha,
-        device=result.device,
-        precision=result.precision,
-        workers=world.size,
-        resumed_from_step=result.resumed_from_step,
-        train_seconds=round(train_seconds, 1),
-        fallback_threshold=predictor.threshold,
-        metrics=_headline(report),
-        counts=meta["counts"],
-    )
+        artifact=str(target), artifact_digest=artifact_digest, device=result.device,
+        train_seconds=round(train_seconds, 1), fallback_threshold=predictor.threshold, counts=meta["counts"],
+        **{key: meta[key] for key in from_meta},
+    )  # fmt: skip
     return summary, f"## Training run `{name}`\n\nArtifact: `{target}`\n\n{md}"
 
 

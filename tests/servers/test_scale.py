@@ -3,6 +3,7 @@ a window read from the store a batch at a time (model/collect/streamed_export.py
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -15,10 +16,8 @@ from model.collect.export import content_digest, export_window, window_rows
 from model.collect.store import count_rows, open_store
 from model.core.config import CollectorConfig
 from model.data.conversations import COLUMNS
+from scripts.synthetic_traffic import VERSIONS, Traffic, WindowSpec
 from scripts.synthetic_window import (
-    VERSIONS,
-    Traffic,
-    WindowSpec,
     feedback_event,
     feedback_row,
     fill_store,
@@ -72,10 +71,10 @@ def test_export_in_batches_is_byte_for_byte_the_export_in_one(store_url, tmp_pat
     )
     many = export_window(engine, spec.start, spec.end, tmp_path / "many.parquet", CollectorConfig(export_batch_rows=7))
     assert (tmp_path / "one.parquet").read_bytes() == (tmp_path / "many.parquet").read_bytes()
-    assert {k: v for k, v in one.items() if k != "path"} == {k: v for k, v in many.items() if k != "path"}
+    assert dataclasses.replace(one, path="") == dataclasses.replace(many, path="")
 
     _, rows, skipped = window_rows(engine, spec.start, spec.end)
-    assert one["content_digest"] == content_digest(rows) and one["skipped"] == skipped
+    assert one.content_digest == content_digest(rows) and one.skipped == skipped
     exported = pd.read_parquet(tmp_path / "one.parquet")
     pd.testing.assert_frame_equal(exported, pd.DataFrame(rows, columns=COLUMNS), check_dtype=False)
     # the window holds every case the rules distinguish
@@ -89,4 +88,4 @@ def test_export_of_an_empty_window_in_batches(tmp_path, batch):
     result = export_window(
         engine, END, END + timedelta(hours=1), tmp_path / "e.parquet", CollectorConfig(export_batch_rows=batch)
     )
-    assert result["rows"] == 0 and result["requests"] == 0 and pd.read_parquet(tmp_path / "e.parquet").empty
+    assert result.rows == 0 and result.requests == 0 and pd.read_parquet(tmp_path / "e.parquet").empty
