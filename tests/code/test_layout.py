@@ -204,3 +204,34 @@ def test_the_readme_links_every_docs_page():
 def test_anchors_are_made_as_github_makes_them():
     text = "# `make demo`: the loop (2026-12-03)\n## The gate's latency\n```\n# not a heading\n```\n## FAQ\n## FAQ\n"
     assert list(_anchors(text)) == ["make-demo-the-loop-2026-12-03", "the-gates-latency", "faq", "faq-1"]
+
+
+TESTS = PROJECT_ROOT / "tests"
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def test_no_test_module_imports_another():
+    """What tests share lives in a conftest.py (fixtures) or tests/helpers (the rest), never in a test module."""
+    offenders = {
+        str(path.relative_to(TESTS)): sorted(n for n in _imported_modules(path) if n.split(".")[-1].startswith("test_"))
+        for path in sorted(TESTS.rglob("*.py"))
+    }
+    assert {path: names for path, names in offenders.items() if names} == {}
+
+
+def test_the_tests_readme_names_every_folder_and_helper():
+    readme = (TESTS / "README.md").read_text()
+    folders = sorted(
+        p.name for p in TESTS.iterdir() if p.is_dir() and (p / "__init__.py").exists() and p.name != "helpers"
+    )
+    helpers = sorted(p.name for p in (TESTS / "helpers").glob("*.py") if p.name != "__init__.py")
+    assert [f for f in folders if f"| `{f}/` |" not in readme] == []
+    assert [h for h in helpers if f"| `helpers/{h}` |" not in readme] == []
