@@ -42,7 +42,7 @@ from model.loop.record import LoopRecord, StageEntry
 from model.loop.report import render_report
 
 record = LoopRecord(dataset="sample", started_at="2026-11-27T10:00:00Z", stages=[StageEntry("setup", "Setup")])
-html = render_report(record.to_json(), Path("r.html")).read_text()
+html = render_report(record.to_dict(), Path("r.html")).read_text()
 found = {
     "model": model.__file__,
     "report": "failed at Setup" in html,

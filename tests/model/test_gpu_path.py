@@ -3,6 +3,7 @@ training, the drift check and prepare's embeddings share picks CUDA when torch s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -56,12 +57,14 @@ def test_embeddings_pick_their_device_as_training_does(monkeypatch, tiny_bert):
 def test_check_gpu_reads_a_real_training_run_and_flags_one_off_the_gpu(tiny_artifact, tmp_path):
     """The figures and verdict of `make check-gpu`, from a real train step's outputs (on the CPU, so
     every GPU check must fail) and a real embedding pass."""
+    from model.train.steps import Trained
     from scripts import check_gpu
 
+    trained = Trained(**{f.name: tiny_artifact[f.name] for f in dataclasses.fields(Trained)})  # the step's result
     test_csv = tmp_path / "test.csv"
     pd.DataFrame({"text": ["where is my parcel", "refund please", "hello"], "label": [0, 1, 2]}).to_csv(test_csv)
     meta = json.loads((Path(tiny_artifact["artifact"]) / "meta.json").read_text())
-    found = check_gpu.figures("no GPU", tiny_artifact, meta, 0, check_gpu.embed(test_csv))
+    found = check_gpu.figures("no GPU", trained, meta, 0, check_gpu.embed(test_csv))
     assert found["test_accuracy"] == round(tiny_artifact["metrics"]["accuracy"], 4)
     assert found["onnx_max_abs_probability_diff"] <= meta["config"]["train"]["onnx_tolerance"]
     assert found["embedding_shape"] == [3, 384] and found["epochs"] == 2
@@ -73,7 +76,8 @@ def test_check_gpu_reads_a_real_training_run_and_flags_one_off_the_gpu(tiny_arti
     gpu_run = {**found, "device": "cuda", "embedding_device": "cuda:0", "precision": "bf16"}
     assert check_gpu.problems(gpu_run) == []
     without_onnx = {k: v for k, v in meta.items() if k != "onnx"}  # train.export_onnx: false
-    unexported = check_gpu.figures("GPU", {**tiny_artifact, "device": "cuda", "precision": "bf16"}, without_onnx, 0, {})
+    on_gpu = dataclasses.replace(trained, device="cuda", precision="bf16")
+    unexported = check_gpu.figures("GPU", on_gpu, without_onnx, 0, {})
     assert check_gpu.problems({**unexported, "embedding_device": "cuda"}) == [
         "no ONNX export to check (train.export_onnx is off in the config)"
     ]
