@@ -60,11 +60,11 @@ def test_check_gpu_reads_a_real_training_run_and_flags_one_off_the_gpu(tiny_arti
     from model.train.steps import Trained
     from scripts import check_gpu
 
-    trained = Trained(**{f.name: tiny_artifact[f.name] for f in dataclasses.fields(Trained)})  # the step's result
     test_csv = tmp_path / "test.csv"
     pd.DataFrame({"text": ["where is my parcel", "refund please", "hello"], "label": [0, 1, 2]}).to_csv(test_csv)
     meta = json.loads((Path(tiny_artifact["artifact"]) / "meta.json").read_text())
-    found = check_gpu.figures("no GPU", trained, meta, 0, check_gpu.embed(test_csv))
+    summary = Trained(**{f.name: tiny_artifact[f.name] for f in dataclasses.fields(Trained)})
+    found = check_gpu.figures("no GPU", summary, meta, 0, check_gpu.embed(test_csv))
     assert found["test_accuracy"] == round(tiny_artifact["metrics"]["accuracy"], 4)
     assert found["onnx_max_abs_probability_diff"] <= meta["config"]["train"]["onnx_tolerance"]
     assert found["embedding_shape"] == [3, 384] and found["epochs"] == 2
@@ -76,7 +76,7 @@ def test_check_gpu_reads_a_real_training_run_and_flags_one_off_the_gpu(tiny_arti
     gpu_run = {**found, "device": "cuda", "embedding_device": "cuda:0", "precision": "bf16"}
     assert check_gpu.problems(gpu_run) == []
     without_onnx = {k: v for k, v in meta.items() if k != "onnx"}  # train.export_onnx: false
-    on_gpu = dataclasses.replace(trained, device="cuda", precision="bf16")
+    on_gpu = dataclasses.replace(summary, device="cuda", precision="bf16")
     unexported = check_gpu.figures("GPU", on_gpu, without_onnx, 0, {})
     assert check_gpu.problems({**unexported, "embedding_device": "cuda"}) == [
         "no ONNX export to check (train.export_onnx is off in the config)"
