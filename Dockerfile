@@ -1,7 +1,7 @@
 # One image for the predictor (`flywheel serve`) and the collector (`flywheel collect`);
 # the manifests pick the subcommand with `args` and set no `command`, so ENTRYPOINT is what runs.
 # Built and pushed by .github/workflows/image.yml (tag: the commit SHA); releases pin it by digest.
-# tests/test_pod.py starts both containers as their manifests say (this ENTRYPOINT, ENV and USER).
+# tests/servers/test_pod.py starts both containers as their manifests say (this ENTRYPOINT, ENV and USER).
 # Base pinned by digest: python:3.11.13-slim-bookworm as published on Docker Hub (the digest was
 # taken from public repositories that pin the same tag, not pulled here; `docker pull` verifies it).
 FROM python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1

@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup test-tools demo test bench bench-snips bench-loop bench-serving bench-collector bench-scale check-gpu lint lock clean
+.PHONY: setup test-tools demo test test-fast bench bench-snips bench-loop bench-serving bench-collector bench-scale check-gpu lint lock clean
 
 setup: $(STAMP)
 
@@ -22,8 +22,17 @@ demo: setup
 test-tools:
 	scripts/install_test_tools.sh
 
+# pytest-xdist: one worker per core, each given whole files (so a file's module fixtures -- a server, a
+# fine-tuned model -- are made once) in the order tests/conftest.py sets, the longest first.
+PARALLEL := -n auto --dist loadfile --no-loadscope-reorder
+
+# Every test (CI runs this)
 test: test-tools setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PARALLEL)
+
+# The edit-test loop: the code and data tests, no training and no servers (tests/README.md)
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PARALLEL) tests/code tests/data
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m scripts.bench_banking77

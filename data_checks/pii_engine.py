@@ -215,7 +215,7 @@ def plausible_phone(text: str, start: int, end: int) -> bool:
 # What a text must hold for each recognizer here to find anything in it, read off the recognizer: a
 # text is analyzed for the entities it could hold only, and not at all when it could hold none
 # (``Scanner.scan``): most chat messages ("where is order NW39182", "tracking TBA2308S1414, $56.58")
-# can hold none. Phone numbers cost most (a python-phonenumbers pass per region). tests/test_pii.py
+# can hold none. Phone numbers cost most (a python-phonenumbers pass per region). tests/data/test_pii.py
 # checks that scanning so finds exactly what scanning for every entity finds, over the evaluation sets.
 _MIN_CARD_DIGITS = 13  # Presidio's card pattern is 4+3+3+3 digits at least (no letter); the 2-series one 16
 _SSN_DIGITS = 9  # every pattern of Presidio's UsSsnRecognizer is nine digits (no letter)

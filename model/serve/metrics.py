@@ -3,7 +3,7 @@
 No ``arm`` label: in a cluster each Knative revision serves one version and cannot know its traffic
 share; the collector's ``flywheel_arm_info{arm, model_version}`` says which arm a version serves, and
 the alert rules and dashboard join on it. Their names and labels are what the alert rules, the
-dashboard and canary analysis query (``tests/test_wiring.py`` checks every query names a series
+dashboard and canary analysis query (``tests/code/test_wiring.py`` checks every query names a series
 exported here or by the collector).
 """
 
