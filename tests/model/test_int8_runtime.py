@@ -24,8 +24,7 @@ from model.data.examples import load_split
 from model.evaluate.evaluation import evaluate
 from model.evaluate.steps import evaluate_step, gate_step
 from model.train import onnx_export, runtimes
-from model.train.package import write_artifact
-from tests.helpers.artifacts import fit_result, meta_without_runtimes
+from tests.helpers.artifacts import fit_result, repackage
 from tests.helpers.registry import local_registry
 
 
@@ -37,20 +36,7 @@ def _validation(tiny_artifact) -> pd.DataFrame:
 
 def _package(tiny_artifact, target: Path, cfg: TrainConfig) -> runtimes.ServedRuntime:
     """The tiny artifact's weights packaged again into ``target`` as training does, with ``cfg``'s thresholds."""
-    source = Path(tiny_artifact["artifact"])
-    result, predictor = fit_result(source), IntentPredictor.load(source, runtime="torch")
-    exports = target.with_name(target.name + "-exports")
-    exports.mkdir()
-    served = runtimes.export_runtimes(result, predictor, _validation(tiny_artifact), exports, cfg)
-    write_artifact(
-        result,
-        target,
-        threshold=predictor.threshold,
-        meta=meta_without_runtimes(source),
-        metrics_markdown="-",
-        served=served,
-    )
-    return served
+    return repackage(Path(tiny_artifact["artifact"]), target, _validation(tiny_artifact), cfg)[0]
 
 
 def test_packaging_writes_an_int8_copy_that_agrees_with_fp32_under_the_manifest(tiny_artifact):

@@ -21,8 +21,9 @@ from model.core.config import TrainConfig
 from model.core.errors import FlywheelError
 from model.train import onnx_export
 from model.train.package import write_artifact
-from model.train.runtimes import export_runtimes, torch_only
+from model.train.runtimes import torch_only
 from tests.helpers.artifacts import fit_result, meta_without_runtimes
+from tests.helpers.artifacts import repackage as repackaged
 from tests.helpers.serving import NAME, free_port, server_output, start_server, stop_server, wait_ready
 
 # one word to far past max_length (64 tokens): every batch below mixes lengths, so it is padded,
@@ -119,21 +120,8 @@ def test_unknown_runtime_is_refused(tiny_artifact):
 
 def repackage(source: Path, target: Path, cfg: TrainConfig | None = None, texts: list[str] = TEXTS) -> str:
     """Package ``source``'s weights again into ``target`` as training does: ONNX export, int8 copy, parity
-    check on ``texts`` (with the source's calibrated thresholds), then the sealed artifact."""
-    result = fit_result(source)
-    predictor = IntentPredictor.load(source, runtime="torch")
-    exports = target.with_name(target.name + "-exports")
-    exports.mkdir()
-    check = pd.DataFrame({"text": texts})
-    served = export_runtimes(result, predictor, check, exports, cfg or TrainConfig())
-    return write_artifact(
-        result,
-        target,
-        threshold=predictor.threshold,
-        meta=meta_without_runtimes(source),
-        metrics_markdown="-",
-        served=served,
-    )
+    check on ``texts`` (with the source's calibrated thresholds), then the sealed artifact (its digest)."""
+    return repackaged(source, target, pd.DataFrame({"text": texts}), cfg or TrainConfig())[1]
 
 
 def test_write_artifact_exports_onnx_from_the_weights(tmp_path, tiny_artifact):
