@@ -38,7 +38,7 @@ def runtime_accuracy(folder: Path, dataset: Path, data_cfg: DataConfig) -> dict:
     accuracy = {"onnx-fp32": evaluate(fp32, test, data_cfg.oos_label).accuracy}
     with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
         int8_file = folder / INT8_FILE
-        if not int8_file.is_file():  # rejected at packaging: the same quantization, measured anyway
+        if not int8_file.is_file():  # rejected at packaging: the first quantization, measured anyway
             int8_file = Path(tmp) / INT8_FILE
             quantize(folder / ONNX_FILE, int8_file)
         accuracy["onnx-int8"] = evaluate(fp32.on_onnx(OnnxLogits(int8_file)), test, data_cfg.oos_label).accuracy

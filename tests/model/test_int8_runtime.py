@@ -53,7 +53,7 @@ def test_packaging_writes_an_int8_copy_that_agrees_with_fp32_under_the_manifest(
     assert "MatMulInteger" in {n.op_type for n in graph.node}
     assert any(t.data_type == onnx.TensorProto.INT8 for t in graph.initializer)
     card = (folder / "MODEL_CARD.md").read_text()
-    assert "Served runtime: `onnx-int8`: ONNX Runtime with int8 weights: top-1 intent agreement" in card
+    assert "Served runtime: `onnx-int8`: ONNX Runtime with int8 weights (every MatMul quantized): top-1 intent" in card
     assert "| runtime | onnx-int8 |" in card  # the card's metrics are the served runtime's
 
 
@@ -77,18 +77,18 @@ def _quantize_a_broken_network(tiny_artifact):
     """A quantization that gets the graph wrong: the int8 copy of a network whose intent rows are rolled."""
     real_quantize = runtimes.quantize
 
-    def broken(fp32: Path, int8: Path) -> dict:
+    def broken(fp32: Path, int8: Path, keep_fp32: str | None = None) -> dict:
         fitted = fit_result(Path(tiny_artifact["artifact"]))
         with torch.no_grad():
             fitted.model.head.weight.copy_(fitted.model.head.weight.roll(1, dims=0))  # each intent answers as another
         wrong = fp32.with_name("wrong.onnx")
         onnx_export.export(fitted.model, fitted.tokenizer, _validation(tiny_artifact)["text"].tolist(), 64, wrong)
-        return real_quantize(wrong, int8)
+        return real_quantize(wrong, int8, keep_fp32)
 
     return broken
 
 
-def _failing_quantization(fp32: Path, int8: Path) -> dict:
+def _failing_quantization(fp32: Path, int8: Path, keep_fp32: str | None = None) -> dict:
     raise RuntimeError("unsupported opset")
 
 
@@ -116,11 +116,14 @@ def test_an_int8_copy_that_fails_parity_serves_fp32_says_why_and_the_gate_measur
     assert served.runtime == meta["served_runtime"] == "onnx-fp32"
     assert not (target / INT8_FILE).exists() and meta["int8"]["accepted"] is False and meta["int8"]["file"] is None
     assert expected in meta["int8"]["reason"]
+    assert all(f"{name}: " in meta["int8"]["reason"] for name in runtimes.KEEP_FP32)  # each quantization tried
     card = (target / "MODEL_CARD.md").read_text()
-    assert "Served runtime: `onnx-fp32`: ONNX Runtime fp32: the int8 copy failed the parity check (" in card
+    assert "Served runtime: `onnx-fp32`: ONNX Runtime fp32: every int8 copy failed the parity check (" in card
     assert expected in card
     assert IntentPredictor.load(target).runtime == "onnx-fp32"
-    with pytest.raises(FlywheelError, match="no model.int8.onnx, so no onnx-int8 runtime. ONNX Runtime fp32: the int8"):
+    with pytest.raises(
+        FlywheelError, match="no model.int8.onnx, so no onnx-int8 runtime. ONNX Runtime fp32: every int8"
+    ):
         IntentPredictor.load(target, runtime="onnx-int8")
     gated = gate_step(
         str(target), "", Path(tiny_artifact["data"]),
@@ -133,6 +136,25 @@ def test_an_int8_copy_that_fails_parity_serves_fp32_says_why_and_the_gate_measur
     test = load_split(Path(tiny_artifact["data"]), DataConfig())
     fp32 = evaluate(IntentPredictor.load(target, runtime="onnx-fp32"), test[test["split"] == "test"])
     assert gated.decision.challenger.accuracy == fp32.accuracy
+
+
+def test_a_quantization_that_fails_parity_gives_way_to_the_next(tiny_artifact, tmp_path, monkeypatch):
+    """The first quantization of KEEP_FP32 fails parity (a broken network), the second passes: int8 serves,
+    and the model card names which one."""
+    broken = _quantize_a_broken_network(tiny_artifact)
+    real_quantize = runtimes.quantize
+
+    def first_broken(fp32: Path, int8: Path, keep_fp32: str | None = None) -> dict:
+        return (broken if keep_fp32 is None else real_quantize)(fp32, int8, keep_fp32)
+
+    monkeypatch.setattr(runtimes, "quantize", first_broken)
+    target = tmp_path / "second"
+    served = _package(tiny_artifact, target, TrainConfig())
+    meta = json.loads((target / "meta.json").read_text())
+    assert served.runtime == meta["served_runtime"] == "onnx-int8" and (target / INT8_FILE).is_file()
+    assert meta["int8"]["quantization"]["name"] == "feed-forward outputs in fp32"
+    assert meta["int8"]["quantization"]["kept_fp32"] == 2  # the tiny BERT's two layers
+    assert "(feed-forward outputs in fp32)" in (target / "MODEL_CARD.md").read_text()
 
 
 def test_parity_counts_top1_disagreements_against_the_threshold(tiny_artifact, tmp_path):
